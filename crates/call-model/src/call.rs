@@ -1,0 +1,180 @@
+//! The state of one call as the events leave it: the value `evolve` folds and projections store.
+
+use crate::fields::{AttrKind, AttrValue, Field, RelValue, Relation};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A call's id: assigned by the ledger, increasing, never reused.
+pub type CallId = u64;
+
+/// A reference to another resource, as in a JSON:API relationship's `data`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResourceRef {
+    /// The resource type, e.g. `prospect`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its integer id.
+    pub id: i64,
+}
+
+/// A connection of a call to an external source, attached under `meta.dataConnections`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConnection {
+    /// The name of the connection (e.g. a CRM).
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// The external object's type.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The external object's id: a string, or null.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// A link to the external object.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// A live call: everything a read returns about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The call's id.
+    pub id: CallId,
+    /// How many events the call's stream holds (its ETag).
+    pub version: u64,
+    /// The log position of the call's latest event.
+    pub position: u64,
+    /// Every non-null attribute, server-set timestamps included.
+    pub attributes: BTreeMap<Field, AttrValue>,
+    /// Every non-null relationship.
+    pub relationships: BTreeMap<Relation, RelValue>,
+    /// The call's data connections.
+    pub data_connections: Vec<DataConnection>,
+}
+
+/// What the log says of a call id.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum CallState {
+    /// No event has been recorded for it.
+    #[default]
+    Absent,
+    /// It exists.
+    Live(Call),
+    /// It was deleted at this version.
+    Deleted {
+        /// The call's id.
+        id: CallId,
+        /// The version of its CallDeleted event.
+        version: u64,
+    },
+}
+
+impl CallState {
+    /// The live call, if any.
+    pub fn live(&self) -> Option<&Call> {
+        match self {
+            CallState::Live(call) => Some(call),
+            _ => None,
+        }
+    }
+
+    /// The version of the call's stream (0 when absent).
+    pub fn version(&self) -> u64 {
+        match self {
+            CallState::Absent => 0,
+            CallState::Live(call) => call.version,
+            CallState::Deleted { version, .. } => *version,
+        }
+    }
+}
+
+impl Call {
+    /// An attribute's value, or `None` for null.
+    pub fn attribute(&self, field: Field) -> Option<&AttrValue> {
+        self.attributes.get(&field)
+    }
+
+    /// A date-time attribute's value.
+    pub fn time(&self, field: Field) -> Option<Timestamp> {
+        match self.attributes.get(&field) {
+            Some(AttrValue::Time(at)) => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// A string attribute's value.
+    pub fn text(&self, field: Field) -> Option<&str> {
+        match self.attributes.get(&field) {
+            Some(AttrValue::Text(text)) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The id a to-one relationship points at.
+    pub fn related_id(&self, relation: Relation) -> Option<i64> {
+        match self.relationships.get(&relation) {
+            Some(RelValue::One(target)) => Some(target.id),
+            _ => None,
+        }
+    }
+
+    /// The compact JSON the projections store; [`Call::from_stored_json`] reads it back.
+    pub fn to_stored_json(&self) -> serde_json::Value {
+        let attributes: serde_json::Map<String, serde_json::Value> = self
+            .attributes
+            .iter()
+            .map(|(field, value)| (field.name().to_owned(), value.to_json()))
+            .collect();
+        serde_json::json!({
+            "id": self.id,
+            "version": self.version,
+            "position": self.position,
+            "attributes": attributes,
+            "relationships": self.relationships.iter()
+                .map(|(relation, value)| (relation.name().to_owned(), serde_json::to_value(value).unwrap_or_default()))
+                .collect::<serde_json::Map<_, _>>(),
+            "dataConnections": self.data_connections,
+        })
+    }
+
+    /// Reads what [`Call::to_stored_json`] wrote.
+    pub fn from_stored_json(value: &serde_json::Value) -> Option<Call> {
+        let object = value.as_object()?;
+        let mut attributes = BTreeMap::new();
+        for (name, value) in object.get("attributes")?.as_object()? {
+            let field = Field::from_name(name)?;
+            attributes.insert(field, stored_attr(field, value)?);
+        }
+        let mut relationships = BTreeMap::new();
+        for (name, value) in object.get("relationships")?.as_object()? {
+            let relation = Relation::from_name(name)?;
+            relationships.insert(relation, serde_json::from_value(value.clone()).ok()?);
+        }
+        Some(Call {
+            id: object.get("id")?.as_u64()?,
+            version: object.get("version")?.as_u64()?,
+            position: object.get("position")?.as_u64()?,
+            attributes,
+            relationships,
+            data_connections: serde_json::from_value(object.get("dataConnections")?.clone())
+                .ok()?,
+        })
+    }
+}
+
+/// Reads one attribute value that this crate wrote (so it is already valid).
+pub(crate) fn stored_attr(field: Field, value: &serde_json::Value) -> Option<AttrValue> {
+    Some(match field.kind() {
+        AttrKind::Time => AttrValue::Time(Timestamp::parse(value.as_str()?).ok()?),
+        AttrKind::Text { .. } | AttrKind::Enum(_) => AttrValue::Text(value.as_str()?.to_owned()),
+        AttrKind::Bool => AttrValue::Bool(value.as_bool()?),
+        AttrKind::Tags => AttrValue::Tags(
+            value
+                .as_array()?
+                .iter()
+                .map(|tag| tag.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+    })
+}

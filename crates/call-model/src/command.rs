@@ -1,0 +1,219 @@
+//! Commands and the two pure functions of the aggregate: `decide` turns a command into events
+//! (or refuses it), `evolve` applies an event without judging it.
+
+use crate::call::{Call, CallId, CallState};
+use crate::event::{Event, EventBody};
+use crate::fields::{AttrValue, Field};
+use crate::input::{Changes, Violation, ViolationKind};
+use crate::time::Timestamp;
+
+/// How far in the future a writer's `occurredAt` may lie, to allow for clock skew.
+const OCCURRED_AT_SKEW_MILLIS: i64 = 60_000;
+
+/// What a command asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create a call with these members.
+    Create(Changes),
+    /// Change these members of a call.
+    Update {
+        /// The call.
+        id: CallId,
+        /// What changes.
+        changes: Changes,
+    },
+    /// Delete a call.
+    Delete {
+        /// The call.
+        id: CallId,
+    },
+}
+
+/// A validated request to change the ledger, with everything `decide` may not look up itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// What to do.
+    pub action: Action,
+    /// Who asks (becomes the events' actor).
+    pub actor: String,
+    /// The ledger's clock when the command arrived.
+    pub recorded_at: Timestamp,
+    /// When the writer says the change happened, if it says.
+    pub occurred_at: Option<Timestamp>,
+}
+
+/// Why `decide` refused a command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// No live call has this id.
+    #[error("Could not find 'call' with ID '{0}'.")]
+    NotFound(CallId),
+    /// The state change happened before the call's current `stateChangedAt`.
+    #[error("the state change at {occurred_at} is older than the call's stateChangedAt {current}")]
+    StaleStateChange {
+        /// The call's `stateChangedAt`.
+        current: Timestamp,
+        /// When the refused change says it happened.
+        occurred_at: Timestamp,
+    },
+    /// The command breaks a rule that needs the call's state or the clock to see.
+    #[error("the command is invalid")]
+    Invalid(Vec<Violation>),
+}
+
+impl Command {
+    /// When the change happened: the writer's word, else the time it was recorded.
+    pub fn occurred_at(&self) -> Timestamp {
+        self.occurred_at.unwrap_or(self.recorded_at)
+    }
+}
+
+/// Decides which events a command produces from the call's current state. An empty list means
+/// the command changes nothing and nothing is to be appended.
+pub fn decide(state: &CallState, command: &Command) -> Result<Vec<EventBody>, DecideError> {
+    if let Some(at) = command.occurred_at {
+        if at.millis() > command.recorded_at.millis() + OCCURRED_AT_SKEW_MILLIS {
+            return Err(DecideError::Invalid(vec![Violation {
+                pointer: "/data/meta/occurredAt".into(),
+                kind: ViolationKind::Invalid,
+                detail: format!(
+                    "expected a time no later than now ({})",
+                    command.recorded_at
+                ),
+            }]));
+        }
+    }
+    match &command.action {
+        Action::Create(changes) => {
+            let mut initial = changes.clone();
+            initial.attributes.retain(|_, value| value.is_some());
+            initial.relationships.retain(|_, value| value.is_some());
+            if initial.data_connections.as_ref().is_some_and(Vec::is_empty) {
+                initial.data_connections = None;
+            }
+            Ok(vec![EventBody::CallCreated(initial)])
+        }
+        Action::Update { id, changes } => {
+            let CallState::Live(call) = state else {
+                return Err(DecideError::NotFound(*id));
+            };
+            let diff = difference(call, changes);
+            if diff.is_empty() {
+                return Ok(Vec::new());
+            }
+            if !diff.attributes.contains_key(&Field::State) {
+                return Ok(vec![EventBody::CallUpdated(diff)]);
+            }
+            let occurred_at = command.occurred_at();
+            if let Some(current) = call.time(Field::StateChangedAt) {
+                if occurred_at < current {
+                    return Err(DecideError::StaleStateChange {
+                        current,
+                        occurred_at,
+                    });
+                }
+            }
+            Ok(vec![EventBody::CallStateChanged {
+                previous_state: call.text(Field::State).map(str::to_owned),
+                changes: diff,
+            }])
+        }
+        Action::Delete { id } => match state {
+            CallState::Live(_) => Ok(vec![EventBody::CallDeleted]),
+            _ => Err(DecideError::NotFound(*id)),
+        },
+    }
+}
+
+/// The part of `changes` that differs from the call as it stands.
+fn difference(call: &Call, changes: &Changes) -> Changes {
+    Changes {
+        attributes: changes
+            .attributes
+            .iter()
+            .filter(|(field, value)| call.attributes.get(field) != value.as_ref())
+            .map(|(field, value)| (*field, value.clone()))
+            .collect(),
+        relationships: changes
+            .relationships
+            .iter()
+            .filter(|(relation, value)| call.relationships.get(relation) != value.as_ref())
+            .map(|(relation, value)| (*relation, value.clone()))
+            .collect(),
+        data_connections: changes
+            .data_connections
+            .as_ref()
+            .filter(|connections| **connections != call.data_connections)
+            .cloned(),
+    }
+}
+
+/// Applies an event to a call's state. No rule is checked here: the event already happened.
+pub fn evolve(state: CallState, event: &Event) -> CallState {
+    let stored = &event.stored;
+    match (&stored.body, state) {
+        (EventBody::CallCreated(changes), _) => {
+            let mut call = Call {
+                id: event.call_id,
+                version: event.version,
+                position: event.position,
+                attributes: Default::default(),
+                relationships: Default::default(),
+                data_connections: Vec::new(),
+            };
+            apply(&mut call, changes);
+            call.attributes
+                .insert(Field::CreatedAt, AttrValue::Time(stored.recorded_at));
+            call.attributes
+                .insert(Field::UpdatedAt, AttrValue::Time(stored.recorded_at));
+            if call.attributes.contains_key(&Field::State) {
+                call.attributes
+                    .insert(Field::StateChangedAt, AttrValue::Time(stored.occurred_at));
+            }
+            CallState::Live(call)
+        }
+        (EventBody::CallUpdated(changes), CallState::Live(mut call)) => {
+            apply(&mut call, changes);
+            touch(&mut call, event);
+            CallState::Live(call)
+        }
+        (EventBody::CallStateChanged { changes, .. }, CallState::Live(mut call)) => {
+            apply(&mut call, changes);
+            call.attributes
+                .insert(Field::StateChangedAt, AttrValue::Time(stored.occurred_at));
+            touch(&mut call, event);
+            CallState::Live(call)
+        }
+        (EventBody::CallDeleted, _) => CallState::Deleted {
+            id: event.call_id,
+            version: event.version,
+        },
+        // An update of a call that is not live cannot have been decided; keep the state.
+        (_, state) => state,
+    }
+}
+
+fn apply(call: &mut Call, changes: &Changes) {
+    for (field, value) in &changes.attributes {
+        match value {
+            Some(value) => call.attributes.insert(*field, value.clone()),
+            None => call.attributes.remove(field),
+        };
+    }
+    for (relation, value) in &changes.relationships {
+        match value {
+            Some(value) => call.relationships.insert(*relation, value.clone()),
+            None => call.relationships.remove(relation),
+        };
+    }
+    if let Some(connections) = &changes.data_connections {
+        call.data_connections = connections.clone();
+    }
+}
+
+fn touch(call: &mut Call, event: &Event) {
+    call.version = event.version;
+    call.position = event.position;
+    call.attributes
+        .insert(Field::UpdatedAt, AttrValue::Time(event.stored.recorded_at));
+}

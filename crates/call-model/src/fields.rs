@@ -1,0 +1,279 @@
+//! The Call resource's schema: its 22 attributes and 15 relationships, what type each holds, who
+//! may write it, and how long it may be.
+
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// What an attribute holds and the rule its values follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttrKind {
+    /// An RFC 3339 date-time.
+    Time,
+    /// A string of at most `max` Unicode characters; `url` restricts it to http(s) URLs.
+    Text {
+        /// Longest allowed value, in characters.
+        max: usize,
+        /// Whether the value must be an http or https URL.
+        url: bool,
+    },
+    /// One of a fixed list of strings.
+    Enum(&'static [&'static str]),
+    /// A boolean.
+    Bool,
+    /// An array of strings.
+    Tags,
+}
+
+/// Who may write an attribute or relationship.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Any writer.
+    Writable,
+    /// Only the telephony system (a writer with the voice right).
+    Telephony,
+    /// Nobody: the ledger sets it.
+    Server,
+}
+
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in the order the API writes them.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The name the API uses.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+
+            /// Looks a name up, case-sensitively, as the API spells it.
+            pub fn from_name(name: &str) -> Option<$name> {
+                match name { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// An attribute of a call.
+    Field {
+        /// When the call was answered.
+        AnsweredAt = "answeredAt",
+        /// When the call was completed.
+        CompletedAt = "completedAt",
+        /// When the CallCreated event was recorded.
+        CreatedAt = "createdAt",
+        /// When the call was dialed.
+        DialedAt = "dialedAt",
+        /// "inbound" or "outbound".
+        Direction = "direction",
+        /// The voice provider.
+        ExternalVendor = "externalVendor",
+        /// The number the call was placed from.
+        From = "from",
+        /// A free-text note.
+        Note = "note",
+        /// "Answered" or "Not Answered".
+        Outcome = "outcome",
+        /// The recording's http(s) URL.
+        RecordingUrl = "recordingUrl",
+        /// When the call was returned.
+        ReturnedAt = "returnedAt",
+        /// What to do with the sequence.
+        SequenceAction = "sequenceAction",
+        /// Whether the call is recorded.
+        ShouldRecordCall = "shouldRecordCall",
+        /// The call's state, owned by telephony.
+        State = "state",
+        /// When `state` last changed.
+        StateChangedAt = "stateChangedAt",
+        /// Tags such as "Interested".
+        Tags = "tags",
+        /// The number the call was placed to.
+        To = "to",
+        /// The voice trace id, owned by telephony.
+        Uid = "uid",
+        /// When the call's latest event was recorded.
+        UpdatedAt = "updatedAt",
+        /// "bridge" or "voip".
+        UserCallType = "userCallType",
+        /// The provider's call id.
+        VendorCallId = "vendorCallId",
+        /// The voicemail recording's URL, owned by telephony.
+        VoicemailRecordingUrl = "voicemailRecordingUrl",
+    }
+}
+
+impl Field {
+    /// What the attribute holds.
+    pub fn kind(self) -> AttrKind {
+        use Field::*;
+        match self {
+            AnsweredAt | CompletedAt | CreatedAt | DialedAt | ReturnedAt | StateChangedAt
+            | UpdatedAt => AttrKind::Time,
+            Direction => AttrKind::Enum(&["inbound", "outbound"]),
+            Outcome => AttrKind::Enum(&["Answered", "Not Answered"]),
+            SequenceAction => {
+                AttrKind::Enum(&["Advance", "Finish", "Finish - No Reply", "Finish - Replied"])
+            }
+            UserCallType => AttrKind::Enum(&["bridge", "voip"]),
+            ExternalVendor | From | To | State | Uid => AttrKind::Text {
+                max: 255,
+                url: false,
+            },
+            Note => AttrKind::Text {
+                max: 65535,
+                url: false,
+            },
+            RecordingUrl => AttrKind::Text {
+                max: 255,
+                url: true,
+            },
+            VoicemailRecordingUrl => AttrKind::Text {
+                max: 1024,
+                url: true,
+            },
+            VendorCallId => AttrKind::Text {
+                max: 63,
+                url: false,
+            },
+            ShouldRecordCall => AttrKind::Bool,
+            Tags => AttrKind::Tags,
+        }
+    }
+
+    /// Who may write it.
+    pub fn ownership(self) -> Ownership {
+        match self {
+            Field::CreatedAt | Field::UpdatedAt | Field::StateChangedAt => Ownership::Server,
+            Field::State | Field::Uid | Field::VoicemailRecordingUrl => Ownership::Telephony,
+            _ => Ownership::Writable,
+        }
+    }
+}
+
+named_enum! {
+    /// A relationship of a call.
+    Relation {
+        /// The account or opportunity the call belongs to; read-only to ordinary writers.
+        AssociatedId = "associatedId",
+        /// The batches the call is part of (to-many).
+        Batches = "batches",
+        /// The call's disposition.
+        CallDisposition = "callDisposition",
+        /// The call's purpose.
+        CallPurpose = "callPurpose",
+        /// The Kaia CRM recording.
+        KaiaCrmRecording = "kaiaCrmRecording",
+        /// The opportunity.
+        Opportunity = "opportunity",
+        /// The voicemail message played to the callee.
+        OutboundVoicemail = "outboundVoicemail",
+        /// The user's phone.
+        Phone = "phone",
+        /// The prospect's phone number.
+        PhoneNumber = "phoneNumber",
+        /// The prospect.
+        Prospect = "prospect",
+        /// The sequence.
+        Sequence = "sequence",
+        /// The sequence state.
+        SequenceState = "sequenceState",
+        /// The sequence step.
+        SequenceStep = "sequenceStep",
+        /// The task.
+        Task = "task",
+        /// The user.
+        User = "user",
+    }
+}
+
+impl Relation {
+    /// The resource types a relationship may point at.
+    pub fn target_types(self) -> &'static [&'static str] {
+        use Relation::*;
+        match self {
+            AssociatedId => &["account", "opportunity"],
+            Batches => &["batch"],
+            CallDisposition => &["callDisposition"],
+            CallPurpose => &["callPurpose"],
+            KaiaCrmRecording => &["kaiaCrmRecording"],
+            Opportunity => &["opportunity"],
+            OutboundVoicemail => &["outboundVoicemail"],
+            Phone => &["phone"],
+            PhoneNumber => &["phoneNumber"],
+            Prospect => &["prospect"],
+            Sequence => &["sequence"],
+            SequenceState => &["sequenceState"],
+            SequenceStep => &["sequenceStep"],
+            Task => &["task"],
+            User => &["user"],
+        }
+    }
+
+    /// Whether it holds a list of resources rather than one.
+    pub fn is_to_many(self) -> bool {
+        self == Relation::Batches
+    }
+
+    /// Who may write it. `associatedId` is set by the system (a writer with the voice right).
+    pub fn ownership(self) -> Ownership {
+        match self {
+            Relation::AssociatedId => Ownership::Telephony,
+            _ => Ownership::Writable,
+        }
+    }
+
+    /// Whether the list query can filter on its id (as Outreach allows: every to-one
+    /// relationship except `associatedId`).
+    pub fn is_filterable(self) -> bool {
+        !matches!(self, Relation::AssociatedId | Relation::Batches)
+    }
+}
+
+/// The value of one attribute. Null is represented by absence.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AttrValue {
+    /// A string (plain, URL or one of an enumeration).
+    Text(String),
+    /// A date-time.
+    Time(Timestamp),
+    /// A boolean.
+    Bool(bool),
+    /// A list of tags.
+    Tags(Vec<String>),
+}
+
+impl AttrValue {
+    /// The JSON form the API and the events use.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            AttrValue::Text(text) => serde_json::Value::String(text.clone()),
+            AttrValue::Time(at) => serde_json::Value::String(at.to_string()),
+            AttrValue::Bool(flag) => serde_json::Value::Bool(*flag),
+            AttrValue::Tags(tags) => serde_json::Value::from(tags.clone()),
+        }
+    }
+}
+
+/// The value of one relationship. Null is represented by absence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RelValue {
+    /// A to-one relationship.
+    One(crate::call::ResourceRef),
+    /// A to-many relationship (`batches`).
+    Many(Vec<crate::call::ResourceRef>),
+}

@@ -1,0 +1,19 @@
+//! The Call resource of the Outreach API as a pure domain model: its attributes and relationships,
+//! the validation of writes, the commands, the events and their envelope, and `decide`/`evolve`.
+//!
+//! Architecture invariant: this crate does no I/O, has no async and reads no clock. Time, event ids
+//! and the writer's rights come in on the command; the storage and transport crates sit around it.
+
+mod call;
+mod command;
+mod event;
+mod fields;
+mod input;
+mod time;
+
+pub use call::{Call, CallId, CallState, DataConnection, ResourceRef};
+pub use command::{decide, evolve, Action, Command, DecideError};
+pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHEMA_VERSION};
+pub use fields::{AttrKind, AttrValue, Field, Ownership, RelValue, Relation};
+pub use input::{parse_write, Changes, Rights, Violation, ViolationKind, WriteInput, WriteMode};
+pub use time::{Timestamp, TimestampError};
