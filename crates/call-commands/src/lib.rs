@@ -1,0 +1,356 @@
+//! Executes call commands: loads the call's state from its stream in the log, lets the model
+//! decide, encodes the events and appends them atomically, with optimistic concurrency and
+//! idempotency keys.
+//!
+//! The functions here block (the log waits for its group commit to reach disk); async callers
+//! run them on a blocking thread.
+
+use call_model::{
+    decide, evolve, Action, CallId, CallState, Command, DecideError, Event, EventDecodeError,
+    StoredEvent, Timestamp, Violation,
+};
+use event_log::{
+    Append, AppendError, Appended, EventLog, ExpectedVersion, Idempotency, LogError, StreamTarget,
+};
+use sha2::{Digest, Sha256};
+
+/// The longest idempotency key accepted, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// How often a command without `If-Match` is re-decided when another writer changed the call
+/// between our read and our append. Each retry reads the newer state, so this bounds only
+/// pathological contention.
+const MAX_ATTEMPTS: usize = 64;
+
+/// A command with the options a writer may attach.
+#[derive(Clone, Debug)]
+pub struct CommandRequest {
+    /// What to do.
+    pub command: Command,
+    /// `If-Match`: the version the call must be at, else the command is a conflict.
+    pub expected_version: Option<u64>,
+    /// A retry with the same key and the same command returns the original result.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// The call it acted on (the new id for a create).
+    pub call_id: CallId,
+    /// The call's version afterwards.
+    pub version: u64,
+    /// The log position a reader must have reached to see the result (read-your-writes).
+    pub position: u64,
+    /// The call afterwards; for a replayed request, as the original request left it.
+    pub state: CallState,
+    /// How many events were appended (0 for a no-op or a replay).
+    pub appended: usize,
+    /// Whether this was a retry answered from its idempotency key.
+    pub replayed: bool,
+}
+
+/// Which kind of conflict refused a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Conflict {
+    /// `If-Match` named another version than the call's.
+    VersionMismatch {
+        /// The version the writer expected.
+        expected: u64,
+        /// The call's version.
+        actual: u64,
+    },
+    /// The idempotency key was used before for a different request.
+    IdempotencyKeyReused,
+    /// The state change is older than the call's `stateChangedAt`.
+    StaleStateChange {
+        /// The call's `stateChangedAt`.
+        current: Timestamp,
+        /// When the refused change says it happened.
+        occurred_at: Timestamp,
+    },
+}
+
+/// Why a command was not carried out. Every variant but `Unavailable` is final for this request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The command breaks rules of the model.
+    #[error("the command is invalid ({} violations)", .0.len())]
+    Invalid(Vec<Violation>),
+    /// No live call has this id.
+    #[error("Could not find 'call' with ID '{0}'.")]
+    NotFound(CallId),
+    /// It conflicts with the call's state or an earlier request.
+    #[error("conflict: {0:?}")]
+    Conflict(Conflict),
+    /// The idempotency key is empty or too long.
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
+    /// The log could not be read or written; retrying later may succeed.
+    #[error("the ledger is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<LogError> for CommandError {
+    fn from(error: LogError) -> Self {
+        CommandError::Unavailable(error.to_string())
+    }
+}
+
+impl From<EventDecodeError> for CommandError {
+    fn from(error: EventDecodeError) -> Self {
+        CommandError::Unavailable(error.to_string())
+    }
+}
+
+/// Carries out commands against the log.
+#[derive(Clone)]
+pub struct CommandService {
+    log: EventLog,
+}
+
+impl CommandService {
+    /// A service appending to `log`.
+    pub fn new(log: EventLog) -> CommandService {
+        CommandService { log }
+    }
+
+    /// The log it appends to.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// The call's state as its durable events leave it.
+    pub fn load(&self, id: CallId) -> Result<CallState, CommandError> {
+        self.load_until(id, u64::MAX)
+    }
+
+    fn load_until(&self, id: CallId, version: u64) -> Result<CallState, CommandError> {
+        let mut state = CallState::Absent;
+        for record in self.log.read_stream(id)? {
+            if record.version > version {
+                break;
+            }
+            let event = Event::decode(
+                record.position,
+                record.stream,
+                record.version,
+                &record.payload,
+            )?;
+            state = evolve(state, &event);
+        }
+        Ok(state)
+    }
+
+    /// Validates, decides and appends one command; returns once its events are durable.
+    pub fn execute(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
+        let idempotency = match &request.idempotency_key {
+            Some(key) => {
+                check_idempotency_key(key)?;
+                Some(Idempotency {
+                    key: key.clone(),
+                    fingerprint: fingerprint(&request),
+                })
+            }
+            None => None,
+        };
+        if let Some(idempotency) = &idempotency {
+            if let Some((original, stored)) = self.log.idempotent_result(&idempotency.key)? {
+                return self.replay(original, stored, idempotency);
+            }
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            match self.attempt(&request, idempotency.clone())? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Raced => continue,
+            }
+        }
+        Err(CommandError::Unavailable(
+            "the call changed too often while this command was being applied; retry".into(),
+        ))
+    }
+
+    fn attempt(
+        &self,
+        request: &CommandRequest,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Attempt, CommandError> {
+        let command = &request.command;
+        let (stream, state) = match &command.action {
+            Action::Create(_) => (StreamTarget::New, CallState::Absent),
+            Action::Update { id, .. } | Action::Delete { id } => {
+                (StreamTarget::Existing(*id), self.load(*id)?)
+            }
+        };
+        if let (Some(expected), Some(id)) = (request.expected_version, target_id(command)) {
+            if state.live().is_none() {
+                return Err(CommandError::NotFound(id));
+            }
+            if state.version() != expected {
+                return Err(CommandError::Conflict(Conflict::VersionMismatch {
+                    expected,
+                    actual: state.version(),
+                }));
+            }
+        }
+        let bodies = decide(&state, command).map_err(|error| match error {
+            DecideError::NotFound(id) => CommandError::NotFound(id),
+            DecideError::StaleStateChange {
+                current,
+                occurred_at,
+            } => CommandError::Conflict(Conflict::StaleStateChange {
+                current,
+                occurred_at,
+            }),
+            DecideError::Invalid(violations) => CommandError::Invalid(violations),
+        })?;
+        if bodies.is_empty() {
+            let call = state
+                .live()
+                .ok_or(CommandError::Unavailable("no-op on a missing call".into()))?;
+            return Ok(Attempt::Done(CommandOutcome {
+                call_id: call.id,
+                version: call.version,
+                position: call.position,
+                state: state.clone(),
+                appended: 0,
+                replayed: false,
+            }));
+        }
+        let stored: Vec<StoredEvent> = bodies
+            .into_iter()
+            .map(|body| StoredEvent {
+                event_id: uuid::Uuid::now_v7(),
+                idempotency_key: request.idempotency_key.clone(),
+                occurred_at: command.occurred_at(),
+                recorded_at: command.recorded_at,
+                actor: command.actor.clone(),
+                body,
+            })
+            .collect();
+        let expected = match stream {
+            StreamTarget::New => ExpectedVersion::NoStream,
+            StreamTarget::Existing(_) => ExpectedVersion::Exact(state.version()),
+        };
+        let append = Append {
+            stream,
+            expected,
+            idempotency: idempotency.clone(),
+            payloads: stored.iter().map(StoredEvent::encode).collect(),
+        };
+        let appended = match self.log.append(append) {
+            Ok(appended) => appended,
+            Err(AppendError::WrongExpectedVersion { actual, .. }) => {
+                if let Some(expected) = request.expected_version {
+                    return Err(CommandError::Conflict(Conflict::VersionMismatch {
+                        expected,
+                        actual: actual.unwrap_or(0),
+                    }));
+                }
+                return Ok(Attempt::Raced);
+            }
+            Err(AppendError::IdempotencyKeyReused { .. }) => {
+                return Err(CommandError::Conflict(Conflict::IdempotencyKeyReused))
+            }
+            Err(AppendError::StreamNotFound(id)) => return Err(CommandError::NotFound(id)),
+            Err(error) => return Err(CommandError::Unavailable(error.to_string())),
+        };
+        if appended.duplicate {
+            // A concurrent request with the same key won the race; answer as it was answered.
+            let idempotency =
+                idempotency.ok_or(CommandError::Unavailable("duplicate without key".into()))?;
+            let fingerprint = idempotency.fingerprint;
+            return self
+                .replay(appended, fingerprint, &idempotency)
+                .map(Attempt::Done);
+        }
+        let mut state = state;
+        for (offset, stored) in stored.into_iter().enumerate() {
+            let offset = offset as u64;
+            let event = Event {
+                position: appended.first_position + offset,
+                call_id: appended.stream,
+                version: appended.first_version + offset,
+                stored,
+            };
+            state = evolve(state, &event);
+        }
+        Ok(Attempt::Done(CommandOutcome {
+            call_id: appended.stream,
+            version: appended.last_version,
+            position: appended.last_position,
+            state,
+            appended: (appended.last_position - appended.first_position + 1) as usize,
+            replayed: false,
+        }))
+    }
+
+    fn replay(
+        &self,
+        original: Appended,
+        stored_fingerprint: [u8; 32],
+        idempotency: &Idempotency,
+    ) -> Result<CommandOutcome, CommandError> {
+        if stored_fingerprint != idempotency.fingerprint {
+            return Err(CommandError::Conflict(Conflict::IdempotencyKeyReused));
+        }
+        let state = self.load_until(original.stream, original.last_version)?;
+        Ok(CommandOutcome {
+            call_id: original.stream,
+            version: original.last_version,
+            position: original.last_position,
+            state,
+            appended: 0,
+            replayed: true,
+        })
+    }
+}
+
+enum Attempt {
+    Done(CommandOutcome),
+    Raced,
+}
+
+fn target_id(command: &Command) -> Option<CallId> {
+    match &command.action {
+        Action::Create(_) => None,
+        Action::Update { id, .. } | Action::Delete { id } => Some(*id),
+    }
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), CommandError> {
+    let chars = key.chars().count();
+    if chars == 0 {
+        return Err(CommandError::InvalidIdempotencyKey("it is empty".into()));
+    }
+    if chars > MAX_IDEMPOTENCY_KEY_CHARS {
+        return Err(CommandError::InvalidIdempotencyKey(format!(
+            "at most {MAX_IDEMPOTENCY_KEY_CHARS} characters, got {chars}"
+        )));
+    }
+    Ok(())
+}
+
+/// A digest of everything that makes a request what it is, so a retry can be told from a
+/// different request reusing the key. The recording time is left out: a retry arrives later.
+fn fingerprint(request: &CommandRequest) -> [u8; 32] {
+    let command = &request.command;
+    let (kind, id, changes) = match &command.action {
+        Action::Create(changes) => ("create", 0, changes.to_json()),
+        Action::Update { id, changes } => ("update", *id, changes.to_json()),
+        Action::Delete { id } => ("delete", *id, serde_json::Value::Null),
+    };
+    let canonical = serde_json::json!([
+        kind,
+        id,
+        changes,
+        command.actor,
+        command.occurred_at.map(|at| at.millis()),
+        request.expected_version,
+    ]);
+    Sha256::digest(canonical.to_string().as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests;

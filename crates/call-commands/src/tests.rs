@@ -1,0 +1,215 @@
+//! Tests of command execution against a real log in a temporary directory.
+
+use super::*;
+use call_model::{parse_write, Rights, WriteMode};
+use event_log::LogOptions;
+use serde_json::json;
+
+fn service() -> (tempfile::TempDir, CommandService) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), LogOptions::durable()).unwrap();
+    (dir, CommandService::new(log))
+}
+
+fn at(millis: i64) -> Timestamp {
+    Timestamp::from_millis(1_700_000_000_000 + millis)
+}
+
+fn request(action: Action, key: Option<&str>, expected: Option<u64>) -> CommandRequest {
+    CommandRequest {
+        command: Command {
+            action,
+            actor: "tester".into(),
+            recorded_at: at(0),
+            occurred_at: None,
+        },
+        expected_version: expected,
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+fn changes(attributes: serde_json::Value) -> call_model::Changes {
+    let document = json!({"data": {"type": "call", "attributes": attributes}});
+    parse_write(&document, WriteMode::Create, Rights { voice: true })
+        .unwrap()
+        .changes
+}
+
+fn create(service: &CommandService, attributes: serde_json::Value) -> CommandOutcome {
+    service
+        .execute(request(Action::Create(changes(attributes)), None, None))
+        .unwrap()
+}
+
+#[test]
+fn create_assigns_increasing_ids_and_update_bumps_the_version() {
+    let (_dir, service) = service();
+    let first = create(&service, json!({"direction": "inbound"}));
+    let second = create(&service, json!({"direction": "outbound"}));
+    assert_eq!((first.call_id, first.version, first.position), (1, 1, 1));
+    assert_eq!((second.call_id, second.position), (2, 2));
+    let updated = service
+        .execute(request(
+            Action::Update {
+                id: 1,
+                changes: changes(json!({"note": "hi"})),
+            },
+            None,
+            None,
+        ))
+        .unwrap();
+    assert_eq!((updated.version, updated.appended), (2, 1));
+    assert_eq!(
+        updated.state.live().unwrap().text(call_model::Field::Note),
+        Some("hi")
+    );
+}
+
+#[test]
+fn an_update_that_changes_nothing_appends_nothing() {
+    let (_dir, service) = service();
+    create(&service, json!({"note": "same"}));
+    let outcome = service
+        .execute(request(
+            Action::Update {
+                id: 1,
+                changes: changes(json!({"note": "same"})),
+            },
+            None,
+            None,
+        ))
+        .unwrap();
+    assert_eq!(outcome.appended, 0);
+    assert_eq!(service.log().head(), 1);
+}
+
+#[test]
+fn if_match_on_another_version_is_a_conflict_and_appends_nothing() {
+    let (_dir, service) = service();
+    create(&service, json!({}));
+    let error = service
+        .execute(request(
+            Action::Update {
+                id: 1,
+                changes: changes(json!({"note": "x"})),
+            },
+            None,
+            Some(7),
+        ))
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        CommandError::Conflict(Conflict::VersionMismatch {
+            expected: 7,
+            actual: 1
+        })
+    ));
+    assert_eq!(service.log().head(), 1);
+}
+
+#[test]
+fn a_retry_with_the_same_key_returns_the_original_result() {
+    let (_dir, service) = service();
+    let original = service
+        .execute(request(
+            Action::Create(changes(json!({"note": "a"}))),
+            Some("k1"),
+            None,
+        ))
+        .unwrap();
+    service
+        .execute(request(
+            Action::Update {
+                id: 1,
+                changes: changes(json!({"note": "b"})),
+            },
+            None,
+            None,
+        ))
+        .unwrap();
+    let retry = service
+        .execute(request(
+            Action::Create(changes(json!({"note": "a"}))),
+            Some("k1"),
+            None,
+        ))
+        .unwrap();
+    assert!(retry.replayed);
+    assert_eq!(
+        (retry.call_id, retry.version),
+        (original.call_id, original.version)
+    );
+    assert_eq!(retry.state, original.state);
+    assert_eq!(service.log().head(), 2);
+    let reused = service
+        .execute(request(
+            Action::Create(changes(json!({"note": "other"}))),
+            Some("k1"),
+            None,
+        ))
+        .unwrap_err();
+    assert!(matches!(
+        reused,
+        CommandError::Conflict(Conflict::IdempotencyKeyReused)
+    ));
+}
+
+#[test]
+fn a_deleted_call_is_not_found_for_updates_and_deletes() {
+    let (_dir, service) = service();
+    create(&service, json!({}));
+    service
+        .execute(request(Action::Delete { id: 1 }, None, None))
+        .unwrap();
+    let update = service
+        .execute(request(
+            Action::Update {
+                id: 1,
+                changes: changes(json!({"note": "x"})),
+            },
+            None,
+            None,
+        ))
+        .unwrap_err();
+    assert!(matches!(update, CommandError::NotFound(1)));
+    assert!(matches!(
+        service.execute(request(Action::Delete { id: 1 }, None, None)),
+        Err(CommandError::NotFound(1))
+    ));
+    assert!(matches!(
+        service.execute(request(Action::Delete { id: 99 }, None, None)),
+        Err(CommandError::NotFound(99))
+    ));
+}
+
+#[test]
+fn an_overlong_idempotency_key_is_refused() {
+    let (_dir, service) = service();
+    let key = "k".repeat(256);
+    let error = service
+        .execute(request(
+            Action::Create(changes(json!({}))),
+            Some(&key),
+            None,
+        ))
+        .unwrap_err();
+    assert!(matches!(error, CommandError::InvalidIdempotencyKey(_)));
+}
+
+#[test]
+fn concurrent_updates_without_if_match_all_land() {
+    let (_dir, service) = service();
+    create(&service, json!({}));
+    std::thread::scope(|scope| {
+        for writer in 0..16 {
+            let service = service.clone();
+            scope.spawn(move || {
+                let changes = changes(json!({"note": format!("writer {writer}")}));
+                service
+                    .execute(request(Action::Update { id: 1, changes }, None, None))
+                    .unwrap();
+            });
+        }
+    });
+    assert_eq!(service.load(1).unwrap().version(), 17);
+}
