@@ -1,0 +1,41 @@
+//! The raw sled write ceiling, measured beside the log's own figures by the
+//! benchmark: what `apply_batch` plus `flush` can do with no log logic.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::log::sled_config;
+use crate::{Durability, LogError};
+
+/// Opens a fresh sled database in `dir` (configured as the log configures
+/// its own), writes `rows` rows of `row_bytes` bytes with one `apply_batch`
+/// of `batch` rows followed by one `flush` per batch, and returns the rows
+/// written per second. A `batch` of 0 counts as 1.
+pub fn raw_sled_batch_ceiling(
+    dir: &Path,
+    rows: usize,
+    row_bytes: usize,
+    batch: usize,
+) -> Result<f64, LogError> {
+    let db = sled_config(dir, Durability::Flush).open()?;
+    let row = vec![0xA5u8; row_bytes];
+    let batch = batch.max(1);
+    let started = Instant::now();
+    let mut written = 0usize;
+    while written < rows {
+        let end = rows.min(written + batch);
+        let mut writes = sled::Batch::default();
+        for index in written..end {
+            writes.insert(&(index as u64).to_be_bytes()[..], &row[..]);
+        }
+        db.apply_batch(writes)?;
+        db.flush()?;
+        written = end;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(if seconds > 0.0 {
+        rows as f64 / seconds
+    } else {
+        0.0
+    })
+}

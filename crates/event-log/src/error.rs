@@ -1,0 +1,92 @@
+//! The typed errors of the log: [`LogError`] for storage failures and
+//! [`AppendError`], which keeps rejected appends apart from failed ones.
+
+use std::path::PathBuf;
+
+use crate::{ExpectedVersion, StreamId, StreamTarget, Version};
+
+/// A failure of the log itself: the request may be fine, but the storage is
+/// not available or not readable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// Another [`EventLog`](crate::EventLog), in this process or another,
+    /// holds the data directory.
+    #[error("data directory {path} is in use by another process")]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// sled reported an error (i/o, its own corruption check, a bug).
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored key or value does not have the layout this crate writes.
+    /// The string names the key and what is wrong.
+    #[error("corrupt log record at key {0}")]
+    Corrupt(String),
+    /// The log's writer has stopped, so nothing more can be appended.
+    #[error("the log is closed")]
+    Closed,
+    /// An i/o error outside sled (creating the directory, the lock file).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl LogError {
+    /// A copy of this error for each request of a failed group. `io::Error`
+    /// is not `Clone`, so it is copied by kind and message.
+    pub(crate) fn duplicate(&self) -> LogError {
+        match self {
+            LogError::Locked { path } => LogError::Locked { path: path.clone() },
+            LogError::Storage(e) => LogError::Storage(e.clone()),
+            LogError::Corrupt(what) => LogError::Corrupt(what.clone()),
+            LogError::Closed => LogError::Closed,
+            LogError::Io(e) => LogError::Io(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+/// Why [`EventLog::append`](crate::EventLog::append) did not append.
+///
+/// All variants but [`AppendError::Log`] are rejections of the request
+/// (see [`AppendError::is_rejection`]); `Log` is a failure of the log, and
+/// then the outcome is unknown: the records may still become durable, so
+/// callers retry with the same idempotency key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The stream is not at the expected version; nothing was appended.
+    #[error("stream {stream:?}: expected version {expected:?}, but it is at {actual:?}")]
+    WrongExpectedVersion {
+        /// The target as given in the request.
+        stream: StreamTarget,
+        /// The expectation as given in the request.
+        expected: ExpectedVersion,
+        /// The stream's current last version; `None` for no records.
+        actual: Option<Version>,
+    },
+    /// The idempotency key was used before with a different fingerprint.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
+    /// [`StreamTarget::Existing`] names an id the log never allocated.
+    #[error("stream {0} does not exist")]
+    StreamNotFound(StreamId),
+    /// The request had no payloads.
+    #[error("an append needs at least one payload")]
+    Empty,
+    /// The log failed; see [`LogError`].
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl AppendError {
+    /// `true` when the request was refused for what it asked (a conflict or
+    /// a bad request) and retrying it unchanged cannot succeed; `false` when
+    /// the log failed.
+    pub fn is_rejection(&self) -> bool {
+        !matches!(self, AppendError::Log(_))
+    }
+}

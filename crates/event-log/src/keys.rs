@@ -1,0 +1,188 @@
+//! The layout of keys and values in the log's single sled tree, and their
+//! checked decoding (a malformed entry is a [`LogError::Corrupt`], never a
+//! panic).
+//!
+//! | key                                  | value                                            |
+//! |--------------------------------------|--------------------------------------------------|
+//! | `L` position                         | stream, version, payload                         |
+//! | `S` stream version                   | position                                         |
+//! | `V` stream                           | last version                                     |
+//! | `I` idempotency key (UTF-8)          | stream, first/last version, first/last position, fingerprint |
+//! | `Mnext_stream`                       | the next stream id to allocate                   |
+//!
+//! All integers are big-endian `u64`, so sled's byte order is numeric order.
+
+use crate::{Appended, LogError, Position, StreamId, Version};
+
+/// Prefix of the records, by position.
+pub(crate) const LOG: u8 = b'L';
+/// Prefix of the per-stream index, by stream and version.
+pub(crate) const STREAM: u8 = b'S';
+/// Prefix of each stream's last version.
+pub(crate) const VERSION: u8 = b'V';
+/// Prefix of the idempotency keys.
+pub(crate) const IDEMPOTENCY: u8 = b'I';
+/// The persisted stream-id counter.
+pub(crate) const NEXT_STREAM: &[u8] = b"Mnext_stream";
+
+const IDEMPOTENCY_VALUE_LEN: usize = 5 * 8 + 32;
+
+pub(crate) fn log_key(position: Position) -> [u8; 9] {
+    prefixed(LOG, position)
+}
+
+pub(crate) fn stream_prefix(stream: StreamId) -> [u8; 9] {
+    prefixed(STREAM, stream)
+}
+
+pub(crate) fn stream_key(stream: StreamId, version: Version) -> [u8; 17] {
+    let mut key = [0; 17];
+    key[0] = STREAM;
+    key[1..9].copy_from_slice(&stream.to_be_bytes());
+    key[9..].copy_from_slice(&version.to_be_bytes());
+    key
+}
+
+pub(crate) fn version_key(stream: StreamId) -> [u8; 9] {
+    prefixed(VERSION, stream)
+}
+
+pub(crate) fn idempotency_key(key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(IDEMPOTENCY);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
+    let mut key = [0; 9];
+    key[0] = prefix;
+    key[1..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+pub(crate) fn log_value(stream: StreamId, version: Version, payload: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(16 + payload.len());
+    value.extend_from_slice(&stream.to_be_bytes());
+    value.extend_from_slice(&version.to_be_bytes());
+    value.extend_from_slice(payload);
+    value
+}
+
+pub(crate) fn idempotency_value(
+    appended: &Appended,
+    fingerprint: &[u8; 32],
+) -> [u8; IDEMPOTENCY_VALUE_LEN] {
+    let mut value = [0; IDEMPOTENCY_VALUE_LEN];
+    let fields = [
+        appended.stream,
+        appended.first_version,
+        appended.last_version,
+        appended.first_position,
+        appended.last_position,
+    ];
+    for (slot, field) in value.chunks_exact_mut(8).zip(fields) {
+        slot.copy_from_slice(&field.to_be_bytes());
+    }
+    value[40..].copy_from_slice(fingerprint);
+    value
+}
+
+/// Reads the big-endian `u64` at `at`, or reports `key` as corrupt.
+fn u64_at(bytes: &[u8], at: usize, key: &[u8], what: &str) -> Result<u64, LogError> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(key, what))
+}
+
+pub(crate) fn corrupt(key: &[u8], what: &str) -> LogError {
+    LogError::Corrupt(format!("{}: {what}", describe(key)))
+}
+
+/// The position in an `L` key.
+pub(crate) fn decode_log_key(key: &[u8]) -> Result<Position, LogError> {
+    if key.len() != 9 || key[0] != LOG {
+        return Err(corrupt(key, "not a record key"));
+    }
+    u64_at(key, 1, key, "not a record key")
+}
+
+/// The stream, version and payload in an `L` value.
+pub(crate) fn decode_log_value<'v>(
+    key: &[u8],
+    value: &'v [u8],
+) -> Result<(StreamId, Version, &'v [u8]), LogError> {
+    let stream = u64_at(value, 0, key, "record value shorter than 16 bytes")?;
+    let version = u64_at(value, 8, key, "record value shorter than 16 bytes")?;
+    Ok((stream, version, &value[16..]))
+}
+
+/// The version in an `S` key.
+pub(crate) fn decode_stream_key_version(key: &[u8]) -> Result<Version, LogError> {
+    if key.len() != 17 || key[0] != STREAM {
+        return Err(corrupt(key, "not a stream index key"));
+    }
+    u64_at(key, 9, key, "not a stream index key")
+}
+
+/// The stream id in a `V` key.
+pub(crate) fn decode_version_key(key: &[u8]) -> Result<StreamId, LogError> {
+    if key.len() != 9 || key[0] != VERSION {
+        return Err(corrupt(key, "not a stream version key"));
+    }
+    u64_at(key, 1, key, "not a stream version key")
+}
+
+/// A value that is exactly one `u64` (`S`, `V` and `M` values).
+pub(crate) fn decode_u64_value(key: &[u8], value: &[u8]) -> Result<u64, LogError> {
+    if value.len() != 8 {
+        return Err(corrupt(key, "value is not 8 bytes"));
+    }
+    u64_at(value, 0, key, "value is not 8 bytes")
+}
+
+/// The original result and fingerprint in an `I` value.
+pub(crate) fn decode_idempotency_value(
+    key: &[u8],
+    value: &[u8],
+) -> Result<(Appended, [u8; 32]), LogError> {
+    const WHAT: &str = "idempotency value is not 72 bytes";
+    if value.len() != IDEMPOTENCY_VALUE_LEN {
+        return Err(corrupt(key, WHAT));
+    }
+    let field = |i: usize| u64_at(value, i * 8, key, WHAT);
+    let appended = Appended {
+        stream: field(0)?,
+        first_version: field(1)?,
+        last_version: field(2)?,
+        first_position: field(3)?,
+        last_position: field(4)?,
+        duplicate: true,
+    };
+    let fingerprint = value[40..].try_into().map_err(|_| corrupt(key, WHAT))?;
+    Ok((appended, fingerprint))
+}
+
+/// A readable name for a key, for error messages: `L/42`, `S/3/7`, `V/3`,
+/// `I/"key"`, `M/next_stream`, or hex for anything else.
+pub(crate) fn describe(key: &[u8]) -> String {
+    let n = |at: usize| {
+        key.get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
+    match (key.first(), key.len()) {
+        (Some(&LOG), 9) => format!("L/{}", n(1).unwrap_or_default()),
+        (Some(&VERSION), 9) => format!("V/{}", n(1).unwrap_or_default()),
+        (Some(&STREAM), 17) => format!(
+            "S/{}/{}",
+            n(1).unwrap_or_default(),
+            n(9).unwrap_or_default()
+        ),
+        (Some(&IDEMPOTENCY), _) => format!("I/{:?}", String::from_utf8_lossy(&key[1..])),
+        _ if key == NEXT_STREAM => "M/next_stream".to_string(),
+        _ => key.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}

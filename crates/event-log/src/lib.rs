@@ -1,0 +1,148 @@
+//! `event-log` owns the append-only, durable log of opaque records: global
+//! positions, streams with per-stream versions, expected-version checks,
+//! idempotency keys, group commit and a durable head that readers can tail.
+//!
+//! The crate knows nothing about calls, NATS or JSON: a record is a byte
+//! string. Everything is stored in one sled tree so that every append (and
+//! every group of appends) is a single `apply_batch`, which sled recovers
+//! all-or-nothing after a crash.
+//!
+//! The API is synchronous and blocking. [`EventLog::append`] returns only when
+//! the records are durable (with [`Durability::Flush`]); readers only ever
+//! see records at or below [`EventLog::head`].
+
+#![warn(missing_docs)]
+
+mod baseline;
+mod error;
+mod keys;
+mod log;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use baseline::raw_sled_batch_ceiling;
+pub use error::{AppendError, LogError};
+pub use log::{EventLog, LogStats};
+
+/// A global position in the log. Positions start at 1 and have no gaps;
+/// 0 means "before the first record".
+pub type Position = u64;
+
+/// The id of a stream. Ids are allocated by the log, start at 1, increase
+/// and are never reused, not even after a crash.
+pub type StreamId = u64;
+
+/// The version of a record within its stream. Versions start at 1 per
+/// stream and have no gaps.
+pub type Version = u64;
+
+/// When [`EventLog::append`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `append` returns only after the records were flushed to disk (sled
+    /// `flush`, which fsyncs). Concurrent appends share one flush. This is
+    /// the durable choice, see [`LogOptions::durable`].
+    Flush,
+    /// `append` returns after the records were applied in memory, without a
+    /// flush of its own; sled flushes in the background about every 500 ms.
+    /// A crash (even of the process alone) loses acknowledged appends from
+    /// roughly the last flush interval. Meant for bulk imports and
+    /// benchmarks that can be redone.
+    Buffered,
+}
+
+/// How to open an [`EventLog`].
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// When `append` returns; see [`Durability`].
+    pub durability: Durability,
+}
+
+impl LogOptions {
+    /// Options where an acknowledged append survives a crash
+    /// ([`Durability::Flush`]).
+    pub fn durable() -> Self {
+        LogOptions {
+            durability: Durability::Flush,
+        }
+    }
+}
+
+/// Which stream an [`Append`] goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamTarget {
+    /// Allocate the next [`StreamId`] and start a new stream.
+    New,
+    /// Append to a stream allocated earlier.
+    Existing(StreamId),
+}
+
+/// The optimistic-concurrency condition of an [`Append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's current version is.
+    Any,
+    /// The stream must have no records yet.
+    NoStream,
+    /// The stream's current last version must be exactly this (>= 1).
+    Exact(Version),
+}
+
+/// An idempotency key with the fingerprint of the request it was used for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The caller's key; the caller keeps it at most 255 characters.
+    pub key: String,
+    /// A digest of the request, so that a reused key with a different
+    /// request is told apart from a retry.
+    pub fingerprint: [u8; 32],
+}
+
+/// One append request: one or more payloads for one stream, written
+/// together or not at all.
+#[derive(Clone, Debug)]
+pub struct Append {
+    /// The stream to append to.
+    pub stream: StreamTarget,
+    /// The condition on the stream's current version.
+    pub expected: ExpectedVersion,
+    /// If set, a retry with the same key and fingerprint returns the
+    /// original result instead of appending again.
+    pub idempotency: Option<Idempotency>,
+    /// The opaque records, in order; at least one.
+    pub payloads: Vec<Vec<u8>>,
+}
+
+/// The result of a successful [`EventLog::append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream written to (the new id for [`StreamTarget::New`]).
+    pub stream: StreamId,
+    /// The version of the first payload.
+    pub first_version: Version,
+    /// The version of the last payload.
+    pub last_version: Version,
+    /// The position of the first payload.
+    pub first_position: Position,
+    /// The position of the last payload.
+    pub last_position: Position,
+    /// `true` when the idempotency key had been used with the same
+    /// fingerprint: nothing was appended and the other fields describe the
+    /// original append.
+    pub duplicate: bool,
+}
+
+/// One stored record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The record's global position.
+    pub position: Position,
+    /// The stream it belongs to.
+    pub stream: StreamId,
+    /// Its version within the stream.
+    pub version: Version,
+    /// The opaque payload.
+    pub payload: Vec<u8>,
+}

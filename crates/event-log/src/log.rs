@@ -1,0 +1,350 @@
+//! [`EventLog`]: opening the data directory (with its lock), handing appends
+//! to the writer thread, and the readers, which only see durable records.
+
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::keys;
+use crate::writer::{self, Request, Shared, Writer};
+use crate::{
+    Append, AppendError, Appended, Durability, LogError, LogOptions, Position, Record, StreamId,
+    Version,
+};
+
+/// The name of the lock file in the data directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// How long `open` keeps retrying when sled's own file lock is still held
+/// although ours is free: a log dropped a moment ago in this process can
+/// leave sled's background threads holding its files briefly.
+const SLED_LOCK_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Counts and sizes, for monitoring and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogStats {
+    /// Durable records; positions have no gaps, so this is also the head.
+    pub events: u64,
+    /// Streams with durable records.
+    pub streams: u64,
+    /// The last durable position.
+    pub head: Position,
+    /// Bytes sled uses on disk.
+    pub size_on_disk: u64,
+}
+
+/// The append-only log. Cheap to clone; all clones share one writer thread.
+/// When the last clone is dropped, the writer finishes, flushes and stops,
+/// and the data directory is unlocked.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    head_rx: watch::Receiver<Position>,
+    dir: PathBuf,
+    // Field order matters: the tree must be dropped before the lock file is
+    // closed, so that nobody can open the directory while sled still has it.
+    db: sled::Db,
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue makes the writer finish and flush.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!(dir = %self.dir.display(), "event log writer panicked");
+            }
+        }
+    }
+}
+
+impl fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLog")
+            .field("dir", &self.inner.dir)
+            .field("head", &self.head())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// Opens (creating if missing) the log in `dir` and starts its writer.
+    ///
+    /// Fails with [`LogError::Locked`] when another `EventLog`, in this or
+    /// another process, has `dir` open.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<EventLog, LogError> {
+        std::fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
+        let db = open_sled(dir, options.durability)?;
+        let counters = writer::recover(&db)?;
+        let head = counters.next_position - 1;
+        let shared = Arc::new(Shared::default());
+        shared.head.store(head, Ordering::Release);
+        shared
+            .streams
+            .store(counters.next_stream - 1, Ordering::Release);
+        let (head_tx, head_rx) = watch::channel(head);
+        let (requests, queue) = mpsc::sync_channel(writer::QUEUE_CAPACITY);
+        let writer = Writer {
+            db: db.clone(),
+            durability: options.durability,
+            shared: Arc::clone(&shared),
+            head_tx,
+            counters,
+            needs_reload: false,
+        };
+        let writer = std::thread::Builder::new()
+            .name("event-log-writer".to_string())
+            .spawn(move || writer.run(queue))?;
+        tracing::info!(
+            dir = %dir.display(),
+            head,
+            next_stream = counters.next_stream,
+            durability = ?options.durability,
+            "event log opened"
+        );
+        Ok(EventLog {
+            inner: Arc::new(Inner {
+                requests: Some(requests),
+                writer: Some(writer),
+                shared,
+                head_rx,
+                dir: dir.to_path_buf(),
+                db,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Appends the payloads to one stream, all or nothing, after checking the
+    /// idempotency key (first) and the expected version.
+    ///
+    /// Blocks until the records are durable (with [`Durability::Flush`]) and
+    /// visible to readers. Concurrent calls share one flush, so throughput
+    /// grows with the number of concurrent callers.
+    pub fn append(&self, append: Append) -> Result<Appended, AppendError> {
+        if append.payloads.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        let sender = self.inner.requests.as_ref().ok_or(LogError::Closed)?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        sender
+            .send(Request { append, reply })
+            .map_err(|_| LogError::Closed)?;
+        answer.recv().map_err(|_| LogError::Closed)?
+    }
+
+    /// The last durable position; 0 when the log is empty.
+    pub fn head(&self) -> Position {
+        self.inner.shared.head.load(Ordering::Acquire)
+    }
+
+    /// A receiver of the head, marked changed whenever new records become
+    /// durable after this call.
+    pub fn watch_head(&self) -> watch::Receiver<Position> {
+        let mut receiver = self.inner.head_rx.clone();
+        // The template receiver never reads, so a clone would otherwise
+        // report every append since `open` as news.
+        receiver.mark_unchanged();
+        receiver
+    }
+
+    /// Up to `limit` durable records with positions greater than `after`,
+    /// in position order.
+    pub fn read_from(&self, after: Position, limit: usize) -> Result<Vec<Record>, LogError> {
+        let head = self.head();
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if first > head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = keys::log_key(first)..=keys::log_key(head);
+        let mut records = Vec::with_capacity(limit.min((head - after) as usize));
+        for entry in self.inner.db.range(range).take(limit) {
+            let (key, value) = entry?;
+            let position = keys::decode_log_key(&key)?;
+            let (stream, version, payload) = keys::decode_log_value(&key, &value)?;
+            records.push(Record {
+                position,
+                stream,
+                version,
+                payload: payload.to_vec(),
+            });
+        }
+        Ok(records)
+    }
+
+    /// The stream's durable records in version order; empty for a stream
+    /// without records.
+    pub fn read_stream(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
+        let head = self.head();
+        let mut records = Vec::new();
+        for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)) {
+            let (index_key, value) = entry?;
+            let version = keys::decode_stream_key_version(&index_key)?;
+            let position = keys::decode_u64_value(&index_key, &value)?;
+            // Positions grow with versions, so the rest is not durable yet.
+            if position > head {
+                break;
+            }
+            let key = keys::log_key(position);
+            let value = self
+                .inner
+                .db
+                .get(key)?
+                .ok_or_else(|| keys::corrupt(&index_key, "indexed record is missing"))?;
+            let (found_stream, found_version, payload) = keys::decode_log_value(&key, &value)?;
+            if (found_stream, found_version) != (stream, version) {
+                return Err(keys::corrupt(
+                    &key,
+                    &format!(
+                        "record is stream {found_stream} version {found_version}, \
+                         the index says stream {stream} version {version}"
+                    ),
+                ));
+            }
+            records.push(Record {
+                position,
+                stream,
+                version,
+                payload: payload.to_vec(),
+            });
+        }
+        Ok(records)
+    }
+
+    /// The stream's last durable version; `None` for a stream without
+    /// durable records.
+    pub fn stream_version(&self, stream: StreamId) -> Result<Option<Version>, LogError> {
+        let head = self.head();
+        for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)).rev() {
+            let (key, value) = entry?;
+            if keys::decode_u64_value(&key, &value)? <= head {
+                return keys::decode_stream_key_version(&key).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The durable original result of the append that used `key`, with its
+    /// fingerprint; `duplicate` is `true` in it, as `append` would answer a
+    /// retry.
+    pub fn idempotent_result(&self, key: &str) -> Result<Option<(Appended, [u8; 32])>, LogError> {
+        let head = self.head();
+        let stored_key = keys::idempotency_key(key);
+        match self.inner.db.get(&stored_key)? {
+            Some(value) => {
+                let found = keys::decode_idempotency_value(&stored_key, &value)?;
+                Ok((found.0.last_position <= head).then_some(found))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A benchmark baseline: iterates every stored record (key and value,
+    /// without decoding, including records not yet durable) with a raw sled
+    /// scan and returns how many there are.
+    pub fn scan_raw(&self) -> Result<u64, LogError> {
+        let mut count = 0u64;
+        let mut bytes = 0usize;
+        for entry in self.inner.db.scan_prefix([keys::LOG]) {
+            let (key, value) = entry?;
+            bytes = bytes.wrapping_add(key.len() + value.len());
+            count += 1;
+        }
+        std::hint::black_box(bytes);
+        Ok(count)
+    }
+
+    /// Counts of durable records and streams, the head and the size on disk.
+    pub fn stats(&self) -> Result<LogStats, LogError> {
+        // Read the stream count first: the writer publishes it before the
+        // head, so it is never behind the head read after it.
+        let streams = self.inner.shared.streams.load(Ordering::Acquire);
+        let head = self.head();
+        Ok(LogStats {
+            events: head,
+            streams,
+            head,
+            size_on_disk: self.inner.db.size_on_disk()?,
+        })
+    }
+
+    /// Flushes everything written so far to disk; useful with
+    /// [`Durability::Buffered`].
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Takes the exclusive lock on `dir/LOCK`, held until the file is closed.
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(LogError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(error)) => Err(error.into()),
+    }
+}
+
+/// The sled configuration used for the log (and the raw baseline).
+pub(crate) fn sled_config(dir: &Path, durability: Durability) -> sled::Config {
+    let config = sled::Config::new().path(dir);
+    match durability {
+        // Every group is flushed by the writer; a background flusher would
+        // only compete with it.
+        Durability::Flush => config.flush_every_ms(None),
+        Durability::Buffered => config.flush_every_ms(Some(500)),
+    }
+}
+
+/// Opens sled in `dir`, mapping its lock failure to [`LogError::Locked`].
+pub(crate) fn open_sled(dir: &Path, durability: Durability) -> Result<sled::Db, LogError> {
+    let config = sled_config(dir, durability);
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(error)) if is_sled_lock_error(&error) => {
+                if started.elapsed() >= SLED_LOCK_PATIENCE {
+                    return Err(LogError::Locked {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// sled 0.34 reports a held lock on its `db` file as an `Other` i/o error
+/// with this message.
+fn is_sled_lock_error(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::Other && error.to_string().contains("could not acquire lock")
+}

@@ -1,0 +1,340 @@
+//! The writer thread: the only code that writes to the tree. It takes the
+//! queued append requests as a group, checks each one in order, writes all
+//! accepted ones with one `apply_batch`, makes them durable with one
+//! `flush`, publishes the new head and only then replies (group commit).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::keys;
+use crate::{
+    Append, AppendError, Appended, Durability, ExpectedVersion, LogError, Position, StreamId,
+    StreamTarget, Version,
+};
+
+/// How many requests may wait for the writer before `append` blocks on
+/// sending.
+pub(crate) const QUEUE_CAPACITY: usize = 4096;
+
+/// The most requests that share one batch and one flush.
+const MAX_GROUP: usize = 1024;
+
+/// What the writer publishes for readers.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// The last durable position.
+    pub(crate) head: AtomicU64,
+    /// How many streams have durable records.
+    pub(crate) streams: AtomicU64,
+}
+
+/// The channel on which the writer answers one request.
+pub(crate) type Reply = SyncSender<Result<Appended, AppendError>>;
+
+/// One queued append.
+pub(crate) struct Request {
+    pub(crate) append: Append,
+    pub(crate) reply: Reply,
+}
+
+/// The allocation counters, as applied to the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Counters {
+    /// The position the next record gets.
+    pub(crate) next_position: Position,
+    /// The id the next new stream gets.
+    pub(crate) next_stream: StreamId,
+}
+
+impl Counters {
+    fn last_position(&self) -> Position {
+        self.next_position - 1
+    }
+}
+
+/// Reads the counters from the tree: the head from the last `L` key and the
+/// next stream id from the `M` counter, cross-checked with the highest `V`
+/// key (both are written in the same batch, so they agree unless something
+/// else wrote to the tree).
+pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
+    let last_position = match tree.scan_prefix([keys::LOG]).next_back() {
+        Some(entry) => keys::decode_log_key(&entry?.0)?,
+        None => 0,
+    };
+    let stored = match tree.get(keys::NEXT_STREAM)? {
+        Some(value) => keys::decode_u64_value(keys::NEXT_STREAM, &value)?,
+        None => 1,
+    };
+    if stored == 0 {
+        return Err(keys::corrupt(keys::NEXT_STREAM, "stream counter is 0"));
+    }
+    let highest_stream = match tree.scan_prefix([keys::VERSION]).next_back() {
+        Some(entry) => keys::decode_version_key(&entry?.0)?,
+        None => 0,
+    };
+    let next_stream = if highest_stream >= stored {
+        tracing::warn!(
+            stored,
+            highest_stream,
+            "stream counter is behind the highest stream; continuing after the highest"
+        );
+        highest_stream + 1
+    } else {
+        stored
+    };
+    Ok(Counters {
+        next_position: last_position + 1,
+        next_stream,
+    })
+}
+
+/// The state of one group while its requests are checked: what the earlier
+/// requests of the group changed, on top of the tree.
+struct Group {
+    counters: Counters,
+    versions: HashMap<StreamId, Version>,
+    idempotency: HashMap<String, (Appended, [u8; 32])>,
+    batch: sled::Batch,
+    accepted: usize,
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer {
+    pub(crate) db: sled::Db,
+    pub(crate) durability: Durability,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) head_tx: watch::Sender<Position>,
+    /// Counters as applied to the tree; may be ahead of the published head
+    /// after a failed flush.
+    pub(crate) counters: Counters,
+    /// Set after a failed apply or flush: the counters are re-read from the
+    /// tree before the next group.
+    pub(crate) needs_reload: bool,
+}
+
+impl Writer {
+    /// Serves requests until every sender is gone, then flushes.
+    pub(crate) fn run(mut self, requests: Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            let mut group = Vec::with_capacity(16);
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match requests.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, "final flush of the event log failed");
+        }
+        tracing::debug!("event log writer stopped");
+    }
+
+    fn commit(&mut self, requests: Vec<Request>) {
+        if self.needs_reload {
+            match recover(&self.db) {
+                Ok(counters) => {
+                    self.counters = counters;
+                    self.needs_reload = false;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot re-read the log counters");
+                    for request in requests {
+                        let _ = request.reply.send(Err(error.duplicate().into()));
+                    }
+                    return;
+                }
+            }
+        }
+
+        let mut group = Group {
+            counters: self.counters,
+            versions: HashMap::new(),
+            idempotency: HashMap::new(),
+            batch: sled::Batch::default(),
+            accepted: 0,
+        };
+        let mut replies = Vec::with_capacity(requests.len());
+        for Request { append, reply } in requests {
+            let result = self.check_and_stage(&mut group, append);
+            replies.push((reply, result));
+        }
+        let accepted = group.accepted;
+
+        match self.persist(group) {
+            Ok(()) => {
+                tracing::trace!(requests = replies.len(), accepted, "group committed");
+                for (reply, result) in replies {
+                    // A caller that went away no longer needs its answer.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                // The group's records may or may not be in the tree now (an
+                // apply can fail half-way in memory; a flush failure leaves
+                // them applied). Re-read the counters before the next group so
+                // positions stay gap-free, and fail the whole group: its
+                // outcome is unknown to the callers.
+                tracing::error!(%error, requests = replies.len(), "group commit failed");
+                self.needs_reload = true;
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(error.duplicate().into()));
+                }
+            }
+        }
+    }
+
+    /// Writes the group's batch, makes it durable and publishes the head.
+    fn persist(&mut self, group: Group) -> Result<(), LogError> {
+        if group.accepted > 0 {
+            self.db.apply_batch(group.batch)?;
+            self.counters = group.counters;
+        }
+        let applied = self.counters.last_position();
+        let head = self.shared.head.load(Ordering::Acquire);
+        if applied > head {
+            if self.durability == Durability::Flush {
+                self.db.flush()?;
+            }
+            self.shared
+                .streams
+                .store(self.counters.next_stream - 1, Ordering::Release);
+            self.shared.head.store(applied, Ordering::Release);
+            self.head_tx.send_replace(applied);
+        }
+        Ok(())
+    }
+
+    /// Checks one request against the tree and the group so far; if it is
+    /// accepted, stages its writes in the group's batch.
+    fn check_and_stage(&self, group: &mut Group, append: Append) -> Result<Appended, AppendError> {
+        if let Some(idempotency) = &append.idempotency {
+            if let Some((original, fingerprint)) =
+                self.idempotent_result(group, &idempotency.key)?
+            {
+                return if fingerprint == idempotency.fingerprint {
+                    Ok(Appended {
+                        duplicate: true,
+                        ..original
+                    })
+                } else {
+                    Err(AppendError::IdempotencyKeyReused {
+                        key: idempotency.key.clone(),
+                    })
+                };
+            }
+        }
+
+        let (stream, current) = match append.stream {
+            StreamTarget::New => (group.counters.next_stream, None),
+            StreamTarget::Existing(id) => {
+                if id == 0 || id >= group.counters.next_stream {
+                    return Err(AppendError::StreamNotFound(id));
+                }
+                (id, self.stream_version(group, id)?)
+            }
+        };
+        let matches = match append.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::Exact(expected) => current == Some(expected),
+        };
+        if !matches {
+            return Err(AppendError::WrongExpectedVersion {
+                stream: append.stream,
+                expected: append.expected,
+                actual: current,
+            });
+        }
+        if append.payloads.is_empty() {
+            return Err(AppendError::Empty);
+        }
+
+        if append.stream == StreamTarget::New {
+            group.counters.next_stream += 1;
+        }
+        let first_version = current.unwrap_or(0) + 1;
+        let first_position = group.counters.next_position;
+        let count = append.payloads.len() as u64;
+        for (offset, payload) in (0..).zip(&append.payloads) {
+            let position = first_position + offset;
+            let version = first_version + offset;
+            group.batch.insert(
+                &keys::log_key(position)[..],
+                keys::log_value(stream, version, payload),
+            );
+            group.batch.insert(
+                &keys::stream_key(stream, version)[..],
+                &position.to_be_bytes()[..],
+            );
+        }
+        let last_version = first_version + count - 1;
+        group.counters.next_position += count;
+        group.batch.insert(
+            &keys::version_key(stream)[..],
+            &last_version.to_be_bytes()[..],
+        );
+        group.versions.insert(stream, last_version);
+        if append.stream == StreamTarget::New {
+            group.batch.insert(
+                keys::NEXT_STREAM,
+                &group.counters.next_stream.to_be_bytes()[..],
+            );
+        }
+
+        let appended = Appended {
+            stream,
+            first_version,
+            last_version,
+            first_position,
+            last_position: first_position + count - 1,
+            duplicate: false,
+        };
+        if let Some(idempotency) = append.idempotency {
+            group.batch.insert(
+                keys::idempotency_key(&idempotency.key),
+                &keys::idempotency_value(&appended, &idempotency.fingerprint)[..],
+            );
+            group
+                .idempotency
+                .insert(idempotency.key, (appended, idempotency.fingerprint));
+        }
+        group.accepted += 1;
+        Ok(appended)
+    }
+
+    /// The stream's last version as applied (group first, then the tree).
+    fn stream_version(&self, group: &Group, stream: StreamId) -> Result<Option<Version>, LogError> {
+        if let Some(version) = group.versions.get(&stream) {
+            return Ok(Some(*version));
+        }
+        let key = keys::version_key(stream);
+        match self.db.get(key)? {
+            Some(value) => Ok(Some(keys::decode_u64_value(&key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The original result for an idempotency key (group first, then the
+    /// tree).
+    fn idempotent_result(
+        &self,
+        group: &Group,
+        key: &str,
+    ) -> Result<Option<(Appended, [u8; 32])>, LogError> {
+        if let Some(found) = group.idempotency.get(key) {
+            return Ok(Some(*found));
+        }
+        let stored_key = keys::idempotency_key(key);
+        match self.db.get(&stored_key)? {
+            Some(value) => Ok(Some(keys::decode_idempotency_value(&stored_key, &value)?)),
+            None => Ok(None),
+        }
+    }
+}
