@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Checks what must be absent from the dependency graph (see the layering in
+# docs/ARCHITECTURE.md):
+#   - only the storage crates (event-log, call-projections) depend on sled
+#     directly; everything else reaches storage through them;
+#   - only call-gateway, the binary and the tests depend on async-nats;
+#   - call-model and event-log depend on no other workspace crate;
+#   - call-model's dependency tree has no tokio, sled or async-nats (it is
+#     pure), and call-api's has no async-nats (it knows no transport).
+# Direct dependencies come from `cargo metadata` (every kind: normal, build,
+# dev); transitive ones from `cargo tree -e normal`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+failed=0
+
+# Direct-dependency rules, from the manifests of the workspace's packages.
+metadata=$(mktemp)
+trap 'rm -f "$metadata"' EXIT
+cargo metadata --format-version 1 --no-deps --locked >"$metadata"
+python3 - "$metadata" <<'PY' || failed=1
+import json
+import sys
+
+# dependency -> the only workspace packages allowed to name it directly
+ONLY_DIRECT = {
+    "sled": {"event-log", "call-projections"},
+    "async-nats": {"call-gateway", "callledger", "call-ledger-tests"},
+}
+# workspace packages that must not depend on any other workspace package
+LEAVES = {"call-model", "event-log"}
+
+meta = json.load(open(sys.argv[1]))
+members = {p["name"]: p for p in meta["packages"] if p["id"] in meta["workspace_members"]}
+missing = (set().union(*ONLY_DIRECT.values()) | LEAVES) - set(members)
+if missing:
+    sys.exit(f"FAIL: the rules name packages not in the workspace: {sorted(missing)}")
+
+def deps(package):
+    # (name, kind) for each dependency; `rename` does not change `name`.
+    return [(d["name"], d["kind"] or "normal") for d in package["dependencies"]]
+
+failures = 0
+for dependency, allowed in ONLY_DIRECT.items():
+    users = sorted(
+        f"{name} ({kind})"
+        for name, package in members.items()
+        for dep, kind in deps(package)
+        if dep == dependency and name not in allowed
+    )
+    if users:
+        failures += 1
+        print(f"FAIL: {dependency} may only be a direct dependency of {sorted(allowed)}; "
+              f"also used by: {', '.join(users)}")
+    else:
+        print(f"ok: direct dependents of {dependency} are within {sorted(allowed)}")
+for leaf in sorted(LEAVES):
+    inner = sorted(f"{dep} ({kind})" for dep, kind in deps(members[leaf]) if dep in members)
+    if inner:
+        failures += 1
+        print(f"FAIL: {leaf} must not depend on other workspace crates; depends on {', '.join(inner)}")
+    else:
+        print(f"ok: {leaf} depends on no other workspace crate")
+sys.exit(1 if failures else 0)
+PY
+
+# Transitive rules: `cargo tree -p CRATE -e normal` must not contain these.
+check_tree() {
+    local crate=$1
+    shift
+    local tree found=()
+    tree=$(cargo tree -p "$crate" -e normal --locked --prefix none --format '{p}') || {
+        echo "FAIL: cargo tree -p $crate failed"
+        failed=1
+        return
+    }
+    local banned
+    for banned in "$@"; do
+        grep -q "^$banned v" <<<"$tree" && found+=("$banned")
+    done
+    if ((${#found[@]})); then
+        echo "FAIL: $crate must not depend on ${found[*]}; see: cargo tree -p $crate -e normal -i ${found[0]}"
+        failed=1
+    else
+        echo "ok: cargo tree -p $crate -e normal has none of: $*"
+    fi
+}
+check_tree call-model tokio sled async-nats
+check_tree call-api async-nats
+
+if ((failed)); then
+    echo "layering check failed" >&2
+    exit 1
+fi

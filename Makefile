@@ -1,0 +1,35 @@
+# Each target is one short command; the logic lives in scripts/ and .ci/.
+# `make test` and `make run` work on a fresh clone with only a Rust toolchain:
+# nats-server is installed with apt-get if it is missing.
+
+.PHONY: run test check fmt lint doc layering bench import-demo nats-server
+
+run:            ## build release, start a local nats-server if none is running, serve
+	scripts/run.sh
+
+test: nats-server   ## every test of the workspace, end-to-end ones included
+	cargo test --workspace --locked
+
+check:          ## everything CI checks
+	.ci/run
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+layering:       ## which crates may depend on sled, async-nats, tokio
+	.ci/check-layering.sh
+
+bench: nats-server
+	cargo bench -p call-ledger-tests
+
+import-demo:    ## 100k generated calls: import, rebuild, verify, timed
+	scripts/import-demo.sh 100000
+
+nats-server:    ## print the nats-server path, installing it if missing
+	@scripts/ensure-nats-server.sh
