@@ -1,0 +1,530 @@
+//! The request handler: authorize, parse, run against the ledger, and answer with a JSON:API
+//! document or error. Every failure, a panic included, becomes an error [`Response`].
+
+use crate::auth::{Grant, Scope};
+use crate::document::{self, ObjectWriter, Permissions};
+use crate::error::ApiError;
+use crate::query::{self, ReadOptions};
+use crate::{header, ApiConfig, Clock, Operation, Request, Response, Source, CONTENT_TYPE};
+use call_commands::{CommandError, CommandRequest, CommandService, Conflict};
+use call_model::{
+    parse_write, Action, Call, CallId, CallState, Command, Relation, Rights, WriteMode,
+};
+use call_projections::{PageCursor, Projection, ProjectionError, QueryError};
+use serde_json::Value;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// Room left in a reply for the headers and the envelope when a page is fitted to the max
+/// payload (NATS counts headers and payload together).
+const HEADROOM: usize = 1024;
+
+/// The actor of requests when no tokens file is configured.
+const ANONYMOUS: &str = "anonymous";
+/// The actor of producers' commands without a `Nats-Producer` header.
+const PRODUCER: &str = "producer";
+/// The longest actor name taken from a `Nats-Producer` header.
+const MAX_ACTOR_CHARS: usize = 255;
+/// The longest idempotency key, in characters.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// The Calls API over a ledger: cheap to clone, shared by every request handler.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: CommandService,
+    projection: Projection,
+    config: ApiConfig,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// An API writing through `commands` and reading from `projection`, stamping commands with
+    /// `clock`.
+    pub fn new(
+        commands: CommandService,
+        projection: Projection,
+        config: ApiConfig,
+        clock: Clock,
+    ) -> Api {
+        Api {
+            inner: Arc::new(Inner {
+                commands,
+                projection,
+                config,
+                clock,
+            }),
+        }
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+
+    /// Answers one request. Blocks until the ledger has answered; never panics: every failure is
+    /// an error response, and an internal one (500) says nothing of its cause, which is logged.
+    pub fn handle(&self, request: Request<'_>) -> Response {
+        match catch_unwind(AssertUnwindSafe(|| self.inner.dispatch(&request))) {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => error.to_response(),
+            Err(panic) => {
+                let cause = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(operation = ?request.operation, %cause, "request handler panicked");
+                ApiError::internal().to_response()
+            }
+        }
+    }
+}
+
+/// A failure of the projection: 503 when storage or the log failed (retrying may succeed), 500
+/// otherwise. The cause is logged, never sent.
+fn projection_error(what: &str, error: &ProjectionError) -> ApiError {
+    match error {
+        ProjectionError::Storage(_)
+        | ProjectionError::Log(_)
+        | ProjectionError::BeyondHead { .. } => {
+            tracing::warn!(%error, "{what} failed");
+            ApiError::unavailable("The ledger cannot answer now; retry later.")
+        }
+        _ => internal(what, error),
+    }
+}
+
+/// Logs an internal failure and returns the generic 500.
+fn internal(what: &str, cause: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(%cause, "{what} failed");
+    ApiError::internal()
+}
+
+impl Inner {
+    fn dispatch(&self, request: &Request<'_>) -> Result<Response, ApiError> {
+        let max = self.config.max_payload;
+        if max > 0 && request.payload.len() > max {
+            return Err(ApiError::too_large(request.payload.len(), max));
+        }
+        let grant = self.authenticate(request)?;
+        let needed = match request.operation {
+            Operation::List | Operation::Get(_) | Operation::Changes => Scope::Read,
+            Operation::Create | Operation::Update(_) => Scope::Write,
+            Operation::Delete(_) => Scope::Delete,
+        };
+        if !grant.allows(needed) {
+            return Err(ApiError::missing_scope(needed.name()));
+        }
+        match &request.operation {
+            Operation::List => self.list(&grant, request.payload),
+            Operation::Get(token) => self.get(&grant, token, request.payload),
+            Operation::Changes => self.changes(&grant, request.payload),
+            Operation::Create | Operation::Update(_) | Operation::Delete(_) => {
+                self.write(&grant, request)
+            }
+        }
+    }
+
+    /// Who the request is from: the bearer token's grant, the open API's anonymous grant, or a
+    /// producer's.
+    fn authenticate(&self, request: &Request<'_>) -> Result<Grant, ApiError> {
+        if request.source == Source::Producer {
+            let actor = match header(request.headers, "Nats-Producer") {
+                Some(actor) if actor.chars().count() > MAX_ACTOR_CHARS => {
+                    return Err(ApiError::header(
+                        "Nats-Producer",
+                        format!("The producer name is longer than {MAX_ACTOR_CHARS} characters."),
+                    ))
+                }
+                Some(actor) if !actor.is_empty() => actor.to_owned(),
+                _ => PRODUCER.to_owned(),
+            };
+            return Ok(Grant {
+                actor,
+                scopes: vec![Scope::All, Scope::Voice],
+            });
+        }
+        let Some(store) = &self.config.tokens else {
+            return Ok(Grant {
+                actor: ANONYMOUS.to_owned(),
+                scopes: vec![Scope::Read, Scope::Write, Scope::Delete],
+            });
+        };
+        let Some(value) = header(request.headers, "Authorization") else {
+            return Err(ApiError::unauthorized(
+                "A bearer token is required: send the header 'Authorization: Bearer <token>'.",
+            ));
+        };
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "The Authorization header must read 'Bearer <token>'.",
+                ))
+            }
+        };
+        store
+            .authenticate(token)
+            .ok_or_else(|| ApiError::unauthorized("The bearer token is not valid."))
+    }
+
+    fn permissions(grant: &Grant) -> Permissions {
+        Permissions {
+            can_write: grant.allows(Scope::Write),
+            can_delete: grant.allows(Scope::Delete),
+        }
+    }
+
+    fn resource(&self, call: &Call, read: &ReadOptions, grant: &Grant) -> String {
+        document::resource(
+            call,
+            read,
+            &self.config.self_prefix,
+            Self::permissions(grant),
+        )
+    }
+
+    /// The bytes a document may take: the max payload less headroom for headers.
+    fn budget(&self) -> usize {
+        match self.config.max_payload {
+            0 => usize::MAX,
+            max => max.saturating_sub(HEADROOM).max(1),
+        }
+    }
+
+    fn get(&self, grant: &Grant, token: &str, payload: &[u8]) -> Result<Response, ApiError> {
+        let id = parse_id(token)?;
+        let read = query::parse_read(query_text(payload)?)?;
+        let call = self
+            .projection
+            .get(id)
+            .map_err(|error| projection_error("reading a call", &error))?
+            .ok_or_else(|| ApiError::not_found(token))?;
+        let body = document::single(&self.resource(&call, &read, grant));
+        Ok(success(200, body, Some(call.version)))
+    }
+
+    fn list(&self, grant: &Grant, payload: &[u8]) -> Result<Response, ApiError> {
+        let request = query::parse_list(query_text(payload)?)?;
+        let page = self
+            .projection
+            .list(&request.query)
+            .map_err(|error| match error {
+                QueryError::InvalidCursor => ApiError::parameter(
+                    request.cursor_parameter().unwrap_or("page[after]"),
+                    "The cursor is not valid: use the page[after] or page[before] of a links.next or links.prev as given.",
+                ),
+                QueryError::CursorMismatch => ApiError::parameter(
+                    request.cursor_parameter().unwrap_or("page[after]"),
+                    "The cursor belongs to a query with another sort or filter: start again from links.first.",
+                ),
+                QueryError::PageSize(_) => ApiError::parameter(
+                    "page[size]",
+                    format!(
+                        "Expected an integer from 1 to {}.",
+                        call_projections::MAX_PAGE_SIZE
+                    ),
+                ),
+                // The parser refuses what the engine would; these are kept as a safety net.
+                QueryError::InvalidSort(reason) => ApiError::parameter("sort", reason),
+                QueryError::InvalidFilter { target, reason } => {
+                    let parameter = match Relation::from_name(&target) {
+                        Some(_) => format!("filter[{target}][id]"),
+                        None => format!("filter[{target}]"),
+                    };
+                    ApiError::parameter(parameter, format!("Invalid filter: {reason}."))
+                }
+                QueryError::Projection(error) => projection_error("listing calls", &error),
+                other => internal("listing calls", &other),
+            })?;
+        let rows: Vec<String> = page
+            .calls
+            .iter()
+            .map(|call| self.resource(call, &request.read, grant))
+            .collect();
+        let query = &request.query;
+        let tail = |kept: usize| -> String {
+            let mut members = ObjectWriter::new();
+            if kept > 0 || query.cursor.is_some() {
+                let mut links = ObjectWriter::new();
+                links.value("first", &request.first_link());
+                if kept > 0 && page.more_before {
+                    let cursor = self.projection.cursor_for(query, &page.calls[0]);
+                    links.value("prev", &request.link(&PageCursor::Before(cursor)));
+                }
+                if kept > 0 && (kept < page.calls.len() || page.more_after) {
+                    let cursor = self.projection.cursor_for(query, &page.calls[kept - 1]);
+                    links.value("next", &request.link(&PageCursor::After(cursor)));
+                }
+                members.raw("links", &links.finish());
+            }
+            if let Some(count) = page.count {
+                let mut meta = ObjectWriter::new();
+                meta.value("count", &count);
+                members.raw("meta", &meta.finish());
+            }
+            members.members()
+        };
+        let (_, body) = document::fit_rows(&rows, self.budget(), tail);
+        Ok(success(200, body, None))
+    }
+
+    fn changes(&self, grant: &Grant, payload: &[u8]) -> Result<Response, ApiError> {
+        let request = query::parse_changes(query_text(payload)?)?;
+        let page = self
+            .projection
+            .changes(request.after, request.limit)
+            .map_err(|error| projection_error("reading changes", &error))?;
+        let rows: Vec<String> = page
+            .calls
+            .iter()
+            .map(|call| self.resource(call, &request.read, grant))
+            .collect();
+        let tail = |kept: usize| -> String {
+            // Cut short, the page continues just before the first call left out, and reports
+            // only the deletions before it, so nothing is skipped.
+            let (position, more, until) = match page.calls.get(kept) {
+                Some(first_left_out) if kept < page.calls.len() => (
+                    first_left_out.position.saturating_sub(1),
+                    true,
+                    first_left_out.position,
+                ),
+                _ => (page.next_after, page.more, u64::MAX),
+            };
+            let deleted: Vec<String> = page
+                .deleted
+                .iter()
+                .filter(|deletion| deletion.position < until)
+                .map(|deletion| {
+                    let mut object = ObjectWriter::new();
+                    object
+                        .value("id", &deletion.id)
+                        .value("deletedAt", &deletion.deleted_at.to_string());
+                    object.finish()
+                })
+                .collect();
+            let mut meta = ObjectWriter::new();
+            meta.raw("deleted", &format!("[{}]", deleted.join(",")))
+                .value("position", &position)
+                .value("more", &more);
+            let mut links = ObjectWriter::new();
+            links.value("next", &request.next_link(position));
+            let mut members = ObjectWriter::new();
+            members
+                .raw("links", &links.finish())
+                .raw("meta", &meta.finish());
+            members.members()
+        };
+        let (_, body) = document::fit_rows(&rows, self.budget(), tail);
+        Ok(success(200, body, None))
+    }
+
+    fn write(&self, grant: &Grant, request: &Request<'_>) -> Result<Response, ApiError> {
+        let target = match &request.operation {
+            Operation::Update(token) | Operation::Delete(token) => Some(parse_id(token)?),
+            _ => None,
+        };
+        let (key_header, idempotency_key) = self.idempotency_key(request)?;
+        let expected_version = match target {
+            Some(_) => header(request.headers, "If-Match")
+                .map(parse_if_match)
+                .transpose()?,
+            None => None,
+        };
+        let rights = Rights {
+            voice: grant.allows(Scope::Voice),
+        };
+        let (action, occurred_at) = match (&request.operation, target) {
+            (Operation::Delete(_), Some(id)) => (Action::Delete { id }, None),
+            (operation, target) => {
+                let document = parse_json(request.payload)?;
+                let mode = match target {
+                    Some(id) => WriteMode::Update(id),
+                    None => WriteMode::Create,
+                };
+                let input = parse_write(&document, mode, rights)
+                    .map_err(|violations| ApiError::violations(&violations))?;
+                let action = match (operation, target) {
+                    (Operation::Update(_), Some(id)) => Action::Update {
+                        id,
+                        changes: input.changes,
+                    },
+                    _ => Action::Create(input.changes),
+                };
+                (action, input.occurred_at)
+            }
+        };
+        let command = Command {
+            action,
+            actor: grant.actor.clone(),
+            recorded_at: (self.clock)(),
+            occurred_at,
+        };
+        let outcome = self
+            .commands
+            .execute(CommandRequest {
+                command,
+                expected_version,
+                idempotency_key,
+            })
+            .map_err(|error| command_error(error, key_header))?;
+        // Read-your-writes: once answered, a get or list from any client sees the write.
+        if let Err(error) = self.projection.wait_for(outcome.position) {
+            tracing::warn!(%error, position = outcome.position, "the projection did not catch up before the reply");
+        }
+        let mut response = match (&request.operation, &outcome.state) {
+            (Operation::Delete(_), _) => Response {
+                status: 204,
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+            (operation, CallState::Live(call)) => {
+                let status = if *operation == Operation::Create {
+                    201
+                } else {
+                    200
+                };
+                let body = document::single(&self.resource(call, &ReadOptions::default(), grant));
+                success(status, body, Some(call.version))
+            }
+            // A replayed create or update of a call deleted since answers as a get would.
+            (_, _) => return Err(not_found_id(outcome.call_id)),
+        };
+        if outcome.replayed {
+            response
+                .headers
+                .push(("Idempotent-Replayed".into(), "true".into()));
+        }
+        Ok(response)
+    }
+
+    /// The idempotency key and the header it came in.
+    fn idempotency_key(
+        &self,
+        request: &Request<'_>,
+    ) -> Result<(&'static str, Option<String>), ApiError> {
+        let names: &[&'static str] = match request.source {
+            Source::Producer => &["Nats-Msg-Id", "Idempotency-Key"],
+            Source::Api => &["Idempotency-Key"],
+        };
+        for name in names {
+            if let Some(key) = header(request.headers, name) {
+                let chars = key.chars().count();
+                if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS {
+                    return Err(ApiError::header(
+                        name,
+                        format!("The idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters, got {chars}."),
+                    ));
+                }
+                return Ok((name, Some(key.to_owned())));
+            }
+        }
+        Ok(("Idempotency-Key", None))
+    }
+}
+
+fn success(status: u16, body: Vec<u8>, version: Option<u64>) -> Response {
+    let mut headers = vec![("Content-Type".to_owned(), CONTENT_TYPE.to_owned())];
+    if let Some(version) = version {
+        headers.push(("ETag".to_owned(), version.to_string()));
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn not_found_id(id: CallId) -> ApiError {
+    ApiError::not_found(&id.to_string())
+}
+
+/// A call id from a subject token: a positive integer, else no call has it (404).
+fn parse_id(token: &str) -> Result<CallId, ApiError> {
+    if token.is_empty() || !token.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(ApiError::not_found(token));
+    }
+    match token.parse::<CallId>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::not_found(token)),
+    }
+}
+
+/// `If-Match: 3` or `If-Match: "3"`.
+fn parse_if_match(value: &str) -> Result<u64, ApiError> {
+    let unquoted = value
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(value);
+    if !unquoted.is_empty() && unquoted.bytes().all(|byte| byte.is_ascii_digit()) {
+        if let Ok(version) = unquoted.parse() {
+            return Ok(version);
+        }
+    }
+    Err(ApiError::header(
+        "If-Match",
+        format!("Expected the call's version (its ETag), e.g. If-Match: 3; got '{value}'."),
+    ))
+}
+
+fn query_text(payload: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(payload)
+        .map_err(|_| ApiError::bad_request("The query string is not valid UTF-8.", None))
+}
+
+fn parse_json(payload: &[u8]) -> Result<Value, ApiError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "The request body is empty: expected a JSON:API document {\"data\":{\"type\":\"call\",...}}.",
+            Some(crate::ErrorSource::Pointer(String::new())),
+        ));
+    }
+    serde_json::from_slice(payload).map_err(|error| {
+        ApiError::bad_request(
+            format!("The request body is not valid JSON: {error}."),
+            Some(crate::ErrorSource::Pointer(String::new())),
+        )
+    })
+}
+
+fn command_error(error: CommandError, key_header: &str) -> ApiError {
+    match error {
+        CommandError::Invalid(violations) => ApiError::violations(&violations),
+        CommandError::NotFound(id) => not_found_id(id),
+        CommandError::Conflict(Conflict::VersionMismatch { expected, actual }) => {
+            ApiError::conflict(format!(
+                "Version mismatch: If-Match expected version {expected}, but the call is at version {actual}."
+            ))
+        }
+        CommandError::Conflict(Conflict::IdempotencyKeyReused) => ApiError::conflict(
+            "The idempotency key was already used for a different request.",
+        ),
+        CommandError::Conflict(Conflict::StaleStateChange {
+            current,
+            occurred_at,
+        }) => ApiError::conflict(format!(
+            "Stale state change: it occurred at {occurred_at}, before the call's stateChangedAt {current}."
+        )),
+        CommandError::InvalidIdempotencyKey(reason) => ApiError::header(
+            key_header,
+            format!("The idempotency key is not valid: {reason}."),
+        ),
+        CommandError::Unavailable(cause) => {
+            tracing::warn!(%cause, "the ledger is unavailable");
+            ApiError::unavailable("The ledger cannot take the request now; retry later.")
+        }
+        other => internal("a command", &other),
+    }
+}

@@ -1,0 +1,319 @@
+//! The API's errors: JSON:API error objects with Outreach's ids, the status they answer with, and
+//! the reply that carries them (NATS micro error headers plus the JSON:API body).
+
+use crate::document::ObjectWriter;
+use crate::{Response, CONTENT_TYPE};
+use serde_json::{json, Map, Value};
+
+/// What part of the request an error object blames (JSON:API `source`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// A query parameter, e.g. `filter[colour]`.
+    Parameter(String),
+    /// A JSON pointer into the request document, e.g. `/data/attributes/direction`.
+    Pointer(String),
+    /// A request header, e.g. `If-Match` (JSON:API 1.1 `source.header`).
+    Header(String),
+}
+
+/// One JSON:API error object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorObject {
+    /// Outreach's error id, e.g. `validationError`.
+    pub id: &'static str,
+    /// A short, fixed title, e.g. `Validation Error`.
+    pub title: &'static str,
+    /// What went wrong with this request, in a sentence.
+    pub detail: String,
+    /// What it blames, if one part of the request.
+    pub source: Option<ErrorSource>,
+}
+
+/// A refused or failed request: a status and at least one error object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// The status code (400, 401, 403, 404, 409, 413, 422, 500 or 503).
+    pub status: u16,
+    /// The error objects, at least one.
+    pub errors: Vec<ErrorObject>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, status_title(self.status))?;
+        for error in &self.errors {
+            write!(f, ": {}", error.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The title a status is known by; also the `Nats-Service-Error` header of an [`ApiError`].
+pub(crate) fn status_title(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Unauthorized OAuth Scope",
+        404 => "Resource Not Found",
+        409 => "Conflict",
+        413 => "Request Too Large",
+        422 => "Validation Error",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+impl ApiError {
+    fn single(
+        status: u16,
+        id: &'static str,
+        detail: String,
+        source: Option<ErrorSource>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            errors: vec![ErrorObject {
+                id,
+                title: status_title(status),
+                detail,
+                source,
+            }],
+        }
+    }
+
+    /// 400: a query parameter is unknown, not offered, or has a bad value.
+    pub fn parameter(parameter: impl Into<String>, detail: impl Into<String>) -> ApiError {
+        ApiError::single(
+            400,
+            "validationError",
+            detail.into(),
+            Some(ErrorSource::Parameter(parameter.into())),
+        )
+    }
+
+    /// 400: the request as a whole cannot be read (not UTF-8, not JSON, ...).
+    pub fn bad_request(detail: impl Into<String>, source: Option<ErrorSource>) -> ApiError {
+        ApiError::single(400, "validationError", detail.into(), source)
+    }
+
+    /// 400: a request header has a bad value.
+    pub fn header(header: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::single(
+            400,
+            "validationError",
+            detail.into(),
+            Some(ErrorSource::Header(header.to_owned())),
+        )
+    }
+
+    /// 401: no bearer token, or one that is not known.
+    pub fn unauthorized(detail: impl Into<String>) -> ApiError {
+        ApiError::single(401, "unauthorized", detail.into(), None)
+    }
+
+    /// 403: the token lacks the scope the operation needs.
+    pub fn missing_scope(scope: &str) -> ApiError {
+        ApiError::single(
+            403,
+            "unauthorizedOauthScope",
+            format!("Your authorization does not include the required scope '{scope}'."),
+            None,
+        )
+    }
+
+    /// 404: no live call has this id (`token` is the id as the request spelled it).
+    pub fn not_found(token: &str) -> ApiError {
+        ApiError::single(
+            404,
+            "resourceNotFound",
+            format!("Could not find 'call' with ID '{token}'."),
+            None,
+        )
+    }
+
+    /// 409: a version conflict, a reused idempotency key or a stale state change.
+    pub fn conflict(detail: impl Into<String>) -> ApiError {
+        ApiError::single(409, "conflict", detail.into(), None)
+    }
+
+    /// 413: the payload is larger than the server accepts.
+    pub fn too_large(size: usize, max: usize) -> ApiError {
+        ApiError::single(
+            413,
+            "requestTooLarge",
+            format!("The request is {size} bytes; the server accepts at most {max}."),
+            None,
+        )
+    }
+
+    /// 422: the document is well-formed but breaks these rules.
+    pub fn violations(violations: &[call_model::Violation]) -> ApiError {
+        let errors = violations
+            .iter()
+            .map(|violation| {
+                let (id, title) = match violation.kind {
+                    call_model::ViolationKind::TooLong => {
+                        ("validationDataTooLongError", "Data Too Long")
+                    }
+                    call_model::ViolationKind::Invalid => ("validationError", "Validation Error"),
+                };
+                ErrorObject {
+                    id,
+                    title,
+                    detail: violation.detail.clone(),
+                    source: Some(ErrorSource::Pointer(violation.pointer.clone())),
+                }
+            })
+            .collect::<Vec<_>>();
+        if errors.is_empty() {
+            // `parse_write` never reports an empty list, but a reply must carry an error.
+            return ApiError::single(
+                422,
+                "validationError",
+                "The request is invalid.".into(),
+                None,
+            );
+        }
+        ApiError {
+            status: 422,
+            errors,
+        }
+    }
+
+    /// 500: something failed inside; the detail never says what (the cause is logged).
+    pub fn internal() -> ApiError {
+        ApiError::single(
+            500,
+            "internalServerError",
+            "The server could not handle the request; it has been logged.".into(),
+            None,
+        )
+    }
+
+    /// 503: the ledger cannot take the request now; retry later.
+    pub fn unavailable(detail: impl Into<String>) -> ApiError {
+        ApiError::single(503, "serviceUnavailable", detail.into(), None)
+    }
+
+    /// The JSON:API error document.
+    pub fn to_json(&self) -> Value {
+        let errors = self
+            .errors
+            .iter()
+            .map(|error| {
+                let mut object = Map::new();
+                object.insert("id".into(), json!(error.id));
+                object.insert("title".into(), json!(error.title));
+                object.insert("detail".into(), json!(error.detail));
+                if let Some(source) = &error.source {
+                    let (key, value) = match source {
+                        ErrorSource::Parameter(name) => ("parameter", name),
+                        ErrorSource::Pointer(pointer) => ("pointer", pointer),
+                        ErrorSource::Header(name) => ("header", name),
+                    };
+                    object.insert("source".into(), json!({ key: value }));
+                }
+                Value::Object(object)
+            })
+            .collect::<Vec<_>>();
+        json!({ "errors": errors })
+    }
+
+    /// The JSON:API error document as bytes, members in the order `id`, `title`, `detail`,
+    /// `source`.
+    pub fn to_body(&self) -> Vec<u8> {
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .map(|error| {
+                let mut object = ObjectWriter::new();
+                object
+                    .value("id", &error.id)
+                    .value("title", &error.title)
+                    .value("detail", &error.detail);
+                if let Some(source) = &error.source {
+                    let (key, value) = match source {
+                        ErrorSource::Parameter(name) => ("parameter", name),
+                        ErrorSource::Pointer(pointer) => ("pointer", pointer),
+                        ErrorSource::Header(name) => ("header", name),
+                    };
+                    let mut inner = ObjectWriter::new();
+                    inner.value(key, value);
+                    object.raw("source", &inner.finish());
+                }
+                object.finish()
+            })
+            .collect();
+        let mut document = ObjectWriter::new();
+        document.raw("errors", &format!("[{}]", errors.join(",")));
+        document.finish().into_bytes()
+    }
+
+    /// The reply: the error headers and the JSON:API body.
+    pub fn to_response(&self) -> Response {
+        error_reply(self.status, status_title(self.status), self.to_body())
+    }
+}
+
+/// An error reply with one error object, for errors the transport raises itself (the gateway's
+/// 503 when overloaded or draining, its 413).
+pub fn error_response(status: u16, id: &str, title: &str, detail: &str) -> Response {
+    let mut object = ObjectWriter::new();
+    object
+        .value("id", &id)
+        .value("title", &title)
+        .value("detail", &detail);
+    let mut document = ObjectWriter::new();
+    document.raw("errors", &format!("[{}]", object.finish()));
+    error_reply(status, title, document.finish().into_bytes())
+}
+
+fn error_reply(status: u16, title: &str, body: Vec<u8>) -> Response {
+    Response {
+        status,
+        headers: vec![
+            ("Nats-Service-Error-Code".into(), status.to_string()),
+            ("Nats-Service-Error".into(), title.to_owned()),
+            ("Content-Type".into(), CONTENT_TYPE.into()),
+        ],
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_carry_the_headers_and_an_ordered_body() {
+        let response = ApiError::parameter("filter[colour]", "Unknown.").to_response();
+        assert_eq!(response.status, 400);
+        assert_eq!(
+            response.headers,
+            vec![
+                ("Nats-Service-Error-Code".to_owned(), "400".to_owned()),
+                ("Nats-Service-Error".to_owned(), "Bad Request".to_owned()),
+                ("Content-Type".to_owned(), CONTENT_TYPE.to_owned()),
+            ]
+        );
+        assert_eq!(
+            String::from_utf8(response.body).unwrap(),
+            r#"{"errors":[{"id":"validationError","title":"Bad Request","detail":"Unknown.","source":{"parameter":"filter[colour]"}}]}"#
+        );
+        let error = ApiError::header("If-Match", "Bad.");
+        let value: Value = serde_json::from_slice(&error.to_body()).unwrap();
+        assert_eq!(value, error.to_json());
+        let busy = error_response(503, "serviceUnavailable", "Service Unavailable", "Busy.");
+        assert_eq!(busy.header("nats-service-error-code"), Some("503"));
+        assert_eq!(
+            busy.header("Nats-Service-Error"),
+            Some("Service Unavailable")
+        );
+        assert_eq!(
+            String::from_utf8(busy.body).unwrap(),
+            r#"{"errors":[{"id":"serviceUnavailable","title":"Service Unavailable","detail":"Busy."}]}"#
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! The Calls API without its transport: a [`Request`] in (an operation, headers and a payload), a
+//! [`Response`] out (a status, headers and a JSON:API body). In between it authorizes the caller
+//! against its bearer token's scopes, parses the query string or the write document, runs the
+//! request against the ledger ([`call_commands::CommandService`] for writes,
+//! [`call_projections::Projection`] for reads) and builds the JSON:API document or error that
+//! answers it.
+//!
+//! API boundary: the gateway maps a NATS message to a [`Request`] and the [`Response`] back to a
+//! NATS reply; the CLI uses the same code offline. This crate knows nothing of NATS and has no
+//! async: [`Api::handle`] blocks (sled underneath), so async callers run it on a blocking
+//! thread. The wire contract is documented in docs/api.md.
+
+mod api;
+mod auth;
+mod document;
+mod error;
+pub mod query;
+
+#[cfg(test)]
+mod tests;
+
+pub use api::Api;
+pub use auth::{ConfigError, Scope, TokenStore};
+pub use error::{error_response, ApiError, ErrorObject, ErrorSource};
+
+use call_model::Timestamp;
+
+/// The media type of every JSON:API document, request or reply.
+pub const CONTENT_TYPE: &str = "application/vnd.api+json";
+
+/// What a request asks for. Ids are the raw subject tokens: the API, not the transport, decides
+/// that a token which is not a positive integer names no call (404).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// `calls.api.list`: the payload is the query string.
+    List,
+    /// `calls.api.get.<id>`: the payload is an optional query string.
+    Get(String),
+    /// `calls.api.create`: the payload is the JSON:API document.
+    Create,
+    /// `calls.api.update.<id>`: the payload is the JSON:API document of the changes.
+    Update(String),
+    /// `calls.api.delete.<id>`: the payload is ignored.
+    Delete(String),
+    /// `calls.api.changes`: the payload is `after=<position>&limit=<n>`.
+    Changes,
+}
+
+/// Where a request came from, which decides how it is authorized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Request-reply: authorized by the `Authorization: Bearer <token>` header.
+    Api,
+    /// A producer's JetStream command, already authorized by NATS subject permissions: it holds
+    /// every scope including `calls.voice`; its actor is the `Nats-Producer` header (default
+    /// `producer`) and its idempotency key the `Nats-Msg-Id` header (else `Idempotency-Key`).
+    Producer,
+}
+
+/// One request.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    /// What it asks for.
+    pub operation: Operation,
+    /// Its headers; names compare case-insensitively.
+    pub headers: &'a [(String, String)],
+    /// Its payload.
+    pub payload: &'a [u8],
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// One reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The status code (200, 201, 204 or an error code).
+    pub status: u16,
+    /// Headers: `Content-Type` (and `ETag` on get, create and update) on success;
+    /// `Nats-Service-Error-Code`, `Nats-Service-Error` and `Content-Type` on an error.
+    pub headers: Vec<(String, String)>,
+    /// The JSON:API document; empty for 204.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header of this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// Whether the status is an error (400 or above).
+    pub fn is_error(&self) -> bool {
+        self.status >= 400
+    }
+}
+
+/// The first header of this name (case-insensitive), trimmed.
+pub(crate) fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.trim())
+}
+
+/// How the API is set up; built by the binary and passed in.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// The known bearer tokens; `None` leaves the API open (see docs/api.md).
+    pub tokens: Option<TokenStore>,
+    /// The largest payload the transport carries, in bytes (the NATS server's `max_payload`):
+    /// larger requests are refused with 413 and collection pages are cut short to fit it.
+    /// 0 means no limit.
+    pub max_payload: usize,
+    /// The subject prefix, `calls` by default, for `links.self` = `<prefix>.api.get.<id>`.
+    pub self_prefix: String,
+}
+
+/// The clock the API stamps commands with; the edge supplies it so that tests can fix it.
+pub type Clock = fn() -> Timestamp;

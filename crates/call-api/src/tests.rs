@@ -1,0 +1,890 @@
+//! `Api::handle` against a real ledger (an event log, the command service and the projection in
+//! a temporary directory): every endpoint, every error code, and garbage.
+
+use crate::{Api, ApiConfig, Operation, Request, Response, Source, TokenStore};
+use call_commands::CommandService;
+use call_model::Timestamp;
+use call_projections::Projection;
+use event_log::{Durability, EventLog, LogOptions};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const NOW: &str = "2025-01-13T12:47:31.000Z";
+
+fn now() -> Timestamp {
+    Timestamp::parse(NOW).unwrap()
+}
+
+struct Ledger {
+    api: Api,
+    _dir: TempDir,
+}
+
+fn digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Tokens: `reader` (calls.read), `writer` (read, write), `admin` (calls.all), `voice`
+/// (calls.all, calls.voice).
+fn tokens() -> TokenStore {
+    let mut text = String::new();
+    for (name, scopes) in [
+        ("reader", r#"["calls.read"]"#),
+        ("writer", r#"["calls.read", "calls.write"]"#),
+        ("admin", r#"["calls.all"]"#),
+        ("voice", r#"["calls.all", "calls.voice"]"#),
+    ] {
+        text.push_str(&format!(
+            "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = {scopes}\n",
+            digest(&format!("{name}-secret"))
+        ));
+    }
+    TokenStore::from_toml(&text).unwrap()
+}
+
+fn ledger(tokens: Option<TokenStore>, max_payload: usize) -> Ledger {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(
+        &dir.path().join("log"),
+        LogOptions {
+            durability: Durability::Buffered,
+        },
+    )
+    .unwrap();
+    let projection = Projection::open(&dir.path().join("projection"), log.clone()).unwrap();
+    let api = Api::new(
+        CommandService::new(log),
+        projection,
+        ApiConfig {
+            tokens,
+            max_payload,
+            self_prefix: "calls".into(),
+        },
+        now,
+    );
+    Ledger { api, _dir: dir }
+}
+
+fn secured() -> Ledger {
+    ledger(Some(tokens()), 1024 * 1024)
+}
+
+impl Ledger {
+    fn send(&self, operation: Operation, headers: &[(&str, &str)], payload: &[u8]) -> Response {
+        self.send_from(Source::Api, operation, headers, payload)
+    }
+
+    fn send_from(
+        &self,
+        source: Source,
+        operation: Operation,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> Response {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        self.api.handle(Request {
+            operation,
+            headers: &headers,
+            payload,
+            source,
+        })
+    }
+
+    /// Sends as `token`'s owner (`<token>-secret`).
+    fn as_(&self, token: &str, operation: Operation, payload: &str) -> Response {
+        let bearer = format!("Bearer {token}-secret");
+        self.send(operation, &[("Authorization", &bearer)], payload.as_bytes())
+    }
+
+    fn create(&self, attributes: Value) -> Value {
+        let payload = json!({"data": {"type": "call", "attributes": attributes}}).to_string();
+        let response = self.as_("admin", Operation::Create, &payload);
+        assert_eq!(response.status, 201, "{}", text(&response));
+        body(&response)
+    }
+}
+
+fn text(response: &Response) -> String {
+    String::from_utf8_lossy(&response.body).into_owned()
+}
+
+fn body(response: &Response) -> Value {
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|error| panic!("{error}: {}", text(response)))
+}
+
+/// Asserts an error reply: status, the NATS micro headers, and the first error's id; returns
+/// the first error object.
+fn error(response: &Response, status: u16, id: &str) -> Value {
+    assert_eq!(response.status, status, "{}", text(response));
+    assert_eq!(
+        response.header("Nats-Service-Error-Code"),
+        Some(status.to_string().as_str())
+    );
+    assert!(response.header("Nats-Service-Error").is_some());
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/vnd.api+json")
+    );
+    let document = body(response);
+    let first = document["errors"][0].clone();
+    assert_eq!(first["id"], id, "{document}");
+    assert!(first["title"].is_string() && first["detail"].is_string());
+    first
+}
+
+fn get(id: &str) -> Operation {
+    Operation::Get(id.into())
+}
+
+#[test]
+fn create_get_update_list_changes_delete_round_trip() {
+    let ledger = secured();
+    let payload = json!({"data": {"type": "call", "attributes": {
+        "direction": "outbound", "to": "+15550100", "tags": ["Interested"],
+        "dialedAt": "2025-01-13T13:00:00+01:00"
+    }, "relationships": {"prospect": {"data": {"type": "prospect", "id": 5}}}}})
+    .to_string();
+    let created = ledger.as_("writer", Operation::Create, &payload);
+    assert_eq!(created.status, 201, "{}", text(&created));
+    assert_eq!(
+        created.header("Content-Type"),
+        Some("application/vnd.api+json")
+    );
+    assert_eq!(created.header("ETag"), Some("1"));
+    let document = body(&created);
+    let resource = &document["data"];
+    let id = resource["id"].as_u64().unwrap();
+    assert_eq!(resource["type"], "call");
+    assert_eq!(resource["attributes"].as_object().unwrap().len(), 22);
+    assert_eq!(resource["relationships"].as_object().unwrap().len(), 15);
+    assert_eq!(resource["attributes"]["direction"], "outbound");
+    assert_eq!(
+        resource["attributes"]["dialedAt"],
+        "2025-01-13T12:00:00.000Z"
+    );
+    assert_eq!(resource["attributes"]["createdAt"], NOW);
+    assert_eq!(resource["attributes"]["note"], Value::Null);
+    assert_eq!(
+        resource["relationships"]["prospect"]["data"],
+        json!({"type": "prospect", "id": 5})
+    );
+    assert_eq!(resource["relationships"]["batches"]["data"], json!([]));
+    assert_eq!(resource["links"]["self"], format!("calls.api.get.{id}"));
+    assert!(resource.get("meta").is_none());
+
+    let fetched = ledger.as_("reader", get(&id.to_string()), "");
+    assert_eq!(fetched.status, 200);
+    assert_eq!(fetched.header("ETag"), Some("1"));
+    assert_eq!(body(&fetched), document);
+
+    let update = json!({"data": {"type": "call", "id": id.to_string(), "attributes": {"note": "left a message", "to": null}}}).to_string();
+    let updated = ledger.as_("writer", Operation::Update(id.to_string()), &update);
+    assert_eq!(updated.status, 200, "{}", text(&updated));
+    assert_eq!(updated.header("ETag"), Some("2"));
+    let after = body(&updated);
+    assert_eq!(after["data"]["attributes"]["note"], "left a message");
+    assert_eq!(after["data"]["attributes"]["to"], Value::Null);
+    // Read-your-writes: the reply was sent after the projection caught up.
+    assert_eq!(body(&ledger.as_("reader", get(&id.to_string()), "")), after);
+
+    let listed = ledger.as_(
+        "reader",
+        Operation::List,
+        "filter[prospect][id]=5&count=true",
+    );
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.header("ETag"), None);
+    let listed = body(&listed);
+    assert_eq!(listed["data"], json!([after["data"]]));
+    assert_eq!(listed["meta"], json!({"count": 1}));
+    assert_eq!(
+        listed["links"],
+        json!({"first": "filter[prospect][id]=5&count=true"})
+    );
+
+    let changes = body(&ledger.as_("reader", Operation::Changes, "after=0&limit=10"));
+    assert_eq!(changes["data"], json!([after["data"]]));
+    assert_eq!(changes["meta"]["deleted"], json!([]));
+    assert_eq!(changes["meta"]["position"], 2);
+    assert_eq!(changes["links"]["next"], "after=2&limit=10");
+
+    let deleted = ledger.as_("admin", Operation::Delete(id.to_string()), "");
+    assert_eq!(deleted.status, 204);
+    assert!(deleted.body.is_empty());
+    let missing = ledger.as_("reader", get(&id.to_string()), "");
+    let first = error(&missing, 404, "resourceNotFound");
+    assert_eq!(
+        first["detail"],
+        format!("Could not find 'call' with ID '{id}'.")
+    );
+    error(
+        &ledger.as_("writer", Operation::Update(id.to_string()), &update),
+        404,
+        "resourceNotFound",
+    );
+    error(
+        &ledger.as_("admin", Operation::Delete(id.to_string()), ""),
+        404,
+        "resourceNotFound",
+    );
+    let changes = body(&ledger.as_("reader", Operation::Changes, "after=2"));
+    assert_eq!(changes["data"], json!([]));
+    assert_eq!(
+        changes["meta"]["deleted"],
+        json!([{"id": id, "deletedAt": NOW}])
+    );
+    assert_eq!(changes["links"]["next"], "after=3&limit=100");
+    let empty = body(&ledger.as_("reader", Operation::List, ""));
+    assert_eq!(empty, json!({"data": []}));
+}
+
+#[test]
+fn authorization_401_and_403() {
+    let ledger = secured();
+    let missing = ledger.send(Operation::List, &[], b"");
+    let first = error(&missing, 401, "unauthorized");
+    assert_eq!(missing.header("Nats-Service-Error"), Some("Unauthorized"));
+    assert!(first["detail"].as_str().unwrap().contains("Bearer"));
+    error(
+        &ledger.send(Operation::List, &[("Authorization", "Bearer nope")], b""),
+        401,
+        "unauthorized",
+    );
+    error(
+        &ledger.send(
+            Operation::List,
+            &[("Authorization", "Basic reader-secret")],
+            b"",
+        ),
+        401,
+        "unauthorized",
+    );
+    // Header names are case-insensitive, and so is the scheme.
+    let ok = ledger.send(
+        Operation::List,
+        &[("authorization", "bearer reader-secret")],
+        b"",
+    );
+    assert_eq!(ok.status, 200, "{}", text(&ok));
+
+    let denied = ledger.as_("reader", Operation::Create, "{}");
+    let first = error(&denied, 403, "unauthorizedOauthScope");
+    assert_eq!(
+        denied.header("Nats-Service-Error"),
+        Some("Unauthorized OAuth Scope")
+    );
+    assert_eq!(
+        first["detail"],
+        "Your authorization does not include the required scope 'calls.write'."
+    );
+    let first = error(
+        &ledger.as_("writer", Operation::Delete("1".into()), ""),
+        403,
+        "unauthorizedOauthScope",
+    );
+    assert_eq!(
+        first["detail"],
+        "Your authorization does not include the required scope 'calls.delete'."
+    );
+    let no_read = TokenStore::from_toml(&format!(
+        "[[token]]\nname = \"w\"\nsha256 = \"{}\"\nscopes = [\"calls.write\"]\n",
+        digest("w")
+    ))
+    .unwrap();
+    let write_only = ledger_with(no_read);
+    let first = error(
+        &write_only.send(Operation::Changes, &[("Authorization", "Bearer w")], b""),
+        403,
+        "unauthorizedOauthScope",
+    );
+    assert_eq!(
+        first["detail"],
+        "Your authorization does not include the required scope 'calls.read'."
+    );
+}
+
+fn ledger_with(tokens: TokenStore) -> Ledger {
+    ledger(Some(tokens), 1024 * 1024)
+}
+
+#[test]
+fn the_voice_scope_and_producers_may_write_telephony_members() {
+    let ledger = secured();
+    let id = ledger.create(json!({"direction": "inbound"}))["data"]["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let state = json!({"data": {"type": "call", "attributes": {"state": "completed"}}}).to_string();
+    let refused = ledger.as_("admin", Operation::Update(id.clone()), &state);
+    let first = error(&refused, 422, "validationError");
+    assert_eq!(first["source"]["pointer"], "/data/attributes/state");
+    let accepted = ledger.as_("voice", Operation::Update(id.clone()), &state);
+    assert_eq!(accepted.status, 200, "{}", text(&accepted));
+    assert_eq!(body(&accepted)["data"]["attributes"]["state"], "completed");
+
+    let produced = ledger.send_from(
+        Source::Producer,
+        Operation::Update(id.clone()),
+        &[("Nats-Producer", "telephony"), ("Nats-Msg-Id", "m-1")],
+        json!({"data": {"type": "call", "attributes": {"uid": "trace-1"}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(produced.status, 200, "{}", text(&produced));
+    // A redelivery (same Nats-Msg-Id) appends nothing and answers as the original did.
+    let again = ledger.send_from(
+        Source::Producer,
+        Operation::Update(id.clone()),
+        &[("Nats-Producer", "telephony"), ("Nats-Msg-Id", "m-1")],
+        json!({"data": {"type": "call", "attributes": {"uid": "trace-1"}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("Idempotent-Replayed"), Some("true"));
+    assert_eq!(again.body, produced.body);
+
+    // The open API (no tokens file) reads and writes, but holds no voice scope.
+    let open = ledger_open();
+    let created = open.send(
+        Operation::Create,
+        &[],
+        br#"{"data":{"type":"call","attributes":{"direction":"inbound"}}}"#,
+    );
+    assert_eq!(created.status, 201, "{}", text(&created));
+    let voice = open.send(
+        Operation::Create,
+        &[],
+        br#"{"data":{"type":"call","attributes":{"state":"completed"}}}"#,
+    );
+    error(&voice, 422, "validationError");
+    let listed = open.send(
+        Operation::List,
+        &[],
+        b"provideAuthorizationMeta=true&fields[call]=direction",
+    );
+    assert_eq!(
+        body(&listed)["data"][0],
+        json!({"type": "call", "id": 1, "attributes": {"direction": "inbound"}, "relationships": {},
+               "links": {"self": "calls.api.get.1"}, "meta": {"canWrite": true, "canDelete": true}})
+    );
+}
+
+fn ledger_open() -> Ledger {
+    ledger(None, 1024 * 1024)
+}
+
+#[test]
+fn idempotent_retries_and_if_match() {
+    let ledger = secured();
+    let payload = r#"{"data":{"type":"call","attributes":{"direction":"inbound"}}}"#;
+    let headers = [
+        ("Authorization", "Bearer admin-secret"),
+        ("Idempotency-Key", "create-1"),
+    ];
+    let first = ledger.send(Operation::Create, &headers, payload.as_bytes());
+    assert_eq!(first.status, 201);
+    assert_eq!(first.header("Idempotent-Replayed"), None);
+    let retry = ledger.send(Operation::Create, &headers, payload.as_bytes());
+    assert_eq!(retry.status, 201);
+    assert_eq!(retry.header("Idempotent-Replayed"), Some("true"));
+    assert_eq!(retry.body, first.body);
+    let listed = body(&ledger.as_("admin", Operation::List, ""));
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+
+    let other = r#"{"data":{"type":"call","attributes":{"direction":"outbound"}}}"#;
+    let reused = ledger.send(Operation::Create, &headers, other.as_bytes());
+    let first_error = error(&reused, 409, "conflict");
+    assert!(first_error["detail"]
+        .as_str()
+        .unwrap()
+        .contains("idempotency key"));
+
+    let long = "k".repeat(256);
+    let too_long = ledger.send(
+        Operation::Create,
+        &[
+            ("Authorization", "Bearer admin-secret"),
+            ("Idempotency-Key", &long),
+        ],
+        payload.as_bytes(),
+    );
+    let first_error = error(&too_long, 400, "validationError");
+    assert_eq!(first_error["source"]["header"], "Idempotency-Key");
+
+    let id = body(&first)["data"]["id"].to_string();
+    let change = r#"{"data":{"type":"call","attributes":{"note":"x"}}}"#;
+    let stale = ledger.send(
+        Operation::Update(id.clone()),
+        &[("Authorization", "Bearer admin-secret"), ("If-Match", "7")],
+        change.as_bytes(),
+    );
+    let first_error = error(&stale, 409, "conflict");
+    assert_eq!(
+        first_error["detail"],
+        "Version mismatch: If-Match expected version 7, but the call is at version 1."
+    );
+    let fresh = ledger.send(
+        Operation::Update(id.clone()),
+        &[
+            ("Authorization", "Bearer admin-secret"),
+            ("If-Match", "\"1\""),
+        ],
+        change.as_bytes(),
+    );
+    assert_eq!(fresh.status, 200, "{}", text(&fresh));
+    assert_eq!(fresh.header("ETag"), Some("2"));
+    let bad = ledger.send(
+        Operation::Delete(id.clone()),
+        &[
+            ("Authorization", "Bearer admin-secret"),
+            ("If-Match", "W/x"),
+        ],
+        b"",
+    );
+    assert_eq!(
+        error(&bad, 400, "validationError")["source"]["header"],
+        "If-Match"
+    );
+    let stale_delete = ledger.send(
+        Operation::Delete(id.clone()),
+        &[("Authorization", "Bearer admin-secret"), ("If-Match", "1")],
+        b"",
+    );
+    error(&stale_delete, 409, "conflict");
+    let delete_headers = [
+        ("Authorization", "Bearer admin-secret"),
+        ("If-Match", "2"),
+        ("Idempotency-Key", "delete-1"),
+    ];
+    let deleted = ledger.send(Operation::Delete(id.clone()), &delete_headers, b"");
+    assert_eq!(deleted.status, 204, "{}", text(&deleted));
+    let replayed = ledger.send(Operation::Delete(id.clone()), &delete_headers, b"");
+    assert_eq!(replayed.status, 204, "{}", text(&replayed));
+    assert_eq!(replayed.header("Idempotent-Replayed"), Some("true"));
+}
+
+#[test]
+fn stale_state_changes_are_conflicts() {
+    let ledger = secured();
+    let created = ledger.as_(
+        "voice",
+        Operation::Create,
+        r#"{"data":{"type":"call","attributes":{"state":"ringing"},"meta":{"occurredAt":"2025-01-13T12:00:00Z"}}}"#,
+    );
+    assert_eq!(created.status, 201, "{}", text(&created));
+    let id = body(&created)["data"]["id"].to_string();
+    let stale = ledger.as_(
+        "voice",
+        Operation::Update(id),
+        r#"{"data":{"type":"call","attributes":{"state":"completed"},"meta":{"occurredAt":"2025-01-13T11:00:00Z"}}}"#,
+    );
+    let first = error(&stale, 409, "conflict");
+    assert!(first["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("Stale state change"));
+}
+
+#[test]
+fn invalid_documents_list_every_violation() {
+    let ledger = secured();
+    let payload = json!({"data": {"type": "call", "attributes": {
+        "direction": "sideways", "vendorCallId": "v".repeat(64), "createdAt": NOW, "colour": "red"
+    }}})
+    .to_string();
+    let response = ledger.as_("voice", Operation::Create, &payload);
+    assert_eq!(response.status, 422);
+    assert_eq!(
+        response.header("Nats-Service-Error"),
+        Some("Validation Error")
+    );
+    let errors = body(&response)["errors"].as_array().unwrap().clone();
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    let too_long = errors
+        .iter()
+        .find(|error| error["source"]["pointer"] == "/data/attributes/vendorCallId")
+        .unwrap();
+    assert_eq!(too_long["id"], "validationDataTooLongError");
+    assert_eq!(too_long["title"], "Data Too Long");
+    let direction = errors
+        .iter()
+        .find(|error| error["source"]["pointer"] == "/data/attributes/direction")
+        .unwrap();
+    assert_eq!(direction["id"], "validationError");
+    assert_eq!(direction["title"], "Validation Error");
+}
+
+#[test]
+fn bad_ids_payloads_and_queries_are_400_404_413() {
+    let ledger = ledger(Some(tokens()), 4096);
+    let first = error(
+        &ledger.as_("reader", get("abc"), ""),
+        404,
+        "resourceNotFound",
+    );
+    assert_eq!(first["detail"], "Could not find 'call' with ID 'abc'.");
+    for token in ["0", "-1", "1.5", "", "99999999999999999999999"] {
+        error(
+            &ledger.as_("reader", get(token), ""),
+            404,
+            "resourceNotFound",
+        );
+        error(
+            &ledger.as_("admin", Operation::Update(token.into()), "{}"),
+            404,
+            "resourceNotFound",
+        );
+    }
+    error(
+        &ledger.as_("reader", get("12"), ""),
+        404,
+        "resourceNotFound",
+    );
+
+    let first = error(
+        &ledger.as_("reader", Operation::List, "filter[colour]=red"),
+        400,
+        "validationError",
+    );
+    assert_eq!(first["title"], "Bad Request");
+    assert_eq!(first["source"]["parameter"], "filter[colour]");
+    let first = error(
+        &ledger.as_("reader", Operation::List, "page[size]=0"),
+        400,
+        "validationError",
+    );
+    assert_eq!(first["source"]["parameter"], "page[size]");
+    let first = error(
+        &ledger.as_("reader", Operation::List, "page[after]=garbage"),
+        400,
+        "validationError",
+    );
+    assert_eq!(first["source"]["parameter"], "page[after]");
+    let first = error(
+        &ledger.as_("reader", get("1"), "filter[state]=x"),
+        400,
+        "validationError",
+    );
+    assert_eq!(first["source"]["parameter"], "filter[state]");
+
+    let first = error(
+        &ledger.as_("admin", Operation::Create, "{\"data\":"),
+        400,
+        "validationError",
+    );
+    assert!(first["detail"].as_str().unwrap().contains("not valid JSON"));
+    error(
+        &ledger.as_("admin", Operation::Create, ""),
+        400,
+        "validationError",
+    );
+    error(
+        &ledger.as_("admin", Operation::Create, "[]"),
+        422,
+        "validationError",
+    );
+
+    let big = "x".repeat(4097);
+    let too_large = ledger.as_("admin", Operation::Create, &big);
+    error(&too_large, 413, "requestTooLarge");
+    assert_eq!(
+        too_large.header("Nats-Service-Error"),
+        Some("Request Too Large")
+    );
+
+    let not_utf8 = ledger.send(
+        Operation::List,
+        &[("Authorization", "Bearer reader-secret")],
+        &[0xff, 0xfe],
+    );
+    error(&not_utf8, 400, "validationError");
+}
+
+#[test]
+fn garbage_never_panics() {
+    let ledger = ledger(None, 64 * 1024);
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep_object = format!("{}1{}", "{\"data\":".repeat(5_000), "}".repeat(5_000));
+    let payloads: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0, 1, 2, 255, 254],
+        b"\xff\xfe{\"data\":{}}".to_vec(),
+        deep.into_bytes(),
+        deep_object.into_bytes(),
+        b"null".to_vec(),
+        b"{\"data\":null}".to_vec(),
+        b"{\"data\":{\"type\":\"call\",\"attributes\":[1,2]}}".to_vec(),
+        b"filter[[[]]]=&&&==%%%".to_vec(),
+        b"%".to_vec(),
+        b"page[size]=1&page[after]=%00%01".to_vec(),
+        "filter[note]=\u{1F600}..\u{1F600}".as_bytes().to_vec(),
+        vec![b'a'; 70_000],
+    ];
+    let operations = [
+        Operation::List,
+        Operation::Get("1".into()),
+        Operation::Get("\u{0}".into()),
+        Operation::Create,
+        Operation::Update("1".into()),
+        Operation::Delete("1".into()),
+        Operation::Changes,
+    ];
+    for payload in &payloads {
+        for operation in &operations {
+            for source in [Source::Api, Source::Producer] {
+                let response = ledger.send_from(source, operation.clone(), &[], payload);
+                assert!(
+                    [200, 201, 204, 400, 404, 413, 422].contains(&response.status),
+                    "{operation:?} {payload:?}: {} {}",
+                    response.status,
+                    text(&response)
+                );
+                if response.is_error() {
+                    body(&response);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lists_walk_forward_and_back_with_exclusive_cursors() {
+    let ledger = secured();
+    for index in 0..7 {
+        ledger.create(json!({"direction": "inbound", "note": format!("call {index}")}));
+    }
+    ledger.create(json!({"direction": "outbound"}));
+    let mut query = "filter[direction]=inbound&sort=-id&page[size]=3&count=true".to_owned();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let response = ledger.as_("reader", Operation::List, &query);
+        assert_eq!(response.status, 200, "{}", text(&response));
+        let page = body(&response);
+        assert_eq!(page["meta"]["count"], 7);
+        assert_eq!(
+            page["links"]["first"],
+            "filter[direction]=inbound&sort=-id&page[size]=3&count=true"
+        );
+        assert_eq!(page["links"].get("prev").is_some(), pages > 0, "{page}");
+        for row in page["data"].as_array().unwrap() {
+            seen.push(row["id"].as_u64().unwrap());
+        }
+        pages += 1;
+        match page["links"]["next"].as_str() {
+            Some(next) => query = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, vec![7, 6, 5, 4, 3, 2, 1]);
+
+    // Back from the last page.
+    let last = body(&ledger.as_("reader", Operation::List, &query));
+    let prev = last["links"]["prev"].as_str().unwrap().to_owned();
+    assert!(prev.contains("page[before]="), "{prev}");
+    let previous = body(&ledger.as_("reader", Operation::List, &prev));
+    let ids: Vec<u64> = previous["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![4, 3, 2]);
+
+    // A cursor used with another filter is refused, naming the cursor parameter.
+    let cursor = query.split("page[after]=").nth(1).unwrap();
+    let mismatch = ledger.as_(
+        "reader",
+        Operation::List,
+        &format!("filter[direction]=outbound&page[after]={cursor}"),
+    );
+    assert_eq!(
+        error(&mismatch, 400, "validationError")["source"]["parameter"],
+        "page[after]"
+    );
+
+    // Past the end: no rows, and only `first` (with a cursor given, `links` stays).
+    let third_page = query.clone();
+    for id in 1..=3 {
+        let response = ledger.as_("admin", Operation::Delete(id.to_string()), "");
+        assert_eq!(response.status, 204);
+    }
+    let empty = body(&ledger.as_("reader", Operation::List, &third_page));
+    assert_eq!(empty["data"], json!([]));
+    assert_eq!(
+        empty["links"],
+        json!({"first": "filter[direction]=inbound&sort=-id&page[size]=3&count=true"})
+    );
+    assert_eq!(empty["meta"], json!({"count": 4}));
+    let none = body(&ledger.as_("reader", Operation::List, "filter[note]=nobody"));
+    assert_eq!(none, json!({"data": []}));
+}
+
+#[test]
+fn every_filter_form_runs_on_the_engine() {
+    let ledger = secured();
+    ledger.create(json!({
+        "direction": "outbound", "outcome": "Not Answered", "tags": ["Interested", "Hot"],
+        "shouldRecordCall": true, "dialedAt": "2025-01-10T10:00:00Z", "note": "a,b..c"
+    }));
+    ledger.create(json!({"direction": "inbound"}));
+    let cases: &[(&str, &[u64])] = &[
+        ("filter[direction]=outbound", &[1]),
+        ("filter[direction]=outbound,inbound", &[1, 2]),
+        ("filter[outcome]=Not+Answered", &[1]),
+        ("filter[outcome]=Not%20Answered", &[1]),
+        ("filter[tags]=Hot", &[1]),
+        ("filter[tags]=Cold,Interested", &[1]),
+        ("filter[shouldRecordCall]=true", &[1]),
+        ("filter[shouldRecordCall]=false", &[]),
+        ("filter[dialedAt]=2025-01-01T00:00:00Z..inf", &[1]),
+        ("filter[dialedAt]=neginf..2025-01-10T09:59:59.999Z", &[]),
+        (
+            "filter[dialedAt]=2025-01-10T10:00:00Z..2025-01-10T10:00:00Z",
+            &[1],
+        ),
+        ("filter[dialedAt]=__null__", &[2]),
+        ("filter[dialedAt]=__notnull__", &[1]),
+        (
+            "filter[createdAt]=2025-01-13T12:47:31Z..inf&sort=-createdAt",
+            &[2, 1],
+        ),
+        ("filter[updatedAt]=neginf..2025-01-13T12:47:31Z", &[1, 2]),
+        ("filter[id]=2", &[2]),
+        ("filter[id]=1,2", &[1, 2]),
+        ("filter[id]=2..inf", &[2]),
+        ("filter[id]=neginf..1", &[1]),
+        ("filter[prospect][id]=5", &[]),
+        ("filter[prospect][id]=__null__", &[1, 2]),
+        ("filter[user][id]=__notnull__", &[]),
+        ("filter[note]=a,b..c", &[]),
+        ("newFilterSyntax=true&filter[note]=a,b..c", &[1]),
+        (
+            "newFilterSyntax=true&filter[direction][]=outbound&filter[direction][]=inbound",
+            &[1, 2],
+        ),
+        (
+            "newFilterSyntax=true&filter[dialedAt][gte]=2025-01-10T10:00:00Z",
+            &[1],
+        ),
+        (
+            "newFilterSyntax=true&filter[id][gte]=1&filter[id][lte]=1",
+            &[1],
+        ),
+        (
+            "newFilterSyntax=true&filter[prospect][id][]=1&filter[prospect][id][]=2",
+            &[],
+        ),
+        ("newFilterSyntax=true&filter[tags][]=Hot", &[1]),
+        ("sort=-dialedAt,id", &[1, 2]),
+        ("sort=direction", &[]),
+    ];
+    for (query, expected) in cases {
+        let response = ledger.as_("reader", Operation::List, query);
+        if query.starts_with("sort=direction") {
+            error(&response, 400, "validationError");
+            continue;
+        }
+        assert_eq!(response.status, 200, "{query}: {}", text(&response));
+        let ids: Vec<u64> = body(&response)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(&ids, expected, "{query}");
+    }
+}
+
+#[test]
+fn a_page_is_cut_short_to_fit_the_max_payload() {
+    let max_payload = 8 * 1024;
+    let ledger = ledger(None, max_payload);
+    for _ in 0..10 {
+        let payload =
+            json!({"data": {"type": "call", "attributes": {"note": "n".repeat(1500)}}}).to_string();
+        let response = ledger.send(Operation::Create, &[], payload.as_bytes());
+        assert_eq!(response.status, 201, "{}", text(&response));
+    }
+    let mut query = "page[size]=1000".to_owned();
+    let mut seen = Vec::new();
+    loop {
+        let response = ledger.send(Operation::List, &[], query.as_bytes());
+        assert_eq!(response.status, 200, "{}", text(&response));
+        assert!(
+            response.body.len() <= max_payload - 1024,
+            "{}",
+            response.body.len()
+        );
+        let page = body(&response);
+        let rows = page["data"].as_array().unwrap();
+        assert!(!rows.is_empty() && rows.len() < 10);
+        seen.extend(rows.iter().map(|row| row["id"].as_u64().unwrap()));
+        match page["links"]["next"].as_str() {
+            Some(next) => query = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+
+    // The change feed is cut the same way and continues without a gap.
+    let mut payload = "after=0&limit=1000".to_owned();
+    let mut seen = Vec::new();
+    loop {
+        let response = ledger.send(Operation::Changes, &[], payload.as_bytes());
+        assert!(response.body.len() <= max_payload - 1024);
+        let page = body(&response);
+        let rows = page["data"].as_array().unwrap();
+        seen.extend(rows.iter().map(|row| row["id"].as_u64().unwrap()));
+        if rows.is_empty() {
+            break;
+        }
+        payload = page["links"]["next"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn get_with_sparse_fieldsets_and_meta() {
+    let ledger = secured();
+    let created = ledger.create(json!({"to": "+15550100", "direction": "outbound"}));
+    let id = created["data"]["id"].to_string();
+    let update = json!({"data": {"type": "call", "meta": {"dataConnections": [
+        {"connection": "salesforce", "type": "Task", "id": "00T1", "url": "https://example.com/t"}
+    ]}}})
+    .to_string();
+    assert_eq!(
+        ledger
+            .as_("admin", Operation::Update(id.clone()), &update)
+            .status,
+        200
+    );
+    let response = ledger.as_(
+        "writer",
+        get(&id),
+        "fields[call]=state,to,prospect&provideAuthorizationMeta=true&provideDataConnections=true",
+    );
+    assert_eq!(response.status, 200, "{}", text(&response));
+    assert_eq!(
+        body(&response)["data"],
+        json!({
+            "type": "call", "id": 1,
+            "attributes": {"state": null, "to": "+15550100"},
+            "relationships": {"prospect": {"data": null}},
+            "links": {"self": "calls.api.get.1"},
+            "meta": {"canWrite": true, "canDelete": false, "dataConnections": [
+                {"connection": "salesforce", "type": "Task", "id": "00T1", "url": "https://example.com/t"}
+            ]}
+        })
+    );
+}
