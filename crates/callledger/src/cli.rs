@@ -1,0 +1,216 @@
+//! The command-line grammar: every subcommand, flag and environment variable.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// An event-sourced ledger of the calls a sales team makes, served over NATS.
+#[derive(Parser, Debug)]
+#[command(name = "callledger", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the ledger keeps its data and how it writes it.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// The data directory (the event log, the projection and the outbox checkpoint).
+    #[arg(long, global = true, env = "CALLLEDGER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `flush`: a write is acknowledged only once it is on disk. `buffered`: acknowledged before
+    /// the flush, faster, but a crash loses the last half second of acknowledged writes.
+    #[arg(long, global = true, env = "CALLLEDGER_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
+}
+
+impl DataArgs {
+    /// The data directory, `./data` when none is given.
+    pub fn dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data"))
+    }
+}
+
+/// How appends reach the disk.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every acknowledged write is flushed to disk (group commit).
+    Flush,
+    /// Acknowledged before the flush; a crash may lose recent writes.
+    Buffered,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the Calls API over NATS until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Import calls from NDJSON (one call document or attributes object per line).
+    Import(ImportArgs),
+    /// Write the event log to stdout as NDJSON, in position order.
+    Export,
+    /// Throw the projection away and replay the whole log into it.
+    Rebuild,
+    /// Rebuild into scratch space and compare with the live projection (exit 1 on a difference).
+    Verify,
+    /// Events, live and deleted calls, positions and size on disk.
+    Stats,
+    /// Print one call from the data directory (offline).
+    Get {
+        /// The call's id.
+        id: String,
+        /// `fields[call]=...`, `provideDataConnections=true`, ...
+        query: Option<String>,
+    },
+    /// List calls from the data directory (offline), e.g. 'filter[prospect][id]=5&sort=-createdAt'.
+    List {
+        /// The query string, as the API takes it.
+        query: Option<String>,
+    },
+    /// A client of a running service, over NATS.
+    Calls(ClientArgs),
+}
+
+/// How to reach NATS.
+#[derive(Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// The NATS server.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// A NATS credentials file.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// A NATS user (with --nats-password).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    /// The NATS user's password.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// A NATS token.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// The subject prefix of the API (`calls` by default).
+    #[arg(long, env = "CALLLEDGER_SUBJECT_PREFIX")]
+    pub subject_prefix: Option<String>,
+}
+
+/// `serve`'s settings; each may also come from the config file.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A TOML config file; flags and environment variables win over it.
+    #[arg(long, env = "CALLLEDGER_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The API tokens (TOML); without it the API is open to anyone who can reach NATS.
+    #[arg(long, env = "CALLLEDGER_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// `text` or `json` logs (levels from RUST_LOG).
+    #[arg(long, env = "CALLLEDGER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Requests handled at once; past it the service answers 503 at once.
+    #[arg(long, env = "CALLLEDGER_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// The JetStream duplicate window for commands and events, in seconds.
+    #[arg(long, env = "CALLLEDGER_DUPLICATE_WINDOW_SECS")]
+    pub duplicate_window_secs: Option<u64>,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `import`'s arguments.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The NDJSON file, or `-` for stdin.
+    pub file: PathBuf,
+    /// Appends in flight at once (they share flushes: more is faster, up to a point).
+    #[arg(long, default_value_t = 64)]
+    pub parallel: usize,
+}
+
+/// The API client.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The bearer token to present.
+    #[arg(long, env = "CALLLEDGER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds to wait for a reply.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub action: ClientAction,
+}
+
+/// One API operation.
+#[derive(Subcommand, Debug)]
+pub enum ClientAction {
+    /// List calls: QUERY is the query string, e.g. 'filter[direction]=inbound&page[size]=10'.
+    List {
+        /// The query string.
+        query: Option<String>,
+    },
+    /// Get one call.
+    Get {
+        /// Its id.
+        id: String,
+        /// An optional query string (fields, meta flags).
+        query: Option<String>,
+    },
+    /// Create a call from a JSON:API document (or `-` to read it from stdin).
+    Create {
+        /// The document.
+        document: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Update a call (PATCH semantics) from a JSON:API document (or `-`).
+    Update {
+        /// Its id.
+        id: String,
+        /// The document.
+        document: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Delete a call.
+    Delete {
+        /// Its id.
+        id: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// The calls changed after a log position, and those deleted.
+    Changes {
+        /// The position to start after.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// The most items to return.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+}
+
+/// Headers of a write.
+#[derive(Args, Debug)]
+pub struct WriteArgs {
+    /// Sent as `Idempotency-Key`: a retry with the same key is answered once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Sent as `If-Match`: the version the call must be at.
+    #[arg(long)]
+    pub if_match: Option<u64>,
+}

@@ -1,0 +1,280 @@
+//! The subcommands that work on a data directory directly, without NATS: import, export,
+//! rebuild, verify, stats, get and list.
+
+use crate::cli::{DataArgs, ImportArgs};
+use crate::ledger::{now, Ledger};
+use anyhow::Context;
+use call_api::{Api, ApiConfig, Operation, Request, Source};
+use call_commands::{CommandError, CommandRequest};
+use call_model::{parse_write, Action, Command, Rights, WriteMode};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
+
+/// A progress bar on a terminal, nothing elsewhere.
+fn progress(total: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match total {
+        Some(total) => ProgressBar::new(total),
+        None => ProgressBar::new_spinner(),
+    };
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let template = format!("{what} {{bar:40}} {{pos}}/{{len}} {{per_sec}} {{elapsed}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// One NDJSON line turned into a create command, or why it cannot be.
+fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Command, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let document = match value {
+        Value::Object(object) if object.contains_key("data") => Value::Object(object),
+        Value::Object(attributes) => {
+            serde_json::json!({"data": {"type": "call", "attributes": attributes}})
+        }
+        _ => {
+            return Err(
+                "expected a JSON object: a {\"data\":...} document or an attributes object".into(),
+            )
+        }
+    };
+    // The importer is an operator's tool: it may carry telephony-owned attributes.
+    let input = parse_write(&document, WriteMode::Create, Rights { voice: true }).map_err(
+        |violations| {
+            violations
+                .iter()
+                .map(|v| format!("{}: {}", v.pointer, v.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    )?;
+    Ok(Command {
+        action: Action::Create(input.changes),
+        actor: "import".into(),
+        recorded_at,
+        occurred_at: input.occurred_at,
+    })
+}
+
+pub fn import(data: &DataArgs, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(data, None)?;
+    let reader: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(&args.file)
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let total = if args.file.as_os_str() == "-" {
+        None
+    } else {
+        std::fs::metadata(&args.file).ok().map(|m| m.len())
+    };
+    let bar = progress(total, "importing (bytes)");
+    let started = Instant::now();
+    let imported = AtomicU64::new(0);
+    let skipped = AtomicU64::new(0);
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    // Lines go to a pool of writers through a bounded queue: concurrent appends share one flush.
+    let (sender, receiver) = mpsc::sync_channel::<(u64, String)>(args.parallel.max(1) * 4);
+    let receiver = Mutex::new(receiver);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for _ in 0..args.parallel.max(1) {
+            scope.spawn(|| loop {
+                let next = receiver.lock().map(|r| r.recv());
+                let Ok(Ok((number, line))) = next else { break };
+                let outcome = create_command(&line, now()).and_then(|command| {
+                    let request = CommandRequest {
+                        command,
+                        expected_version: None,
+                        idempotency_key: None,
+                    };
+                    ledger
+                        .commands
+                        .execute(request)
+                        .map_err(|error| match error {
+                            CommandError::Invalid(violations) => violations
+                                .iter()
+                                .map(|v| format!("{}: {}", v.pointer, v.detail))
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                            CommandError::Unavailable(reason) => {
+                                let _ = failure
+                                    .lock()
+                                    .map(|mut f| f.get_or_insert(reason.clone()).clone());
+                                reason
+                            }
+                            other => other.to_string(),
+                        })
+                });
+                match outcome {
+                    Ok(_) => imported.fetch_add(1, Ordering::Relaxed),
+                    Err(reason) => {
+                        bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
+                        skipped.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            });
+        }
+        for (index, line) in reader.lines().enumerate() {
+            let line = line.context("cannot read the input")?;
+            bar.inc(line.len() as u64 + 1);
+            if line.trim().is_empty() {
+                continue;
+            }
+            if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                break;
+            }
+            if sender.send((index as u64 + 1, line)).is_err() {
+                break;
+            }
+        }
+        drop(sender);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    if let Some(reason) = failure.lock().ok().and_then(|f| f.clone()) {
+        anyhow::bail!(
+            "the ledger failed while importing (everything acknowledged before is kept): {reason}"
+        );
+    }
+    let checkpoint = ledger.projection.catch_up()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let imported = imported.into_inner();
+    let skipped = skipped.into_inner();
+    println!(
+        "imported {imported} calls, skipped {skipped} lines, in {seconds:.2} s ({:.0} calls/s); log position {checkpoint}",
+        imported as f64 / seconds.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn export(data: &DataArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(data, None)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut after = 0;
+    loop {
+        let records = ledger.log.read_from(after, 4096)?;
+        let Some(last) = records.last() else { break };
+        after = last.position;
+        for record in records {
+            let event = call_model::Event::decode(
+                record.position,
+                record.stream,
+                record.version,
+                &record.payload,
+            )?;
+            let written = serde_json::to_writer(&mut out, &event.to_json())
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            if let Err(error) = written {
+                if error.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return Err(error.into());
+            }
+        }
+    }
+    match out.flush() {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+pub fn rebuild(data: &DataArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(data, None)?;
+    let bar = progress(Some(ledger.log.head()), "rebuilding (events)");
+    let report = ledger.projection.rebuild(&mut |applied, head| {
+        bar.set_length(head);
+        bar.set_position(applied);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "rebuilt: {} events, {} calls, {:.2} s, {:.0} events/s",
+        report.events,
+        report.calls,
+        report.seconds,
+        report.events as f64 / report.seconds.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(data: &DataArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(data, None)?;
+    let scratch = tempfile::tempdir_in(&ledger.dir)
+        .context("cannot make scratch space in the data directory")?;
+    let report = ledger.projection.verify(scratch.path())?;
+    if report.differences.is_empty() {
+        println!(
+            "verified: {} events, {} calls; the rebuilt projection equals the live one",
+            report.events, report.calls
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("MISMATCH: the rebuilt projection differs from the live one:");
+        for difference in &report.differences {
+            println!("  {difference}");
+        }
+        println!("run `callledger rebuild` to replace the live projection with the rebuilt one");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+pub fn stats(data: &DataArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(data, None)?;
+    let log = ledger.log.stats()?;
+    let projection = ledger.projection.stats()?;
+    let stats = serde_json::json!({
+        "events": log.events,
+        "liveCalls": projection.live_calls,
+        "deletedCalls": projection.deleted_calls,
+        "lastPosition": log.head,
+        "projectionCheckpoint": projection.checkpoint,
+        "sizeOnDisk": {"log": log.size_on_disk, "projection": projection.size_on_disk},
+    });
+    println!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one read through the same code the API serves, and prints the document.
+fn offline_read(
+    data: &DataArgs,
+    operation: Operation,
+    query: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(data, None)?;
+    let config = ApiConfig {
+        tokens: None,
+        max_payload: usize::MAX,
+        self_prefix: "calls".into(),
+    };
+    let api = Api::new(
+        ledger.commands.clone(),
+        ledger.projection.clone(),
+        config,
+        now,
+    );
+    let response = api.handle(Request {
+        operation,
+        headers: &[],
+        payload: query.unwrap_or("").as_bytes(),
+        source: Source::Api,
+    });
+    crate::client::print_reply(response.status < 400, &response.body)
+}
+
+pub fn get(data: &DataArgs, id: &str, query: Option<&str>) -> anyhow::Result<ExitCode> {
+    offline_read(data, Operation::Get(id.to_owned()), query)
+}
+
+pub fn list(data: &DataArgs, query: Option<&str>) -> anyhow::Result<ExitCode> {
+    offline_read(data, Operation::List, query)
+}

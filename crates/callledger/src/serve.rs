@@ -1,0 +1,167 @@
+//! `callledger serve`: merges flags, environment and the config file into settings, opens the
+//! ledger, and runs the NATS gateway until SIGINT or SIGTERM.
+
+use crate::cli::{DataArgs, Durability, LogFormat, ServeArgs};
+use crate::ledger::{now, Ledger};
+use anyhow::Context;
+use call_api::{Api, ApiConfig, TokenStore};
+use call_gateway::{GatewayConfig, NatsOptions};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The config file (`--config FILE`, TOML). Every member is optional; flags and environment
+/// variables win over it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    durability: Option<Durability>,
+    nats_url: Option<String>,
+    nats_creds: Option<PathBuf>,
+    nats_user: Option<String>,
+    nats_password: Option<String>,
+    nats_token: Option<String>,
+    subject_prefix: Option<String>,
+    tokens: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    max_in_flight: Option<usize>,
+    duplicate_window_secs: Option<u64>,
+}
+
+pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?;
+            toml::from_str::<ConfigFile>(&text)
+                .with_context(|| format!("the config file {} is not valid", path.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    install_logging(
+        args.log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+    );
+
+    let data = DataArgs {
+        data_dir: data.data_dir.clone().or(file.data_dir),
+        durability: data.durability.or(file.durability),
+    };
+    let nats = &args.nats;
+    let options = NatsOptions {
+        url: nats
+            .nats_url
+            .clone()
+            .or(file.nats_url)
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+        creds_file: nats.nats_creds.clone().or(file.nats_creds),
+        user: nats.nats_user.clone().or(file.nats_user),
+        password: nats.nats_password.clone().or(file.nats_password),
+        token: nats.nats_token.clone().or(file.nats_token),
+        name: "call-ledger".into(),
+    };
+    let subject_prefix = nats
+        .subject_prefix
+        .clone()
+        .or(file.subject_prefix)
+        .unwrap_or_else(|| "calls".into());
+    let tokens = match args.tokens.clone().or(file.tokens) {
+        Some(path) => Some(
+            TokenStore::load(&path)
+                .with_context(|| format!("cannot load the tokens file {}", path.display()))?,
+        ),
+        None => {
+            tracing::warn!("no --tokens file: the API is open to anyone who can reach NATS");
+            None
+        }
+    };
+    let max_in_flight = args
+        .max_in_flight
+        .or(file.max_in_flight)
+        .unwrap_or(256)
+        .max(1);
+    let duplicate_window = Duration::from_secs(
+        args.duplicate_window_secs
+            .or(file.duplicate_window_secs)
+            .unwrap_or(120),
+    );
+
+    let ledger = Ledger::open(&data, None)?;
+    tracing::info!(
+        data_dir = %ledger.dir.display(),
+        head = ledger.log.head(),
+        checkpoint = ledger.projection.checkpoint(),
+        "ledger open"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let client = call_gateway::connect(options).await?;
+        let config = ApiConfig {
+            tokens,
+            max_payload: client.server_info().max_payload,
+            self_prefix: subject_prefix.clone(),
+        };
+        let api = Api::new(
+            ledger.commands.clone(),
+            ledger.projection.clone(),
+            config,
+            now,
+        );
+        let gateway = GatewayConfig {
+            subject_prefix,
+            max_in_flight,
+            duplicate_window,
+            data_dir: ledger.dir.clone(),
+            queue_group: "call-ledger".into(),
+        };
+        call_gateway::run(client, api, ledger.log.clone(), gateway, shutdown_signal()).await?;
+        ledger.log.flush()?;
+        tracing::info!("drained; bye");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the service");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT: draining"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn install_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
