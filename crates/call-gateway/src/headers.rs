@@ -1,0 +1,100 @@
+//! Conversions between NATS header maps and the plain `(name, value)` pairs that `call-api`
+//! speaks, without panicking on names or values NATS cannot carry.
+
+use std::str::FromStr;
+
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
+
+/// The pairs of a message's headers, every value of every name; empty without headers.
+///
+/// The order of names is the header map's (unspecified); the values of one name keep their
+/// order.
+pub(crate) fn to_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    let Some(headers) = headers else {
+        return Vec::new();
+    };
+    let mut pairs = Vec::with_capacity(headers.len());
+    for (name, values) in headers.iter() {
+        for value in values {
+            pairs.push((name.to_string(), value.as_str().to_string()));
+        }
+    }
+    pairs
+}
+
+/// A header map with the pairs, in order.
+///
+/// `HeaderMap::insert` with strings panics on a name or value NATS cannot carry (a value with a
+/// line break, a name with `:`), so both are parsed here; a pair that does not parse is
+/// returned as the error, for the caller to drop or refuse.
+pub(crate) fn to_header_map<'a, I>(pairs: I) -> Result<HeaderMap, (&'a str, &'a str)>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        let (Ok(header_name), Ok(header_value)) =
+            (HeaderName::from_str(name), HeaderValue::from_str(value))
+        else {
+            return Err((name, value));
+        };
+        headers.append(header_name, header_value);
+    }
+    Ok(headers)
+}
+
+/// Like [`to_header_map`], but leaves out (and logs) the pairs NATS cannot carry instead of
+/// failing: for replies, where a reply without one header beats no reply.
+pub(crate) fn to_header_map_lossy(pairs: &[(String, String)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        match (HeaderName::from_str(name), HeaderValue::from_str(value)) {
+            (Ok(header_name), Ok(header_value)) => headers.append(header_name, header_value),
+            _ => tracing::warn!(header = %name, "dropping a header NATS cannot carry"),
+        }
+    }
+    headers
+}
+
+/// The first value of the header `name`, compared without regard to case.
+pub(crate) fn find<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_round_trip_through_a_header_map() {
+        let pairs = vec![
+            ("Idempotency-Key".to_string(), "k-1".to_string()),
+            ("X-Many".to_string(), "a".to_string()),
+            ("X-Many".to_string(), "b".to_string()),
+        ];
+        let map = to_header_map(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .expect("valid headers");
+        let mut back = to_pairs(Some(&map));
+        back.sort();
+        let mut expected = pairs.clone();
+        expected.sort();
+        assert_eq!(back, expected);
+        assert_eq!(find(&back, "idempotency-key"), Some("k-1"));
+    }
+
+    #[test]
+    fn a_value_with_a_line_break_is_refused_not_a_panic() {
+        let bad = [("X-Bad", "a\r\nb")];
+        assert_eq!(to_header_map(bad).err(), Some(("X-Bad", "a\r\nb")));
+        let lossy = to_header_map_lossy(&[
+            ("X-Bad".to_string(), "a\nb".to_string()),
+            ("X-Good".to_string(), "ok".to_string()),
+        ]);
+        assert_eq!(lossy.len(), 1);
+        let bad_name = [("Bad:Name", "v")];
+        assert!(to_header_map(bad_name).is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! The outbox: publishes every event of the log, in position order, to `CALL_EVENTS` on
+//! `<prefix>.events.<callId>.<EventType>` with `Nats-Msg-Id: <eventId>`, from its own
+//! checkpoint file (`<data dir>/outbox.checkpoint`, the last position JetStream stored).
+//!
+//! Events appended while NATS is away are published when it is back; a re-publish after a crash
+//! (between a publish and the checkpoint write) is dropped by the stream's duplicate window.
+//!
+//! Publishes are pipelined (a batch is sent, then its acks awaited in order), and each carries
+//! `Nats-Expected-Last-Sequence`: the stream's last sequence as it must be if every earlier
+//! publish of the batch was stored. If one publish is lost (the connection dropped under it),
+//! every later one of its batch is refused instead of being stored ahead of it, so the stream
+//! never holds events out of order; the next attempt starts again from the first unacked event
+//! with the stream's fresh last sequence. This assumes the outbox is the only publisher on
+//! `<prefix>.events.>`; another publisher costs retries, never order or events.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use call_model::Event;
+use event_log::{EventLog, Position, Record};
+use tokio::sync::watch;
+
+use crate::error::{GatewayError, GatewayErrorKind};
+use crate::{sleep_or_stop, stopped, Backoff};
+
+/// The stream events are published to.
+pub(crate) const EVENTS_STREAM: &str = "CALL_EVENTS";
+/// The checkpoint's file name in the data directory.
+pub(crate) const CHECKPOINT_FILE: &str = "outbox.checkpoint";
+/// Events read and published per batch.
+const BATCH: usize = 1000;
+
+/// The outbox with its checkpoint.
+pub(crate) struct Outbox {
+    js: jetstream::Context,
+    log: EventLog,
+    prefix: String,
+    duplicate_window: Duration,
+    path: PathBuf,
+    /// The last position JetStream acknowledged (in memory; the file may lag after a failed
+    /// write, which only means re-publishing a few events the duplicate window drops).
+    checkpoint: Position,
+}
+
+impl Outbox {
+    /// Reads the checkpoint in `data_dir` (0 when there is none). Fails when the file cannot
+    /// be read or does not hold a position.
+    ///
+    /// A checkpoint beyond the log's head means the log lost its tail after the events were
+    /// published (a crash with buffered durability) or was restored from an older copy. The
+    /// outbox then starts again at the head, so that the events the log appends in their place
+    /// are published too, and says so loudly: downstream has seen events the log no longer has.
+    pub(crate) async fn open(
+        js: jetstream::Context,
+        log: EventLog,
+        prefix: String,
+        duplicate_window: Duration,
+        data_dir: &Path,
+    ) -> Result<Outbox, GatewayError> {
+        let path = data_dir.join(CHECKPOINT_FILE);
+        let read_path = path.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || read_checkpoint(&read_path))
+            .await
+            .map_err(|e| {
+                GatewayError::with_source(GatewayErrorKind::Task, "reading the checkpoint", e)
+            })??;
+        let head = log.head();
+        let mut outbox = Outbox {
+            js,
+            log,
+            prefix,
+            duplicate_window,
+            path,
+            checkpoint,
+        };
+        if checkpoint > head {
+            tracing::error!(
+                checkpoint,
+                head,
+                path = %outbox.path.display(),
+                "events up to the checkpoint were published, but the event log ends before it; \
+                 publishing resumes at the log's head"
+            );
+            outbox.checkpoint = head;
+            outbox.persist().await?;
+        }
+        tracing::info!(checkpoint = outbox.checkpoint, head, "outbox opened");
+        Ok(outbox)
+    }
+
+    /// The stream's config.
+    fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: EVENTS_STREAM.to_string(),
+            subjects: vec![format!("{}.events.>", self.prefix)],
+            storage: stream::StorageType::File,
+            duplicate_window: self.duplicate_window,
+            ..Default::default()
+        }
+    }
+
+    /// Publishes the next batch after the checkpoint and advances it as far as JetStream
+    /// acknowledged, also when a later publish of the batch failed.
+    ///
+    /// `last_sequence` is the stream's last sequence when known; it is taken from the server
+    /// when `None`, and left `None` unless the whole batch was stored as new messages.
+    async fn publish_batch(&mut self, last_sequence: &mut Option<u64>) -> Result<(), GatewayError> {
+        let log = self.log.clone();
+        let after = self.checkpoint;
+        let records = tokio::task::spawn_blocking(move || log.read_from(after, BATCH))
+            .await
+            .map_err(|e| GatewayError::with_source(GatewayErrorKind::Task, "reading the log", e))?
+            .map_err(|e| {
+                GatewayError::with_source(
+                    GatewayErrorKind::Log,
+                    format!("cannot read the log after position {after}"),
+                    e,
+                )
+            })?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut expected = match last_sequence.take() {
+            Some(sequence) => sequence,
+            None => {
+                let stream = self
+                    .js
+                    .get_or_create_stream(self.stream_config())
+                    .await
+                    .map_err(|e| {
+                        crate::commands::jetstream_error(
+                            format!("cannot ensure the stream {EVENTS_STREAM}"),
+                            e,
+                        )
+                    })?;
+                stream.cached_info().state.last_sequence
+            }
+        };
+
+        let mut failure = None;
+        let mut pending = Vec::with_capacity(records.len());
+        for record in &records {
+            let publish = match self.message(record, expected) {
+                Ok(publish) => publish,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            };
+            let (subject, message) = publish;
+            match self.js.send_publish(subject, message).await {
+                Ok(ack) => pending.push((record.position, ack)),
+                Err(error) => {
+                    failure = Some(crate::commands::jetstream_error(
+                        "cannot publish an event".to_string(),
+                        error,
+                    ));
+                    break;
+                }
+            }
+            expected += 1;
+        }
+
+        let before = self.checkpoint;
+        let mut all_new = failure.is_none();
+        let mut stored_sequence = None;
+        for (position, ack) in pending {
+            match ack.await {
+                Ok(ack) => {
+                    all_new &= !ack.duplicate;
+                    stored_sequence = Some(ack.sequence);
+                    self.checkpoint = position;
+                }
+                Err(error) => {
+                    all_new = false;
+                    failure = Some(crate::commands::jetstream_error(
+                        format!("{EVENTS_STREAM} did not store the event at {position}"),
+                        error,
+                    ));
+                    break;
+                }
+            }
+        }
+        if all_new {
+            *last_sequence = stored_sequence;
+        }
+        if self.checkpoint > before {
+            tracing::debug!(from = before, to = self.checkpoint, "events published");
+            self.persist().await?;
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// The subject and message of one record, expecting `expected` as the stream's last
+    /// sequence.
+    fn message(
+        &self,
+        record: &Record,
+        expected: u64,
+    ) -> Result<(String, PublishMessage), GatewayError> {
+        let event = Event::decode(
+            record.position,
+            record.stream,
+            record.version,
+            &record.payload,
+        )
+        .map_err(|e| {
+            GatewayError::with_source(
+                GatewayErrorKind::Log,
+                format!("cannot publish the event at position {}", record.position),
+                e,
+            )
+        })?;
+        let subject = format!(
+            "{}.events.{}.{}",
+            self.prefix,
+            event.call_id,
+            event.event_type().name()
+        );
+        let payload = serde_json::to_vec(&event.to_json()).map_err(|e| {
+            GatewayError::with_source(
+                GatewayErrorKind::Log,
+                format!("cannot encode the event at position {}", record.position),
+                e,
+            )
+        })?;
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(event.stored.event_id.to_string())
+            .expected_last_sequence(expected);
+        Ok((subject, message))
+    }
+
+    /// Writes the checkpoint durably.
+    async fn persist(&self) -> Result<(), GatewayError> {
+        let path = self.path.clone();
+        let position = self.checkpoint;
+        tokio::task::spawn_blocking(move || write_checkpoint(&path, position))
+            .await
+            .map_err(|e| {
+                GatewayError::with_source(GatewayErrorKind::Task, "writing the checkpoint", e)
+            })?
+            .map_err(|e| {
+                GatewayError::with_source(
+                    GatewayErrorKind::Checkpoint,
+                    format!("cannot write {}", self.path.display()),
+                    e,
+                )
+            })
+    }
+}
+
+/// Publishes until `stop`, finishing the batch in hand; waits on the log's head when caught up
+/// and retries failures after a growing pause.
+pub(crate) async fn run(mut outbox: Outbox, mut stop: watch::Receiver<bool>) {
+    let mut head = outbox.log.watch_head();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut last_sequence = None;
+    let mut failing = false;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Marks the current head as seen before looking at it, so that no append is missed.
+        head.borrow_and_update();
+        if outbox.checkpoint >= outbox.log.head() {
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                changed = head.changed() => if changed.is_err() {
+                    tracing::info!("the event log closed; the outbox stops");
+                    break;
+                },
+            }
+            continue;
+        }
+        let before = outbox.checkpoint;
+        match outbox.publish_batch(&mut last_sequence).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(checkpoint = outbox.checkpoint, "publishing events again");
+                    failing = false;
+                }
+                backoff.reset();
+            }
+            // A batch cut short after some progress is retried at once: the usual cause is a
+            // duplicate (after a crash) that shifted the expected sequences.
+            Err(error) if outbox.checkpoint > before => {
+                tracing::debug!(%error, checkpoint = outbox.checkpoint, "batch cut short; continuing");
+            }
+            Err(error) => {
+                failing = true;
+                tracing::warn!(%error, checkpoint = outbox.checkpoint, "cannot publish events; retrying");
+                if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(checkpoint = outbox.checkpoint, "outbox stopped");
+}
+
+/// The position in the checkpoint file; 0 when there is no file.
+fn read_checkpoint(path: &Path) -> Result<Position, GatewayError> {
+    match fs::read_to_string(path) {
+        Ok(text) => text.trim().parse::<Position>().map_err(|e| {
+            GatewayError::with_source(
+                GatewayErrorKind::Checkpoint,
+                format!("{} does not hold a position", path.display()),
+                e,
+            )
+        }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(GatewayError::with_source(
+            GatewayErrorKind::Checkpoint,
+            format!("cannot read {}", path.display()),
+            error,
+        )),
+    }
+}
+
+/// Replaces the checkpoint file atomically and durably: a temporary file, fsync, rename, fsync
+/// of the directory.
+fn write_checkpoint(path: &Path, position: Position) -> io::Result<()> {
+    let temporary = path.with_extension("checkpoint.tmp");
+    {
+        let mut file = File::create(&temporary)?;
+        writeln!(file, "{position}")?;
+        file.sync_all()?;
+    }
+    fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_survives_a_round_trip_and_refuses_garbage() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join(CHECKPOINT_FILE);
+        assert_eq!(read_checkpoint(&path).ok(), Some(0));
+        write_checkpoint(&path, 42).expect("write");
+        write_checkpoint(&path, 43).expect("overwrite");
+        assert_eq!(read_checkpoint(&path).ok(), Some(43));
+        fs::write(&path, "forty-four").expect("garble");
+        assert_eq!(
+            read_checkpoint(&path).err().map(|e| e.kind()),
+            Some(GatewayErrorKind::Checkpoint)
+        );
+    }
+}

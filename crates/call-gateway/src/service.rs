@@ -1,0 +1,358 @@
+//! The request-reply API as a NATS micro service: one endpoint per operation in one queue group,
+//! a semaphore that bounds the requests in flight (past it, 503 at once), handlers on blocking
+//! threads, replies with the response's headers and JSON:API body, and the drain.
+//!
+//! Replies are published by hand because async-nats 0.51 answers `respond(Err(..))` with an
+//! empty body, and the contract needs the JSON:API error body with the error headers. The
+//! service's statistics (`$SRV.STATS`: requests, errors, last error, processing time) are still
+//! kept by async-nats; see [`record_stats`] for how.
+
+use std::time::Duration;
+
+use async_nats::client::PublishErrorKind;
+use async_nats::service::{self, endpoint::Endpoint, Service, ServiceExt};
+use async_nats::{Client, HeaderMap, Subject};
+use bytes::Bytes;
+use call_api::Api;
+use call_api::{Operation, Response, Source};
+use futures::StreamExt;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::{GatewayError, GatewayErrorKind};
+use crate::{headers, stopped};
+
+/// The micro service's name, as `$SRV.PING.call-ledger` and friends know it.
+pub(crate) const SERVICE_NAME: &str = "call-ledger";
+
+/// How long a reply may wait to be handed to the connection; a reply that cannot be sent in that
+/// time is useless to its requester, and waiting longer would hold a permit.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the drain waits for the requests already buffered in an endpoint's subscription.
+const ENDPOINT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The operations, each with its endpoint name and subject (below `<prefix>.api`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    List,
+    Get,
+    Create,
+    Update,
+    Delete,
+    Changes,
+}
+
+const ENDPOINTS: [(Kind, &str, &str); 6] = [
+    (Kind::List, "list", "list"),
+    (Kind::Get, "get", "get.*"),
+    (Kind::Create, "create", "create"),
+    (Kind::Update, "update", "update.*"),
+    (Kind::Delete, "delete", "delete.*"),
+    (Kind::Changes, "changes", "changes"),
+];
+
+/// What every request handler shares.
+#[derive(Clone)]
+struct Handlers {
+    client: Client,
+    api: Api,
+    permits: std::sync::Arc<Semaphore>,
+}
+
+/// The started service with its endpoints, not yet receiving.
+pub(crate) struct Started {
+    service: Service,
+    endpoints: Vec<(Kind, Endpoint)>,
+}
+
+/// Starts the micro service and subscribes its endpoints (in `queue_group`, on
+/// `<prefix>.api.*`). Requests wait in the subscriptions until [`serve`] runs.
+pub(crate) async fn start(
+    client: &Client,
+    prefix: &str,
+    queue_group: &str,
+) -> Result<Started, GatewayError> {
+    let service = client
+        .service_builder()
+        .description("call-ledger: the Outreach Call resource as an event-sourced ledger")
+        .queue_group(queue_group)
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| {
+            GatewayError::with_source(GatewayErrorKind::Service, "cannot start the service", e)
+        })?;
+    let group = service.group(format!("{prefix}.api"));
+    let mut endpoints = Vec::with_capacity(ENDPOINTS.len());
+    for (kind, name, subject) in ENDPOINTS {
+        let endpoint = group
+            .endpoint_builder()
+            .name(name)
+            .add(subject)
+            .await
+            .map_err(|e| {
+                GatewayError::with_source(
+                    GatewayErrorKind::Service,
+                    format!("cannot add the endpoint {prefix}.api.{subject}"),
+                    e,
+                )
+            })?;
+        endpoints.push((kind, endpoint));
+    }
+    tracing::info!(
+        prefix,
+        queue_group,
+        endpoints = ENDPOINTS.len(),
+        "call-ledger service started"
+    );
+    Ok(Started { service, endpoints })
+}
+
+/// Receives and answers requests until `stop`, then drains: stops the endpoints, answers what
+/// was already buffered with 503, waits for the handlers in flight, and stops the service.
+pub(crate) async fn serve(
+    started: Started,
+    client: Client,
+    api: Api,
+    max_in_flight: u32,
+    stop: watch::Receiver<bool>,
+) {
+    let handlers = Handlers {
+        client,
+        api,
+        permits: std::sync::Arc::new(Semaphore::new(max_in_flight as usize)),
+    };
+    let mut receivers = JoinSet::new();
+    for (kind, endpoint) in started.endpoints {
+        receivers.spawn(receive(kind, endpoint, handlers.clone(), stop.clone()));
+    }
+    while let Some(joined) = receivers.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "an endpoint's receive loop failed");
+        }
+    }
+    // Every permit back means every handler has replied.
+    match handlers.permits.acquire_many(max_in_flight).await {
+        Ok(_all) => {}
+        Err(error) => tracing::error!(%error, "cannot wait for the requests in flight"),
+    }
+    if let Err(error) = started.service.stop().await {
+        tracing::warn!(%error, "cannot stop the service");
+    }
+    tracing::info!("call-ledger service stopped");
+}
+
+/// One endpoint's loop: hand each request to a handler, or answer 503 when none is free. The
+/// loop never waits for a handler, so the subscription never backs up to the point where NATS
+/// drops messages.
+async fn receive(
+    kind: Kind,
+    mut endpoint: Endpoint,
+    handlers: Handlers,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            request = endpoint.next() => match request {
+                Some(request) => dispatch(kind, request, &handlers).await,
+                // The connection was closed for good.
+                None => return,
+            },
+        }
+    }
+    // Unsubscribing closes the subscription after what it already holds; that is answered
+    // 503, so that no requester waits for a timeout.
+    if let Err(error) = endpoint.stop().await {
+        tracing::warn!(%error, ?kind, "cannot unsubscribe the endpoint");
+    }
+    let drain = async {
+        while let Some(request) = endpoint.next().await {
+            let response = call_api::error_response(
+                503,
+                "serviceUnavailable",
+                "Service Unavailable",
+                "The service is shutting down; retry the request.",
+            );
+            reply(&handlers.client, request, response).await;
+        }
+    };
+    if tokio::time::timeout(ENDPOINT_DRAIN_TIMEOUT, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(?kind, "the endpoint did not close in time");
+    }
+}
+
+/// Starts a handler for the request, or answers 503 when `max_in_flight` are already running.
+async fn dispatch(kind: Kind, request: service::Request, handlers: &Handlers) {
+    match handlers.permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let operation = operation(kind, &request.message.subject);
+            tokio::spawn(handle(
+                operation,
+                request,
+                handlers.client.clone(),
+                handlers.api.clone(),
+                permit,
+            ));
+        }
+        Err(_) => {
+            tracing::debug!(?kind, "overloaded: answering 503");
+            let response = call_api::error_response(
+                503,
+                "serviceUnavailable",
+                "Service Unavailable",
+                "Too many requests are in flight; retry the request.",
+            );
+            reply(&handlers.client, request, response).await;
+        }
+    }
+}
+
+/// The operation of a request on `subject`; the id is the subject's last token.
+fn operation(kind: Kind, subject: &str) -> Operation {
+    let id = || subject.rsplit('.').next().unwrap_or_default().to_string();
+    match kind {
+        Kind::List => Operation::List,
+        Kind::Get => Operation::Get(id()),
+        Kind::Create => Operation::Create,
+        Kind::Update => Operation::Update(id()),
+        Kind::Delete => Operation::Delete(id()),
+        Kind::Changes => Operation::Changes,
+    }
+}
+
+/// Runs the API on a blocking thread and replies; holds its permit until the reply is sent.
+async fn handle(
+    operation: Operation,
+    request: service::Request,
+    client: Client,
+    api: Api,
+    permit: OwnedSemaphorePermit,
+) {
+    let request_headers = headers::to_pairs(request.message.headers.as_ref());
+    let payload = request.message.payload.clone();
+    let handled = tokio::task::spawn_blocking(move || {
+        api.handle(call_api::Request {
+            operation,
+            headers: &request_headers,
+            payload: &payload,
+            source: Source::Api,
+        })
+    })
+    .await;
+    let response = handled.unwrap_or_else(|error| {
+        // `Api::handle` catches its own panics; this is the last line of defence.
+        tracing::error!(%error, "request handler failed");
+        internal_error()
+    });
+    reply(&client, request, response).await;
+    drop(permit);
+}
+
+/// The generic 500 reply.
+pub(crate) fn internal_error() -> Response {
+    call_api::error_response(
+        500,
+        "internalServerError",
+        "Internal Server Error",
+        "The server could not handle the request; it has been logged.",
+    )
+}
+
+/// Publishes the response (headers and body) to the request's reply subject and records it in
+/// the service's statistics. A request without a reply subject is handled but not answered.
+async fn reply(client: &Client, mut request: service::Request, mut response: Response) {
+    if let Some(reply_to) = request.message.reply.clone() {
+        let mut sent = publish(client, &reply_to, &response).await;
+        if let Err(PublishErrorKind::MaxPayloadExceeded) = sent {
+            // `call-api` fits pages into the max payload; anything else that does not fit is
+            // a bug, answered as one rather than left to time out.
+            tracing::error!(
+                size = response.body.len(),
+                max_payload = client.max_payload(),
+                "a reply exceeds the server's max payload"
+            );
+            response = internal_error();
+            sent = publish(client, &reply_to, &response).await;
+        }
+        if let Err(kind) = sent {
+            tracing::warn!(error = %kind, "cannot send a reply");
+        }
+    } else {
+        tracing::debug!(subject = %request.message.subject, "request without a reply subject");
+    }
+    record_stats(&mut request, &response).await;
+}
+
+/// Publishes the response to `reply_to`, waiting at most [`REPLY_TIMEOUT`].
+async fn publish(
+    client: &Client,
+    reply_to: &Subject,
+    response: &Response,
+) -> Result<(), PublishErrorKind> {
+    let headers = headers::to_header_map_lossy(&response.headers);
+    let body = Bytes::from(response.body.clone());
+    match tokio::time::timeout(
+        REPLY_TIMEOUT,
+        client.publish_with_headers(reply_to.clone(), headers, body),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.kind()),
+        Err(_) => Err(PublishErrorKind::Send),
+    }
+}
+
+/// Counts the reply in `$SRV.STATS` (requests, processing time, and for 4xx/5xx the error
+/// count and last error), after the reply itself was sent.
+///
+/// async-nats keeps the statistics only in `service::Request::respond_with_headers`, which
+/// counts an `Err` as an error but sends it with an empty body. So the reply goes out first,
+/// by hand, and then `respond_with_headers` is called with the reply subject cleared: it
+/// updates the statistics and its own publish is refused by the client before anything reaches
+/// the wire (async-nats always rejects an empty subject, whatever `skip_subject_validation`
+/// says). `stats_count_errors_and_replies_carry_bodies` pins this behaviour.
+async fn record_stats(request: &mut service::Request, response: &Response) {
+    request.message.reply = Some(Subject::from(""));
+    let outcome = if response.is_error() {
+        let title = response
+            .header("Nats-Service-Error")
+            .unwrap_or("error")
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect::<String>();
+        Err(service::error::Error {
+            status: title,
+            code: usize::from(response.status),
+        })
+    } else {
+        Ok(Bytes::new())
+    };
+    // The publish to the empty subject fails by design; see above.
+    let _refused = request
+        .respond_with_headers(outcome, HeaderMap::new())
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_is_the_last_subject_token() {
+        assert_eq!(
+            operation(Kind::Get, "calls.api.get.42"),
+            Operation::Get("42".into())
+        );
+        assert_eq!(
+            operation(Kind::Delete, "x.y.api.delete.abc"),
+            Operation::Delete("abc".into())
+        );
+        assert_eq!(operation(Kind::List, "calls.api.list"), Operation::List);
+    }
+}
