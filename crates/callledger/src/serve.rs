@@ -104,7 +104,7 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let client = call_gateway::connect(options).await?;
         let config = ApiConfig {
             tokens,
-            max_payload: client.server_info().max_payload,
+            max_payload: client.max_payload(),
             self_prefix: subject_prefix.clone(),
         };
         let api = Api::new(
