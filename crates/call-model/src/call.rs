@@ -19,8 +19,9 @@ pub struct ResourceRef {
 }
 
 /// A connection of a call to an external source, attached under `meta.dataConnections`.
+///
+/// Reading ignores members it does not know, so that adding one later is a compatible change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DataConnection {
     /// The name of the connection (e.g. a CRM).
     #[serde(default)]

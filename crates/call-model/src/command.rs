@@ -3,12 +3,13 @@
 
 use crate::call::{Call, CallId, CallState};
 use crate::event::{Event, EventBody};
-use crate::fields::{AttrValue, Field};
+use crate::fields::{AttrValue, Field, Ownership, RelValue};
 use crate::input::{Changes, Violation, ViolationKind};
 use crate::time::Timestamp;
 
-/// How far in the future a writer's `occurredAt` may lie, to allow for clock skew.
-const OCCURRED_AT_SKEW_MILLIS: i64 = 60_000;
+/// How far in the future a writer's `occurredAt` may lie, to allow for clock skew between the
+/// writer and the ledger.
+pub(crate) const OCCURRED_AT_SKEW_MILLIS: i64 = 60_000;
 
 /// What a command asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,22 +73,36 @@ impl Command {
 /// the command changes nothing and nothing is to be appended.
 pub fn decide(state: &CallState, command: &Command) -> Result<Vec<EventBody>, DecideError> {
     if let Some(at) = command.occurred_at {
-        if at.millis() > command.recorded_at.millis() + OCCURRED_AT_SKEW_MILLIS {
+        // Saturating: a clock value near the end of time must not overflow.
+        let latest = command
+            .recorded_at
+            .millis()
+            .saturating_add(OCCURRED_AT_SKEW_MILLIS);
+        if at.millis() > latest {
             return Err(DecideError::Invalid(vec![Violation {
                 pointer: "/data/meta/occurredAt".into(),
                 kind: ViolationKind::Invalid,
                 detail: format!(
-                    "expected a time no later than now ({})",
-                    command.recorded_at
+                    "expected a time no later than now ({}), give or take {} s of clock skew",
+                    command.recorded_at,
+                    OCCURRED_AT_SKEW_MILLIS / 1000
                 ),
             }]));
         }
     }
+    if let Action::Create(changes) | Action::Update { changes, .. } = &command.action {
+        refuse_server_set(changes)?;
+    }
     match &command.action {
         Action::Create(changes) => {
+            // A new call has no members to clear: nulls and empty lists say nothing.
             let mut initial = changes.clone();
             initial.attributes.retain(|_, value| value.is_some());
-            initial.relationships.retain(|_, value| value.is_some());
+            initial.relationships.retain(|_, value| match value {
+                Some(RelValue::Many(targets)) => !targets.is_empty(),
+                Some(RelValue::One(_)) => true,
+                None => false,
+            });
             if initial.data_connections.as_ref().is_some_and(Vec::is_empty) {
                 initial.data_connections = None;
             }
@@ -125,6 +140,26 @@ pub fn decide(state: &CallState, command: &Command) -> Result<Vec<EventBody>, De
     }
 }
 
+/// `parse_write` never lets a server-set attribute through, but `Changes` is a plain value that
+/// any crate can build; the ledger's own timestamps must not be overwritten by one.
+fn refuse_server_set(changes: &Changes) -> Result<(), DecideError> {
+    let violations: Vec<Violation> = changes
+        .attributes
+        .keys()
+        .filter(|field| field.ownership() == Ownership::Server)
+        .map(|field| Violation {
+            pointer: format!("/data/attributes/{}", field.name()),
+            kind: ViolationKind::Invalid,
+            detail: format!("'{field}' is set by the server and cannot be written"),
+        })
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(DecideError::Invalid(violations))
+    }
+}
+
 /// The part of `changes` that differs from the call as it stands.
 fn difference(call: &Call, changes: &Changes) -> Changes {
     Changes {
@@ -137,8 +172,15 @@ fn difference(call: &Call, changes: &Changes) -> Changes {
         relationships: changes
             .relationships
             .iter()
+            .map(|(relation, value)| {
+                // An empty to-many list clears the relationship, as `null` does.
+                let value = match value {
+                    Some(RelValue::Many(targets)) if targets.is_empty() => None,
+                    value => value.clone(),
+                };
+                (*relation, value)
+            })
             .filter(|(relation, value)| call.relationships.get(relation) != value.as_ref())
-            .map(|(relation, value)| (*relation, value.clone()))
             .collect(),
         data_connections: changes
             .data_connections

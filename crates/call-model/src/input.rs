@@ -4,11 +4,11 @@
 use crate::call::{CallId, DataConnection, ResourceRef};
 use crate::fields::{AttrKind, AttrValue, Field, Ownership, RelValue, Relation};
 use crate::time::Timestamp;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// The most tags one call may carry, and the longest tag, in characters.
+/// The most tags one call may carry.
 pub const MAX_TAGS: usize = 100;
 /// The longest tag, in characters.
 pub const MAX_TAG_CHARS: usize = 255;
@@ -84,64 +84,58 @@ impl Changes {
 
     /// The JSON the events store: only the named members, `null` where cleared.
     pub fn to_json(&self) -> Value {
-        let mut object = Map::new();
-        if !self.attributes.is_empty() {
-            let attributes = self
-                .attributes
-                .iter()
-                .map(|(field, value)| {
-                    let json = value.as_ref().map_or(Value::Null, AttrValue::to_json);
-                    (field.name().to_owned(), json)
-                })
-                .collect();
-            object.insert("attributes".into(), Value::Object(attributes));
-        }
-        if !self.relationships.is_empty() {
-            let relationships = self
-                .relationships
-                .iter()
-                .map(|(relation, value)| {
-                    let json = serde_json::to_value(value).unwrap_or(Value::Null);
-                    (relation.name().to_owned(), json)
-                })
-                .collect();
-            object.insert("relationships".into(), Value::Object(relationships));
-        }
-        if let Some(connections) = &self.data_connections {
-            let json = serde_json::to_value(connections).unwrap_or(Value::Null);
-            object.insert("dataConnections".into(), json);
-        }
-        Value::Object(object)
+        serde_json::to_value(crate::event::ChangesOut(self)).unwrap_or(Value::Null)
     }
 
     /// Reads what [`Changes::to_json`] wrote; `None` when it is not of that form.
+    ///
+    /// Members and attribute or relationship names this version does not know are skipped, so
+    /// that events written by a newer version that added an optional member still read.
     pub fn from_json(value: &Value) -> Option<Changes> {
-        let object = value.as_object()?;
+        Changes::read_json(value).ok()
+    }
+
+    /// [`Changes::from_json`] saying what is wrong.
+    pub(crate) fn read_json(value: &Value) -> Result<Changes, String> {
+        let object = value.as_object().ok_or("expected an object")?;
         let mut changes = Changes::default();
         if let Some(attributes) = object.get("attributes") {
-            for (name, value) in attributes.as_object()? {
-                let field = Field::from_name(name)?;
+            let attributes = attributes
+                .as_object()
+                .ok_or("attributes: expected an object")?;
+            for (name, value) in attributes {
+                let Some(field) = Field::from_name(name) else {
+                    continue;
+                };
                 let parsed = match value {
                     Value::Null => None,
-                    value => Some(crate::call::stored_attr(field, value)?),
+                    value => Some(
+                        crate::call::stored_attr(field, value)
+                            .ok_or_else(|| format!("attributes/{name}: unexpected value"))?,
+                    ),
                 };
                 changes.attributes.insert(field, parsed);
             }
         }
         if let Some(relationships) = object.get("relationships") {
-            for (name, value) in relationships.as_object()? {
-                let relation = Relation::from_name(name)?;
-                let parsed = match value {
-                    Value::Null => None,
-                    value => Some(serde_json::from_value(value.clone()).ok()?),
+            let relationships = relationships
+                .as_object()
+                .ok_or("relationships: expected an object")?;
+            for (name, value) in relationships {
+                let Some(relation) = Relation::from_name(name) else {
+                    continue;
                 };
+                let parsed = Option::<RelValue>::deserialize(value)
+                    .map_err(|e| format!("relationships/{name}: {e}"))?;
                 changes.relationships.insert(relation, parsed);
             }
         }
         if let Some(connections) = object.get("dataConnections") {
-            changes.data_connections = Some(serde_json::from_value(connections.clone()).ok()?);
+            let connections = Vec::<DataConnection>::deserialize(connections)
+                .map_err(|e| format!("dataConnections: {e}"))?;
+            changes.data_connections = Some(connections);
         }
-        Some(changes)
+        Ok(changes)
     }
 }
 
@@ -192,12 +186,14 @@ impl Checker {
             self.invalid("", "expected a JSON object with a `data` member");
             return input;
         };
-        for key in top.keys() {
-            if key != "data" && key != "meta" && key != "jsonapi" {
-                self.invalid(
+        for (key, value) in top {
+            match key.as_str() {
+                "data" | "jsonapi" => {}
+                "meta" => self.document_meta(value),
+                _ => self.invalid(
                     format!("/{}", escape(key)),
                     format!("unknown member '{key}'"),
-                );
+                ),
             }
         }
         let Some(data) = top.get("data") else {
@@ -241,7 +237,7 @@ impl Checker {
             WriteMode::Update(id) => {
                 let named = match value {
                     Value::Number(number) => number.as_u64(),
-                    Value::String(text) => text.parse().ok(),
+                    Value::String(text) if is_digits(text) => text.parse().ok(),
                     _ => None,
                 };
                 if named != Some(id) {
@@ -318,16 +314,18 @@ impl Checker {
                     self.invalid(pointer, "expected a string");
                     return None;
                 };
+                // Both rules are checked so that a value breaking both gets both errors.
                 let chars = text.chars().count();
+                let mut ok = true;
                 if chars > max {
                     self.too_long(pointer, max, chars);
-                    return None;
+                    ok = false;
                 }
                 if url && !is_http_url(text) {
                     self.invalid(pointer, "expected an http or https URL");
-                    return None;
+                    ok = false;
                 }
-                Some(AttrValue::Text(text.to_owned()))
+                ok.then(|| AttrValue::Text(text.to_owned()))
             }
             AttrKind::Bool => match value.as_bool() {
                 Some(flag) => Some(AttrValue::Bool(flag)),
@@ -406,9 +404,10 @@ impl Checker {
                     })
                     .collect();
                 if self.violations.len() == before {
-                    changes
-                        .relationships
-                        .insert(relation, Some(RelValue::Many(targets)));
+                    // An empty to-many linkage clears the relationship, as `null` does, so that
+                    // "no batches" has one representation and a no-op stays a no-op.
+                    let value = (!targets.is_empty()).then_some(RelValue::Many(targets));
+                    changes.relationships.insert(relation, value);
                 }
             } else if let Some(target) = self.linkage(&pointer, relation, data) {
                 changes
@@ -461,21 +460,45 @@ impl Checker {
                 }
             }
         }
-        if !object.contains_key("type") && ok {
-            // A single possible type may be left implicit; otherwise it must be named.
+        // A missing member is its own violation, reported alongside any other. The type may be
+        // left implicit where only one fits (docs/api.md); `associatedId` must name it.
+        if !object.contains_key("type") {
             match types {
                 [only] => target.kind = (*only).to_owned(),
                 _ => {
-                    self.invalid(format!("{pointer}/type"), "expected the resource type");
+                    let list = types.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>();
+                    self.invalid(
+                        format!("{pointer}/type"),
+                        format!("expected the resource type: {}", list.join(" or ")),
+                    );
                     ok = false;
                 }
             }
         }
-        if !object.contains_key("id") && ok {
+        if !object.contains_key("id") {
             self.invalid(format!("{pointer}/id"), "expected a positive integer id");
             ok = false;
         }
         ok.then_some(target)
+    }
+
+    /// The document's own `meta` carries nothing the ledger reads; writers putting the call's
+    /// meta members there by mistake are told where they belong rather than silently ignored.
+    fn document_meta(&mut self, value: &Value) {
+        let Some(meta) = value.as_object() else {
+            self.invalid("/meta", "expected an object");
+            return;
+        };
+        for key in meta.keys() {
+            let pointer = format!("/meta/{}", escape(key));
+            match key.as_str() {
+                "occurredAt" | "dataConnections" => self.invalid(
+                    pointer,
+                    format!("'{key}' belongs in the call's meta, at /data/meta/{key}"),
+                ),
+                _ => self.invalid(pointer, format!("unknown meta member '{key}'")),
+            }
+        }
     }
 
     fn meta(&mut self, value: &Value, input: &mut WriteInput) {
@@ -486,16 +509,23 @@ impl Checker {
         for (key, value) in meta {
             let pointer = format!("/data/meta/{}", escape(key));
             match key.as_str() {
-                "occurredAt" => match value.as_str().map(Timestamp::parse) {
-                    Some(Ok(at)) => input.occurred_at = Some(at),
-                    _ => self.invalid(
-                        pointer,
-                        "expected an RFC 3339 date-time such as 2025-01-13T12:47:31.000Z",
-                    ),
+                "occurredAt" => match value {
+                    Value::Null => {}
+                    value => match value.as_str().map(Timestamp::parse) {
+                        Some(Ok(at)) => input.occurred_at = Some(at),
+                        _ => self.invalid(
+                            pointer,
+                            "expected an RFC 3339 date-time such as 2025-01-13T12:47:31.000Z",
+                        ),
+                    },
                 },
                 "dataConnections" => {
                     input.changes.data_connections = Some(self.data_connections(&pointer, value))
                 }
+                "canWrite" | "canDelete" => self.invalid(
+                    pointer,
+                    format!("'{key}' is set by the server and cannot be written"),
+                ),
                 _ => self.invalid(pointer, format!("unknown meta member '{key}'")),
             }
         }
@@ -534,34 +564,47 @@ impl Checker {
             };
             for (key, member) in object {
                 let member_pointer = format!("{item_pointer}/{}", escape(key));
+                // The member's name is checked first: an unknown member is reported as such,
+                // whatever its value.
+                let slot = match key.as_str() {
+                    "connection" => &mut connection.connection,
+                    "type" => &mut connection.kind,
+                    "id" => &mut connection.id,
+                    "url" => &mut connection.url,
+                    _ => {
+                        self.invalid(member_pointer, format!("unknown member '{key}'"));
+                        continue;
+                    }
+                };
                 let text = match member {
                     Value::Null => None,
                     Value::String(text) => Some(text.clone()),
-                    Value::Number(number) if key == "id" => Some(number.to_string()),
+                    // External ids are often numeric; an integer is kept as its decimal string.
+                    Value::Number(number)
+                        if key == "id" && (number.is_i64() || number.is_u64()) =>
+                    {
+                        Some(number.to_string())
+                    }
                     _ => {
-                        self.invalid(member_pointer, "expected a string or null");
+                        let expected = if key == "id" {
+                            "expected a string, an integer or null"
+                        } else {
+                            "expected a string or null"
+                        };
+                        self.invalid(member_pointer, expected);
                         continue;
                     }
                 };
                 if let Some(text) = &text {
                     let chars = text.chars().count();
                     if chars > MAX_DATA_CONNECTION_CHARS {
-                        self.too_long(member_pointer, MAX_DATA_CONNECTION_CHARS, chars);
-                        continue;
+                        self.too_long(&member_pointer, MAX_DATA_CONNECTION_CHARS, chars);
+                    }
+                    if key == "url" && !is_http_url(text) {
+                        self.invalid(&member_pointer, "expected an http or https URL");
                     }
                 }
-                match key.as_str() {
-                    "connection" => connection.connection = text,
-                    "type" => connection.kind = text,
-                    "id" => connection.id = text,
-                    "url" => match text {
-                        Some(url) if !is_http_url(&url) => {
-                            self.invalid(member_pointer, "expected an http or https URL")
-                        }
-                        url => connection.url = url,
-                    },
-                    _ => self.invalid(member_pointer, format!("unknown member '{key}'")),
-                }
+                *slot = text;
             }
             connections.push(connection);
         }
@@ -573,26 +616,57 @@ impl Checker {
 fn integer_id(value: &Value) -> Option<i64> {
     let id = match value {
         Value::Number(number) => number.as_i64()?,
-        Value::String(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
-            text.parse().ok()?
-        }
+        Value::String(text) if is_digits(text) => text.parse().ok()?,
         _ => return None,
     };
     (id > 0).then_some(id)
 }
 
-/// An http(s) URL with a host and no whitespace or control characters.
+/// A non-empty string of ASCII digits.
+fn is_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An absolute http(s) URL with a host name (or IP literal), an optional numeric port, and no
+/// whitespace or control characters anywhere.
 fn is_http_url(text: &str) -> bool {
-    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
-    let rest = if lower.starts_with("https://") {
-        &text[8..]
-    } else if lower.starts_with("http://") {
-        &text[7..]
-    } else {
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((scheme, rest)) = text.split_once("://") else {
         return false;
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    !host.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return false;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // Userinfo, if any, ends at the last '@' of the authority.
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let (host, port) = if let Some(literal) = host_port.strip_prefix('[') {
+        let Some((inside, after)) = literal.split_once(']') else {
+            return false;
+        };
+        let ip_chars = |c: char| c.is_ascii_hexdigit() || c == ':' || c == '.';
+        if inside.is_empty() || !inside.chars().all(ip_chars) {
+            return false;
+        }
+        match after {
+            "" => (inside, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (inside, Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    let host_char = |c: char| c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '%');
+    let host_ok = !host.is_empty() && (host.contains(':') || host.chars().all(host_char));
+    let port_ok = port.is_none_or(|port| is_digits(port) && port.len() <= 5);
+    host_ok && port_ok
 }
 
 /// Escapes a member name for use in a JSON pointer (RFC 6901).

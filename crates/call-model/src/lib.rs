@@ -11,6 +11,9 @@ mod fields;
 mod input;
 mod time;
 
+#[cfg(test)]
+mod tests;
+
 pub use call::{Call, CallId, CallState, DataConnection, ResourceRef};
 pub use command::{decide, evolve, Action, Command, DecideError};
 pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHEMA_VERSION};
