@@ -223,13 +223,7 @@ impl Outbox {
             event.call_id,
             event.event_type().name()
         );
-        let payload = serde_json::to_vec(&event.to_json()).map_err(|e| {
-            GatewayError::with_source(
-                GatewayErrorKind::Log,
-                format!("cannot encode the event at position {}", record.position),
-                e,
-            )
-        })?;
+        let payload = event.to_json_bytes();
         let message = PublishMessage::build()
             .payload(payload.into())
             .message_id(event.stored.event_id.to_string())

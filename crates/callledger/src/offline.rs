@@ -172,8 +172,8 @@ pub fn export(data: &DataArgs) -> anyhow::Result<ExitCode> {
                 record.version,
                 &record.payload,
             )?;
-            let written = serde_json::to_writer(&mut out, &event.to_json())
-                .map_err(std::io::Error::from)
+            let written = out
+                .write_all(&event.to_json_bytes())
                 .and_then(|()| out.write_all(b"\n"));
             if let Err(error) = written {
                 if error.kind() == std::io::ErrorKind::BrokenPipe {
