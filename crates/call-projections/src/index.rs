@@ -1,0 +1,757 @@
+//! The in-memory secondary indexes of the live calls: one ordered set of `(value, id)` per
+//! filterable or sortable target, and a column (id -> value) per sortable attribute.
+//!
+//! They are derived from the stored views, rebuilt at open and kept current after every applied
+//! batch, so nothing about them is ever written to disk. Ordered sets answer "the calls with this
+//! value, in id order" and "the calls in value order"; columns answer "this call's sort value"
+//! without reading and decoding its stored row, which is what lets the query engine order and
+//! pre-filter candidates cheaply and read only the rows it returns.
+//!
+//! Memory per live call is about a dozen 16-24 byte set entries plus 8-16 bytes per column;
+//! strings are interned per index, so a value shared by many calls (a state, an outcome, a
+//! vendor) is stored once.
+
+use call_model::{AttrValue, Call, Field, RelValue, Relation, Timestamp};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// The value a time column and a time index hold for null. Real timestamps are parsed from
+/// RFC 3339, whose range (chrono's, about +-262,000 years) is far from `i64::MIN` milliseconds,
+/// so no real value collides with it; nulls sort first, as the list query wants.
+pub(crate) const NULL_TIME: i64 = i64::MIN;
+
+/// The sortable date-time attributes, in the order of [`Indexes::times`].
+pub(crate) const TIME_SORT: [Field; 7] = [
+    Field::AnsweredAt,
+    Field::CompletedAt,
+    Field::CreatedAt,
+    Field::DialedAt,
+    Field::ReturnedAt,
+    Field::StateChangedAt,
+    Field::UpdatedAt,
+];
+
+/// The sortable string attributes, in the order of [`Indexes::sort_texts`].
+pub(crate) const TEXT_SORT: [Field; 6] = [
+    Field::State,
+    Field::Outcome,
+    Field::From,
+    Field::To,
+    Field::RecordingUrl,
+    Field::UserCallType,
+];
+
+/// The string attributes that can be filtered on but not sorted by, in the order of
+/// [`Indexes::texts`].
+pub(crate) const TEXT_FILTER: [Field; 6] = [
+    Field::Direction,
+    Field::ExternalVendor,
+    Field::SequenceAction,
+    Field::Uid,
+    Field::VendorCallId,
+    Field::VoicemailRecordingUrl,
+];
+
+/// The relationships whose id can be filtered on ([`Relation::is_filterable`]), in the order of
+/// [`Indexes::related`].
+pub(crate) const FILTER_RELATIONS: [Relation; 13] = [
+    Relation::CallDisposition,
+    Relation::CallPurpose,
+    Relation::KaiaCrmRecording,
+    Relation::Opportunity,
+    Relation::OutboundVoicemail,
+    Relation::Phone,
+    Relation::PhoneNumber,
+    Relation::Prospect,
+    Relation::Sequence,
+    Relation::SequenceState,
+    Relation::SequenceStep,
+    Relation::Task,
+    Relation::User,
+];
+
+/// Where an attribute lives in [`Indexes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// A sortable date-time: `times[i]`.
+    Time(usize),
+    /// A sortable string: `sort_texts[i]`.
+    SortText(usize),
+    /// A filter-only string: `texts[i]`.
+    Text(usize),
+    /// `shouldRecordCall`.
+    Flag,
+    /// `note`, indexed by a hash of its value.
+    Note,
+    /// `tags`, one entry per tag.
+    Tags,
+}
+
+/// Where `field` lives in [`Indexes`]. The match is exhaustive so that a new attribute in the
+/// model cannot be forgotten here.
+pub(crate) fn slot(field: Field) -> Slot {
+    use Field::*;
+    let position = |list: &[Field]| list.iter().position(|f| *f == field).unwrap_or(0);
+    match field {
+        AnsweredAt | CompletedAt | CreatedAt | DialedAt | ReturnedAt | StateChangedAt
+        | UpdatedAt => Slot::Time(position(&TIME_SORT)),
+        State | Outcome | From | To | RecordingUrl | UserCallType => {
+            Slot::SortText(position(&TEXT_SORT))
+        }
+        Direction
+        | ExternalVendor
+        | SequenceAction
+        | Uid
+        | VendorCallId
+        | VoicemailRecordingUrl => Slot::Text(position(&TEXT_FILTER)),
+        ShouldRecordCall => Slot::Flag,
+        Note => Slot::Note,
+        Tags => Slot::Tags,
+    }
+}
+
+/// Where a filterable relationship lives in [`Indexes::related`].
+pub(crate) fn relation_slot(relation: Relation) -> Option<usize> {
+    FILTER_RELATIONS.iter().position(|r| *r == relation)
+}
+
+/// The hash a note is indexed by. Only equality filters use it, and every hit is confirmed on
+/// the stored row, so a collision costs a row read, never a wrong answer. The index lives only
+/// in memory, so the hash need not be stable across builds.
+pub(crate) fn note_hash(note: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    note.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What one call contributes to the indexes: its indexed values, and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IndexRow {
+    /// The position of the call's latest event, for the change feed.
+    position: u64,
+    times: [i64; 7],
+    sort_texts: [Option<Box<str>>; 6],
+    texts: [Option<Box<str>>; 6],
+    flag: Option<bool>,
+    note: Option<u64>,
+    /// Sorted, without duplicates.
+    tags: Box<[Box<str>]>,
+    /// `(slot in FILTER_RELATIONS, id)`, in slot order.
+    related: Box<[(u8, i64)]>,
+}
+
+impl IndexRow {
+    /// The indexed values of `call`.
+    pub(crate) fn of(call: &Call) -> IndexRow {
+        let text = |field: Field| call.text(field).map(Box::<str>::from);
+        let mut tags: Vec<Box<str>> = match call.attribute(Field::Tags) {
+            Some(AttrValue::Tags(tags)) => tags.iter().map(|t| Box::from(t.as_str())).collect(),
+            _ => Vec::new(),
+        };
+        tags.sort_unstable();
+        tags.dedup();
+        let related = FILTER_RELATIONS
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, relation)| match call.relationships.get(relation) {
+                Some(RelValue::One(target)) => Some((slot as u8, target.id)),
+                _ => None,
+            })
+            .collect();
+        IndexRow {
+            position: call.position,
+            times: TIME_SORT.map(|f| call.time(f).map_or(NULL_TIME, Timestamp::millis)),
+            sort_texts: TEXT_SORT.map(text),
+            texts: TEXT_FILTER.map(text),
+            flag: match call.attribute(Field::ShouldRecordCall) {
+                Some(AttrValue::Bool(flag)) => Some(*flag),
+                _ => None,
+            },
+            note: call.text(Field::Note).map(note_hash),
+            tags: tags.into_boxed_slice(),
+            related,
+        }
+    }
+}
+
+/// Strings shared by the entries of one index, so that a value many calls hold is stored once.
+#[derive(Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(text) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// The shared copy of `text`, if any entry holds it.
+    fn get(&self, text: &str) -> Option<Arc<str>> {
+        self.0.get(text).cloned()
+    }
+
+    /// Forgets `text` once no entry holds it any more.
+    fn release(&mut self, text: &str) {
+        if self.0.get(text).is_some_and(|s| Arc::strong_count(s) == 1) {
+            self.0.remove(text);
+        }
+    }
+}
+
+const CHUNK_BITS: u32 = 10;
+const CHUNK_LEN: usize = 1 << CHUNK_BITS;
+
+/// A value per call id. Call ids are dense (the log hands them out from 1 without gaps), so the
+/// values live in fixed chunks of consecutive ids; a hash map of chunks keeps an odd sparse id
+/// from allocating everything below it.
+pub(crate) struct Column<T> {
+    null: T,
+    chunks: HashMap<u64, Box<[T]>>,
+}
+
+impl<T: Clone + PartialEq> Column<T> {
+    fn new(null: T) -> Column<T> {
+        Column {
+            null,
+            chunks: HashMap::new(),
+        }
+    }
+
+    /// The value of call `id` (null for a call that is not live).
+    pub(crate) fn get(&self, id: u64) -> &T {
+        match self.chunks.get(&(id >> CHUNK_BITS)) {
+            Some(chunk) => &chunk[(id as usize) & (CHUNK_LEN - 1)],
+            None => &self.null,
+        }
+    }
+
+    fn set(&mut self, id: u64, value: T) {
+        let key = id >> CHUNK_BITS;
+        if value == self.null && !self.chunks.contains_key(&key) {
+            return;
+        }
+        let null = &self.null;
+        let chunk = self
+            .chunks
+            .entry(key)
+            .or_insert_with(|| vec![null.clone(); CHUNK_LEN].into_boxed_slice());
+        chunk[(id as usize) & (CHUNK_LEN - 1)] = value;
+    }
+
+    /// Every id with a non-null value, in no particular order.
+    fn non_null(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
+        self.chunks.iter().flat_map(move |(key, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .filter(move |(_, value)| **value != self.null)
+                .map(move |(i, value)| ((key << CHUNK_BITS) | i as u64, value))
+        })
+    }
+}
+
+/// A sortable date-time attribute: every live call, nulls included (as [`NULL_TIME`]).
+pub(crate) struct TimeIndex {
+    /// `(millis, id)` in value order.
+    pub(crate) set: BTreeSet<(i64, u64)>,
+    /// id -> millis.
+    pub(crate) col: Column<i64>,
+}
+
+/// A sortable string attribute: every live call, nulls (`None`, first) included.
+pub(crate) struct SortTextIndex {
+    /// `(value, id)` in value order.
+    pub(crate) set: BTreeSet<(Option<Arc<str>>, u64)>,
+    /// id -> value.
+    pub(crate) col: Column<Option<Arc<str>>>,
+    strings: Interner,
+}
+
+/// A filter-only string attribute (or the tags): the calls with a value, one entry per value.
+#[derive(Default)]
+pub(crate) struct TextIndex {
+    /// `(value, id)` in value order.
+    pub(crate) set: BTreeSet<(Arc<str>, u64)>,
+    strings: Interner,
+}
+
+impl TextIndex {
+    fn insert(&mut self, text: &str, id: u64) {
+        let shared = self.strings.intern(text);
+        self.set.insert((shared, id));
+    }
+
+    fn remove(&mut self, text: &str, id: u64) {
+        if let Some(shared) = self.strings.get(text) {
+            self.set.remove(&(shared, id));
+            self.strings.release(text);
+        }
+    }
+
+    /// Whether call `id` holds `text`.
+    pub(crate) fn contains(&self, text: &str, id: u64) -> bool {
+        self.strings
+            .get(text)
+            .is_some_and(|shared| self.set.contains(&(shared, id)))
+    }
+
+    /// The shared copy of `text`, to build range bounds from; `None` when no call holds it.
+    pub(crate) fn shared(&self, text: &str) -> Option<Arc<str>> {
+        self.strings.get(text)
+    }
+}
+
+impl SortTextIndex {
+    fn set_value(&mut self, id: u64, old: Option<Option<&str>>, new: Option<Option<&str>>) {
+        if let Some(old) = old {
+            let shared = old.and_then(|text| self.strings.get(text));
+            self.set.remove(&(shared, id));
+        }
+        let new_shared = new.flatten().map(|text| self.strings.intern(text));
+        if new.is_some() {
+            self.set.insert((new_shared.clone(), id));
+        }
+        self.col.set(id, new_shared);
+        if let Some(Some(old)) = old {
+            self.strings.release(old);
+        }
+    }
+
+    /// The shared copy of `text`, to build range bounds from; `None` when no call holds it.
+    pub(crate) fn shared(&self, text: &str) -> Option<Arc<str>> {
+        self.strings.get(text)
+    }
+}
+
+/// Every secondary index of the live calls.
+pub(crate) struct Indexes {
+    /// The live call ids.
+    pub(crate) ids: BTreeSet<u64>,
+    /// The change feed: each live call under the position of its latest event.
+    pub(crate) changes: BTreeMap<u64, u64>,
+    /// The sortable date-times, in [`TIME_SORT`] order.
+    pub(crate) times: [TimeIndex; 7],
+    /// The sortable strings, in [`TEXT_SORT`] order.
+    pub(crate) sort_texts: [SortTextIndex; 6],
+    /// The filter-only strings, in [`TEXT_FILTER`] order.
+    pub(crate) texts: [TextIndex; 6],
+    /// One entry per tag of each call.
+    pub(crate) tags: TextIndex,
+    /// `shouldRecordCall`.
+    pub(crate) flags: BTreeSet<(bool, u64)>,
+    /// `note`, by [`note_hash`].
+    pub(crate) notes: BTreeSet<(u64, u64)>,
+    /// The filterable relationships' ids, in [`FILTER_RELATIONS`] order.
+    pub(crate) related: [BTreeSet<(i64, u64)>; 13],
+}
+
+impl Indexes {
+    /// Empty indexes.
+    pub(crate) fn new() -> Indexes {
+        Indexes {
+            ids: BTreeSet::new(),
+            changes: BTreeMap::new(),
+            times: std::array::from_fn(|_| TimeIndex {
+                set: BTreeSet::new(),
+                col: Column::new(NULL_TIME),
+            }),
+            sort_texts: std::array::from_fn(|_| SortTextIndex {
+                set: BTreeSet::new(),
+                col: Column::new(None),
+                strings: Interner::default(),
+            }),
+            texts: Default::default(),
+            tags: TextIndex::default(),
+            flags: BTreeSet::new(),
+            notes: BTreeSet::new(),
+            related: Default::default(),
+        }
+    }
+
+    /// Builds the indexes of these live calls at once: each set is sorted once and bulk-loaded,
+    /// which is several times faster than inserting entry by entry and packs the trees' nodes
+    /// full.
+    pub(crate) fn from_rows(rows: impl IntoIterator<Item = (u64, IndexRow)>) -> Indexes {
+        let mut indexes = Indexes::new();
+        let mut ids = Vec::new();
+        let mut changes = Vec::new();
+        let mut times: [Vec<(i64, u64)>; 7] = Default::default();
+        let mut sort_texts: [Vec<(Option<Arc<str>>, u64)>; 6] = Default::default();
+        let mut texts: [Vec<(Arc<str>, u64)>; 6] = Default::default();
+        let mut tags = Vec::new();
+        let mut flags = Vec::new();
+        let mut notes = Vec::new();
+        let mut related: [Vec<(i64, u64)>; 13] = Default::default();
+        for (id, row) in rows {
+            ids.push(id);
+            changes.push((row.position, id));
+            for (i, millis) in row.times.iter().enumerate() {
+                times[i].push((*millis, id));
+                indexes.times[i].col.set(id, *millis);
+            }
+            for (i, text) in row.sort_texts.iter().enumerate() {
+                let index = &mut indexes.sort_texts[i];
+                let shared = text.as_deref().map(|t| index.strings.intern(t));
+                index.col.set(id, shared.clone());
+                sort_texts[i].push((shared, id));
+            }
+            for (i, text) in row.texts.iter().enumerate() {
+                if let Some(text) = text {
+                    texts[i].push((indexes.texts[i].strings.intern(text), id));
+                }
+            }
+            for tag in row.tags.iter() {
+                tags.push((indexes.tags.strings.intern(tag), id));
+            }
+            if let Some(flag) = row.flag {
+                flags.push((flag, id));
+            }
+            if let Some(note) = row.note {
+                notes.push((note, id));
+            }
+            for (slot, target) in row.related.iter() {
+                related[*slot as usize].push((*target, id));
+            }
+        }
+        indexes.ids = ids.into_iter().collect();
+        indexes.changes = changes.into_iter().collect();
+        for (index, entries) in indexes.times.iter_mut().zip(times) {
+            index.set = entries.into_iter().collect();
+        }
+        for (index, entries) in indexes.sort_texts.iter_mut().zip(sort_texts) {
+            index.set = entries.into_iter().collect();
+        }
+        for (index, entries) in indexes.texts.iter_mut().zip(texts) {
+            index.set = entries.into_iter().collect();
+        }
+        indexes.tags.set = tags.into_iter().collect();
+        indexes.flags = flags.into_iter().collect();
+        indexes.notes = notes.into_iter().collect();
+        for (index, entries) in indexes.related.iter_mut().zip(related) {
+            *index = entries.into_iter().collect();
+        }
+        indexes
+    }
+
+    /// How many calls are live.
+    pub(crate) fn live(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Moves call `id` from `old` to `new` (`None`: not live), touching only the entries whose
+    /// value changed.
+    pub(crate) fn update(&mut self, id: u64, old: Option<&IndexRow>, new: Option<&IndexRow>) {
+        if old == new {
+            return;
+        }
+        match (old.is_some(), new.is_some()) {
+            (false, true) => {
+                self.ids.insert(id);
+            }
+            (true, false) => {
+                self.ids.remove(&id);
+            }
+            _ => {}
+        }
+        let (before, after) = (old.map(|r| r.position), new.map(|r| r.position));
+        if before != after {
+            if let Some(position) = before {
+                self.changes.remove(&position);
+            }
+            if let Some(position) = after {
+                self.changes.insert(position, id);
+            }
+        }
+        for (i, index) in self.times.iter_mut().enumerate() {
+            let (before, after) = (old.map(|r| r.times[i]), new.map(|r| r.times[i]));
+            if before != after {
+                if let Some(millis) = before {
+                    index.set.remove(&(millis, id));
+                }
+                if let Some(millis) = after {
+                    index.set.insert((millis, id));
+                }
+                index.col.set(id, after.unwrap_or(NULL_TIME));
+            }
+        }
+        for (i, index) in self.sort_texts.iter_mut().enumerate() {
+            let before = old.map(|r| r.sort_texts[i].as_deref());
+            let after = new.map(|r| r.sort_texts[i].as_deref());
+            if before != after {
+                index.set_value(id, before, after);
+            }
+        }
+        for (i, index) in self.texts.iter_mut().enumerate() {
+            let before = old.and_then(|r| r.texts[i].as_deref());
+            let after = new.and_then(|r| r.texts[i].as_deref());
+            if before != after {
+                if let Some(text) = before {
+                    index.remove(text, id);
+                }
+                if let Some(text) = after {
+                    index.insert(text, id);
+                }
+            }
+        }
+        let no_tags: &[Box<str>] = &[];
+        let before = old.map_or(no_tags, |r| &r.tags);
+        let after = new.map_or(no_tags, |r| &r.tags);
+        if before != after {
+            for tag in before {
+                self.tags.remove(tag, id);
+            }
+            for tag in after {
+                self.tags.insert(tag, id);
+            }
+        }
+        let (before, after) = (old.and_then(|r| r.flag), new.and_then(|r| r.flag));
+        if before != after {
+            if let Some(flag) = before {
+                self.flags.remove(&(flag, id));
+            }
+            if let Some(flag) = after {
+                self.flags.insert((flag, id));
+            }
+        }
+        let (before, after) = (old.and_then(|r| r.note), new.and_then(|r| r.note));
+        if before != after {
+            if let Some(hash) = before {
+                self.notes.remove(&(hash, id));
+            }
+            if let Some(hash) = after {
+                self.notes.insert((hash, id));
+            }
+        }
+        let no_related: &[(u8, i64)] = &[];
+        let before = old.map_or(no_related, |r| &r.related);
+        let after = new.map_or(no_related, |r| &r.related);
+        if before != after {
+            for (slot, target) in before {
+                self.related[*slot as usize].remove(&(*target, id));
+            }
+            for (slot, target) in after {
+                self.related[*slot as usize].insert((*target, id));
+            }
+        }
+    }
+
+    /// Adds a line to `out` for every entry that differs between these indexes (`live`) and
+    /// `rebuilt`.
+    pub(crate) fn diff(&self, rebuilt: &Indexes, out: &mut Differences) {
+        diff_sets("live call ids", &self.ids, &rebuilt.ids, out, |id| {
+            format!("call {id}")
+        });
+        let feed = |changes: &BTreeMap<u64, u64>| -> BTreeSet<(u64, u64)> {
+            changes.iter().map(|(p, id)| (*p, *id)).collect()
+        };
+        diff_sets(
+            "change feed",
+            &feed(&self.changes),
+            &feed(&rebuilt.changes),
+            out,
+            |(position, id)| format!("call {id} at position {position}"),
+        );
+        for (i, field) in TIME_SORT.iter().enumerate() {
+            let (live, fresh) = (&self.times[i], &rebuilt.times[i]);
+            let name = format!("{field} index");
+            diff_sets(&name, &live.set, &fresh.set, out, |(millis, id)| {
+                format!("call {id} at {}", Millis(*millis))
+            });
+            diff_columns(
+                &format!("{field} column"),
+                &live.col,
+                &fresh.col,
+                out,
+                |v| Millis(*v).to_string(),
+            );
+        }
+        for (i, field) in TEXT_SORT.iter().enumerate() {
+            let (live, fresh) = (&self.sort_texts[i], &rebuilt.sort_texts[i]);
+            let name = format!("{field} index");
+            diff_sets(&name, &live.set, &fresh.set, out, |(text, id)| {
+                format!("call {id} at {}", Text(text.as_deref()))
+            });
+            diff_columns(
+                &format!("{field} column"),
+                &live.col,
+                &fresh.col,
+                out,
+                |v| Text(v.as_deref()).to_string(),
+            );
+        }
+        for (i, field) in TEXT_FILTER.iter().enumerate() {
+            let name = format!("{field} index");
+            diff_sets(
+                &name,
+                &self.texts[i].set,
+                &rebuilt.texts[i].set,
+                out,
+                |(t, id)| format!("call {id} at {}", Text(Some(t))),
+            );
+        }
+        diff_sets(
+            "tags index",
+            &self.tags.set,
+            &rebuilt.tags.set,
+            out,
+            |(t, id)| format!("call {id} at {}", Text(Some(t))),
+        );
+        diff_sets(
+            "shouldRecordCall index",
+            &self.flags,
+            &rebuilt.flags,
+            out,
+            |(flag, id)| format!("call {id} at {flag}"),
+        );
+        diff_sets(
+            "note index",
+            &self.notes,
+            &rebuilt.notes,
+            out,
+            |(hash, id)| format!("call {id} at note hash {hash:016x}"),
+        );
+        for (i, relation) in FILTER_RELATIONS.iter().enumerate() {
+            let name = format!("{relation} id index");
+            diff_sets(
+                &name,
+                &self.related[i],
+                &rebuilt.related[i],
+                out,
+                |(t, id)| format!("call {id} at {t}"),
+            );
+        }
+    }
+}
+
+/// A capped list of differences found by `verify`.
+pub(crate) struct Differences {
+    pub(crate) lines: Vec<String>,
+    pub(crate) more: usize,
+    cap: usize,
+}
+
+impl Differences {
+    pub(crate) fn new(cap: usize) -> Differences {
+        Differences {
+            lines: Vec::new(),
+            more: 0,
+            cap,
+        }
+    }
+
+    pub(crate) fn push(&mut self, line: String) {
+        if self.lines.len() < self.cap {
+            self.lines.push(line);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// The lines, with a last one counting those left out.
+    pub(crate) fn finish(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.lines
+                .push(format!("... and {} more differences", self.more));
+        }
+        self.lines
+    }
+}
+
+/// Reports the entries only one of two ordered sets holds.
+fn diff_sets<T: Ord>(
+    name: &str,
+    live: &BTreeSet<T>,
+    rebuilt: &BTreeSet<T>,
+    out: &mut Differences,
+    show: impl Fn(&T) -> String,
+) {
+    let (mut a, mut b) = (live.iter().peekable(), rebuilt.iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => x.cmp(y),
+        };
+        match order {
+            Ordering::Equal => {
+                a.next();
+                b.next();
+            }
+            Ordering::Less => {
+                if let Some(x) = a.next() {
+                    out.push(format!(
+                        "{name}: {} is in the live index but not in the rebuilt one",
+                        show(x)
+                    ));
+                }
+            }
+            Ordering::Greater => {
+                if let Some(y) = b.next() {
+                    out.push(format!(
+                        "{name}: {} is in the rebuilt index but not in the live one",
+                        show(y)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Reports the ids whose column values differ.
+fn diff_columns<T: Clone + PartialEq>(
+    name: &str,
+    live: &Column<T>,
+    rebuilt: &Column<T>,
+    out: &mut Differences,
+    show: impl Fn(&T) -> String,
+) {
+    let mut ids: Vec<u64> = live
+        .non_null()
+        .map(|(id, _)| id)
+        .chain(rebuilt.non_null().map(|(id, _)| id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        let (a, b) = (live.get(id), rebuilt.get(id));
+        if a != b {
+            out.push(format!(
+                "{name}: call {id} is {} live but {} when rebuilt",
+                show(a),
+                show(b)
+            ));
+        }
+    }
+}
+
+/// Shows a time column value.
+struct Millis(i64);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == NULL_TIME {
+            f.write_str("null")
+        } else {
+            write!(f, "{}", Timestamp::from_millis(self.0))
+        }
+    }
+}
+
+/// Shows a string value, or null.
+struct Text<'a>(Option<&'a str>);
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(text) => write!(f, "{text:?}"),
+            None => f.write_str("null"),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! `call-projections` owns the current view of every call, folded from the event log: the stored
+//! views with their checkpoint, the change feed and the deletions, the in-memory secondary
+//! indexes, the query engine (get, list with filters, sorts and keyset cursors, changes since a
+//! position), and rebuild and verify.
+//!
+//! Architecture invariant: the projection is derived data. Everything in it can be rebuilt from
+//! the log, and [`Projection::verify`] checks that a rebuild gives exactly what is there. It
+//! never writes to the log and never flushes: each applied chunk is one sled batch holding the
+//! view changes and the checkpoint together, which sled recovers all or nothing, and a view
+//! that is ahead of the log or unreadable is rebuilt when opened.
+//!
+//! API boundary: [`Projection`] and the query types in [`query`]. Parsing a query string into a
+//! [`ListQuery`] and writing JSON:API documents belong to the edge.
+
+#![warn(missing_docs)]
+
+mod codec;
+mod cursor;
+mod engine;
+mod error;
+mod index;
+mod projection;
+pub mod query;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ProjectionError, QueryError};
+pub use projection::{Projection, ProjectionStats, RebuildReport, VerifyReport};
+pub use query::{
+    ChangesPage, Condition, Deletion, Filter, FilterTarget, FilterValue, ListPage, ListQuery,
+    PageCursor, SortField, SortKey, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
+};

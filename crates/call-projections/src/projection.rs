@@ -1,0 +1,738 @@
+//! [`Projection`]: the current view of every call, folded from the event log into its own sled
+//! database, with its checkpoint, in-memory indexes, queries, rebuild and verify.
+//!
+//! # Concurrency
+//!
+//! One mutex serialises everything that writes (catch-up, rebuild, verify); readers never take
+//! it. The view (tree handle, counters, indexes) sits behind a read-write lock: a list holds the
+//! read lock for its whole run, so the indexes it walks and the rows it reads agree; catch-up
+//! holds the write lock only around `apply_batch` and the index update of each chunk, and
+//! folds the chunk (reading the log, decoding, evolving, encoding) before taking it.
+//!
+//! # Rebuild
+//!
+//! A rebuild replays the whole log into a fresh tree (`view-<generation+1>`) while the old view
+//! keeps serving reads, then switches the `active` pointer in the default tree and drops the old
+//! tree. A crash midway leaves the old view active and the half-built tree is dropped at the
+//! next open.
+
+use crate::engine;
+use crate::error::{ProjectionError, QueryError};
+use crate::index::{Differences, IndexRow, Indexes};
+use crate::query::{ChangesPage, ListPage, ListQuery};
+use crate::store::{
+    self, decode_call, decode_deletion, describe_key, fold, load_call, par_map, read_u64,
+    split_key, view_name, Meta, Overlay, View, CALL, DELETION,
+};
+use call_model::{Call, Field, Relation};
+use event_log::EventLog;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+/// Records read and applied per batch while catching up: small enough that a batch holds sled's
+/// process-wide batch lock (which the log's appends share) only briefly.
+const LIVE_CHUNK: usize = 4096;
+/// Records per batch while rebuilding, where nothing else writes.
+const REBUILD_CHUNK: usize = 16_384;
+/// The most differences `verify` spells out.
+const MAX_DIFFERENCES: usize = 20;
+/// The key in the default tree naming the active view's generation.
+const ACTIVE: &[u8] = b"active";
+
+/// The counts and sizes of a projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProjectionStats {
+    /// Calls that exist.
+    pub live_calls: u64,
+    /// Calls deleted (each counted once).
+    pub deleted_calls: u64,
+    /// The last log position applied.
+    pub checkpoint: u64,
+    /// Bytes the projection's sled database uses on disk.
+    pub size_on_disk: u64,
+}
+
+/// What a rebuild did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RebuildReport {
+    /// Events replayed.
+    pub events: u64,
+    /// Live calls in the rebuilt view.
+    pub calls: u64,
+    /// Wall-clock time it took.
+    pub seconds: f64,
+}
+
+/// What a verify found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Events replayed into the scratch view.
+    pub events: u64,
+    /// Live calls in the scratch view.
+    pub calls: u64,
+    /// Each difference between the live and the rebuilt projection, one per line (at most about
+    /// twenty, the last saying how many more there are); empty when they are equal.
+    pub differences: Vec<String>,
+}
+
+/// The current view of every call, its indexes and its queries. Cheap to clone; clones share
+/// everything.
+#[derive(Clone)]
+pub struct Projection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    log: EventLog,
+    dir: PathBuf,
+    /// Held by whatever writes the view.
+    apply: Mutex<()>,
+    /// The view's checkpoint, readable without a lock.
+    checkpoint: AtomicU64,
+    view: RwLock<View>,
+}
+
+impl std::fmt::Debug for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("dir", &self.inner.dir)
+            .field("checkpoint", &self.checkpoint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Projection {
+    /// Opens (creating if missing) the projection in `dir`, its own sled database apart from the
+    /// log's, builds the in-memory indexes from the stored views and catches up with `log`.
+    ///
+    /// The view is rebuilt from the log, with a warning, when it was written by another layout
+    /// version, when a stored row cannot be read, or when its checkpoint lies beyond the log's
+    /// head (which only a log opened with buffered durability can cause, after a crash).
+    pub fn open(dir: &Path, log: EventLog) -> Result<Projection, ProjectionError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new().path(dir).open()?;
+        let generation = match db.get(ACTIVE)? {
+            Some(value) => read_u64(ACTIVE, &value)?,
+            None => {
+                db.insert(ACTIVE, &1u64.to_be_bytes())?;
+                1
+            }
+        };
+        drop_stray_views(&db, generation)?;
+        let tree = db.open_tree(view_name(generation))?;
+        if tree.is_empty() {
+            let mut batch = sled::Batch::default();
+            Meta::default().write(&mut batch);
+            tree.apply_batch(batch)?;
+        }
+        let head = log.head();
+        let (view, rebuild_because) = match load_view(generation, tree.clone()) {
+            Ok(view) if view.meta.checkpoint > head => {
+                let reason = format!(
+                    "its checkpoint {} is beyond the log's head {head}",
+                    view.meta.checkpoint
+                );
+                (view, Some(reason))
+            }
+            Ok(view) => (view, None),
+            Err(ProjectionError::Corrupt { key, reason }) => {
+                let view = View {
+                    generation,
+                    tree,
+                    meta: Meta::default(),
+                    indexes: Indexes::new(),
+                };
+                (view, Some(format!("{key}: {reason}")))
+            }
+            Err(error) => return Err(error),
+        };
+        let projection = Projection {
+            inner: Arc::new(Inner {
+                db,
+                log,
+                dir: dir.to_path_buf(),
+                apply: Mutex::new(()),
+                checkpoint: AtomicU64::new(view.meta.checkpoint),
+                view: RwLock::new(view),
+            }),
+        };
+        if let Some(reason) = rebuild_because {
+            tracing::warn!(dir = %dir.display(), %reason, "rebuilding the projection");
+            projection.rebuild(&mut |_, _| {})?;
+        }
+        let checkpoint = projection.catch_up()?;
+        tracing::info!(dir = %dir.display(), checkpoint, "projection opened");
+        Ok(projection)
+    }
+
+    /// The last log position applied.
+    pub fn checkpoint(&self) -> u64 {
+        self.inner.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Applies every durable log record after the checkpoint, a chunk per batch, and returns the
+    /// new checkpoint.
+    pub fn catch_up(&self) -> Result<u64, ProjectionError> {
+        let _writing = self.lock_apply();
+        self.catch_up_locked()
+    }
+
+    /// Read-your-writes: returns once the checkpoint is at least `position`, catching up first
+    /// if needed. Callers whose position is already applied return at once, without a lock; of
+    /// several waiting callers one catches up for all.
+    pub fn wait_for(&self, position: u64) -> Result<(), ProjectionError> {
+        if self.checkpoint() >= position {
+            return Ok(());
+        }
+        let _writing = self.lock_apply();
+        if self.checkpoint() >= position {
+            return Ok(());
+        }
+        let checkpoint = self.catch_up_locked()?;
+        if checkpoint >= position {
+            Ok(())
+        } else {
+            Err(ProjectionError::BeyondHead {
+                position,
+                head: self.inner.log.head(),
+            })
+        }
+    }
+
+    /// The live call with this id.
+    pub fn get(&self, id: u64) -> Result<Option<Call>, ProjectionError> {
+        let view = self.read_view()?;
+        load_call(&view.tree, id)
+    }
+
+    /// One page of a list: filtered, sorted, from a cursor. See the crate docs for the plans.
+    pub fn list(&self, query: &ListQuery) -> Result<ListPage, QueryError> {
+        let view = self.read_view()?;
+        engine::list(&view, query)
+    }
+
+    /// The opaque cursor naming `call`'s place in `query`'s order (filters and sort; the page
+    /// size and cursor of `query` do not matter). `page[after]` with the cursor of a page's last
+    /// row gives the next page, `page[before]` with its first row's the previous one.
+    pub fn cursor_for(&self, query: &ListQuery, call: &Call) -> String {
+        engine::cursor_for(query, call)
+    }
+
+    /// The calls created or changed, and the calls deleted, after log position `after`, in log
+    /// order, up to `limit` items together (at least one).
+    ///
+    /// A live call appears once, at the position of its latest event; a call deleted after
+    /// `after` appears only among the deletions. `next_after` is the position to ask from next:
+    /// the last item's when the limit cut the page short, else the checkpoint.
+    pub fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, ProjectionError> {
+        let limit = limit.max(1);
+        let view = self.read_view()?;
+        let checkpoint = view.meta.checkpoint;
+        let mut page = ChangesPage {
+            calls: Vec::new(),
+            deleted: Vec::new(),
+            next_after: checkpoint.max(after),
+            more: false,
+        };
+        let Some(first) = after.checked_add(1) else {
+            return Ok(page);
+        };
+        // Live calls come from the in-memory feed, deletions from their stored rows; both are in
+        // position order, and merged.
+        let mut changed = view.indexes.changes.range(first..).peekable();
+        let mut deleted = view
+            .tree
+            .range(store::key(DELETION, first).to_vec()..vec![DELETION + 1])
+            .peekable();
+        let mut items = 0;
+        loop {
+            let next_deletion = match deleted.peek() {
+                Some(Ok((key, _))) => split_key(key).map(|(_, position)| position),
+                // Taken below, where its error is returned.
+                Some(Err(_)) => Some(0),
+                None => None,
+            };
+            let take_change = match (changed.peek(), next_deletion) {
+                (None, None) => break,
+                (Some((c, _)), Some(d)) => **c <= d,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            if items == limit {
+                page.more = true;
+                break;
+            }
+            if take_change {
+                let Some((position, id)) = changed.next() else {
+                    break;
+                };
+                let call = load_call(&view.tree, *id)?.ok_or_else(|| ProjectionError::Corrupt {
+                    key: format!("view of call {id}"),
+                    reason: format!(
+                        "the change feed names it at position {position}, but it is not stored"
+                    ),
+                })?;
+                page.next_after = *position;
+                page.calls.push(call);
+            } else {
+                let Some(entry) = deleted.next() else { break };
+                let (key, value) = entry?;
+                let position = split_key(&key).map_or(0, |(_, position)| position);
+                page.deleted.push(decode_deletion(position, &value)?);
+                page.next_after = position;
+            }
+            items += 1;
+        }
+        if !page.more {
+            page.next_after = checkpoint.max(after);
+        }
+        Ok(page)
+    }
+
+    /// Live and deleted calls, the checkpoint and the size on disk.
+    pub fn stats(&self) -> Result<ProjectionStats, ProjectionError> {
+        let meta = self.read_view()?.meta;
+        Ok(ProjectionStats {
+            live_calls: meta.live,
+            deleted_calls: meta.deleted,
+            checkpoint: meta.checkpoint,
+            size_on_disk: self.inner.db.size_on_disk()?,
+        })
+    }
+
+    /// Replaces the view with one replayed from the whole log, reporting progress as
+    /// `(events applied, log head)` after each batch. Reads go on from the old view meanwhile;
+    /// catch-up (and so `wait_for`) waits until the new view is in place.
+    pub fn rebuild(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<RebuildReport, ProjectionError> {
+        let _writing = self.lock_apply();
+        let started = Instant::now();
+        let db = &self.inner.db;
+        let (old_generation, old_tree) = {
+            let view = self.read_view()?;
+            (view.generation, view.tree.clone())
+        };
+        let generation = old_generation + 1;
+        let name = view_name(generation);
+        db.drop_tree(&name)?;
+        let tree = db.open_tree(&name)?;
+        let (meta, indexes) = replay(&self.inner.log, &tree, None, progress)?;
+        // The new view must be on disk before the pointer to it can be.
+        db.flush()?;
+        {
+            let mut view = self.write_view()?;
+            db.insert(ACTIVE, &generation.to_be_bytes())?;
+            *view = View {
+                generation,
+                tree,
+                meta,
+                indexes,
+            };
+            self.inner
+                .checkpoint
+                .store(meta.checkpoint, Ordering::Release);
+        }
+        db.flush()?;
+        drop(old_tree);
+        db.drop_tree(view_name(old_generation))?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            events = meta.checkpoint,
+            calls = meta.live,
+            seconds,
+            "projection rebuilt"
+        );
+        Ok(RebuildReport {
+            events: meta.checkpoint,
+            calls: meta.live,
+            seconds,
+        })
+    }
+
+    /// Catches up, replays the log up to the same checkpoint into a scratch database in
+    /// `scratch_dir`, and compares everything: every stored row (views, change feed, deletions,
+    /// checkpoint, counters) and every in-memory index. Catch-up waits meanwhile; reads go on.
+    ///
+    /// The scratch database is emptied afterwards; the directory is left to the caller.
+    pub fn verify(&self, scratch_dir: &Path) -> Result<VerifyReport, ProjectionError> {
+        let _writing = self.lock_apply();
+        let checkpoint = self.catch_up_locked()?;
+        std::fs::create_dir_all(scratch_dir)?;
+        let scratch = sled::Config::new()
+            .path(scratch_dir)
+            .flush_every_ms(None)
+            .open()?;
+        scratch.drop_tree("verify")?;
+        let tree = scratch.open_tree("verify")?;
+        let (meta, rebuilt) = replay(&self.inner.log, &tree, Some(checkpoint), &mut |_, _| {})?;
+        let mut differences = Differences::new(MAX_DIFFERENCES);
+        {
+            let view = self.read_view()?;
+            compare_trees(&view.tree, &tree, &mut differences)?;
+            view.indexes.diff(&rebuilt, &mut differences);
+        }
+        drop(tree);
+        scratch.drop_tree("verify")?;
+        Ok(VerifyReport {
+            events: meta.checkpoint,
+            calls: meta.live,
+            differences: differences.finish(),
+        })
+    }
+
+    fn catch_up_locked(&self) -> Result<u64, ProjectionError> {
+        loop {
+            let (tree, meta) = {
+                let view = self.read_view()?;
+                (view.tree.clone(), view.meta)
+            };
+            let records = self.inner.log.read_from(meta.checkpoint, LIVE_CHUNK)?;
+            if records.is_empty() {
+                return Ok(meta.checkpoint);
+            }
+            let folded = fold(&tree, None, &meta, &records)?;
+            let rows: Vec<(u64, Option<IndexRow>, Option<IndexRow>)> = folded
+                .changes
+                .iter()
+                .map(|(id, old, new)| {
+                    (
+                        *id,
+                        old.as_ref().map(IndexRow::of),
+                        new.as_ref().map(IndexRow::of),
+                    )
+                })
+                .collect();
+            {
+                let mut view = self.write_view()?;
+                view.tree.apply_batch(folded.batch)?;
+                for (id, old, new) in &rows {
+                    view.indexes.update(*id, old.as_ref(), new.as_ref());
+                }
+                view.meta = folded.meta;
+            }
+            self.inner
+                .checkpoint
+                .store(folded.meta.checkpoint, Ordering::Release);
+        }
+    }
+
+    fn lock_apply(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The mutex guards no data, only turns; a panic while holding it leaves nothing broken.
+        self.inner
+            .apply
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_view(&self) -> Result<RwLockReadGuard<'_, View>, ProjectionError> {
+        self.inner
+            .view
+            .read()
+            .map_err(|_| ProjectionError::Poisoned)
+    }
+
+    fn write_view(&self) -> Result<RwLockWriteGuard<'_, View>, ProjectionError> {
+        self.inner
+            .view
+            .write()
+            .map_err(|_| ProjectionError::Poisoned)
+    }
+
+    /// The active view, for tests that tamper with its indexes.
+    #[cfg(test)]
+    pub(crate) fn inner_view_for_tests(&self) -> RwLockWriteGuard<'_, View> {
+        self.inner
+            .view
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The active view's tree, for tests that tamper with it.
+    #[cfg(test)]
+    pub(crate) fn tree(&self) -> sled::Tree {
+        self.inner
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tree
+            .clone()
+    }
+}
+
+/// Drops the trees of views that are not active: leftovers of a rebuild cut short.
+fn drop_stray_views(db: &sled::Db, active: u64) -> Result<(), ProjectionError> {
+    let active = view_name(active);
+    for name in db.tree_names() {
+        if name.starts_with(b"view-") && name != active.as_bytes() {
+            tracing::info!(tree = %String::from_utf8_lossy(&name), "dropping a stray view");
+            db.drop_tree(&name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a stored view and builds its indexes.
+fn load_view(generation: u64, tree: sled::Tree) -> Result<View, ProjectionError> {
+    let meta = Meta::read(&tree)?;
+    let mut raw = Vec::new();
+    for entry in tree.scan_prefix([CALL]) {
+        let (key, value) = entry?;
+        match split_key(&key) {
+            Some((CALL, id)) => raw.push((id, value)),
+            _ => {
+                return Err(ProjectionError::Corrupt {
+                    key: describe_key(&key),
+                    reason: "not a view key".to_owned(),
+                })
+            }
+        }
+    }
+    let rows = par_map(&raw, |(id, value)| {
+        decode_call(*id, value).map(|call| (*id, IndexRow::of(&call)))
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    drop(raw);
+    if rows.len() as u64 != meta.live {
+        return Err(ProjectionError::Corrupt {
+            key: "counters".to_owned(),
+            reason: format!("count {} live calls, the views {}", meta.live, rows.len()),
+        });
+    }
+    Ok(View {
+        generation,
+        tree,
+        meta,
+        indexes: Indexes::from_rows(rows),
+    })
+}
+
+/// Replays the log from the start into the empty `tree`, up to `upto` (or the head), and
+/// builds the indexes of the result.
+///
+/// Pipelined over two threads: while one applies chunk n to sled (which takes a process-wide
+/// lock and runs on one core), the other folds chunk n+1, reading the calls chunk n changed from
+/// an overlay of its results rather than from the tree, which may not hold them yet.
+fn replay(
+    log: &EventLog,
+    tree: &sled::Tree,
+    upto: Option<u64>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Meta, Indexes), ProjectionError> {
+    let mut meta = Meta::default();
+    let mut batch = sled::Batch::default();
+    meta.write(&mut batch);
+    tree.apply_batch(batch)?;
+    // The index rows of the live calls, kept apart and bulk-loaded at the end: several times
+    // faster than updating the indexes chunk by chunk.
+    let mut rows: HashMap<u64, IndexRow> = HashMap::new();
+    std::thread::scope(|scope| -> Result<(), ProjectionError> {
+        let (batches, queue) = std::sync::mpsc::sync_channel::<sled::Batch>(0);
+        let (done, applied) = std::sync::mpsc::channel::<sled::Result<()>>();
+        scope.spawn(move || {
+            for batch in queue {
+                let result = tree.apply_batch(batch);
+                let failed = result.is_err();
+                if done.send(result).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let wait_applied = || match applied.recv() {
+            Ok(result) => result.map_err(ProjectionError::from),
+            Err(_) => Err(ProjectionError::Corrupt {
+                key: "view".to_owned(),
+                reason: "the rebuild's writer thread stopped".to_owned(),
+            }),
+        };
+        let mut overlay = Overlay::new();
+        let mut in_flight = false;
+        loop {
+            let limit = match upto {
+                Some(upto) => REBUILD_CHUNK.min(upto.saturating_sub(meta.checkpoint) as usize),
+                None => REBUILD_CHUNK,
+            };
+            let records = if limit == 0 {
+                Vec::new()
+            } else {
+                log.read_from(meta.checkpoint, limit)?
+            };
+            if records.is_empty() {
+                break;
+            }
+            let folded = fold(tree, Some(&overlay), &meta, &records)?;
+            drop(records);
+            // The previous batch must be in the tree before this one follows it (and before
+            // the next fold reads past this overlay).
+            if in_flight {
+                wait_applied()?;
+            }
+            if batches.send(folded.batch).is_err() {
+                return wait_applied();
+            }
+            in_flight = true;
+            meta = folded.meta;
+            let fresh = par_map(&folded.changes, |(_, _, new)| {
+                new.as_ref().map(IndexRow::of)
+            });
+            overlay = Overlay::with_capacity(folded.changes.len());
+            for ((id, _, new), row) in folded.changes.into_iter().zip(fresh) {
+                match row {
+                    Some(row) => rows.insert(id, row),
+                    None => rows.remove(&id),
+                };
+                overlay.insert(id, new);
+            }
+            progress(meta.checkpoint, log.head().max(meta.checkpoint));
+        }
+        if in_flight {
+            wait_applied()?;
+        }
+        Ok(())
+    })?;
+    Ok((meta, Indexes::from_rows(rows)))
+}
+
+/// Compares two view trees row by row.
+fn compare_trees(
+    live: &sled::Tree,
+    rebuilt: &sled::Tree,
+    out: &mut Differences,
+) -> Result<(), ProjectionError> {
+    let (mut a, mut b) = (live.iter().peekable(), rebuilt.iter().peekable());
+    loop {
+        let ordering = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(Err(_)), _) | (_, Some(Err(_))) => std::cmp::Ordering::Equal,
+            (Some(Ok((x, _))), Some(Ok((y, _)))) => x.cmp(y),
+        };
+        match ordering {
+            std::cmp::Ordering::Less => {
+                if let Some(entry) = a.next() {
+                    let (key, _) = entry?;
+                    out.push(format!(
+                        "{} is in the live projection but not in the rebuilt one",
+                        describe_key(&key)
+                    ));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some(entry) = b.next() {
+                    let (key, _) = entry?;
+                    out.push(format!(
+                        "{} is in the rebuilt projection but not in the live one",
+                        describe_key(&key)
+                    ));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                let (Some(x), Some(y)) = (a.next(), b.next()) else {
+                    break;
+                };
+                let ((key, live_value), (_, rebuilt_value)) = (x?, y?);
+                if live_value != rebuilt_value {
+                    out.push(describe_value_difference(&key, &live_value, &rebuilt_value));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Says how two values of one key differ.
+fn describe_value_difference(key: &[u8], live: &[u8], rebuilt: &[u8]) -> String {
+    let name = describe_key(key);
+    match split_key(key) {
+        Some((CALL, id)) => match (decode_call(id, live), decode_call(id, rebuilt)) {
+            (Ok(live), Ok(rebuilt)) => format!("{name}: {}", call_difference(&live, &rebuilt)),
+            (Err(error), _) => format!("{name}: the live row cannot be read ({error})"),
+            (_, Err(error)) => format!("{name}: the rebuilt row cannot be read ({error})"),
+        },
+        Some((DELETION, position)) => match (
+            decode_deletion(position, live),
+            decode_deletion(position, rebuilt),
+        ) {
+            (Ok(a), Ok(b)) => format!(
+                "{name}: call {} deleted at {} live, call {} deleted at {} rebuilt",
+                a.id, a.deleted_at, b.id, b.deleted_at
+            ),
+            _ => format!("{name}: the rows differ and one cannot be read"),
+        },
+        _ if key == store::CHECKPOINT => format!(
+            "{name}: {} live, {} rebuilt",
+            show_u64(key, live),
+            show_u64(key, rebuilt)
+        ),
+        _ if key == store::COUNTERS && live.len() == 16 && rebuilt.len() == 16 => format!(
+            "{name}: {} live and {} deleted calls live, {} and {} rebuilt",
+            show_u64(key, &live[..8]),
+            show_u64(key, &live[8..]),
+            show_u64(key, &rebuilt[..8]),
+            show_u64(key, &rebuilt[8..])
+        ),
+        _ => format!(
+            "{name}: {:?} live, {:?} rebuilt",
+            String::from_utf8_lossy(live),
+            String::from_utf8_lossy(rebuilt)
+        ),
+    }
+}
+
+fn show_u64(key: &[u8], value: &[u8]) -> String {
+    read_u64(key, value).map_or_else(|_| format!("{value:?}"), |n| n.to_string())
+}
+
+/// Names the members in which two views of one call differ.
+fn call_difference(live: &Call, rebuilt: &Call) -> String {
+    let mut parts = Vec::new();
+    if live.version != rebuilt.version {
+        parts.push(format!(
+            "version {} live, {} rebuilt",
+            live.version, rebuilt.version
+        ));
+    }
+    if live.position != rebuilt.position {
+        parts.push(format!(
+            "position {} live, {} rebuilt",
+            live.position, rebuilt.position
+        ));
+    }
+    let show = |value: Option<String>| value.unwrap_or_else(|| "null".to_owned());
+    for field in Field::ALL {
+        let (a, b) = (live.attribute(*field), rebuilt.attribute(*field));
+        if a != b {
+            parts.push(format!(
+                "{field} {} live, {} rebuilt",
+                show(a.map(|v| v.to_json().to_string())),
+                show(b.map(|v| v.to_json().to_string()))
+            ));
+        }
+    }
+    for relation in Relation::ALL {
+        let (a, b) = (
+            live.relationships.get(relation),
+            rebuilt.relationships.get(relation),
+        );
+        if a != b {
+            let json = |v: Option<&call_model::RelValue>| {
+                show(v.and_then(|v| serde_json::to_string(v).ok()))
+            };
+            parts.push(format!("{relation} {} live, {} rebuilt", json(a), json(b)));
+        }
+    }
+    if live.data_connections != rebuilt.data_connections {
+        parts.push("dataConnections differ".to_owned());
+    }
+    if parts.is_empty() {
+        parts.push("the stored bytes differ".to_owned());
+    }
+    parts.join("; ")
+}

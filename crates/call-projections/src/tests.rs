@@ -1,0 +1,1204 @@
+//! The crate's tests: a real event log in a throwaway directory, events made with call-model,
+//! and every list checked against a brute-force reference of the query's meaning.
+
+use crate::query::*;
+use crate::{Projection, ProjectionError, QueryError};
+use call_model::{
+    AttrValue, Call, Changes, Event, EventBody, Field, Relation, StoredEvent, Timestamp,
+};
+use event_log::{Append, EventLog, ExpectedVersion, LogOptions, StreamTarget};
+use serde_json::{json, Value};
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use tempfile::TempDir;
+
+/// 2025-01-13T12:00:00Z.
+const EPOCH: i64 = 1_736_769_600_000;
+
+struct Ledger {
+    dir: TempDir,
+    log: EventLog,
+    projection: Projection,
+    clock: i64,
+    template: StoredEvent,
+}
+
+fn projection_dir(dir: &Path) -> PathBuf {
+    dir.join("projection")
+}
+
+impl Ledger {
+    fn new() -> Ledger {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = EventLog::open(&dir.path().join("log"), LogOptions::durable()).expect("log");
+        let projection =
+            Projection::open(&projection_dir(dir.path()), log.clone()).expect("projection");
+        // An event to copy the envelope from: the tests have no uuid of their own to make.
+        let template = Event::decode(
+            1,
+            1,
+            1,
+            br#"{"schemaVersion":1,"type":"CallDeleted","eventId":"0190a6b2-7c1e-7000-8000-000000000000","idempotencyKey":null,"occurredAt":"2025-01-13T12:00:00.000Z","recordedAt":"2025-01-13T12:00:00.000Z","actor":"test","data":{}}"#,
+        )
+        .expect("template event")
+        .stored;
+        Ledger {
+            dir,
+            log,
+            projection,
+            clock: EPOCH,
+            template,
+        }
+    }
+
+    fn append(&mut self, stream: StreamTarget, body: EventBody) -> (u64, u64) {
+        // Each event a second after the last, so timestamps order like positions.
+        self.clock += 1000;
+        let at = Timestamp::from_millis(self.clock);
+        let event = StoredEvent {
+            occurred_at: at,
+            recorded_at: at,
+            body,
+            ..self.template.clone()
+        };
+        let appended = self
+            .log
+            .append(Append {
+                stream,
+                expected: ExpectedVersion::Any,
+                idempotency: None,
+                payloads: vec![event.encode()],
+            })
+            .expect("append");
+        (appended.stream, appended.last_position)
+    }
+
+    fn create(&mut self, members: Value) -> u64 {
+        let (id, position) =
+            self.append(StreamTarget::New, EventBody::CallCreated(changes(members)));
+        self.projection.wait_for(position).expect("wait_for");
+        id
+    }
+
+    fn update(&mut self, id: u64, members: Value) {
+        let changes = changes(members);
+        let body = if changes.attributes.contains_key(&Field::State) {
+            EventBody::CallStateChanged {
+                previous_state: None,
+                changes,
+            }
+        } else {
+            EventBody::CallUpdated(changes)
+        };
+        let (_, position) = self.append(StreamTarget::Existing(id), body);
+        self.projection.wait_for(position).expect("wait_for");
+    }
+
+    fn delete(&mut self, id: u64) {
+        let (_, position) = self.append(StreamTarget::Existing(id), EventBody::CallDeleted);
+        self.projection.wait_for(position).expect("wait_for");
+    }
+
+    fn call(&self, id: u64) -> Call {
+        self.projection.get(id).expect("get").expect("live call")
+    }
+
+    fn all(&self) -> Vec<Call> {
+        let mut calls = Vec::new();
+        let mut query = query(vec![], vec![], MAX_PAGE_SIZE);
+        loop {
+            let page = self.projection.list(&query).expect("list");
+            let Some(last) = page.calls.last() else { break };
+            query.cursor = Some(PageCursor::After(self.projection.cursor_for(&query, last)));
+            calls.extend(page.calls);
+            if !page.more_after {
+                break;
+            }
+        }
+        calls
+    }
+}
+
+/// Changes from `{"attributes": {...}, "relationships": {...}}` in the events' JSON form.
+fn changes(members: Value) -> Changes {
+    Changes::from_json(&members).expect("changes in the events' form")
+}
+
+fn query(filters: Vec<Filter>, sort: Vec<SortKey>, page_size: usize) -> ListQuery {
+    ListQuery {
+        filters,
+        sort,
+        page_size,
+        cursor: None,
+        count: false,
+    }
+}
+
+fn filter(target: FilterTarget, condition: Condition) -> Filter {
+    Filter { target, condition }
+}
+
+fn attr(field: Field, condition: Condition) -> Filter {
+    filter(FilterTarget::Attr(field), condition)
+}
+
+fn text(value: &str) -> FilterValue {
+    FilterValue::Text(value.to_owned())
+}
+
+fn any_text(values: &[&str]) -> Condition {
+    Condition::AnyOf(values.iter().map(|v| text(v)).collect())
+}
+
+fn time(seconds: i64) -> FilterValue {
+    FilterValue::Time(Timestamp::from_millis(EPOCH + seconds * 1000))
+}
+
+fn asc(field: Field) -> SortKey {
+    SortKey {
+        field: SortField::Attr(field),
+        descending: false,
+    }
+}
+
+fn desc(field: Field) -> SortKey {
+    SortKey {
+        field: SortField::Attr(field),
+        descending: true,
+    }
+}
+
+fn ids(calls: &[Call]) -> Vec<u64> {
+    calls.iter().map(|c| c.id).collect()
+}
+
+/// The values a filter looks at, as the reference sees them (empty: null).
+fn reference_values(call: &Call, target: FilterTarget) -> Vec<FilterValue> {
+    match target {
+        FilterTarget::Id => vec![FilterValue::Int(call.id as i64)],
+        FilterTarget::Related(relation) => call
+            .related_id(relation)
+            .map(FilterValue::Int)
+            .into_iter()
+            .collect(),
+        FilterTarget::Attr(field) => match call.attribute(field) {
+            None => vec![],
+            Some(AttrValue::Text(t)) => vec![text(t)],
+            Some(AttrValue::Time(at)) => vec![FilterValue::Time(*at)],
+            Some(AttrValue::Bool(b)) => vec![FilterValue::Bool(*b)],
+            Some(AttrValue::Tags(tags)) => tags.iter().map(|t| text(t)).collect(),
+        },
+    }
+}
+
+fn reference_matches(call: &Call, filter: &Filter) -> bool {
+    let values = reference_values(call, filter.target);
+    match &filter.condition {
+        Condition::AnyOf(wanted) => values.iter().any(|v| wanted.contains(v)),
+        Condition::Null => values.is_empty(),
+        Condition::NotNull => !values.is_empty(),
+        Condition::Range { lower, upper } => values.iter().any(|v| {
+            lower.as_ref().is_none_or(|l| v >= l) && upper.as_ref().is_none_or(|u| v <= u)
+        }),
+    }
+}
+
+/// The reference order: the sort keys, then id in the last key's direction unless named.
+/// (A repeated key cannot change the order, so it needs no special case here.)
+fn reference_cmp(a: &Call, b: &Call, sort: &[SortKey]) -> Ordering {
+    let value = |call: &Call, field: SortField| match field {
+        SortField::Id => Some(FilterValue::Int(call.id as i64)),
+        SortField::Attr(f) => reference_values(call, FilterTarget::Attr(f)).pop(),
+    };
+    let mut keys = sort.to_vec();
+    if !keys.iter().any(|k| k.field == SortField::Id) {
+        keys.push(SortKey {
+            field: SortField::Id,
+            descending: keys.last().is_some_and(|k| k.descending),
+        });
+    }
+    for key in keys {
+        let ordering = value(a, key.field).cmp(&value(b, key.field));
+        let ordering = if key.descending {
+            ordering.reverse()
+        } else {
+            ordering
+        };
+        if ordering != Ordering::Equal {
+            return ordering;
+        }
+    }
+    Ordering::Equal
+}
+
+fn reference(calls: &[Call], query: &ListQuery) -> Vec<u64> {
+    let mut matching: Vec<&Call> = calls
+        .iter()
+        .filter(|c| query.filters.iter().all(|f| reference_matches(c, f)))
+        .collect();
+    matching.sort_by(|a, b| reference_cmp(a, b, &query.sort));
+    matching.iter().map(|c| c.id).collect()
+}
+
+/// Every page forward from the first, then every page backward from the last; both must give
+/// the reference, and the page flags must be right.
+fn walk_both_ways(projection: &Projection, mut query: ListQuery) -> (Vec<u64>, Vec<u64>) {
+    query.cursor = None;
+    let mut forward = Vec::new();
+    let mut first_page = true;
+    let mut last_row = None;
+    loop {
+        let page = projection.list(&query).expect("list forward");
+        assert!(page.calls.len() <= query.page_size);
+        assert_eq!(
+            page.more_before,
+            !first_page && !forward.is_empty(),
+            "more_before going forward"
+        );
+        forward.extend(ids(&page.calls));
+        if let Some(last) = page.calls.last() {
+            last_row = Some(last.clone());
+        }
+        if !page.more_after {
+            break;
+        }
+        let last = page.calls.last().expect("a page with more after has rows");
+        query.cursor = Some(PageCursor::After(projection.cursor_for(&query, last)));
+        first_page = false;
+    }
+    let mut backward = Vec::new();
+    if let Some(last) = last_row {
+        // From the last row: the page before it, and so on; then the last row itself.
+        backward.push(last.id);
+        query.cursor = Some(PageCursor::Before(projection.cursor_for(&query, &last)));
+        loop {
+            let page = projection.list(&query).expect("list backward");
+            assert!(page.more_after, "rows follow a page[before] page");
+            backward.splice(0..0, ids(&page.calls));
+            if !page.more_before {
+                break;
+            }
+            let first = page
+                .calls
+                .first()
+                .expect("a page with more before has rows");
+            query.cursor = Some(PageCursor::Before(projection.cursor_for(&query, first)));
+        }
+    }
+    (forward, backward)
+}
+
+fn pick<'a, T>(rng: &mut u64, items: &'a [T]) -> &'a T {
+    // xorshift: deterministic, no dependency.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    &items[(*rng % items.len() as u64) as usize]
+}
+
+/// A few hundred varied calls, some updated, some deleted.
+fn varied_ledger(n: usize) -> Ledger {
+    let mut ledger = Ledger::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut created = Vec::new();
+    for i in 0..n {
+        let mut attributes = serde_json::Map::new();
+        let mut set = |name: &str, value: Value| {
+            if !value.is_null() {
+                attributes.insert(name.to_owned(), value);
+            }
+        };
+        set(
+            "direction",
+            json!(pick(&mut rng, &["inbound", "outbound", ""]))
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map_or(Value::Null, |s| json!(s)),
+        );
+        set(
+            "outcome",
+            pick(
+                &mut rng,
+                &[json!("Answered"), json!("Not Answered"), Value::Null],
+            )
+            .clone(),
+        );
+        set(
+            "state",
+            pick(
+                &mut rng,
+                &[
+                    json!("completed"),
+                    json!("ringing"),
+                    json!("no-answer"),
+                    Value::Null,
+                ],
+            )
+            .clone(),
+        );
+        set(
+            "from",
+            json!(format!(
+                "+1555{:03}",
+                pick(&mut rng, &(0..40).collect::<Vec<_>>())
+            )),
+        );
+        set(
+            "to",
+            pick(
+                &mut rng,
+                &[
+                    json!("+44 20 7946 0000"),
+                    json!("+44 20 7946 0001"),
+                    Value::Null,
+                ],
+            )
+            .clone(),
+        );
+        set(
+            "tags",
+            pick(
+                &mut rng,
+                &[
+                    json!(["a"]),
+                    json!(["b", "c"]),
+                    json!(["a", "c"]),
+                    json!([]),
+                    Value::Null,
+                ],
+            )
+            .clone(),
+        );
+        set(
+            "shouldRecordCall",
+            pick(&mut rng, &[json!(true), json!(false), Value::Null]).clone(),
+        );
+        set(
+            "note",
+            pick(&mut rng, &[json!("hello"), json!("bye"), Value::Null]).clone(),
+        );
+        set(
+            "externalVendor",
+            pick(&mut rng, &[json!("twilio"), json!("vonage"), Value::Null]).clone(),
+        );
+        let seconds = *pick(&mut rng, &(0..200).collect::<Vec<i64>>());
+        set(
+            "dialedAt",
+            pick(
+                &mut rng,
+                &[
+                    json!(Timestamp::from_millis(EPOCH + seconds * 1000).to_string()),
+                    Value::Null,
+                ],
+            )
+            .clone(),
+        );
+        let mut relationships = serde_json::Map::new();
+        if let Some(prospect) = pick(&mut rng, &[Some(1), Some(2), Some(3), Some(4), None]) {
+            relationships.insert(
+                "prospect".into(),
+                json!({"type": "prospect", "id": prospect}),
+            );
+        }
+        if i % 3 == 0 {
+            relationships.insert("user".into(), json!({"type": "user", "id": i % 5}));
+        }
+        created
+            .push(ledger.create(json!({"attributes": attributes, "relationships": relationships})));
+    }
+    for (i, id) in created.iter().enumerate() {
+        match i % 7 {
+            0 => ledger.update(*id, json!({"attributes": {"state": "completed", "outcome": "Answered"}})),
+            1 => ledger.update(*id, json!({"attributes": {"note": null, "tags": ["z"]}, "relationships": {"prospect": null}})),
+            2 if i % 2 == 0 => ledger.delete(*id),
+            _ => {}
+        }
+    }
+    ledger
+}
+
+#[test]
+fn get_and_list_follow_creates_updates_and_deletes() {
+    let mut ledger = Ledger::new();
+    let a = ledger.create(json!({"attributes": {"direction": "inbound", "note": "first"}}));
+    let b = ledger.create(json!({"attributes": {"direction": "outbound"}}));
+    assert_eq!((a, b), (1, 2));
+    let call = ledger.call(a);
+    assert_eq!(call.version, 1);
+    assert_eq!(call.text(Field::Note), Some("first"));
+    assert_eq!(
+        call.time(Field::CreatedAt),
+        Some(Timestamp::from_millis(EPOCH + 1000))
+    );
+
+    ledger.update(
+        a,
+        json!({"attributes": {"note": "second", "state": "completed"}}),
+    );
+    let call = ledger.call(a);
+    assert_eq!((call.version, call.position), (2, 3));
+    assert_eq!(call.text(Field::Note), Some("second"));
+    assert_eq!(
+        call.time(Field::StateChangedAt),
+        Some(Timestamp::from_millis(EPOCH + 3000))
+    );
+    assert_eq!(
+        call.time(Field::UpdatedAt),
+        Some(Timestamp::from_millis(EPOCH + 3000))
+    );
+
+    let inbound = query(
+        vec![attr(Field::Direction, any_text(&["inbound"]))],
+        vec![],
+        10,
+    );
+    assert_eq!(
+        ids(&ledger.projection.list(&inbound).unwrap().calls),
+        vec![a]
+    );
+    let by_note = query(vec![attr(Field::Note, any_text(&["first"]))], vec![], 10);
+    assert!(
+        ledger.projection.list(&by_note).unwrap().calls.is_empty(),
+        "the old note is gone from the index"
+    );
+
+    ledger.delete(a);
+    assert_eq!(ledger.projection.get(a).unwrap(), None);
+    assert_eq!(ids(&ledger.all()), vec![b]);
+    assert!(ledger.projection.list(&inbound).unwrap().calls.is_empty());
+    let stats = ledger.projection.stats().unwrap();
+    assert_eq!(
+        (stats.live_calls, stats.deleted_calls, stats.checkpoint),
+        (1, 1, 4)
+    );
+    assert!(stats.size_on_disk > 0);
+    assert_eq!(ledger.projection.get(999).unwrap(), None);
+}
+
+#[test]
+fn every_filter_kind_matches_the_reference() {
+    let ledger = varied_ledger(240);
+    let calls = ledger.all();
+    assert!(calls.len() > 200, "{} live calls", calls.len());
+    let p = &ledger.projection;
+    let filters = vec![
+        vec![attr(Field::Direction, any_text(&["inbound"]))],
+        vec![attr(Field::Direction, any_text(&["inbound", "outbound"]))],
+        vec![attr(Field::Direction, Condition::Null)],
+        vec![attr(Field::Outcome, Condition::NotNull)],
+        vec![attr(Field::Outcome, Condition::Null)],
+        vec![attr(Field::State, any_text(&["ringing", "no-answer"]))],
+        vec![attr(Field::From, any_text(&["+1555007", "+1555011"]))],
+        vec![attr(
+            Field::From,
+            Condition::Range {
+                lower: Some(text("+1555010")),
+                upper: Some(text("+1555019")),
+            },
+        )],
+        vec![attr(
+            Field::To,
+            Condition::Range {
+                lower: None,
+                upper: Some(text("+44 20 7946 0000")),
+            },
+        )],
+        vec![attr(Field::ExternalVendor, Condition::Null)],
+        vec![attr(Field::ExternalVendor, Condition::NotNull)],
+        vec![attr(
+            Field::ExternalVendor,
+            Condition::Range {
+                lower: Some(text("u")),
+                upper: None,
+            },
+        )],
+        vec![attr(Field::Tags, any_text(&["c"]))],
+        vec![attr(Field::Tags, any_text(&["a", "z"]))],
+        vec![attr(Field::Tags, Condition::Null)],
+        vec![attr(Field::Tags, Condition::NotNull)],
+        vec![attr(
+            Field::ShouldRecordCall,
+            Condition::AnyOf(vec![FilterValue::Bool(true)]),
+        )],
+        vec![attr(Field::ShouldRecordCall, Condition::Null)],
+        vec![attr(Field::Note, any_text(&["hello"]))],
+        vec![attr(Field::Note, Condition::Null)],
+        vec![attr(
+            Field::DialedAt,
+            Condition::Range {
+                lower: Some(time(50)),
+                upper: Some(time(120)),
+            },
+        )],
+        vec![attr(
+            Field::DialedAt,
+            Condition::Range {
+                lower: Some(time(150)),
+                upper: None,
+            },
+        )],
+        vec![attr(Field::DialedAt, Condition::Null)],
+        vec![attr(
+            Field::DialedAt,
+            Condition::AnyOf(vec![time(7), time(8)]),
+        )],
+        vec![attr(
+            Field::CreatedAt,
+            Condition::Range {
+                lower: Some(time(30)),
+                upper: Some(time(90)),
+            },
+        )],
+        vec![attr(Field::StateChangedAt, Condition::NotNull)],
+        vec![filter(
+            FilterTarget::Id,
+            Condition::AnyOf(vec![
+                FilterValue::Int(3),
+                FilterValue::Int(4),
+                FilterValue::Int(200),
+                FilterValue::Int(-1),
+            ]),
+        )],
+        vec![filter(
+            FilterTarget::Id,
+            Condition::Range {
+                lower: Some(FilterValue::Int(20)),
+                upper: Some(FilterValue::Int(60)),
+            },
+        )],
+        vec![filter(
+            FilterTarget::Id,
+            Condition::Range {
+                lower: Some(FilterValue::Int(100)),
+                upper: None,
+            },
+        )],
+        vec![filter(
+            FilterTarget::Related(Relation::Prospect),
+            Condition::AnyOf(vec![FilterValue::Int(2)]),
+        )],
+        vec![filter(
+            FilterTarget::Related(Relation::Prospect),
+            Condition::AnyOf(vec![
+                FilterValue::Int(1),
+                FilterValue::Int(3),
+                FilterValue::Int(9),
+            ]),
+        )],
+        vec![filter(
+            FilterTarget::Related(Relation::Prospect),
+            Condition::Null,
+        )],
+        vec![filter(
+            FilterTarget::Related(Relation::User),
+            Condition::Range {
+                lower: Some(FilterValue::Int(1)),
+                upper: Some(FilterValue::Int(2)),
+            },
+        )],
+        vec![
+            attr(Field::Direction, any_text(&["outbound"])),
+            filter(
+                FilterTarget::Related(Relation::Prospect),
+                Condition::AnyOf(vec![FilterValue::Int(1), FilterValue::Int(2)]),
+            ),
+            attr(Field::Tags, Condition::NotNull),
+        ],
+        vec![
+            attr(Field::Outcome, any_text(&["Answered"])),
+            attr(
+                Field::DialedAt,
+                Condition::Range {
+                    lower: Some(time(20)),
+                    upper: None,
+                },
+            ),
+            filter(
+                FilterTarget::Id,
+                Condition::Range {
+                    lower: Some(FilterValue::Int(10)),
+                    upper: Some(FilterValue::Int(200)),
+                },
+            ),
+        ],
+        vec![attr(Field::Direction, any_text(&["sideways"]))],
+        vec![attr(Field::Direction, Condition::AnyOf(vec![]))],
+    ];
+    let sorts = vec![
+        vec![],
+        vec![SortKey {
+            field: SortField::Id,
+            descending: true,
+        }],
+        vec![desc(Field::CreatedAt)],
+        vec![asc(Field::DialedAt)],
+        vec![desc(Field::State), asc(Field::DialedAt)],
+        vec![
+            asc(Field::Outcome),
+            desc(Field::From),
+            SortKey {
+                field: SortField::Id,
+                descending: false,
+            },
+        ],
+    ];
+    for filters in &filters {
+        for sort in &sorts {
+            let mut q = query(filters.clone(), sort.clone(), 7);
+            let expected = reference(&calls, &q);
+            let (forward, backward) = walk_both_ways(p, q.clone());
+            assert_eq!(
+                forward, expected,
+                "forward walk of {filters:?} sorted by {sort:?}"
+            );
+            assert_eq!(
+                backward, expected,
+                "backward walk of {filters:?} sorted by {sort:?}"
+            );
+            q.count = true;
+            assert_eq!(
+                p.list(&q).unwrap().count,
+                Some(expected.len() as u64),
+                "count of {filters:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_sortable_attribute_sorts_both_ways() {
+    let ledger = varied_ledger(120);
+    let calls = ledger.all();
+    let sortable = [
+        Field::CreatedAt,
+        Field::UpdatedAt,
+        Field::State,
+        Field::Outcome,
+        Field::From,
+        Field::To,
+        Field::RecordingUrl,
+        Field::UserCallType,
+        Field::AnsweredAt,
+        Field::CompletedAt,
+        Field::DialedAt,
+        Field::ReturnedAt,
+        Field::StateChangedAt,
+    ];
+    for field in sortable {
+        for sort in [
+            vec![asc(field)],
+            vec![desc(field)],
+            vec![desc(field), asc(Field::From)],
+            vec![
+                asc(field),
+                SortKey {
+                    field: SortField::Id,
+                    descending: true,
+                },
+            ],
+        ] {
+            let q = query(vec![], sort.clone(), 11);
+            let expected = reference(&calls, &q);
+            let (forward, backward) = walk_both_ways(&ledger.projection, q);
+            assert_eq!(forward, expected, "sorted by {sort:?}");
+            assert_eq!(backward, expected, "sorted backward by {sort:?}");
+        }
+    }
+    let unsortable = query(vec![], vec![asc(Field::Note)], 10);
+    assert!(
+        matches!(ledger.projection.list(&unsortable), Err(QueryError::InvalidSort(f)) if f == "note")
+    );
+}
+
+#[test]
+fn walking_pages_while_calls_are_created_returns_each_call_once() {
+    let mut ledger = varied_ledger(60);
+    for (filters, sort) in [
+        (vec![], vec![]),
+        (
+            vec![attr(Field::Direction, any_text(&["inbound"]))],
+            vec![desc(Field::CreatedAt)],
+        ),
+        (
+            vec![attr(Field::Tags, Condition::NotNull)],
+            vec![asc(Field::State), desc(Field::DialedAt)],
+        ),
+        (
+            vec![],
+            vec![SortKey {
+                field: SortField::Id,
+                descending: true,
+            }],
+        ),
+    ] {
+        let mut q = query(filters.clone(), sort.clone(), 4);
+        let before: HashSet<u64> = reference(&ledger.all(), &q).into_iter().collect();
+        let mut seen = Vec::new();
+        loop {
+            let page = ledger.projection.list(&q).unwrap();
+            seen.extend(ids(&page.calls));
+            // Calls arrive between pages; some of them match.
+            ledger.create(json!({"attributes": {"direction": "inbound", "tags": ["new"], "state": "completed"}}));
+            ledger.create(json!({"attributes": {"direction": "outbound"}}));
+            if !page.more_after {
+                break;
+            }
+            let last = page.calls.last().unwrap();
+            q.cursor = Some(PageCursor::After(ledger.projection.cursor_for(&q, last)));
+        }
+        let unique: HashSet<u64> = seen.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            seen.len(),
+            "no call twice in {filters:?} / {sort:?}: {seen:?}"
+        );
+        assert!(
+            before.is_subset(&unique),
+            "every call that was there from the start, in {filters:?} / {sort:?}"
+        );
+
+        // And backwards from the end of the list.
+        let all = reference(&ledger.all(), &q);
+        let last = ledger.call(*all.last().unwrap());
+        q.cursor = Some(PageCursor::Before(ledger.projection.cursor_for(&q, &last)));
+        let mut seen = vec![last.id];
+        loop {
+            let page = ledger.projection.list(&q).unwrap();
+            seen.extend(ids(&page.calls));
+            ledger.create(json!({"attributes": {"direction": "inbound", "tags": ["new"]}}));
+            if !page.more_before {
+                break;
+            }
+            q.cursor = Some(PageCursor::Before(
+                ledger.projection.cursor_for(&q, &page.calls[0]),
+            ));
+        }
+        let unique: HashSet<u64> = seen.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            seen.len(),
+            "no call twice backwards in {filters:?} / {sort:?}"
+        );
+        // Calls created meanwhile may show up too (they sort first here), but none is missed.
+        assert!(
+            all.iter().all(|id| unique.contains(id)),
+            "backwards in {filters:?} / {sort:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cursor_outlives_the_row_it_names() {
+    let mut ledger = Ledger::new();
+    let created: Vec<u64> = (0..6)
+        .map(|_| ledger.create(json!({"attributes": {}})))
+        .collect();
+    let mut q = query(vec![], vec![], 2);
+    let page = ledger.projection.list(&q).unwrap();
+    let cursor = ledger.projection.cursor_for(&q, &page.calls[1]);
+    ledger.delete(created[1]);
+    q.cursor = Some(PageCursor::After(cursor.clone()));
+    let page = ledger.projection.list(&q).unwrap();
+    assert_eq!(ids(&page.calls), created[2..4].to_vec());
+    assert!(page.more_before && page.more_after);
+    q.cursor = Some(PageCursor::Before(cursor));
+    let page = ledger.projection.list(&q).unwrap();
+    assert_eq!(ids(&page.calls), vec![created[0]]);
+    assert!(!page.more_before && page.more_after);
+}
+
+#[test]
+fn foreign_and_garbage_cursors_are_errors() {
+    let mut ledger = Ledger::new();
+    for _ in 0..3 {
+        ledger.create(json!({"attributes": {"direction": "inbound"}}));
+    }
+    let inbound = vec![attr(Field::Direction, any_text(&["inbound"]))];
+    let by_created = query(inbound.clone(), vec![desc(Field::CreatedAt)], 1);
+    let call = ledger.call(1);
+    let cursor = ledger.projection.cursor_for(&by_created, &call);
+
+    // The same filters in another order, or another page size, keep the cursor valid.
+    let mut same = query(inbound.clone(), vec![desc(Field::CreatedAt)], 50);
+    same.cursor = Some(PageCursor::After(cursor.clone()));
+    assert!(ledger.projection.list(&same).is_ok());
+
+    for other in [
+        query(inbound.clone(), vec![asc(Field::CreatedAt)], 1),
+        query(inbound.clone(), vec![], 1),
+        query(
+            vec![attr(Field::Direction, any_text(&["outbound"]))],
+            vec![desc(Field::CreatedAt)],
+            1,
+        ),
+        query(vec![], vec![desc(Field::CreatedAt)], 1),
+    ] {
+        let mut other = other;
+        other.cursor = Some(PageCursor::After(cursor.clone()));
+        assert!(
+            matches!(
+                ledger.projection.list(&other),
+                Err(QueryError::CursorMismatch)
+            ),
+            "{other:?}"
+        );
+    }
+    let mut garbled = cursor.clone();
+    garbled.insert(3, '!');
+    for text in [
+        "",
+        "nonsense",
+        "%%%",
+        &garbled,
+        &cursor[..cursor.len() / 2],
+        "eyJ2IjpbXSwiaSI6MSwicSI6IiJ9",
+        &"A".repeat(100_000),
+    ] {
+        let mut q = by_created.clone();
+        q.cursor = Some(PageCursor::Before(text.to_owned()));
+        assert!(
+            matches!(
+                ledger.projection.list(&q),
+                Err(QueryError::InvalidCursor) | Err(QueryError::CursorMismatch)
+            ),
+            "{text:?}"
+        );
+    }
+    for size in [0, MAX_PAGE_SIZE + 1] {
+        assert!(
+            matches!(ledger.projection.list(&query(vec![], vec![], size)), Err(QueryError::PageSize(s)) if s == size)
+        );
+    }
+    let wrong_type = query(
+        vec![attr(Field::DialedAt, any_text(&["yesterday"]))],
+        vec![],
+        5,
+    );
+    assert!(matches!(
+        ledger.projection.list(&wrong_type),
+        Err(QueryError::InvalidFilter { .. })
+    ));
+    let not_filterable = query(
+        vec![filter(
+            FilterTarget::Related(Relation::Batches),
+            Condition::AnyOf(vec![FilterValue::Int(1)]),
+        )],
+        vec![],
+        5,
+    );
+    assert!(matches!(
+        ledger.projection.list(&not_filterable),
+        Err(QueryError::InvalidFilter { .. })
+    ));
+    let tag_range = query(
+        vec![attr(
+            Field::Tags,
+            Condition::Range {
+                lower: None,
+                upper: None,
+            },
+        )],
+        vec![],
+        5,
+    );
+    let error = ledger.projection.list(&tag_range).unwrap_err();
+    assert!(error.to_string().contains("tags"), "{error}");
+}
+
+#[test]
+fn changes_list_changed_calls_once_and_every_deletion() {
+    let mut ledger = Ledger::new();
+    let a = ledger.create(json!({"attributes": {}})); // 1
+    let b = ledger.create(json!({"attributes": {}})); // 2
+    let c = ledger.create(json!({"attributes": {}})); // 3
+    ledger.update(a, json!({"attributes": {"note": "x"}})); // 4
+    ledger.delete(b); // 5
+    let d = ledger.create(json!({"attributes": {}})); // 6
+    ledger.delete(d); // 7
+
+    let page = ledger.projection.changes(0, 100).unwrap();
+    assert_eq!(ids(&page.calls), vec![c, a]);
+    let deleted: Vec<(u64, u64)> = page.deleted.iter().map(|d| (d.id, d.position)).collect();
+    assert_eq!(deleted, vec![(b, 5), (d, 7)]);
+    assert_eq!(
+        page.deleted[0].deleted_at,
+        Timestamp::from_millis(EPOCH + 5000)
+    );
+    assert_eq!((page.next_after, page.more), (7, false));
+
+    let page = ledger.projection.changes(3, 100).unwrap();
+    assert_eq!(ids(&page.calls), vec![a]);
+    assert_eq!(page.deleted.len(), 2);
+
+    // Cut short: three items in log order, then the rest from where it stopped.
+    let page = ledger.projection.changes(0, 3).unwrap();
+    assert_eq!(ids(&page.calls), vec![c, a]);
+    assert_eq!(page.deleted.len(), 1);
+    assert_eq!((page.next_after, page.more), (5, true));
+    let rest = ledger.projection.changes(page.next_after, 3).unwrap();
+    assert!(rest.calls.is_empty());
+    assert_eq!(
+        rest.deleted.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![d]
+    );
+    assert_eq!((rest.next_after, rest.more), (7, false));
+
+    let none = ledger.projection.changes(7, 10).unwrap();
+    assert!(none.calls.is_empty() && none.deleted.is_empty() && !none.more);
+    assert_eq!(
+        ledger.projection.changes(u64::MAX, 10).unwrap().calls.len(),
+        0
+    );
+}
+
+#[test]
+fn rebuild_equals_live_and_verify_finds_a_tampered_row() {
+    let ledger = varied_ledger(150);
+    let before = ledger.all();
+    let scratch = ledger.dir.path().join("scratch");
+    let report = ledger.projection.verify(&scratch).unwrap();
+    assert_eq!(report.differences, Vec::<String>::new());
+    assert_eq!(report.events, ledger.log.head());
+    assert_eq!(report.calls, before.len() as u64);
+
+    let mut reported = Vec::new();
+    let rebuilt = ledger
+        .projection
+        .rebuild(&mut |applied, head| reported.push((applied, head)))
+        .unwrap();
+    assert_eq!(rebuilt.events, ledger.log.head());
+    assert_eq!(rebuilt.calls, before.len() as u64);
+    assert_eq!(
+        reported.last().copied(),
+        Some((ledger.log.head(), ledger.log.head()))
+    );
+    assert_eq!(
+        ledger.all(),
+        before,
+        "the rebuilt view serves the same calls"
+    );
+    let q = query(
+        vec![attr(Field::Tags, any_text(&["a"]))],
+        vec![desc(Field::DialedAt)],
+        9,
+    );
+    assert_eq!(
+        walk_both_ways(&ledger.projection, q.clone()).0,
+        reference(&before, &q)
+    );
+    assert_eq!(
+        ledger.projection.verify(&scratch).unwrap().differences,
+        Vec::<String>::new()
+    );
+
+    // Tamper with one stored view behind the projection's back.
+    let victim = before[5].clone();
+    let mut tampered = victim.clone();
+    tampered
+        .attributes
+        .insert(Field::Note, AttrValue::Text("tampered".into()));
+    let bytes = serde_json::to_vec(&tampered.to_stored_json()).unwrap();
+    ledger
+        .projection
+        .tree()
+        .insert(crate::store::key(crate::store::CALL, victim.id), bytes)
+        .unwrap();
+    let report = ledger.projection.verify(&scratch).unwrap();
+    assert_eq!(report.differences.len(), 1, "{:?}", report.differences);
+    let line = &report.differences[0];
+    assert!(
+        line.contains(&format!("view of call {}", victim.id))
+            && line.contains("note")
+            && line.contains("tampered"),
+        "{line}"
+    );
+
+    // A missing deletion row and a stray view are both named.
+    let deletion = ledger.projection.changes(0, 1000).unwrap().deleted[0].clone();
+    let tree = ledger.projection.tree();
+    tree.remove(crate::store::key(crate::store::DELETION, deletion.position))
+        .unwrap();
+    tree.insert(
+        crate::store::key(crate::store::CALL, 999_999),
+        b"{}".to_vec(),
+    )
+    .unwrap();
+    let report = ledger.projection.verify(&scratch).unwrap();
+    let text = report.differences.join("\n");
+    assert!(
+        text.contains(&format!(
+            "deletion at position {} is in the rebuilt",
+            deletion.position
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("view of call 999999 is in the live projection"),
+        "{text}"
+    );
+
+    // Rebuild repairs it.
+    ledger.projection.rebuild(&mut |_, _| {}).unwrap();
+    assert_eq!(
+        ledger.projection.verify(&scratch).unwrap().differences,
+        Vec::<String>::new()
+    );
+    assert_eq!(ledger.all(), before);
+}
+
+#[test]
+fn verify_reports_in_memory_index_drift() {
+    let ledger = varied_ledger(30);
+    let id = ledger.all()[0].id;
+    let row = crate::index::IndexRow::of(&ledger.call(id));
+    ledger
+        .projection
+        .inner_view_for_tests()
+        .indexes
+        .update(id, Some(&row), None);
+    let report = ledger
+        .projection
+        .verify(&ledger.dir.path().join("scratch"))
+        .unwrap();
+    let text = report.differences.join("\n");
+    assert!(
+        text.contains(&format!(
+            "live call ids: call {id} is in the rebuilt index but not in the live one"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn reopening_catches_up_from_the_checkpoint() {
+    let mut ledger = varied_ledger(40);
+    let dir = projection_dir(ledger.dir.path());
+    let checkpoint = ledger.projection.checkpoint();
+    assert_eq!(checkpoint, ledger.log.head());
+    // Appends the projection does not see until it is opened again.
+    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
+    drop(std::mem::replace(&mut ledger.projection, other));
+    ledger.create(json!({"attributes": {"direction": "inbound"}}));
+    ledger.delete(3);
+    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    assert_eq!(reopened.checkpoint(), ledger.log.head());
+    assert!(reopened.checkpoint() > checkpoint);
+    let q = query(
+        vec![attr(Field::Direction, any_text(&["inbound"]))],
+        vec![desc(Field::CreatedAt)],
+        5,
+    );
+    assert_eq!(
+        walk_both_ways(&reopened, q.clone()).0,
+        walk_both_ways(&ledger.projection, q).0
+    );
+    assert_eq!(reopened.get(3).unwrap(), None);
+    let (a, b) = (
+        reopened.stats().unwrap(),
+        ledger.projection.stats().unwrap(),
+    );
+    assert_eq!(
+        (a.live_calls, a.deleted_calls, a.checkpoint),
+        (b.live_calls, b.deleted_calls, b.checkpoint)
+    );
+    assert!(reopened
+        .verify(&ledger.dir.path().join("scratch"))
+        .unwrap()
+        .differences
+        .is_empty());
+}
+
+#[test]
+fn a_projection_ahead_of_its_log_is_rebuilt_at_open() {
+    let mut ledger = Ledger::new();
+    for _ in 0..3 {
+        ledger.create(json!({"attributes": {}}));
+    }
+    // A log that lost its tail (as a buffered log can after a crash): a fresh log with fewer
+    // events, under the same projection.
+    let dir = projection_dir(ledger.dir.path());
+    let projection = std::mem::replace(
+        &mut ledger.projection,
+        Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap(),
+    );
+    drop(projection);
+    let short_dir = ledger.dir.path().join("short-log");
+    let short = EventLog::open(&short_dir, LogOptions::durable()).unwrap();
+    let event = StoredEvent {
+        body: EventBody::CallCreated(changes(json!({"attributes": {"note": "only one"}}))),
+        ..ledger.template.clone()
+    };
+    short
+        .append(Append {
+            stream: StreamTarget::New,
+            expected: ExpectedVersion::Any,
+            idempotency: None,
+            payloads: vec![event.encode()],
+        })
+        .unwrap();
+    let reopened = Projection::open(&dir, short).unwrap();
+    assert_eq!(reopened.checkpoint(), 1);
+    assert_eq!(reopened.stats().unwrap().live_calls, 1);
+    assert_eq!(
+        reopened.get(1).unwrap().unwrap().text(Field::Note),
+        Some("only one")
+    );
+}
+
+#[test]
+fn wait_for_a_position_beyond_the_log_is_an_error() {
+    let mut ledger = Ledger::new();
+    ledger.create(json!({"attributes": {}}));
+    assert!(ledger.projection.wait_for(1).is_ok());
+    assert!(matches!(
+        ledger.projection.wait_for(5),
+        Err(ProjectionError::BeyondHead {
+            position: 5,
+            head: 1
+        })
+    ));
+}
+
+#[test]
+fn rebuild_throughput_is_reported() {
+    // Not a timed assertion: it prints what a rebuild of a few thousand events took here.
+    let mut ledger = Ledger::new();
+    let n = 3000;
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let at = Timestamp::from_millis(EPOCH + i);
+            StoredEvent {
+                occurred_at: at,
+                recorded_at: at,
+                body: EventBody::CallCreated(changes(json!({"attributes": {
+                    "direction": "outbound", "from": format!("+1555{i:07}"), "to": "+44 20 7946 0000",
+                    "note": "a note of some length to make the event about the size of a real one", "tags": ["a", "b"],
+                    "dialedAt": at.to_string(), "state": "completed", "outcome": "Answered"
+                }, "relationships": {"prospect": {"type": "prospect", "id": i % 97}}}))),
+                ..ledger.template.clone()
+            }
+            .encode()
+        })
+        .collect();
+    for payload in payloads {
+        ledger
+            .log
+            .append(Append {
+                stream: StreamTarget::New,
+                expected: ExpectedVersion::Any,
+                idempotency: None,
+                payloads: vec![payload],
+            })
+            .unwrap();
+    }
+    ledger.clock += n;
+    let report = ledger.projection.rebuild(&mut |_, _| {}).unwrap();
+    assert_eq!((report.events, report.calls), (n as u64, n as u64));
+    eprintln!(
+        "rebuilt {} events in {:.3} s ({:.0} events/s)",
+        report.events,
+        report.seconds,
+        report.events as f64 / report.seconds.max(1e-9)
+    );
+}
