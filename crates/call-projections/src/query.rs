@@ -92,7 +92,7 @@ pub enum PageCursor {
 pub struct ListQuery {
     /// Filters, combined with AND.
     pub filters: Vec<Filter>,
-    /// Sort keys, most significant first; empty means `id` ascending. `id` always breaks ties.
+    /// Sort keys, most significant first; empty means `id` ascending. `id` always breaks ties, in the direction of the last key.
     pub sort: Vec<SortKey>,
     /// Rows per page, 1 to [`MAX_PAGE_SIZE`].
     pub page_size: usize,
