@@ -1,0 +1,396 @@
+//! The `callledger serve` binary as a child process, for what needs a real process: a JetStream
+//! command redelivered after the service was killed with SIGKILL before acking appends once,
+//! and the drain on SIGTERM answers or refuses every request, loses no acknowledged write, and
+//! exits 0.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use async_nats::HeaderMap;
+use call_api::{Api, ApiConfig, Operation, Request, Source};
+use call_ledger_tests::{callledger_bin, wait_until, NatsServer};
+use serde_json::{json, Value};
+
+use super::{
+    blocking, bounded, call_document, clock, eventually, open_ledger_patiently, Caller,
+    TEST_TIMEOUT,
+};
+
+/// A `callledger serve` child process, killed on drop.
+struct Serve {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Serve {
+    /// Starts `callledger serve --data-dir DATA --nats-url URL EXTRA...`, logging to `log`.
+    fn start(bin: &Path, data: &Path, url: &str, extra: &[&str], log: PathBuf) -> Serve {
+        let output = File::create(&log).expect("the service's log file");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--nats-url", url])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("clone the log file"))
+            .stderr(output)
+            .spawn()
+            .expect("callledger serve starts");
+        Serve {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM with kill(1): std has no SIGTERM and the workspace forbids `unsafe`.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -TERM {}", self.pid());
+    }
+
+    /// SIGKILL, as a crash, and reaps the process.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit and returns its status.
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let mut status = None;
+        let exited = wait_until(timeout, || {
+            status = child.try_wait().expect("poll the child");
+            status.is_some()
+        });
+        assert!(
+            exited,
+            "callledger serve did not exit within {timeout:?}; its log:\n{}",
+            self.logs()
+        );
+        self.child = None;
+        status.expect("exited")
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until a service answers `calls.api.list`.
+async fn wait_until_serving(caller: &Caller, serve: &Serve) {
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if caller.try_request("calls.api.list", &[], "").await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "callledger serve does not answer; its log:\n{}",
+        serve.logs()
+    );
+}
+
+/// The number of live calls, by `count=true`.
+async fn count(caller: &Caller) -> Option<u64> {
+    let reply = caller
+        .try_request("calls.api.list", &[], "count=true&page[size]=1")
+        .await
+        .ok()?;
+    reply.json()["meta"]["count"].as_u64()
+}
+
+/// `callledger --data-dir DATA stats` as JSON.
+fn offline_stats(bin: &Path, data: &Path) -> Value {
+    let output = Command::new(bin)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("stats")
+        .output()
+        .expect("callledger stats runs");
+    assert!(
+        output.status.success(),
+        "callledger stats: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stats print JSON")
+}
+
+/// Producers' commands are published with a `Nats-Msg-Id` each, the service is killed with
+/// SIGKILL while it works through them (commands taken but not acked), and started again: once
+/// JetStream redelivers (after the consumer's ack wait, 30 s), every command has made exactly
+/// one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_redelivered_after_sigkill_appends_once() {
+    // Building the binary (if needed) is not part of the test's time.
+    let bin = blocking(callledger_bin);
+    bounded("the test", TEST_TIMEOUT, async {
+        const COMMANDS: usize = 1000;
+        let nats = blocking(NatsServer::start);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let mut serve = blocking(|| {
+            Serve::start(
+                &bin,
+                &data,
+                &nats.url(),
+                &["--max-in-flight", "4"],
+                dir.path().join("serve-1.log"),
+            )
+        });
+        let client = async_nats::connect(nats.url()).await.expect("a client");
+        let caller = Caller::new(client.clone(), None);
+        wait_until_serving(&caller, &serve).await;
+        let js = jetstream::new(client.clone());
+        eventually("CALL_COMMANDS", Duration::from_secs(30), || {
+            let js = js.clone();
+            async move { js.get_stream("CALL_COMMANDS").await.ok() }
+        })
+        .await;
+
+        let mut acks = Vec::with_capacity(COMMANDS);
+        for n in 0..COMMANDS {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("cmd-{n}").as_str());
+            let document = call_document(json!({"vendorCallId": format!("cmd-{n}")}));
+            let ack = js
+                .publish_with_headers(
+                    "calls.commands.create",
+                    headers,
+                    document.to_string().into(),
+                )
+                .await
+                .expect("publish a command");
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.expect("CALL_COMMANDS stores the command");
+        }
+
+        // Kill the service while it works through the commands.
+        let before_kill = eventually("some commands applied", Duration::from_secs(30), || {
+            let caller = caller.clone();
+            async move { count(&caller).await.filter(|&n| n >= 20) }
+        })
+        .await;
+        blocking(|| serve.kill());
+        let stream = js.get_stream("CALL_COMMANDS").await.expect("the stream");
+        let mut consumer = stream
+            .get_consumer::<pull::Config>("call-ledger")
+            .await
+            .expect("the durable consumer");
+        let info = consumer.info().await.expect("consumer info").clone();
+        assert!(
+            info.num_ack_pending > 0,
+            "the service was killed with commands taken but not acked \
+             (applied before the kill: {before_kill}; ack pending {}, pending {})",
+            info.num_ack_pending,
+            info.num_pending
+        );
+
+        let mut serve = blocking(|| {
+            Serve::start(
+                &bin,
+                &data,
+                &nats.url(),
+                &[],
+                dir.path().join("serve-2.log"),
+            )
+        });
+        wait_until_serving(&caller, &serve).await;
+        eventually("every command settled", Duration::from_secs(90), || {
+            let (caller, stream) = (caller.clone(), stream.clone());
+            async move {
+                let mut consumer = stream
+                    .get_consumer::<pull::Config>("call-ledger")
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?.clone();
+                let settled = info.num_pending == 0 && info.num_ack_pending == 0;
+                (settled && count(&caller).await? >= COMMANDS as u64).then_some(())
+            }
+        })
+        .await;
+
+        // Each Nats-Msg-Id made exactly one call.
+        let mut made: BTreeMap<String, usize> = BTreeMap::new();
+        let mut next = Some("fields[call]=vendorCallId&page[size]=1000".to_string());
+        while let Some(query) = next.take() {
+            let page = caller.request("calls.api.list", &[], query).await.json();
+            for row in page["data"].as_array().expect("rows") {
+                let vendor = row["attributes"]["vendorCallId"]
+                    .as_str()
+                    .expect("a vendorCallId");
+                *made.entry(vendor.to_string()).or_default() += 1;
+            }
+            next = page["links"]["next"].as_str().map(str::to_string);
+        }
+        assert_eq!(made.len(), COMMANDS);
+        for n in 0..COMMANDS {
+            assert_eq!(made.get(&format!("cmd-{n}")), Some(&1), "cmd-{n}");
+        }
+
+        serve.terminate();
+        let status = blocking(|| serve.wait(Duration::from_secs(30)));
+        assert!(status.success(), "{status}; its log:\n{}", serve.logs());
+        let stats = blocking(|| offline_stats(&bin, &data));
+        assert_eq!(stats["events"], json!(COMMANDS), "{stats}");
+        assert_eq!(stats["liveCalls"], json!(COMMANDS), "{stats}");
+    })
+    .await;
+}
+
+/// Writers keep creating calls while the service gets SIGTERM: it answers what is in flight,
+/// refuses the rest with 503 (or stops listening), exits 0, and every write it acknowledged is
+/// in the ledger afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_loses_no_acknowledged_write() {
+    let bin = blocking(callledger_bin);
+    bounded("the test", TEST_TIMEOUT, async {
+        const WRITERS: usize = 8;
+        let nats = blocking(NatsServer::start);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let mut serve =
+            blocking(|| Serve::start(&bin, &data, &nats.url(), &[], dir.path().join("serve.log")));
+        let client = async_nats::connect(nats.url()).await.expect("a client");
+        let caller = Caller::new(client, None);
+        wait_until_serving(&caller, &serve).await;
+
+        let terminating = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::with_capacity(WRITERS);
+        for writer in 0..WRITERS {
+            let (caller, terminating, acknowledged) =
+                (caller.clone(), terminating.clone(), acknowledged.clone());
+            writers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut refused = 0;
+                for n in 0.. {
+                    let vendor = format!("w{writer}-{n}");
+                    let document = call_document(json!({"vendorCallId": vendor}));
+                    let sent = caller
+                        .try_request_within(
+                            "calls.api.create",
+                            &[],
+                            document.to_string(),
+                            Duration::from_secs(5),
+                        )
+                        .await;
+                    match sent {
+                        Ok(reply) if reply.is_success() => {
+                            let id = reply.data()["id"].as_u64().expect("an id");
+                            acked.push((id, vendor));
+                            acknowledged.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(reply) => {
+                            // The only refusal a drain may give.
+                            reply.assert_error(503, "Service Unavailable");
+                            assert!(
+                                terminating.load(Ordering::SeqCst),
+                                "503 before SIGTERM: {reply}"
+                            );
+                            refused += 1;
+                        }
+                        Err(error) => {
+                            // No responders once the endpoints are gone.
+                            assert!(
+                                terminating.load(Ordering::SeqCst),
+                                "request failed before SIGTERM: {error}"
+                            );
+                            break;
+                        }
+                    }
+                    if refused >= 3 {
+                        break;
+                    }
+                }
+                acked
+            }));
+        }
+
+        eventually("writes acknowledged", Duration::from_secs(30), || {
+            let acknowledged = acknowledged.clone();
+            async move { (acknowledged.load(Ordering::SeqCst) >= 100).then_some(()) }
+        })
+        .await;
+        terminating.store(true, Ordering::SeqCst);
+        serve.terminate();
+        let mut acked = Vec::new();
+        for writer in writers {
+            let writes = bounded("a writer", Duration::from_secs(60), writer).await;
+            acked.extend(writes.expect("a writer does not panic"));
+        }
+        let status = blocking(|| serve.wait(Duration::from_secs(30)));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{status}; its log:\n{}",
+            serve.logs()
+        );
+
+        // Every acknowledged write is in the ledger.
+        let stats = blocking(|| offline_stats(&bin, &data));
+        let events = stats["events"].as_u64().expect("events");
+        assert!(
+            events >= acked.len() as u64,
+            "{events} events for {} acknowledged writes",
+            acked.len()
+        );
+        let (_log, commands, projection) = blocking(|| open_ledger_patiently(&data));
+        let api = Api::new(
+            commands,
+            projection,
+            ApiConfig {
+                tokens: None,
+                max_payload: 0,
+                self_prefix: "calls".to_string(),
+            },
+            clock,
+        );
+        for (id, vendor) in &acked {
+            let response = api.handle(Request {
+                operation: Operation::Get(id.to_string()),
+                headers: &[],
+                payload: b"",
+                source: Source::Api,
+            });
+            assert_eq!(
+                response.status, 200,
+                "call {id} ({vendor}) was acknowledged"
+            );
+            let document: Value = serde_json::from_slice(&response.body).expect("JSON");
+            assert_eq!(
+                document["data"]["attributes"]["vendorCallId"],
+                json!(vendor)
+            );
+        }
+    })
+    .await;
+}
