@@ -197,63 +197,62 @@ impl ApiError {
         ApiError::single(503, "serviceUnavailable", detail.into(), None)
     }
 
-    /// The JSON:API error document.
+    /// The JSON:API error document. Echoed input is cut to [`MAX_ECHO_CHARS`] and at most
+    /// [`MAX_ERROR_OBJECTS`] objects are listed (the last saying how many were left out), so an
+    /// error about a huge request never outgrows the reply it has to fit in.
     pub fn to_json(&self) -> Value {
-        let errors = self
+        let mut errors = self
             .errors
             .iter()
+            .take(MAX_ERROR_OBJECTS)
             .map(|error| {
                 let mut object = Map::new();
                 object.insert("id".into(), json!(error.id));
                 object.insert("title".into(), json!(error.title));
-                object.insert("detail".into(), json!(error.detail));
+                object.insert("detail".into(), json!(bounded(&error.detail)));
                 if let Some(source) = &error.source {
                     let (key, value) = match source {
                         ErrorSource::Parameter(name) => ("parameter", name),
                         ErrorSource::Pointer(pointer) => ("pointer", pointer),
                         ErrorSource::Header(name) => ("header", name),
                     };
-                    object.insert("source".into(), json!({ key: value }));
+                    object.insert("source".into(), json!({ key: bounded(value) }));
                 }
                 Value::Object(object)
             })
             .collect::<Vec<_>>();
+        if let (Some(first), true) = (self.errors.first(), self.errors.len() > MAX_ERROR_OBJECTS) {
+            errors.push(json!({
+                "id": first.id,
+                "title": first.title,
+                "detail": format!("{} more errors are not listed", self.errors.len() - MAX_ERROR_OBJECTS),
+            }));
+        }
         json!({ "errors": errors })
     }
 
     /// The JSON:API error document as bytes, members in the order `id`, `title`, `detail`,
     /// `source`.
     pub fn to_body(&self) -> Vec<u8> {
-        let errors: Vec<String> = self
-            .errors
-            .iter()
-            .map(|error| {
-                let mut object = ObjectWriter::new();
-                object
-                    .value("id", &error.id)
-                    .value("title", &error.title)
-                    .value("detail", &error.detail);
-                if let Some(source) = &error.source {
-                    let (key, value) = match source {
-                        ErrorSource::Parameter(name) => ("parameter", name),
-                        ErrorSource::Pointer(pointer) => ("pointer", pointer),
-                        ErrorSource::Header(name) => ("header", name),
-                    };
-                    let mut inner = ObjectWriter::new();
-                    inner.value(key, value);
-                    object.raw("source", &inner.finish());
-                }
-                object.finish()
-            })
-            .collect();
-        let mut document = ObjectWriter::new();
-        document.raw("errors", &format!("[{}]", errors.join(",")));
-        document.finish().into_bytes()
+        serde_json::to_vec(&self.to_json()).unwrap_or_default()
     }
 
     /// The reply: the error headers and the JSON:API body.
     pub fn to_response(&self) -> Response {
         error_reply(self.status, status_title(self.status), self.to_body())
+    }
+}
+
+/// The most error objects one reply lists.
+pub const MAX_ERROR_OBJECTS: usize = 100;
+/// The most characters of a request's own text (a parameter name, a value) an error echoes.
+pub const MAX_ECHO_CHARS: usize = 512;
+
+/// `text`, cut to [`MAX_ECHO_CHARS`] characters with an ellipsis when longer.
+fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+        None => text.into(),
     }
 }
 
@@ -315,5 +314,36 @@ mod tests {
             String::from_utf8(busy.body).unwrap(),
             r#"{"errors":[{"id":"serviceUnavailable","title":"Service Unavailable","detail":"Busy."}]}"#
         );
+    }
+}
+
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+
+    #[test]
+    fn an_error_about_a_huge_request_stays_small() {
+        let name = "x".repeat(524_288);
+        let mut error = ApiError::single(
+            400,
+            "validationError",
+            format!("unknown parameter '{name}'"),
+            Some(ErrorSource::Parameter(name)),
+        );
+        let violation = error.errors[0].clone();
+        error.errors.extend(std::iter::repeat_n(violation, 5000));
+        let body = error.to_body();
+        assert!(body.len() < 200_000, "body is {} bytes", body.len());
+        let parsed: Value = serde_json::from_slice(&body).unwrap();
+        let errors = parsed["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), MAX_ERROR_OBJECTS + 1);
+        assert_eq!(
+            errors[MAX_ERROR_OBJECTS]["detail"],
+            "4901 more errors are not listed"
+        );
+        assert!(errors[0]["source"]["parameter"]
+            .as_str()
+            .unwrap()
+            .ends_with('…'));
     }
 }
