@@ -14,9 +14,11 @@
 //! * **Merge** (order by id): a k-way merge, in id order, of the per-value ranges of an equality
 //!   filter's index (`prospect` in 1,2,3; `direction=inbound`).
 //! * **Sorted** (order by an attribute): the first sort key's index, in value order, restricted
-//!   to the range its own filters allow. With more sort keys, each group of equal first values
-//!   is ordered in memory by the remaining keys, so a page costs O(size of the groups it
-//!   touches): cheap for timestamps, up to O(calls sharing a value) for `state` or `outcome`.
+//!   to the range its own filters allow. With more sort keys, the calls sharing a first value
+//!   form a group: a small group is ordered in memory by the remaining keys; a large one (a
+//!   `state` or `outcome` shared by many calls), when the order is two keys, is read from the
+//!   second key's index in order, keeping the group's members. Orders of three or more keys
+//!   sort large groups in memory, O(group) per page.
 //! * **AllIds** (order by id, nothing selective): the live ids in order, within any id range.
 //!
 //! Each candidate is checked against every filter, in memory where the indexes can answer
@@ -695,6 +697,8 @@ impl Resolved {
 }
 
 type IdIter<'a> = Box<dyn Iterator<Item = u64> + 'a>;
+/// A bound on index entries `(value, id)`.
+type EntryBound = Bound<(SortVal, u64)>;
 type EntryIter<'a> = Box<dyn Iterator<Item = (SortVal, u64)> + 'a>;
 
 /// The ids stored under `key` within `lo..=hi`, in id order.
@@ -1305,10 +1309,7 @@ impl<'a> Run<'a> {
 
 /// Value bounds as bounds on index entries `(value, id)`: a bound value includes (or excludes)
 /// all of its ids.
-fn entry_bounds(
-    lower: &Bound<SortVal>,
-    upper: &Bound<SortVal>,
-) -> (Bound<(SortVal, u64)>, Bound<(SortVal, u64)>) {
+fn entry_bounds(lower: &Bound<SortVal>, upper: &Bound<SortVal>) -> (EntryBound, EntryBound) {
     let lower = match lower {
         Included(v) => Included((v.clone(), 0)),
         Excluded(v) => Excluded((v.clone(), u64::MAX)),

@@ -15,7 +15,7 @@ use call_model::{AttrValue, Call, Field, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 /// The value a time column and a time index hold for null. Real timestamps are parsed from
@@ -212,14 +212,14 @@ const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 /// from allocating everything below it.
 pub(crate) struct Column<T> {
     null: T,
-    chunks: HashMap<u64, Box<[T]>>,
+    chunks: IdMap<Box<[T]>>,
 }
 
 impl<T: Clone + PartialEq> Column<T> {
     fn new(null: T) -> Column<T> {
         Column {
             null,
-            chunks: HashMap::new(),
+            chunks: IdMap::default(),
         }
     }
 
@@ -374,69 +374,14 @@ impl Indexes {
         }
     }
 
-    /// Builds the indexes of these live calls at once: each set is sorted once and bulk-loaded,
-    /// which is several times faster than inserting entry by entry and packs the trees' nodes
-    /// full.
+    /// Builds the indexes of these live calls at once (see [`IndexBuilder`]).
+    #[cfg(test)]
     pub(crate) fn from_rows(rows: impl IntoIterator<Item = (u64, IndexRow)>) -> Indexes {
-        let mut indexes = Indexes::new();
-        let mut ids = Vec::new();
-        let mut changes = Vec::new();
-        let mut times: [Vec<(i64, u64)>; 7] = Default::default();
-        let mut sort_texts: [Vec<(Option<Arc<str>>, u64)>; 6] = Default::default();
-        let mut texts: [Vec<(Arc<str>, u64)>; 6] = Default::default();
-        let mut tags = Vec::new();
-        let mut flags = Vec::new();
-        let mut notes = Vec::new();
-        let mut related: [Vec<(i64, u64)>; 13] = Default::default();
+        let mut builder = IndexBuilder::default();
         for (id, row) in rows {
-            ids.push(id);
-            changes.push((row.position, id));
-            for (i, millis) in row.times.iter().enumerate() {
-                times[i].push((*millis, id));
-                indexes.times[i].col.set(id, *millis);
-            }
-            for (i, text) in row.sort_texts.iter().enumerate() {
-                let index = &mut indexes.sort_texts[i];
-                let shared = text.as_deref().map(|t| index.strings.intern(t));
-                index.col.set(id, shared.clone());
-                sort_texts[i].push((shared, id));
-            }
-            for (i, text) in row.texts.iter().enumerate() {
-                if let Some(text) = text {
-                    texts[i].push((indexes.texts[i].strings.intern(text), id));
-                }
-            }
-            for tag in row.tags.iter() {
-                tags.push((indexes.tags.strings.intern(tag), id));
-            }
-            if let Some(flag) = row.flag {
-                flags.push((flag, id));
-            }
-            if let Some(note) = row.note {
-                notes.push((note, id));
-            }
-            for (slot, target) in row.related.iter() {
-                related[*slot as usize].push((*target, id));
-            }
+            builder.add(id, &row);
         }
-        indexes.ids = ids.into_iter().collect();
-        indexes.changes = changes.into_iter().collect();
-        for (index, entries) in indexes.times.iter_mut().zip(times) {
-            index.set = entries.into_iter().collect();
-        }
-        for (index, entries) in indexes.sort_texts.iter_mut().zip(sort_texts) {
-            index.set = entries.into_iter().collect();
-        }
-        for (index, entries) in indexes.texts.iter_mut().zip(texts) {
-            index.set = entries.into_iter().collect();
-        }
-        indexes.tags.set = tags.into_iter().collect();
-        indexes.flags = flags.into_iter().collect();
-        indexes.notes = notes.into_iter().collect();
-        for (index, entries) in indexes.related.iter_mut().zip(related) {
-            *index = entries.into_iter().collect();
-        }
-        indexes
+        builder.finish()
     }
 
     /// How many calls are live.
@@ -628,6 +573,130 @@ impl Indexes {
         }
     }
 }
+
+/// Builds indexes from many calls at once: entries are gathered per set, and each set is sorted
+/// once and bulk-loaded at the end, which is several times faster than inserting entry by entry
+/// and packs the trees' nodes full.
+pub(crate) struct IndexBuilder {
+    indexes: Indexes,
+    ids: Vec<u64>,
+    changes: Vec<(u64, u64)>,
+    times: [Vec<(i64, u64)>; 7],
+    sort_texts: [Vec<(Option<Arc<str>>, u64)>; 6],
+    texts: [Vec<(Arc<str>, u64)>; 6],
+    tags: Vec<(Arc<str>, u64)>,
+    flags: Vec<(bool, u64)>,
+    notes: Vec<(u64, u64)>,
+    related: [Vec<(i64, u64)>; 13],
+}
+
+impl Default for IndexBuilder {
+    fn default() -> Self {
+        IndexBuilder {
+            indexes: Indexes::new(),
+            ids: Vec::new(),
+            changes: Vec::new(),
+            times: Default::default(),
+            sort_texts: Default::default(),
+            texts: Default::default(),
+            tags: Vec::new(),
+            flags: Vec::new(),
+            notes: Vec::new(),
+            related: Default::default(),
+        }
+    }
+}
+
+impl IndexBuilder {
+    /// Adds a live call (each id once).
+    pub(crate) fn add(&mut self, id: u64, row: &IndexRow) {
+        let indexes = &mut self.indexes;
+        self.ids.push(id);
+        self.changes.push((row.position, id));
+        for (i, millis) in row.times.iter().enumerate() {
+            self.times[i].push((*millis, id));
+            indexes.times[i].col.set(id, *millis);
+        }
+        for (i, text) in row.sort_texts.iter().enumerate() {
+            let index = &mut indexes.sort_texts[i];
+            let shared = text.as_deref().map(|t| index.strings.intern(t));
+            index.col.set(id, shared.clone());
+            self.sort_texts[i].push((shared, id));
+        }
+        for (i, text) in row.texts.iter().enumerate() {
+            if let Some(text) = text {
+                self.texts[i].push((indexes.texts[i].strings.intern(text), id));
+            }
+        }
+        for tag in row.tags.iter() {
+            self.tags.push((indexes.tags.strings.intern(tag), id));
+        }
+        if let Some(flag) = row.flag {
+            self.flags.push((flag, id));
+        }
+        if let Some(note) = row.note {
+            self.notes.push((note, id));
+        }
+        for (slot, target) in row.related.iter() {
+            self.related[*slot as usize].push((*target, id));
+        }
+    }
+
+    /// How many calls were added.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The indexes of every call added.
+    pub(crate) fn finish(self) -> Indexes {
+        let mut indexes = self.indexes;
+        indexes.ids = self.ids.into_iter().collect();
+        indexes.changes = self.changes.into_iter().collect();
+        for (index, entries) in indexes.times.iter_mut().zip(self.times) {
+            index.set = entries.into_iter().collect();
+        }
+        for (index, entries) in indexes.sort_texts.iter_mut().zip(self.sort_texts) {
+            index.set = entries.into_iter().collect();
+        }
+        for (index, entries) in indexes.texts.iter_mut().zip(self.texts) {
+            index.set = entries.into_iter().collect();
+        }
+        indexes.tags.set = self.tags.into_iter().collect();
+        indexes.flags = self.flags.into_iter().collect();
+        indexes.notes = self.notes.into_iter().collect();
+        for (index, entries) in indexes.related.iter_mut().zip(self.related) {
+            *index = entries.into_iter().collect();
+        }
+        indexes
+    }
+}
+
+/// A hasher for maps keyed by call id: ids are trusted integers, so a multiply-rotate mix (as in
+/// rustc's FxHash) is enough, and much cheaper than SipHash on the hot paths that look a call up
+/// per event or per column read.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+const ID_HASH_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(ID_HASH_SEED);
+    }
+}
+
+/// A hash map keyed by call id.
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// A capped list of differences found by `verify`.
 pub(crate) struct Differences {

@@ -5,9 +5,14 @@
 //!
 //! Architecture invariant: the projection is derived data. Everything in it can be rebuilt from
 //! the log, and [`Projection::verify`] checks that a rebuild gives exactly what is there. It
-//! never writes to the log and never flushes: each applied chunk is one sled batch holding the
-//! view changes and the checkpoint together, which sled recovers all or nothing, and a view
-//! that is ahead of the log or unreadable is rebuilt when opened.
+//! never writes to the log, and applying events never flushes: each applied chunk is one sled
+//! batch holding the view changes and the checkpoint together, which sled recovers all or
+//! nothing, and a view that is ahead of the log or unreadable is rebuilt when opened. (A rebuild
+//! flushes once, before it switches to the new view.)
+//!
+//! The secondary indexes live in memory only: they are built from the stored views at open and
+//! kept current as batches are applied, under the same lock that readers take, so a list never
+//! sees an index and a view that disagree.
 //!
 //! API boundary: [`Projection`] and the query types in [`query`]. Parsing a query string into a
 //! [`ListQuery`] and writing JSON:API documents belong to the edge.

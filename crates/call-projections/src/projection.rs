@@ -18,7 +18,7 @@
 
 use crate::engine;
 use crate::error::{ProjectionError, QueryError};
-use crate::index::{Differences, IndexRow, Indexes};
+use crate::index::{Differences, IndexBuilder, IndexRow, Indexes};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::store::{
     self, decode_call, decode_deletion, describe_key, fold, load_call, par_map, read_u64,
@@ -26,7 +26,6 @@ use crate::store::{
 };
 use call_model::{Call, Field, Relation};
 use event_log::EventLog;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -39,6 +38,9 @@ const LIVE_CHUNK: usize = 4096;
 const REBUILD_CHUNK: usize = 16_384;
 /// The most differences `verify` spells out.
 const MAX_DIFFERENCES: usize = 20;
+/// sled's cache for `verify`'s scratch database, which is written and read once (sled's default
+/// is 1 GiB, which would double the process's memory for the duration).
+const SCRATCH_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// The key in the default tree naming the active view's generation.
 const ACTIVE: &[u8] = b"active";
 
@@ -107,13 +109,16 @@ impl std::fmt::Debug for Projection {
 
 impl Projection {
     /// Opens (creating if missing) the projection in `dir`, its own sled database apart from the
-    /// log's, builds the in-memory indexes from the stored views and catches up with `log`.
+    /// log's, builds the in-memory indexes from the stored views and catches up with `log`
+    /// (in bulk, as a rebuild does, when far behind).
     ///
     /// The view is rebuilt from the log, with a warning, when it was written by another layout
     /// version, when a stored row cannot be read, or when its checkpoint lies beyond the log's
     /// head (which only a log opened with buffered durability can cause, after a crash).
     pub fn open(dir: &Path, log: EventLog) -> Result<Projection, ProjectionError> {
         std::fs::create_dir_all(dir)?;
+        // sled's default cache (1 GiB): at a million calls a smaller one makes the row reads of
+        // a page several times slower until it warms.
         let db = sled::Config::new().path(dir).open()?;
         let generation = match db.get(ACTIVE)? {
             Some(value) => read_u64(ACTIVE, &value)?,
@@ -129,26 +134,18 @@ impl Projection {
             Meta::default().write(&mut batch);
             tree.apply_batch(batch)?;
         }
-        let head = log.head();
-        let (view, rebuild_because) = match load_view(generation, tree.clone()) {
-            Ok(view) if view.meta.checkpoint > head => {
-                let reason = format!(
-                    "its checkpoint {} is beyond the log's head {head}",
-                    view.meta.checkpoint
-                );
-                (view, Some(reason))
-            }
+        let (view, rebuild_because) = match open_view(&log, generation, tree.clone()) {
             Ok(view) => (view, None),
-            Err(ProjectionError::Corrupt { key, reason }) => {
+            Err(Reopen::Rebuild(reason)) => {
                 let view = View {
                     generation,
                     tree,
                     meta: Meta::default(),
                     indexes: Indexes::new(),
                 };
-                (view, Some(format!("{key}: {reason}")))
+                (view, Some(reason))
             }
-            Err(error) => return Err(error),
+            Err(Reopen::Failed(error)) => return Err(error),
         };
         let projection = Projection {
             inner: Arc::new(Inner {
@@ -209,7 +206,11 @@ impl Projection {
         load_call(&view.tree, id)
     }
 
-    /// One page of a list: filtered, sorted, from a cursor. See the crate docs for the plans.
+    /// One page of a list: filtered, sorted, from a cursor.
+    ///
+    /// A page costs about its size in row reads plus cheap in-memory checks of the candidates
+    /// the indexes offer, not a walk of every call; `count` walks every match. A sort by several
+    /// keys orders each group of equal first values in memory when the group is small.
     pub fn list(&self, query: &ListQuery) -> Result<ListPage, QueryError> {
         let view = self.read_view()?;
         engine::list(&view, query)
@@ -322,7 +323,7 @@ impl Projection {
         let name = view_name(generation);
         db.drop_tree(&name)?;
         let tree = db.open_tree(&name)?;
-        let (meta, indexes) = replay(&self.inner.log, &tree, None, progress)?;
+        let (meta, indexes) = replay(&self.inner.log, &tree, None, None, progress)?;
         // The new view must be on disk before the pointer to it can be.
         db.flush()?;
         {
@@ -366,11 +367,18 @@ impl Projection {
         std::fs::create_dir_all(scratch_dir)?;
         let scratch = sled::Config::new()
             .path(scratch_dir)
+            .cache_capacity(SCRATCH_CACHE_BYTES)
             .flush_every_ms(None)
             .open()?;
         scratch.drop_tree("verify")?;
         let tree = scratch.open_tree("verify")?;
-        let (meta, rebuilt) = replay(&self.inner.log, &tree, Some(checkpoint), &mut |_, _| {})?;
+        let (meta, rebuilt) = replay(
+            &self.inner.log,
+            &tree,
+            None,
+            Some(checkpoint),
+            &mut |_, _| {},
+        )?;
         let mut differences = Differences::new(MAX_DIFFERENCES);
         {
             let view = self.read_view()?;
@@ -477,10 +485,71 @@ fn drop_stray_views(db: &sled::Db, active: u64) -> Result<(), ProjectionError> {
     Ok(())
 }
 
-/// Reads a stored view and builds its indexes.
-fn load_view(generation: u64, tree: sled::Tree) -> Result<View, ProjectionError> {
+/// Why a stored view was not opened.
+enum Reopen {
+    /// It must be rebuilt, for this reason.
+    Rebuild(String),
+    /// Storage failed.
+    Failed(ProjectionError),
+}
+
+impl From<ProjectionError> for Reopen {
+    fn from(error: ProjectionError) -> Reopen {
+        match error {
+            ProjectionError::Corrupt { key, reason } => Reopen::Rebuild(format!("{key}: {reason}")),
+            error => Reopen::Failed(error),
+        }
+    }
+}
+
+/// Above this many unapplied events at open, catching up takes the rebuild's road (pipelined,
+/// large batches, indexes built once at the end), which nobody reading yet makes safe.
+/// (Tests use a small threshold so that their logs take this road too.)
+const BULK_CATCH_UP: u64 = if cfg!(test) { 20 } else { 50_000 };
+
+/// Reads a stored view, brings it close to the log's head if it is far behind, and builds its
+/// indexes.
+fn open_view(log: &EventLog, generation: u64, tree: sled::Tree) -> Result<View, Reopen> {
     let meta = Meta::read(&tree)?;
-    let mut raw = Vec::new();
+    let head = log.head();
+    if meta.checkpoint > head {
+        return Err(Reopen::Rebuild(format!(
+            "its checkpoint {} is beyond the log's head {head}",
+            meta.checkpoint
+        )));
+    }
+    let (meta, indexes) = if head - meta.checkpoint > BULK_CATCH_UP {
+        tracing::info!(from = meta.checkpoint, head, "catching up in bulk");
+        replay(log, &tree, Some(meta), None, &mut |_, _| {})?
+    } else {
+        (meta, build_indexes(&tree, &meta)?)
+    };
+    Ok(View {
+        generation,
+        tree,
+        meta,
+        indexes,
+    })
+}
+
+/// Views decoded per step while building indexes: enough to share out over the cores, few
+/// enough that the raw rows of a step are a small buffer rather than a copy of the view.
+const INDEX_SCAN_CHUNK: usize = 8192;
+
+/// Builds the in-memory indexes of a stored view, streaming over its calls.
+fn build_indexes(tree: &sled::Tree, meta: &Meta) -> Result<Indexes, ProjectionError> {
+    let mut builder = IndexBuilder::default();
+    let mut raw = Vec::with_capacity(INDEX_SCAN_CHUNK);
+    let mut add = |raw: &mut Vec<(u64, sled::IVec)>| -> Result<(), ProjectionError> {
+        let rows = par_map(raw, |(id, value)| {
+            decode_call(*id, value).map(|call| IndexRow::of(&call))
+        });
+        for ((id, _), row) in raw.iter().zip(rows) {
+            builder.add(*id, &row?);
+        }
+        raw.clear();
+        Ok(())
+    };
     for entry in tree.scan_prefix([CALL]) {
         let (key, value) = entry?;
         match split_key(&key) {
@@ -492,29 +561,27 @@ fn load_view(generation: u64, tree: sled::Tree) -> Result<View, ProjectionError>
                 })
             }
         }
+        if raw.len() == INDEX_SCAN_CHUNK {
+            add(&mut raw)?;
+        }
     }
-    let rows = par_map(&raw, |(id, value)| {
-        decode_call(*id, value).map(|call| (*id, IndexRow::of(&call)))
-    })
-    .into_iter()
-    .collect::<Result<Vec<_>, _>>()?;
-    drop(raw);
-    if rows.len() as u64 != meta.live {
+    add(&mut raw)?;
+    if builder.len() as u64 != meta.live {
         return Err(ProjectionError::Corrupt {
             key: "counters".to_owned(),
-            reason: format!("count {} live calls, the views {}", meta.live, rows.len()),
+            reason: format!(
+                "count {} live calls, the views {}",
+                meta.live,
+                builder.len()
+            ),
         });
     }
-    Ok(View {
-        generation,
-        tree,
-        meta,
-        indexes: Indexes::from_rows(rows),
-    })
+    Ok(builder.finish())
 }
 
-/// Replays the log from the start into the empty `tree`, up to `upto` (or the head), and
-/// builds the indexes of the result.
+/// Replays the log into `tree`, up to `upto` (or the head), and builds the indexes of the
+/// result from it, as `open` does. `from` is the tree's meta to continue from; `None` starts an
+/// empty tree from the beginning of the log.
 ///
 /// Pipelined over two threads: while one applies chunk n to sled (which takes a process-wide
 /// lock and runs on one core), the other folds chunk n+1, reading the calls chunk n changed from
@@ -522,16 +589,20 @@ fn load_view(generation: u64, tree: sled::Tree) -> Result<View, ProjectionError>
 fn replay(
     log: &EventLog,
     tree: &sled::Tree,
+    from: Option<Meta>,
     upto: Option<u64>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Meta, Indexes), ProjectionError> {
-    let mut meta = Meta::default();
-    let mut batch = sled::Batch::default();
-    meta.write(&mut batch);
-    tree.apply_batch(batch)?;
-    // The index rows of the live calls, kept apart and bulk-loaded at the end: several times
-    // faster than updating the indexes chunk by chunk.
-    let mut rows: HashMap<u64, IndexRow> = HashMap::new();
+    let mut meta = match from {
+        Some(meta) => meta,
+        None => {
+            let meta = Meta::default();
+            let mut batch = sled::Batch::default();
+            meta.write(&mut batch);
+            tree.apply_batch(batch)?;
+            meta
+        }
+    };
     std::thread::scope(|scope| -> Result<(), ProjectionError> {
         let (batches, queue) = std::sync::mpsc::sync_channel::<sled::Batch>(0);
         let (done, applied) = std::sync::mpsc::channel::<sled::Result<()>>();
@@ -551,7 +622,7 @@ fn replay(
                 reason: "the rebuild's writer thread stopped".to_owned(),
             }),
         };
-        let mut overlay = Overlay::new();
+        let mut overlay = Overlay::default();
         let mut in_flight = false;
         loop {
             let limit = match upto {
@@ -578,17 +649,11 @@ fn replay(
             }
             in_flight = true;
             meta = folded.meta;
-            let fresh = par_map(&folded.changes, |(_, _, new)| {
-                new.as_ref().map(IndexRow::of)
-            });
-            overlay = Overlay::with_capacity(folded.changes.len());
-            for ((id, _, new), row) in folded.changes.into_iter().zip(fresh) {
-                match row {
-                    Some(row) => rows.insert(id, row),
-                    None => rows.remove(&id),
-                };
-                overlay.insert(id, new);
-            }
+            overlay = folded
+                .changes
+                .into_iter()
+                .map(|(id, _, new)| (id, new))
+                .collect();
             progress(meta.checkpoint, log.head().max(meta.checkpoint));
         }
         if in_flight {
@@ -596,7 +661,10 @@ fn replay(
         }
         Ok(())
     })?;
-    Ok((meta, Indexes::from_rows(rows)))
+    // Building the indexes from the finished view, rather than following each chunk, keeps the
+    // rebuild's memory to the indexes themselves and bulk-loads every set once.
+    let indexes = build_indexes(tree, &meta)?;
+    Ok((meta, indexes))
 }
 
 /// Compares two view trees row by row.

@@ -20,12 +20,11 @@
 //! deletions are stored.
 
 use crate::error::ProjectionError;
-use crate::index::Indexes;
+use crate::index::{IdMap, Indexes};
 use crate::query::Deletion;
 use call_model::{evolve, Call, CallState, Event, EventBody, Timestamp};
 use event_log::Record;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 
 /// Prefix of the live calls' views, by id.
 pub(crate) const CALL: u8 = b'c';
@@ -216,7 +215,7 @@ pub(crate) struct Folded {
 }
 
 /// Calls changed by a batch that may not be applied yet: their state after it (`None`: not live).
-pub(crate) type Overlay = HashMap<u64, Option<Call>>;
+pub(crate) type Overlay = IdMap<Option<Call>>;
 
 /// Folds `records` (which must continue the log right after `meta.checkpoint`) into one batch.
 ///
@@ -239,7 +238,7 @@ pub(crate) fn fold(
     })
     .into_iter()
     .collect::<Result<Vec<Event>, _>>()?;
-    let mut slots: HashMap<u64, Slot> = HashMap::new();
+    let mut slots: IdMap<Slot> = IdMap::default();
     // First-touch order, so that the batch (and so the stored bytes) do not depend on hashing.
     let mut touched = Vec::new();
     let mut deletions = Vec::new();

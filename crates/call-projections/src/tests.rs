@@ -1107,6 +1107,24 @@ fn reopening_catches_up_from_the_checkpoint() {
         .unwrap()
         .differences
         .is_empty());
+
+    // A fresh projection over the whole log catches up in bulk and serves the same calls.
+    let fresh = Projection::open(&ledger.dir.path().join("fresh"), ledger.log.clone()).unwrap();
+    assert_eq!(fresh.checkpoint(), ledger.log.head());
+    let all = query(vec![], vec![], MAX_PAGE_SIZE);
+    assert_eq!(
+        fresh.list(&all).unwrap(),
+        ledger.projection.list(&all).unwrap()
+    );
+    assert_eq!(
+        fresh.changes(0, 1000).unwrap(),
+        ledger.projection.changes(0, 1000).unwrap()
+    );
+    assert!(fresh
+        .verify(&ledger.dir.path().join("scratch"))
+        .unwrap()
+        .differences
+        .is_empty());
 }
 
 #[test]
