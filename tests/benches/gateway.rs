@@ -93,6 +93,11 @@ fn main() {
             "full"
         }
     );
+    println!(
+        "{} CPUs, load average (1, 5, 15 min) at the start: {}",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        support::load_average()
+    );
     let server = NatsServer::start();
     let data = tempfile::Builder::new()
         .prefix("call-ledger-bench-gateway-")

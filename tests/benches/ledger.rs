@@ -97,6 +97,11 @@ fn main() {
         if quick { "quick" } else { "full" },
         if quick { ", BENCH_QUICK=1" } else { "" }
     );
+    println!(
+        "{} CPUs, load average (1, 5, 15 min) at the start: {}",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        support::load_average()
+    );
     let root = tempfile::Builder::new()
         .prefix("call-ledger-bench-")
         .tempdir()
@@ -284,14 +289,14 @@ fn bench_appends(root: &Path, sizes: &Sizes, log: &EventLog) -> Vec<Row> {
         let raw_rate = Stats::new(raw_rates);
         let ceiling = Stats::new(ceiling_rates);
         let same_batch = Stats::new(same_batch_rates);
+        let noun = if writers == 1 { "writer" } else { "writers" };
         println!(
-            "{writers:>2} writers: ours {} | raw log {} | sled ceiling {} | sled at batch {writers} {}",
+            "{writers:>2} {noun}: ours {} | raw log {} | sled ceiling {} | sled at batch {writers} {}",
             ours_rate.spread("creates/s"),
             raw_rate.spread("appends/s"),
             ceiling.spread("rows/s"),
             same_batch.spread("rows/s"),
         );
-        let noun = if writers == 1 { "writer" } else { "writers" };
         let target = |ratio| {
             if writers == 64 {
                 Target::RatioAtLeast(ratio)
@@ -301,7 +306,7 @@ fn bench_appends(root: &Path, sizes: &Sizes, log: &EventLog) -> Vec<Row> {
         };
         rows.push(Row {
             metric: format!(
-                "durable creates/s via CommandService, {writers} writers (vs sled ceiling)"
+                "durable creates/s via CommandService, {writers} {noun} (vs sled ceiling: batch 1000 + flush)"
             ),
             ours: ours_rate.median(),
             baseline: Some(ceiling.median()),

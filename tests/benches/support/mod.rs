@@ -18,6 +18,19 @@ pub fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|value| !value.is_empty() && value != "0")
 }
 
+/// The 1, 5 and 15 minute load averages, to print beside the figures: the
+/// machine is shared, and a run under load says so.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Times one run of `work`, in seconds.
 pub fn seconds(work: impl FnOnce()) -> f64 {
     let started = Instant::now();
@@ -145,10 +158,15 @@ impl Row {
 }
 
 /// Prints the rows as a Markdown table, ready to be copied into
-/// docs/benchmarks.md.
+/// docs/benchmarks.md, under the title and the load average at the end.
 pub fn print_table(title: &str, rows: &[Row]) {
     println!();
     println!("### {title}");
+    println!();
+    println!(
+        "Load average (1, 5, 15 min) at the end: {}.",
+        load_average()
+    );
     println!();
     println!("| metric | ours | baseline | ratio | target | met? |");
     println!("|---|---:|---:|---:|---|---|");
