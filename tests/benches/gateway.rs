@@ -553,13 +553,14 @@ impl Figures {
         let rate = |slot: usize| Stats::new(self.rates[slot].clone());
         let latency = |slot: usize| Stats::from_durations_us(&self.latencies[slot]);
         let mut rows = Vec::new();
+        let threads = if in_flight == 1 { "thread" } else { "threads" };
         for (name, ours, target) in [("get", 0, 0.7), ("create", 3, 0.4)] {
             let (echo, direct) = (ours + 1, ours + 2);
             let (ours_rate, echo_rate, direct_rate) = (rate(ours), rate(echo), rate(direct));
             let (ours_latency, echo_latency, direct_latency) =
                 (latency(ours), latency(echo), latency(direct));
             println!(
-                "{in_flight:>2} in flight, {name}: ours {} p50 {:.0} us p99 {:.0} us | echo {} p50 {:.0} us p99 {:.0} us | Api::handle in process, {in_flight} threads, {} p50 {:.0} us p99 {:.0} us",
+                "{in_flight:>2} in flight, {name}: ours {} p50 {:.0} us p99 {:.0} us | echo {} p50 {:.0} us p99 {:.0} us | Api::handle in process, {in_flight} {threads}, {} p50 {:.0} us p99 {:.0} us",
                 ours_rate.spread("req/s"),
                 ours_latency.percentile(50.0),
                 ours_latency.percentile(99.0),
@@ -594,7 +595,7 @@ impl Figures {
             });
             rows.push(Row {
                 metric: format!(
-                    "diagnostic: {name} req/s over NATS, {in_flight} in flight (vs Api::handle in process, {in_flight} threads, no NATS)"
+                    "diagnostic: {name} req/s over NATS, {in_flight} in flight (vs Api::handle in process, {in_flight} {threads}, no NATS)"
                 ),
                 ours: ours_rate.median(),
                 baseline: Some(direct_rate.median()),
