@@ -197,8 +197,8 @@ impl ApiError {
         ApiError::single(503, "serviceUnavailable", detail.into(), None)
     }
 
-    /// The JSON:API error document. Echoed input is cut to [`MAX_ECHO_CHARS`] and at most
-    /// [`MAX_ERROR_OBJECTS`] objects are listed (the last saying how many were left out), so an
+    /// The JSON:API error document. Echoed input is cut to `MAX_ECHO_CHARS` characters and at most
+    /// `MAX_ERROR_OBJECTS` objects are listed (the last saying how many were left out), so an
     /// error about a huge request never outgrows the reply it has to fit in.
     pub fn to_json(&self) -> Value {
         let mut errors = self
@@ -248,7 +248,7 @@ pub const MAX_ERROR_OBJECTS: usize = 100;
 /// The most characters of a request's own text (a parameter name, a value) an error echoes.
 pub const MAX_ECHO_CHARS: usize = 512;
 
-/// `text`, cut to [`MAX_ECHO_CHARS`] characters with an ellipsis when longer.
+/// `text`, cut to `MAX_ECHO_CHARS` characters with an ellipsis when longer.
 fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(MAX_ECHO_CHARS) {
         Some((cut, _)) => format!("{}…", &text[..cut]).into(),

@@ -66,7 +66,7 @@ pub enum Command {
         /// `fields[call]=...`, `provideDataConnections=true`, ...
         query: Option<String>,
     },
-    /// List calls from the data directory (offline), e.g. 'filter[prospect][id]=5&sort=-createdAt'.
+    /// List calls from the data directory (offline), e.g. `filter[prospect][id]=5&sort=-createdAt`.
     List {
         /// The query string, as the API takes it.
         query: Option<String>,
@@ -158,7 +158,7 @@ pub struct ClientArgs {
 /// One API operation.
 #[derive(Subcommand, Debug)]
 pub enum ClientAction {
-    /// List calls: QUERY is the query string, e.g. 'filter[direction]=inbound&page[size]=10'.
+    /// List calls: QUERY is the query string, e.g. `filter[direction]=inbound&page[size]=10`.
     List {
         /// The query string.
         query: Option<String>,
