@@ -335,8 +335,15 @@ const PARALLEL_MIN: usize = 512;
 
 /// Maps `items` with `f`, on several threads when there are many.
 pub(crate) fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if items.len() < PARALLEL_MIN || threads < 2 {
+    if items.len() < PARALLEL_MIN {
+        return items.iter().map(f).collect();
+    }
+    // Asked once: `available_parallelism` reads cgroup files on every call, and catch-up for a
+    // single write runs this on the hot path of every acknowledged command.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+    if threads < 2 {
         return items.iter().map(f).collect();
     }
     let per_thread = items.len().div_ceil(threads);
