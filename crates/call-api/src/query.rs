@@ -456,21 +456,6 @@ fn parse_fieldset(key: &str, value: &str) -> Result<Fieldset, ApiError> {
     Ok(fieldset)
 }
 
-/// Whether `sort` offers the attribute: Outreach's sortable ones and every date-time.
-fn is_sortable(field: Field) -> bool {
-    matches!(
-        field,
-        Field::CreatedAt
-            | Field::UpdatedAt
-            | Field::State
-            | Field::Outcome
-            | Field::From
-            | Field::To
-            | Field::RecordingUrl
-            | Field::UserCallType
-    ) || field.kind() == AttrKind::Time
-}
-
 fn parse_sort(key: &str, value: &str) -> Result<Vec<SortKey>, ApiError> {
     let mut keys: Vec<SortKey> = Vec::new();
     for item in value.split(',') {
@@ -482,17 +467,9 @@ fn parse_sort(key: &str, value: &str) -> Result<Vec<SortKey>, ApiError> {
             SortField::Id
         } else {
             match Field::from_name(name) {
-                Some(field) if is_sortable(field) => SortField::Attr(field),
+                Some(field) if field.is_sortable() => SortField::Attr(field),
                 _ => {
-                    let sortable = std::iter::once("id")
-                        .chain(
-                            Field::ALL
-                                .iter()
-                                .filter(|field| is_sortable(**field))
-                                .map(|field| field.name()),
-                        )
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let sortable = call_projections::sortable_names();
                     let what = if name.is_empty() {
                         "Expected a comma-separated list of fields, each optionally preceded by '-', e.g. sort=-createdAt,id".to_owned()
                     } else {

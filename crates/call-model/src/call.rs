@@ -119,49 +119,6 @@ impl Call {
             _ => None,
         }
     }
-
-    /// The compact JSON the projections store; [`Call::from_stored_json`] reads it back.
-    pub fn to_stored_json(&self) -> serde_json::Value {
-        let attributes: serde_json::Map<String, serde_json::Value> = self
-            .attributes
-            .iter()
-            .map(|(field, value)| (field.name().to_owned(), value.to_json()))
-            .collect();
-        serde_json::json!({
-            "id": self.id,
-            "version": self.version,
-            "position": self.position,
-            "attributes": attributes,
-            "relationships": self.relationships.iter()
-                .map(|(relation, value)| (relation.name().to_owned(), serde_json::to_value(value).unwrap_or_default()))
-                .collect::<serde_json::Map<_, _>>(),
-            "dataConnections": self.data_connections,
-        })
-    }
-
-    /// Reads what [`Call::to_stored_json`] wrote.
-    pub fn from_stored_json(value: &serde_json::Value) -> Option<Call> {
-        let object = value.as_object()?;
-        let mut attributes = BTreeMap::new();
-        for (name, value) in object.get("attributes")?.as_object()? {
-            let field = Field::from_name(name)?;
-            attributes.insert(field, stored_attr(field, value)?);
-        }
-        let mut relationships = BTreeMap::new();
-        for (name, value) in object.get("relationships")?.as_object()? {
-            let relation = Relation::from_name(name)?;
-            relationships.insert(relation, serde_json::from_value(value.clone()).ok()?);
-        }
-        Some(Call {
-            id: object.get("id")?.as_u64()?,
-            version: object.get("version")?.as_u64()?,
-            position: object.get("position")?.as_u64()?,
-            attributes,
-            relationships,
-            data_connections: serde_json::from_value(object.get("dataConnections")?.clone())
-                .ok()?,
-        })
-    }
 }
 
 /// Reads one attribute value that this crate wrote (so it is already valid).

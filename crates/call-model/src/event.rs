@@ -231,21 +231,8 @@ impl Serialize for AttributesOut<'_> {
         serializer.collect_map(
             self.0
                 .iter()
-                .map(|(field, value)| (field.name(), value.as_ref().map(AttrOut))),
+                .map(|(field, value)| (field.name(), value.as_ref())),
         )
-    }
-}
-
-struct AttrOut<'a>(&'a AttrValue);
-
-impl Serialize for AttrOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            AttrValue::Text(text) => serializer.serialize_str(text),
-            AttrValue::Time(at) => at.serialize(serializer),
-            AttrValue::Bool(flag) => serializer.serialize_bool(*flag),
-            AttrValue::Tags(tags) => serializer.collect_seq(tags),
-        }
     }
 }
 

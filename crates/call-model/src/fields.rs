@@ -154,6 +154,40 @@ impl Field {
         }
     }
 
+    /// How the list query reaches it: whether it sorts, and how its filters are answered.
+    /// This is the one home of that rule: the query parser, the projection's index columns and
+    /// the error messages are all derived from it.
+    pub const fn query_use(self) -> QueryUse {
+        use Field::*;
+        match self {
+            AnsweredAt | CompletedAt | CreatedAt | DialedAt | ReturnedAt | StateChangedAt
+            | UpdatedAt => QueryUse::SortTime,
+            State | Outcome | From | To | RecordingUrl | UserCallType => QueryUse::SortText,
+            Direction
+            | ExternalVendor
+            | SequenceAction
+            | Uid
+            | VendorCallId
+            | VoicemailRecordingUrl => QueryUse::FilterText,
+            ShouldRecordCall => QueryUse::Flag,
+            Note => QueryUse::Note,
+            Tags => QueryUse::Tags,
+        }
+    }
+
+    /// Whether `sort` offers it (Outreach's sortable attributes and every date-time).
+    pub const fn is_sortable(self) -> bool {
+        matches!(self.query_use(), QueryUse::SortTime | QueryUse::SortText)
+    }
+
+    /// The attributes `sort` offers, in the order of [`Field::ALL`].
+    pub fn sortable() -> impl Iterator<Item = Field> {
+        Field::ALL
+            .iter()
+            .copied()
+            .filter(|field| field.is_sortable())
+    }
+
     /// Who may write it.
     pub fn ownership(self) -> Ownership {
         match self {
@@ -238,9 +272,27 @@ impl Relation {
 
     /// Whether the list query can filter on its id (as Outreach allows: every to-one
     /// relationship except `associatedId`).
-    pub fn is_filterable(self) -> bool {
+    pub const fn is_filterable(self) -> bool {
         !matches!(self, Relation::AssociatedId | Relation::Batches)
     }
+}
+
+/// How the list query reaches an attribute ([`Field::query_use`]). Every attribute can be
+/// filtered on; only the first two can be sorted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryUse {
+    /// A date-time that sorts and takes ranges.
+    SortTime,
+    /// A string that sorts and takes ranges.
+    SortText,
+    /// A string that filters (values and ranges) but does not sort.
+    FilterText,
+    /// A boolean: values only.
+    Flag,
+    /// A long free text: equality is answered by a hash of the value, confirmed on the row.
+    Note,
+    /// A list of strings: a call matches when any of its tags does.
+    Tags,
 }
 
 /// The value of one attribute. Null is represented by absence.
@@ -256,15 +308,22 @@ pub enum AttrValue {
     Tags(Vec<String>),
 }
 
-impl AttrValue {
-    /// The JSON form the API and the events use.
-    pub fn to_json(&self) -> serde_json::Value {
+/// The one JSON form of a value, which the API, the events and the stored views all write.
+impl Serialize for AttrValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            AttrValue::Text(text) => serde_json::Value::String(text.clone()),
-            AttrValue::Time(at) => serde_json::Value::String(at.to_string()),
-            AttrValue::Bool(flag) => serde_json::Value::Bool(*flag),
-            AttrValue::Tags(tags) => serde_json::Value::from(tags.clone()),
+            AttrValue::Text(text) => serializer.serialize_str(text),
+            AttrValue::Time(at) => at.serialize(serializer),
+            AttrValue::Bool(flag) => serializer.serialize_bool(*flag),
+            AttrValue::Tags(tags) => serializer.collect_seq(tags),
         }
+    }
+}
+
+impl AttrValue {
+    /// The JSON form the API and the events use, as a value.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -58,7 +58,7 @@ pub enum QueryError {
     #[error("page size {0} is out of range: expected 1 to {max}", max = crate::MAX_PAGE_SIZE)]
     PageSize(usize),
     /// A sort key names something the list cannot be sorted by.
-    #[error("cannot sort by {0}: expected id, createdAt, updatedAt, state, outcome, from, to, recordingUrl, userCallType or a date-time attribute")]
+    #[error("cannot sort by {0}: expected one of {sortable}", sortable = crate::sortable_names())]
     InvalidSort(String),
     /// A filter does not fit its target (a value of the wrong type, a range on tags, a
     /// relationship that cannot be filtered).

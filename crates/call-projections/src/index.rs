@@ -11,7 +11,7 @@
 //! strings are interned per index, so a value shared by many calls (a state, an outcome, a
 //! vendor) is stored once.
 
-use call_model::{AttrValue, Call, Field, RelValue, Relation, Timestamp};
+use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -23,63 +23,100 @@ use std::sync::Arc;
 /// so no real value collides with it; nulls sort first, as the list query wants.
 pub(crate) const NULL_TIME: i64 = i64::MIN;
 
-/// The sortable date-time attributes, in the order of [`Indexes::times`].
-pub(crate) const TIME_SORT: [Field; 7] = [
-    Field::AnsweredAt,
-    Field::CompletedAt,
-    Field::CreatedAt,
-    Field::DialedAt,
-    Field::ReturnedAt,
-    Field::StateChangedAt,
-    Field::UpdatedAt,
-];
+/// How many attributes the model gives this use.
+const fn count_fields(wanted: QueryUse) -> usize {
+    let mut count = 0;
+    let mut i = 0;
+    while i < Field::ALL.len() {
+        if Field::ALL[i].query_use() as u8 == wanted as u8 {
+            count += 1;
+        }
+        i += 1;
+    }
+    count
+}
 
-/// The sortable string attributes, in the order of [`Indexes::sort_texts`].
-pub(crate) const TEXT_SORT: [Field; 6] = [
-    Field::State,
-    Field::Outcome,
-    Field::From,
-    Field::To,
-    Field::RecordingUrl,
-    Field::UserCallType,
-];
+/// The attributes of this use, in the order of [`Field::ALL`]. `N` must be
+/// `count_fields(wanted)`; a mismatch fails to compile.
+const fn select_fields<const N: usize>(wanted: QueryUse) -> [Field; N] {
+    let mut out = [Field::AnsweredAt; N];
+    let (mut i, mut n) = (0, 0);
+    while i < Field::ALL.len() {
+        if Field::ALL[i].query_use() as u8 == wanted as u8 {
+            out[n] = Field::ALL[i];
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(n == N, "select_fields: N is not the number of such fields");
+    out
+}
 
-/// The string attributes that can be filtered on but not sorted by, in the order of
-/// [`Indexes::texts`].
-pub(crate) const TEXT_FILTER: [Field; 6] = [
-    Field::Direction,
-    Field::ExternalVendor,
-    Field::SequenceAction,
-    Field::Uid,
-    Field::VendorCallId,
-    Field::VoicemailRecordingUrl,
-];
+/// The relationships the list query filters on ([`Relation::is_filterable`]).
+const fn select_relations<const N: usize>() -> [Relation; N] {
+    let mut out = [Relation::User; N];
+    let (mut i, mut n) = (0, 0);
+    while i < Relation::ALL.len() {
+        if Relation::ALL[i].is_filterable() {
+            out[n] = Relation::ALL[i];
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(
+        n == N,
+        "select_relations: N is not the number of such relations"
+    );
+    out
+}
+
+const fn count_relations() -> usize {
+    let (mut i, mut count) = (0, 0);
+    while i < Relation::ALL.len() {
+        if Relation::ALL[i].is_filterable() {
+            count += 1;
+        }
+        i += 1;
+    }
+    count
+}
+
+/// The sortable date-time attributes ([`QueryUse::SortTime`]), in the order of
+/// [`Indexes::times`].
+pub(crate) const TIME_SORT: [Field; count_fields(QueryUse::SortTime)] =
+    select_fields(QueryUse::SortTime);
+
+/// The sortable string attributes ([`QueryUse::SortText`]), in the order of
+/// [`Indexes::sort_texts`].
+pub(crate) const TEXT_SORT: [Field; count_fields(QueryUse::SortText)] =
+    select_fields(QueryUse::SortText);
+
+/// The string attributes that can be filtered on but not sorted by ([`QueryUse::FilterText`]),
+/// in the order of [`Indexes::texts`].
+pub(crate) const TEXT_FILTER: [Field; count_fields(QueryUse::FilterText)] =
+    select_fields(QueryUse::FilterText);
 
 /// The relationships whose id can be filtered on ([`Relation::is_filterable`]), in the order of
 /// [`Indexes::related`].
-pub(crate) const FILTER_RELATIONS: [Relation; 13] = [
-    Relation::CallDisposition,
-    Relation::CallPurpose,
-    Relation::KaiaCrmRecording,
-    Relation::Opportunity,
-    Relation::OutboundVoicemail,
-    Relation::Phone,
-    Relation::PhoneNumber,
-    Relation::Prospect,
-    Relation::Sequence,
-    Relation::SequenceState,
-    Relation::SequenceStep,
-    Relation::Task,
-    Relation::User,
-];
+pub(crate) const FILTER_RELATIONS: [Relation; count_relations()] = select_relations();
 
-/// Where an attribute lives in [`Indexes`].
+/// Where a sortable attribute's ordered set and column live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SortCol {
+    /// `Indexes::times[i]`.
+    Time(usize),
+    /// `Indexes::sort_texts[i]`.
+    Text(usize),
+}
+
+/// Where a filter or sort target lives in [`Indexes`]: the one answer to that question, used by
+/// the filters, the order and the index walks alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Slot {
-    /// A sortable date-time: `times[i]`.
-    Time(usize),
-    /// A sortable string: `sort_texts[i]`.
-    SortText(usize),
+    /// The call's id: [`Indexes::ids`].
+    Id,
+    /// A sortable attribute.
+    Sort(SortCol),
     /// A filter-only string: `texts[i]`.
     Text(usize),
     /// `shouldRecordCall`.
@@ -88,34 +125,53 @@ pub(crate) enum Slot {
     Note,
     /// `tags`, one entry per tag.
     Tags,
+    /// A filterable relationship: `related[i]`.
+    Related(usize),
 }
 
-/// Where `field` lives in [`Indexes`]. The match is exhaustive so that a new attribute in the
-/// model cannot be forgotten here.
-pub(crate) fn slot(field: Field) -> Slot {
-    use Field::*;
-    let position = |list: &[Field]| list.iter().position(|f| *f == field).unwrap_or(0);
-    match field {
-        AnsweredAt | CompletedAt | CreatedAt | DialedAt | ReturnedAt | StateChangedAt
-        | UpdatedAt => Slot::Time(position(&TIME_SORT)),
-        State | Outcome | From | To | RecordingUrl | UserCallType => {
-            Slot::SortText(position(&TEXT_SORT))
+/// The position of `field` in a table built by [`select_fields`] from its own use, which
+/// therefore always holds it.
+const fn position_of(table: &[Field], field: Field) -> usize {
+    let mut i = 0;
+    while i < table.len() {
+        if table[i] as u8 == field as u8 {
+            return i;
         }
-        Direction
-        | ExternalVendor
-        | SequenceAction
-        | Uid
-        | VendorCallId
-        | VoicemailRecordingUrl => Slot::Text(position(&TEXT_FILTER)),
-        ShouldRecordCall => Slot::Flag,
-        Note => Slot::Note,
-        Tags => Slot::Tags,
+        i += 1;
     }
+    panic!("a field is missing from the table of its own query use")
 }
 
-/// Where a filterable relationship lives in [`Indexes::related`].
-pub(crate) fn relation_slot(relation: Relation) -> Option<usize> {
-    FILTER_RELATIONS.iter().position(|r| *r == relation)
+/// Where each attribute lives, by `Field as usize`, computed when compiling.
+const SLOTS: [Slot; Field::ALL.len()] = {
+    let mut slots = [Slot::Flag; Field::ALL.len()];
+    let mut i = 0;
+    while i < Field::ALL.len() {
+        let field = Field::ALL[i];
+        slots[field as usize] = match field.query_use() {
+            QueryUse::SortTime => Slot::Sort(SortCol::Time(position_of(&TIME_SORT, field))),
+            QueryUse::SortText => Slot::Sort(SortCol::Text(position_of(&TEXT_SORT, field))),
+            QueryUse::FilterText => Slot::Text(position_of(&TEXT_FILTER, field)),
+            QueryUse::Flag => Slot::Flag,
+            QueryUse::Note => Slot::Note,
+            QueryUse::Tags => Slot::Tags,
+        };
+        i += 1;
+    }
+    slots
+};
+
+/// Where `field` lives in [`Indexes`].
+pub(crate) fn slot(field: Field) -> Slot {
+    SLOTS[field as usize]
+}
+
+/// Where a relationship's id lives in [`Indexes::related`]; `None` when it cannot be filtered.
+pub(crate) fn relation_slot(relation: Relation) -> Option<Slot> {
+    FILTER_RELATIONS
+        .iter()
+        .position(|r| *r == relation)
+        .map(Slot::Related)
 }
 
 /// The hash a note is indexed by. Only equality filters use it, and every hit is confirmed on
@@ -132,9 +188,9 @@ pub(crate) fn note_hash(note: &str) -> u64 {
 pub(crate) struct IndexRow {
     /// The position of the call's latest event, for the change feed.
     position: u64,
-    times: [i64; 7],
-    sort_texts: [Option<Box<str>>; 6],
-    texts: [Option<Box<str>>; 6],
+    times: [i64; TIME_SORT.len()],
+    sort_texts: [Option<Box<str>>; TEXT_SORT.len()],
+    texts: [Option<Box<str>>; TEXT_FILTER.len()],
     flag: Option<bool>,
     note: Option<u64>,
     /// Sorted, without duplicates.
@@ -336,11 +392,11 @@ pub(crate) struct Indexes {
     /// The change feed: each live call under the position of its latest event.
     pub(crate) changes: BTreeMap<u64, u64>,
     /// The sortable date-times, in [`TIME_SORT`] order.
-    pub(crate) times: [TimeIndex; 7],
+    pub(crate) times: [TimeIndex; TIME_SORT.len()],
     /// The sortable strings, in [`TEXT_SORT`] order.
-    pub(crate) sort_texts: [SortTextIndex; 6],
+    pub(crate) sort_texts: [SortTextIndex; TEXT_SORT.len()],
     /// The filter-only strings, in [`TEXT_FILTER`] order.
-    pub(crate) texts: [TextIndex; 6],
+    pub(crate) texts: [TextIndex; TEXT_FILTER.len()],
     /// One entry per tag of each call.
     pub(crate) tags: TextIndex,
     /// `shouldRecordCall`.
@@ -348,7 +404,7 @@ pub(crate) struct Indexes {
     /// `note`, by [`note_hash`].
     pub(crate) notes: BTreeSet<(u64, u64)>,
     /// The filterable relationships' ids, in [`FILTER_RELATIONS`] order.
-    pub(crate) related: [BTreeSet<(i64, u64)>; 13],
+    pub(crate) related: [BTreeSet<(i64, u64)>; FILTER_RELATIONS.len()],
 }
 
 impl Indexes {
@@ -581,13 +637,13 @@ pub(crate) struct IndexBuilder {
     indexes: Indexes,
     ids: Vec<u64>,
     changes: Vec<(u64, u64)>,
-    times: [Vec<(i64, u64)>; 7],
-    sort_texts: [Vec<(Option<Arc<str>>, u64)>; 6],
-    texts: [Vec<(Arc<str>, u64)>; 6],
+    times: [Vec<(i64, u64)>; TIME_SORT.len()],
+    sort_texts: [Vec<(Option<Arc<str>>, u64)>; TEXT_SORT.len()],
+    texts: [Vec<(Arc<str>, u64)>; TEXT_FILTER.len()],
     tags: Vec<(Arc<str>, u64)>,
     flags: Vec<(bool, u64)>,
     notes: Vec<(u64, u64)>,
-    related: [Vec<(i64, u64)>; 13],
+    related: [Vec<(i64, u64)>; FILTER_RELATIONS.len()],
 }
 
 impl Default for IndexBuilder {

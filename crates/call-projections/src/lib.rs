@@ -20,7 +20,7 @@
 #![warn(missing_docs)]
 
 mod codec;
-mod cursor;
+mod diff;
 mod engine;
 mod error;
 mod index;
@@ -37,3 +37,12 @@ pub use query::{
     ChangesPage, Condition, Deletion, Filter, FilterTarget, FilterValue, ListPage, ListQuery,
     PageCursor, SortField, SortKey, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
 };
+
+/// What `sort` accepts, as the API names it: `id`, then every sortable attribute of the model
+/// ([`call_model::Field::is_sortable`]), comma-separated. Error messages quote it.
+pub fn sortable_names() -> String {
+    std::iter::once("id")
+        .chain(call_model::Field::sortable().map(call_model::Field::name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -16,15 +16,16 @@
 //! tree. A crash midway leaves the old view active and the half-built tree is dropped at the
 //! next open.
 
+use crate::diff;
 use crate::engine;
 use crate::error::{ProjectionError, QueryError};
 use crate::index::{Differences, IndexBuilder, IndexRow, Indexes};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::store::{
-    self, decode_call, decode_deletion, describe_key, fold, load_call, par_map, read_u64,
-    split_key, view_name, Meta, Overlay, View, CALL, DELETION,
+    decode_call, describe_key, fold, load_call, par_map, read_u64, split_key, view_name, Meta,
+    Overlay, View, CALL,
 };
-use call_model::{Call, Field, Relation};
+use call_model::Call;
 use event_log::EventLog;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -230,68 +231,7 @@ impl Projection {
     /// `after` appears only among the deletions. `next_after` is the position to ask from next:
     /// the last item's when the limit cut the page short, else the checkpoint.
     pub fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, ProjectionError> {
-        let limit = limit.max(1);
-        let view = self.read_view()?;
-        let checkpoint = view.meta.checkpoint;
-        let mut page = ChangesPage {
-            calls: Vec::new(),
-            deleted: Vec::new(),
-            next_after: checkpoint.max(after),
-            more: false,
-        };
-        let Some(first) = after.checked_add(1) else {
-            return Ok(page);
-        };
-        // Live calls come from the in-memory feed, deletions from their stored rows; both are in
-        // position order, and merged.
-        let mut changed = view.indexes.changes.range(first..).peekable();
-        let mut deleted = view
-            .tree
-            .range(store::key(DELETION, first).to_vec()..vec![DELETION + 1])
-            .peekable();
-        let mut items = 0;
-        loop {
-            let next_deletion = match deleted.peek() {
-                Some(Ok((key, _))) => split_key(key).map(|(_, position)| position),
-                // Taken below, where its error is returned.
-                Some(Err(_)) => Some(0),
-                None => None,
-            };
-            let take_change = match (changed.peek(), next_deletion) {
-                (None, None) => break,
-                (Some((c, _)), Some(d)) => **c <= d,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-            };
-            if items == limit {
-                page.more = true;
-                break;
-            }
-            if take_change {
-                let Some((position, id)) = changed.next() else {
-                    break;
-                };
-                let call = load_call(&view.tree, *id)?.ok_or_else(|| ProjectionError::Corrupt {
-                    key: format!("view of call {id}"),
-                    reason: format!(
-                        "the change feed names it at position {position}, but it is not stored"
-                    ),
-                })?;
-                page.next_after = *position;
-                page.calls.push(call);
-            } else {
-                let Some(entry) = deleted.next() else { break };
-                let (key, value) = entry?;
-                let position = split_key(&key).map_or(0, |(_, position)| position);
-                page.deleted.push(decode_deletion(position, &value)?);
-                page.next_after = position;
-            }
-            items += 1;
-        }
-        if !page.more {
-            page.next_after = checkpoint.max(after);
-        }
-        Ok(page)
+        engine::changes::changes(&*self.read_view()?, after, limit)
     }
 
     /// Live and deleted calls, the checkpoint and the size on disk.
@@ -365,11 +305,7 @@ impl Projection {
         let _writing = self.lock_apply();
         let checkpoint = self.catch_up_locked()?;
         std::fs::create_dir_all(scratch_dir)?;
-        let scratch = sled::Config::new()
-            .path(scratch_dir)
-            .cache_capacity(SCRATCH_CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()?;
+        let scratch = open_scratch(scratch_dir)?;
         scratch.drop_tree("verify")?;
         let tree = scratch.open_tree("verify")?;
         let (meta, rebuilt) = replay(
@@ -382,7 +318,7 @@ impl Projection {
         let mut differences = Differences::new(MAX_DIFFERENCES);
         {
             let view = self.read_view()?;
-            compare_trees(&view.tree, &tree, &mut differences)?;
+            diff::compare_trees(&view.tree, &tree, &mut differences)?;
             view.indexes.diff(&rebuilt, &mut differences);
         }
         drop(tree);
@@ -667,140 +603,28 @@ fn replay(
     Ok((meta, indexes))
 }
 
-/// Compares two view trees row by row.
-fn compare_trees(
-    live: &sled::Tree,
-    rebuilt: &sled::Tree,
-    out: &mut Differences,
-) -> Result<(), ProjectionError> {
-    let (mut a, mut b) = (live.iter().peekable(), rebuilt.iter().peekable());
+/// How long `verify` waits for the scratch database of an earlier `verify` to be released:
+/// sled drops its file lock only once its last background reference is gone, a moment after
+/// the `Db` itself.
+const SCRATCH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens `verify`'s scratch database, waiting out the lock an earlier run is still letting go.
+fn open_scratch(dir: &Path) -> Result<sled::Db, ProjectionError> {
+    let started = Instant::now();
     loop {
-        let ordering = match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(Err(_)), _) | (_, Some(Err(_))) => std::cmp::Ordering::Equal,
-            (Some(Ok((x, _))), Some(Ok((y, _)))) => x.cmp(y),
-        };
-        match ordering {
-            std::cmp::Ordering::Less => {
-                if let Some(entry) = a.next() {
-                    let (key, _) = entry?;
-                    out.push(format!(
-                        "{} is in the live projection but not in the rebuilt one",
-                        describe_key(&key)
-                    ));
-                }
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SCRATCH_CACHE_BYTES)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && started.elapsed() < SCRATCH_LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            std::cmp::Ordering::Greater => {
-                if let Some(entry) = b.next() {
-                    let (key, _) = entry?;
-                    out.push(format!(
-                        "{} is in the rebuilt projection but not in the live one",
-                        describe_key(&key)
-                    ));
-                }
-            }
-            std::cmp::Ordering::Equal => {
-                let (Some(x), Some(y)) = (a.next(), b.next()) else {
-                    break;
-                };
-                let ((key, live_value), (_, rebuilt_value)) = (x?, y?);
-                if live_value != rebuilt_value {
-                    out.push(describe_value_difference(&key, &live_value, &rebuilt_value));
-                }
-            }
+            other => return Ok(other?),
         }
     }
-    Ok(())
-}
-
-/// Says how two values of one key differ.
-fn describe_value_difference(key: &[u8], live: &[u8], rebuilt: &[u8]) -> String {
-    let name = describe_key(key);
-    match split_key(key) {
-        Some((CALL, id)) => match (decode_call(id, live), decode_call(id, rebuilt)) {
-            (Ok(live), Ok(rebuilt)) => format!("{name}: {}", call_difference(&live, &rebuilt)),
-            (Err(error), _) => format!("{name}: the live row cannot be read ({error})"),
-            (_, Err(error)) => format!("{name}: the rebuilt row cannot be read ({error})"),
-        },
-        Some((DELETION, position)) => match (
-            decode_deletion(position, live),
-            decode_deletion(position, rebuilt),
-        ) {
-            (Ok(a), Ok(b)) => format!(
-                "{name}: call {} deleted at {} live, call {} deleted at {} rebuilt",
-                a.id, a.deleted_at, b.id, b.deleted_at
-            ),
-            _ => format!("{name}: the rows differ and one cannot be read"),
-        },
-        _ if key == store::CHECKPOINT => format!(
-            "{name}: {} live, {} rebuilt",
-            show_u64(key, live),
-            show_u64(key, rebuilt)
-        ),
-        _ if key == store::COUNTERS && live.len() == 16 && rebuilt.len() == 16 => format!(
-            "{name}: {} live and {} deleted calls live, {} and {} rebuilt",
-            show_u64(key, &live[..8]),
-            show_u64(key, &live[8..]),
-            show_u64(key, &rebuilt[..8]),
-            show_u64(key, &rebuilt[8..])
-        ),
-        _ => format!(
-            "{name}: {:?} live, {:?} rebuilt",
-            String::from_utf8_lossy(live),
-            String::from_utf8_lossy(rebuilt)
-        ),
-    }
-}
-
-fn show_u64(key: &[u8], value: &[u8]) -> String {
-    read_u64(key, value).map_or_else(|_| format!("{value:?}"), |n| n.to_string())
-}
-
-/// Names the members in which two views of one call differ.
-fn call_difference(live: &Call, rebuilt: &Call) -> String {
-    let mut parts = Vec::new();
-    if live.version != rebuilt.version {
-        parts.push(format!(
-            "version {} live, {} rebuilt",
-            live.version, rebuilt.version
-        ));
-    }
-    if live.position != rebuilt.position {
-        parts.push(format!(
-            "position {} live, {} rebuilt",
-            live.position, rebuilt.position
-        ));
-    }
-    let show = |value: Option<String>| value.unwrap_or_else(|| "null".to_owned());
-    for field in Field::ALL {
-        let (a, b) = (live.attribute(*field), rebuilt.attribute(*field));
-        if a != b {
-            parts.push(format!(
-                "{field} {} live, {} rebuilt",
-                show(a.map(|v| v.to_json().to_string())),
-                show(b.map(|v| v.to_json().to_string()))
-            ));
-        }
-    }
-    for relation in Relation::ALL {
-        let (a, b) = (
-            live.relationships.get(relation),
-            rebuilt.relationships.get(relation),
-        );
-        if a != b {
-            let json = |v: Option<&call_model::RelValue>| {
-                show(v.and_then(|v| serde_json::to_string(v).ok()))
-            };
-            parts.push(format!("{relation} {} live, {} rebuilt", json(a), json(b)));
-        }
-    }
-    if live.data_connections != rebuilt.data_connections {
-        parts.push("dataConnections differ".to_owned());
-    }
-    if parts.is_empty() {
-        parts.push("the stored bytes differ".to_owned());
-    }
-    parts.join("; ")
 }

@@ -232,7 +232,7 @@ fn reference_cmp(a: &Call, b: &Call, sort: &[SortKey]) -> Ordering {
     Ordering::Equal
 }
 
-fn reference(calls: &[Call], query: &ListQuery) -> Vec<u64> {
+pub(crate) fn reference(calls: &[Call], query: &ListQuery) -> Vec<u64> {
     let mut matching: Vec<&Call> = calls
         .iter()
         .filter(|c| query.filters.iter().all(|f| reference_matches(c, f)))
@@ -998,7 +998,7 @@ fn rebuild_equals_live_and_verify_finds_a_tampered_row() {
     tampered
         .attributes
         .insert(Field::Note, AttrValue::Text("tampered".into()));
-    let bytes = serde_json::to_vec(&tampered.to_stored_json()).unwrap();
+    let bytes = crate::codec::encode(&tampered);
     ledger
         .projection
         .tree()

@@ -549,25 +549,3 @@ fn evolve_of_call_deleted_leaves_a_tombstone_at_its_version() {
     assert_eq!(given.state.version(), 2);
     assert!(given.state.live().is_none());
 }
-
-#[test]
-fn a_call_survives_its_stored_json() {
-    let given = given(vec![
-        fact(
-            EventBody::CallCreated(changes(
-                json!({"state": "ringing", "tags": ["a"], "shouldRecordCall": false,
-                       "answeredAt": "2025-01-13T12:00:00.123Z"}),
-                json!({"batches": {"data": [{"type": "batch", "id": 1}]},
-                       "associatedId": {"data": {"type": "account", "id": 4}}}),
-                json!({"dataConnections": [{"connection": "crm", "url": "https://crm.example/1"}]}),
-            )),
-            T0,
-        ),
-        updated(json!({"note": "x"}), T1),
-    ]);
-    let call = given.live();
-    assert_eq!(
-        Call::from_stored_json(&call.to_stored_json()).as_ref(),
-        Some(call)
-    );
-}

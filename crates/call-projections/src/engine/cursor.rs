@@ -6,8 +6,9 @@
 //! a hash of the normalised filters and sort (not the page size, not the cursor), so a cursor
 //! taken to a list with another sort or other filters is told apart from a garbled one.
 
-use crate::engine::{Order, RowKey, SortCol, SortVal};
+use super::order::{Order, RowKey, SortVal};
 use crate::error::QueryError;
+use crate::index::SortCol;
 use crate::query::{Condition, Filter, FilterTarget, FilterValue};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
