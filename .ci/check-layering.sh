@@ -3,10 +3,14 @@
 # docs/ARCHITECTURE.md):
 #   - only the storage crates (event-log, call-projections) depend on sled
 #     directly; everything else reaches storage through them;
-#   - only call-gateway, the binary and the tests depend on async-nats;
+#   - only call-gateway and the tests depend on async-nats (the binary's client
+#     for people lives in call-gateway too);
 #   - call-model and event-log depend on no other workspace crate;
 #   - call-model's dependency tree has no tokio, sled or async-nats (it is
-#     pure), and call-api's has no async-nats (it knows no transport).
+#     pure), and call-api's has no async-nats (it knows no transport);
+#   - no NATS header name (`Nats-...`) is written below call-gateway, and in
+#     call-gateway only headers.rs spells them (their one home; its tests
+#     spell the wire as a client sees it).
 # Direct dependencies come from `cargo metadata` (every kind: normal, build,
 # dev); transitive ones from `cargo tree -e normal`.
 set -euo pipefail
@@ -25,7 +29,7 @@ import sys
 # dependency -> the only workspace packages allowed to name it directly
 ONLY_DIRECT = {
     "sled": {"event-log", "call-projections"},
-    "async-nats": {"call-gateway", "callledger", "call-ledger-tests"},
+    "async-nats": {"call-gateway", "call-ledger-tests"},
 }
 # workspace packages that must not depend on any other workspace package
 LEAVES = {"call-model", "event-log"}
@@ -87,6 +91,23 @@ check_tree() {
 }
 check_tree call-model tokio sled async-nats
 check_tree call-api async-nats
+
+# Source rules: the wire's header names stay at the edge.
+below_gateway=(crates/call-model crates/event-log crates/call-commands crates/call-projections crates/call-api crates/callledger)
+if hits=$(grep -rn 'Nats-' "${below_gateway[@]}" --include='*.rs'); then
+    echo "FAIL: NATS header names appear below call-gateway:"
+    echo "$hits"
+    failed=1
+else
+    echo "ok: no NATS header name below call-gateway"
+fi
+if hits=$(grep -rn '"Nats-' crates/call-gateway/src --include='*.rs' | grep -v -e '^crates/call-gateway/src/headers.rs:' -e '^crates/call-gateway/src/tests.rs:'); then
+    echo "FAIL: call-gateway spells NATS header names outside headers.rs:"
+    echo "$hits"
+    failed=1
+else
+    echo "ok: call-gateway names NATS headers only in headers.rs"
+fi
 
 if ((failed)); then
     echo "layering check failed" >&2

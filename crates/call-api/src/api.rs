@@ -2,8 +2,9 @@
 //! document or error. Every failure, a panic included, becomes an error [`Response`].
 
 use crate::auth::{Grant, Scope};
-use crate::document::{self, ObjectWriter, Permissions};
+use crate::document::{self, Permissions};
 use crate::error::ApiError;
+use crate::json::ObjectWriter;
 use crate::query::{self, ReadOptions};
 use crate::{header, ApiConfig, Clock, Operation, Request, Response, Source, CONTENT_TYPE};
 use call_commands::{CommandError, CommandRequest, CommandService, Conflict};
@@ -21,12 +22,10 @@ const HEADROOM: usize = 1024;
 
 /// The actor of requests when no tokens file is configured.
 const ANONYMOUS: &str = "anonymous";
-/// The actor of producers' commands without a `Nats-Producer` header.
+/// The actor of producers' commands whose transport names no producer.
 const PRODUCER: &str = "producer";
-/// The longest actor name taken from a `Nats-Producer` header.
+/// The longest producer name taken as an actor.
 const MAX_ACTOR_CHARS: usize = 255;
-/// The longest idempotency key, in characters.
-const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
 /// The Calls API over a ledger: cheap to clone, shared by every request handler.
 #[derive(Clone)]
@@ -140,15 +139,15 @@ impl Inner {
     /// Who the request is from: the bearer token's grant, the open API's anonymous grant, or a
     /// producer's.
     fn authenticate(&self, request: &Request<'_>) -> Result<Grant, ApiError> {
-        if request.source == Source::Producer {
-            let actor = match header(request.headers, "Nats-Producer") {
-                Some(actor) if actor.chars().count() > MAX_ACTOR_CHARS => {
+        if let Source::Producer(producer) = &request.source {
+            let actor = match &producer.name {
+                Some(name) if name.value.trim().chars().count() > MAX_ACTOR_CHARS => {
                     return Err(ApiError::header(
-                        "Nats-Producer",
+                        name.header,
                         format!("The producer name is longer than {MAX_ACTOR_CHARS} characters."),
                     ))
                 }
-                Some(actor) if !actor.is_empty() => actor.to_owned(),
+                Some(name) if !name.value.trim().is_empty() => name.value.trim().to_owned(),
                 _ => PRODUCER.to_owned(),
             };
             return Ok(Grant {
@@ -415,21 +414,19 @@ impl Inner {
         &self,
         request: &Request<'_>,
     ) -> Result<(&'static str, Option<String>), ApiError> {
-        let names: &[&'static str] = match request.source {
-            Source::Producer => &["Nats-Msg-Id", "Idempotency-Key"],
-            Source::Api => &["Idempotency-Key"],
+        let from_transport = match &request.source {
+            Source::Producer(producer) => producer
+                .message_id
+                .as_ref()
+                .map(|id| (id.header, id.value.trim())),
+            Source::Api => None,
         };
-        for name in names {
-            if let Some(key) = header(request.headers, name) {
-                let chars = key.chars().count();
-                if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS {
-                    return Err(ApiError::header(
-                        name,
-                        format!("The idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters, got {chars}."),
-                    ));
-                }
-                return Ok((name, Some(key.to_owned())));
-            }
+        let from_header =
+            header(request.headers, "Idempotency-Key").map(|key| ("Idempotency-Key", key));
+        if let Some((name, key)) = from_transport.or(from_header) {
+            call_commands::check_idempotency_key(key)
+                .map_err(|error| command_error(error, name))?;
+            return Ok((name, Some(key.to_owned())));
         }
         Ok(("Idempotency-Key", None))
     }

@@ -1,10 +1,9 @@
 //! JSON:API documents: the resource object of a call, and the collection and changes documents
 //! around a page of them, cut short to fit the server's max payload.
 
+use crate::json::{to_json, ObjectWriter};
 use crate::query::ReadOptions;
 use call_model::{Call, Field, RelValue, Relation};
-use serde::Serialize;
-use serde_json::Value;
 
 /// What the caller may do, for `meta.canWrite` and `meta.canDelete`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,60 +12,6 @@ pub(crate) struct Permissions {
     pub can_write: bool,
     /// Holds `calls.delete` (or `calls.all`).
     pub can_delete: bool,
-}
-
-/// Writes a JSON object member by member, in the order given. (serde_json's own map sorts its
-/// keys; a document reads better as `{"type":"call","id":7,"attributes":...}`.)
-pub(crate) struct ObjectWriter {
-    out: String,
-    empty: bool,
-}
-
-impl ObjectWriter {
-    pub(crate) fn new() -> ObjectWriter {
-        ObjectWriter {
-            out: String::from("{"),
-            empty: true,
-        }
-    }
-
-    /// Adds a member whose value is already JSON text.
-    pub(crate) fn raw(&mut self, key: &str, json: &str) -> &mut ObjectWriter {
-        if !self.empty {
-            self.out.push(',');
-        }
-        self.empty = false;
-        self.out.push_str(&to_json(&key));
-        self.out.push(':');
-        self.out.push_str(json);
-        self
-    }
-
-    /// Adds a member.
-    pub(crate) fn value(&mut self, key: &str, value: &impl Serialize) -> &mut ObjectWriter {
-        self.raw(key, &to_json(value))
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.empty
-    }
-
-    /// The object's text.
-    pub(crate) fn finish(self) -> String {
-        let mut out = self.out;
-        out.push('}');
-        out
-    }
-
-    /// The members' text without the braces, to follow other members of an enclosing object.
-    pub(crate) fn members(self) -> String {
-        self.out[1..].to_owned()
-    }
-}
-
-/// JSON text of a value (never fails for the plain data written here).
-pub(crate) fn to_json(value: &impl Serialize) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
 /// The resource object of a call: every attribute (null where unset) and every relationship
@@ -80,8 +25,7 @@ pub(crate) fn resource(
     let mut attributes = ObjectWriter::new();
     for field in Field::ALL {
         if read.includes_attribute(*field) {
-            let value = call.attribute(*field).map_or(Value::Null, |v| v.to_json());
-            attributes.value(field.name(), &value);
+            attributes.value(field.name(), &call.attribute(*field));
         }
     }
     let mut relationships = ObjectWriter::new();
@@ -197,7 +141,7 @@ mod tests {
     use super::*;
     use crate::query::{parse_read, Fieldset};
     use call_model::{AttrValue, DataConnection, ResourceRef, Timestamp};
-    use serde_json::json;
+    use serde_json::{json, Value};
     use std::collections::BTreeMap;
 
     const ALL: Permissions = Permissions {

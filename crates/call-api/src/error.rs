@@ -1,9 +1,8 @@
-//! The API's errors: JSON:API error objects with Outreach's ids, the status they answer with, and
-//! the reply that carries them (NATS micro error headers plus the JSON:API body).
+//! The API's errors: JSON:API error objects with Outreach's ids and titles (their only home),
+//! the status they answer with, and the reply that carries them.
 
-use crate::document::ObjectWriter;
+use crate::json::ObjectWriter;
 use crate::{Response, CONTENT_TYPE};
-use serde_json::{json, Map, Value};
 
 /// What part of the request an error object blames (JSON:API `source`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +49,8 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// The title a status is known by; also the `Nats-Service-Error` header of an [`ApiError`].
+/// The title a status is known by, as Outreach names it; the transport may carry it beside the
+/// status (see [`Response::error_title`]).
 pub(crate) fn status_title(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
@@ -197,129 +197,104 @@ impl ApiError {
         ApiError::single(503, "serviceUnavailable", detail.into(), None)
     }
 
-    /// The JSON:API error document. Echoed input is cut to `MAX_ECHO_CHARS` characters and at most
-    /// `MAX_ERROR_OBJECTS` objects are listed (the last saying how many were left out), so an
-    /// error about a huge request never outgrows the reply it has to fit in.
-    pub fn to_json(&self) -> Value {
-        let mut errors = self
+    /// 400: a command names no operation the API has (the transport's words in `detail`).
+    pub fn no_such_operation(detail: impl Into<String>) -> ApiError {
+        ApiError::bad_request(detail, None)
+    }
+
+    /// The JSON:API error document, members in the order `id`, `title`, `detail`, `source`.
+    /// Echoed input is cut to [`MAX_ECHO_CHARS`](crate::json::MAX_ECHO_CHARS) characters and at
+    /// most [`MAX_ERROR_OBJECTS`] objects are listed (the last saying how many were left out),
+    /// so an error about a huge request never outgrows the reply it has to fit in.
+    pub fn to_body(&self) -> Vec<u8> {
+        let mut errors: Vec<String> = self
             .errors
             .iter()
             .take(MAX_ERROR_OBJECTS)
             .map(|error| {
-                let mut object = Map::new();
-                object.insert("id".into(), json!(error.id));
-                object.insert("title".into(), json!(error.title));
-                object.insert("detail".into(), json!(bounded(&error.detail)));
+                let mut object = ObjectWriter::new();
+                object
+                    .value("id", &error.id)
+                    .value("title", &error.title)
+                    .echo("detail", &error.detail);
                 if let Some(source) = &error.source {
                     let (key, value) = match source {
                         ErrorSource::Parameter(name) => ("parameter", name),
                         ErrorSource::Pointer(pointer) => ("pointer", pointer),
                         ErrorSource::Header(name) => ("header", name),
                     };
-                    object.insert("source".into(), json!({ key: bounded(value) }));
+                    let mut blamed = ObjectWriter::new();
+                    blamed.echo(key, value);
+                    object.raw("source", &blamed.finish());
                 }
-                Value::Object(object)
+                object.finish()
             })
-            .collect::<Vec<_>>();
+            .collect();
         if let (Some(first), true) = (self.errors.first(), self.errors.len() > MAX_ERROR_OBJECTS) {
-            errors.push(json!({
-                "id": first.id,
-                "title": first.title,
-                "detail": format!("{} more errors are not listed", self.errors.len() - MAX_ERROR_OBJECTS),
-            }));
+            let mut object = ObjectWriter::new();
+            object
+                .value("id", &first.id)
+                .value("title", &first.title)
+                .value(
+                    "detail",
+                    &format!(
+                        "{} more errors are not listed",
+                        self.errors.len() - MAX_ERROR_OBJECTS
+                    ),
+                );
+            errors.push(object.finish());
         }
-        json!({ "errors": errors })
+        let mut document = ObjectWriter::new();
+        document.raw("errors", &format!("[{}]", errors.join(",")));
+        document.finish().into_bytes()
     }
 
-    /// The JSON:API error document as bytes, members in the order `id`, `title`, `detail`,
-    /// `source`.
-    pub fn to_body(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.to_json()).unwrap_or_default()
-    }
-
-    /// The reply: the error headers and the JSON:API body.
+    /// The reply: its status, `Content-Type` and the JSON:API body.
     pub fn to_response(&self) -> Response {
-        error_reply(self.status, status_title(self.status), self.to_body())
+        Response {
+            status: self.status,
+            headers: vec![("Content-Type".into(), CONTENT_TYPE.into())],
+            body: self.to_body(),
+        }
     }
 }
 
 /// The most error objects one reply lists.
 pub const MAX_ERROR_OBJECTS: usize = 100;
-/// The most characters of a request's own text (a parameter name, a value) an error echoes.
-pub const MAX_ECHO_CHARS: usize = 512;
-
-/// `text`, cut to `MAX_ECHO_CHARS` characters with an ellipsis when longer.
-fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(MAX_ECHO_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
-        None => text.into(),
-    }
-}
-
-/// An error reply with one error object, for errors the transport raises itself (the gateway's
-/// 503 when overloaded or draining, its 413).
-pub fn error_response(status: u16, id: &str, title: &str, detail: &str) -> Response {
-    let mut object = ObjectWriter::new();
-    object
-        .value("id", &id)
-        .value("title", &title)
-        .value("detail", &detail);
-    let mut document = ObjectWriter::new();
-    document.raw("errors", &format!("[{}]", object.finish()));
-    error_reply(status, title, document.finish().into_bytes())
-}
-
-fn error_reply(status: u16, title: &str, body: Vec<u8>) -> Response {
-    Response {
-        status,
-        headers: vec![
-            ("Nats-Service-Error-Code".into(), status.to_string()),
-            ("Nats-Service-Error".into(), title.to_owned()),
-            ("Content-Type".into(), CONTENT_TYPE.into()),
-        ],
-        body,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn error_replies_carry_the_headers_and_an_ordered_body() {
+    fn error_replies_carry_an_ordered_body_and_say_what_they_mean() {
         let response = ApiError::parameter("filter[colour]", "Unknown.").to_response();
         assert_eq!(response.status, 400);
         assert_eq!(
             response.headers,
-            vec![
-                ("Nats-Service-Error-Code".to_owned(), "400".to_owned()),
-                ("Nats-Service-Error".to_owned(), "Bad Request".to_owned()),
-                ("Content-Type".to_owned(), CONTENT_TYPE.to_owned()),
-            ]
+            vec![("Content-Type".to_owned(), CONTENT_TYPE.to_owned())]
         );
+        assert_eq!(response.error_title(), Some("Bad Request"));
+        assert_eq!(response.outcome(), crate::Outcome::Rejected);
         assert_eq!(
             String::from_utf8(response.body).unwrap(),
             r#"{"errors":[{"id":"validationError","title":"Bad Request","detail":"Unknown.","source":{"parameter":"filter[colour]"}}]}"#
         );
-        let error = ApiError::header("If-Match", "Bad.");
-        let value: Value = serde_json::from_slice(&error.to_body()).unwrap();
-        assert_eq!(value, error.to_json());
-        let busy = error_response(503, "serviceUnavailable", "Service Unavailable", "Busy.");
-        assert_eq!(busy.header("nats-service-error-code"), Some("503"));
-        assert_eq!(
-            busy.header("Nats-Service-Error"),
-            Some("Service Unavailable")
-        );
+        let busy = ApiError::unavailable("Busy.").to_response();
+        assert_eq!(busy.error_title(), Some("Service Unavailable"));
+        assert_eq!(busy.outcome(), crate::Outcome::Unavailable);
         assert_eq!(
             String::from_utf8(busy.body).unwrap(),
             r#"{"errors":[{"id":"serviceUnavailable","title":"Service Unavailable","detail":"Busy."}]}"#
         );
+        let conflict = ApiError::conflict("Lost.").to_response();
+        assert_eq!(conflict.outcome(), crate::Outcome::Conflict);
     }
 }
 
 #[cfg(test)]
 mod bounds_tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn an_error_about_a_huge_request_stays_small() {

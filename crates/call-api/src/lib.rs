@@ -6,14 +6,18 @@
 //! answers it.
 //!
 //! API boundary: the gateway maps a NATS message to a [`Request`] and the [`Response`] back to a
-//! NATS reply; the CLI uses the same code offline. This crate knows nothing of NATS and has no
-//! async: [`Api::handle`] blocks (sled underneath), so async callers run it on a blocking
-//! thread. The wire contract is documented in docs/api.md.
+//! NATS reply (its headers, and ack, nak or term for a JetStream command, from
+//! [`Response::outcome`]); the CLI uses the same code offline. This crate knows nothing of NATS
+//! (no NATS header name is written here; the transport names its own headers in
+//! [`Producer`]) and has no async: [`Api::handle`] blocks (sled underneath), so async callers run
+//! it on a blocking thread. Outreach's error ids and titles live here only. The wire contract
+//! is documented in docs/api.md.
 
 mod api;
 mod auth;
 mod document;
 mod error;
+pub mod json;
 pub mod query;
 
 #[cfg(test)]
@@ -21,7 +25,7 @@ mod tests;
 
 pub use api::Api;
 pub use auth::{ConfigError, Scope, TokenStore};
-pub use error::{error_response, ApiError, ErrorObject, ErrorSource};
+pub use error::{ApiError, ErrorObject, ErrorSource, MAX_ERROR_OBJECTS};
 
 use call_model::Timestamp;
 
@@ -47,14 +51,33 @@ pub enum Operation {
 }
 
 /// Where a request came from, which decides how it is authorized.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
     /// Request-reply: authorized by the `Authorization: Bearer <token>` header.
     Api,
-    /// A producer's JetStream command, already authorized by NATS subject permissions: it holds
-    /// every scope including `calls.voice`; its actor is the `Nats-Producer` header (default
-    /// `producer`) and its idempotency key the `Nats-Msg-Id` header (else `Idempotency-Key`).
-    Producer,
+    /// A producer's command, already authorized by the transport (NATS subject permissions): it
+    /// holds every scope including `calls.voice`.
+    Producer(Producer),
+}
+
+/// What the transport says of a producer's command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Producer {
+    /// The producer's name, the command's actor; without one the actor is `producer`.
+    pub name: Option<Attested>,
+    /// The transport's id of the message, the command's idempotency key (before any
+    /// `Idempotency-Key` header).
+    pub message_id: Option<Attested>,
+}
+
+/// A value the transport read, with the name of the header it came in, so that an error about
+/// it names what the sender wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attested {
+    /// The value.
+    pub value: String,
+    /// The transport's name for where it came from, e.g. a header name.
+    pub header: &'static str,
 }
 
 /// One request.
@@ -75,11 +98,25 @@ pub struct Request<'a> {
 pub struct Response {
     /// The status code (200, 201, 204 or an error code).
     pub status: u16,
-    /// Headers: `Content-Type` (and `ETag` on get, create and update) on success;
-    /// `Nats-Service-Error-Code`, `Nats-Service-Error` and `Content-Type` on an error.
+    /// Headers: `Content-Type`, and on success `ETag` (get, create, update) and
+    /// `Idempotent-Replayed` (a replayed write).
     pub headers: Vec<(String, String)>,
     /// The JSON:API document; empty for 204.
     pub body: Vec<u8>,
+}
+
+/// What a reply means for whoever sent the request, whatever carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (2xx).
+    Ok,
+    /// Refused for what was sent (4xx but 409): the same request always gets the same answer.
+    Rejected,
+    /// Lost to another writer (409: a version, a reused idempotency key, a stale state change):
+    /// final for this request, which a writer may re-read and decide again.
+    Conflict,
+    /// Not served now (5xx, 408, 429): the same request may succeed later.
+    Unavailable,
 }
 
 impl Response {
@@ -91,6 +128,24 @@ impl Response {
     /// Whether the status is an error (400 or above).
     pub fn is_error(&self) -> bool {
         self.status >= 400
+    }
+
+    /// What the reply means: the one mapping from a status to ok, rejected, conflict or
+    /// unavailable.
+    pub fn outcome(&self) -> Outcome {
+        match self.status {
+            200..=299 => Outcome::Ok,
+            409 => Outcome::Conflict,
+            408 | 429 => Outcome::Unavailable,
+            400..=499 => Outcome::Rejected,
+            _ => Outcome::Unavailable,
+        }
+    }
+
+    /// The title of an error reply (Outreach's name for its status), for transports that carry
+    /// it beside the status; `None` for a success.
+    pub fn error_title(&self) -> Option<&'static str> {
+        self.is_error().then(|| error::status_title(self.status))
     }
 }
 

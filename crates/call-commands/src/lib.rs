@@ -79,7 +79,7 @@ pub enum CommandError {
     #[error("the command is invalid ({} violations)", .0.len())]
     Invalid(Vec<Violation>),
     /// No live call has this id.
-    #[error("Could not find 'call' with ID '{0}'.")]
+    #[error("no live call has id {0}")]
     NotFound(CallId),
     /// It conflicts with the call's state or an earlier request.
     #[error("conflict: {0:?}")]
@@ -319,14 +319,14 @@ fn target_id(command: &Command) -> Option<CallId> {
     }
 }
 
-fn check_idempotency_key(key: &str) -> Result<(), CommandError> {
+/// Checks an idempotency key against the one rule for keys: 1 to
+/// [`MAX_IDEMPOTENCY_KEY_CHARS`] characters. The API calls it before anything else so that a bad
+/// key is refused first; [`CommandService::execute`] calls it again for other callers.
+pub fn check_idempotency_key(key: &str) -> Result<(), CommandError> {
     let chars = key.chars().count();
-    if chars == 0 {
-        return Err(CommandError::InvalidIdempotencyKey("it is empty".into()));
-    }
-    if chars > MAX_IDEMPOTENCY_KEY_CHARS {
+    if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS {
         return Err(CommandError::InvalidIdempotencyKey(format!(
-            "at most {MAX_IDEMPOTENCY_KEY_CHARS} characters, got {chars}"
+            "it must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters, got {chars}"
         )));
     }
     Ok(())

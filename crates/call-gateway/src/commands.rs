@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream, AckKind};
-use call_api::Api;
-use call_api::{Operation, Response, Source};
+use call_api::{Api, ApiError, Attested, Operation, Outcome, Producer, Response, Source};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -180,7 +179,7 @@ pub(crate) fn jetstream_error(
     GatewayError::with_source(GatewayErrorKind::JetStream, what, error)
 }
 
-/// What to tell JetStream about a command, by the API's status.
+/// What to tell JetStream about a command, by the API's outcome.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     /// Done: ack.
@@ -191,13 +190,13 @@ enum Verdict {
     Retry,
 }
 
-fn verdict(status: u16) -> Verdict {
-    match status {
-        200..=299 => Verdict::Done,
-        // Timeouts and rate limits pass.
-        408 | 429 => Verdict::Retry,
-        400..=499 => Verdict::Rejected,
-        _ => Verdict::Retry,
+fn verdict(outcome: Outcome) -> Verdict {
+    match outcome {
+        Outcome::Ok => Verdict::Done,
+        // A conflict is final for the command as sent: a producer that means "whatever the
+        // version" sends no If-Match, and then the API re-decides by itself.
+        Outcome::Rejected | Outcome::Conflict => Verdict::Rejected,
+        Outcome::Unavailable => Verdict::Retry,
     }
 }
 
@@ -247,8 +246,16 @@ async fn process(
     let original_headers = headers::to_pairs(message.headers.as_ref());
     let mut request_headers = original_headers.clone();
     let derived_key = sequence.map(|sequence| format!("{key_base}:{sequence}"));
-    let has_key = headers::find(&original_headers, "Nats-Msg-Id").is_some()
-        || headers::find(&original_headers, "Idempotency-Key").is_some();
+    let message_id = headers::find(&original_headers, headers::MSG_ID).map(|value| Attested {
+        value: value.to_owned(),
+        header: headers::MSG_ID,
+    });
+    let producer_name = headers::find(&original_headers, headers::PRODUCER).map(|value| Attested {
+        value: value.to_owned(),
+        header: headers::PRODUCER,
+    });
+    let has_key =
+        message_id.is_some() || headers::find(&original_headers, "Idempotency-Key").is_some();
     if let (false, Some(key)) = (has_key, &derived_key) {
         // Without a key of its own, a redelivery would append again.
         request_headers.push(("Idempotency-Key".to_string(), key.clone()));
@@ -263,7 +270,10 @@ async fn process(
                     operation,
                     headers: &request_headers,
                     payload: &payload,
-                    source: Source::Producer,
+                    source: Source::Producer(Producer {
+                        name: producer_name,
+                        message_id,
+                    }),
                 })
             })
             .await
@@ -272,19 +282,15 @@ async fn process(
                 crate::service::internal_error()
             })
         }
-        None => call_api::error_response(
-            400,
-            "validationError",
-            "Bad Request",
-            &format!(
-                "{subject} names no command; publish to {p}.commands.create, \
-                 {p}.commands.update.<id> or {p}.commands.delete.<id>",
-                p = commands.prefix
-            ),
-        ),
+        None => ApiError::no_such_operation(format!(
+            "{subject} names no command; publish to {p}.commands.create, \
+             {p}.commands.update.<id> or {p}.commands.delete.<id>",
+            p = commands.prefix
+        ))
+        .to_response(),
     };
 
-    let verdict = verdict(response.status);
+    let verdict = verdict(response.outcome());
     tracing::debug!(%subject, status = response.status, delivered, ?verdict, "command handled");
     match verdict {
         Verdict::Done => {
@@ -365,10 +371,10 @@ async fn reject(
         })
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    if headers::find(&original_headers, "Nats-Msg-Id").is_none() {
+    if headers::find(&original_headers, headers::MSG_ID).is_none() {
         // Makes a second rejection of the same message (after a redelivery) a duplicate.
         if let Some(key) = derived_key {
-            pairs.push(("Nats-Msg-Id", key));
+            pairs.push((headers::MSG_ID, key));
         }
     }
     let status = response.status.to_string();
@@ -490,13 +496,23 @@ mod tests {
 
     #[test]
     fn verdicts_and_delays() {
-        assert_eq!(verdict(201), Verdict::Done);
-        assert_eq!(verdict(204), Verdict::Done);
+        let of = |status: u16| {
+            verdict(
+                Response {
+                    status,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                }
+                .outcome(),
+            )
+        };
+        assert_eq!(of(201), Verdict::Done);
+        assert_eq!(of(204), Verdict::Done);
         for status in [400, 404, 409, 413, 422] {
-            assert_eq!(verdict(status), Verdict::Rejected);
+            assert_eq!(of(status), Verdict::Rejected);
         }
         for status in [500, 503, 429] {
-            assert_eq!(verdict(status), Verdict::Retry);
+            assert_eq!(of(status), Verdict::Retry);
         }
         assert_eq!(nak_delay(1), Duration::from_secs(1));
         assert_eq!(nak_delay(3), Duration::from_secs(4));
@@ -506,9 +522,18 @@ mod tests {
 
     #[test]
     fn the_rejected_document_keeps_the_command() {
-        let response = call_api::error_response(422, "validationError", "Validation Error", "no");
+        let response = ApiError {
+            status: 422,
+            errors: vec![call_api::ErrorObject {
+                id: "validationError",
+                title: "Validation Error",
+                detail: "no".into(),
+                source: None,
+            }],
+        }
+        .to_response();
         let headers = vec![
-            ("Nats-Msg-Id".to_string(), "m1".to_string()),
+            (headers::MSG_ID.to_string(), "m1".to_string()),
             ("X-Many".to_string(), "a".to_string()),
             ("X-Many".to_string(), "b".to_string()),
         ];

@@ -102,7 +102,7 @@ pub async fn connect(options: NatsOptions) -> Result<Client, GatewayError> {
 /// headers and payload. An error reply of the service is a reply like any other (its headers
 /// carry `Nats-Service-Error-Code`); only transport failures are errors, among them
 /// [`GatewayErrorKind::NoResponders`] when no call-ledger service listens on `subject`.
-pub async fn request(
+pub(crate) async fn request(
     client: &Client,
     subject: String,
     headers: Vec<(String, String)>,

@@ -1,9 +1,12 @@
-//! Conversions between NATS header maps and the plain `(name, value)` pairs that `call-api`
-//! speaks, without panicking on names or values NATS cannot carry.
+//! NATS headers: the names of those the service reads and writes (their one home), the reply
+//! headers of an API response, and conversions between NATS header maps and the plain
+//! `(name, value)` pairs that `call-api` speaks, without panicking on names or values NATS
+//! cannot carry.
 
 use std::str::FromStr;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use call_api::Response;
 
 /// The pairs of a message's headers, every value of every name; empty without headers.
 ///
@@ -54,6 +57,27 @@ pub(crate) fn to_header_map_lossy(pairs: &[(String, String)]) -> HeaderMap {
         }
     }
     headers
+}
+
+/// The NATS micro service's error headers: on an error reply, its status and title.
+pub(crate) const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+/// See [`SERVICE_ERROR_CODE`].
+pub(crate) const SERVICE_ERROR: &str = "Nats-Service-Error";
+/// JetStream's message id, which producers set to deduplicate: the command's idempotency key.
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+/// The producer's name, the actor of its commands.
+pub(crate) const PRODUCER: &str = "Nats-Producer";
+
+/// The headers of the NATS reply to `response`: the micro service's error headers first on an
+/// error (as a NATS client expects them), then the API's own.
+pub(crate) fn reply_headers(response: &Response) -> Vec<(String, String)> {
+    let mut pairs = Vec::with_capacity(response.headers.len() + 2);
+    if let Some(title) = response.error_title() {
+        pairs.push((SERVICE_ERROR_CODE.to_owned(), response.status.to_string()));
+        pairs.push((SERVICE_ERROR.to_owned(), title.to_owned()));
+    }
+    pairs.extend(response.headers.iter().cloned());
+    pairs
 }
 
 /// The first value of the header `name`, compared without regard to case.

@@ -2,7 +2,7 @@
 //! micro service (request-reply on `<prefix>.api.*`), applies producers' commands from the
 //! JetStream stream `CALL_COMMANDS`, and publishes every event of the log to `CALL_EVENTS` from
 //! its own checkpoint, until the shutdown future completes; then it drains. [`connect`] opens
-//! the client it runs on, and [`request`] is the request-reply helper of the `calls` client.
+//! the client it runs on, and [`client::call`] is the client for people (`callledger calls`).
 //!
 //! The wire format is not here: `call-api` turns a request (operation, headers, payload) into a
 //! response (status, headers, body); this crate maps NATS messages to requests and responses
@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 mod commands;
 mod connect;
 mod error;
@@ -35,7 +36,7 @@ use event_log::EventLog;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub use connect::{connect, request, NatsOptions};
+pub use connect::{connect, NatsOptions};
 pub use error::{GatewayError, GatewayErrorKind};
 
 /// How the gateway runs; built by the binary and passed to [`run`].

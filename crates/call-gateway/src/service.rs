@@ -13,8 +13,7 @@ use async_nats::client::PublishErrorKind;
 use async_nats::service::{self, endpoint::Endpoint, Service, ServiceExt};
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
-use call_api::Api;
-use call_api::{Operation, Response, Source};
+use call_api::{Api, ApiError, Operation, Response, Source};
 use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -51,6 +50,26 @@ const ENDPOINTS: [(Kind, &str, &str); 6] = [
     (Kind::Delete, "delete", "delete.*"),
     (Kind::Changes, "changes", "changes"),
 ];
+
+/// The subject a request for `operation` is sent to: `<prefix>.api.<endpoint>[.<id>]`.
+pub(crate) fn api_subject(prefix: &str, operation: &Operation) -> String {
+    let (kind, id) = match operation {
+        Operation::List => (Kind::List, None),
+        Operation::Get(id) => (Kind::Get, Some(id)),
+        Operation::Create => (Kind::Create, None),
+        Operation::Update(id) => (Kind::Update, Some(id)),
+        Operation::Delete(id) => (Kind::Delete, Some(id)),
+        Operation::Changes => (Kind::Changes, None),
+    };
+    let name = ENDPOINTS
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .map_or("", |(_, name, _)| *name);
+    match id {
+        Some(id) => format!("{prefix}.api.{name}.{id}"),
+        None => format!("{prefix}.api.{name}"),
+    }
+}
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -169,12 +188,9 @@ async fn receive(
     }
     let drain = async {
         while let Some(request) = endpoint.next().await {
-            let response = call_api::error_response(
-                503,
-                "serviceUnavailable",
-                "Service Unavailable",
-                "The service is shutting down; retry the request.",
-            );
+            let response =
+                ApiError::unavailable("The service is shutting down; retry the request.")
+                    .to_response();
             reply(&handlers.client, request, response).await;
         }
     };
@@ -201,12 +217,9 @@ async fn dispatch(kind: Kind, request: service::Request, handlers: &Handlers) {
         }
         Err(_) => {
             tracing::debug!(?kind, "overloaded: answering 503");
-            let response = call_api::error_response(
-                503,
-                "serviceUnavailable",
-                "Service Unavailable",
-                "Too many requests are in flight; retry the request.",
-            );
+            let response =
+                ApiError::unavailable("Too many requests are in flight; retry the request.")
+                    .to_response();
             reply(&handlers.client, request, response).await;
         }
     }
@@ -255,12 +268,7 @@ async fn handle(
 
 /// The generic 500 reply.
 pub(crate) fn internal_error() -> Response {
-    call_api::error_response(
-        500,
-        "internalServerError",
-        "Internal Server Error",
-        "The server could not handle the request; it has been logged.",
-    )
+    ApiError::internal().to_response()
 }
 
 /// Publishes the response (headers and body) to the request's reply subject and records it in
@@ -294,7 +302,7 @@ async fn publish(
     reply_to: &Subject,
     response: &Response,
 ) -> Result<(), PublishErrorKind> {
-    let headers = headers::to_header_map_lossy(&response.headers);
+    let headers = headers::to_header_map_lossy(&headers::reply_headers(response));
     let body = Bytes::from(response.body.clone());
     match tokio::time::timeout(
         REPLY_TIMEOUT,
@@ -319,19 +327,12 @@ async fn publish(
 /// says). `stats_count_errors_and_replies_carry_bodies` pins this behaviour.
 async fn record_stats(request: &mut service::Request, response: &Response) {
     request.message.reply = Some(Subject::from(""));
-    let outcome = if response.is_error() {
-        let title = response
-            .header("Nats-Service-Error")
-            .unwrap_or("error")
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect::<String>();
-        Err(service::error::Error {
-            status: title,
+    let outcome = match response.error_title() {
+        Some(title) => Err(service::error::Error {
+            status: title.to_owned(),
             code: usize::from(response.status),
-        })
-    } else {
-        Ok(Bytes::new())
+        }),
+        None => Ok(Bytes::new()),
     };
     // The publish to the empty subject fails by design; see above.
     let _refused = request
@@ -354,5 +355,32 @@ mod tests {
             Operation::Delete("abc".into())
         );
         assert_eq!(operation(Kind::List, "calls.api.list"), Operation::List);
+    }
+
+    #[test]
+    fn a_request_goes_to_the_subject_its_endpoint_serves() {
+        for (operation, subject) in [
+            (Operation::List, "calls.api.list"),
+            (Operation::Get("7".into()), "calls.api.get.7"),
+            (Operation::Create, "calls.api.create"),
+            (Operation::Update("7".into()), "calls.api.update.7"),
+            (Operation::Delete("7".into()), "calls.api.delete.7"),
+            (Operation::Changes, "calls.api.changes"),
+        ] {
+            let sent = api_subject("calls", &operation);
+            assert_eq!(sent, subject);
+            let kind = ENDPOINTS
+                .iter()
+                .find(|(_, _, pattern)| {
+                    let pattern = format!("calls.api.{pattern}");
+                    pattern == sent
+                        || pattern
+                            .strip_suffix('*')
+                            .is_some_and(|p| sent.starts_with(p))
+                })
+                .map(|(kind, _, _)| *kind)
+                .expect("an endpoint serves it");
+            assert_eq!(super::operation(kind, &sent), operation);
+        }
     }
 }

@@ -3,9 +3,7 @@
 //! what JetStream does with a re-published duplicate that carries an outdated expected
 //! sequence. The end-to-end suite in `tests/e2e` covers the contract in full.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -16,88 +14,11 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::{GatewayConfig, NatsOptions};
+// The one nats-server harness of every test: a throwaway `nats-server -js` on a free port.
+use call_ledger_tests::NatsServer as Nats;
 
 /// Every test gives up after this long.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// A throwaway `nats-server -js`, killed on drop.
-struct Nats {
-    child: Option<Child>,
-    port: u16,
-    store: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let store = tempfile::tempdir().expect("a store directory");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut nats = Nats {
-            child: None,
-            port,
-            store,
-        };
-        nats.spawn();
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(nats_server_bin())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Killing is fine: the streams' state lives in the store and is recovered.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn nats_server_bin() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
-}
 
 fn options(url: String) -> NatsOptions {
     NatsOptions {
@@ -238,7 +159,7 @@ async fn outbox_publishes_every_event_in_order_across_a_server_restart() {
         }
         // The service's subscriptions came back with the connection.
         let (headers, body) = eventually("the service after the restart", || async {
-            crate::request(
+            crate::connect::request(
                 &watcher_client,
                 "calls.api.get.1".to_string(),
                 Vec::new(),
@@ -385,7 +306,7 @@ async fn api_requests_and_producer_commands_reach_the_ledger() {
         // Request-reply: create, then get.
         let document = r#"{"data":{"type":"call","attributes":{"direction":"inbound"}}}"#;
         let (headers, body) = eventually("the service", || async {
-            crate::request(
+            crate::connect::request(
                 &other,
                 "calls.api.create".to_string(),
                 vec![("Idempotency-Key".to_string(), "api-1".to_string())],
@@ -402,7 +323,7 @@ async fn api_requests_and_producer_commands_reach_the_ledger() {
         );
         let created: Value = serde_json::from_slice(&body).expect("a document");
         let id = created["data"]["id"].clone();
-        let (headers, body) = crate::request(
+        let (headers, body) = crate::connect::request(
             &other,
             format!("calls.api.get.{id}"),
             Vec::new(),
@@ -539,7 +460,7 @@ async fn stats_count_errors_and_replies_carry_bodies() {
         let requester = async_nats::connect(nats.url()).await.expect("requester");
 
         let (headers, body) = eventually("the service", || async {
-            crate::request(
+            crate::connect::request(
                 &requester,
                 "calls.api.get.999999".to_string(),
                 Vec::new(),
@@ -612,7 +533,7 @@ async fn stats_count_errors_and_replies_carry_bodies() {
             .expect("the gateway task")
             .expect("the gateway drains");
         // After the drain nobody answers any more.
-        let after = crate::request(
+        let after = crate::connect::request(
             &requester,
             "calls.api.list".to_string(),
             Vec::new(),
@@ -718,7 +639,7 @@ async fn past_the_bound_requests_get_503_at_once() {
         ));
         let requester = async_nats::connect(nats.url()).await.expect("requester");
         eventually("the service", || async {
-            crate::request(
+            crate::connect::request(
                 &requester,
                 "calls.api.list".to_string(),
                 Vec::new(),
@@ -732,7 +653,7 @@ async fn past_the_bound_requests_get_503_at_once() {
 
         let document = r#"{"data":{"type":"call","attributes":{"direction":"inbound"}}}"#;
         let requests = (0..64).map(|_| {
-            crate::request(
+            crate::connect::request(
                 &requester,
                 "calls.api.create".to_string(),
                 Vec::new(),

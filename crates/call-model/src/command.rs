@@ -47,7 +47,7 @@ pub struct Command {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecideError {
     /// No live call has this id.
-    #[error("Could not find 'call' with ID '{0}'.")]
+    #[error("no live call has id {0}")]
     NotFound(CallId),
     /// The state change happened before the call's current `stateChangedAt`.
     #[error("the state change at {occurred_at} is older than the call's stateChangedAt {current}")]

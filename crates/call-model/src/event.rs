@@ -95,7 +95,7 @@ impl EventBody {
 /// call id, version), which the log keeps beside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
-    /// Unique id (UUID v7), also the `Nats-Msg-Id` when it is published.
+    /// Unique id (UUID v7); the gateway publishes each event under it, so a re-publish is known.
     pub event_id: Uuid,
     /// The idempotency key of the command that produced it.
     pub idempotency_key: Option<String>,

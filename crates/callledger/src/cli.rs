@@ -205,7 +205,7 @@ pub enum ClientAction {
 }
 
 /// Headers of a write.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct WriteArgs {
     /// Sent as `Idempotency-Key`: a retry with the same key is answered once.
     #[arg(long)]

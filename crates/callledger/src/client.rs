@@ -3,6 +3,8 @@
 
 use crate::cli::{ClientAction, ClientArgs, WriteArgs};
 use anyhow::Context;
+use call_api::Operation;
+use call_gateway::client::ApiCall;
 use call_gateway::NatsOptions;
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
@@ -14,50 +16,43 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         .subject_prefix
         .clone()
         .unwrap_or_else(|| "calls".into());
-    let mut headers: Vec<(String, String)> = Vec::new();
-    if let Some(token) = &args.token {
-        headers.push(("Authorization".into(), format!("Bearer {token}")));
-    }
-    let write_headers = |headers: &mut Vec<(String, String)>, write: &WriteArgs| {
-        if let Some(key) = &write.idempotency_key {
-            headers.push(("Idempotency-Key".into(), key.clone()));
-        }
-        if let Some(version) = write.if_match {
-            headers.push(("If-Match".into(), version.to_string()));
-        }
-    };
-    let (subject, payload) = match &args.action {
+    let no_write = WriteArgs::default();
+    let (operation, payload, write) = match &args.action {
         ClientAction::List { query } => (
-            format!("{prefix}.api.list"),
+            Operation::List,
             query.clone().unwrap_or_default(),
+            &no_write,
         ),
         ClientAction::Get { id, query } => (
-            format!("{prefix}.api.get.{id}"),
+            Operation::Get(id.clone()),
             query.clone().unwrap_or_default(),
+            &no_write,
         ),
         ClientAction::Create { document, write } => {
-            write_headers(&mut headers, write);
-            (format!("{prefix}.api.create"), read_document(document)?)
+            (Operation::Create, read_document(document)?, write)
         }
         ClientAction::Update {
             id,
             document,
             write,
-        } => {
-            write_headers(&mut headers, write);
-            (
-                format!("{prefix}.api.update.{id}"),
-                read_document(document)?,
-            )
-        }
-        ClientAction::Delete { id, write } => {
-            write_headers(&mut headers, write);
-            (format!("{prefix}.api.delete.{id}"), String::new())
-        }
-        ClientAction::Changes { after, limit } => (
-            format!("{prefix}.api.changes"),
-            format!("after={after}&limit={limit}"),
+        } => (
+            Operation::Update(id.clone()),
+            read_document(document)?,
+            write,
         ),
+        ClientAction::Delete { id, write } => (Operation::Delete(id.clone()), String::new(), write),
+        ClientAction::Changes { after, limit } => (
+            Operation::Changes,
+            format!("after={after}&limit={limit}"),
+            &no_write,
+        ),
+    };
+    let call = ApiCall {
+        operation,
+        payload: payload.into_bytes(),
+        token: args.token.clone(),
+        idempotency_key: write.idempotency_key.clone(),
+        if_match: write.if_match,
     };
     let nats = &args.nats;
     let options = NatsOptions {
@@ -76,18 +71,14 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (reply_headers, body) = runtime.block_on(async move {
+    let reply = runtime.block_on(async move {
         let client = tokio::time::timeout(timeout, call_gateway::connect(options))
             .await
             .context("timed out connecting to NATS")??;
-        let reply =
-            call_gateway::request(&client, subject, headers, payload.into_bytes(), timeout).await?;
+        let reply = call_gateway::client::call(&client, &prefix, call, timeout).await?;
         anyhow::Ok(reply)
     })?;
-    let failed = reply_headers
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("Nats-Service-Error-Code"));
-    print_reply(!failed, &body)
+    print_reply(!reply.is_error(), &reply.body)
 }
 
 fn read_document(argument: &str) -> anyhow::Result<String> {
