@@ -20,14 +20,11 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{GatewayError, GatewayErrorKind};
+use crate::names::JetStreamNames;
 use crate::{headers, sleep_or_stop, stopped, Backoff};
 
 /// The stream producers publish commands to.
-pub(crate) const COMMANDS_STREAM: &str = "CALL_COMMANDS";
-/// The stream refused commands are republished to.
-pub(crate) const REJECTED_STREAM: &str = "CALL_REJECTED";
-/// The durable pull consumer of [`COMMANDS_STREAM`].
-pub(crate) const CONSUMER: &str = "call-ledger";
+
 /// How long JetStream waits for an ack before it redelivers.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The idle heartbeat of the pull requests; two missed ones mean the consumer is recreated.
@@ -41,6 +38,7 @@ pub(crate) struct Commands {
     pub(crate) js: jetstream::Context,
     pub(crate) api: Api,
     pub(crate) prefix: String,
+    pub(crate) names: JetStreamNames,
     pub(crate) duplicate_window: Duration,
     pub(crate) max_in_flight: u32,
 }
@@ -67,8 +65,8 @@ pub(crate) async fn run(commands: Commands, mut stop: watch::Receiver<bool>) {
             }
         };
         tracing::info!(
-            stream = COMMANDS_STREAM,
-            consumer = CONSUMER,
+            stream = %commands.names.commands,
+            consumer = %commands.names.consumer,
             "consuming producers' commands"
         );
         loop {
@@ -119,25 +117,26 @@ pub(crate) async fn run(commands: Commands, mut stop: watch::Receiver<bool>) {
 /// that a key stays the same across redeliveries and differs if the stream is ever recreated.
 async fn open(commands: &Commands) -> Result<(pull::Stream, String), GatewayError> {
     let js = &commands.js;
+    let names = &commands.names;
     js.get_or_create_stream(stream::Config {
-        name: REJECTED_STREAM.to_string(),
+        name: names.rejected.clone(),
         subjects: vec![format!("{}.rejected.>", commands.prefix)],
         storage: stream::StorageType::File,
         duplicate_window: commands.duplicate_window,
         ..Default::default()
     })
     .await
-    .map_err(|e| jetstream_error(format!("cannot ensure the stream {REJECTED_STREAM}"), e))?;
+    .map_err(|e| jetstream_error(format!("cannot ensure the stream {}", names.rejected), e))?;
     let stream = js
         .get_or_create_stream(stream::Config {
-            name: COMMANDS_STREAM.to_string(),
+            name: names.commands.clone(),
             subjects: vec![format!("{}.commands.>", commands.prefix)],
             storage: stream::StorageType::File,
             duplicate_window: commands.duplicate_window,
             ..Default::default()
         })
         .await
-        .map_err(|e| jetstream_error(format!("cannot ensure the stream {COMMANDS_STREAM}"), e))?;
+        .map_err(|e| jetstream_error(format!("cannot ensure the stream {}", names.commands), e))?;
     let created: String = stream
         .cached_info()
         .created
@@ -145,12 +144,12 @@ async fn open(commands: &Commands) -> Result<(pull::Stream, String), GatewayErro
         .chars()
         .filter(char::is_ascii_digit)
         .collect();
-    let key_base = format!("jetstream:{COMMANDS_STREAM}:{created}");
+    let key_base = format!("jetstream:{}:{created}", names.commands);
     let consumer: PullConsumer = stream
         .get_or_create_consumer(
-            CONSUMER,
+            &names.consumer,
             pull::Config {
-                durable_name: Some(CONSUMER.to_string()),
+                durable_name: Some(names.consumer.clone()),
                 description: Some("call-ledger applies producers' commands".to_string()),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
@@ -160,7 +159,9 @@ async fn open(commands: &Commands) -> Result<(pull::Stream, String), GatewayErro
             },
         )
         .await
-        .map_err(|e| jetstream_error(format!("cannot ensure the consumer {CONSUMER}"), e))?;
+        .map_err(|e| {
+            jetstream_error(format!("cannot ensure the consumer {}", names.consumer), e)
+        })?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(commands.max_in_flight.clamp(1, 256) as usize)
@@ -400,7 +401,7 @@ async fn reject(
     ack.await.map_err(|e| {
         GatewayError::with_source(
             GatewayErrorKind::JetStream,
-            format!("{REJECTED_STREAM} did not store {target}"),
+            format!("{} did not store {target}", commands.names.rejected),
             e,
         )
     })?;

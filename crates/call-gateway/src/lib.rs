@@ -20,6 +20,7 @@ mod commands;
 mod connect;
 mod error;
 mod headers;
+mod names;
 mod outbox;
 mod service;
 
@@ -38,6 +39,7 @@ use tokio::task::JoinSet;
 
 pub use connect::{connect, NatsOptions};
 pub use error::{GatewayError, GatewayErrorKind};
+pub use names::{JetStreamNames, DEFAULT_SUBJECT_PREFIX};
 
 /// How the gateway runs; built by the binary and passed to [`run`].
 #[derive(Clone, Debug)]
@@ -104,6 +106,7 @@ pub async fn run(
         let commands = commands::Commands {
             js,
             api,
+            names: JetStreamNames::of(&prefix),
             prefix,
             duplicate_window: config.duplicate_window,
             max_in_flight,

@@ -24,10 +24,9 @@ use event_log::{EventLog, Position, Record};
 use tokio::sync::watch;
 
 use crate::error::{GatewayError, GatewayErrorKind};
+use crate::names::JetStreamNames;
 use crate::{sleep_or_stop, stopped, Backoff};
 
-/// The stream events are published to.
-pub(crate) const EVENTS_STREAM: &str = "CALL_EVENTS";
 /// The checkpoint's file name in the data directory.
 pub(crate) const CHECKPOINT_FILE: &str = "outbox.checkpoint";
 /// Events read and published per batch.
@@ -38,6 +37,8 @@ pub(crate) struct Outbox {
     js: jetstream::Context,
     log: EventLog,
     prefix: String,
+    /// The stream events are published to.
+    stream: String,
     duplicate_window: Duration,
     path: PathBuf,
     /// The last position JetStream acknowledged (in memory; the file may lag after a failed
@@ -60,6 +61,7 @@ impl Outbox {
         duplicate_window: Duration,
         data_dir: &Path,
     ) -> Result<Outbox, GatewayError> {
+        let stream = JetStreamNames::of(&prefix).events;
         let path = data_dir.join(CHECKPOINT_FILE);
         let read_path = path.clone();
         let checkpoint = tokio::task::spawn_blocking(move || read_checkpoint(&read_path))
@@ -72,6 +74,7 @@ impl Outbox {
             js,
             log,
             prefix,
+            stream,
             duplicate_window,
             path,
             checkpoint,
@@ -94,7 +97,7 @@ impl Outbox {
     /// The stream's config.
     fn stream_config(&self) -> stream::Config {
         stream::Config {
-            name: EVENTS_STREAM.to_string(),
+            name: self.stream.clone(),
             subjects: vec![format!("{}.events.>", self.prefix)],
             storage: stream::StorageType::File,
             duplicate_window: self.duplicate_window,
@@ -132,7 +135,7 @@ impl Outbox {
                     .await
                     .map_err(|e| {
                         crate::commands::jetstream_error(
-                            format!("cannot ensure the stream {EVENTS_STREAM}"),
+                            format!("cannot ensure the stream {}", self.stream),
                             e,
                         )
                     })?;
@@ -177,7 +180,7 @@ impl Outbox {
                 Err(error) => {
                     all_new = false;
                     failure = Some(crate::commands::jetstream_error(
-                        format!("{EVENTS_STREAM} did not store the event at {position}"),
+                        format!("{} did not store the event at {position}", self.stream),
                         error,
                     ));
                     break;

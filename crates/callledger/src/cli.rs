@@ -75,26 +75,28 @@ pub enum Command {
     Calls(ClientArgs),
 }
 
-/// How to reach NATS.
+/// How to reach NATS. Every flag is global: it may stand anywhere after the subcommand that
+/// takes it (`callledger calls list Q --nats-url URL` as well as `callledger calls --nats-url URL
+/// list Q`), and every subcommand's help shows it.
 #[derive(Args, Debug, Clone)]
 pub struct NatsArgs {
     /// The NATS server.
-    #[arg(long, env = "NATS_URL")]
+    #[arg(long, global = true, env = "NATS_URL")]
     pub nats_url: Option<String>,
     /// A NATS credentials file.
-    #[arg(long, env = "NATS_CREDS")]
+    #[arg(long, global = true, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
     /// A NATS user (with --nats-password).
-    #[arg(long, env = "NATS_USER")]
+    #[arg(long, global = true, env = "NATS_USER")]
     pub nats_user: Option<String>,
     /// The NATS user's password.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    #[arg(long, global = true, env = "NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
     /// A NATS token.
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "NATS_TOKEN", hide_env_values = true)]
     pub nats_token: Option<String>,
     /// The subject prefix of the API (`calls` by default).
-    #[arg(long, env = "CALLLEDGER_SUBJECT_PREFIX")]
+    #[arg(long, global = true, env = "CALLLEDGER_SUBJECT_PREFIX")]
     pub subject_prefix: Option<String>,
 }
 
@@ -146,10 +148,10 @@ pub struct ClientArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
     /// The bearer token to present.
-    #[arg(long, env = "CALLLEDGER_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "CALLLEDGER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Seconds to wait for a reply.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, global = true, default_value_t = 10)]
     pub timeout: u64,
     #[command(subcommand)]
     pub action: ClientAction,
@@ -213,4 +215,93 @@ pub struct WriteArgs {
     /// Sent as `If-Match`: the version the call must be at.
     #[arg(long)]
     pub if_match: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn client(args: &[&str]) -> ClientArgs {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Calls(client) => client,
+            other => panic!("not a client command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn connection_and_credential_flags_stand_anywhere_after_calls() {
+        for args in [
+            &[
+                "callledger",
+                "calls",
+                "list",
+                "q=1",
+                "--token",
+                "T",
+                "--nats-url",
+                "nats://h:1",
+            ][..],
+            &[
+                "callledger",
+                "calls",
+                "--token",
+                "T",
+                "list",
+                "q=1",
+                "--nats-url",
+                "nats://h:1",
+            ],
+            &[
+                "callledger",
+                "calls",
+                "--nats-url",
+                "nats://h:1",
+                "--token",
+                "T",
+                "list",
+                "q=1",
+            ],
+        ] {
+            let parsed = client(args);
+            assert_eq!(parsed.token.as_deref(), Some("T"), "{args:?}");
+            assert_eq!(
+                parsed.nats.nats_url.as_deref(),
+                Some("nats://h:1"),
+                "{args:?}"
+            );
+        }
+        let create = client(&[
+            "callledger",
+            "calls",
+            "create",
+            "--token",
+            "T",
+            "--idempotency-key",
+            "k",
+            "{}",
+            "--subject-prefix",
+            "staging",
+            "--timeout",
+            "3",
+        ]);
+        assert_eq!(create.nats.subject_prefix.as_deref(), Some("staging"));
+        assert_eq!(create.timeout, 3);
+    }
+
+    #[test]
+    fn every_client_subcommand_shows_the_connection_flags_in_its_help() {
+        for action in ["list", "get", "create", "update", "delete", "changes"] {
+            let error = Cli::try_parse_from(["callledger", "calls", action, "--help"])
+                .expect_err("--help stops parsing");
+            let help = error.render().to_string();
+            for flag in ["--token", "--nats-url", "--nats-creds", "--subject-prefix"] {
+                assert!(
+                    help.contains(flag),
+                    "calls {action} --help lacks {flag}:\n{help}"
+                );
+            }
+        }
+    }
 }

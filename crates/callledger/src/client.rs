@@ -15,7 +15,7 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         .nats
         .subject_prefix
         .clone()
-        .unwrap_or_else(|| "calls".into());
+        .unwrap_or_else(|| call_gateway::DEFAULT_SUBJECT_PREFIX.into());
     let no_write = WriteArgs::default();
     let (operation, payload, write) = match &args.action {
         ClientAction::List { query } => (

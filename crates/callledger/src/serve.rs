@@ -67,7 +67,7 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .subject_prefix
         .clone()
         .or(file.subject_prefix)
-        .unwrap_or_else(|| "calls".into());
+        .unwrap_or_else(|| call_gateway::DEFAULT_SUBJECT_PREFIX.into());
     let tokens = match args.tokens.clone().or(file.tokens) {
         Some(path) => Some(
             TokenStore::load(&path)

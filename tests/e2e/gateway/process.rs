@@ -101,9 +101,15 @@ impl Drop for Serve {
 
 /// Waits until a service answers `calls.api.list`.
 async fn wait_until_serving(caller: &Caller, serve: &Serve) {
+    wait_until_serving_on("calls", caller, serve).await;
+}
+
+/// Waits until a service answers `<prefix>.api.list`.
+async fn wait_until_serving_on(prefix: &str, caller: &Caller, serve: &Serve) {
+    let subject = format!("{prefix}.api.list");
     let answered = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            if caller.try_request("calls.api.list", &[], "").await.is_ok() {
+            if caller.try_request(&subject, &[], "").await.is_ok() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -119,8 +125,17 @@ async fn wait_until_serving(caller: &Caller, serve: &Serve) {
 
 /// The number of live calls, by `count=true`.
 async fn count(caller: &Caller) -> Option<u64> {
+    count_on("calls", caller).await
+}
+
+/// The number of live calls of the ledger on `prefix`.
+async fn count_on(prefix: &str, caller: &Caller) -> Option<u64> {
     let reply = caller
-        .try_request("calls.api.list", &[], "count=true&page[size]=1")
+        .try_request(
+            &format!("{prefix}.api.list"),
+            &[],
+            "count=true&page[size]=1",
+        )
         .await
         .ok()?;
     reply.json()["meta"]["count"].as_u64()
@@ -390,6 +405,137 @@ async fn sigterm_drains_and_loses_no_acknowledged_write() {
                 document["data"]["attributes"]["vendorCallId"],
                 json!(vendor)
             );
+        }
+    })
+    .await;
+}
+
+/// Two ledgers on one NATS, one with `--subject-prefix staging`: each creates its own streams
+/// and its own durable consumer (the names derive from the prefix), producers publish to both
+/// at once, and each ledger applies exactly its own commands, rejects none, and publishes only
+/// its own events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ledgers_on_one_nats_keep_their_own_streams_and_consumers() {
+    let bin = blocking(callledger_bin);
+    bounded("the test", TEST_TIMEOUT, async {
+        const COMMANDS: usize = 30;
+        let nats = blocking(NatsServer::start);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ledgers = [
+            ("calls", Vec::new()),
+            ("staging", vec!["--subject-prefix", "staging"]),
+        ];
+        let mut services = Vec::new();
+        for (prefix, extra) in &ledgers {
+            let serve = blocking(|| {
+                Serve::start(
+                    &bin,
+                    &dir.path().join(format!("data-{prefix}")),
+                    &nats.url(),
+                    extra,
+                    dir.path().join(format!("serve-{prefix}.log")),
+                )
+            });
+            services.push(serve);
+        }
+        let client = async_nats::connect(nats.url()).await.expect("a client");
+        let caller = Caller::new(client.clone(), None);
+        let js = jetstream::new(client.clone());
+        for ((prefix, _), serve) in ledgers.iter().zip(&services) {
+            wait_until_serving_on(prefix, &caller, serve).await;
+            let names = call_gateway::JetStreamNames::of(prefix);
+            eventually("the commands stream", Duration::from_secs(30), || {
+                let (js, name) = (js.clone(), names.commands.clone());
+                async move { js.get_stream(name).await.ok() }
+            })
+            .await;
+        }
+        // Interleaved, so that a shared consumer would hand each service the other's commands.
+        let mut acks = Vec::new();
+        for n in 0..COMMANDS {
+            for (prefix, _) in &ledgers {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("{prefix}-{n}").as_str());
+                let document = call_document(json!({"vendorCallId": format!("{prefix}-{n}")}));
+                let ack = js
+                    .publish_with_headers(
+                        format!("{prefix}.commands.create"),
+                        headers,
+                        document.to_string().into(),
+                    )
+                    .await
+                    .expect("publish a command");
+                acks.push(ack);
+            }
+        }
+        for ack in acks {
+            ack.await.expect("the commands stream stores the command");
+        }
+        for (prefix, _) in &ledgers {
+            let names = call_gateway::JetStreamNames::of(prefix);
+            eventually("every command applied", Duration::from_secs(60), || {
+                let caller = caller.clone();
+                async move { (count_on(prefix, &caller).await? == COMMANDS as u64).then_some(()) }
+            })
+            .await;
+            let page = caller
+                .request(
+                    &format!("{prefix}.api.list"),
+                    &[],
+                    "fields[call]=vendorCallId&page[size]=1000",
+                )
+                .await
+                .json();
+            for row in page["data"].as_array().expect("rows") {
+                let vendor = row["attributes"]["vendorCallId"]
+                    .as_str()
+                    .expect("a vendor id");
+                assert!(
+                    vendor.starts_with(&format!("{prefix}-")),
+                    "{prefix} applied {vendor}"
+                );
+            }
+            let mut commands = js.get_stream(&names.commands).await.expect("the stream");
+            let consumers: Vec<String> = {
+                use futures::TryStreamExt;
+                commands
+                    .consumer_names()
+                    .try_collect()
+                    .await
+                    .expect("consumer names")
+            };
+            assert_eq!(
+                consumers,
+                vec![names.consumer.clone()],
+                "{}",
+                names.commands
+            );
+            let subjects = commands.info().await.expect("info").config.subjects.clone();
+            assert_eq!(subjects, vec![format!("{prefix}.commands.>")]);
+            let rejected = js
+                .get_stream(&names.rejected)
+                .await
+                .expect("the rejected stream");
+            assert_eq!(
+                rejected.cached_info().state.messages,
+                0,
+                "{}",
+                names.rejected
+            );
+            eventually("every event published", Duration::from_secs(30), || {
+                let (js, name) = (js.clone(), names.events.clone());
+                async move {
+                    let mut events = js.get_stream(name).await.ok()?;
+                    let messages = events.info().await.ok()?.state.messages;
+                    (messages == COMMANDS as u64).then_some(())
+                }
+            })
+            .await;
+        }
+        for serve in &mut services {
+            serve.terminate();
+            let status = blocking(|| serve.wait(Duration::from_secs(30)));
+            assert!(status.success(), "{status}; its log:\n{}", serve.logs());
         }
     })
     .await;
