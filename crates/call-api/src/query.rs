@@ -320,9 +320,11 @@ fn decode_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     Ok(params)
 }
 
+/// Percent-decodes one name or value. A `+` is a plus: the payload is not an HTML form, and the
+/// `+` of a phone number (`filter[to]=+15550199`) or a UTC offset is what a person types. A
+/// space is sent as `%20` (and `%2B` keeps working for a plus).
 fn decode_component(raw: &str) -> Option<String> {
-    let spaced = raw.replace('+', " ");
-    percent_decode(spaced.as_bytes())
+    percent_decode(raw.as_bytes())
         .decode_utf8()
         .ok()
         .map(|text| text.into_owned())
@@ -541,7 +543,7 @@ impl ValueKind {
                 ApiError::parameter(
                     key,
                     format!(
-                        "Expected an RFC 3339 date-time such as 2025-01-13T12:47:31.000Z, got '{text}' (send '+' as %2B)."
+                        "Expected an RFC 3339 date-time such as 2025-01-13T12:47:31.000Z or a date such as 2025-01-13, got '{text}'."
                     ),
                 )
             }),
@@ -569,16 +571,12 @@ impl ValueKind {
     }
 }
 
-/// An RFC 3339 date-time. A `+` of an offset sent unencoded arrives as a space (as in any URL
-/// query); that one case is read as the `+` it was meant to be.
+/// An RFC 3339 date-time, or a date (`2017-01-01`, as Outreach accepts in its ranges), which
+/// means the start of that day in UTC.
 fn parse_time(text: &str) -> Option<Timestamp> {
-    if let Ok(at) = Timestamp::parse(text) {
-        return Some(at);
-    }
-    let space = text.rfind(' ')?;
-    let mut repaired = text.to_owned();
-    repaired.replace_range(space..space + 1, "+");
-    Timestamp::parse(&repaired).ok()
+    Timestamp::parse(text)
+        .or_else(|_| Timestamp::parse_date(text))
+        .ok()
 }
 
 /// One filter target's condition as its parameters arrive.
@@ -974,10 +972,51 @@ mod tests {
             one("filter[note]=a..b").condition,
             Condition::AnyOf(vec![text("a..b")])
         );
-        // `+` is a space, and an unencoded offset `+` is repaired.
+        // `+` is a plus, for every attribute; `%20` is a space and `%2B` a plus too.
         assert_eq!(
-            one("filter[outcome]=Not+Answered").condition,
+            one("filter[to]=+15550199").condition,
+            Condition::AnyOf(vec![text("+15550199")])
+        );
+        assert_eq!(
+            one("filter[to]=%2B15550199").condition,
+            Condition::AnyOf(vec![text("+15550199")])
+        );
+        assert_eq!(
+            one("filter[note]=a+b%20c").condition,
+            Condition::AnyOf(vec![text("a+b c")])
+        );
+        assert_eq!(
+            one("filter[outcome]=Not%20Answered").condition,
             Condition::AnyOf(vec![text("Not Answered")])
+        );
+        // A date is the start of its day in UTC, as in Outreach's `2017-01-01..inf`.
+        assert_eq!(
+            one("filter[updatedAt]=2017-01-01..inf").condition,
+            Condition::Range {
+                lower: Some(at("2017-01-01T00:00:00Z")),
+                upper: None
+            }
+        );
+        assert_eq!(
+            one("filter[dialedAt]=neginf..2017-01-31").condition,
+            Condition::Range {
+                lower: None,
+                upper: Some(at("2017-01-31T00:00:00Z"))
+            }
+        );
+        assert_eq!(
+            one("newFilterSyntax=true&filter[dialedAt][gte]=2017-01-01").condition,
+            Condition::Range {
+                lower: Some(at("2017-01-01T00:00:00Z")),
+                upper: None
+            }
+        );
+        assert!(parse_list("filter[dialedAt]=2017-13-01..inf").is_err());
+        let refused = parse_list("filter[dialedAt]=2017-01-01T10:00:00 01:00..inf").unwrap_err();
+        assert!(
+            !refused.errors[0].detail.contains("%2B"),
+            "no hint about a '+' that was never sent: {}",
+            refused.errors[0].detail
         );
         assert_eq!(
             one("filter[completedAt]=2024-01-01T01:00:00+01:00..inf").condition,
@@ -1079,7 +1118,7 @@ mod tests {
         refused("filter[colour]=red", "filter[colour]");
         refused("filter[direction]=sideways", "filter[direction]");
         refused("filter[createdAt]=yesterday", "filter[createdAt]");
-        refused("filter[createdAt]=2024-01-01..inf", "filter[createdAt]");
+        refused("filter[createdAt]=2024-01..inf", "filter[createdAt]");
         refused("filter[id]=abc", "filter[id]");
         refused("filter[id]=-1", "filter[id]");
         refused("filter[id]=__null__", "filter[id]");
@@ -1222,7 +1261,7 @@ mod tests {
     #[test]
     fn links_carry_every_parameter_canonically_with_the_cursor_replaced() {
         let request = parse_list(
-            "filter%5Bstate%5D=completed,no_answer&filter[outcome]=Not+Answered&filter[createdAt]=2024-01-01T00:00:00%2B01:00..inf&page[after]=old&sort=-createdAt&page[size]=2",
+            "filter%5Bstate%5D=completed,no_answer&filter[outcome]=Not%20Answered&filter[createdAt]=2024-01-01T00:00:00%2B01:00..inf&page[after]=old&sort=-createdAt&page[size]=2",
         )
         .unwrap();
         assert_eq!(request.cursor_parameter(), Some("page[after]"));

@@ -40,6 +40,18 @@ impl Timestamp {
             .map_err(|_| TimestampError)
     }
 
+    /// A calendar date, `YYYY-MM-DD`, as the start of that day in UTC.
+    pub fn parse_date(text: &str) -> Result<Timestamp, TimestampError> {
+        if text.len() != 10 {
+            return Err(TimestampError);
+        }
+        chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .and_then(|date| date.and_hms_opt(0, 0, 0))
+            .map(|at| Timestamp(at.and_utc().timestamp_millis()))
+            .ok_or(TimestampError)
+    }
+
     /// The chrono value.
     pub fn to_datetime(self) -> DateTime<Utc> {
         Utc.timestamp_millis_opt(self.0)

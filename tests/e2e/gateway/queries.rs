@@ -153,7 +153,7 @@ async fn every_filter_form_of_both_syntaxes_selects_what_it_says() {
                 only(&|i| i % 3 != 2),
             ),
             (
-                "filter[outcome]=Not+Answered".into(),
+                "filter[outcome]=Not%20Answered".into(),
                 only(&|i| outcome(i) == Some("Not Answered")),
             ),
             (
@@ -236,8 +236,14 @@ async fn every_filter_form_of_both_syntaxes_selects_what_it_says() {
                 "filter[shouldRecordCall]=true".into(),
                 only(&|i| i % 2 == 0),
             ),
-            ("filter[note]=note+4".into(), vec![id(4)]),
+            ("filter[note]=note%204".into(), vec![id(4)]),
             ("filter[from]=%2B155501007".into(), vec![id(7)]),
+            // A `+` as typed is a plus (not a space), for phone numbers as for offsets.
+            ("filter[from]=+155501007".into(), vec![id(7)]),
+            (
+                format!("filter[dialedAt]=2024-01-03T11:00:00+01:00..{jan3}"),
+                vec![id(2)],
+            ),
             // Filters combine with AND.
             (
                 "filter[direction]=inbound&filter[state]=completed".into(),
