@@ -9,7 +9,8 @@ use crate::query::{self, ReadOptions};
 use crate::{header, ApiConfig, Clock, Operation, Request, Response, Source, CONTENT_TYPE};
 use call_commands::{CommandError, CommandRequest, CommandService, Conflict};
 use call_model::{
-    parse_write, Action, Call, CallId, CallState, Command, Relation, Rights, WriteMode,
+    parse_update, parse_write, Action, Call, CallId, CallState, Command, Relation, Rights,
+    WriteMode,
 };
 use call_projections::{PageCursor, Projection, ProjectionError, QueryError};
 use serde_json::Value;
@@ -353,8 +354,20 @@ impl Inner {
                     Some(id) => WriteMode::Update(id),
                     None => WriteMode::Create,
                 };
-                let input = parse_write(&document, mode, rights)
-                    .map_err(|violations| ApiError::violations(&violations))?;
+                // An update is validated against the call as it stands, so that members the
+                // writer does not own, sent back unchanged from a `get`, pass.
+                let current = match target {
+                    Some(id) => self
+                        .projection
+                        .get(id)
+                        .map_err(|error| projection_error("reading a call", &error))?,
+                    None => None,
+                };
+                let input = match &current {
+                    Some(call) => parse_update(&document, call, rights),
+                    None => parse_write(&document, mode, rights),
+                }
+                .map_err(|violations| ApiError::violations(&violations))?;
                 let action = match (operation, target) {
                     (Operation::Update(_), Some(id)) => Action::Update {
                         id,

@@ -889,3 +889,79 @@ fn get_with_sparse_fieldsets_and_meta() {
         })
     );
 }
+
+/// GET-modify-PATCH: every document `get` returns (whole, with each meta flag, with a fieldset),
+/// sent back by an ordinary writer with one attribute changed, is that change and nothing else:
+/// the server-set, telephony-owned and read-only members it carries unchanged are ignored. A
+/// changed one is still refused, naming it.
+#[test]
+fn a_fetched_call_sent_back_with_one_change_is_that_change() {
+    let ledger = secured();
+    let full = json!({"data": {"type": "call",
+        "attributes": {"direction": "outbound", "state": "completed", "uid": "trace-1",
+            "voicemailRecordingUrl": "https://example.com/vm.mp3", "tags": ["Interested"],
+            "dialedAt": "2025-01-13T12:40:00Z", "note": "first"},
+        "relationships": {"prospect": {"data": {"type": "prospect", "id": 42}},
+            "associatedId": {"data": {"type": "account", "id": 3}},
+            "batches": {"data": [{"type": "batch", "id": 5}]},
+            "kaiaCrmRecording": {"data": {"type": "kaiaCrmRecording", "id": 6}}},
+        "meta": {"dataConnections": [{"connection": "crm", "url": "https://crm.example/1"}]}}});
+    let created = ledger.as_("voice", Operation::Create, &full.to_string());
+    assert_eq!(created.status, 201, "{}", text(&created));
+    let plain = ledger.as_("voice", Operation::Create, r#"{"data":{"type":"call"}}"#);
+    for id in [
+        body(&created)["data"]["id"].to_string(),
+        body(&plain)["data"]["id"].to_string(),
+    ] {
+        for query in [
+            "",
+            "provideAuthorizationMeta=true",
+            "provideDataConnections=true",
+            "provideAuthorizationMeta=true&provideDataConnections=true",
+            "fields[call]=state,createdAt,batches,note",
+        ] {
+            let bearer = "Bearer writer-secret";
+            let fetched = ledger.send(
+                Operation::Get(id.clone()),
+                &[("Authorization", bearer)],
+                query.as_bytes(),
+            );
+            assert_eq!(fetched.status, 200, "{}", text(&fetched));
+            let mut document = body(&fetched);
+            let note = format!("changed with {query}");
+            document["data"]["attributes"]["note"] = json!(note);
+            let version = fetched.header("ETag").unwrap().to_owned();
+            let updated = ledger.send(
+                Operation::Update(id.clone()),
+                &[("Authorization", bearer), ("If-Match", &version)],
+                document.to_string().as_bytes(),
+            );
+            assert_eq!(updated.status, 200, "{query}: {}", text(&updated));
+            let after = body(&updated);
+            assert_eq!(after["data"]["attributes"]["note"], json!(note));
+            let mut before = body(&fetched)["data"]["attributes"].clone();
+            let mut now = after["data"]["attributes"].clone();
+            for member in ["note", "updatedAt"] {
+                before.as_object_mut().unwrap().remove(member);
+                now.as_object_mut().unwrap().remove(member);
+            }
+            for (name, value) in before.as_object().unwrap() {
+                assert_eq!(&now[name], value, "{query}: {name} changed");
+            }
+        }
+    }
+    // A member the writer does not own, changed, is refused and named.
+    let id = body(&created)["data"]["id"].to_string();
+    let fetched = ledger.as_("writer", Operation::Get(id.clone()), "");
+    let mut document = body(&fetched);
+    document["data"]["attributes"]["state"] = json!("ringing");
+    document["data"]["relationships"]["batches"] = json!({"data": []});
+    let refused = ledger.as_("writer", Operation::Update(id), &document.to_string());
+    let first = error(&refused, 422, "validationError");
+    assert_eq!(first["source"]["pointer"], "/data/attributes/state");
+    assert_eq!(
+        body(&refused)["errors"][1]["source"]["pointer"],
+        "/data/relationships/batches"
+    );
+    assert_eq!(body(&refused)["errors"].as_array().unwrap().len(), 2);
+}

@@ -203,13 +203,13 @@ named_enum! {
     Relation {
         /// The account or opportunity the call belongs to; read-only to ordinary writers.
         AssociatedId = "associatedId",
-        /// The batches the call is part of (to-many).
+        /// The batches the call is part of (to-many); read-only to ordinary writers.
         Batches = "batches",
         /// The call's disposition.
         CallDisposition = "callDisposition",
         /// The call's purpose.
         CallPurpose = "callPurpose",
-        /// The Kaia CRM recording.
+        /// The Kaia CRM recording; read-only to ordinary writers.
         KaiaCrmRecording = "kaiaCrmRecording",
         /// The opportunity.
         Opportunity = "opportunity",
@@ -262,10 +262,14 @@ impl Relation {
         self == Relation::Batches
     }
 
-    /// Who may write it. `associatedId` is set by the system (a writer with the voice right).
+    /// Who may write it. `associatedId`, `batches` and `kaiaCrmRecording` are read-only in
+    /// Outreach: set by the system, here a writer with the voice right (the telephony and
+    /// recording integrations), never by an ordinary writer.
     pub fn ownership(self) -> Ownership {
         match self {
-            Relation::AssociatedId => Ownership::Telephony,
+            Relation::AssociatedId | Relation::Batches | Relation::KaiaCrmRecording => {
+                Ownership::Telephony
+            }
             _ => Ownership::Writable,
         }
     }

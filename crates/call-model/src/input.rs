@@ -1,7 +1,7 @@
 //! Validation of a write: a JSON:API document in, typed [`Changes`] out, or every violation at
 //! once, each naming its field by JSON pointer.
 
-use crate::call::{CallId, DataConnection, ResourceRef};
+use crate::call::{Call, CallId, DataConnection, ResourceRef};
 use crate::fields::{AttrKind, AttrValue, Field, Ownership, RelValue, Relation};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -146,21 +146,69 @@ pub fn parse_write(
     mode: WriteMode,
     rights: Rights,
 ) -> Result<WriteInput, Vec<Violation>> {
-    let mut check = Checker::default();
-    let input = check.document(document, mode, rights);
-    if check.violations.is_empty() {
-        Ok(input)
-    } else {
-        Err(check.violations)
-    }
+    Checker::new(None).run(document, mode, rights)
 }
 
-#[derive(Default)]
-struct Checker {
+/// Validates an update of `current` as [`parse_write`] does, except that members the writer may
+/// not change (server-set, telephony-owned without the voice right, read-only relationships,
+/// `meta.canWrite`/`canDelete`) are accepted and ignored when they hold the call's current
+/// values: a document fetched with `get` and sent back with one member changed is the change
+/// of that member. A guarded member whose value differs is refused as in [`parse_write`].
+pub fn parse_update(
+    document: &Value,
+    current: &Call,
+    rights: Rights,
+) -> Result<WriteInput, Vec<Violation>> {
+    Checker::new(Some(current)).run(document, WriteMode::Update(current.id), rights)
+}
+
+struct Checker<'c> {
     violations: Vec<Violation>,
+    /// The call an update applies to, when known: guarded members equal to its values pass.
+    current: Option<&'c Call>,
 }
 
-impl Checker {
+impl<'c> Checker<'c> {
+    fn new(current: Option<&'c Call>) -> Checker<'c> {
+        Checker {
+            violations: Vec::new(),
+            current,
+        }
+    }
+
+    fn run(
+        mut self,
+        document: &Value,
+        mode: WriteMode,
+        rights: Rights,
+    ) -> Result<WriteInput, Vec<Violation>> {
+        let input = self.document(document, mode, rights);
+        if self.violations.is_empty() {
+            Ok(input)
+        } else {
+            Err(self.violations)
+        }
+    }
+
+    /// Whether a guarded attribute's value, as sent, is the current call's (so it changes
+    /// nothing and passes). A value that does not even parse is reported as such.
+    fn echoes_attribute(&mut self, pointer: &str, field: Field, value: &Value) -> bool {
+        let Some(current) = self.current else {
+            return false;
+        };
+        let before = self.violations.len();
+        let sent = if value.is_null() {
+            None
+        } else {
+            self.attribute(pointer, field, value)
+        };
+        if self.violations.len() > before {
+            // Reported as malformed; the ownership violation would say nothing more.
+            return true;
+        }
+        sent.as_ref() == current.attributes.get(&field)
+    }
+
     fn invalid(&mut self, pointer: impl Into<String>, detail: impl Into<String>) {
         self.violations.push(Violation {
             pointer: pointer.into(),
@@ -261,6 +309,14 @@ impl Checker {
                 self.invalid(pointer, format!("unknown attribute '{name}'"));
                 continue;
             };
+            let guarded = match field.ownership() {
+                Ownership::Server => true,
+                Ownership::Telephony => !rights.voice,
+                Ownership::Writable => false,
+            };
+            if guarded && self.echoes_attribute(&pointer, field, value) {
+                continue;
+            }
             match field.ownership() {
                 Ownership::Server => {
                     self.invalid(
@@ -375,45 +431,69 @@ impl Checker {
                 continue;
             };
             if relation.ownership() == Ownership::Telephony && !rights.voice {
+                if let Some(current) = self.current {
+                    // Parsed as if writable, then compared with the call's current value.
+                    let before = self.violations.len();
+                    let mut sent = Changes::default();
+                    self.relationship(&pointer, relation, value, &mut sent);
+                    if self.violations.len() > before {
+                        continue;
+                    }
+                    let sent = sent.relationships.remove(&relation).flatten();
+                    if sent.as_ref() == current.relationships.get(&relation) {
+                        continue;
+                    }
+                }
                 self.invalid(pointer, format!("'{name}' is a read-only relationship"));
                 continue;
             }
-            let data = match value.as_object() {
-                Some(object) if object.len() == 1 && object.contains_key("data") => &object["data"],
-                _ => {
-                    self.invalid(pointer, "expected an object with only a `data` member");
-                    continue;
-                }
+            self.relationship(&pointer, relation, value, changes);
+        }
+    }
+
+    /// One relationship's linkage, well-formed, into `changes`.
+    fn relationship(
+        &mut self,
+        pointer: &str,
+        relation: Relation,
+        value: &Value,
+        changes: &mut Changes,
+    ) {
+        let data = match value.as_object() {
+            Some(object) if object.len() == 1 && object.contains_key("data") => &object["data"],
+            _ => {
+                self.invalid(pointer, "expected an object with only a `data` member");
+                return;
+            }
+        };
+        let pointer = format!("{pointer}/data");
+        if data.is_null() {
+            changes.relationships.insert(relation, None);
+            return;
+        }
+        if relation.is_to_many() {
+            let Some(items) = data.as_array() else {
+                self.invalid(pointer, "expected an array of resource identifiers");
+                return;
             };
-            let pointer = format!("{pointer}/data");
-            if data.is_null() {
-                changes.relationships.insert(relation, None);
-                continue;
+            let before = self.violations.len();
+            let targets: Vec<ResourceRef> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(index, item)| {
+                    self.linkage(&format!("{pointer}/{index}"), relation, item)
+                })
+                .collect();
+            if self.violations.len() == before {
+                // An empty to-many linkage clears the relationship, as `null` does, so that
+                // "no batches" has one representation and a no-op stays a no-op.
+                let value = (!targets.is_empty()).then_some(RelValue::Many(targets));
+                changes.relationships.insert(relation, value);
             }
-            if relation.is_to_many() {
-                let Some(items) = data.as_array() else {
-                    self.invalid(pointer, "expected an array of resource identifiers");
-                    continue;
-                };
-                let before = self.violations.len();
-                let targets: Vec<ResourceRef> = items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(index, item)| {
-                        self.linkage(&format!("{pointer}/{index}"), relation, item)
-                    })
-                    .collect();
-                if self.violations.len() == before {
-                    // An empty to-many linkage clears the relationship, as `null` does, so that
-                    // "no batches" has one representation and a no-op stays a no-op.
-                    let value = (!targets.is_empty()).then_some(RelValue::Many(targets));
-                    changes.relationships.insert(relation, value);
-                }
-            } else if let Some(target) = self.linkage(&pointer, relation, data) {
-                changes
-                    .relationships
-                    .insert(relation, Some(RelValue::One(target)));
-            }
+        } else if let Some(target) = self.linkage(&pointer, relation, data) {
+            changes
+                .relationships
+                .insert(relation, Some(RelValue::One(target)));
         }
     }
 
@@ -522,6 +602,9 @@ impl Checker {
                 "dataConnections" => {
                     input.changes.data_connections = Some(self.data_connections(&pointer, value))
                 }
+                // What `get` says of the reader's rights, sent back with the rest: it
+                // describes the token, not the call, so an update ignores it.
+                "canWrite" | "canDelete" if self.current.is_some() && value.is_boolean() => {}
                 "canWrite" | "canDelete" => self.invalid(
                     pointer,
                     format!("'{key}' is set by the server and cannot be written"),

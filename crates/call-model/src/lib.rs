@@ -18,5 +18,7 @@ pub use call::{Call, CallId, CallState, DataConnection, ResourceRef};
 pub use command::{decide, evolve, Action, Command, DecideError};
 pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHEMA_VERSION};
 pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation};
-pub use input::{parse_write, Changes, Rights, Violation, ViolationKind, WriteInput, WriteMode};
+pub use input::{
+    parse_update, parse_write, Changes, Rights, Violation, ViolationKind, WriteInput, WriteMode,
+};
 pub use time::{Timestamp, TimestampError};

@@ -890,11 +890,12 @@ fn every_to_one_relationship_takes_its_own_type() {
 
 #[test]
 fn batches_is_a_list_of_batch_linkages_and_an_empty_list_clears_it() {
+    // `batches` is read-only to ordinary writers (see the next test); the system writes it.
     let document = with_relationships(
         json!({"batches": {"data": [{"type": "batch", "id": 1}, {"type": "batch", "id": "2"}]}}),
     );
     assert_eq!(
-        accepted(&document, CREATE, ORDINARY).changes.relationships[&Relation::Batches],
+        accepted(&document, CREATE, VOICE).changes.relationships[&Relation::Batches],
         Some(RelValue::Many(vec![
             ResourceRef {
                 kind: "batch".into(),
@@ -909,7 +910,7 @@ fn batches_is_a_list_of_batch_linkages_and_an_empty_list_clears_it() {
     for data in [json!([]), json!(null)] {
         let document = with_relationships(json!({"batches": {"data": data}}));
         assert_eq!(
-            accepted(&document, WriteMode::Update(1), ORDINARY)
+            accepted(&document, WriteMode::Update(1), VOICE)
                 .changes
                 .relationships[&Relation::Batches],
             None
@@ -933,9 +934,27 @@ fn batches_is_a_list_of_batch_linkages_and_an_empty_list_clears_it() {
         check(
             &with_relationships(json!({"batches": {"data": data}})),
             CREATE,
-            ORDINARY,
+            VOICE,
             expected,
         );
+    }
+}
+
+#[test]
+fn batches_and_kaia_crm_recording_are_read_only_to_ordinary_writers() {
+    for (name, data) in [
+        ("batches", json!([{"type": "batch", "id": 1}])),
+        ("kaiaCrmRecording", json!({"type": "kaiaCrmRecording", "id": 1})),
+        ("associatedId", json!({"type": "account", "id": 1})),
+    ] {
+        let document = with_relationships(json!({ name: {"data": data} }));
+        check(
+            &document,
+            CREATE,
+            ORDINARY,
+            &[(&format!("/data/relationships/{name}"), Invalid)],
+        );
+        accepted(&document, CREATE, VOICE);
     }
 }
 
@@ -1096,7 +1115,7 @@ fn every_violation_is_reported_at_once() {
             },
             "relationships": {
                 "prospect": {"data": {"type": "prospect", "id": -1}},
-                "batches": {"data": [{"type": "batch"}]},
+                "sequence": {"data": [{"type": "sequence"}]},
                 "account": {"data": null}
             },
             "meta": {"occurredAt": "later", "dataConnections": [{"url": "x"}]}
@@ -1121,7 +1140,7 @@ fn every_violation_is_reported_at_once() {
             ("/data/attributes/tags/1", Invalid),
             ("/data/attributes/colour", Invalid),
             ("/data/relationships/prospect/data/id", Invalid),
-            ("/data/relationships/batches/data/0/id", Invalid),
+            ("/data/relationships/sequence/data", Invalid),
             ("/data/relationships/account", Invalid),
             ("/data/meta/occurredAt", Invalid),
             ("/data/meta/dataConnections/0/url", Invalid),
@@ -1405,4 +1424,88 @@ fn random_value(random: &mut XorShift, depth: usize) -> Value {
                 .collect(),
         ),
     }
+}
+
+/// A call as `get` shows it: server-set timestamps, a telephony-set state, a read-only
+/// relationship.
+fn current_call() -> crate::Call {
+    let at = |text: &str| AttrValue::Time(crate::Timestamp::parse(text).unwrap());
+    let mut call = crate::Call {
+        id: 7,
+        version: 3,
+        position: 9,
+        attributes: Default::default(),
+        relationships: Default::default(),
+        data_connections: Vec::new(),
+    };
+    call.attributes.insert(Field::CreatedAt, at("2025-01-13T12:00:00.000Z"));
+    call.attributes.insert(Field::UpdatedAt, at("2025-01-13T12:05:00.000Z"));
+    call.attributes.insert(Field::StateChangedAt, at("2025-01-13T12:01:00.000Z"));
+    call.attributes
+        .insert(Field::State, AttrValue::Text("completed".into()));
+    call.attributes
+        .insert(Field::Direction, AttrValue::Text("outbound".into()));
+    call.relationships.insert(
+        Relation::Batches,
+        RelValue::Many(vec![ResourceRef {
+            kind: "batch".into(),
+            id: 4,
+        }]),
+    );
+    call
+}
+
+#[test]
+fn an_update_may_send_back_what_it_does_not_own_unchanged() {
+    let call = current_call();
+    let document = json!({"data": {"type": "call", "id": "7",
+        "attributes": {
+            "createdAt": "2025-01-13T12:00:00.000Z", "updatedAt": "2025-01-13T12:05:00Z",
+            "stateChangedAt": "2025-01-13T12:01:00.000Z", "state": "completed", "uid": null,
+            "voicemailRecordingUrl": null, "direction": "outbound", "note": "changed"
+        },
+        "relationships": {
+            "associatedId": {"data": null}, "kaiaCrmRecording": {"data": null},
+            "batches": {"data": [{"type": "batch", "id": 4}]}, "prospect": {"data": null}
+        },
+        "links": {"self": "calls.api.get.7"},
+        "meta": {"canWrite": true, "canDelete": false, "dataConnections": []}
+    }});
+    let input = crate::parse_update(&document, &call, ORDINARY).expect("accepted");
+    // Only the writable members are in the changes; the guarded ones are dropped.
+    let attributes: Vec<Field> = input.changes.attributes.keys().copied().collect();
+    assert_eq!(attributes, vec![Field::Direction, Field::Note]);
+    let relationships: Vec<Relation> = input.changes.relationships.keys().copied().collect();
+    assert_eq!(relationships, vec![Relation::Prospect]);
+    // Without the call to compare with, the same document is refused as before.
+    assert!(parse_write(&document, WriteMode::Update(7), ORDINARY).is_err());
+}
+
+#[test]
+fn an_update_that_changes_what_it_does_not_own_names_each_member() {
+    let call = current_call();
+    let document = json!({"data": {"type": "call",
+        "attributes": {
+            "createdAt": "2025-01-14T00:00:00Z", "state": "ringing", "uid": "trace",
+            "updatedAt": "2025-01-13T12:05:00.000Z", "note": "fine"
+        },
+        "relationships": {"batches": {"data": []}, "associatedId": {"data": {"type": "account", "id": 1}}},
+        "meta": {"canWrite": "yes"}
+    }});
+    let violations = crate::parse_update(&document, &call, ORDINARY).expect_err("refused");
+    let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
+    assert_eq!(
+        pointers,
+        vec![
+            "/data/attributes/createdAt",
+            "/data/attributes/state",
+            "/data/attributes/uid",
+            "/data/relationships/batches",
+            "/data/relationships/associatedId",
+            "/data/meta/canWrite",
+        ]
+    );
+    // The telephony system may change them.
+    let voiced = json!({"data": {"type": "call", "attributes": {"state": "ringing", "uid": "t"}}});
+    assert!(crate::parse_update(&voiced, &call, VOICE).is_ok());
 }
