@@ -283,6 +283,23 @@ impl Inner {
 
     fn changes(&self, grant: &Grant, payload: &[u8]) -> Result<Response, ApiError> {
         let request = query::parse_changes(query_text(payload)?)?;
+        // A position past the head is a mistyped or foreign checkpoint: answering an empty page
+        // would let the client skip every event up to it without knowing.
+        if request.after > self.projection.checkpoint() {
+            let head = self
+                .projection
+                .catch_up()
+                .map_err(|error| projection_error("reading changes", &error))?;
+            if request.after > head {
+                return Err(ApiError::parameter(
+                    "after",
+                    format!(
+                        "Position {} is past the head of the log, {head}: ask from a meta.position of an earlier reply, or from 0.",
+                        request.after
+                    ),
+                ));
+            }
+        }
         let page = self
             .projection
             .changes(request.after, request.limit)

@@ -241,6 +241,16 @@ fn create_get_update_list_changes_delete_round_trip() {
         json!([{"id": id, "deletedAt": NOW}])
     );
     assert_eq!(changes["links"]["next"], "after=3&limit=100");
+    // The head itself is a valid place to ask from; past it is a 400 naming `after` and the head.
+    let at_head = ledger.as_("reader", Operation::Changes, "after=3");
+    assert_eq!(at_head.status, 200, "{}", text(&at_head));
+    let past = ledger.as_("reader", Operation::Changes, "after=1000");
+    let first = error(&past, 400, "validationError");
+    assert_eq!(first["source"]["parameter"], "after");
+    assert!(
+        first["detail"].as_str().unwrap().contains("past the head of the log, 3"),
+        "{first}"
+    );
     let empty = body(&ledger.as_("reader", Operation::List, ""));
     assert_eq!(empty, json!({"data": []}));
 }
