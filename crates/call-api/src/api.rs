@@ -268,6 +268,25 @@ impl Inner {
                     let cursor = self.projection.cursor_for(query, &page.calls[kept - 1]);
                     links.value("next", &request.link(&PageCursor::After(cursor)));
                 }
+                // An empty page reached by a cursor still links back to the rows beside it.
+                if kept == 0 {
+                    let beside = |cursor: &str, forward: bool| {
+                        self.projection.cursor_beside(query, cursor, forward).ok()
+                    };
+                    match &query.cursor {
+                        Some(PageCursor::After(cursor)) if page.more_before => {
+                            if let Some(place) = beside(cursor, true) {
+                                links.value("prev", &request.link(&PageCursor::Before(place)));
+                            }
+                        }
+                        Some(PageCursor::Before(cursor)) if page.more_after => {
+                            if let Some(place) = beside(cursor, false) {
+                                links.value("next", &request.link(&PageCursor::After(place)));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 members.raw("links", &links.finish());
             }
             if let Some(count) = page.count {
@@ -478,15 +497,9 @@ fn not_found_id(id: CallId) -> ApiError {
     ApiError::not_found(&id.to_string())
 }
 
-/// A call id from a subject token: a positive integer, else no call has it (404).
+/// A call id from a subject token: a canonical positive integer, else no call has it (404).
 fn parse_id(token: &str) -> Result<CallId, ApiError> {
-    if token.is_empty() || !token.bytes().all(|byte| byte.is_ascii_digit()) {
-        return Err(ApiError::not_found(token));
-    }
-    match token.parse::<CallId>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(ApiError::not_found(token)),
-    }
+    query::parse_id(token).ok_or_else(|| ApiError::not_found(token))
 }
 
 /// `If-Match: 3` or `If-Match: "3"`.

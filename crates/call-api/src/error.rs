@@ -249,15 +249,24 @@ impl ApiError {
         document.finish().into_bytes()
     }
 
-    /// The reply: its status, `Content-Type` and the JSON:API body.
+    /// The reply: its status, `Content-Type`, `Retry-After` when retrying later may succeed
+    /// (503, 429), and the JSON:API body.
     pub fn to_response(&self) -> Response {
+        let mut headers = vec![("Content-Type".into(), CONTENT_TYPE.into())];
+        if matches!(self.status, 429 | 503) {
+            headers.push(("Retry-After".into(), RETRY_AFTER_SECS.to_string()));
+        }
         Response {
             status: self.status,
-            headers: vec![("Content-Type".into(), CONTENT_TYPE.into())],
+            headers,
             body: self.to_body(),
         }
     }
 }
+
+/// The seconds a 503 or 429 asks the client to wait before retrying (`Retry-After`): the
+/// ledger's overloads and restarts pass in about that long.
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// The most error objects one reply lists.
 pub const MAX_ERROR_OBJECTS: usize = 100;
@@ -281,6 +290,13 @@ mod tests {
         );
         let busy = ApiError::unavailable("Busy.").to_response();
         assert_eq!(busy.error_title(), Some("Service Unavailable"));
+        assert_eq!(busy.header("Retry-After"), Some("1"));
+        assert_eq!(
+            ApiError::parameter("x", "y")
+                .to_response()
+                .header("Retry-After"),
+            None
+        );
         assert_eq!(busy.outcome(), crate::Outcome::Unavailable);
         assert_eq!(
             String::from_utf8(busy.body).unwrap(),

@@ -389,6 +389,15 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// An id: a positive integer written canonically, without a sign or leading zeros, so that
+/// one id has one spelling (`01` and `+1` name no call).
+pub fn parse_id(text: &str) -> Option<u64> {
+    if text.starts_with('0') {
+        return None;
+    }
+    parse_digits(text).filter(|id| *id > 0)
+}
+
 fn parse_digits(value: &str) -> Option<u64> {
     if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
@@ -461,9 +470,11 @@ fn parse_fieldset(key: &str, value: &str) -> Result<Fieldset, ApiError> {
 fn parse_sort(key: &str, value: &str) -> Result<Vec<SortKey>, ApiError> {
     let mut keys: Vec<SortKey> = Vec::new();
     for item in value.split(',') {
-        let (descending, name) = match item.strip_prefix('-') {
-            Some(name) => (true, name),
-            None => (false, item),
+        // `-` descends; `+`, as some clients write it, ascends as no sign does.
+        let (descending, name) = match (item.strip_prefix('-'), item.strip_prefix('+')) {
+            (Some(name), _) => (true, name),
+            (None, Some(name)) => (false, name),
+            (None, None) => (false, item),
         };
         let field = if name == "id" {
             SortField::Id
@@ -533,11 +544,14 @@ impl ValueKind {
             return Err(ApiError::parameter(key, "Expected a value, got nothing."));
         }
         match self {
-            ValueKind::CallId | ValueKind::RelatedId => parse_digits(text)
+            ValueKind::CallId | ValueKind::RelatedId => parse_id(text)
                 .and_then(|id| i64::try_from(id).ok())
                 .map(FilterValue::Int)
                 .ok_or_else(|| {
-                    ApiError::parameter(key, format!("Expected an integer id, got '{text}'."))
+                    ApiError::parameter(
+                        key,
+                        format!("Expected an id, a positive integer without sign or leading zeros, got '{text}'."),
+                    )
                 }),
             ValueKind::Time => parse_time(text).map(FilterValue::Time).ok_or_else(|| {
                 ApiError::parameter(

@@ -248,7 +248,10 @@ fn create_get_update_list_changes_delete_round_trip() {
     let first = error(&past, 400, "validationError");
     assert_eq!(first["source"]["parameter"], "after");
     assert!(
-        first["detail"].as_str().unwrap().contains("past the head of the log, 3"),
+        first["detail"]
+            .as_str()
+            .unwrap()
+            .contains("past the head of the log, 3"),
         "{first}"
     );
     let empty = body(&ledger.as_("reader", Operation::List, ""));
@@ -725,7 +728,8 @@ fn lists_walk_forward_and_back_with_exclusive_cursors() {
         "page[after]"
     );
 
-    // Past the end: no rows, and only `first` (with a cursor given, `links` stays).
+    // Past the end: no rows, `first`, and `prev` back to the rows before the cursor (with a
+    // cursor given, `links` stays).
     let third_page = query.clone();
     for id in 1..=3 {
         let response = ledger.as_("admin", Operation::Delete(id.to_string()), "");
@@ -734,9 +738,15 @@ fn lists_walk_forward_and_back_with_exclusive_cursors() {
     let empty = body(&ledger.as_("reader", Operation::List, &third_page));
     assert_eq!(empty["data"], json!([]));
     assert_eq!(
-        empty["links"],
-        json!({"first": "filter[direction]=inbound&sort=-id&page[size]=3&count=true"})
+        empty["links"]["first"],
+        "filter[direction]=inbound&sort=-id&page[size]=3&count=true"
     );
+    let back = body(&ledger.as_(
+        "reader",
+        Operation::List,
+        empty["links"]["prev"].as_str().expect("links.prev"),
+    ));
+    assert!(!back["data"].as_array().unwrap().is_empty());
     assert_eq!(empty["meta"], json!({"count": 4}));
     let none = body(&ledger.as_("reader", Operation::List, "filter[note]=nobody"));
     assert_eq!(none, json!({"data": []}));
@@ -974,4 +984,126 @@ fn a_fetched_call_sent_back_with_one_change_is_that_change() {
         "/data/relationships/batches"
     );
     assert_eq!(body(&refused)["errors"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn only_canonical_positive_integers_are_ids() {
+    let ledger = secured();
+    let created = ledger.as_("writer", Operation::Create, r#"{"data":{"type":"call"}}"#);
+    assert_eq!(body(&created)["data"]["id"], 1);
+    for token in ["01", "+1", "0", "-1", "1.0", " 1", "1e0", ""] {
+        error(
+            &ledger.as_("reader", Operation::Get(token.into()), ""),
+            404,
+            "resourceNotFound",
+        );
+        error(
+            &ledger.as_("admin", Operation::Delete(token.into()), ""),
+            404,
+            "resourceNotFound",
+        );
+    }
+    assert_eq!(
+        ledger.as_("reader", Operation::Get("1".into()), "").status,
+        200
+    );
+    for query in [
+        "filter[id]=01",
+        "filter[id]=0",
+        "filter[prospect][id]=007",
+        "filter[id]=1..09",
+    ] {
+        let first = error(
+            &ledger.as_("reader", Operation::List, query),
+            400,
+            "validationError",
+        );
+        assert!(
+            first["detail"].as_str().unwrap().contains("leading zeros"),
+            "{query}: {first}"
+        );
+    }
+}
+
+#[test]
+fn a_plus_before_a_sort_key_ascends() {
+    let ledger = secured();
+    for _ in 0..3 {
+        ledger.as_("writer", Operation::Create, r#"{"data":{"type":"call"}}"#);
+    }
+    let ids = |query: &str| -> Vec<u64> {
+        let reply = ledger.as_("reader", Operation::List, query);
+        assert_eq!(reply.status, 200, "{query}: {}", text(&reply));
+        body(&reply)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids("sort=+id"), vec![1, 2, 3]);
+    assert_eq!(ids("sort=%2Bid"), vec![1, 2, 3]);
+    assert_eq!(ids("sort=-id"), vec![3, 2, 1]);
+    assert_eq!(ids("sort=+createdAt,-id"), ids("sort=createdAt,-id"));
+}
+
+#[test]
+fn an_empty_page_reached_by_a_cursor_links_back() {
+    for sort in ["", "&sort=-id", "&sort=createdAt", "&sort=-createdAt,id"] {
+        let ledger = secured();
+        for _ in 0..3 {
+            ledger.as_("writer", Operation::Create, r#"{"data":{"type":"call"}}"#);
+        }
+        let ids = |page: &Value| -> Vec<u64> {
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row["id"].as_u64().unwrap())
+                .collect()
+        };
+        let first = body(&ledger.as_("reader", Operation::List, &format!("page[size]=2{sort}")));
+        let next = first["links"]["next"].as_str().unwrap().to_owned();
+        // The one row the next page would hold goes away.
+        let all = body(&ledger.as_("reader", Operation::List, &format!("page[size]=3{sort}")));
+        let last = ids(&all)[2];
+        let deleted = ledger.as_("admin", Operation::Delete(last.to_string()), "");
+        assert_eq!(deleted.status, 204);
+        let empty = body(&ledger.as_("reader", Operation::List, &next));
+        assert_eq!(empty["data"], json!([]), "{sort}");
+        let prev = empty["links"]["prev"].as_str().expect("links.prev");
+        let back = body(&ledger.as_("reader", Operation::List, prev));
+        assert_eq!(
+            ids(&back),
+            ids(&first),
+            "{sort}: the page before is the first page"
+        );
+        assert!(empty["links"].get("next").is_none(), "{sort}");
+        // Before the first row nothing precedes: an empty page that links forward.
+        let before = first["links"]["next"]
+            .as_str()
+            .unwrap()
+            .replace("page[after]", "page[before]");
+        let head = body(&ledger.as_("reader", Operation::List, &before));
+        assert_eq!(ids(&head), vec![ids(&first)[0]], "{sort}");
+        let prev = head["links"]["prev"].as_str().map(str::to_owned);
+        assert!(prev.is_none(), "{sort}: nothing before the first row");
+        let before_first = body(
+            &ledger.as_(
+                "reader",
+                Operation::List,
+                &head["links"]["next"]
+                    .as_str()
+                    .unwrap()
+                    .replace("page[after]", "page[before]"),
+            ),
+        );
+        assert_eq!(before_first["data"], json!([]), "{sort}");
+        let forward = before_first["links"]["next"].as_str().expect("links.next");
+        assert_eq!(
+            ids(&body(&ledger.as_("reader", Operation::List, forward))),
+            ids(&first),
+            "{sort}"
+        );
+    }
 }

@@ -29,7 +29,8 @@ pub struct CommandRequest {
     pub command: Command,
     /// `If-Match`: the version the call must be at, else the command is a conflict.
     pub expected_version: Option<u64>,
-    /// A retry with the same key and the same command returns the original result.
+    /// A retry with the same key and the same command, from the same actor, returns the
+    /// original result. Keys are scoped per actor: another actor's equal key is another key.
     pub idempotency_key: Option<String>,
 }
 
@@ -149,7 +150,7 @@ impl CommandService {
             Some(key) => {
                 check_idempotency_key(key)?;
                 Some(Idempotency {
-                    key: key.clone(),
+                    key: scoped_key(&request.command.actor, key),
                     fingerprint: fingerprint(&request),
                 })
             }
@@ -317,6 +318,13 @@ fn target_id(command: &Command) -> Option<CallId> {
         Action::Create(_) => None,
         Action::Update { id, .. } | Action::Delete { id } => Some(*id),
     }
+}
+
+/// The key the log keeps for `key` sent by `actor`: keys are scoped per writer (a token, a
+/// producer), so that two integrations that happen to pick the same key never collide. The
+/// length prefix keeps `("a:b", "c")` and `("a", "b:c")` apart. The events carry the key as sent.
+fn scoped_key(actor: &str, key: &str) -> String {
+    format!("{}:{actor}:{key}", actor.len())
 }
 
 /// Checks an idempotency key against the one rule for keys: 1 to

@@ -213,3 +213,34 @@ fn concurrent_updates_without_if_match_all_land() {
     });
     assert_eq!(service.load(1).unwrap().version(), 17);
 }
+
+#[test]
+fn idempotency_keys_are_scoped_per_actor() {
+    let (_dir, service) = service();
+    let create_as = |actor: &str| {
+        let mut request = request(
+            Action::Create(changes(json!({"direction": "inbound"}))),
+            Some("crm-4711"),
+            None,
+        );
+        request.command.actor = actor.into();
+        service.execute(request).unwrap()
+    };
+    let crm = create_as("crm-sync");
+    let dialer = create_as("dialer");
+    // The same key from another integration is another request: a second call, no conflict.
+    assert_ne!(crm.call_id, dialer.call_id);
+    assert!(!dialer.replayed);
+    // From the same integration it is a retry.
+    let again = create_as("crm-sync");
+    assert!(again.replayed);
+    assert_eq!(again.call_id, crm.call_id);
+    // The length prefix keeps actors and keys that share characters apart.
+    assert_ne!(scoped_key("a:b", "c"), scoped_key("a", "b:c"));
+    // The events carry the key as sent.
+    let events = service.log().read_stream(crm.call_id).unwrap();
+    assert!(events
+        .iter()
+        .all(|record| String::from_utf8_lossy(&record.payload)
+            .contains("\"idempotencyKey\":\"crm-4711\"")));
+}

@@ -224,6 +224,18 @@ impl Projection {
         engine::cursor_for(query, call)
     }
 
+    /// The cursor of the place just after (`forward`) or just before the row `cursor` names in
+    /// `query`'s order, for the links of an empty page reached by `cursor`: `page[before]` with
+    /// the place just after a row lists that row and what precedes it.
+    pub fn cursor_beside(
+        &self,
+        query: &ListQuery,
+        cursor: &str,
+        forward: bool,
+    ) -> Result<String, QueryError> {
+        engine::cursor_beside(query, cursor, forward)
+    }
+
     /// The calls created or changed, and the calls deleted, after log position `after`, in log
     /// order, up to `limit` items together (at least one).
     ///

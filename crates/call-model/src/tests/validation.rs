@@ -944,7 +944,10 @@ fn batches_is_a_list_of_batch_linkages_and_an_empty_list_clears_it() {
 fn batches_and_kaia_crm_recording_are_read_only_to_ordinary_writers() {
     for (name, data) in [
         ("batches", json!([{"type": "batch", "id": 1}])),
-        ("kaiaCrmRecording", json!({"type": "kaiaCrmRecording", "id": 1})),
+        (
+            "kaiaCrmRecording",
+            json!({"type": "kaiaCrmRecording", "id": 1}),
+        ),
         ("associatedId", json!({"type": "account", "id": 1})),
     ] {
         let document = with_relationships(json!({ name: {"data": data} }));
@@ -1438,9 +1441,12 @@ fn current_call() -> crate::Call {
         relationships: Default::default(),
         data_connections: Vec::new(),
     };
-    call.attributes.insert(Field::CreatedAt, at("2025-01-13T12:00:00.000Z"));
-    call.attributes.insert(Field::UpdatedAt, at("2025-01-13T12:05:00.000Z"));
-    call.attributes.insert(Field::StateChangedAt, at("2025-01-13T12:01:00.000Z"));
+    call.attributes
+        .insert(Field::CreatedAt, at("2025-01-13T12:00:00.000Z"));
+    call.attributes
+        .insert(Field::UpdatedAt, at("2025-01-13T12:05:00.000Z"));
+    call.attributes
+        .insert(Field::StateChangedAt, at("2025-01-13T12:01:00.000Z"));
     call.attributes
         .insert(Field::State, AttrValue::Text("completed".into()));
     call.attributes

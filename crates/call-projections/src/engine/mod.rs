@@ -37,7 +37,7 @@ mod plan;
 mod run;
 mod walk;
 
-pub(crate) use run::{cursor_for, list};
+pub(crate) use run::{cursor_beside, cursor_for, list};
 
 #[cfg(test)]
 mod tests;

@@ -286,3 +286,25 @@ pub(crate) fn cursor_for(query: &ListQuery, call: &Call) -> String {
     let fingerprint = cursor::fingerprint(&query.filters, &order);
     cursor::encode(&order.key_of_call(call), &fingerprint)
 }
+
+/// The cursor of the place just beside the row `cursor` names, in `query`'s order: just after
+/// it (`forward`) or just before it. No row lies between a row and that place, so
+/// `page[before]` with the place just after a row lists that row and those before it, and
+/// `page[after]` with the place just before it lists that row and those after it: the links
+/// of an empty page reached by a cursor.
+pub(crate) fn cursor_beside(
+    query: &ListQuery,
+    cursor: &str,
+    forward: bool,
+) -> Result<String, QueryError> {
+    let order = Order::of(&query.sort)?;
+    let fingerprint = cursor::fingerprint(&query.filters, &order);
+    let mut key = cursor::decode(cursor, &fingerprint, &order)?;
+    // Ids break ties last, so the neighbouring id with the same values is the next place.
+    key.id = if forward != order.id_desc {
+        key.id.saturating_add(1)
+    } else {
+        key.id.saturating_sub(1)
+    };
+    Ok(cursor::encode(&key, &fingerprint))
+}
