@@ -15,6 +15,7 @@
 //! bounded waiting.
 
 mod endpoints;
+mod docs;
 mod jetstream;
 mod process;
 mod queries;

@@ -367,8 +367,9 @@ async fn reject(
     let mut pairs: Vec<(&str, &str)> = original_headers
         .iter()
         .filter(|(name, _)| {
-            let lower = name.to_ascii_lowercase();
-            !lower.starts_with("nats-") || lower == "nats-msg-id" || lower == "nats-producer"
+            !headers::is_nats_header(name)
+                || name.eq_ignore_ascii_case(headers::MSG_ID)
+                || name.eq_ignore_ascii_case(headers::PRODUCER)
         })
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();

@@ -68,6 +68,12 @@ pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 /// The producer's name, the actor of its commands.
 pub(crate) const PRODUCER: &str = "Nats-Producer";
 
+/// Whether `name` is one of NATS's own headers (`Nats-...`), which steer the server.
+pub(crate) fn is_nats_header(name: &str) -> bool {
+    name.get(..5)
+        .is_some_and(|start| start.eq_ignore_ascii_case("Nats-"))
+}
+
 /// The headers of the NATS reply to `response`: the micro service's error headers first on an
 /// error (as a NATS client expects them), then the API's own.
 pub(crate) fn reply_headers(response: &Response) -> Vec<(String, String)> {

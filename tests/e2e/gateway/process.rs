@@ -23,14 +23,14 @@ use super::{
 };
 
 /// A `callledger serve` child process, killed on drop.
-struct Serve {
+pub(super) struct Serve {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Serve {
     /// Starts `callledger serve --data-dir DATA --nats-url URL EXTRA...`, logging to `log`.
-    fn start(bin: &Path, data: &Path, url: &str, extra: &[&str], log: PathBuf) -> Serve {
+    pub(super) fn start(bin: &Path, data: &Path, url: &str, extra: &[&str], log: PathBuf) -> Serve {
         let output = File::create(&log).expect("the service's log file");
         let child = Command::new(bin)
             .arg("serve")
@@ -55,7 +55,7 @@ impl Serve {
     }
 
     /// Sends SIGTERM with kill(1): std has no SIGTERM and the workspace forbids `unsafe`.
-    fn terminate(&self) {
+    pub(super) fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
@@ -72,7 +72,7 @@ impl Serve {
     }
 
     /// Waits for the process to exit and returns its status.
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+    pub(super) fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
         let mut status = None;
         let exited = wait_until(timeout, || {
@@ -88,7 +88,7 @@ impl Serve {
         status.expect("exited")
     }
 
-    fn logs(&self) -> String {
+    pub(super) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -100,7 +100,7 @@ impl Drop for Serve {
 }
 
 /// Waits until a service answers `calls.api.list`.
-async fn wait_until_serving(caller: &Caller, serve: &Serve) {
+pub(super) async fn wait_until_serving(caller: &Caller, serve: &Serve) {
     wait_until_serving_on("calls", caller, serve).await;
 }
 
