@@ -14,8 +14,8 @@
 //! what they share: the in-process gateway, a client that speaks the contract, the tokens, and
 //! bounded waiting.
 
-mod endpoints;
 mod docs;
+mod endpoints;
 mod jetstream;
 mod process;
 mod queries;
@@ -417,6 +417,9 @@ impl Reply {
         );
         assert_eq!(self.header("Nats-Service-Error"), Some(title), "{self}");
         assert_eq!(self.header("Content-Type"), Some(JSON_API), "{self}");
+        // Retrying later may succeed exactly for these, and they say when.
+        let retry_after = matches!(code, 429 | 503).then_some("1");
+        assert_eq!(self.header("Retry-After"), retry_after, "{self}");
         let body = self.json();
         let errors = body["errors"]
             .as_array()

@@ -1107,3 +1107,30 @@ fn an_empty_page_reached_by_a_cursor_links_back() {
         );
     }
 }
+
+#[test]
+fn one_idempotency_key_from_two_tokens_is_two_requests() {
+    let ledger = secured();
+    let document = r#"{"data":{"type":"call","attributes":{"direction":"inbound"}}}"#;
+    let send = |token: &str| {
+        let bearer = format!("Bearer {token}-secret");
+        ledger.send(
+            Operation::Create,
+            &[("Authorization", &bearer), ("Idempotency-Key", "sync-1")],
+            document.as_bytes(),
+        )
+    };
+    let writer = send("writer");
+    let admin = send("admin");
+    assert_eq!(
+        (writer.status, admin.status),
+        (201, 201),
+        "{}",
+        text(&admin)
+    );
+    assert_ne!(body(&writer)["data"]["id"], body(&admin)["data"]["id"]);
+    assert_eq!(admin.header("Idempotent-Replayed"), None);
+    let again = send("writer");
+    assert_eq!(again.header("Idempotent-Replayed"), Some("true"));
+    assert_eq!(body(&again)["data"]["id"], body(&writer)["data"]["id"]);
+}

@@ -23,8 +23,6 @@ use crate::error::{GatewayError, GatewayErrorKind};
 use crate::names::JetStreamNames;
 use crate::{headers, sleep_or_stop, stopped, Backoff};
 
-/// The stream producers publish commands to.
-
 /// How long JetStream waits for an ack before it redelivers.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The idle heartbeat of the pull requests; two missed ones mean the consumer is recreated.

@@ -102,7 +102,10 @@ async fn every_cli_example_in_the_docs_runs_as_written() {
     let readme_examples = cli_examples(&readme);
     // Found, so that a change of the documents' layout cannot make this test vacuous.
     assert!(api_examples.len() >= 7, "docs/api.md: {api_examples:#?}");
-    assert!(readme_examples.len() >= 2, "README.md: {readme_examples:#?}");
+    assert!(
+        readme_examples.len() >= 2,
+        "README.md: {readme_examples:#?}"
+    );
     bounded("the test", TEST_TIMEOUT, async {
         let nats = blocking(NatsServer::start);
         let dir = tempfile::tempdir().expect("a temporary directory");
