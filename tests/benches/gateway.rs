@@ -272,6 +272,7 @@ impl Gateway {
             duplicate_window: Duration::from_secs(120),
             data_dir: data_dir.to_owned(),
             queue_group: "call-ledger".into(),
+            lock_ttl: Duration::from_secs(10),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = thread::Builder::new()

@@ -223,6 +223,7 @@ impl Gateway {
             duplicate_window: Duration::from_secs(120),
             data_dir: data.path().to_path_buf(),
             queue_group: "call-ledger".to_string(),
+            lock_ttl: Duration::from_secs(10),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(call_gateway::run(

@@ -29,6 +29,9 @@ pub enum GatewayErrorKind {
     Request,
     /// One of the gateway's own tasks panicked.
     Task,
+    /// Another instance serves the same subjects (it holds the writer lock), or took the lock
+    /// from this one.
+    Locked,
 }
 
 impl fmt::Display for GatewayErrorKind {
@@ -44,6 +47,7 @@ impl fmt::Display for GatewayErrorKind {
             GatewayErrorKind::TimedOut => "request timed out",
             GatewayErrorKind::Request => "request failed",
             GatewayErrorKind::Task => "gateway task failed",
+            GatewayErrorKind::Locked => "the subjects are taken",
         })
     }
 }

@@ -20,6 +20,7 @@ mod commands;
 mod connect;
 mod error;
 mod headers;
+mod lease;
 mod names;
 mod outbox;
 mod service;
@@ -55,6 +56,11 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// The queue group of the service's endpoints (`call-ledger`), shared by every instance.
     pub queue_group: String,
+    /// How long the writer lock (one embedded ledger per subject prefix) outlives its holder's
+    /// last renewal: a second instance is refused while it is held, and an instance that died
+    /// without releasing it is replaced after this long (10 s). The same data directory
+    /// restarted takes it back at once.
+    pub lock_ttl: Duration,
 }
 
 /// How long the final flush of the connection may take.
@@ -80,7 +86,38 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let max_in_flight = validate(&config)?;
     let prefix = config.subject_prefix.clone();
+    let names = JetStreamNames::of(&prefix);
     let js = async_nats::jetstream::new(client.clone());
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    // One embedded ledger per subject prefix: refuse to serve while another instance does.
+    let data_dir = config.data_dir.clone();
+    let holder = tokio::task::spawn_blocking(move || lease::Holder::of_this_process(&data_dir))
+        .await
+        .map_err(|e| {
+            GatewayError::with_source(GatewayErrorKind::Task, "reading the instance id", e)
+        })??;
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let lock = loop {
+        let acquired = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            acquired = lease::WriterLock::acquire(&js, &names.lock_bucket, holder.clone(), config.lock_ttl) => acquired,
+        };
+        match acquired {
+            Ok(lock) => break lock,
+            Err(error) if error.kind() == GatewayErrorKind::Locked => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "cannot take the writer lock yet; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(bucket = %names.lock_bucket, instance = %holder.instance, "writer lock taken");
+    let (lock_stop_tx, lock_stop_rx) = watch::channel(false);
+    let mut lock_task = tokio::spawn(lock.hold(lock_stop_rx));
 
     let outbox = outbox::Outbox::open(
         js.clone(),
@@ -106,7 +143,7 @@ pub async fn run(
         let commands = commands::Commands {
             js,
             api,
-            names: JetStreamNames::of(&prefix),
+            names: names.clone(),
             prefix,
             duplicate_window: config.duplicate_window,
             max_in_flight,
@@ -130,10 +167,21 @@ pub async fn run(
     );
 
     let mut failure = None;
+    let mut lock_ended = false;
     tokio::select! {
-        () = shutdown => tracing::info!("shutting down: draining"),
+        () = &mut shutdown => tracing::info!("shutting down: draining"),
         Some(joined) = tasks.join_next() => failure = Some(unexpected_end(joined)),
         Some(joined) = outbox_task.join_next() => failure = Some(unexpected_end(joined)),
+        held = &mut lock_task => {
+            lock_ended = true;
+            let error = match held {
+                Ok(Err(error)) => error,
+                Ok(Ok(())) => GatewayError::new(GatewayErrorKind::Task, "the writer lock ended"),
+                Err(error) => panicked(error),
+            };
+            tracing::error!(%error, "lost the writer lock; stopping");
+            failure = Some(error);
+        }
     }
     // Nobody may be left waiting for the receivers, so a failed send is fine.
     let _ = stop_tx.send(true);
@@ -167,6 +215,20 @@ pub async fn run(
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "cannot flush the NATS connection"),
         Err(_) => tracing::warn!("flushing the NATS connection timed out"),
+    }
+    // Released last, so that no other instance starts before this one has drained.
+    let _ = lock_stop_tx.send(true);
+    if !lock_ended {
+        match tokio::time::timeout(FLUSH_TIMEOUT, lock_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                failure.get_or_insert(error);
+            }
+            Ok(Err(error)) => {
+                failure.get_or_insert(panicked(error));
+            }
+            Err(_) => tracing::warn!("releasing the writer lock timed out; it expires by itself"),
+        }
     }
     if let Err(error) = client.drain().await {
         tracing::warn!(%error, "cannot drain the NATS connection");

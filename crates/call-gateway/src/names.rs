@@ -6,7 +6,7 @@
 /// releases used, kept so that existing deployments keep their streams.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "calls";
 
-/// The JetStream names of one ledger.
+/// The JetStream names (streams, consumer, KV bucket) of one ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JetStreamNames {
     /// Producers' commands, on `<prefix>.commands.>`.
@@ -17,6 +17,8 @@ pub struct JetStreamNames {
     pub events: String,
     /// The durable pull consumer of [`JetStreamNames::commands`].
     pub consumer: String,
+    /// The KV bucket of the writer lock: which instance serves these subjects.
+    pub lock_bucket: String,
 }
 
 impl JetStreamNames {
@@ -42,6 +44,7 @@ impl JetStreamNames {
             commands: format!("{stream_base}_COMMANDS"),
             rejected: format!("{stream_base}_REJECTED"),
             events: format!("{stream_base}_EVENTS"),
+            lock_bucket: format!("{stream_base}_LOCK"),
             consumer,
         }
     }
@@ -58,10 +61,12 @@ mod tests {
         assert_eq!(default.rejected, "CALL_REJECTED");
         assert_eq!(default.events, "CALL_EVENTS");
         assert_eq!(default.consumer, "call-ledger");
+        assert_eq!(default.lock_bucket, "CALL_LOCK");
         let staging = JetStreamNames::of("staging");
         assert_eq!(staging.commands, "STAGING_CALL_COMMANDS");
         assert_eq!(staging.events, "STAGING_CALL_EVENTS");
         assert_eq!(staging.consumer, "staging-call-ledger");
+        assert_eq!(staging.lock_bucket, "STAGING_CALL_LOCK");
         let nested = JetStreamNames::of("eu.calls");
         assert_eq!(nested.rejected, "EU_CALLS_CALL_REJECTED");
         assert_eq!(nested.consumer, "eu_calls-call-ledger");

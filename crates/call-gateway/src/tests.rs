@@ -38,6 +38,7 @@ fn config(data_dir: &Path) -> GatewayConfig {
         duplicate_window: Duration::from_secs(120),
         data_dir: data_dir.to_path_buf(),
         queue_group: "call-ledger".to_string(),
+        lock_ttl: Duration::from_secs(10),
     }
 }
 
@@ -680,6 +681,85 @@ async fn past_the_bound_requests_get_503_at_once() {
             .await
             .expect("the gateway task")
             .expect("the gateway drains");
+    })
+    .await
+    .expect("the test finishes in time");
+}
+
+/// The writer lock: a second instance is refused and told who holds it; the holder renews it;
+/// the same data directory takes it back at once; a released lock, and one whose holder died,
+/// are free again (the latter once its time to live has passed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_lock_admits_one_instance_per_prefix() {
+    use crate::lease::{Holder, WriterLock};
+    use crate::GatewayErrorKind;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let nats = Nats::start();
+        let client = crate::connect(options(nats.url())).await.expect("client");
+        let js = jetstream::new(client.clone());
+        let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = Holder::of_this_process(first_dir.path()).expect("an instance id");
+        let second = Holder::of_this_process(second_dir.path()).expect("an instance id");
+        assert_ne!(first.instance, second.instance);
+        // The id is kept: the same directory is the same instance.
+        let again = Holder::of_this_process(first_dir.path()).expect("an instance id");
+        assert_eq!(again.instance, first.instance);
+
+        let ttl = Duration::from_secs(2);
+        let lock = WriterLock::acquire(&js, "CALL_LOCK", first.clone(), ttl)
+            .await
+            .expect("the first instance takes the lock");
+        let refused = WriterLock::acquire(&js, "CALL_LOCK", second.clone(), ttl)
+            .await
+            .err()
+            .expect("a second instance is refused");
+        assert_eq!(refused.kind(), GatewayErrorKind::Locked);
+        let message = refused.to_string();
+        assert!(
+            message.contains(&first.instance)
+                && message.contains(&first_dir.path().display().to_string()),
+            "names the holder: {message}"
+        );
+        // Another prefix's bucket is another lock.
+        let staging = WriterLock::acquire(&js, "STAGING_CALL_LOCK", second.clone(), ttl)
+            .await
+            .expect("another prefix is free");
+
+        // Held past its time to live by renewals, the lock still refuses others.
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let holding = tokio::spawn(lock.hold(stop_rx));
+        tokio::time::sleep(ttl * 2).await;
+        let still = WriterLock::acquire(&js, "CALL_LOCK", second.clone(), ttl).await;
+        assert_eq!(
+            still.err().map(|e| e.kind()),
+            Some(GatewayErrorKind::Locked)
+        );
+        // The same data directory, restarted (a new process: same id), takes it back at once.
+        let restarted = WriterLock::acquire(&js, "CALL_LOCK", again, ttl)
+            .await
+            .expect("the same instance takes its lock back");
+        drop(restarted);
+        // Released, it is free for anyone.
+        stop.send(true).expect("the holder listens");
+        let _ = holding.await;
+        let taken = WriterLock::acquire(&js, "CALL_LOCK", second.clone(), ttl)
+            .await
+            .expect("a released lock is free");
+        // A holder that died (never renews, never releases) frees it after its time to live.
+        drop(taken);
+        drop(staging);
+        let third_dir = tempfile::tempdir().unwrap();
+        let third = Holder::of_this_process(third_dir.path()).expect("an instance id");
+        let started = Instant::now();
+        eventually("the dead holder's lock to expire", || {
+            let (js, third) = (js.clone(), third.clone());
+            async move { WriterLock::acquire(&js, "CALL_LOCK", third, ttl).await.ok() }
+        })
+        .await;
+        assert!(
+            started.elapsed() >= ttl / 2,
+            "expired only after about its ttl"
+        );
     })
     .await
     .expect("the test finishes in time");

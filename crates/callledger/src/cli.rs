@@ -120,6 +120,11 @@ pub struct ServeArgs {
     /// The JetStream duplicate window for commands and events, in seconds.
     #[arg(long, env = "CALLLEDGER_DUPLICATE_WINDOW_SECS")]
     pub duplicate_window_secs: Option<u64>,
+    /// Seconds the writer lock outlives this instance's last renewal: another instance on the
+    /// same subjects is refused meanwhile (10). The same data directory restarted takes it back
+    /// at once.
+    #[arg(long, env = "CALLLEDGER_LOCK_TTL_SECS")]
+    pub lock_ttl_secs: Option<u64>,
 }
 
 /// Log output format.

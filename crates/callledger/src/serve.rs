@@ -28,6 +28,7 @@ struct ConfigFile {
     log_format: Option<LogFormat>,
     max_in_flight: Option<usize>,
     duplicate_window_secs: Option<u64>,
+    lock_ttl_secs: Option<u64>,
 }
 
 pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -88,6 +89,12 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .or(file.duplicate_window_secs)
             .unwrap_or(120),
     );
+    let lock_ttl = Duration::from_secs(
+        args.lock_ttl_secs
+            .or(file.lock_ttl_secs)
+            .unwrap_or(10)
+            .max(1),
+    );
 
     let ledger = Ledger::open(&data, None)?;
     tracing::info!(
@@ -119,6 +126,7 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             duplicate_window,
             data_dir: ledger.dir.clone(),
             queue_group: "call-ledger".into(),
+            lock_ttl,
         };
         call_gateway::run(client, api, ledger.log.clone(), gateway, shutdown_signal()).await?;
         ledger.log.flush()?;

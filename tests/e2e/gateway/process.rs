@@ -540,3 +540,95 @@ async fn two_ledgers_on_one_nats_keep_their_own_streams_and_consumers() {
     })
     .await;
 }
+
+/// Two embedded ledgers on the same subjects would split the ledger: a second `callledger
+/// serve` with its own data directory refuses to start (non-zero, within seconds, naming the
+/// instance that holds the subjects) while the first serves on undisturbed. After a SIGKILL the
+/// first's data directory restarts at once (it is the lock's holder), and the other is still
+/// refused: the lock outlives a crash for its time to live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ledger_on_the_same_subjects_refuses_to_start() {
+    let bin = blocking(callledger_bin);
+    bounded("the test", TEST_TIMEOUT, async {
+        let nats = blocking(NatsServer::start);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (first_data, second_data) = (dir.path().join("first"), dir.path().join("second"));
+        // A long time to live, so that a slow machine cannot let it expire mid-test.
+        let ttl = ["--lock-ttl-secs", "120"];
+        let mut first = blocking(|| {
+            Serve::start(
+                &bin,
+                &first_data,
+                &nats.url(),
+                &ttl,
+                dir.path().join("first-1.log"),
+            )
+        });
+        let client = async_nats::connect(nats.url()).await.expect("a client");
+        let caller = Caller::new(client.clone(), None);
+        wait_until_serving(&caller, &first).await;
+        let created = caller
+            .request(
+                "calls.api.create",
+                &[],
+                call_document(json!({"note": "one"})).to_string(),
+            )
+            .await;
+        assert!(created.is_success(), "{created}");
+        let instance = std::fs::read_to_string(first_data.join("instance.id"))
+            .expect("the first instance's id");
+
+        let refused = |log: &str| {
+            let mut second =
+                Serve::start(&bin, &second_data, &nats.url(), &ttl, dir.path().join(log));
+            let status = second.wait(Duration::from_secs(30));
+            assert!(!status.success(), "the second instance must not serve");
+            let logs = second.logs();
+            assert!(
+                logs.contains("another call-ledger instance serves these subjects")
+                    && logs.contains(instance.trim()),
+                "the refusal names the holder:\n{logs}"
+            );
+        };
+        blocking(|| refused("second-1.log"));
+        // The first serves on, undisturbed.
+        let listed = caller.request("calls.api.list", &[], "count=true").await;
+        assert_eq!(listed.json()["meta"]["count"], 1, "{listed}");
+
+        // SIGKILL: the lock stays (it expires in 120 s); the same directory takes it back at
+        // once, another is still refused.
+        blocking(|| first.kill());
+        blocking(|| refused("second-2.log"));
+        let mut first = blocking(|| {
+            Serve::start(
+                &bin,
+                &first_data,
+                &nats.url(),
+                &ttl,
+                dir.path().join("first-2.log"),
+            )
+        });
+        wait_until_serving(&caller, &first).await;
+        let listed = caller.request("calls.api.list", &[], "count=true").await;
+        assert_eq!(listed.json()["meta"]["count"], 1, "{listed}");
+
+        // A clean stop releases it: the other may start at once.
+        first.terminate();
+        let status = blocking(|| first.wait(Duration::from_secs(30)));
+        assert!(status.success(), "{status}; its log:\n{}", first.logs());
+        let mut second = blocking(|| {
+            Serve::start(
+                &bin,
+                &second_data,
+                &nats.url(),
+                &ttl,
+                dir.path().join("second-3.log"),
+            )
+        });
+        wait_until_serving(&caller, &second).await;
+        second.terminate();
+        let status = blocking(|| second.wait(Duration::from_secs(30)));
+        assert!(status.success(), "{status}; its log:\n{}", second.logs());
+    })
+    .await;
+}
