@@ -8,6 +8,7 @@
 #   - call-model and event-log depend on no other workspace crate;
 #   - call-model's dependency tree has no tokio, sled or async-nats (it is
 #     pure), and call-api's has no async-nats (it knows no transport);
+#   - no public item of event-log names a sled type (callers see the contract);
 #   - no NATS header name (`Nats-...`) is written below call-gateway, and in
 #     call-gateway only headers.rs spells them (their one home; its tests
 #     spell the wire as a client sees it).
@@ -92,7 +93,16 @@ check_tree() {
 check_tree call-model tokio sled async-nats
 check_tree call-api async-nats
 
-# Source rules: the wire's header names stay at the edge.
+# Source rules: the log's contract names no storage type (only pub(crate) items of the
+# sled engine may), and the wire's header names stay at the edge.
+if hits=$(grep -rnE '^\s*pub (fn|struct|enum|type|use|trait|const|mod)?.*sled::' crates/event-log/src --include='*.rs'); then
+    echo "FAIL: a public item of event-log names a sled type (the contract must be engine-neutral):"
+    echo "$hits"
+    failed=1
+else
+    echo "ok: no public item of event-log names a sled type"
+fi
+
 below_gateway=(crates/call-model crates/event-log crates/call-commands crates/call-projections crates/call-api crates/callledger)
 if hits=$(grep -rn 'Nats-' "${below_gateway[@]}" --include='*.rs'); then
     echo "FAIL: NATS header names appear below call-gateway:"

@@ -27,9 +27,7 @@ use call_model::{parse_write, Action, Command, Field, Relation, Rights, Timestam
 use call_projections::{
     Condition, Filter, FilterTarget, FilterValue, ListQuery, Projection, SortField, SortKey,
 };
-use event_log::{
-    raw_sled_batch_ceiling, Append, Durability, EventLog, ExpectedVersion, LogOptions, StreamTarget,
-};
+use event_log::{Append, Durability, EventLog, ExpectedVersion, LogOptions, SledLog, StreamTarget};
 use serde_json::Value;
 
 use support::{
@@ -122,14 +120,16 @@ fn main() {
     let wanted = |name: &str| sections.is_empty() || sections.iter().any(|s| s == name);
 
     let mut rows = Vec::new();
-    let ours_log =
-        EventLog::open(&root.path().join("ours-log"), LogOptions::durable()).expect("open our log");
+    // The sled engine itself too, for its raw scan baseline.
+    let ours_sled =
+        SledLog::open(&root.path().join("ours-log"), LogOptions::durable()).expect("open our log");
+    let ours_log = EventLog::from_engine(ours_sled.clone());
     if wanted("appends") {
         rows.extend(bench_appends(root.path(), &sizes, &ours_log));
     }
     if wanted("rebuild") {
         top_up(&ours_log, sizes.rebuild_events);
-        rows.extend(bench_rebuild(root.path(), ours_log, &sizes));
+        rows.extend(bench_rebuild(root.path(), ours_log, &ours_sled, &sizes));
     }
     if wanted("list") {
         rows.extend(bench_list(root.path(), &sizes));
@@ -262,7 +262,7 @@ fn bench_appends(root: &Path, sizes: &Sizes, log: &EventLog) -> Vec<Row> {
             });
 
             ceiling_dirs += 1;
-            let ceiling = raw_sled_batch_ceiling(
+            let ceiling = event_log::bench::raw_sled_batch_ceiling(
                 &root.join(format!("ceiling-{ceiling_dirs}")),
                 sizes.ceiling_rows,
                 mean_bytes,
@@ -273,7 +273,7 @@ fn bench_appends(root: &Path, sizes: &Sizes, log: &EventLog) -> Vec<Row> {
             // The same, with one flush per `writers` rows: the most a flush
             // can carry when each of `writers` threads waits for its own.
             ceiling_dirs += 1;
-            let same_batch = raw_sled_batch_ceiling(
+            let same_batch = event_log::bench::raw_sled_batch_ceiling(
                 &root.join(format!("ceiling-{ceiling_dirs}")),
                 count,
                 mean_bytes,
@@ -393,7 +393,7 @@ fn encoded_creates(dir: &Path, count: usize) -> Vec<Vec<u8>> {
 
 /// Rebuilds the projection from our durable log, beside a raw sled scan of
 /// the same log, interleaved sample by sample.
-fn bench_rebuild(root: &Path, log: EventLog, sizes: &Sizes) -> Vec<Row> {
+fn bench_rebuild(root: &Path, log: EventLog, sled: &SledLog, sizes: &Sizes) -> Vec<Row> {
     let head = log.head();
     let opened = Instant::now();
     let projection =
@@ -412,7 +412,7 @@ fn bench_rebuild(root: &Path, log: EventLog, sizes: &Sizes) -> Vec<Row> {
         let events = report.map_or(0, |report| report.events);
         assert_eq!(events, head, "the rebuild replayed the whole log");
         let mut rows = 0;
-        let scan_seconds = seconds(|| rows = log.scan_raw().expect("raw scan"));
+        let scan_seconds = seconds(|| rows = sled.scan_raw().expect("raw scan"));
         assert_eq!(rows, head, "the raw scan saw the whole log");
         if round > 0 {
             rebuild_rates.push(events as f64 / rebuild_seconds);

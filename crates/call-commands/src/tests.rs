@@ -2,13 +2,11 @@
 
 use super::*;
 use call_model::{parse_write, Rights, WriteMode};
-use event_log::LogOptions;
 use serde_json::json;
 
-fn service() -> (tempfile::TempDir, CommandService) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = EventLog::open(dir.path(), LogOptions::durable()).unwrap();
-    (dir, CommandService::new(log))
+/// A command service over the in-memory log: these tests are about commands, not storage.
+fn service() -> CommandService {
+    CommandService::new(EventLog::from_engine(event_log::MemoryLog::new()))
 }
 
 fn at(millis: i64) -> Timestamp {
@@ -43,7 +41,7 @@ fn create(service: &CommandService, attributes: serde_json::Value) -> CommandOut
 
 #[test]
 fn create_assigns_increasing_ids_and_update_bumps_the_version() {
-    let (_dir, service) = service();
+    let service = service();
     let first = create(&service, json!({"direction": "inbound"}));
     let second = create(&service, json!({"direction": "outbound"}));
     assert_eq!((first.call_id, first.version, first.position), (1, 1, 1));
@@ -67,7 +65,7 @@ fn create_assigns_increasing_ids_and_update_bumps_the_version() {
 
 #[test]
 fn an_update_that_changes_nothing_appends_nothing() {
-    let (_dir, service) = service();
+    let service = service();
     create(&service, json!({"note": "same"}));
     let outcome = service
         .execute(request(
@@ -85,7 +83,7 @@ fn an_update_that_changes_nothing_appends_nothing() {
 
 #[test]
 fn if_match_on_another_version_is_a_conflict_and_appends_nothing() {
-    let (_dir, service) = service();
+    let service = service();
     create(&service, json!({}));
     let error = service
         .execute(request(
@@ -109,7 +107,7 @@ fn if_match_on_another_version_is_a_conflict_and_appends_nothing() {
 
 #[test]
 fn a_retry_with_the_same_key_returns_the_original_result() {
-    let (_dir, service) = service();
+    let service = service();
     let original = service
         .execute(request(
             Action::Create(changes(json!({"note": "a"}))),
@@ -156,7 +154,7 @@ fn a_retry_with_the_same_key_returns_the_original_result() {
 
 #[test]
 fn a_deleted_call_is_not_found_for_updates_and_deletes() {
-    let (_dir, service) = service();
+    let service = service();
     create(&service, json!({}));
     service
         .execute(request(Action::Delete { id: 1 }, None, None))
@@ -184,7 +182,7 @@ fn a_deleted_call_is_not_found_for_updates_and_deletes() {
 
 #[test]
 fn an_overlong_idempotency_key_is_refused() {
-    let (_dir, service) = service();
+    let service = service();
     let key = "k".repeat(256);
     let error = service
         .execute(request(
@@ -198,7 +196,7 @@ fn an_overlong_idempotency_key_is_refused() {
 
 #[test]
 fn concurrent_updates_without_if_match_all_land() {
-    let (_dir, service) = service();
+    let service = service();
     create(&service, json!({}));
     std::thread::scope(|scope| {
         for writer in 0..16 {
@@ -216,7 +214,7 @@ fn concurrent_updates_without_if_match_all_land() {
 
 #[test]
 fn idempotency_keys_are_scoped_per_actor() {
-    let (_dir, service) = service();
+    let service = service();
     let create_as = |actor: &str| {
         let mut request = request(
             Action::Create(changes(json!({"direction": "inbound"}))),

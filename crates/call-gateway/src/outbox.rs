@@ -265,7 +265,7 @@ pub(crate) async fn run(mut outbox: Outbox, mut stop: watch::Receiver<bool>) {
             break;
         }
         // Marks the current head as seen before looking at it, so that no append is missed.
-        head.borrow_and_update();
+        head.mark_seen();
         if outbox.checkpoint >= outbox.log.head() {
             tokio::select! {
                 biased;

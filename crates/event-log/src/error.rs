@@ -17,9 +17,10 @@ pub enum LogError {
         /// The data directory.
         path: PathBuf,
     },
-    /// sled reported an error (i/o, its own corruption check, a bug).
+    /// The engine's storage reported an error (i/o, its own corruption
+    /// check, a bug, an unreachable server), in its words.
     #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(String),
     /// A stored key or value does not have the layout this crate writes.
     /// The string names the key and what is wrong.
     #[error("corrupt log record at key {0}")]
@@ -27,7 +28,8 @@ pub enum LogError {
     /// The log's writer has stopped, so nothing more can be appended.
     #[error("the log is closed")]
     Closed,
-    /// An i/o error outside sled (creating the directory, the lock file).
+    /// An i/o error outside the engine's storage (creating the directory, the
+    /// lock file).
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -89,4 +91,9 @@ impl AppendError {
     pub fn is_rejection(&self) -> bool {
         !matches!(self, AppendError::Log(_))
     }
+}
+
+/// A sled error as the contract's [`LogError::Storage`]: the sled type stays inside the engine.
+pub(crate) fn storage(error: sled::Error) -> LogError {
+    LogError::Storage(error.to_string())
 }

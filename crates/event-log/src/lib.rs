@@ -1,30 +1,39 @@
-//! `event-log` owns the append-only, durable log of opaque records: global
-//! positions, streams with per-stream versions, expected-version checks,
-//! idempotency keys, group commit and a durable head that readers can tail.
+//! `event-log` owns the append-only, durable log of opaque records as a contract:
+//! global positions, streams with per-stream versions, expected-version checks,
+//! idempotency keys and a durable head that readers can tail ([`LogEngine`], held
+//! through [`EventLog`]), and its embedded engine on sled ([`SledLog`], with group
+//! commit), and an in-memory one ([`MemoryLog`]) for tests. The replicated engine on NATS
+//! JetStream lives in a crate of its own.
 //!
 //! The crate knows nothing about calls, NATS or JSON: a record is a byte
-//! string. Everything is stored in one sled tree so that every append (and
-//! every group of appends) is a single `apply_batch`, which sled recovers
-//! all-or-nothing after a crash.
+//! string.
 //!
 //! The API is synchronous and blocking. [`EventLog::append`] returns only when
-//! the records are durable (with [`Durability::Flush`]); readers only ever
-//! see records at or below [`EventLog::head`].
+//! the records are durable (as the engine defines it: for the sled engine, with
+//! [`Durability::Flush`], on disk); readers only ever see records at or below
+//! [`EventLog::head`].
 
 #![warn(missing_docs)]
 
-mod baseline;
+mod engine;
 mod error;
-mod keys;
-mod log;
-mod writer;
+mod memory;
+mod sled_engine;
 
 #[cfg(test)]
 mod tests;
 
-pub use baseline::raw_sled_batch_ceiling;
+pub use engine::{EventLog, HeadWatch, LogEngine};
 pub use error::{AppendError, LogError};
-pub use log::{EventLog, LogStats};
+pub use memory::MemoryLog;
+pub use sled_engine::SledLog;
+
+/// Benchmark baselines of the sled engine, beside which the benches print the log's own
+/// figures. Not part of the contract: behind the `bench` feature.
+#[cfg(feature = "bench")]
+pub mod bench {
+    pub use crate::sled_engine::baseline::raw_sled_batch_ceiling;
+}
 
 /// A global position in the log. Positions start at 1 and have no gaps;
 /// 0 means "before the first record".
@@ -38,7 +47,20 @@ pub type StreamId = u64;
 /// stream and have no gaps.
 pub type Version = u64;
 
-/// When [`EventLog::append`] returns.
+/// Counts and sizes, for monitoring and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogStats {
+    /// Durable records; positions have no gaps, so this is also the head.
+    pub events: u64,
+    /// Streams with durable records.
+    pub streams: u64,
+    /// The last durable position.
+    pub head: Position,
+    /// Bytes the engine keeps on disk (0 for an engine that keeps none locally).
+    pub size_on_disk: u64,
+}
+
+/// When the sled engine's append returns (an option of the sled engine).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// `append` returns only after the records were flushed to disk (sled
@@ -46,14 +68,15 @@ pub enum Durability {
     /// the durable choice, see [`LogOptions::durable`].
     Flush,
     /// `append` returns after the records were applied in memory, without a
-    /// flush of its own; sled flushes in the background about every 500 ms.
+    /// flush of its own; the sled engine flushes in the background about every
+    /// 500 ms.
     /// A crash (even of the process alone) loses acknowledged appends from
     /// roughly the last flush interval. Meant for bulk imports and
     /// benchmarks that can be redone.
     Buffered,
 }
 
-/// How to open an [`EventLog`].
+/// How to open the sled engine ([`SledLog::open`], [`EventLog::open`]).
 #[derive(Clone, Debug)]
 pub struct LogOptions {
     /// When `append` returns; see [`Durability`].

@@ -8,14 +8,21 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::log::open_sled;
+use crate::sled_engine::baseline::raw_sled_batch_ceiling;
+use crate::sled_engine::{keys, open_sled};
 use crate::{
-    keys, raw_sled_batch_ceiling, Append, AppendError, Appended, Durability, EventLog,
-    ExpectedVersion, Idempotency, LogError, LogOptions, Record, StreamId, StreamTarget,
+    Append, AppendError, Appended, Durability, EventLog, ExpectedVersion, Idempotency, LogError,
+    LogOptions, MemoryLog, Record, SledLog, StreamId, StreamTarget,
 };
 
 fn open(dir: &Path) -> EventLog {
     EventLog::open(dir, LogOptions::durable()).expect("open the log")
+}
+
+/// The log on each engine, for the tests of the contract: the sled engine in `dir`, then the
+/// in-memory one.
+fn engines(dir: &Path) -> Vec<EventLog> {
+    vec![open(dir), EventLog::from_engine(MemoryLog::new())]
 }
 
 fn request(stream: StreamTarget, expected: ExpectedVersion, payloads: &[&str]) -> Append {
@@ -77,53 +84,57 @@ fn assert_gap_free(records: &[Record]) {
 #[test]
 fn an_empty_log_has_head_zero_and_no_records() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    assert_eq!(log.head(), 0);
-    assert!(all(&log).is_empty());
-    assert!(log.read_stream(1).unwrap().is_empty());
-    assert_eq!(log.stream_version(1).unwrap(), None);
-    assert_eq!(log.idempotent_result("k").unwrap(), None);
-    assert_eq!(log.scan_raw().unwrap(), 0);
+    for log in engines(dir.path()) {
+        assert_eq!(log.head(), 0);
+        assert!(all(&log).is_empty());
+        assert!(log.read_stream(1).unwrap().is_empty());
+        assert_eq!(log.stream_version(1).unwrap(), None);
+        assert_eq!(log.idempotent_result("k").unwrap(), None);
+    }
+    let sled = SledLog::open(dir.path(), LogOptions::durable()).expect("reopen");
+    assert_eq!(sled.scan_raw().unwrap(), 0);
 }
 
 #[test]
 fn positions_start_at_one_and_are_gap_free() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let a = new_stream(&log, &["a1"]);
-    let b = new_stream(&log, &["b1"]);
-    let a2 = append_any(&log, a.stream, &["a2"]);
-    assert_eq!(
-        (a.first_position, b.first_position, a2.first_position),
-        (1, 2, 3)
-    );
-    assert_eq!(log.head(), 3);
-    let records = all(&log);
-    assert_eq!(records.len(), 3);
-    assert_gap_free(&records);
-    assert_eq!(records[2].payload, b"a2");
+    for log in engines(dir.path()) {
+        let a = new_stream(&log, &["a1"]);
+        let b = new_stream(&log, &["b1"]);
+        let a2 = append_any(&log, a.stream, &["a2"]);
+        assert_eq!(
+            (a.first_position, b.first_position, a2.first_position),
+            (1, 2, 3)
+        );
+        assert_eq!(log.head(), 3);
+        let records = all(&log);
+        assert_eq!(records.len(), 3);
+        assert_gap_free(&records);
+        assert_eq!(records[2].payload, b"a2");
+    }
 }
 
 #[test]
 fn versions_start_at_one_per_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let a = new_stream(&log, &["a1"]);
-    let b = new_stream(&log, &["b1"]);
-    let a2 = append_any(&log, a.stream, &["a2"]);
-    assert_eq!((a.first_version, a.last_version), (1, 1));
-    assert_eq!((b.first_version, b.last_version), (1, 1));
-    assert_eq!((a2.first_version, a2.last_version), (2, 2));
-    assert_eq!(log.stream_version(a.stream).unwrap(), Some(2));
-    assert_eq!(log.stream_version(b.stream).unwrap(), Some(1));
-    let stream_a = log.read_stream(a.stream).unwrap();
-    assert_eq!(
-        stream_a
-            .iter()
-            .map(|r| (r.version, r.position, r.payload.as_slice()))
-            .collect::<Vec<_>>(),
-        vec![(1, 1, &b"a1"[..]), (2, 3, &b"a2"[..])]
-    );
+    for log in engines(dir.path()) {
+        let a = new_stream(&log, &["a1"]);
+        let b = new_stream(&log, &["b1"]);
+        let a2 = append_any(&log, a.stream, &["a2"]);
+        assert_eq!((a.first_version, a.last_version), (1, 1));
+        assert_eq!((b.first_version, b.last_version), (1, 1));
+        assert_eq!((a2.first_version, a2.last_version), (2, 2));
+        assert_eq!(log.stream_version(a.stream).unwrap(), Some(2));
+        assert_eq!(log.stream_version(b.stream).unwrap(), Some(1));
+        let stream_a = log.read_stream(a.stream).unwrap();
+        assert_eq!(
+            stream_a
+                .iter()
+                .map(|r| (r.version, r.position, r.payload.as_slice()))
+                .collect::<Vec<_>>(),
+            vec![(1, 1, &b"a1"[..]), (2, 3, &b"a2"[..])]
+        );
+    }
 }
 
 #[test]
@@ -188,163 +199,167 @@ fn reopen_after_drop_recovers_head_and_next_stream_id() {
 #[test]
 fn expected_version_conflicts_append_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let a = new_stream(&log, &["a1"]);
-    let existing = StreamTarget::Existing(a.stream);
+    for log in engines(dir.path()) {
+        let a = new_stream(&log, &["a1"]);
+        let existing = StreamTarget::Existing(a.stream);
 
-    let conflicts = [
-        (existing, ExpectedVersion::Exact(2), Some(1)),
-        (existing, ExpectedVersion::NoStream, Some(1)),
-        (StreamTarget::New, ExpectedVersion::Exact(1), None),
-    ];
-    for (stream, expected, actual) in conflicts {
-        match log.append(request(stream, expected, &["nope"])) {
-            Err(AppendError::WrongExpectedVersion {
-                stream: s,
-                expected: e,
-                actual: found,
-            }) => assert_eq!((s, e, found), (stream, expected, actual)),
-            other => panic!("{stream:?} {expected:?}: expected a conflict, got {other:?}"),
+        let conflicts = [
+            (existing, ExpectedVersion::Exact(2), Some(1)),
+            (existing, ExpectedVersion::NoStream, Some(1)),
+            (StreamTarget::New, ExpectedVersion::Exact(1), None),
+        ];
+        for (stream, expected, actual) in conflicts {
+            match log.append(request(stream, expected, &["nope"])) {
+                Err(AppendError::WrongExpectedVersion {
+                    stream: s,
+                    expected: e,
+                    actual: found,
+                }) => assert_eq!((s, e, found), (stream, expected, actual)),
+                other => panic!("{stream:?} {expected:?}: expected a conflict, got {other:?}"),
+            }
         }
-    }
-    match log.append(request(
-        StreamTarget::Existing(99),
-        ExpectedVersion::Any,
-        &["x"],
-    )) {
-        Err(AppendError::StreamNotFound(99)) => {}
-        other => panic!("expected StreamNotFound, got {other:?}"),
-    }
-    match log.append(request(
-        StreamTarget::Existing(0),
-        ExpectedVersion::Any,
-        &["x"],
-    )) {
-        Err(AppendError::StreamNotFound(0)) => {}
-        other => panic!("expected StreamNotFound, got {other:?}"),
-    }
-    assert_eq!(log.head(), 1);
-    assert_eq!(log.stream_version(a.stream).unwrap(), Some(1));
-    // A rejected New does not use up a stream id.
-    assert_eq!(new_stream(&log, &["b1"]).stream, 2);
+        match log.append(request(
+            StreamTarget::Existing(99),
+            ExpectedVersion::Any,
+            &["x"],
+        )) {
+            Err(AppendError::StreamNotFound(99)) => {}
+            other => panic!("expected StreamNotFound, got {other:?}"),
+        }
+        match log.append(request(
+            StreamTarget::Existing(0),
+            ExpectedVersion::Any,
+            &["x"],
+        )) {
+            Err(AppendError::StreamNotFound(0)) => {}
+            other => panic!("expected StreamNotFound, got {other:?}"),
+        }
+        assert_eq!(log.head(), 1);
+        assert_eq!(log.stream_version(a.stream).unwrap(), Some(1));
+        // A rejected New does not use up a stream id.
+        assert_eq!(new_stream(&log, &["b1"]).stream, 2);
 
-    let ok = log
-        .append(request(existing, ExpectedVersion::Exact(1), &["a2"]))
-        .unwrap();
-    assert_eq!((ok.first_version, ok.first_position), (2, 3));
-    let any = log
-        .append(request(existing, ExpectedVersion::Any, &["a3"]))
-        .unwrap();
-    assert_eq!(any.first_version, 3);
-    assert_gap_free(&all(&log));
+        let ok = log
+            .append(request(existing, ExpectedVersion::Exact(1), &["a2"]))
+            .unwrap();
+        assert_eq!((ok.first_version, ok.first_position), (2, 3));
+        let any = log
+            .append(request(existing, ExpectedVersion::Any, &["a3"]))
+            .unwrap();
+        assert_eq!(any.first_version, 3);
+        assert_gap_free(&all(&log));
+    }
 }
 
 #[test]
 fn empty_append_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let error = log
-        .append(request(StreamTarget::New, ExpectedVersion::Any, &[]))
-        .unwrap_err();
-    assert!(matches!(error, AppendError::Empty), "{error:?}");
-    assert!(error.is_rejection());
-    assert_eq!(log.head(), 0);
+    for log in engines(dir.path()) {
+        let error = log
+            .append(request(StreamTarget::New, ExpectedVersion::Any, &[]))
+            .unwrap_err();
+        assert!(matches!(error, AppendError::Empty), "{error:?}");
+        assert!(error.is_rejection());
+        assert_eq!(log.head(), 0);
+    }
 }
 
 #[test]
 fn idempotent_retry_returns_the_original_and_appends_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let first = log
-        .append(with_key(
-            request(StreamTarget::New, ExpectedVersion::NoStream, &["a1", "a2"]),
-            "create-1",
-            1,
-        ))
-        .unwrap();
-    assert!(!first.duplicate);
+    for log in engines(dir.path()) {
+        let first = log
+            .append(with_key(
+                request(StreamTarget::New, ExpectedVersion::NoStream, &["a1", "a2"]),
+                "create-1",
+                1,
+            ))
+            .unwrap();
+        assert!(!first.duplicate);
 
-    let retry = log
-        .append(with_key(
-            request(StreamTarget::New, ExpectedVersion::NoStream, &["a1", "a2"]),
-            "create-1",
-            1,
-        ))
-        .unwrap();
-    assert_eq!(
-        retry,
-        Appended {
-            duplicate: true,
-            ..first
-        }
-    );
-    assert_eq!(log.head(), 2);
-    assert_eq!(
-        new_stream(&log, &["b"]).stream,
-        2,
-        "the retry allocated no stream"
-    );
-
-    let reused = log
-        .append(with_key(
-            request(StreamTarget::New, ExpectedVersion::NoStream, &["other"]),
-            "create-1",
+        let retry = log
+            .append(with_key(
+                request(StreamTarget::New, ExpectedVersion::NoStream, &["a1", "a2"]),
+                "create-1",
+                1,
+            ))
+            .unwrap();
+        assert_eq!(
+            retry,
+            Appended {
+                duplicate: true,
+                ..first
+            }
+        );
+        assert_eq!(log.head(), 2);
+        assert_eq!(
+            new_stream(&log, &["b"]).stream,
             2,
-        ))
-        .unwrap_err();
-    match &reused {
-        AppendError::IdempotencyKeyReused { key } => assert_eq!(key, "create-1"),
-        other => panic!("expected IdempotencyKeyReused, got {other:?}"),
+            "the retry allocated no stream"
+        );
+
+        let reused = log
+            .append(with_key(
+                request(StreamTarget::New, ExpectedVersion::NoStream, &["other"]),
+                "create-1",
+                2,
+            ))
+            .unwrap_err();
+        match &reused {
+            AppendError::IdempotencyKeyReused { key } => assert_eq!(key, "create-1"),
+            other => panic!("expected IdempotencyKeyReused, got {other:?}"),
+        }
+        assert!(reused.is_rejection());
+        assert_eq!(log.head(), 3);
+
+        let (found, fingerprint) = log.idempotent_result("create-1").unwrap().unwrap();
+        assert_eq!(found, retry);
+        assert_eq!(fingerprint, [1; 32]);
+
+        // A rejected request does not record its key.
+        let rejected = log.append(with_key(
+            request(StreamTarget::Existing(1), ExpectedVersion::Exact(9), &["x"]),
+            "late",
+            3,
+        ));
+        assert!(rejected.is_err());
+        assert_eq!(log.idempotent_result("late").unwrap(), None);
     }
-    assert!(reused.is_rejection());
-    assert_eq!(log.head(), 3);
-
-    let (found, fingerprint) = log.idempotent_result("create-1").unwrap().unwrap();
-    assert_eq!(found, retry);
-    assert_eq!(fingerprint, [1; 32]);
-
-    // A rejected request does not record its key.
-    let rejected = log.append(with_key(
-        request(StreamTarget::Existing(1), ExpectedVersion::Exact(9), &["x"]),
-        "late",
-        3,
-    ));
-    assert!(rejected.is_err());
-    assert_eq!(log.idempotent_result("late").unwrap(), None);
 }
 
 #[test]
 fn multi_payload_append_is_contiguous() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    new_stream(&log, &["x"]);
-    let a = new_stream(&log, &["a1", "a2", "a3"]);
-    assert_eq!(
-        (
-            a.first_position,
-            a.last_position,
-            a.first_version,
-            a.last_version
-        ),
-        (2, 4, 1, 3)
-    );
-    let more = append_any(&log, a.stream, &["a4", "a5"]);
-    assert_eq!(
-        (
-            more.first_position,
-            more.last_position,
-            more.first_version,
-            more.last_version
-        ),
-        (5, 6, 4, 5)
-    );
-    let payloads: Vec<_> = log
-        .read_stream(a.stream)
-        .unwrap()
-        .into_iter()
-        .map(|r| String::from_utf8(r.payload).unwrap())
-        .collect();
-    assert_eq!(payloads, ["a1", "a2", "a3", "a4", "a5"]);
+    for log in engines(dir.path()) {
+        new_stream(&log, &["x"]);
+        let a = new_stream(&log, &["a1", "a2", "a3"]);
+        assert_eq!(
+            (
+                a.first_position,
+                a.last_position,
+                a.first_version,
+                a.last_version
+            ),
+            (2, 4, 1, 3)
+        );
+        let more = append_any(&log, a.stream, &["a4", "a5"]);
+        assert_eq!(
+            (
+                more.first_position,
+                more.last_position,
+                more.first_version,
+                more.last_version
+            ),
+            (5, 6, 4, 5)
+        );
+        let payloads: Vec<_> = log
+            .read_stream(a.stream)
+            .unwrap()
+            .into_iter()
+            .map(|r| String::from_utf8(r.payload).unwrap())
+            .collect();
+        assert_eq!(payloads, ["a1", "a2", "a3", "a4", "a5"]);
+    }
 }
 
 #[test]
@@ -352,118 +367,121 @@ fn concurrent_appends_from_32_threads_are_gap_free() {
     const THREADS: usize = 32;
     const APPENDS: usize = 20;
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let shared: Vec<StreamId> = (0..4).map(|_| new_stream(&log, &["s"]).stream).collect();
-    let shared = Arc::new(shared);
+    for log in engines(dir.path()) {
+        let shared: Vec<StreamId> = (0..4).map(|_| new_stream(&log, &["s"]).stream).collect();
+        let shared = Arc::new(shared);
 
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let log = log.clone();
-            let shared = Arc::clone(&shared);
-            std::thread::spawn(move || {
-                let own = new_stream(&log, &["own"]).stream;
-                let mut results = vec![];
-                for i in 0..APPENDS {
-                    let payload = format!("{t}-{i}");
-                    let target = if i % 2 == 0 {
-                        own
-                    } else {
-                        shared[(t + i) % shared.len()]
-                    };
-                    let payloads: Vec<&str> = vec![&payload; 1 + i % 3];
-                    results.push(append_any(&log, target, &payloads));
-                }
-                // Expected-version appends race on purpose: some must lose.
-                let contested = shared[0];
-                let current = log.stream_version(contested).unwrap().unwrap();
-                let raced = log.append(request(
-                    StreamTarget::Existing(contested),
-                    ExpectedVersion::Exact(current),
-                    &["race"],
-                ));
-                if let Ok(won) = raced {
-                    results.push(won);
-                }
-                (own, results)
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let log = log.clone();
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let own = new_stream(&log, &["own"]).stream;
+                    let mut results = vec![];
+                    for i in 0..APPENDS {
+                        let payload = format!("{t}-{i}");
+                        let target = if i % 2 == 0 {
+                            own
+                        } else {
+                            shared[(t + i) % shared.len()]
+                        };
+                        let payloads: Vec<&str> = vec![&payload; 1 + i % 3];
+                        results.push(append_any(&log, target, &payloads));
+                    }
+                    // Expected-version appends race on purpose: some must lose.
+                    let contested = shared[0];
+                    let current = log.stream_version(contested).unwrap().unwrap();
+                    let raced = log.append(request(
+                        StreamTarget::Existing(contested),
+                        ExpectedVersion::Exact(current),
+                        &["race"],
+                    ));
+                    if let Ok(won) = raced {
+                        results.push(won);
+                    }
+                    (own, results)
+                })
             })
-        })
-        .collect();
+            .collect();
 
-    let mut owns = HashSet::new();
-    let mut claimed = 0;
-    for thread in threads {
-        let (own, results) = thread.join().unwrap();
-        assert!(owns.insert(own), "stream {own} allocated twice");
-        for appended in results {
-            assert_eq!(
-                appended.last_position - appended.first_position,
-                appended.last_version - appended.first_version
-            );
-            claimed += appended.last_position - appended.first_position + 1;
+        let mut owns = HashSet::new();
+        let mut claimed = 0;
+        for thread in threads {
+            let (own, results) = thread.join().unwrap();
+            assert!(owns.insert(own), "stream {own} allocated twice");
+            for appended in results {
+                assert_eq!(
+                    appended.last_position - appended.first_position,
+                    appended.last_version - appended.first_version
+                );
+                claimed += appended.last_position - appended.first_position + 1;
+            }
         }
+        let records = all(&log);
+        assert_gap_free(&records);
+        // 4 shared streams, one "own" record per thread, and what threads claimed.
+        assert_eq!(records.len() as u64, 4 + THREADS as u64 + claimed);
+        assert_eq!(log.head(), records.len() as u64);
+        let stats = log.stats().unwrap();
+        assert_eq!(stats.streams, 4 + THREADS as u64);
+        assert_eq!(stats.events, log.head());
     }
-    let records = all(&log);
-    assert_gap_free(&records);
-    // 4 shared streams, one "own" record per thread, and what threads claimed.
-    assert_eq!(records.len() as u64, 4 + THREADS as u64 + claimed);
-    assert_eq!(log.head(), records.len() as u64);
-    let stats = log.stats().unwrap();
-    assert_eq!(stats.streams, 4 + THREADS as u64);
-    assert_eq!(stats.events, log.head());
 }
 
 #[test]
 fn concurrent_retries_with_one_key_append_once() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let threads: Vec<_> = (0..16)
-        .map(|_| {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                log.append(with_key(
-                    request(StreamTarget::New, ExpectedVersion::NoStream, &["once"]),
-                    "same",
-                    5,
-                ))
-                .unwrap()
+    for log in engines(dir.path()) {
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    log.append(with_key(
+                        request(StreamTarget::New, ExpectedVersion::NoStream, &["once"]),
+                        "same",
+                        5,
+                    ))
+                    .unwrap()
+                })
             })
-        })
-        .collect();
-    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
-    let original = results.iter().find(|r| !r.duplicate).unwrap();
-    for result in &results {
-        assert_eq!(
-            Appended {
-                duplicate: false,
-                ..*result
-            },
-            *original
-        );
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+        let original = results.iter().find(|r| !r.duplicate).unwrap();
+        for result in &results {
+            assert_eq!(
+                Appended {
+                    duplicate: false,
+                    ..*result
+                },
+                *original
+            );
+        }
+        assert_eq!(log.head(), 1);
     }
-    assert_eq!(log.head(), 1);
 }
 
 #[test]
 fn read_from_respects_after_and_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    for _ in 0..10 {
-        new_stream(&log, &["x"]);
+    for log in engines(dir.path()) {
+        for _ in 0..10 {
+            new_stream(&log, &["x"]);
+        }
+        let positions = |after, limit| -> Vec<u64> {
+            log.read_from(after, limit)
+                .unwrap()
+                .iter()
+                .map(|r| r.position)
+                .collect()
+        };
+        assert_eq!(positions(0, 3), [1, 2, 3]);
+        assert_eq!(positions(3, 3), [4, 5, 6]);
+        assert_eq!(positions(8, 100), [9, 10]);
+        assert!(positions(10, 5).is_empty());
+        assert!(positions(u64::MAX, 5).is_empty());
+        assert!(positions(0, 0).is_empty());
     }
-    let positions = |after, limit| -> Vec<u64> {
-        log.read_from(after, limit)
-            .unwrap()
-            .iter()
-            .map(|r| r.position)
-            .collect()
-    };
-    assert_eq!(positions(0, 3), [1, 2, 3]);
-    assert_eq!(positions(3, 3), [4, 5, 6]);
-    assert_eq!(positions(8, 100), [9, 10]);
-    assert!(positions(10, 5).is_empty());
-    assert!(positions(u64::MAX, 5).is_empty());
-    assert!(positions(0, 0).is_empty());
 }
 
 #[test]
@@ -498,31 +516,33 @@ fn open_creates_a_missing_directory() {
 #[test]
 fn watch_head_is_marked_changed_before_append_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let mut head = log.watch_head();
-    assert_eq!(*head.borrow_and_update(), 0);
-    assert!(!head.has_changed().unwrap());
-    new_stream(&log, &["a", "b"]);
-    assert!(head.has_changed().unwrap());
-    assert_eq!(*head.borrow_and_update(), 2);
-    assert_eq!(log.head(), 2);
-    let later = log.watch_head();
-    assert!(!later.has_changed().unwrap(), "old appends are no news");
-    assert_eq!(*later.borrow(), 2);
+    for log in engines(dir.path()) {
+        let mut head = log.watch_head();
+        assert_eq!(head.mark_seen(), 0);
+        assert!(!head.has_changed());
+        new_stream(&log, &["a", "b"]);
+        assert!(head.has_changed());
+        assert_eq!(head.mark_seen(), 2);
+        assert_eq!(log.head(), 2);
+        let later = log.watch_head();
+        assert!(!later.has_changed(), "old appends are no news");
+        assert_eq!(later.current(), 2);
+    }
 }
 
 #[tokio::test]
 async fn watch_head_wakes_a_waiting_task() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let mut head = log.watch_head();
-    let writer = {
-        let log = log.clone();
-        std::thread::spawn(move || new_stream(&log, &["x"]))
-    };
-    let woke = tokio::time::timeout(Duration::from_secs(30), head.wait_for(|h| *h >= 1)).await;
-    assert!(matches!(woke, Ok(Ok(_))), "watch_head did not wake");
-    writer.join().unwrap();
+    for log in engines(dir.path()) {
+        let mut head = log.watch_head();
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || new_stream(&log, &["x"]))
+        };
+        let woke = tokio::time::timeout(Duration::from_secs(30), head.wait_for(1)).await;
+        assert!(matches!(woke, Ok(Ok(_))), "watch_head did not wake");
+        writer.join().unwrap();
+    }
 }
 
 #[test]
@@ -546,14 +566,15 @@ fn buffered_appends_are_readable_and_survive_a_clean_close() {
 #[test]
 fn stats_and_scan_raw_count_records() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
+    let sled = SledLog::open(dir.path(), LogOptions::durable()).expect("open the log");
+    let log = EventLog::from_engine(sled.clone());
     let a = new_stream(&log, &["a1", "a2"]);
     append_any(&log, a.stream, &["a3"]);
     new_stream(&log, &["b1"]);
     let stats = log.stats().unwrap();
     assert_eq!((stats.events, stats.streams, stats.head), (4, 2, 4));
     assert!(stats.size_on_disk > 0);
-    assert_eq!(log.scan_raw().unwrap(), 4);
+    assert_eq!(sled.scan_raw().unwrap(), 4);
 }
 
 #[test]

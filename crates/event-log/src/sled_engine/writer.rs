@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::keys;
+use super::keys;
 use crate::{
     Append, AppendError, Appended, Durability, ExpectedVersion, LogError, Position, StreamId,
     StreamTarget, Version,
@@ -62,10 +62,10 @@ impl Counters {
 /// else wrote to the tree).
 pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
     let last_position = match tree.scan_prefix([keys::LOG]).next_back() {
-        Some(entry) => keys::decode_log_key(&entry?.0)?,
+        Some(entry) => keys::decode_log_key(&entry.map_err(crate::error::storage)?.0)?,
         None => 0,
     };
-    let stored = match tree.get(keys::NEXT_STREAM)? {
+    let stored = match tree.get(keys::NEXT_STREAM).map_err(crate::error::storage)? {
         Some(value) => keys::decode_u64_value(keys::NEXT_STREAM, &value)?,
         None => 1,
     };
@@ -73,7 +73,7 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
         return Err(keys::corrupt(keys::NEXT_STREAM, "stream counter is 0"));
     }
     let highest_stream = match tree.scan_prefix([keys::VERSION]).next_back() {
-        Some(entry) => keys::decode_version_key(&entry?.0)?,
+        Some(entry) => keys::decode_version_key(&entry.map_err(crate::error::storage)?.0)?,
         None => 0,
     };
     let next_stream = if highest_stream >= stored {
@@ -193,14 +193,16 @@ impl Writer {
     /// Writes the group's batch, makes it durable and publishes the head.
     fn persist(&mut self, group: Group) -> Result<(), LogError> {
         if group.accepted > 0 {
-            self.db.apply_batch(group.batch)?;
+            self.db
+                .apply_batch(group.batch)
+                .map_err(crate::error::storage)?;
             self.counters = group.counters;
         }
         let applied = self.counters.last_position();
         let head = self.shared.head.load(Ordering::Acquire);
         if applied > head {
             if self.durability == Durability::Flush {
-                self.db.flush()?;
+                self.db.flush().map_err(crate::error::storage)?;
             }
             self.shared
                 .streams
@@ -315,7 +317,7 @@ impl Writer {
             return Ok(Some(*version));
         }
         let key = keys::version_key(stream);
-        match self.db.get(key)? {
+        match self.db.get(key).map_err(crate::error::storage)? {
             Some(value) => Ok(Some(keys::decode_u64_value(&key, &value)?)),
             None => Ok(None),
         }
@@ -332,7 +334,7 @@ impl Writer {
             return Ok(Some(*found));
         }
         let stored_key = keys::idempotency_key(key);
-        match self.db.get(&stored_key)? {
+        match self.db.get(&stored_key).map_err(crate::error::storage)? {
             Some(value) => Ok(Some(keys::decode_idempotency_value(&stored_key, &value)?)),
             None => Ok(None),
         }

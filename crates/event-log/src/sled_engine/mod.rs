@@ -1,5 +1,8 @@
-//! [`EventLog`]: opening the data directory (with its lock), handing appends
-//! to the writer thread, and the readers, which only see durable records.
+//! The sled engine, the embedded default: [`SledLog`] opens the data
+//! directory (with its lock), hands appends to the writer thread, and reads
+//! only durable records. Everything is stored in one sled tree so that every
+//! group of appends is a single `apply_batch`, which sled recovers
+//! all-or-nothing after a crash.
 
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -13,11 +16,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::keys;
-use crate::writer::{self, Request, Shared, Writer};
+#[cfg(any(test, feature = "bench"))]
+pub(crate) mod baseline;
+pub(crate) mod keys;
+mod writer;
+
+use writer::{Request, Shared, Writer};
+
+use crate::engine::{HeadWatch, LogEngine};
 use crate::{
-    Append, AppendError, Appended, Durability, LogError, LogOptions, Position, Record, StreamId,
-    Version,
+    Append, AppendError, Appended, Durability, LogError, LogOptions, LogStats, Position, Record,
+    StreamId, Version,
 };
 
 /// The name of the lock file in the data directory.
@@ -28,24 +37,11 @@ const LOCK_FILE: &str = "LOCK";
 /// leave sled's background threads holding its files briefly.
 const SLED_LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Counts and sizes, for monitoring and benchmarks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LogStats {
-    /// Durable records; positions have no gaps, so this is also the head.
-    pub events: u64,
-    /// Streams with durable records.
-    pub streams: u64,
-    /// The last durable position.
-    pub head: Position,
-    /// Bytes sled uses on disk.
-    pub size_on_disk: u64,
-}
-
-/// The append-only log. Cheap to clone; all clones share one writer thread.
-/// When the last clone is dropped, the writer finishes, flushes and stops,
-/// and the data directory is unlocked.
+/// The sled engine's log. Cheap to clone; all clones share one writer
+/// thread. When the last clone is dropped, the writer finishes, flushes and
+/// stops, and the data directory is unlocked.
 #[derive(Clone)]
-pub struct EventLog {
+pub struct SledLog {
     inner: Arc<Inner>,
 }
 
@@ -73,21 +69,21 @@ impl Drop for Inner {
     }
 }
 
-impl fmt::Debug for EventLog {
+impl fmt::Debug for SledLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventLog")
+        f.debug_struct("SledLog")
             .field("dir", &self.inner.dir)
             .field("head", &self.head())
             .finish_non_exhaustive()
     }
 }
 
-impl EventLog {
+impl SledLog {
     /// Opens (creating if missing) the log in `dir` and starts its writer.
     ///
-    /// Fails with [`LogError::Locked`] when another `EventLog`, in this or
-    /// another process, has `dir` open.
-    pub fn open(dir: &Path, options: LogOptions) -> Result<EventLog, LogError> {
+    /// Fails with [`LogError::Locked`] when another log, in this or another
+    /// process, has `dir` open.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<SledLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
         let db = open_sled(dir, options.durability)?;
@@ -118,7 +114,7 @@ impl EventLog {
             durability = ?options.durability,
             "event log opened"
         );
-        Ok(EventLog {
+        Ok(SledLog {
             inner: Arc::new(Inner {
                 requests: Some(requests),
                 writer: Some(writer),
@@ -131,13 +127,31 @@ impl EventLog {
         })
     }
 
+    /// A benchmark baseline: iterates every stored record (key and value,
+    /// without decoding, including records not yet durable) with a raw sled
+    /// scan and returns how many there are.
+    #[cfg(any(test, feature = "bench"))]
+    pub fn scan_raw(&self) -> Result<u64, LogError> {
+        let mut count = 0u64;
+        let mut bytes = 0usize;
+        for entry in self.inner.db.scan_prefix([keys::LOG]) {
+            let (key, value) = entry.map_err(crate::error::storage)?;
+            bytes = bytes.wrapping_add(key.len() + value.len());
+            count += 1;
+        }
+        std::hint::black_box(bytes);
+        Ok(count)
+    }
+}
+
+impl LogEngine for SledLog {
     /// Appends the payloads to one stream, all or nothing, after checking the
     /// idempotency key (first) and the expected version.
     ///
     /// Blocks until the records are durable (with [`Durability::Flush`]) and
     /// visible to readers. Concurrent calls share one flush, so throughput
     /// grows with the number of concurrent callers.
-    pub fn append(&self, append: Append) -> Result<Appended, AppendError> {
+    fn append(&self, append: Append) -> Result<Appended, AppendError> {
         if append.payloads.is_empty() {
             return Err(AppendError::Empty);
         }
@@ -150,23 +164,23 @@ impl EventLog {
     }
 
     /// The last durable position; 0 when the log is empty.
-    pub fn head(&self) -> Position {
+    fn head(&self) -> Position {
         self.inner.shared.head.load(Ordering::Acquire)
     }
 
     /// A receiver of the head, marked changed whenever new records become
     /// durable after this call.
-    pub fn watch_head(&self) -> watch::Receiver<Position> {
+    fn watch_head(&self) -> HeadWatch {
         let mut receiver = self.inner.head_rx.clone();
         // The template receiver never reads, so a clone would otherwise
         // report every append since `open` as news.
         receiver.mark_unchanged();
-        receiver
+        HeadWatch::new(receiver)
     }
 
     /// Up to `limit` durable records with positions greater than `after`,
     /// in position order.
-    pub fn read_from(&self, after: Position, limit: usize) -> Result<Vec<Record>, LogError> {
+    fn read_from(&self, after: Position, limit: usize) -> Result<Vec<Record>, LogError> {
         let head = self.head();
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
@@ -177,7 +191,7 @@ impl EventLog {
         let range = keys::log_key(first)..=keys::log_key(head);
         let mut records = Vec::with_capacity(limit.min((head - after) as usize));
         for entry in self.inner.db.range(range).take(limit) {
-            let (key, value) = entry?;
+            let (key, value) = entry.map_err(crate::error::storage)?;
             let position = keys::decode_log_key(&key)?;
             let (stream, version, payload) = keys::decode_log_value(&key, &value)?;
             records.push(Record {
@@ -192,11 +206,11 @@ impl EventLog {
 
     /// The stream's durable records in version order; empty for a stream
     /// without records.
-    pub fn read_stream(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
+    fn read_stream(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
         let head = self.head();
         let mut records = Vec::new();
         for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)) {
-            let (index_key, value) = entry?;
+            let (index_key, value) = entry.map_err(crate::error::storage)?;
             let version = keys::decode_stream_key_version(&index_key)?;
             let position = keys::decode_u64_value(&index_key, &value)?;
             // Positions grow with versions, so the rest is not durable yet.
@@ -207,7 +221,8 @@ impl EventLog {
             let value = self
                 .inner
                 .db
-                .get(key)?
+                .get(key)
+                .map_err(crate::error::storage)?
                 .ok_or_else(|| keys::corrupt(&index_key, "indexed record is missing"))?;
             let (found_stream, found_version, payload) = keys::decode_log_value(&key, &value)?;
             if (found_stream, found_version) != (stream, version) {
@@ -231,10 +246,10 @@ impl EventLog {
 
     /// The stream's last durable version; `None` for a stream without
     /// durable records.
-    pub fn stream_version(&self, stream: StreamId) -> Result<Option<Version>, LogError> {
+    fn stream_version(&self, stream: StreamId) -> Result<Option<Version>, LogError> {
         let head = self.head();
         for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)).rev() {
-            let (key, value) = entry?;
+            let (key, value) = entry.map_err(crate::error::storage)?;
             if keys::decode_u64_value(&key, &value)? <= head {
                 return keys::decode_stream_key_version(&key).map(Some);
             }
@@ -245,10 +260,15 @@ impl EventLog {
     /// The durable original result of the append that used `key`, with its
     /// fingerprint; `duplicate` is `true` in it, as `append` would answer a
     /// retry.
-    pub fn idempotent_result(&self, key: &str) -> Result<Option<(Appended, [u8; 32])>, LogError> {
+    fn idempotent_result(&self, key: &str) -> Result<Option<(Appended, [u8; 32])>, LogError> {
         let head = self.head();
         let stored_key = keys::idempotency_key(key);
-        match self.inner.db.get(&stored_key)? {
+        match self
+            .inner
+            .db
+            .get(&stored_key)
+            .map_err(crate::error::storage)?
+        {
             Some(value) => {
                 let found = keys::decode_idempotency_value(&stored_key, &value)?;
                 Ok((found.0.last_position <= head).then_some(found))
@@ -257,23 +277,8 @@ impl EventLog {
         }
     }
 
-    /// A benchmark baseline: iterates every stored record (key and value,
-    /// without decoding, including records not yet durable) with a raw sled
-    /// scan and returns how many there are.
-    pub fn scan_raw(&self) -> Result<u64, LogError> {
-        let mut count = 0u64;
-        let mut bytes = 0usize;
-        for entry in self.inner.db.scan_prefix([keys::LOG]) {
-            let (key, value) = entry?;
-            bytes = bytes.wrapping_add(key.len() + value.len());
-            count += 1;
-        }
-        std::hint::black_box(bytes);
-        Ok(count)
-    }
-
     /// Counts of durable records and streams, the head and the size on disk.
-    pub fn stats(&self) -> Result<LogStats, LogError> {
+    fn stats(&self) -> Result<LogStats, LogError> {
         // Read the stream count first: the writer publishes it before the
         // head, so it is never behind the head read after it.
         let streams = self.inner.shared.streams.load(Ordering::Acquire);
@@ -282,14 +287,18 @@ impl EventLog {
             events: head,
             streams,
             head,
-            size_on_disk: self.inner.db.size_on_disk()?,
+            size_on_disk: self
+                .inner
+                .db
+                .size_on_disk()
+                .map_err(crate::error::storage)?,
         })
     }
 
     /// Flushes everything written so far to disk; useful with
     /// [`Durability::Buffered`].
-    pub fn flush(&self) -> Result<(), LogError> {
-        self.inner.db.flush()?;
+    fn flush(&self) -> Result<(), LogError> {
+        self.inner.db.flush().map_err(crate::error::storage)?;
         Ok(())
     }
 }
@@ -338,7 +347,7 @@ pub(crate) fn open_sled(dir: &Path, durability: Durability) -> Result<sled::Db, 
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(crate::error::storage(error)),
         }
     }
 }

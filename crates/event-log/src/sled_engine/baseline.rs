@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::log::sled_config;
+use super::sled_config;
 use crate::{Durability, LogError};
 
 /// Opens a fresh sled database in `dir` (configured as the log configures
@@ -17,7 +17,9 @@ pub fn raw_sled_batch_ceiling(
     row_bytes: usize,
     batch: usize,
 ) -> Result<f64, LogError> {
-    let db = sled_config(dir, Durability::Flush).open()?;
+    let db = sled_config(dir, Durability::Flush)
+        .open()
+        .map_err(crate::error::storage)?;
     let row = vec![0xA5u8; row_bytes];
     let batch = batch.max(1);
     let started = Instant::now();
@@ -28,8 +30,8 @@ pub fn raw_sled_batch_ceiling(
         for index in written..end {
             writes.insert(&(index as u64).to_be_bytes()[..], &row[..]);
         }
-        db.apply_batch(writes)?;
-        db.flush()?;
+        db.apply_batch(writes).map_err(crate::error::storage)?;
+        db.flush().map_err(crate::error::storage)?;
         written = end;
     }
     let seconds = started.elapsed().as_secs_f64();

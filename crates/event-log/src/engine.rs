@@ -1,0 +1,178 @@
+//! The log as a contract: [`LogEngine`], what every engine does (the sled engine here, the
+//! JetStream engine in its own crate), and [`EventLog`], the handle every caller holds.
+//!
+//! Architecture invariant: no storage type appears in this contract. Callers append with an
+//! expected version and an idempotency key, read forward from a position or one stream, ask
+//! for the original result of a key, follow the durable head, and flush; how and where the
+//! records are kept is the engine's business, and so are its options.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::{
+    Append, AppendError, Appended, LogError, LogOptions, LogStats, Position, Record, SledLog,
+    StreamId, Version,
+};
+
+/// What an engine of the log does. Every method blocks (storage or network underneath):
+/// async callers run them on a blocking thread. Readers see only durable records: nothing
+/// past [`LogEngine::head`].
+pub trait LogEngine: Send + Sync + 'static {
+    /// Appends the payloads to one stream, all or nothing, after checking the idempotency key
+    /// (first) and the expected version; returns once the records are durable (as the engine
+    /// defines it) and visible to readers.
+    fn append(&self, append: Append) -> Result<Appended, AppendError>;
+
+    /// The last durable position; 0 when the log is empty.
+    fn head(&self) -> Position;
+
+    /// A follower of the head, told of every new durable head after this call.
+    fn watch_head(&self) -> HeadWatch;
+
+    /// Up to `limit` durable records with positions greater than `after`, in position order.
+    fn read_from(&self, after: Position, limit: usize) -> Result<Vec<Record>, LogError>;
+
+    /// The stream's durable records in version order; empty for a stream without records.
+    fn read_stream(&self, stream: StreamId) -> Result<Vec<Record>, LogError>;
+
+    /// The stream's last durable version; `None` for a stream without durable records.
+    fn stream_version(&self, stream: StreamId) -> Result<Option<Version>, LogError>;
+
+    /// The durable original result of the append that used `key`, with its fingerprint;
+    /// `duplicate` is `true` in it, as `append` would answer a retry.
+    fn idempotent_result(&self, key: &str) -> Result<Option<(Appended, [u8; 32])>, LogError>;
+
+    /// Counts of durable records and streams, the head and the size on disk.
+    fn stats(&self) -> Result<LogStats, LogError>;
+
+    /// Makes everything acknowledged so far durable, where the engine's options let it be
+    /// acknowledged before (the sled engine's `Durability::Buffered`).
+    fn flush(&self) -> Result<(), LogError>;
+}
+
+/// Follows the log's durable head.
+#[derive(Clone, Debug)]
+pub struct HeadWatch {
+    receiver: watch::Receiver<Position>,
+}
+
+impl HeadWatch {
+    /// A follower of the heads an engine sends on `receiver`.
+    pub fn new(receiver: watch::Receiver<Position>) -> HeadWatch {
+        HeadWatch { receiver }
+    }
+
+    /// The latest head it was told of.
+    pub fn current(&self) -> Position {
+        *self.receiver.borrow()
+    }
+
+    /// The latest head it was told of, marking it seen: [`HeadWatch::changed`] then waits for
+    /// a later one. (Mark, then look at the log: no append is missed in between.)
+    pub fn mark_seen(&mut self) -> Position {
+        *self.receiver.borrow_and_update()
+    }
+
+    /// Whether a head not yet seen has arrived (`false` once the log is gone).
+    pub fn has_changed(&self) -> bool {
+        self.receiver.has_changed().unwrap_or(false)
+    }
+
+    /// Waits until the head reaches `position`; fails with [`LogError::Closed`] once the log
+    /// is gone.
+    pub async fn wait_for(&mut self, position: Position) -> Result<Position, LogError> {
+        let head = self
+            .receiver
+            .wait_for(|head| *head >= position)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        Ok(*head)
+    }
+
+    /// Waits until the head moves past what was last seen, and returns it; fails with
+    /// [`LogError::Closed`] once the log is gone.
+    pub async fn changed(&mut self) -> Result<Position, LogError> {
+        self.receiver
+            .changed()
+            .await
+            .map_err(|_| LogError::Closed)?;
+        Ok(*self.receiver.borrow_and_update())
+    }
+}
+
+/// The log, whatever engine keeps it. Cheap to clone; every clone is the same log.
+#[derive(Clone)]
+pub struct EventLog {
+    engine: Arc<dyn LogEngine>,
+}
+
+impl fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLog")
+            .field("head", &self.head())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// The embedded default: the sled engine in `dir` (see [`SledLog::open`]).
+    pub fn open(dir: &Path, options: LogOptions) -> Result<EventLog, LogError> {
+        Ok(EventLog::from_engine(SledLog::open(dir, options)?))
+    }
+
+    /// The log kept by `engine`.
+    pub fn from_engine(engine: impl LogEngine) -> EventLog {
+        EventLog {
+            engine: Arc::new(engine),
+        }
+    }
+
+    /// See [`LogEngine::append`]. Concurrent calls share the engine's round trips to storage
+    /// (the sled engine's group commit), so throughput grows with the number of callers.
+    pub fn append(&self, append: Append) -> Result<Appended, AppendError> {
+        self.engine.append(append)
+    }
+
+    /// See [`LogEngine::head`].
+    pub fn head(&self) -> Position {
+        self.engine.head()
+    }
+
+    /// See [`LogEngine::watch_head`].
+    pub fn watch_head(&self) -> HeadWatch {
+        self.engine.watch_head()
+    }
+
+    /// See [`LogEngine::read_from`].
+    pub fn read_from(&self, after: Position, limit: usize) -> Result<Vec<Record>, LogError> {
+        self.engine.read_from(after, limit)
+    }
+
+    /// See [`LogEngine::read_stream`].
+    pub fn read_stream(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
+        self.engine.read_stream(stream)
+    }
+
+    /// See [`LogEngine::stream_version`].
+    pub fn stream_version(&self, stream: StreamId) -> Result<Option<Version>, LogError> {
+        self.engine.stream_version(stream)
+    }
+
+    /// See [`LogEngine::idempotent_result`].
+    pub fn idempotent_result(&self, key: &str) -> Result<Option<(Appended, [u8; 32])>, LogError> {
+        self.engine.idempotent_result(key)
+    }
+
+    /// See [`LogEngine::stats`].
+    pub fn stats(&self) -> Result<LogStats, LogError> {
+        self.engine.stats()
+    }
+
+    /// See [`LogEngine::flush`].
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.engine.flush()
+    }
+}
