@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::{
-    Append, AppendError, Appended, LogError, LogOptions, LogStats, Position, Record, SledLog,
-    StreamId, Version,
+    Append, AppendError, Appended, ExpectedVersion, Idempotency, LogError, LogOptions, LogStats,
+    Position, Record, SledLog, StreamId, Version,
 };
 
 /// What an engine of the log does. Every method blocks (storage or network underneath):
@@ -175,4 +175,45 @@ impl EventLog {
     pub fn flush(&self) -> Result<(), LogError> {
         self.engine.flush()
     }
+}
+
+/// The contract's rule for a key found used: the same fingerprint is a retry, answered with the
+/// original result marked `duplicate`; another fingerprint is a reused key. Every engine applies
+/// it, before anything else.
+pub(crate) fn replay(
+    idempotency: &Idempotency,
+    original: Appended,
+    fingerprint: [u8; 32],
+) -> Result<Appended, AppendError> {
+    if fingerprint == idempotency.fingerprint {
+        Ok(Appended {
+            duplicate: true,
+            ..original
+        })
+    } else {
+        Err(AppendError::IdempotencyKeyReused {
+            key: idempotency.key.clone(),
+        })
+    }
+}
+
+/// The contract's rule for the expected version, against the stream's `current` last version
+/// (`None`: no records); then that an append carries payloads.
+pub(crate) fn check_expected(append: &Append, current: Option<Version>) -> Result<(), AppendError> {
+    let matches = match append.expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current.is_none(),
+        ExpectedVersion::Exact(expected) => current == Some(expected),
+    };
+    if !matches {
+        return Err(AppendError::WrongExpectedVersion {
+            stream: append.stream,
+            expected: append.expected,
+            actual: current,
+        });
+    }
+    if append.payloads.is_empty() {
+        return Err(AppendError::Empty);
+    }
+    Ok(())
 }

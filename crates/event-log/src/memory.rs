@@ -7,10 +7,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
-use crate::engine::{HeadWatch, LogEngine};
+use crate::engine::{check_expected, replay, HeadWatch, LogEngine};
 use crate::{
-    Append, AppendError, Appended, ExpectedVersion, LogError, LogStats, Position, Record, StreamId,
-    StreamTarget, Version,
+    Append, AppendError, Appended, LogError, LogStats, Position, Record, StreamId, StreamTarget,
+    Version,
 };
 
 /// A log kept in memory: acknowledged means applied, and nothing survives the process.
@@ -59,16 +59,7 @@ impl LogEngine for MemoryLog {
         let mut state = self.state();
         if let Some(idempotency) = &append.idempotency {
             if let Some((original, fingerprint)) = state.keys.get(&idempotency.key) {
-                return if *fingerprint == idempotency.fingerprint {
-                    Ok(Appended {
-                        duplicate: true,
-                        ..*original
-                    })
-                } else {
-                    Err(AppendError::IdempotencyKeyReused {
-                        key: idempotency.key.clone(),
-                    })
-                };
+                return replay(idempotency, *original, *fingerprint);
             }
         }
         let (stream, current) = match append.stream {
@@ -84,21 +75,7 @@ impl LogEngine for MemoryLog {
                 (id, current)
             }
         };
-        let matches = match append.expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current.is_none(),
-            ExpectedVersion::Exact(expected) => current == Some(expected),
-        };
-        if !matches {
-            return Err(AppendError::WrongExpectedVersion {
-                stream: append.stream,
-                expected: append.expected,
-                actual: current,
-            });
-        }
-        if append.payloads.is_empty() {
-            return Err(AppendError::Empty);
-        }
+        check_expected(&append, current)?;
         if append.stream == StreamTarget::New {
             state.allocated += 1;
         }

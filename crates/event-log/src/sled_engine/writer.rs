@@ -11,9 +11,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::keys;
+use crate::engine::{check_expected, replay};
 use crate::{
-    Append, AppendError, Appended, Durability, ExpectedVersion, LogError, Position, StreamId,
-    StreamTarget, Version,
+    Append, AppendError, Appended, Durability, LogError, Position, StreamId, StreamTarget, Version,
 };
 
 /// How many requests may wait for the writer before `append` blocks on
@@ -220,16 +220,7 @@ impl Writer {
             if let Some((original, fingerprint)) =
                 self.idempotent_result(group, &idempotency.key)?
             {
-                return if fingerprint == idempotency.fingerprint {
-                    Ok(Appended {
-                        duplicate: true,
-                        ..original
-                    })
-                } else {
-                    Err(AppendError::IdempotencyKeyReused {
-                        key: idempotency.key.clone(),
-                    })
-                };
+                return replay(idempotency, original, fingerprint);
             }
         }
 
@@ -242,21 +233,7 @@ impl Writer {
                 (id, self.stream_version(group, id)?)
             }
         };
-        let matches = match append.expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current.is_none(),
-            ExpectedVersion::Exact(expected) => current == Some(expected),
-        };
-        if !matches {
-            return Err(AppendError::WrongExpectedVersion {
-                stream: append.stream,
-                expected: append.expected,
-                actual: current,
-            });
-        }
-        if append.payloads.is_empty() {
-            return Err(AppendError::Empty);
-        }
+        check_expected(&append, current)?;
 
         if append.stream == StreamTarget::New {
             group.counters.next_stream += 1;
