@@ -3,8 +3,9 @@
 # docs/ARCHITECTURE.md):
 #   - only the storage crates (event-log, call-projections) depend on sled
 #     directly; everything else reaches storage through them;
-#   - only call-gateway and the tests depend on async-nats (the binary's client
-#     for people lives in call-gateway too);
+#   - only call-gateway, the JetStream engine of the log (event-log-jetstream)
+#     and the tests depend on async-nats (the binary's client for people lives
+#     in call-gateway too); event-log, call-commands and call-projections do not;
 #   - call-model and event-log depend on no other workspace crate;
 #   - call-model's dependency tree has no tokio, sled or async-nats (it is
 #     pure), and call-api's has no async-nats (it knows no transport);
@@ -30,7 +31,7 @@ import sys
 # dependency -> the only workspace packages allowed to name it directly
 ONLY_DIRECT = {
     "sled": {"event-log", "call-projections"},
-    "async-nats": {"call-gateway", "call-ledger-tests"},
+    "async-nats": {"call-gateway", "event-log-jetstream", "call-ledger-tests"},
 }
 # workspace packages that must not depend on any other workspace package
 LEAVES = {"call-model", "event-log"}
@@ -92,6 +93,10 @@ check_tree() {
 }
 check_tree call-model tokio sled async-nats
 check_tree call-api async-nats
+check_tree event-log async-nats
+check_tree call-commands async-nats
+check_tree call-projections async-nats
+check_tree event-log-jetstream sled
 
 # Source rules: the log's contract names no storage type (only pub(crate) items of the
 # sled engine may), and the wire's header names stay at the edge.

@@ -51,6 +51,14 @@ pub trait LogEngine: Send + Sync + 'static {
     /// Makes everything acknowledged so far durable, where the engine's options let it be
     /// acknowledged before (the sled engine's `Durability::Buffered`).
     fn flush(&self) -> Result<(), LogError>;
+
+    /// The head of record, once this instance's reads have reached it: for an engine whose
+    /// reads come from a local replica of a shared log, everything acknowledged anywhere before
+    /// the call is readable here after it (read-your-writes across instances). An engine whose
+    /// reads are the log itself answers its head.
+    fn sync(&self) -> Result<Position, LogError> {
+        Ok(self.head())
+    }
 }
 
 /// Follows the log's durable head.
@@ -175,12 +183,17 @@ impl EventLog {
     pub fn flush(&self) -> Result<(), LogError> {
         self.engine.flush()
     }
+
+    /// See [`LogEngine::sync`].
+    pub fn sync(&self) -> Result<Position, LogError> {
+        self.engine.sync()
+    }
 }
 
 /// The contract's rule for a key found used: the same fingerprint is a retry, answered with the
 /// original result marked `duplicate`; another fingerprint is a reused key. Every engine applies
 /// it, before anything else.
-pub(crate) fn replay(
+pub fn replay(
     idempotency: &Idempotency,
     original: Appended,
     fingerprint: [u8; 32],
@@ -199,7 +212,7 @@ pub(crate) fn replay(
 
 /// The contract's rule for the expected version, against the stream's `current` last version
 /// (`None`: no records); then that an append carries payloads.
-pub(crate) fn check_expected(append: &Append, current: Option<Version>) -> Result<(), AppendError> {
+pub fn check_expected(append: &Append, current: Option<Version>) -> Result<(), AppendError> {
     let matches = match append.expected {
         ExpectedVersion::Any => true,
         ExpectedVersion::NoStream => current.is_none(),

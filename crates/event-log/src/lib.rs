@@ -23,7 +23,7 @@ mod sled_engine;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{EventLog, HeadWatch, LogEngine};
+pub use engine::{check_expected, replay, EventLog, HeadWatch, LogEngine};
 pub use error::{AppendError, LogError};
 pub use memory::MemoryLog;
 pub use sled_engine::SledLog;

@@ -47,6 +47,11 @@ impl MemoryLog {
         }
     }
 
+    /// How many streams were allocated: the next new stream's id is one more.
+    pub fn streams_allocated(&self) -> StreamId {
+        self.state().allocated
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The state is only changed after every check passed, so a panic elsewhere cannot
         // have left it half-updated.

@@ -1,0 +1,477 @@
+//! `event-log-jetstream` owns the replicated engine of the event log: a NATS JetStream stream
+//! (file storage, replicated over the cluster, `deny_delete`, `deny_purge`, no limits) is the
+//! log of record, and each instance keeps a local replica of it, folded from the stream in
+//! sequence order, from which it answers every read.
+//!
+//! # Fencing
+//!
+//! A record's position is its stream sequence. Every append is checked against the replica at
+//! head `h` (idempotency key first, then the stream's expected version; a new stream gets the id
+//! after the last one allocated) and published with `Nats-Expected-Last-Sequence: h`. JetStream
+//! stores it only if nothing else was stored since `h`, so the checks held exactly when it was
+//! stored: two writers, on any instances, can never both append version `n` of a stream, a
+//! stream id is never handed out twice, and a key is never used twice. A writer that lost the
+//! race (its publish is refused) catches up and decides again. The stream sequence is the
+//! fencing token: a paused or partitioned writer cannot append on stale knowledge.
+//!
+//! # Replica
+//!
+//! A tail task reads the stream from the replica's head on and applies each message to the
+//! replica (an [`event_log::MemoryLog`]), checking that the positions agree. An append returns
+//! once the replica holds it, so a read on the same instance sees it; [`LogEngine::sync`] waits
+//! until the replica reaches the stream's last sequence, so a read on any instance after it sees
+//! every write acknowledged before it. A restarted instance folds the stream again from the
+//! start.
+//!
+//! The contract is blocking; the engine runs its own runtime, so it is called from plain or
+//! blocking threads (never from inside an async task).
+
+#![warn(missing_docs)]
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use event_log::{
+    check_expected, replay, Append, AppendError, Appended, EventLog, ExpectedVersion, HeadWatch,
+    Idempotency, LogEngine, LogError, LogStats, MemoryLog, Position, Record, StreamId,
+    StreamTarget, Version,
+};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+/// The header naming a record's stream.
+const STREAM_HEADER: &str = "Call-Ledger-Stream";
+/// The header holding a record's idempotency key.
+const KEY_HEADER: &str = "Call-Ledger-Idempotency-Key";
+/// The header holding the hex fingerprint of the request that used the key.
+const FINGERPRINT_HEADER: &str = "Call-Ledger-Idempotency-Fingerprint";
+/// JetStream's fencing header.
+const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+
+/// How the engine is set up.
+#[derive(Clone, Debug)]
+pub struct JetStreamOptions {
+    /// The stream of record, e.g. `CALL_LOG`.
+    pub stream: String,
+    /// Its subjects' prefix: records go to `<subject_prefix>.<stream id>`.
+    pub subject_prefix: String,
+    /// How many servers hold each record: 1 for development, 3 in production.
+    pub replicas: usize,
+    /// How long one round trip to JetStream may take before the operation fails.
+    pub timeout: Duration,
+}
+
+/// The JetStream engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct JetStreamLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: tokio::runtime::Runtime,
+    js: jetstream::Context,
+    options: JetStreamOptions,
+    replica: Arc<MemoryLog>,
+    /// Appends of this instance go one at a time: they would only fence each other.
+    appending: Mutex<()>,
+    /// Stops the tail task when the engine is dropped.
+    _stop: watch::Sender<bool>,
+    /// What stopped the tail, if it stopped on its own (a replica that disagrees with the
+    /// stream): the engine is unusable then.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+fn storage(what: &str, error: impl std::fmt::Display) -> LogError {
+    LogError::Storage(format!("{what}: {error}"))
+}
+
+impl JetStreamLog {
+    /// Connects to `url`, ensures the stream, and folds it into the replica before returning.
+    pub fn open(url: &str, options: JetStreamOptions) -> Result<JetStreamLog, LogError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("event-log-jetstream")
+            .enable_all()
+            .build()
+            .map_err(LogError::Io)?;
+        let timeout = options.timeout;
+        let (js, stream) = runtime.block_on(async {
+            let client = tokio::time::timeout(timeout, async_nats::connect(url))
+                .await
+                .map_err(|_| storage("connecting to NATS", "timed out"))?
+                .map_err(|e| storage("connecting to NATS", e))?;
+            let js = jetstream::new(client);
+            let stream = js
+                .get_or_create_stream(stream::Config {
+                    name: options.stream.clone(),
+                    description: Some("call-ledger: the log of record".into()),
+                    subjects: vec![format!("{}.>", options.subject_prefix)],
+                    storage: stream::StorageType::File,
+                    num_replicas: options.replicas.max(1),
+                    deny_delete: true,
+                    deny_purge: true,
+                    allow_direct: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| storage(&format!("ensuring the stream {}", options.stream), e))?;
+            Ok::<_, LogError>((js, stream))
+        })?;
+        let (stop, stop_rx) = watch::channel(false);
+        let engine = JetStreamLog {
+            inner: Arc::new(Inner {
+                runtime,
+                js,
+                options,
+                replica: Arc::new(MemoryLog::new()),
+                appending: Mutex::new(()),
+                _stop: stop,
+                failure: Arc::new(Mutex::new(None)),
+            }),
+        };
+        engine.inner.runtime.spawn(tail(
+            stream,
+            Arc::clone(&engine.inner.replica),
+            Arc::clone(&engine.inner.failure),
+            stop_rx,
+        ));
+        engine.sync()?;
+        Ok(engine)
+    }
+
+    /// This engine as the log every caller holds.
+    pub fn into_event_log(self) -> EventLog {
+        EventLog::from_engine(self)
+    }
+
+    fn check_failure(&self) -> Result<(), LogError> {
+        match &*self
+            .inner
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(failure) => Err(LogError::Corrupt(failure.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the replica reaches `position`, for at most the timeout.
+    fn wait_for_replica(&self, position: Position) -> Result<(), LogError> {
+        let mut head = self.inner.replica.watch_head();
+        let timeout = self.inner.options.timeout;
+        self.inner.runtime.block_on(async {
+            tokio::time::timeout(timeout, head.wait_for(position))
+                .await
+                .map_err(|_| {
+                    storage(
+                        "waiting for the local replica",
+                        format!("position {position} did not arrive within {timeout:?}"),
+                    )
+                })?
+                .map(|_| ())
+        })?;
+        self.check_failure()
+    }
+
+    /// Decides `append` against the replica as it stands: `Ok(Err(appended))` for a replayed
+    /// retry, `Ok(Ok((stream, new, version)))` for what to publish.
+    fn decide(
+        &self,
+        append: &Append,
+    ) -> Result<Result<(StreamId, Version), Appended>, AppendError> {
+        let replica = &self.inner.replica;
+        if let Some(idempotency) = &append.idempotency {
+            if let Some((original, fingerprint)) = replica.idempotent_result(&idempotency.key)? {
+                return replay(idempotency, original, fingerprint).map(Err);
+            }
+        }
+        let allocated = replica.streams_allocated();
+        let (stream, current) = match append.stream {
+            StreamTarget::New => (allocated + 1, None),
+            StreamTarget::Existing(id) if id == 0 || id > allocated => {
+                return Err(AppendError::StreamNotFound(id))
+            }
+            StreamTarget::Existing(id) => (id, replica.stream_version(id)?),
+        };
+        check_expected(append, current)?;
+        Ok(Ok((stream, current.unwrap_or(0) + 1)))
+    }
+}
+
+impl LogEngine for JetStreamLog {
+    fn append(&self, append: Append) -> Result<Appended, AppendError> {
+        self.check_failure()?;
+        let [payload] = &append.payloads[..] else {
+            if append.payloads.is_empty() {
+                return Err(AppendError::Empty);
+            }
+            // One record per message keeps position = stream sequence, and a message is stored
+            // whole or not at all; several would not be.
+            return Err(AppendError::Log(LogError::Storage(
+                "the JetStream engine appends one record per append".into(),
+            )));
+        };
+        let _one_at_a_time = self
+            .inner
+            .appending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let head = self.inner.replica.head();
+            let (stream, version) = match self.decide(&append)? {
+                Ok(decided) => decided,
+                Err(replayed) => return Ok(replayed),
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(EXPECTED_LAST_SEQUENCE, head.to_string().as_str());
+            headers.insert(STREAM_HEADER, stream.to_string().as_str());
+            if let Some(idempotency) = &append.idempotency {
+                headers.insert(KEY_HEADER, idempotency.key.as_str());
+                headers.insert(
+                    FINGERPRINT_HEADER,
+                    to_hex(&idempotency.fingerprint).as_str(),
+                );
+            }
+            let subject = format!("{}.{stream}", self.inner.options.subject_prefix);
+            let body = Bytes::from(payload.clone());
+            let timeout = self.inner.options.timeout;
+            let published = self.inner.runtime.block_on(async {
+                let ack = self
+                    .inner
+                    .js
+                    .publish_with_headers(subject, headers, body)
+                    .await?;
+                tokio::time::timeout(timeout, ack)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(jetstream::context::PublishError::new(
+                            jetstream::context::PublishErrorKind::TimedOut,
+                        ))
+                    })
+            });
+            match published {
+                Ok(ack) => {
+                    if ack.sequence != head + 1 {
+                        return Err(AppendError::Log(LogError::Corrupt(format!(
+                            "stream {} stored the record at {} where {} was expected",
+                            self.inner.options.stream,
+                            ack.sequence,
+                            head + 1
+                        ))));
+                    }
+                    self.wait_for_replica(ack.sequence)?;
+                    return Ok(Appended {
+                        stream,
+                        first_version: version,
+                        last_version: version,
+                        first_position: ack.sequence,
+                        last_position: ack.sequence,
+                        duplicate: false,
+                    });
+                }
+                Err(error)
+                    if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
+                {
+                    // Another writer appended since `head`: catch up and decide again.
+                    self.wait_for_replica(head + 1)?;
+                }
+                Err(error) => {
+                    // The outcome is unknown (the record may be stored): the caller retries
+                    // with its idempotency key.
+                    return Err(AppendError::Log(storage(
+                        &format!("publishing to {}", self.inner.options.stream),
+                        error,
+                    )));
+                }
+            }
+        }
+    }
+
+    fn head(&self) -> Position {
+        self.inner.replica.head()
+    }
+
+    fn watch_head(&self) -> HeadWatch {
+        self.inner.replica.watch_head()
+    }
+
+    fn read_from(&self, after: Position, limit: usize) -> Result<Vec<Record>, LogError> {
+        self.check_failure()?;
+        self.inner.replica.read_from(after, limit)
+    }
+
+    fn read_stream(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
+        self.check_failure()?;
+        self.inner.replica.read_stream(stream)
+    }
+
+    fn stream_version(&self, stream: StreamId) -> Result<Option<Version>, LogError> {
+        self.inner.replica.stream_version(stream)
+    }
+
+    fn idempotent_result(&self, key: &str) -> Result<Option<(Appended, [u8; 32])>, LogError> {
+        self.inner.replica.idempotent_result(key)
+    }
+
+    fn stats(&self) -> Result<LogStats, LogError> {
+        self.inner.replica.stats()
+    }
+
+    /// Every append is acknowledged by JetStream (a quorum of the stream's replicas) before
+    /// it returns: nothing is left to flush here.
+    fn flush(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<Position, LogError> {
+        let timeout = self.inner.options.timeout;
+        let name = self.inner.options.stream.clone();
+        let last = self.inner.runtime.block_on(async {
+            let mut stream = tokio::time::timeout(timeout, self.inner.js.get_stream(&name))
+                .await
+                .map_err(|_| storage(&format!("reading the stream {name}"), "timed out"))?
+                .map_err(|e| storage(&format!("reading the stream {name}"), e))?;
+            let info = tokio::time::timeout(timeout, stream.info())
+                .await
+                .map_err(|_| storage(&format!("reading the stream {name}"), "timed out"))?
+                .map_err(|e| storage(&format!("reading the stream {name}"), e))?;
+            Ok::<_, LogError>(info.state.last_sequence)
+        })?;
+        self.wait_for_replica(last)?;
+        Ok(last)
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Folds the stream into the replica from its head on, in sequence order, until `stop`; follows
+/// new records as they are stored. A consumer that fails or skips a sequence is recreated from
+/// the replica's head.
+async fn tail(
+    stream: stream::Stream,
+    replica: Arc<MemoryLog>,
+    failure: Arc<Mutex<Option<String>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let start = replica.head() + 1;
+        let created = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await;
+        let messages = match created {
+            Ok(consumer) => consumer.messages().await,
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow the stream of record; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow the stream of record; retrying");
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                next = messages.next() => next,
+            };
+            let Some(Ok(message)) = next else {
+                break;
+            };
+            pause = Duration::from_millis(100);
+            let Ok(info) = message.info() else { break };
+            let expected = replica.head() + 1;
+            if info.stream_sequence != expected {
+                // Skipped or repeated: follow again from the replica's head.
+                break;
+            }
+            if let Err(problem) = apply(&replica, &message) {
+                tracing::error!(%problem, sequence = expected, "the stream of record cannot be folded");
+                *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(problem);
+                return;
+            }
+        }
+    }
+}
+
+/// Applies one stored message to the replica at its sequence.
+fn apply(replica: &MemoryLog, message: &jetstream::Message) -> Result<(), String> {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str().to_owned())
+    };
+    let stream: StreamId = header(STREAM_HEADER)
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| format!("a record without a valid {STREAM_HEADER} header"))?;
+    let idempotency = match header(KEY_HEADER) {
+        Some(key) => Some(Idempotency {
+            key,
+            fingerprint: header(FINGERPRINT_HEADER)
+                .as_deref()
+                .and_then(from_hex)
+                .ok_or_else(|| format!("a key without a valid {FINGERPRINT_HEADER} header"))?,
+        }),
+        None => None,
+    };
+    let target = if stream > replica.streams_allocated() {
+        StreamTarget::New
+    } else {
+        StreamTarget::Existing(stream)
+    };
+    let appended = replica
+        .append(Append {
+            stream: target,
+            expected: ExpectedVersion::Any,
+            idempotency,
+            payloads: vec![message.payload.to_vec()],
+        })
+        .map_err(|error| format!("the replica refused a stored record: {error}"))?;
+    if appended.stream != stream || appended.duplicate {
+        return Err(format!(
+            "a stored record of stream {stream} folds as stream {} (duplicate: {})",
+            appended.stream, appended.duplicate
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
