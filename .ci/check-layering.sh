@@ -96,7 +96,6 @@ check_tree call-api async-nats
 check_tree event-log async-nats
 check_tree call-commands async-nats
 check_tree call-projections async-nats
-check_tree event-log-jetstream sled
 
 # Source rules: the log's contract names no storage type (only pub(crate) items of the
 # sled engine may), and the wire's header names stay at the edge.
