@@ -263,6 +263,7 @@ impl Gateway {
                 tokens: None,
                 max_payload: client.server_info().max_payload,
                 self_prefix: PREFIX.into(),
+                sync_reads: false,
             },
             now,
         );
@@ -273,6 +274,7 @@ impl Gateway {
             data_dir: data_dir.to_owned(),
             queue_group: "call-ledger".into(),
             lock_ttl: Duration::from_secs(10),
+            replicated_log: false,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = thread::Builder::new()

@@ -190,7 +190,14 @@ impl Gateway {
             .prefix("call-gateway-e2e-")
             .tempdir()
             .expect("a data directory");
-        let (log, commands, projection) = open_ledger(data.path());
+        let (log, commands, projection) = match test_log_engine() {
+            TestLog::Sled => open_ledger(data.path()),
+            TestLog::JetStream => {
+                let (path, url) = (data.path().to_path_buf(), nats.url());
+                blocking(move || open_ledger_on_jetstream(&path, &url))
+            }
+        };
+        let replicated = test_log_engine() == TestLog::JetStream;
         let service_client = call_gateway::connect(NatsOptions {
             url: nats.url(),
             creds_file: None,
@@ -214,6 +221,7 @@ impl Gateway {
                 tokens,
                 max_payload,
                 self_prefix: "calls".to_string(),
+                sync_reads: replicated,
             },
             clock,
         );
@@ -224,6 +232,7 @@ impl Gateway {
             data_dir: data.path().to_path_buf(),
             queue_group: "call-ledger".to_string(),
             lock_ttl: Duration::from_secs(10),
+            replicated_log: replicated,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(call_gateway::run(
@@ -296,6 +305,41 @@ impl Drop for Gateway {
             task.abort();
         }
     }
+}
+
+/// Which engine of the log the in-process gateways run on: the embedded one, or, with
+/// `CALL_LEDGER_TEST_LOG=jetstream` (the contract suite's second pass in `make test`), the
+/// JetStream engine on the test's own server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TestLog {
+    Sled,
+    JetStream,
+}
+
+pub(crate) fn test_log_engine() -> TestLog {
+    match std::env::var("CALL_LEDGER_TEST_LOG").as_deref() {
+        Ok("jetstream") => TestLog::JetStream,
+        _ => TestLog::Sled,
+    }
+}
+
+/// The log of record on the JetStream server at `url` (R1), and `<data>/projection` over it.
+pub(crate) fn open_ledger_on_jetstream(
+    data: &Path,
+    url: &str,
+) -> (EventLog, CommandService, Projection) {
+    let options = event_log_jetstream::JetStreamOptions {
+        stream: "CALL_LOG".into(),
+        subject_prefix: "calls.log".into(),
+        replicas: 1,
+        timeout: Duration::from_secs(10),
+    };
+    let log = event_log_jetstream::JetStreamLog::open(url, options)
+        .expect("the JetStream log opens")
+        .into_event_log();
+    let projection =
+        Projection::open(&data.join("projection"), log.clone()).expect("the projection opens");
+    (log.clone(), CommandService::new(log), projection)
 }
 
 /// Opens (creating) `<data>/log` durably, and `<data>/projection` over it, as the binary does.

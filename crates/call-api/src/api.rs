@@ -127,6 +127,22 @@ impl Inner {
         if !grant.allows(needed) {
             return Err(ApiError::missing_scope(needed.name()));
         }
+        if self.config.sync_reads
+            && matches!(
+                request.operation,
+                Operation::List | Operation::Get(_) | Operation::Changes
+            )
+        {
+            // Read-your-writes across instances: what any instance acknowledged is readable.
+            let head = self
+                .commands
+                .log()
+                .sync()
+                .map_err(|error| projection_error("syncing with the log", &error.into()))?;
+            self.projection
+                .wait_for(head)
+                .map_err(|error| projection_error("syncing with the log", &error))?;
+        }
         match &request.operation {
             Operation::List => self.list(&grant, request.payload),
             Operation::Get(token) => self.get(&grant, token, request.payload),

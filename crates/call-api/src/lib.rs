@@ -168,6 +168,10 @@ pub struct ApiConfig {
     pub max_payload: usize,
     /// The subject prefix, `calls` by default, for `links.self` = `<prefix>.api.get.<id>`.
     pub self_prefix: String,
+    /// Whether every read first brings the projection up to the log of record's head
+    /// (`EventLog::sync`): with a log shared by several instances, so that a write answered by
+    /// any instance is seen by a read sent afterwards to this one. One round trip per read.
+    pub sync_reads: bool,
 }
 
 /// The clock the API stamps commands with; the edge supplies it so that tests can fix it.

@@ -65,6 +65,7 @@ fn ledger(tokens: Option<TokenStore>, max_payload: usize) -> Ledger {
             tokens,
             max_payload,
             self_prefix: "calls".into(),
+            sync_reads: false,
         },
         now,
     );

@@ -61,6 +61,10 @@ pub struct GatewayConfig {
     /// without releasing it is replaced after this long (10 s). The same data directory
     /// restarted takes it back at once.
     pub lock_ttl: Duration,
+    /// Whether the log of record is shared by several instances (the JetStream engine): then no
+    /// writer lock is taken, and no outbox runs, since consumers read the log's own stream
+    /// (`CALL_LOG`), which holds every event once, in position order.
+    pub replicated_log: bool,
 }
 
 /// How long the final flush of the connection may take.
@@ -90,43 +94,37 @@ pub async fn run(
     let js = async_nats::jetstream::new(client.clone());
     let mut shutdown = std::pin::pin!(shutdown);
 
-    // One embedded ledger per subject prefix: refuse to serve while another instance does.
-    let data_dir = config.data_dir.clone();
-    let holder = tokio::task::spawn_blocking(move || lease::Holder::of_this_process(&data_dir))
-        .await
-        .map_err(|e| {
-            GatewayError::with_source(GatewayErrorKind::Task, "reading the instance id", e)
-        })??;
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-    let lock = loop {
-        let acquired = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            acquired = lease::WriterLock::acquire(&js, &names.lock_bucket, holder.clone(), config.lock_ttl) => acquired,
-        };
-        match acquired {
-            Ok(lock) => break lock,
-            Err(error) if error.kind() == GatewayErrorKind::Locked => return Err(error),
-            Err(error) => {
-                tracing::warn!(%error, "cannot take the writer lock yet; retrying");
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
-                }
-            }
-        }
-    };
-    tracing::info!(bucket = %names.lock_bucket, instance = %holder.instance, "writer lock taken");
+    // One embedded ledger per subject prefix: refuse to serve while another instance does. A
+    // log shared by several instances needs no lock (its appends are fenced by the stream).
     let (lock_stop_tx, lock_stop_rx) = watch::channel(false);
-    let mut lock_task = tokio::spawn(lock.hold(lock_stop_rx));
+    let mut lock_task = if config.replicated_log {
+        tokio::spawn(async move {
+            let mut stop = lock_stop_rx;
+            stopped(&mut stop).await;
+            Ok(())
+        })
+    } else {
+        let Some(lock) = take_writer_lock(&js, &names, &config, shutdown.as_mut()).await? else {
+            return Ok(());
+        };
+        tokio::spawn(lock.hold(lock_stop_rx))
+    };
 
-    let outbox = outbox::Outbox::open(
-        js.clone(),
-        log.clone(),
-        prefix.clone(),
-        config.duplicate_window,
-        &config.data_dir,
-    )
-    .await?;
+    // With a shared log, consumers read the log's own stream: no outbox.
+    let outbox = if config.replicated_log {
+        None
+    } else {
+        Some(
+            outbox::Outbox::open(
+                js.clone(),
+                log.clone(),
+                prefix.clone(),
+                config.duplicate_window,
+                &config.data_dir,
+            )
+            .await?,
+        )
+    };
     let started = service::start(&client, &prefix, &config.queue_group).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -156,10 +154,12 @@ pub async fn run(
     });
     // The outbox stops last, so that it publishes what the drain appended.
     let mut outbox_task = JoinSet::new();
-    outbox_task.spawn(async move {
-        outbox::run(outbox, outbox_stop_rx).await;
-        "the outbox"
-    });
+    if let Some(outbox) = outbox {
+        outbox_task.spawn(async move {
+            outbox::run(outbox, outbox_stop_rx).await;
+            "the outbox"
+        });
+    }
     tracing::info!(
         prefix = %config.subject_prefix,
         max_in_flight,
@@ -238,6 +238,43 @@ pub async fn run(
         None => {
             tracing::info!("drained");
             Ok(())
+        }
+    }
+}
+
+/// Takes the writer lock, waiting (with backoff) while NATS cannot be reached; `None` when
+/// `shutdown` came first; an error when another instance holds it.
+async fn take_writer_lock(
+    js: &async_nats::jetstream::Context,
+    names: &JetStreamNames,
+    config: &GatewayConfig,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<lease::WriterLock>, GatewayError> {
+    let data_dir = config.data_dir.clone();
+    let holder = tokio::task::spawn_blocking(move || lease::Holder::of_this_process(&data_dir))
+        .await
+        .map_err(|e| {
+            GatewayError::with_source(GatewayErrorKind::Task, "reading the instance id", e)
+        })??;
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        let acquired = tokio::select! {
+            () = &mut shutdown => return Ok(None),
+            acquired = lease::WriterLock::acquire(js, &names.lock_bucket, holder.clone(), config.lock_ttl) => acquired,
+        };
+        match acquired {
+            Ok(lock) => {
+                tracing::info!(bucket = %names.lock_bucket, instance = %holder.instance, "writer lock taken");
+                return Ok(Some(lock));
+            }
+            Err(error) if error.kind() == GatewayErrorKind::Locked => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "cannot take the writer lock yet; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(None),
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct JetStreamNames {
     pub consumer: String,
     /// The KV bucket of the writer lock: which instance serves these subjects.
     pub lock_bucket: String,
+    /// The log of record, on `<prefix>.log.>`, with the JetStream engine of the log.
+    pub log: String,
 }
 
 impl JetStreamNames {
@@ -45,6 +47,7 @@ impl JetStreamNames {
             rejected: format!("{stream_base}_REJECTED"),
             events: format!("{stream_base}_EVENTS"),
             lock_bucket: format!("{stream_base}_LOCK"),
+            log: format!("{stream_base}_LOG"),
             consumer,
         }
     }
@@ -62,6 +65,7 @@ mod tests {
         assert_eq!(default.events, "CALL_EVENTS");
         assert_eq!(default.consumer, "call-ledger");
         assert_eq!(default.lock_bucket, "CALL_LOCK");
+        assert_eq!(default.log, "CALL_LOG");
         let staging = JetStreamNames::of("staging");
         assert_eq!(staging.commands, "STAGING_CALL_COMMANDS");
         assert_eq!(staging.events, "STAGING_CALL_EVENTS");

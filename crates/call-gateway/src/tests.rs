@@ -39,6 +39,7 @@ fn config(data_dir: &Path) -> GatewayConfig {
         data_dir: data_dir.to_path_buf(),
         queue_group: "call-ledger".to_string(),
         lock_ttl: Duration::from_secs(10),
+        replicated_log: false,
     }
 }
 
@@ -613,6 +614,7 @@ fn test_api(log: &EventLog, data_dir: &Path) -> call_api::Api {
             tokens: None,
             max_payload: 1024 * 1024,
             self_prefix: "calls".to_string(),
+            sync_reads: false,
         },
         || Timestamp::from_millis(1_750_000_000_000),
     )

@@ -111,6 +111,13 @@ pub struct ServeArgs {
     /// The API tokens (TOML); without it the API is open to anyone who can reach NATS.
     #[arg(long, env = "CALLLEDGER_TOKENS")]
     pub tokens: Option<PathBuf>,
+    /// Where the log of record lives: `sled` (embedded in the data directory, one instance per
+    /// subject prefix) or `jetstream` (a stream on the NATS cluster, several instances).
+    #[arg(long = "log", env = "CALLLEDGER_LOG", value_enum)]
+    pub log_engine: Option<LogEngineChoice>,
+    /// With `--log jetstream`: servers holding each record (1 for development, 3 in production).
+    #[arg(long, env = "CALLLEDGER_LOG_REPLICAS")]
+    pub log_replicas: Option<usize>,
     /// `text` or `json` logs (levels from RUST_LOG).
     #[arg(long, env = "CALLLEDGER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -125,6 +132,16 @@ pub struct ServeArgs {
     /// at once.
     #[arg(long, env = "CALLLEDGER_LOCK_TTL_SECS")]
     pub lock_ttl_secs: Option<u64>,
+}
+
+/// The engine of the log of record.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogEngineChoice {
+    /// Embedded in the data directory (the default).
+    Sled,
+    /// A JetStream stream replicated over the NATS cluster.
+    Jetstream,
 }
 
 /// Log output format.

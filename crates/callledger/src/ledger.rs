@@ -16,9 +16,35 @@ pub struct Ledger {
     pub projection: Projection,
 }
 
+/// Where the log of record lives.
+pub enum LogChoice {
+    /// The embedded sled engine in the data directory.
+    Sled,
+    /// A JetStream stream on the NATS at `url`, with this many replicas.
+    JetStream {
+        /// The NATS server (or cluster) holding the stream.
+        url: String,
+        /// The subject prefix the stream's names derive from.
+        subject_prefix: String,
+        /// Servers holding each record.
+        replicas: usize,
+    },
+}
+
 impl Ledger {
-    /// Opens (creating if needed) the data directory; the projection catches up with the log.
+    /// Opens (creating if needed) the data directory on the embedded log; the projection
+    /// catches up with the log.
     pub fn open(args: &DataArgs, config_durability: Option<Durability>) -> anyhow::Result<Ledger> {
+        Ledger::open_on(args, config_durability, &LogChoice::Sled)
+    }
+
+    /// Opens the data directory with the log of record `choice`: the local projection (and, on
+    /// the embedded engine, the log) live in the data directory.
+    pub fn open_on(
+        args: &DataArgs,
+        config_durability: Option<Durability>,
+        choice: &LogChoice,
+    ) -> anyhow::Result<Ledger> {
         let dir = args.dir();
         let durability = match args
             .durability
@@ -30,8 +56,28 @@ impl Ledger {
         };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        let log = EventLog::open(&log_dir(&dir), LogOptions { durability })
-            .with_context(|| format!("cannot open the event log in {}", dir.display()))?;
+        let log = match choice {
+            LogChoice::Sled => EventLog::open(&log_dir(&dir), LogOptions { durability })
+                .with_context(|| format!("cannot open the event log in {}", dir.display()))?,
+            LogChoice::JetStream {
+                url,
+                subject_prefix,
+                replicas,
+            } => {
+                let names = call_gateway::JetStreamNames::of(subject_prefix);
+                let options = event_log_jetstream::JetStreamOptions {
+                    stream: names.log.clone(),
+                    subject_prefix: format!("{subject_prefix}.log"),
+                    replicas: *replicas,
+                    timeout: std::time::Duration::from_secs(10),
+                };
+                event_log_jetstream::JetStreamLog::open(url, options)
+                    .with_context(|| {
+                        format!("cannot open the log of record, the stream {}", names.log)
+                    })?
+                    .into_event_log()
+            }
+        };
         let projection = Projection::open(&projection_dir(&dir), log.clone())
             .with_context(|| format!("cannot open the projection in {}", dir.display()))?;
         Ok(Ledger {

@@ -255,6 +255,7 @@ fn offline_read(
         tokens: None,
         max_payload: usize::MAX,
         self_prefix: "calls".into(),
+        sync_reads: false,
     };
     let api = Api::new(
         ledger.commands.clone(),

@@ -1,8 +1,8 @@
 //! `callledger serve`: merges flags, environment and the config file into settings, opens the
 //! ledger, and runs the NATS gateway until SIGINT or SIGTERM.
 
-use crate::cli::{DataArgs, Durability, LogFormat, ServeArgs};
-use crate::ledger::{now, Ledger};
+use crate::cli::{DataArgs, Durability, LogEngineChoice, LogFormat, ServeArgs};
+use crate::ledger::{now, Ledger, LogChoice};
 use anyhow::Context;
 use call_api::{Api, ApiConfig, TokenStore};
 use call_gateway::{GatewayConfig, NatsOptions};
@@ -29,6 +29,8 @@ struct ConfigFile {
     max_in_flight: Option<usize>,
     duplicate_window_secs: Option<u64>,
     lock_ttl_secs: Option<u64>,
+    log: Option<LogEngineChoice>,
+    log_replicas: Option<usize>,
 }
 
 pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -96,7 +98,20 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .max(1),
     );
 
-    let ledger = Ledger::open(&data, None)?;
+    let engine = args
+        .log_engine
+        .or(file.log)
+        .unwrap_or(LogEngineChoice::Sled);
+    let choice = match engine {
+        LogEngineChoice::Sled => LogChoice::Sled,
+        LogEngineChoice::Jetstream => LogChoice::JetStream {
+            url: options.url.clone(),
+            subject_prefix: subject_prefix.clone(),
+            replicas: args.log_replicas.or(file.log_replicas).unwrap_or(1).max(1),
+        },
+    };
+    let replicated = engine == LogEngineChoice::Jetstream;
+    let ledger = Ledger::open_on(&data, None, &choice)?;
     tracing::info!(
         data_dir = %ledger.dir.display(),
         head = ledger.log.head(),
@@ -113,6 +128,7 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             tokens,
             max_payload: client.max_payload(),
             self_prefix: subject_prefix.clone(),
+            sync_reads: replicated,
         };
         let api = Api::new(
             ledger.commands.clone(),
@@ -127,6 +143,7 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             data_dir: ledger.dir.clone(),
             queue_group: "call-ledger".into(),
             lock_ttl,
+            replicated_log: replicated,
         };
         call_gateway::run(client, api, ledger.log.clone(), gateway, shutdown_signal()).await?;
         ledger.log.flush()?;

@@ -71,7 +71,8 @@ pub struct JetStreamLog {
 }
 
 struct Inner {
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
     js: jetstream::Context,
     options: JetStreamOptions,
     replica: Arc<MemoryLog>,
@@ -82,6 +83,24 @@ struct Inner {
     /// What stopped the tail, if it stopped on its own (a replica that disagrees with the
     /// stream): the engine is unusable then.
     failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Inner {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the engine")
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle may go away inside another runtime's task, where waiting for this
+        // one's tasks would panic: let them stop in the background.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn storage(what: &str, error: impl std::fmt::Display) -> LogError {
@@ -123,7 +142,7 @@ impl JetStreamLog {
         let (stop, stop_rx) = watch::channel(false);
         let engine = JetStreamLog {
             inner: Arc::new(Inner {
-                runtime,
+                runtime: Some(runtime),
                 js,
                 options,
                 replica: Arc::new(MemoryLog::new()),
@@ -132,7 +151,7 @@ impl JetStreamLog {
                 failure: Arc::new(Mutex::new(None)),
             }),
         };
-        engine.inner.runtime.spawn(tail(
+        engine.inner.runtime().spawn(tail(
             stream,
             Arc::clone(&engine.inner.replica),
             Arc::clone(&engine.inner.failure),
@@ -163,7 +182,7 @@ impl JetStreamLog {
     fn wait_for_replica(&self, position: Position) -> Result<(), LogError> {
         let mut head = self.inner.replica.watch_head();
         let timeout = self.inner.options.timeout;
-        self.inner.runtime.block_on(async {
+        self.inner.runtime().block_on(async {
             tokio::time::timeout(timeout, head.wait_for(position))
                 .await
                 .map_err(|_| {
@@ -239,7 +258,7 @@ impl LogEngine for JetStreamLog {
             let subject = format!("{}.{stream}", self.inner.options.subject_prefix);
             let body = Bytes::from(payload.clone());
             let timeout = self.inner.options.timeout;
-            let published = self.inner.runtime.block_on(async {
+            let published = self.inner.runtime().block_on(async {
                 let ack = self
                     .inner
                     .js
@@ -330,7 +349,7 @@ impl LogEngine for JetStreamLog {
     fn sync(&self) -> Result<Position, LogError> {
         let timeout = self.inner.options.timeout;
         let name = self.inner.options.stream.clone();
-        let last = self.inner.runtime.block_on(async {
+        let last = self.inner.runtime().block_on(async {
             let mut stream = tokio::time::timeout(timeout, self.inner.js.get_stream(&name))
                 .await
                 .map_err(|_| storage(&format!("reading the stream {name}"), "timed out"))?

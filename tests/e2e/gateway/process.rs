@@ -386,6 +386,7 @@ async fn sigterm_drains_and_loses_no_acknowledged_write() {
                 tokens: None,
                 max_payload: 0,
                 self_prefix: "calls".to_string(),
+                sync_reads: false,
             },
             clock,
         );
@@ -629,6 +630,83 @@ async fn a_second_ledger_on_the_same_subjects_refuses_to_start() {
         second.terminate();
         let status = blocking(|| second.wait(Duration::from_secs(30)));
         assert!(status.success(), "{status}; its log:\n{}", second.logs());
+    })
+    .await;
+}
+
+/// Two `callledger serve --log jetstream` on one NATS and one subject prefix: both start (the
+/// log is shared, not split), creates through the queue group get unique, increasing ids,
+/// every get sent right after a create's reply finds the call whichever instance answers
+/// (read-your-writes across instances), and when one instance is killed the other serves on
+/// with the whole ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_the_jetstream_log_serve_one_ledger() {
+    let bin = blocking(callledger_bin);
+    bounded("the test", TEST_TIMEOUT, async {
+        const CREATES: u64 = 40;
+        let nats = blocking(NatsServer::start);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let args = ["--log", "jetstream", "--log-replicas", "1"];
+        let mut instances = Vec::new();
+        for name in ["a", "b"] {
+            let serve = blocking(|| {
+                Serve::start(
+                    &bin,
+                    &dir.path().join(format!("data-{name}")),
+                    &nats.url(),
+                    &args,
+                    dir.path().join(format!("serve-{name}.log")),
+                )
+            });
+            instances.push(serve);
+        }
+        let client = async_nats::connect(nats.url()).await.expect("a client");
+        let caller = Caller::new(client.clone(), None);
+        for serve in &instances {
+            wait_until_serving(&caller, serve).await;
+        }
+        let mut ids = Vec::new();
+        for n in 0..CREATES {
+            let created = caller
+                .request(
+                    "calls.api.create",
+                    &[],
+                    call_document(json!({"vendorCallId": format!("c{n}")})).to_string(),
+                )
+                .await;
+            assert!(created.is_success(), "{created}");
+            let id = created.json()["data"]["id"].as_u64().expect("an id");
+            let got = caller
+                .request(&format!("calls.api.get.{id}"), &[], "")
+                .await;
+            assert!(got.is_success(), "a get right after the create: {got}");
+            ids.push(id);
+        }
+        assert_eq!(
+            ids,
+            (1..=CREATES).collect::<Vec<_>>(),
+            "unique, increasing ids"
+        );
+
+        // One instance dies; the other has the whole ledger and goes on writing.
+        blocking(|| instances[0].kill());
+        let listed = caller.request("calls.api.list", &[], "count=true").await;
+        assert_eq!(listed.json()["meta"]["count"], CREATES, "{listed}");
+        let created = caller
+            .request(
+                "calls.api.create",
+                &[],
+                call_document(json!({"note": "after"})).to_string(),
+            )
+            .await;
+        assert_eq!(created.json()["data"]["id"], CREATES + 1, "{created}");
+        instances[1].terminate();
+        let status = blocking(|| instances[1].wait(Duration::from_secs(30)));
+        assert!(
+            status.success(),
+            "{status}; its log:\n{}",
+            instances[1].logs()
+        );
     })
     .await;
 }
