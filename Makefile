@@ -2,7 +2,7 @@
 # `make test` and `make run` work on a fresh clone with only a Rust toolchain:
 # nats-server is installed with apt-get if it is missing.
 
-.PHONY: run test check fmt lint doc layering bench import-demo nats-server
+.PHONY: run test check fmt lint doc layering bench import-demo nats-server nats-server-2.15
 
 run:            ## build release, start a local nats-server if none is running, serve
 	scripts/run.sh
@@ -34,3 +34,6 @@ import-demo:    ## 100k generated calls: import, rebuild, verify, timed
 
 nats-server:    ## print the nats-server path, installing it if missing
 	@scripts/ensure-nats-server.sh
+
+nats-server-2.15: ## install the official nats-server 2.15.1 (pinned by hash) into .tools/; the cluster test then fsyncs every write
+	@scripts/ensure-nats-server-2.15.sh

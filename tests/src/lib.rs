@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+mod cluster;
+pub use cluster::NatsCluster;
+
 /// How long a starting server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping server may take to exit after SIGTERM before it is killed.
@@ -219,7 +222,7 @@ impl Drop for NatsServer {
 
 /// Whether a NATS server with JetStream answers on `127.0.0.1:port`: it
 /// accepts a connection and sends an `INFO` line saying `"jetstream":true`.
-fn greets_with_jetstream(port: u16) -> bool {
+pub(crate) fn greets_with_jetstream(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;

@@ -48,6 +48,8 @@ const STREAM_HEADER: &str = "Call-Ledger-Stream";
 const KEY_HEADER: &str = "Call-Ledger-Idempotency-Key";
 /// The header holding the hex fingerprint of the request that used the key.
 const FINGERPRINT_HEADER: &str = "Call-Ledger-Idempotency-Fingerprint";
+/// The longest a read waits to learn the stream's head before it fails (to be retried).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// JetStream's fencing header.
 const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 
@@ -108,7 +110,8 @@ fn storage(what: &str, error: impl std::fmt::Display) -> LogError {
 }
 
 impl JetStreamLog {
-    /// Connects to `url`, ensures the stream, and folds it into the replica before returning.
+    /// Connects to `url` (one server or a comma-separated list), ensures the stream, and folds
+    /// it into the replica before returning.
     pub fn open(url: &str, options: JetStreamOptions) -> Result<JetStreamLog, LogError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -118,25 +121,44 @@ impl JetStreamLog {
             .map_err(LogError::Io)?;
         let timeout = options.timeout;
         let (js, stream) = runtime.block_on(async {
-            let client = tokio::time::timeout(timeout, async_nats::connect(url))
+            let servers = url
+                .split(',')
+                .map(|server| server.trim().parse::<async_nats::ServerAddr>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| storage(&format!("the NATS server list {url:?}"), e))?;
+            let client = tokio::time::timeout(timeout, async_nats::connect(servers))
                 .await
                 .map_err(|_| storage("connecting to NATS", "timed out"))?
                 .map_err(|e| storage("connecting to NATS", e))?;
             let js = jetstream::new(client);
-            let stream = js
-                .get_or_create_stream(stream::Config {
-                    name: options.stream.clone(),
-                    description: Some("call-ledger: the log of record".into()),
-                    subjects: vec![format!("{}.>", options.subject_prefix)],
-                    storage: stream::StorageType::File,
-                    num_replicas: options.replicas.max(1),
-                    deny_delete: true,
-                    deny_purge: true,
-                    allow_direct: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| storage(&format!("ensuring the stream {}", options.stream), e))?;
+            let config = stream::Config {
+                name: options.stream.clone(),
+                description: Some("call-ledger: the log of record".into()),
+                subjects: vec![format!("{}.>", options.subject_prefix)],
+                storage: stream::StorageType::File,
+                num_replicas: options.replicas.max(1),
+                deny_delete: true,
+                deny_purge: true,
+                allow_direct: true,
+                ..Default::default()
+            };
+            // A cluster that is still electing its meta leader (just started, or a node just
+            // lost) refuses for a moment: keep asking, for a few timeouts.
+            let deadline = tokio::time::Instant::now() + timeout * 3;
+            let mut pause = Duration::from_millis(100);
+            let stream = loop {
+                match js.get_or_create_stream(config.clone()).await {
+                    Ok(stream) => break stream,
+                    Err(error) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(%error, stream = %options.stream, "cannot ensure the stream of record yet; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                    Err(error) => {
+                        return Err(storage(&format!("ensuring the stream {}", options.stream), error))
+                    }
+                }
+            };
             Ok::<_, LogError>((js, stream))
         })?;
         let (stop, stop_rx) = watch::channel(false);
@@ -347,18 +369,17 @@ impl LogEngine for JetStreamLog {
     }
 
     fn sync(&self) -> Result<Position, LogError> {
-        let timeout = self.inner.options.timeout;
+        // Short: a read that cannot learn the head now (a stream leader being elected) fails
+        // fast and is retried by its client, rather than holding the request.
+        let timeout = self.inner.options.timeout.min(SYNC_TIMEOUT);
         let name = self.inner.options.stream.clone();
         let last = self.inner.runtime().block_on(async {
-            let mut stream = tokio::time::timeout(timeout, self.inner.js.get_stream(&name))
+            // One round trip: looking the stream up answers its info, last sequence included.
+            let stream = tokio::time::timeout(timeout, self.inner.js.get_stream(&name))
                 .await
                 .map_err(|_| storage(&format!("reading the stream {name}"), "timed out"))?
                 .map_err(|e| storage(&format!("reading the stream {name}"), e))?;
-            let info = tokio::time::timeout(timeout, stream.info())
-                .await
-                .map_err(|_| storage(&format!("reading the stream {name}"), "timed out"))?
-                .map_err(|e| storage(&format!("reading the stream {name}"), e))?;
-            Ok::<_, LogError>(info.state.last_sequence)
+            Ok::<_, LogError>(stream.cached_info().state.last_sequence)
         })?;
         self.wait_for_replica(last)?;
         Ok(last)

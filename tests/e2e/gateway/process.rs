@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use async_nats::HeaderMap;
 use call_api::{Api, ApiConfig, Operation, Request, Source};
-use call_ledger_tests::{callledger_bin, wait_until, NatsServer};
+use call_ledger_tests::{callledger_bin, wait_until, NatsCluster, NatsServer};
 use serde_json::{json, Value};
 
 use super::{
@@ -707,6 +707,164 @@ async fn two_instances_on_the_jetstream_log_serve_one_ledger() {
             "{status}; its log:\n{}",
             instances[1].logs()
         );
+    })
+    .await;
+}
+
+/// Creates a call with `key` through any instance, retrying the same request (same key, so it
+/// is applied once) until it is answered or `patience` runs out; returns the call's id and how
+/// long requests failed before it.
+async fn create_patiently(caller: &Caller, key: &str, patience: Duration) -> (u64, Duration) {
+    let started = std::time::Instant::now();
+    let mut failing_since = None;
+    loop {
+        let reply = caller
+            .try_request(
+                "calls.api.create",
+                &[("Idempotency-Key", key)],
+                call_document(json!({"vendorCallId": key})).to_string(),
+            )
+            .await;
+        match reply {
+            Ok(reply) if reply.is_success() => {
+                let id = reply.json()["data"]["id"].as_u64().expect("an id");
+                let failed = failing_since
+                    .map_or(Duration::ZERO, |since: std::time::Instant| since.elapsed());
+                return (id, failed);
+            }
+            _ => {
+                failing_since.get_or_insert_with(std::time::Instant::now);
+                assert!(
+                    started.elapsed() < patience,
+                    "{key} was not answered within {patience:?}: {reply:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Gets call `id` through any instance until it is answered: while a node is lost a read may
+/// fail (503, or no reply in time) and be retried, but it must never say the call is not there.
+async fn get_patiently(caller: &Caller, id: u64, patience: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = caller
+            .try_request(&format!("calls.api.get.{id}"), &[], "")
+            .await;
+        if let Ok(reply) = &reply {
+            if reply.is_success() {
+                return;
+            }
+            assert_ne!(
+                reply.header("Nats-Service-Error-Code"),
+                Some("404"),
+                "call {id} was acknowledged but a read says it is not there: {reply}"
+            );
+        }
+        assert!(
+            started.elapsed() < patience,
+            "call {id} was not read within {patience:?}: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three `callledger serve --log jetstream --log-replicas 3` on a three-node cluster: every
+/// write answered by one instance is read by the next request, whichever instance takes it;
+/// with one NATS node killed under load (and restarted), and then one service instance
+/// SIGKILLed, nothing acknowledged is lost, no id is used twice, and the survivors agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_a_three_node_cluster_lose_nothing() {
+    let bin = blocking(callledger_bin);
+    bounded("the test", Duration::from_secs(240), async {
+        let mut cluster = blocking(|| NatsCluster::start(3));
+        let urls = cluster.urls();
+        let client = async_nats::connect(cluster.url(1)).await.expect("a client");
+        // Nodes greet before their JetStream meta group has a leader: wait until an R3 stream
+        // can be made, so that the instances start on a cluster that is there.
+        let js = jetstream::new(client.clone());
+        eventually("the cluster's JetStream", Duration::from_secs(60), || {
+            let js = js.clone();
+            async move {
+                js.get_or_create_stream(jetstream::stream::Config {
+                    name: "READY".into(),
+                    subjects: vec!["ready.>".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await
+                .ok()
+            }
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let args = ["--log", "jetstream", "--log-replicas", "3"];
+        let mut instances = Vec::new();
+        for n in 0..3 {
+            let serve = blocking(|| {
+                Serve::start(
+                    &bin,
+                    &dir.path().join(format!("data-{n}")),
+                    &urls,
+                    &args,
+                    dir.path().join(format!("serve-{n}.log")),
+                )
+            });
+            instances.push(serve);
+        }
+        let caller = Caller::new(client.clone(), None);
+        // Each instance by its own word (any instance answers the queue group).
+        for serve in &instances {
+            let running = wait_until(Duration::from_secs(90), || {
+                serve.logs().contains("call-ledger gateway running")
+            });
+            assert!(
+                running,
+                "an instance did not start; its log:\n{}",
+                serve.logs()
+            );
+        }
+        let patience = Duration::from_secs(60);
+        let mut ids = BTreeMap::new();
+        let round = |phase: &'static str, count: usize| {
+            let caller = caller.clone();
+            async move {
+                let mut made = Vec::new();
+                let mut worst = Duration::ZERO;
+                for n in 0..count {
+                    let key = format!("{phase}-{n}");
+                    let (id, failed) = create_patiently(&caller, &key, patience).await;
+                    worst = worst.max(failed);
+                    get_patiently(&caller, id, patience).await;
+                    made.push((key, id));
+                }
+                eprintln!("{phase}: {count} creates, requests failed for at most {worst:?}");
+                made
+            }
+        };
+        ids.extend(round("steady", 30).await);
+        blocking(|| cluster.kill(0));
+        ids.extend(round("node-down", 30).await);
+        blocking(|| cluster.restart(0));
+        blocking(|| instances[0].kill());
+        ids.extend(round("instance-down", 20).await);
+
+        let unique: std::collections::HashSet<u64> = ids.values().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "no id used twice: {ids:?}");
+        for _ in 0..6 {
+            let listed = caller.request("calls.api.list", &[], "count=true").await;
+            assert_eq!(
+                listed.json()["meta"]["count"].as_u64(),
+                Some(ids.len() as u64),
+                "every acknowledged create, on whichever instance answers: {listed}"
+            );
+        }
+        for serve in instances.iter_mut().skip(1) {
+            serve.terminate();
+            let status = blocking(|| serve.wait(Duration::from_secs(30)));
+            assert!(status.success(), "{status}; its log:\n{}", serve.logs());
+        }
     })
     .await;
 }
