@@ -416,32 +416,28 @@ async fn tail(
             return;
         }
         let start = replica.head() + 1;
-        let created = stream
-            .create_consumer(consumer::pull::Config {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(60),
-                ..Default::default()
-            })
-            .await;
-        let messages = match created {
-            Ok(consumer) => consumer.messages().await,
-            Err(error) => {
-                tracing::warn!(%error, "cannot follow the stream of record; retrying");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    () = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let mut messages = match messages {
+        let opened = async {
+            let consumer = stream
+                .create_consumer(consumer::pull::Config {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(60),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            consumer.messages().await.map_err(|e| e.to_string())
+        }
+        .await;
+        let mut messages = match opened {
             Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(%error, "cannot follow the stream of record; retrying");
+                if pause_or_stop(&mut pause, &mut stop).await {
+                    return;
+                }
                 continue;
             }
         };
@@ -466,7 +462,22 @@ async fn tail(
                 return;
             }
         }
+        // The consumer ended, failed or skipped: follow again, after a pause that grows while
+        // nothing is applied, so that a server that keeps refusing is not asked in a busy loop.
+        if pause_or_stop(&mut pause, &mut stop).await {
+            return;
+        }
     }
+}
+
+/// Sleeps `pause` (then doubles it, up to 5 s); `true` when the engine stopped meanwhile.
+async fn pause_or_stop(pause: &mut Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    let stopped = tokio::select! {
+        _ = stop.changed() => true,
+        () = tokio::time::sleep(*pause) => false,
+    };
+    *pause = (*pause * 2).min(Duration::from_secs(5));
+    stopped
 }
 
 /// Applies one stored message to the replica at its sequence.

@@ -88,6 +88,13 @@ impl Serve {
         status.expect("exited")
     }
 
+    /// SIGTERM, then asserts the drain exits 0 within 30 s.
+    pub(super) fn stop_cleanly(&mut self) {
+        self.terminate();
+        let status = self.wait(Duration::from_secs(30));
+        assert!(status.success(), "{status}; its log:\n{}", self.logs());
+    }
+
     pub(super) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -271,9 +278,7 @@ async fn a_command_redelivered_after_sigkill_appends_once() {
             assert_eq!(made.get(&format!("cmd-{n}")), Some(&1), "cmd-{n}");
         }
 
-        serve.terminate();
-        let status = blocking(|| serve.wait(Duration::from_secs(30)));
-        assert!(status.success(), "{status}; its log:\n{}", serve.logs());
+        blocking(|| serve.stop_cleanly());
         let stats = blocking(|| offline_stats(&bin, &data));
         assert_eq!(stats["events"], json!(COMMANDS), "{stats}");
         assert_eq!(stats["liveCalls"], json!(COMMANDS), "{stats}");
@@ -534,9 +539,7 @@ async fn two_ledgers_on_one_nats_keep_their_own_streams_and_consumers() {
             .await;
         }
         for serve in &mut services {
-            serve.terminate();
-            let status = blocking(|| serve.wait(Duration::from_secs(30)));
-            assert!(status.success(), "{status}; its log:\n{}", serve.logs());
+            blocking(|| serve.stop_cleanly());
         }
     })
     .await;
@@ -614,9 +617,7 @@ async fn a_second_ledger_on_the_same_subjects_refuses_to_start() {
         assert_eq!(listed.json()["meta"]["count"], 1, "{listed}");
 
         // A clean stop releases it: the other may start at once.
-        first.terminate();
-        let status = blocking(|| first.wait(Duration::from_secs(30)));
-        assert!(status.success(), "{status}; its log:\n{}", first.logs());
+        blocking(|| first.stop_cleanly());
         let mut second = blocking(|| {
             Serve::start(
                 &bin,
@@ -627,9 +628,7 @@ async fn a_second_ledger_on_the_same_subjects_refuses_to_start() {
             )
         });
         wait_until_serving(&caller, &second).await;
-        second.terminate();
-        let status = blocking(|| second.wait(Duration::from_secs(30)));
-        assert!(status.success(), "{status}; its log:\n{}", second.logs());
+        blocking(|| second.stop_cleanly());
     })
     .await;
 }
@@ -861,9 +860,7 @@ async fn three_instances_on_a_three_node_cluster_lose_nothing() {
             );
         }
         for serve in instances.iter_mut().skip(1) {
-            serve.terminate();
-            let status = blocking(|| serve.wait(Duration::from_secs(30)));
-            assert!(status.success(), "{status}; its log:\n{}", serve.logs());
+            blocking(|| serve.stop_cleanly());
         }
     })
     .await;
