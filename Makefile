@@ -7,7 +7,7 @@
 run:            ## build release, start a local nats-server if none is running, serve
 	scripts/run.sh
 
-test: nats-server   ## every test of the workspace, end-to-end ones included, and the gateway's contract suite again on the JetStream engine of the log
+test: nats-server nats-server-2.15 ## every test of the workspace, end-to-end ones included, and the gateway's contract suite again on the JetStream engine of the log
 	cargo test --workspace --locked
 	CALL_LEDGER_TEST_LOG=jetstream cargo test --locked -p call-ledger-tests --test e2e -- gateway::endpoints gateway::queries gateway::writes
 

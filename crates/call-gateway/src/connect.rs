@@ -1,5 +1,6 @@
 //! Connecting to NATS: [`NatsOptions`] (URLs and credentials, as the binary gathered them) and
-//! [`connect`], which returns a client that reconnects forever and logs its connection events.
+//! [`connect`], which returns a client that reconnects forever and logs its connection events
+//! ([`connect_now`] when the first connection must succeed at once).
 //! Also [`request`], the request-reply helper of the binary's `calls` client.
 
 use std::fmt;
@@ -47,14 +48,47 @@ impl fmt::Debug for NatsOptions {
 }
 
 /// Connects to NATS. The client connects in the background if the server is not up yet
-/// (`retry_on_initial_connect`), reconnects without limit, and logs connection events with
+/// (`retry_on_initial_connect`), reconnects without limit, and logs its connection events with
 /// `tracing`. Fails only on unusable options: a bad URL, an unreadable credentials file, or
 /// more than one way to authenticate.
 pub async fn connect(options: NatsOptions) -> Result<Client, GatewayError> {
+    let (servers, connect) = connect_options(&options).await?;
+    tracing::info!(servers = %redacted_servers(&options.url), name = %options.name, "connecting to NATS");
+    connect
+        .retry_on_initial_connect()
+        .connect(servers)
+        .await
+        .map_err(|e| {
+            GatewayError::with_source(GatewayErrorKind::Connect, "cannot connect to NATS", e)
+        })
+}
+
+/// Like [`connect`], but the first connection must succeed now: an unreachable server or
+/// refused credentials fail at once, naming why (for what cannot start without NATS, such as
+/// the log of record on JetStream). Once connected it reconnects without limit.
+pub async fn connect_now(options: NatsOptions) -> Result<Client, GatewayError> {
+    let (servers, connect) = connect_options(&options).await?;
+    tracing::info!(servers = %redacted_servers(&options.url), name = %options.name, "connecting to NATS");
+    connect.connect(servers).await.map_err(|e| {
+        GatewayError::with_source(
+            GatewayErrorKind::Connect,
+            format!(
+                "cannot connect to NATS at {}",
+                redacted_servers(&options.url)
+            ),
+            e,
+        )
+    })
+}
+
+/// The servers and connect options of `options`: credentials applied, unlimited reconnects,
+/// connection events logged.
+async fn connect_options(
+    options: &NatsOptions,
+) -> Result<(Vec<ServerAddr>, ConnectOptions), GatewayError> {
     let servers = parse_servers(&options.url)?;
     let mut connect = ConnectOptions::new()
         .name(&options.name)
-        .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(|event| async move { log_event(event) });
 
@@ -91,11 +125,7 @@ pub async fn connect(options: NatsOptions) -> Result<Client, GatewayError> {
     if let Some(token) = &options.token {
         connect = connect.token(token.clone());
     }
-
-    tracing::info!(servers = %redacted_servers(&options.url), name = %options.name, "connecting to NATS");
-    connect.connect(servers).await.map_err(|e| {
-        GatewayError::with_source(GatewayErrorKind::Connect, "cannot connect to NATS", e)
-    })
+    Ok((servers, connect))
 }
 
 /// Sends a request with headers and waits up to `timeout` for the reply; returns the reply's

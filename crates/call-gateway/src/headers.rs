@@ -68,21 +68,26 @@ pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 /// The producer's name, the actor of its commands.
 pub(crate) const PRODUCER: &str = "Nats-Producer";
 
+/// The instance that answered, by its id in `$SRV.INFO` and `$SRV.STATS`.
+pub(crate) const INSTANCE: &str = "Call-Ledger-Instance";
+
 /// Whether `name` is one of NATS's own headers (`Nats-...`), which steer the server.
 pub(crate) fn is_nats_header(name: &str) -> bool {
     name.get(..5)
         .is_some_and(|start| start.eq_ignore_ascii_case("Nats-"))
 }
 
-/// The headers of the NATS reply to `response`: the micro service's error headers first on an
-/// error (as a NATS client expects them), then the API's own.
-pub(crate) fn reply_headers(response: &Response) -> Vec<(String, String)> {
-    let mut pairs = Vec::with_capacity(response.headers.len() + 2);
+/// The headers of the NATS reply to `response` from `instance`: the micro service's error
+/// headers first on an error (as a NATS client expects them), then the API's own, then which
+/// instance answered.
+pub(crate) fn reply_headers(response: &Response, instance: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::with_capacity(response.headers.len() + 3);
     if let Some(title) = response.error_title() {
         pairs.push((SERVICE_ERROR_CODE.to_owned(), response.status.to_string()));
         pairs.push((SERVICE_ERROR.to_owned(), title.to_owned()));
     }
     pairs.extend(response.headers.iter().cloned());
+    pairs.push((INSTANCE.to_owned(), instance.to_owned()));
     pairs
 }
 

@@ -38,7 +38,7 @@ use event_log::EventLog;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub use connect::{connect, NatsOptions};
+pub use connect::{connect, connect_now, NatsOptions};
 pub use error::{GatewayError, GatewayErrorKind};
 pub use names::{JetStreamNames, DEFAULT_SUBJECT_PREFIX};
 

@@ -77,6 +77,8 @@ struct Handlers {
     client: Client,
     api: Api,
     permits: std::sync::Arc<Semaphore>,
+    /// This instance's id in `$SRV.INFO` and `$SRV.STATS`, sent with every reply.
+    instance: std::sync::Arc<str>,
 }
 
 /// The started service with its endpoints, not yet receiving.
@@ -140,6 +142,7 @@ pub(crate) async fn serve(
         client,
         api,
         permits: std::sync::Arc::new(Semaphore::new(max_in_flight as usize)),
+        instance: started.service.info().await.id.into(),
     };
     let mut receivers = JoinSet::new();
     for (kind, endpoint) in started.endpoints {
@@ -191,7 +194,7 @@ async fn receive(
             let response =
                 ApiError::unavailable("The service is shutting down; retry the request.")
                     .to_response();
-            reply(&handlers.client, request, response).await;
+            reply(&handlers, request, response).await;
         }
     };
     if tokio::time::timeout(ENDPOINT_DRAIN_TIMEOUT, drain)
@@ -207,20 +210,14 @@ async fn dispatch(kind: Kind, request: service::Request, handlers: &Handlers) {
     match handlers.permits.clone().try_acquire_owned() {
         Ok(permit) => {
             let operation = operation(kind, &request.message.subject);
-            tokio::spawn(handle(
-                operation,
-                request,
-                handlers.client.clone(),
-                handlers.api.clone(),
-                permit,
-            ));
+            tokio::spawn(handle(operation, request, handlers.clone(), permit));
         }
         Err(_) => {
             tracing::debug!(?kind, "overloaded: answering 503");
             let response =
                 ApiError::unavailable("Too many requests are in flight; retry the request.")
                     .to_response();
-            reply(&handlers.client, request, response).await;
+            reply(handlers, request, response).await;
         }
     }
 }
@@ -242,10 +239,10 @@ fn operation(kind: Kind, subject: &str) -> Operation {
 async fn handle(
     operation: Operation,
     request: service::Request,
-    client: Client,
-    api: Api,
+    handlers: Handlers,
     permit: OwnedSemaphorePermit,
 ) {
+    let api = handlers.api.clone();
     let request_headers = headers::to_pairs(request.message.headers.as_ref());
     let payload = request.message.payload.clone();
     let handled = tokio::task::spawn_blocking(move || {
@@ -262,7 +259,7 @@ async fn handle(
         tracing::error!(%error, "request handler failed");
         internal_error()
     });
-    reply(&client, request, response).await;
+    reply(&handlers, request, response).await;
     drop(permit);
 }
 
@@ -273,9 +270,10 @@ pub(crate) fn internal_error() -> Response {
 
 /// Publishes the response (headers and body) to the request's reply subject and records it in
 /// the service's statistics. A request without a reply subject is handled but not answered.
-async fn reply(client: &Client, mut request: service::Request, mut response: Response) {
+async fn reply(handlers: &Handlers, mut request: service::Request, mut response: Response) {
+    let client = &handlers.client;
     if let Some(reply_to) = request.message.reply.clone() {
-        let mut sent = publish(client, &reply_to, &response).await;
+        let mut sent = publish(handlers, &reply_to, &response).await;
         if let Err(PublishErrorKind::MaxPayloadExceeded) = sent {
             // `call-api` fits pages into the max payload; anything else that does not fit is
             // a bug, answered as one rather than left to time out.
@@ -285,7 +283,7 @@ async fn reply(client: &Client, mut request: service::Request, mut response: Res
                 "a reply exceeds the server's max payload"
             );
             response = internal_error();
-            sent = publish(client, &reply_to, &response).await;
+            sent = publish(handlers, &reply_to, &response).await;
         }
         if let Err(kind) = sent {
             tracing::warn!(error = %kind, "cannot send a reply");
@@ -298,11 +296,13 @@ async fn reply(client: &Client, mut request: service::Request, mut response: Res
 
 /// Publishes the response to `reply_to`, waiting at most [`REPLY_TIMEOUT`].
 async fn publish(
-    client: &Client,
+    handlers: &Handlers,
     reply_to: &Subject,
     response: &Response,
 ) -> Result<(), PublishErrorKind> {
-    let headers = headers::to_header_map_lossy(&headers::reply_headers(response));
+    let client = &handlers.client;
+    let headers =
+        headers::to_header_map_lossy(&headers::reply_headers(response, &handlers.instance));
     let body = Bytes::from(response.body.clone());
     match tokio::time::timeout(
         REPLY_TIMEOUT,

@@ -9,12 +9,16 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Where the ledger keeps its data and how it writes it.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct DataArgs {
     /// The data directory (the event log, the projection and the outbox checkpoint).
     #[arg(long, global = true, env = "CALLLEDGER_DATA_DIR")]
@@ -32,6 +36,19 @@ impl DataArgs {
             .clone()
             .unwrap_or_else(|| PathBuf::from("data"))
     }
+}
+
+/// Where the log of record lives. A data directory remembers it (`log-of-record.json`), so the
+/// offline subcommands find it without these flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LogArgs {
+    /// `sled` (embedded in the data directory, one instance per subject prefix) or `jetstream`
+    /// (a stream on the NATS cluster, several instances, each a read replica).
+    #[arg(long = "log", global = true, env = "CALLLEDGER_LOG", value_enum)]
+    pub engine: Option<LogEngineChoice>,
+    /// With `--log jetstream`: servers holding each record (1 for development, 3 in production).
+    #[arg(long, global = true, env = "CALLLEDGER_LOG_REPLICAS")]
+    pub log_replicas: Option<usize>,
 }
 
 /// How appends reach the disk.
@@ -75,10 +92,11 @@ pub enum Command {
     Calls(ClientArgs),
 }
 
-/// How to reach NATS. Every flag is global: it may stand anywhere after the subcommand that
-/// takes it (`callledger calls list Q --nats-url URL` as well as `callledger calls --nats-url URL
-/// list Q`), and every subcommand's help shows it.
-#[derive(Args, Debug, Clone)]
+/// How to reach NATS: for `serve`, the `calls` client, and the offline subcommands on a data
+/// directory whose log of record is on JetStream. Every flag is global: it may stand anywhere
+/// (`callledger calls list Q --nats-url URL` as well as `callledger --nats-url URL calls list
+/// Q`), and every subcommand's help shows it.
+#[derive(Args, Debug, Clone, Default)]
 pub struct NatsArgs {
     /// The NATS server.
     #[arg(long, global = true, env = "NATS_URL")]
@@ -100,24 +118,51 @@ pub struct NatsArgs {
     pub subject_prefix: Option<String>,
 }
 
+impl NatsArgs {
+    /// These settings, each one missing taken from `fallback` (the config file's).
+    pub fn or(&self, fallback: NatsArgs) -> NatsArgs {
+        NatsArgs {
+            nats_url: self.nats_url.clone().or(fallback.nats_url),
+            nats_creds: self.nats_creds.clone().or(fallback.nats_creds),
+            nats_user: self.nats_user.clone().or(fallback.nats_user),
+            nats_password: self.nats_password.clone().or(fallback.nats_password),
+            nats_token: self.nats_token.clone().or(fallback.nats_token),
+            subject_prefix: self.subject_prefix.clone().or(fallback.subject_prefix),
+        }
+    }
+
+    /// The connection, as the connection `name` (`nats://127.0.0.1:4222` without a URL).
+    pub fn options(&self, name: &str) -> call_gateway::NatsOptions {
+        call_gateway::NatsOptions {
+            url: self
+                .nats_url
+                .clone()
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            creds_file: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            name: name.into(),
+        }
+    }
+
+    /// The subject prefix (`calls` without one).
+    pub fn prefix(&self) -> String {
+        self.subject_prefix
+            .clone()
+            .unwrap_or_else(|| call_gateway::DEFAULT_SUBJECT_PREFIX.into())
+    }
+}
+
 /// `serve`'s settings; each may also come from the config file.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// A TOML config file; flags and environment variables win over it.
     #[arg(long, env = "CALLLEDGER_CONFIG")]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub nats: NatsArgs,
     /// The API tokens (TOML); without it the API is open to anyone who can reach NATS.
     #[arg(long, env = "CALLLEDGER_TOKENS")]
     pub tokens: Option<PathBuf>,
-    /// Where the log of record lives: `sled` (embedded in the data directory, one instance per
-    /// subject prefix) or `jetstream` (a stream on the NATS cluster, several instances).
-    #[arg(long = "log", env = "CALLLEDGER_LOG", value_enum)]
-    pub log_engine: Option<LogEngineChoice>,
-    /// With `--log jetstream`: servers holding each record (1 for development, 3 in production).
-    #[arg(long, env = "CALLLEDGER_LOG_REPLICAS")]
-    pub log_replicas: Option<usize>,
     /// `text` or `json` logs (levels from RUST_LOG).
     #[arg(long, env = "CALLLEDGER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -167,8 +212,6 @@ pub struct ImportArgs {
 /// The API client.
 #[derive(Args, Debug)]
 pub struct ClientArgs {
-    #[command(flatten)]
-    pub nats: NatsArgs,
     /// The bearer token to present.
     #[arg(long, global = true, env = "CALLLEDGER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -244,10 +287,10 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn client(args: &[&str]) -> ClientArgs {
+    fn client(args: &[&str]) -> (NatsArgs, ClientArgs) {
         let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         match cli.command {
-            Command::Calls(client) => client,
+            Command::Calls(client) => (cli.nats, client),
             other => panic!("not a client command: {other:?}"),
         }
     }
@@ -286,15 +329,11 @@ mod tests {
                 "q=1",
             ],
         ] {
-            let parsed = client(args);
+            let (nats, parsed) = client(args);
             assert_eq!(parsed.token.as_deref(), Some("T"), "{args:?}");
-            assert_eq!(
-                parsed.nats.nats_url.as_deref(),
-                Some("nats://h:1"),
-                "{args:?}"
-            );
+            assert_eq!(nats.nats_url.as_deref(), Some("nats://h:1"), "{args:?}");
         }
-        let create = client(&[
+        let (nats, create) = client(&[
             "callledger",
             "calls",
             "create",
@@ -308,7 +347,7 @@ mod tests {
             "--timeout",
             "3",
         ]);
-        assert_eq!(create.nats.subject_prefix.as_deref(), Some("staging"));
+        assert_eq!(nats.subject_prefix.as_deref(), Some("staging"));
         assert_eq!(create.timeout, 3);
     }
 

@@ -1,21 +1,16 @@
 //! `callledger calls ...`: a client of a running service. Speaks the API over NATS and prints
 //! the JSON:API reply; an error reply exits non-zero with its title and detail.
 
-use crate::cli::{ClientAction, ClientArgs, WriteArgs};
+use crate::cli::{ClientAction, ClientArgs, NatsArgs, WriteArgs};
 use anyhow::Context;
 use call_api::Operation;
 use call_gateway::client::ApiCall;
-use call_gateway::NatsOptions;
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let prefix = args
-        .nats
-        .subject_prefix
-        .clone()
-        .unwrap_or_else(|| call_gateway::DEFAULT_SUBJECT_PREFIX.into());
+pub fn run(nats: &NatsArgs, args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let prefix = nats.prefix();
     let no_write = WriteArgs::default();
     let (operation, payload, write) = match &args.action {
         ClientAction::List { query } => (
@@ -54,18 +49,7 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         idempotency_key: write.idempotency_key.clone(),
         if_match: write.if_match,
     };
-    let nats = &args.nats;
-    let options = NatsOptions {
-        url: nats
-            .nats_url
-            .clone()
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-        creds_file: nats.nats_creds.clone(),
-        user: nats.nats_user.clone(),
-        password: nats.nats_password.clone(),
-        token: nats.nats_token.clone(),
-        name: "callledger-client".into(),
-    };
+    let options = nats.options("callledger-client");
     let timeout = Duration::from_secs(args.timeout.max(1));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,11 +1,12 @@
 //! Opens a data directory: the event log, the command service and the projection over it.
 
-use crate::cli::{DataArgs, Durability};
+use crate::cli::{DataArgs, Durability, LogArgs, LogEngineChoice, NatsArgs};
 use anyhow::Context;
 use call_commands::CommandService;
 use call_model::Timestamp;
 use call_projections::Projection;
 use event_log::{EventLog, LogOptions};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Everything a subcommand needs from the data directory.
@@ -14,37 +15,148 @@ pub struct Ledger {
     pub log: EventLog,
     pub commands: CommandService,
     pub projection: Projection,
+    /// The log of record this data directory replicates or holds.
+    pub record: LogOfRecord,
 }
 
-/// Where the log of record lives.
-pub enum LogChoice {
-    /// The embedded sled engine in the data directory.
+/// Which ledger to open: the data directory, and where its log of record lives and how to
+/// reach it (the flags; a data directory remembers its log of record).
+#[derive(Clone, Debug, Default)]
+pub struct Location {
+    pub data: DataArgs,
+    pub log: LogArgs,
+    pub nats: NatsArgs,
+}
+
+/// Where a data directory's log of record lives, as `log-of-record.json` in it records: written
+/// when the directory is first opened, and checked on every later opening, so that a replica
+/// of a JetStream log is never opened as an empty embedded ledger (or the other way round), and
+/// the offline subcommands find the log without being told.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "engine", rename_all = "lowercase")]
+pub enum LogOfRecord {
+    /// The embedded sled engine, in `log/`.
     Sled,
-    /// A JetStream stream on the NATS at `url`, with this many replicas.
-    JetStream {
-        /// The NATS server (or cluster) holding the stream.
-        url: String,
-        /// The subject prefix the stream's names derive from.
+    /// A JetStream stream.
+    #[serde(rename_all = "camelCase")]
+    Jetstream {
+        /// The stream, e.g. `CALL_LOG`.
+        stream: String,
+        /// The subject prefix the names derive from.
         subject_prefix: String,
         /// Servers holding each record.
         replicas: usize,
+        /// The NATS servers last used (the default for the offline subcommands).
+        servers: String,
     },
 }
 
-impl Ledger {
-    /// Opens (creating if needed) the data directory on the embedded log; the projection
-    /// catches up with the log.
-    pub fn open(args: &DataArgs, config_durability: Option<Durability>) -> anyhow::Result<Ledger> {
-        Ledger::open_on(args, config_durability, &LogChoice::Sled)
+/// The record file in the data directory.
+const RECORD_FILE: &str = "log-of-record.json";
+
+impl LogOfRecord {
+    /// What the flags ask for, `None` when they do not say.
+    fn requested(location: &Location) -> Option<LogOfRecord> {
+        match location.log.engine? {
+            LogEngineChoice::Sled => Some(LogOfRecord::Sled),
+            LogEngineChoice::Jetstream => {
+                let prefix = location.nats.prefix();
+                Some(LogOfRecord::Jetstream {
+                    stream: call_gateway::JetStreamNames::of(&prefix).log,
+                    subject_prefix: prefix,
+                    replicas: location.log.log_replicas.unwrap_or(1).max(1),
+                    servers: location.nats.options("").url,
+                })
+            }
+        }
     }
 
-    /// Opens the data directory with the log of record `choice`: the local projection (and, on
-    /// the embedded engine, the log) live in the data directory.
-    pub fn open_on(
-        args: &DataArgs,
+    /// The one the data directory records, if any.
+    fn recorded(dir: &Path) -> anyhow::Result<Option<LogOfRecord>> {
+        let path = dir.join(RECORD_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("{} is not a valid record of the log", path.display())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Which log to open: the flags' choice must match the record; without a record, a data
+    /// directory that holds an embedded log is on sled.
+    fn resolve(dir: &Path, location: &Location) -> anyhow::Result<LogOfRecord> {
+        let requested = LogOfRecord::requested(location);
+        let recorded = LogOfRecord::recorded(dir)?.or_else(|| {
+            // Directories from before the record: an embedded log is there.
+            log_dir(dir).exists().then_some(LogOfRecord::Sled)
+        });
+        match (recorded, requested) {
+            (None, requested) => Ok(requested.unwrap_or(LogOfRecord::Sled)),
+            (Some(recorded), None) => Ok(match recorded {
+                LogOfRecord::Jetstream {
+                    stream,
+                    subject_prefix,
+                    replicas,
+                    servers,
+                } => LogOfRecord::Jetstream {
+                    stream,
+                    subject_prefix,
+                    replicas,
+                    // A URL given now wins: servers move.
+                    servers: location.nats.nats_url.clone().unwrap_or(servers),
+                },
+                sled => sled,
+            }),
+            (Some(recorded), Some(requested)) => match (&recorded, &requested) {
+                (LogOfRecord::Sled, LogOfRecord::Sled) => Ok(requested),
+                (
+                    LogOfRecord::Jetstream { stream: was, .. },
+                    LogOfRecord::Jetstream { stream: now, .. },
+                ) if was == now => Ok(requested),
+                _ => anyhow::bail!(
+                    "the data directory {} belongs to {}, not to {}: give it its own data directory, or open it as it was made",
+                    dir.display(),
+                    recorded.describe(),
+                    requested.describe()
+                ),
+            },
+        }
+    }
+
+    /// Writes the record unless it is there already and the same.
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        if LogOfRecord::recorded(dir)?.as_ref() == Some(self) {
+            return Ok(());
+        }
+        let path = dir.join(RECORD_FILE);
+        let temporary = dir.join(format!("{RECORD_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(self)?;
+        std::fs::write(&temporary, bytes)
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Words for an error message.
+    fn describe(&self) -> String {
+        match self {
+            LogOfRecord::Sled => "an embedded (sled) log (`--log sled`)".into(),
+            LogOfRecord::Jetstream { stream, .. } => {
+                format!("the JetStream log {stream} (`--log jetstream`)")
+            }
+        }
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the data directory and its log of record; the projection
+    /// catches up with the log. The local projection (and, on the embedded engine, the log)
+    /// live in the data directory.
+    pub fn open(
+        location: &Location,
         config_durability: Option<Durability>,
-        choice: &LogChoice,
     ) -> anyhow::Result<Ledger> {
+        let args = &location.data;
         let dir = args.dir();
         let durability = match args
             .durability
@@ -56,28 +168,31 @@ impl Ledger {
         };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        let log = match choice {
-            LogChoice::Sled => EventLog::open(&log_dir(&dir), LogOptions { durability })
+        let record = LogOfRecord::resolve(&dir, location)?;
+        let log = match &record {
+            LogOfRecord::Sled => EventLog::open(&log_dir(&dir), LogOptions { durability })
                 .with_context(|| format!("cannot open the event log in {}", dir.display()))?,
-            LogChoice::JetStream {
-                url,
+            LogOfRecord::Jetstream {
+                stream,
                 subject_prefix,
                 replicas,
+                servers,
             } => {
-                let names = call_gateway::JetStreamNames::of(subject_prefix);
                 let options = event_log_jetstream::JetStreamOptions {
-                    stream: names.log.clone(),
+                    stream: stream.clone(),
                     subject_prefix: format!("{subject_prefix}.log"),
                     replicas: *replicas,
                     timeout: std::time::Duration::from_secs(10),
                 };
-                event_log_jetstream::JetStreamLog::open(url, options)
-                    .with_context(|| {
-                        format!("cannot open the log of record, the stream {}", names.log)
-                    })?
+                let mut nats = location.nats.options("call-ledger-log");
+                nats.url = servers.clone();
+                let connect = call_gateway::connect_now(nats);
+                event_log_jetstream::JetStreamLog::open_with(connect, options)
+                    .with_context(|| format!("cannot open the log of record, the stream {stream}"))?
                     .into_event_log()
             }
         };
+        record.save(&dir)?;
         let projection = Projection::open(&projection_dir(&dir), log.clone())
             .with_context(|| format!("cannot open the projection in {}", dir.display()))?;
         Ok(Ledger {
@@ -85,6 +200,7 @@ impl Ledger {
             log,
             projection,
             dir,
+            record,
         })
     }
 }

@@ -22,15 +22,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    let at = ledger::Location {
+        data: cli.data.clone(),
+        log: cli.log.clone(),
+        nats: cli.nats.clone(),
+    };
     match cli.command {
-        cli::Command::Serve(args) => serve::run(&cli.data, args),
-        cli::Command::Import(args) => offline::import(&cli.data, args),
-        cli::Command::Export => offline::export(&cli.data),
-        cli::Command::Rebuild => offline::rebuild(&cli.data),
-        cli::Command::Verify => offline::verify(&cli.data),
-        cli::Command::Stats => offline::stats(&cli.data),
-        cli::Command::Get { id, query } => offline::get(&cli.data, &id, query.as_deref()),
-        cli::Command::List { query } => offline::list(&cli.data, query.as_deref()),
-        cli::Command::Calls(args) => client::run(args),
+        cli::Command::Serve(args) => serve::run(&cli.data, &cli.log, &cli.nats, args),
+        cli::Command::Import(args) => offline::import(&at, args),
+        cli::Command::Export => offline::export(&at),
+        cli::Command::Rebuild => offline::rebuild(&at),
+        cli::Command::Verify => offline::verify(&at),
+        cli::Command::Stats => offline::stats(&at),
+        cli::Command::Get { id, query } => offline::get(&at, &id, query.as_deref()),
+        cli::Command::List { query } => offline::list(&at, query.as_deref()),
+        cli::Command::Calls(args) => client::run(&cli.nats, args),
     }
 }

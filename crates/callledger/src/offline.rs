@@ -1,8 +1,9 @@
-//! The subcommands that work on a data directory directly, without NATS: import, export,
-//! rebuild, verify, stats, get and list.
+//! The subcommands that work on a data directory directly, without the service: import,
+//! export, rebuild, verify, stats, get and list (on a JetStream log of record they read the
+//! stream too).
 
-use crate::cli::{DataArgs, ImportArgs};
-use crate::ledger::{now, Ledger};
+use crate::cli::ImportArgs;
+use crate::ledger::{now, Ledger, Location};
 use anyhow::Context;
 use call_api::{Api, ApiConfig, Operation, Request, Source};
 use call_commands::{CommandError, CommandRequest};
@@ -63,8 +64,8 @@ fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Comm
     })
 }
 
-pub fn import(data: &DataArgs, args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(data, None)?;
+pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(at, None)?;
     let reader: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -156,8 +157,8 @@ pub fn import(data: &DataArgs, args: ImportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn export(data: &DataArgs) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(data, None)?;
+pub fn export(at: &Location) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(at, None)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut after = 0;
@@ -189,8 +190,8 @@ pub fn export(data: &DataArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn rebuild(data: &DataArgs) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(data, None)?;
+pub fn rebuild(at: &Location) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(at, None)?;
     let bar = progress(Some(ledger.log.head()), "rebuilding (events)");
     let report = ledger.projection.rebuild(&mut |applied, head| {
         bar.set_length(head);
@@ -207,8 +208,8 @@ pub fn rebuild(data: &DataArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn verify(data: &DataArgs) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(data, None)?;
+pub fn verify(at: &Location) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(at, None)?;
     let scratch = tempfile::tempdir_in(&ledger.dir)
         .context("cannot make scratch space in the data directory")?;
     let report = ledger.projection.verify(scratch.path())?;
@@ -228,8 +229,8 @@ pub fn verify(data: &DataArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn stats(data: &DataArgs) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(data, None)?;
+pub fn stats(at: &Location) -> anyhow::Result<ExitCode> {
+    let ledger = Ledger::open(at, None)?;
     let log = ledger.log.stats()?;
     let projection = ledger.projection.stats()?;
     let stats = serde_json::json!({
@@ -246,11 +247,11 @@ pub fn stats(data: &DataArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs one read through the same code the API serves, and prints the document.
 fn offline_read(
-    data: &DataArgs,
+    at: &Location,
     operation: Operation,
     query: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(data, None)?;
+    let ledger = Ledger::open(at, None)?;
     let config = ApiConfig {
         tokens: None,
         max_payload: usize::MAX,
@@ -272,10 +273,10 @@ fn offline_read(
     crate::client::print_reply(response.status < 400, &response.body)
 }
 
-pub fn get(data: &DataArgs, id: &str, query: Option<&str>) -> anyhow::Result<ExitCode> {
-    offline_read(data, Operation::Get(id.to_owned()), query)
+pub fn get(at: &Location, id: &str, query: Option<&str>) -> anyhow::Result<ExitCode> {
+    offline_read(at, Operation::Get(id.to_owned()), query)
 }
 
-pub fn list(data: &DataArgs, query: Option<&str>) -> anyhow::Result<ExitCode> {
-    offline_read(data, Operation::List, query)
+pub fn list(at: &Location, query: Option<&str>) -> anyhow::Result<ExitCode> {
+    offline_read(at, Operation::List, query)
 }

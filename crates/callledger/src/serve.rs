@@ -1,11 +1,11 @@
 //! `callledger serve`: merges flags, environment and the config file into settings, opens the
 //! ledger, and runs the NATS gateway until SIGINT or SIGTERM.
 
-use crate::cli::{DataArgs, Durability, LogEngineChoice, LogFormat, ServeArgs};
-use crate::ledger::{now, Ledger, LogChoice};
+use crate::cli::{DataArgs, Durability, LogArgs, LogEngineChoice, LogFormat, NatsArgs, ServeArgs};
+use crate::ledger::{now, Ledger, Location, LogOfRecord};
 use anyhow::Context;
 use call_api::{Api, ApiConfig, TokenStore};
-use call_gateway::{GatewayConfig, NatsOptions};
+use call_gateway::GatewayConfig;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +33,12 @@ struct ConfigFile {
     log_replicas: Option<usize>,
 }
 
-pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(
+    data: &DataArgs,
+    log: &LogArgs,
+    nats: &NatsArgs,
+    args: ServeArgs,
+) -> anyhow::Result<ExitCode> {
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -53,24 +58,16 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir: data.data_dir.clone().or(file.data_dir),
         durability: data.durability.or(file.durability),
     };
-    let nats = &args.nats;
-    let options = NatsOptions {
-        url: nats
-            .nats_url
-            .clone()
-            .or(file.nats_url)
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-        creds_file: nats.nats_creds.clone().or(file.nats_creds),
-        user: nats.nats_user.clone().or(file.nats_user),
-        password: nats.nats_password.clone().or(file.nats_password),
-        token: nats.nats_token.clone().or(file.nats_token),
-        name: "call-ledger".into(),
-    };
-    let subject_prefix = nats
-        .subject_prefix
-        .clone()
-        .or(file.subject_prefix)
-        .unwrap_or_else(|| call_gateway::DEFAULT_SUBJECT_PREFIX.into());
+    let nats = nats.or(NatsArgs {
+        nats_url: file.nats_url,
+        nats_creds: file.nats_creds,
+        nats_user: file.nats_user,
+        nats_password: file.nats_password,
+        nats_token: file.nats_token,
+        subject_prefix: file.subject_prefix,
+    });
+    let options = nats.options("call-ledger");
+    let subject_prefix = nats.prefix();
     let tokens = match args.tokens.clone().or(file.tokens) {
         Some(path) => Some(
             TokenStore::load(&path)
@@ -98,20 +95,16 @@ pub fn run(data: &DataArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .max(1),
     );
 
-    let engine = args
-        .log_engine
-        .or(file.log)
-        .unwrap_or(LogEngineChoice::Sled);
-    let choice = match engine {
-        LogEngineChoice::Sled => LogChoice::Sled,
-        LogEngineChoice::Jetstream => LogChoice::JetStream {
-            url: options.url.clone(),
-            subject_prefix: subject_prefix.clone(),
-            replicas: args.log_replicas.or(file.log_replicas).unwrap_or(1).max(1),
+    let location = Location {
+        data,
+        log: LogArgs {
+            engine: log.engine.or(file.log),
+            log_replicas: log.log_replicas.or(file.log_replicas),
         },
+        nats,
     };
-    let replicated = engine == LogEngineChoice::Jetstream;
-    let ledger = Ledger::open_on(&data, None, &choice)?;
+    let ledger = Ledger::open(&location, None)?;
+    let replicated = matches!(ledger.record, LogOfRecord::Jetstream { .. });
     tracing::info!(
         data_dir = %ledger.dir.display(),
         head = ledger.log.head(),

@@ -110,9 +110,25 @@ fn storage(what: &str, error: impl std::fmt::Display) -> LogError {
 }
 
 impl JetStreamLog {
-    /// Connects to `url` (one server or a comma-separated list), ensures the stream, and folds
-    /// it into the replica before returning.
+    /// Connects anonymously to `url` (one server or a comma-separated list), ensures the
+    /// stream, and folds it into the replica before returning.
     pub fn open(url: &str, options: JetStreamOptions) -> Result<JetStreamLog, LogError> {
+        let servers = url
+            .split(',')
+            .map(|server| server.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| storage(&format!("the NATS server list {url:?}"), e))?;
+        JetStreamLog::open_with(async_nats::connect(servers), options)
+    }
+
+    /// Like [`JetStreamLog::open`] on the client that `connect` makes (with credentials, a
+    /// name, reconnect settings); `connect` runs on the engine's own runtime, which then
+    /// carries the connection.
+    pub fn open_with<F, E>(connect: F, options: JetStreamOptions) -> Result<JetStreamLog, LogError>
+    where
+        F: std::future::Future<Output = Result<async_nats::Client, E>>,
+        E: std::fmt::Display,
+    {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("event-log-jetstream")
@@ -121,12 +137,7 @@ impl JetStreamLog {
             .map_err(LogError::Io)?;
         let timeout = options.timeout;
         let (js, stream) = runtime.block_on(async {
-            let servers = url
-                .split(',')
-                .map(|server| server.trim().parse::<async_nats::ServerAddr>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| storage(&format!("the NATS server list {url:?}"), e))?;
-            let client = tokio::time::timeout(timeout, async_nats::connect(servers))
+            let client = tokio::time::timeout(timeout, connect)
                 .await
                 .map_err(|_| storage("connecting to NATS", "timed out"))?
                 .map_err(|e| storage("connecting to NATS", e))?;

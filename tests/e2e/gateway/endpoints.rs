@@ -205,12 +205,16 @@ async fn every_endpoint_answers_by_the_contract() {
         let counted = api.list("count=true").await.json();
         assert_eq!(counted["meta"], json!({"count": 2}));
 
-        // delete: an empty payload and no headers at all (204).
+        // delete: an empty payload and no header but which instance answered (204).
         let deleted = api.delete(id, &[("If-Match", "2")]).await;
         assert!(deleted.payload.is_empty(), "{deleted}");
-        assert!(
-            deleted.headers.is_empty(),
-            "a 204 reply has no headers: {deleted}"
+        let names: Vec<&str> = deleted.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Call-Ledger-Instance"], "{deleted}");
+        let info = api.request("$SRV.INFO.call-ledger", &[], "").await;
+        assert_eq!(
+            deleted.header("Call-Ledger-Instance"),
+            info.json()["id"].as_str(),
+            "the instance is named by its id in $SRV.INFO: {info}"
         );
         let gone = api.get(id, "").await;
         let errors = gone.assert_error(404, "Resource Not Found");

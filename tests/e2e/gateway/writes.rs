@@ -9,7 +9,7 @@ use call_model::Event;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use super::{bounded, call_document, id_of, Gateway, Setup, TEST_TIMEOUT};
+use super::{bounded, call_document, id_of, Caller, Gateway, Setup, TEST_TIMEOUT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_retries_get_the_same_reply_and_append_once() {
@@ -141,11 +141,108 @@ async fn if_match_guards_updates_and_deletes() {
 
 /// One attempt of a writer: the version it read, and what its update got.
 #[derive(Debug)]
-struct Attempt {
+pub(super) struct Attempt {
     if_match: u64,
     note: String,
     /// The new ETag, or `None` for a 409.
     won: Option<u64>,
+    /// The instance that answered.
+    pub(super) instance: String,
+}
+
+/// `writers` writers update call `id` at once with `If-Match`, each reading the ETag and
+/// trying up to three times; every answer is a 200 or a 409 naming the version.
+pub(super) async fn race_writers(api: &Caller, id: u64, writers: usize) -> Vec<Attempt> {
+    const ATTEMPTS: usize = 3;
+    let barrier = Arc::new(Barrier::new(writers));
+    let mut tasks = Vec::with_capacity(writers);
+    for writer in 0..writers {
+        let (api, barrier) = (api.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut attempts = Vec::new();
+            for attempt in 0..ATTEMPTS {
+                let if_match = api.get(id, "").await.etag();
+                let note = format!("writer {writer} attempt {attempt} at {if_match}");
+                let reply = api
+                    .update(
+                        id,
+                        &[("If-Match", &if_match.to_string())],
+                        &call_document(json!({"note": note})),
+                    )
+                    .await;
+                let instance = reply
+                    .header("Call-Ledger-Instance")
+                    .unwrap_or_default()
+                    .to_owned();
+                if reply.is_success() {
+                    attempts.push(Attempt {
+                        if_match,
+                        note,
+                        won: Some(reply.etag()),
+                        instance,
+                    });
+                    break;
+                }
+                let errors = reply.assert_error(409, "Conflict");
+                let detail = errors[0]["detail"].as_str().unwrap_or_default();
+                assert!(
+                    detail.starts_with(&format!(
+                        "Version mismatch: If-Match expected version {if_match}, \
+                         but the call is at version "
+                    )),
+                    "{reply}"
+                );
+                attempts.push(Attempt {
+                    if_match,
+                    note,
+                    won: None,
+                    instance,
+                });
+            }
+            attempts
+        }));
+    }
+    let mut attempts = Vec::new();
+    for task in tasks {
+        attempts.extend(task.await.expect("a writer does not panic"));
+    }
+    attempts
+}
+
+/// Asserts that each version from `initial` to `final_version` was won by exactly one attempt,
+/// that writers raced, and returns the winner of each version by the version it read.
+pub(super) fn assert_each_version_won_once(
+    attempts: &[Attempt],
+    initial: u64,
+    final_version: u64,
+) -> BTreeMap<u64, &Attempt> {
+    let winners: BTreeMap<u64, &Attempt> = attempts
+        .iter()
+        .filter(|attempt| attempt.won.is_some())
+        .map(|attempt| (attempt.if_match, attempt))
+        .collect();
+    let wins = attempts.iter().filter(|a| a.won.is_some()).count();
+    assert_eq!(wins, winners.len(), "no version was won twice");
+    assert_eq!(
+        wins as u64,
+        final_version - initial,
+        "every 200 is one new version"
+    );
+    assert_eq!(
+        winners.keys().copied().collect::<Vec<_>>(),
+        (initial..final_version).collect::<Vec<_>>(),
+        "each version was won exactly once"
+    );
+    for (if_match, attempt) in &winners {
+        assert_eq!(attempt.won, Some(if_match + 1));
+    }
+    assert!(
+        attempts.len() > wins,
+        "writers raced: some attempts conflicted"
+    );
+    assert!(wins >= 2, "more than one version was won: {wins}");
+    winners
 }
 
 /// A hundred writers update one call with `If-Match`, each reading the ETag and trying up to
@@ -153,88 +250,14 @@ struct Attempt {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_writers_win_each_version_once() {
     bounded("the test", TEST_TIMEOUT, async {
-        const WRITERS: usize = 100;
-        const ATTEMPTS: usize = 3;
         let gateway = Gateway::start(Setup::open()).await;
         let api = gateway.anonymous();
         let id = id_of(&api.create_call(json!({"note": "start"})).await);
         let initial = api.get(id, "").await.etag();
-
-        let barrier = Arc::new(Barrier::new(WRITERS));
-        let mut writers = Vec::with_capacity(WRITERS);
-        for writer in 0..WRITERS {
-            let (api, barrier) = (api.clone(), barrier.clone());
-            writers.push(tokio::spawn(async move {
-                barrier.wait().await;
-                let mut attempts = Vec::new();
-                for attempt in 0..ATTEMPTS {
-                    let if_match = api.get(id, "").await.etag();
-                    let note = format!("writer {writer} attempt {attempt} at {if_match}");
-                    let reply = api
-                        .update(
-                            id,
-                            &[("If-Match", &if_match.to_string())],
-                            &call_document(json!({"note": note})),
-                        )
-                        .await;
-                    if reply.is_success() {
-                        attempts.push(Attempt {
-                            if_match,
-                            note,
-                            won: Some(reply.etag()),
-                        });
-                        break;
-                    }
-                    let errors = reply.assert_error(409, "Conflict");
-                    let detail = errors[0]["detail"].as_str().unwrap_or_default();
-                    assert!(
-                        detail.starts_with(&format!(
-                            "Version mismatch: If-Match expected version {if_match}, \
-                             but the call is at version "
-                        )),
-                        "{reply}"
-                    );
-                    attempts.push(Attempt {
-                        if_match,
-                        note,
-                        won: None,
-                    });
-                }
-                attempts
-            }));
-        }
-        let mut attempts = Vec::new();
-        for writer in writers {
-            attempts.extend(writer.await.expect("a writer does not panic"));
-        }
-
+        let attempts = race_writers(&api, id, 100).await;
         let last = api.get(id, "").await;
         let final_version = last.etag();
-        let winners: BTreeMap<u64, &Attempt> = attempts
-            .iter()
-            .filter(|attempt| attempt.won.is_some())
-            .map(|attempt| (attempt.if_match, attempt))
-            .collect();
-        let wins = attempts.iter().filter(|a| a.won.is_some()).count();
-        assert_eq!(wins, winners.len(), "no version was won twice");
-        assert_eq!(
-            wins as u64,
-            final_version - initial,
-            "every 200 is one new version"
-        );
-        assert_eq!(
-            winners.keys().copied().collect::<Vec<_>>(),
-            (initial..final_version).collect::<Vec<_>>(),
-            "each version was won exactly once"
-        );
-        for (if_match, attempt) in &winners {
-            assert_eq!(attempt.won, Some(if_match + 1));
-        }
-        assert!(
-            attempts.len() > wins,
-            "writers raced: some attempts conflicted"
-        );
-        assert!(wins >= 2, "more than one version was won: {wins}");
+        let winners = assert_each_version_won_once(&attempts, initial, final_version);
 
         // The log agrees: one event per version, each carrying its winner's note.
         let records = gateway.log.read_stream(id).expect("the call's events");
