@@ -29,6 +29,8 @@ struct Node {
 #[derive(Debug)]
 pub struct NatsCluster {
     bin: PathBuf,
+    /// Whether the nodes fsync every write (the 2.15 binary, `sync_interval: always`).
+    modern: bool,
     nodes: Vec<Node>,
     _dir: TempDir,
 }
@@ -85,6 +87,7 @@ impl NatsCluster {
         }
         let mut cluster = NatsCluster {
             bin,
+            modern,
             nodes,
             _dir: dir,
         };
@@ -95,6 +98,12 @@ impl NatsCluster {
             cluster.wait_ready(index);
         }
         cluster
+    }
+
+    /// Whether every node fsyncs each write before acknowledging it (the pinned 2.15 binary
+    /// with `sync_interval: always`); else the server on PATH at its default sync.
+    pub fn fsyncs_every_write(&self) -> bool {
+        self.modern
     }
 
     /// Every node's client URL, comma-separated, as clients take a server list.

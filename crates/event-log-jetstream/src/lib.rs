@@ -5,19 +5,22 @@
 //!
 //! # Fencing
 //!
-//! A record's position is its stream sequence. Every append is checked against the replica at
+//! A record's position is its stream sequence. Every append is decided against the replica at
 //! head `h` (idempotency key first, then the stream's expected version; a new stream gets the id
 //! after the last one allocated) and published with `Nats-Expected-Last-Sequence: h`. JetStream
 //! stores it only if nothing else was stored since `h`, so the checks held exactly when it was
 //! stored: two writers, on any instances, can never both append version `n` of a stream, a
 //! stream id is never handed out twice, and a key is never used twice. A writer that lost the
 //! race (its publish is refused) catches up and decides again. The stream sequence is the
-//! fencing token: a paused or partitioned writer cannot append on stale knowledge.
+//! fencing token: a paused or partitioned writer cannot append on stale knowledge. The
+//! [`writer`] decides the appends waiting at once as one batch and publishes them pipelined,
+//! each chained on the one before it, so that one refusal refuses the rest of the batch.
 //!
 //! # Replica
 //!
 //! A tail task reads the stream from the replica's head on and applies each message to the
-//! replica (an [`event_log::MemoryLog`]), checking that the positions agree. An append returns
+//! replica (an [`event_log::MemoryLog`]) at its sequence; the writer applies this instance's
+//! own records as their acks come, whichever is first (see [`replica`]). An append returns
 //! once the replica holds it, so a read on the same instance sees it; [`LogEngine::sync`] waits
 //! until the replica reaches the stream's last sequence, so a read on any instance after it sees
 //! every write acknowledged before it. A restarted instance folds the stream again from the
@@ -32,15 +35,29 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use async_nats::HeaderMap;
-use bytes::Bytes;
 use event_log::{
-    check_expected, replay, Append, AppendError, Appended, EventLog, ExpectedVersion, HeadWatch,
-    Idempotency, LogEngine, LogError, LogStats, MemoryLog, Position, Record, StreamId,
-    StreamTarget, Version,
+    Append, AppendError, Appended, EventLog, HeadWatch, Idempotency, LogEngine, LogError, LogStats,
+    Position, Record, StreamId, Version,
 };
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod replica;
+mod writer;
+
+use replica::{Applied, Replica};
+
+/// A prefix no other engine's message ids share: the process, the time and a random value.
+fn unique_prefix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    format!("{}-{:016x}", std::process::id(), hasher.finish())
+}
 
 /// The header naming a record's stream.
 const STREAM_HEADER: &str = "Call-Ledger-Stream";
@@ -50,8 +67,9 @@ const KEY_HEADER: &str = "Call-Ledger-Idempotency-Key";
 const FINGERPRINT_HEADER: &str = "Call-Ledger-Idempotency-Fingerprint";
 /// The longest a read waits to learn the stream's head before it fails (to be retried).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
-/// JetStream's fencing header.
-const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+/// The stream's duplicate window: records carry unique message ids only to chain a batch's
+/// fences (see [`writer`]), never to deduplicate a retry, so the ids held in memory are few.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How the engine is set up.
 #[derive(Clone, Debug)]
@@ -77,9 +95,9 @@ struct Inner {
     runtime: Option<tokio::runtime::Runtime>,
     js: jetstream::Context,
     options: JetStreamOptions,
-    replica: Arc<MemoryLog>,
-    /// Appends of this instance go one at a time: they would only fence each other.
-    appending: Mutex<()>,
+    replica: Arc<Replica>,
+    /// The writer's queue: appends of this instance are decided and published in batches.
+    jobs: mpsc::Sender<writer::Job>,
     /// Stops the tail task when the engine is dropped.
     _stop: watch::Sender<bool>,
     /// What stopped the tail, if it stopped on its own (a replica that disagrees with the
@@ -105,6 +123,7 @@ impl Drop for Inner {
     }
 }
 
+/// A storage error: what was being done, and why it failed.
 fn storage(what: &str, error: impl std::fmt::Display) -> LogError {
     LogError::Storage(format!("{what}: {error}"))
 }
@@ -151,6 +170,7 @@ impl JetStreamLog {
                 deny_delete: true,
                 deny_purge: true,
                 allow_direct: true,
+                duplicate_window: DUPLICATE_WINDOW,
                 ..Default::default()
             };
             // A cluster that is still electing its meta leader (just started, or a node just
@@ -173,13 +193,27 @@ impl JetStreamLog {
             Ok::<_, LogError>((js, stream))
         })?;
         let (stop, stop_rx) = watch::channel(false);
+        let replica = Arc::new(Replica::default());
+        let (jobs, queue) = mpsc::channel(writer::QUEUE);
+        runtime.spawn(
+            writer::Writer {
+                js: js.clone(),
+                replica: Arc::clone(&replica),
+                subject_prefix: options.subject_prefix.clone(),
+                stream_name: options.stream.clone(),
+                timeout: options.timeout,
+                id_prefix: unique_prefix(),
+                next_id: 0,
+            }
+            .run(queue),
+        );
         let engine = JetStreamLog {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),
                 js,
                 options,
-                replica: Arc::new(MemoryLog::new()),
-                appending: Mutex::new(()),
+                replica,
+                jobs,
                 _stop: stop,
                 failure: Arc::new(Mutex::new(None)),
             }),
@@ -228,119 +262,18 @@ impl JetStreamLog {
         })?;
         self.check_failure()
     }
-
-    /// Decides `append` against the replica as it stands: `Ok(Err(appended))` for a replayed
-    /// retry, `Ok(Ok((stream, new, version)))` for what to publish.
-    fn decide(
-        &self,
-        append: &Append,
-    ) -> Result<Result<(StreamId, Version), Appended>, AppendError> {
-        let replica = &self.inner.replica;
-        if let Some(idempotency) = &append.idempotency {
-            if let Some((original, fingerprint)) = replica.idempotent_result(&idempotency.key)? {
-                return replay(idempotency, original, fingerprint).map(Err);
-            }
-        }
-        let allocated = replica.streams_allocated();
-        let (stream, current) = match append.stream {
-            StreamTarget::New => (allocated + 1, None),
-            StreamTarget::Existing(id) if id == 0 || id > allocated => {
-                return Err(AppendError::StreamNotFound(id))
-            }
-            StreamTarget::Existing(id) => (id, replica.stream_version(id)?),
-        };
-        check_expected(append, current)?;
-        Ok(Ok((stream, current.unwrap_or(0) + 1)))
-    }
 }
 
 impl LogEngine for JetStreamLog {
     fn append(&self, append: Append) -> Result<Appended, AppendError> {
         self.check_failure()?;
-        let [payload] = &append.payloads[..] else {
-            if append.payloads.is_empty() {
-                return Err(AppendError::Empty);
-            }
-            // One record per message keeps position = stream sequence, and a message is stored
-            // whole or not at all; several would not be.
-            return Err(AppendError::Log(LogError::Storage(
-                "the JetStream engine appends one record per append".into(),
-            )));
-        };
-        let _one_at_a_time = self
-            .inner
-            .appending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        loop {
-            let head = self.inner.replica.head();
-            let (stream, version) = match self.decide(&append)? {
-                Ok(decided) => decided,
-                Err(replayed) => return Ok(replayed),
-            };
-            let mut headers = HeaderMap::new();
-            headers.insert(EXPECTED_LAST_SEQUENCE, head.to_string().as_str());
-            headers.insert(STREAM_HEADER, stream.to_string().as_str());
-            if let Some(idempotency) = &append.idempotency {
-                headers.insert(KEY_HEADER, idempotency.key.as_str());
-                headers.insert(
-                    FINGERPRINT_HEADER,
-                    to_hex(&idempotency.fingerprint).as_str(),
-                );
-            }
-            let subject = format!("{}.{stream}", self.inner.options.subject_prefix);
-            let body = Bytes::from(payload.clone());
-            let timeout = self.inner.options.timeout;
-            let published = self.inner.runtime().block_on(async {
-                let ack = self
-                    .inner
-                    .js
-                    .publish_with_headers(subject, headers, body)
-                    .await?;
-                tokio::time::timeout(timeout, ack)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(jetstream::context::PublishError::new(
-                            jetstream::context::PublishErrorKind::TimedOut,
-                        ))
-                    })
-            });
-            match published {
-                Ok(ack) => {
-                    if ack.sequence != head + 1 {
-                        return Err(AppendError::Log(LogError::Corrupt(format!(
-                            "stream {} stored the record at {} where {} was expected",
-                            self.inner.options.stream,
-                            ack.sequence,
-                            head + 1
-                        ))));
-                    }
-                    self.wait_for_replica(ack.sequence)?;
-                    return Ok(Appended {
-                        stream,
-                        first_version: version,
-                        last_version: version,
-                        first_position: ack.sequence,
-                        last_position: ack.sequence,
-                        duplicate: false,
-                    });
-                }
-                Err(error)
-                    if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
-                {
-                    // Another writer appended since `head`: catch up and decide again.
-                    self.wait_for_replica(head + 1)?;
-                }
-                Err(error) => {
-                    // The outcome is unknown (the record may be stored): the caller retries
-                    // with its idempotency key.
-                    return Err(AppendError::Log(storage(
-                        &format!("publishing to {}", self.inner.options.stream),
-                        error,
-                    )));
-                }
-            }
-        }
+        let (answer, answered) = oneshot::channel();
+        let stopped = || AppendError::Log(LogError::Storage("the JetStream writer stopped".into()));
+        self.inner
+            .jobs
+            .blocking_send(writer::Job { append, answer })
+            .map_err(|_| stopped())?;
+        answered.blocking_recv().map_err(|_| stopped())?
     }
 
     fn head(&self) -> Position {
@@ -417,7 +350,7 @@ fn from_hex(text: &str) -> Option<[u8; 32]> {
 /// the replica's head.
 async fn tail(
     stream: stream::Stream,
-    replica: Arc<MemoryLog>,
+    replica: Arc<Replica>,
     failure: Arc<Mutex<Option<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -462,15 +395,17 @@ async fn tail(
             };
             pause = Duration::from_millis(100);
             let Ok(info) = message.info() else { break };
-            let expected = replica.head() + 1;
-            if info.stream_sequence != expected {
-                // Skipped or repeated: follow again from the replica's head.
-                break;
-            }
-            if let Err(problem) = apply(&replica, &message) {
-                tracing::error!(%problem, sequence = expected, "the stream of record cannot be folded");
-                *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(problem);
-                return;
+            let sequence = info.stream_sequence;
+            match apply(&replica, sequence, &message) {
+                // Applied now, or already by this instance's writer.
+                Ok(Applied::Now | Applied::Before) => {}
+                // Skipped: follow again from the replica's head.
+                Ok(Applied::Gap) => break,
+                Err(problem) => {
+                    tracing::error!(%problem, sequence, "the stream of record cannot be folded");
+                    *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(problem);
+                    return;
+                }
             }
         }
         // The consumer ended, failed or skipped: follow again, after a pause that grows while
@@ -492,7 +427,11 @@ async fn pause_or_stop(pause: &mut Duration, stop: &mut watch::Receiver<bool>) -
 }
 
 /// Applies one stored message to the replica at its sequence.
-fn apply(replica: &MemoryLog, message: &jetstream::Message) -> Result<(), String> {
+fn apply(
+    replica: &Replica,
+    sequence: Position,
+    message: &jetstream::Message,
+) -> Result<Applied, String> {
     let header = |name: &str| {
         message
             .headers
@@ -513,26 +452,7 @@ fn apply(replica: &MemoryLog, message: &jetstream::Message) -> Result<(), String
         }),
         None => None,
     };
-    let target = if stream > replica.streams_allocated() {
-        StreamTarget::New
-    } else {
-        StreamTarget::Existing(stream)
-    };
-    let appended = replica
-        .append(Append {
-            stream: target,
-            expected: ExpectedVersion::Any,
-            idempotency,
-            payloads: vec![message.payload.to_vec()],
-        })
-        .map_err(|error| format!("the replica refused a stored record: {error}"))?;
-    if appended.stream != stream || appended.duplicate {
-        return Err(format!(
-            "a stored record of stream {stream} folds as stream {} (duplicate: {})",
-            appended.stream, appended.duplicate
-        ));
-    }
-    Ok(())
+    replica.apply_at(sequence, stream, idempotency, message.payload.to_vec())
 }
 
 #[cfg(test)]
