@@ -2,7 +2,7 @@
 # `make test` and `make run` work on a fresh clone with only a Rust toolchain:
 # nats-server is installed with apt-get if it is missing.
 
-.PHONY: run test check fmt lint doc layering bench import-demo nats-server nats-server-2.15
+.PHONY: run test check fmt lint doc layering bench import-demo nats-server nats-server-2.15 cluster cluster-stop
 
 run:            ## build release, start a local nats-server if none is running, serve
 	scripts/run.sh
@@ -37,3 +37,9 @@ nats-server:    ## print the nats-server path, installing it if missing
 
 nats-server-2.15: ## install the official nats-server 2.15.1 (pinned by hash) into .tools/; the cluster test then fsyncs every write
 	@scripts/ensure-nats-server-2.15.sh
+
+cluster:        ## a three-node NATS cluster (2.15.1, every write fsynced) and three instances on the JetStream log, R3, in .cluster/
+	deploy/cluster/cluster.sh start
+
+cluster-stop:   ## stop the instances (drained), then the nodes
+	deploy/cluster/cluster.sh stop

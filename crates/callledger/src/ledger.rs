@@ -26,6 +26,9 @@ pub struct Location {
     pub data: DataArgs,
     pub log: LogArgs,
     pub nats: NatsArgs,
+    /// Whether to wait (retrying, and saying so) until a log of record on JetStream can be
+    /// opened, as `serve` does when NATS is not up yet, instead of failing at once.
+    pub wait_for_nats: bool,
 }
 
 /// Where a data directory's log of record lives, as `log-of-record.json` in it records: written
@@ -186,10 +189,23 @@ impl Ledger {
                 };
                 let mut nats = location.nats.options("call-ledger-log");
                 nats.url = servers.clone();
-                let connect = call_gateway::connect_now(nats);
-                event_log_jetstream::JetStreamLog::open_with(connect, options)
-                    .with_context(|| format!("cannot open the log of record, the stream {stream}"))?
-                    .into_event_log()
+                let mut pause = std::time::Duration::from_millis(250);
+                loop {
+                    let connect = call_gateway::connect_now(nats.clone());
+                    match event_log_jetstream::JetStreamLog::open_with(connect, options.clone()) {
+                        Ok(engine) => break engine.into_event_log(),
+                        Err(error) if location.wait_for_nats => {
+                            tracing::warn!(%error, %stream, "cannot open the log of record yet; retrying");
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                        }
+                        Err(error) => {
+                            return Err(anyhow::Error::new(error).context(format!(
+                                "cannot open the log of record, the stream {stream}"
+                            )))
+                        }
+                    }
+                }
             }
         };
         record.save(&dir)?;

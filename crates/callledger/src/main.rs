@@ -26,6 +26,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         data: cli.data.clone(),
         log: cli.log.clone(),
         nats: cli.nats.clone(),
+        wait_for_nats: false,
     };
     match cli.command {
         cli::Command::Serve(args) => serve::run(&cli.data, &cli.log, &cli.nats, args),

@@ -102,6 +102,7 @@ pub fn run(
             log_replicas: log.log_replicas.or(file.log_replicas),
         },
         nats,
+        wait_for_nats: true,
     };
     let ledger = Ledger::open(&location, None)?;
     let replicated = matches!(ledger.record, LogOfRecord::Jetstream { .. });

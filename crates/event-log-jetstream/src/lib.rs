@@ -13,14 +13,14 @@
 //! stream id is never handed out twice, and a key is never used twice. A writer that lost the
 //! race (its publish is refused) catches up and decides again. The stream sequence is the
 //! fencing token: a paused or partitioned writer cannot append on stale knowledge. The
-//! [`writer`] decides the appends waiting at once as one batch and publishes them pipelined,
+//! writer (`writer.rs`) decides the appends waiting at once as one batch and publishes them pipelined,
 //! each chained on the one before it, so that one refusal refuses the rest of the batch.
 //!
 //! # Replica
 //!
 //! A tail task reads the stream from the replica's head on and applies each message to the
 //! replica (an [`event_log::MemoryLog`]) at its sequence; the writer applies this instance's
-//! own records as their acks come, whichever is first (see [`replica`]). An append returns
+//! own records as their acks come, whichever is first (`replica.rs`). An append returns
 //! once the replica holds it, so a read on the same instance sees it; [`LogEngine::sync`] waits
 //! until the replica reaches the stream's last sequence, so a read on any instance after it sees
 //! every write acknowledged before it. A restarted instance folds the stream again from the
