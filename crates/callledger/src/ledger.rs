@@ -235,3 +235,80 @@ pub fn projection_dir(dir: &Path) -> PathBuf {
 pub fn now() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(dir: &Path, engine: Option<LogEngineChoice>) -> Location {
+        Location {
+            data: DataArgs {
+                data_dir: Some(dir.to_path_buf()),
+                durability: None,
+            },
+            log: LogArgs {
+                engine,
+                log_replicas: Some(3),
+            },
+            nats: NatsArgs {
+                nats_url: Some("nats://n1:4222,nats://n2:4222".into()),
+                ..NatsArgs::default()
+            },
+            wait_for_nats: false,
+        }
+    }
+
+    #[test]
+    fn a_data_directory_keeps_the_log_it_was_made_with() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path();
+        // Nothing recorded: the flags decide, sled without them.
+        assert_eq!(
+            LogOfRecord::resolve(path, &location(path, None)).unwrap(),
+            LogOfRecord::Sled
+        );
+        let jetstream =
+            LogOfRecord::resolve(path, &location(path, Some(LogEngineChoice::Jetstream))).unwrap();
+        assert_eq!(
+            jetstream,
+            LogOfRecord::Jetstream {
+                stream: "CALL_LOG".into(),
+                subject_prefix: "calls".into(),
+                replicas: 3,
+                servers: "nats://n1:4222,nats://n2:4222".into(),
+            }
+        );
+        jetstream.save(path).unwrap();
+
+        // Recorded: found without flags (a URL given now wins), refused as the other kind.
+        let mut elsewhere = location(path, None);
+        elsewhere.nats.nats_url = Some("nats://n3:4222".into());
+        match LogOfRecord::resolve(path, &elsewhere).unwrap() {
+            LogOfRecord::Jetstream { servers, .. } => assert_eq!(servers, "nats://n3:4222"),
+            other => panic!("{other:?}"),
+        }
+        let refused = LogOfRecord::resolve(path, &location(path, Some(LogEngineChoice::Sled)))
+            .expect_err("a JetStream replica is not an embedded ledger");
+        let text = format!("{refused:#}");
+        assert!(
+            text.contains("belongs to the JetStream log CALL_LOG")
+                && text.contains("not to an embedded (sled) log"),
+            "{text}"
+        );
+
+        // A directory from before the record, with an embedded log, is on sled.
+        let old = tempfile::tempdir().expect("a directory");
+        std::fs::create_dir_all(log_dir(old.path())).unwrap();
+        let refused = LogOfRecord::resolve(
+            old.path(),
+            &location(old.path(), Some(LogEngineChoice::Jetstream)),
+        )
+        .expect_err("an embedded ledger is not a JetStream replica");
+        assert!(format!("{refused:#}").contains("belongs to an embedded (sled) log"));
+
+        // A damaged record is named.
+        std::fs::write(path.join(RECORD_FILE), b"{not json").unwrap();
+        let damaged = LogOfRecord::resolve(path, &location(path, None)).expect_err("damaged");
+        assert!(format!("{damaged:#}").contains("log-of-record.json is not a valid record"));
+    }
+}

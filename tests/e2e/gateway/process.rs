@@ -176,25 +176,61 @@ fn offline_stats(bin: &Path, data: &Path) -> Value {
 /// one call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_redelivered_after_sigkill_appends_once() {
+    commands_survive_a_sigkill(1, &[]).await;
+}
+
+/// The same with three instances on the JetStream log: the commands one instance took when it
+/// was SIGKILLed are redelivered to the others (it is not restarted), and still each makes
+/// exactly one call, and the log holds one event per command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_taken_by_a_killed_instance_are_applied_once_by_the_others() {
+    commands_survive_a_sigkill(3, &["--log", "jetstream", "--log-replicas", "1"]).await;
+}
+
+/// Producers publish commands with a `Nats-Msg-Id` each to `instances` instances started with
+/// `args`; one is SIGKILLed while they work through them (commands taken but not acked); with
+/// one instance it is started again, with several the others carry on. Once JetStream
+/// redelivers (after the consumer's ack wait, 30 s), every command has made exactly one call.
+async fn commands_survive_a_sigkill(instances: usize, args: &[&str]) {
     // Building the binary (if needed) is not part of the test's time.
     let bin = blocking(callledger_bin);
     bounded("the test", TEST_TIMEOUT, async {
         const COMMANDS: usize = 1000;
         let nats = blocking(NatsServer::start);
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let data = dir.path().join("data");
-        let mut serve = blocking(|| {
-            Serve::start(
-                &bin,
-                &data,
-                &nats.url(),
-                &["--max-in-flight", "4"],
-                dir.path().join("serve-1.log"),
-            )
-        });
+        let data: Vec<PathBuf> = (0..instances)
+            .map(|n| dir.path().join(format!("data-{n}")))
+            .collect();
+        let mut limited = vec!["--max-in-flight", "4"];
+        limited.extend_from_slice(args);
+        let mut serves: Vec<Serve> = data
+            .iter()
+            .enumerate()
+            .map(|(n, data)| {
+                blocking(|| {
+                    Serve::start(
+                        &bin,
+                        data,
+                        &nats.url(),
+                        &limited,
+                        dir.path().join(format!("serve-{n}.log")),
+                    )
+                })
+            })
+            .collect();
         let client = async_nats::connect(nats.url()).await.expect("a client");
         let caller = Caller::new(client.clone(), None);
-        wait_until_serving(&caller, &serve).await;
+        for serve in &serves {
+            let running = wait_until(Duration::from_secs(60), || {
+                serve.logs().contains("call-ledger gateway running")
+            });
+            assert!(
+                running,
+                "an instance did not start; its log:\n{}",
+                serve.logs()
+            );
+        }
+        wait_until_serving(&caller, &serves[0]).await;
         let js = jetstream::new(client.clone());
         eventually("CALL_COMMANDS", Duration::from_secs(30), || {
             let js = js.clone();
@@ -221,13 +257,13 @@ async fn a_command_redelivered_after_sigkill_appends_once() {
             ack.await.expect("CALL_COMMANDS stores the command");
         }
 
-        // Kill the service while it works through the commands.
+        // Kill an instance while they work through the commands.
         let before_kill = eventually("some commands applied", Duration::from_secs(30), || {
             let caller = caller.clone();
             async move { count(&caller).await.filter(|&n| n >= 20) }
         })
         .await;
-        blocking(|| serve.kill());
+        blocking(|| serves[0].kill());
         let stream = js.get_stream("CALL_COMMANDS").await.expect("the stream");
         let mut consumer = stream
             .get_consumer::<pull::Config>("call-ledger")
@@ -242,16 +278,18 @@ async fn a_command_redelivered_after_sigkill_appends_once() {
             info.num_pending
         );
 
-        let mut serve = blocking(|| {
-            Serve::start(
-                &bin,
-                &data,
-                &nats.url(),
-                &[],
-                dir.path().join("serve-2.log"),
-            )
-        });
-        wait_until_serving(&caller, &serve).await;
+        if instances == 1 {
+            serves[0] = blocking(|| {
+                Serve::start(
+                    &bin,
+                    &data[0],
+                    &nats.url(),
+                    args,
+                    dir.path().join("serve-0-again.log"),
+                )
+            });
+            wait_until_serving(&caller, &serves[0]).await;
+        }
         eventually("every command settled", Duration::from_secs(90), || {
             let (caller, stream) = (caller.clone(), stream.clone());
             async move {
@@ -284,8 +322,12 @@ async fn a_command_redelivered_after_sigkill_appends_once() {
             assert_eq!(made.get(&format!("cmd-{n}")), Some(&1), "cmd-{n}");
         }
 
-        blocking(|| serve.stop_cleanly());
-        let stats = blocking(|| offline_stats(&bin, &data));
+        // One event per command in the log, whichever instance's directory is asked.
+        let survivor = if instances == 1 { 0 } else { instances - 1 };
+        for serve in serves.iter_mut().skip(usize::from(instances > 1)) {
+            blocking(|| serve.stop_cleanly());
+        }
+        let stats = blocking(|| offline_stats(&bin, &data[survivor]));
         assert_eq!(stats["events"], json!(COMMANDS), "{stats}");
         assert_eq!(stats["liveCalls"], json!(COMMANDS), "{stats}");
     })
