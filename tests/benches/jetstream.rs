@@ -33,6 +33,8 @@ use support::{create_document, print_table, quick, Row, Stats, Target};
 const IN_FLIGHT: [usize; 3] = [1, 16, 64];
 /// The ledger size the generated calls are drawn for.
 const LEDGER_CALLS: u64 = 1_000_000;
+/// The sections a run may be limited to.
+const SECTIONS: [&str; 3] = ["r1", "r3", "appends"];
 /// The target of the engine's creates at 64 in flight, against raw publish-with-ack.
 const CREATE_TARGET: f64 = 0.5;
 
@@ -83,14 +85,30 @@ fn main() {
     let payload = event_payload();
     println!("one create's event: {} bytes", payload.len());
 
+    // `cargo bench --bench jetstream -- r1 appends` runs only R1, and only its appends and
+    // their baseline (for a profile).
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    for section in &sections {
+        assert!(
+            SECTIONS.contains(&section.as_str()),
+            "unknown section {section:?}; the sections are {SECTIONS:?}"
+        );
+    }
+    let modes: Vec<&String> = sections.iter().filter(|s| s.starts_with('r')).collect();
+    let wanted = |mode: &str| modes.is_empty() || modes.iter().any(|s| *s == mode);
+    let appends_only = sections.iter().any(|s| s == "appends");
+
     let mut rows = Vec::new();
-    {
+    if wanted("r1") {
         let server = NatsServer::start();
         let url = server.url();
         println!("R1: one nats-server (the one on PATH, its default sync) at {url}");
-        rows.extend(figures("R1", &url, 1, &sizes, &payload));
+        rows.extend(figures("R1", &url, 1, &sizes, &payload, appends_only));
     }
-    {
+    if wanted("r3") {
         let cluster = NatsCluster::start(3);
         wait_for_cluster(&cluster.url(0));
         println!(
@@ -101,7 +119,14 @@ fn main() {
                 "the nats-server on PATH, its default sync"
             }
         );
-        rows.extend(figures("R3", &cluster.urls(), 3, &sizes, &payload));
+        rows.extend(figures(
+            "R3",
+            &cluster.urls(),
+            3,
+            &sizes,
+            &payload,
+            appends_only,
+        ));
     }
     print_table(
         &format!(
@@ -116,7 +141,14 @@ fn main() {
 
 /// The rows of one replica count: creates on the engine and on sled against raw publishes,
 /// and gets on the engine against gets on sled.
-fn figures(label: &str, url: &str, replicas: usize, sizes: &Sizes, payload: &[u8]) -> Vec<Row> {
+fn figures(
+    label: &str,
+    url: &str,
+    replicas: usize,
+    sizes: &Sizes,
+    payload: &[u8],
+    appends_only: bool,
+) -> Vec<Row> {
     let data = tempfile::tempdir().expect("a data directory");
     let engine = JetStreamLog::open(
         url,
@@ -152,6 +184,15 @@ fn figures(label: &str, url: &str, replicas: usize, sizes: &Sizes, payload: &[u8
                 appends(&engine, in_flight, count),
                 appends(&sled, in_flight, count),
             );
+            if appends_only {
+                let raw = raw.publish(in_flight, count, payload);
+                if round > 0 {
+                    engine_appends.push(appends.0);
+                    sled_appends.push(appends.1);
+                    raw_publishes.push(raw);
+                }
+                continue;
+            }
             let samples = (
                 creates(&jetstream_api, in_flight, count),
                 creates(&sled_api, in_flight, count),
@@ -178,10 +219,6 @@ fn figures(label: &str, url: &str, replicas: usize, sizes: &Sizes, payload: &[u8
         let (raw_rate, raw_p99) = summary(&raw_publishes);
         let (append_rate, append_p99) = summary(&engine_appends);
         let (sled_append_rate, sled_append_p99) = summary(&sled_appends);
-        let (engine_rate, engine_p99) = summary(&engine_creates);
-        let (sled_rate, sled_p99) = summary(&sled_creates);
-        let (get_rate, get_p99) = summary(&engine_gets);
-        let (sled_get_rate, sled_get_p99) = summary(&sled_gets);
         let target = if in_flight == 64 {
             Target::RatioAtLeast(CREATE_TARGET)
         } else {
@@ -206,6 +243,13 @@ fn figures(label: &str, url: &str, replicas: usize, sizes: &Sizes, payload: &[u8
             baseline: Some(raw_rate),
             target: Target::None,
         });
+        if appends_only {
+            continue;
+        }
+        let (engine_rate, engine_p99) = summary(&engine_creates);
+        let (sled_rate, sled_p99) = summary(&sled_creates);
+        let (get_rate, get_p99) = summary(&engine_gets);
+        let (sled_get_rate, sled_get_p99) = summary(&sled_gets);
         rows.push(Row {
             metric: format!(
                 "{label} create through the API (parsed, appended, projected), JetStream engine vs sled engine, {in_flight} in flight (/s; p99 {} vs {} ms)",
