@@ -42,6 +42,7 @@ use event_log::{
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod coalesce;
 mod replica;
 mod writer;
 
@@ -103,6 +104,8 @@ struct Inner {
     /// What stopped the tail, if it stopped on its own (a replica that disagrees with the
     /// stream): the engine is unusable then.
     failure: Arc<Mutex<Option<String>>>,
+    /// Reads in flight at once share one lookup of the stream's last sequence.
+    syncs: coalesce::Coalescer,
 }
 
 impl Inner {
@@ -216,6 +219,7 @@ impl JetStreamLog {
                 jobs,
                 _stop: stop,
                 failure: Arc::new(Mutex::new(None)),
+                syncs: coalesce::Coalescer::default(),
             }),
         };
         engine.inner.runtime().spawn(tail(
@@ -316,15 +320,22 @@ impl LogEngine for JetStreamLog {
         // Short: a read that cannot learn the head now (a stream leader being elected) fails
         // fast and is retried by its client, rather than holding the request.
         let timeout = self.inner.options.timeout.min(SYNC_TIMEOUT);
-        let name = self.inner.options.stream.clone();
-        let last = self.inner.runtime().block_on(async {
-            // One round trip: looking the stream up answers its info, last sequence included.
-            let stream = tokio::time::timeout(timeout, self.inner.js.get_stream(&name))
-                .await
-                .map_err(|_| storage(&format!("reading the stream {name}"), "timed out"))?
-                .map_err(|e| storage(&format!("reading the stream {name}"), e))?;
-            Ok::<_, LogError>(stream.cached_info().state.last_sequence)
-        })?;
+        let name = &self.inner.options.stream;
+        let last = self
+            .inner
+            .syncs
+            .ask(|| {
+                self.inner.runtime().block_on(async {
+                    // One round trip: looking the stream up answers its info, last sequence
+                    // included.
+                    let stream = tokio::time::timeout(timeout, self.inner.js.get_stream(name))
+                        .await
+                        .map_err(|_| format!("reading the stream {name}: timed out"))?
+                        .map_err(|e| format!("reading the stream {name}: {e}"))?;
+                    Ok(stream.cached_info().state.last_sequence)
+                })
+            })
+            .map_err(LogError::Storage)?;
         self.wait_for_replica(last)?;
         Ok(last)
     }
