@@ -16,33 +16,29 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, HeaderMap, Message};
+use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
-use call_api::{Api, ApiConfig, Operation, Source};
+use call_api::{Api, Operation, Source};
 use call_commands::{CommandRequest, CommandService};
-use call_gateway::GatewayConfig;
 use call_ledger_tests::NatsServer;
-use call_model::{parse_write, Action, Command, Rights, Timestamp, WriteMode};
-use call_projections::Projection;
+use call_model::{parse_write, Action, Command, Rights, WriteMode};
 use event_log::{EventLog, LogOptions};
 use futures::StreamExt;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
+use support::service::{drive, now, one, wait_until_served, Gateway, Req, Sample, PREFIX};
 use support::{create_document, print_table, quick, Row, Stats, Target};
 
 /// The requests in flight the issue asks about.
 const IN_FLIGHT: [usize; 3] = [1, 16, 64];
 /// The ledger size the generated calls are drawn for.
 const LEDGER_CALLS: u64 = 1_000_000;
-/// The subject prefix of the service under test.
-const PREFIX: &str = "calls";
 /// The echo responder's subjects, one per operation, so each replies with
 /// the bytes of the operation it stands beside.
 const ECHO_GET: &str = "bench.echo.get";
@@ -203,11 +199,6 @@ fn main() {
     drop(server);
 }
 
-/// The current time as the ledger records it.
-fn now() -> Timestamp {
-    Timestamp::from_datetime(chrono::Utc::now())
-}
-
 /// Creates `calls` calls directly through `CommandService` (16 threads), so
 /// that gets find calls.
 fn prefill(log: &EventLog, calls: usize) {
@@ -238,66 +229,6 @@ fn prefill(log: &EventLog, calls: usize) {
             });
         }
     });
-}
-
-/// The service under test, on its own runtime and thread.
-struct Gateway {
-    stop: oneshot::Sender<()>,
-    thread: thread::JoinHandle<()>,
-    /// A clone of the service's API, for the in-process diagnostic.
-    api: Api,
-}
-
-impl Gateway {
-    fn start(url: &str, data_dir: &Path, log: EventLog) -> Gateway {
-        let projection =
-            Projection::open(&data_dir.join("projection"), log.clone()).expect("open projection");
-        let runtime = Runtime::new().expect("the gateway's runtime");
-        let client = runtime
-            .block_on(async_nats::connect(url))
-            .expect("connect the gateway");
-        let api = Api::new(
-            CommandService::new(log.clone()),
-            projection,
-            ApiConfig {
-                tokens: None,
-                max_payload: client.server_info().max_payload,
-                self_prefix: PREFIX.into(),
-                sync_reads: false,
-            },
-            now,
-        );
-        let config = GatewayConfig {
-            subject_prefix: PREFIX.into(),
-            max_in_flight: 256,
-            duplicate_window: Duration::from_secs(120),
-            data_dir: data_dir.to_owned(),
-            queue_group: "call-ledger".into(),
-            lock_ttl: Duration::from_secs(10),
-            replicated_log: false,
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = thread::Builder::new()
-            .name("gateway-runtime".into())
-            .spawn({
-                let api = api.clone();
-                move || {
-                    let shutdown = async {
-                        let _ = stopped.await;
-                    };
-                    runtime
-                        .block_on(call_gateway::run(client, api, log, config, shutdown))
-                        .expect("the gateway ran");
-                }
-            })
-            .expect("spawn the gateway's thread");
-        Gateway { stop, thread, api }
-    }
-
-    fn stop(self) {
-        let _ = self.stop.send(());
-        self.thread.join().expect("the gateway's thread panicked");
-    }
 }
 
 /// The transport's ceiling: answers each request on a subject with fixed
@@ -365,106 +296,12 @@ fn reply_parts(message: &Message) -> (HeaderMap, Bytes) {
     )
 }
 
-/// One request: subject, headers, payload.
-type Req = (String, HeaderMap, Bytes);
-
 /// The same requests sent to another subject.
 fn retarget(requests: &[Req], subject: &str) -> Vec<Req> {
     requests
         .iter()
         .map(|(_, headers, payload)| (subject.to_owned(), headers.clone(), payload.clone()))
         .collect()
-}
-
-/// Sends one request and fails on an error reply.
-async fn one(client: &Client, (subject, headers, payload): Req) -> Message {
-    let reply = client
-        .request_with_headers(subject.clone(), headers, payload)
-        .await
-        .unwrap_or_else(|error| panic!("request to {subject}: {error}"));
-    if let Some(code) = error_code(&reply) {
-        panic!(
-            "{subject} answered {code}: {}",
-            String::from_utf8_lossy(&reply.payload)
-        );
-    }
-    reply
-}
-
-fn error_code(reply: &Message) -> Option<String> {
-    reply
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get("Nats-Service-Error-Code"))
-        .map(|code| code.as_str().to_owned())
-}
-
-/// Waits until the service answers (a 404 for a call that cannot exist
-/// counts as an answer).
-async fn wait_until_served(client: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let probe = client
-            .request(format!("{PREFIX}.api.get.999999999"), Bytes::new())
-            .await;
-        match probe {
-            Ok(_) => return,
-            Err(error) if Instant::now() < deadline => {
-                let _ = error;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("the gateway did not start serving: {error}"),
-        }
-    }
-}
-
-/// One timed sample: requests per second and each request's latency.
-struct Sample {
-    per_second: f64,
-    latencies: Vec<Duration>,
-}
-
-/// Sends every request with `in_flight` tasks, each waiting for its reply
-/// before sending the next.
-async fn drive(client: &Client, in_flight: usize, requests: Vec<Req>) -> Sample {
-    let total = requests.len();
-    let requests = Arc::new(requests);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        let (client, requests, next) = (client.clone(), Arc::clone(&requests), Arc::clone(&next));
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some((subject, headers, payload)) = requests.get(index).cloned() else {
-                    break;
-                };
-                let sent = Instant::now();
-                let reply = client
-                    .request_with_headers(subject.clone(), headers, payload)
-                    .await
-                    .unwrap_or_else(|error| panic!("request to {subject}: {error}"));
-                latencies.push(sent.elapsed());
-                if let Some(code) = error_code(&reply) {
-                    panic!(
-                        "{subject} answered {code}: {}",
-                        String::from_utf8_lossy(&reply.payload)
-                    );
-                }
-            }
-            latencies
-        });
-    }
-    let mut latencies = Vec::with_capacity(total);
-    while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined.expect("a request task panicked"));
-    }
-    Sample {
-        per_second: total as f64 / started.elapsed().as_secs_f64(),
-        latencies,
-    }
 }
 
 /// One request as `Api::handle` takes it: operation, headers, payload.

@@ -21,12 +21,13 @@ use bytes::Bytes;
 use call_api::{Api, ApiConfig, Operation, Source};
 use call_commands::{CommandRequest, CommandService};
 use call_ledger_tests::{NatsCluster, NatsServer};
-use call_model::{parse_write, Action, Command, Rights, Timestamp, WriteMode};
+use call_model::{parse_write, Action, Command, Rights, WriteMode};
 use call_projections::Projection;
 use event_log::{EventLog, LogOptions};
 use event_log_jetstream::{JetStreamLog, JetStreamOptions};
 use tokio::runtime::Runtime;
 
+use support::service::{now, threads, Sample};
 use support::{create_document, print_table, quick, Row, Stats, Target};
 
 /// The requests in flight the issue asks about.
@@ -60,12 +61,6 @@ impl Sizes {
             }
         }
     }
-}
-
-/// One timed run: throughput and latencies.
-struct Sample {
-    per_second: f64,
-    latencies: Vec<Duration>,
 }
 
 fn main() {
@@ -302,10 +297,6 @@ fn api(log: &EventLog, dir: &std::path::Path, sync_reads: bool) -> (Api, Project
     (api, projection)
 }
 
-fn now() -> Timestamp {
-    Timestamp::from_datetime(chrono::Utc::now())
-}
-
 /// The create command of generated call `index`.
 fn create(index: u64) -> CommandRequest {
     let document = create_document(index, LEDGER_CALLS);
@@ -381,38 +372,6 @@ fn gets(api: &Api, calls: u64, in_flight: usize, count: usize) -> Sample {
         });
         assert!(!response.is_error(), "get {id}: {}", response.status);
     })
-}
-
-/// Runs `work(index)` for every index below `count` on `in_flight` threads, timing each.
-fn threads(in_flight: usize, count: usize, work: impl Fn(usize) + Sync) -> Sample {
-    let next = AtomicUsize::new(0);
-    let started = Instant::now();
-    let latencies: Vec<Duration> = thread::scope(|scope| {
-        let workers: Vec<_> = (0..in_flight)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut latencies = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= count {
-                            break latencies;
-                        }
-                        let sent = Instant::now();
-                        work(index);
-                        latencies.push(sent.elapsed());
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().expect("a worker panicked"))
-            .collect()
-    });
-    Sample {
-        per_second: count as f64 / started.elapsed().as_secs_f64(),
-        latencies,
-    }
 }
 
 /// Raw JetStream publish-with-ack on a stream like the engine's (file storage, the same

@@ -36,7 +36,7 @@ pub struct NatsCluster {
 }
 
 /// The pinned 2.15 binary, when installed.
-fn binary_2_15() -> Option<PathBuf> {
+pub(crate) fn binary_2_15() -> Option<PathBuf> {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/nats-server-2.15.1/bin/nats-server");
     path.is_file().then_some(path)

@@ -35,6 +35,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct NatsServer {
     bin: PathBuf,
+    /// A config file given with `-c` (flags win over it), if any.
+    config: Option<PathBuf>,
     port: u16,
     child: Option<Child>,
     /// Holds `store/` (the JetStream store) and `nats-server.log`.
@@ -47,13 +49,34 @@ impl NatsServer {
     /// Panics if no `nats-server` binary is found or the server does not come
     /// up within 10 seconds; the panic message includes the server's log.
     pub fn start() -> NatsServer {
-        let bin = nats_server_bin();
+        NatsServer::start_with(nats_server_bin(), "")
+    }
+
+    /// The official nats-server 2.15.1 (installed by `scripts/ensure-nats-server-2.15.sh`)
+    /// fsyncing every write before its ack (`sync_interval: always`), or `None` when it is not
+    /// installed.
+    pub fn start_fsyncing() -> Option<NatsServer> {
+        let bin = cluster::binary_2_15()?;
+        Some(NatsServer::start_with(
+            bin,
+            "jetstream {\n    sync_interval: always\n}\n",
+        ))
+    }
+
+    /// Starts `bin` with `config` (nats-server's config syntax; empty for none) on a free port.
+    fn start_with(bin: PathBuf, config: &str) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("nats-server-")
             .tempdir()
             .expect("create a temporary directory for nats-server");
+        let config = (!config.is_empty()).then(|| {
+            let path = dir.path().join("nats-server.conf");
+            std::fs::write(&path, config).expect("write the nats-server config");
+            path
+        });
         let mut server = NatsServer {
             bin,
+            config,
             port: 0,
             child: None,
             dir,
@@ -168,6 +191,11 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store_dir())
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|path| [std::ffi::OsStr::new("-c"), path.as_os_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod service;
+
 /// Whether `BENCH_QUICK=1` asks for a smoke run with small sizes.
 pub fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|value| !value.is_empty() && value != "0")

@@ -1,0 +1,214 @@
+//! The service under test, for the benches that send it requests over NATS: the gateway on
+//! its own runtime and thread (a durable sled ledger in a directory), and the load generator's
+//! request loop.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, HeaderMap, Message};
+use bytes::Bytes;
+use call_api::{Api, ApiConfig};
+use call_commands::CommandService;
+use call_gateway::GatewayConfig;
+use call_model::Timestamp;
+use call_projections::Projection;
+use event_log::EventLog;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// The subject prefix of the service under test.
+pub const PREFIX: &str = "calls";
+
+/// The current time as the ledger records it.
+pub fn now() -> Timestamp {
+    Timestamp::from_datetime(chrono::Utc::now())
+}
+
+/// The service under test, on its own runtime and thread.
+pub struct Gateway {
+    stop: oneshot::Sender<()>,
+    thread: thread::JoinHandle<()>,
+    /// A clone of the service's API, for the in-process diagnostic.
+    pub api: Api,
+}
+
+impl Gateway {
+    pub fn start(url: &str, data_dir: &Path, log: EventLog) -> Gateway {
+        let projection =
+            Projection::open(&data_dir.join("projection"), log.clone()).expect("open projection");
+        let runtime = Runtime::new().expect("the gateway's runtime");
+        let client = runtime
+            .block_on(async_nats::connect(url))
+            .expect("connect the gateway");
+        let api = Api::new(
+            CommandService::new(log.clone()),
+            projection,
+            ApiConfig {
+                tokens: None,
+                max_payload: client.server_info().max_payload,
+                self_prefix: PREFIX.into(),
+                sync_reads: false,
+            },
+            now,
+        );
+        let config = GatewayConfig {
+            subject_prefix: PREFIX.into(),
+            max_in_flight: 256,
+            duplicate_window: Duration::from_secs(120),
+            data_dir: data_dir.to_owned(),
+            queue_group: "call-ledger".into(),
+            lock_ttl: Duration::from_secs(10),
+            replicated_log: false,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("gateway-runtime".into())
+            .spawn({
+                let api = api.clone();
+                move || {
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    runtime
+                        .block_on(call_gateway::run(client, api, log, config, shutdown))
+                        .expect("the gateway ran");
+                }
+            })
+            .expect("spawn the gateway's thread");
+        Gateway { stop, thread, api }
+    }
+
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        self.thread.join().expect("the gateway's thread panicked");
+    }
+}
+
+/// One request: subject, headers, payload.
+pub type Req = (String, HeaderMap, Bytes);
+
+/// Sends one request and fails on an error reply.
+pub async fn one(client: &Client, (subject, headers, payload): Req) -> Message {
+    let reply = client
+        .request_with_headers(subject.clone(), headers, payload)
+        .await
+        .unwrap_or_else(|error| panic!("request to {subject}: {error}"));
+    if let Some(code) = error_code(&reply) {
+        panic!(
+            "{subject} answered {code}: {}",
+            String::from_utf8_lossy(&reply.payload)
+        );
+    }
+    reply
+}
+
+pub fn error_code(reply: &Message) -> Option<String> {
+    reply
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("Nats-Service-Error-Code"))
+        .map(|code| code.as_str().to_owned())
+}
+
+/// Waits until the service answers (a 404 for a call that cannot exist
+/// counts as an answer).
+pub async fn wait_until_served(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = client
+            .request(format!("{PREFIX}.api.get.999999999"), Bytes::new())
+            .await;
+        match probe {
+            Ok(_) => return,
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("the gateway did not start serving: {error}"),
+        }
+    }
+}
+
+/// One timed sample: requests per second and each request's latency.
+pub struct Sample {
+    pub per_second: f64,
+    pub latencies: Vec<Duration>,
+}
+
+/// Sends every request with `in_flight` tasks, each waiting for its reply
+/// before sending the next.
+pub async fn drive(client: &Client, in_flight: usize, requests: Vec<Req>) -> Sample {
+    let total = requests.len();
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let (client, requests, next) = (client.clone(), Arc::clone(&requests), Arc::clone(&next));
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some((subject, headers, payload)) = requests.get(index).cloned() else {
+                    break;
+                };
+                let sent = Instant::now();
+                let reply = client
+                    .request_with_headers(subject.clone(), headers, payload)
+                    .await
+                    .unwrap_or_else(|error| panic!("request to {subject}: {error}"));
+                latencies.push(sent.elapsed());
+                if let Some(code) = error_code(&reply) {
+                    panic!(
+                        "{subject} answered {code}: {}",
+                        String::from_utf8_lossy(&reply.payload)
+                    );
+                }
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::with_capacity(total);
+    while let Some(joined) = tasks.join_next().await {
+        latencies.extend(joined.expect("a request task panicked"));
+    }
+    Sample {
+        per_second: total as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    }
+}
+
+/// Runs `work(index)` for every index below `count` on `in_flight` threads, timing each.
+pub fn threads(in_flight: usize, count: usize, work: impl Fn(usize) + Sync) -> Sample {
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    let latencies: Vec<Duration> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..in_flight)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut latencies = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= count {
+                            break latencies;
+                        }
+                        let sent = Instant::now();
+                        work(index);
+                        latencies.push(sent.elapsed());
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("a worker panicked"))
+            .collect()
+    });
+    Sample {
+        per_second: count as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    }
+}
