@@ -2,7 +2,7 @@
 # `make test` and `make run` work on a fresh clone with only a Rust toolchain:
 # nats-server is installed with apt-get if it is missing.
 
-.PHONY: run test check fmt lint doc layering bench import-demo nats-server nats-server-2.15 cluster cluster-stop
+.PHONY: run test check fmt lint doc layering bench import-demo nats-server nats-server-2.15 cluster cluster-stop bench-peers
 
 run:            ## build release, start a local nats-server if none is running, serve
 	scripts/run.sh
@@ -26,8 +26,11 @@ doc:
 layering:       ## which crates may depend on sled, async-nats, tokio
 	.ci/check-layering.sh
 
-bench: nats-server
+bench: nats-server nats-server-2.15
 	cargo bench -p call-ledger-tests
+
+bench-peers: nats-server nats-server-2.15 ## call-ledger beside JetStream used directly and PostgreSQL as event stores, same events, fsynced
+	cargo bench -p call-ledger-tests --bench peers
 
 import-demo:    ## 100k generated calls: import, rebuild, verify, timed
 	scripts/import-demo.sh 100000

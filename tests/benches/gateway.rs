@@ -33,12 +33,10 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 use support::service::{drive, now, one, wait_until_served, Gateway, Req, Sample, PREFIX};
-use support::{create_document, print_table, quick, Row, Stats, Target};
+use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS};
 
 /// The requests in flight the issue asks about.
 const IN_FLIGHT: [usize; 3] = [1, 16, 64];
-/// The ledger size the generated calls are drawn for.
-const LEDGER_CALLS: u64 = 1_000_000;
 /// The echo responder's subjects, one per operation, so each replies with
 /// the bytes of the operation it stands beside.
 const ECHO_GET: &str = "bench.echo.get";

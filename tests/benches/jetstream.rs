@@ -21,19 +21,16 @@ use bytes::Bytes;
 use call_api::{Api, ApiConfig, Operation, Source};
 use call_commands::{CommandRequest, CommandService};
 use call_ledger_tests::{NatsCluster, NatsServer};
-use call_model::{parse_write, Action, Command, Rights, WriteMode};
 use call_projections::Projection;
 use event_log::{EventLog, LogOptions};
 use event_log_jetstream::{JetStreamLog, JetStreamOptions};
 use tokio::runtime::Runtime;
 
-use support::service::{now, threads, Sample};
-use support::{create_document, print_table, quick, Row, Stats, Target};
+use support::service::{create, event_payload, now, threads, Sample};
+use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS};
 
 /// The requests in flight the issue asks about.
 const IN_FLIGHT: [usize; 3] = [1, 16, 64];
-/// The ledger size the generated calls are drawn for.
-const LEDGER_CALLS: u64 = 1_000_000;
 /// The sections a run may be limited to.
 const SECTIONS: [&str; 3] = ["r1", "r3", "appends"];
 /// The target of the engine's creates at 64 in flight, against raw publish-with-ack.
@@ -295,33 +292,6 @@ fn api(log: &EventLog, dir: &std::path::Path, sync_reads: bool) -> (Api, Project
         now,
     );
     (api, projection)
-}
-
-/// The create command of generated call `index`.
-fn create(index: u64) -> CommandRequest {
-    let document = create_document(index, LEDGER_CALLS);
-    let input =
-        parse_write(&document, WriteMode::Create, Rights::default()).expect("a valid document");
-    CommandRequest {
-        command: Command {
-            action: Action::Create(input.changes),
-            actor: "bench".into(),
-            recorded_at: now(),
-            occurred_at: None,
-        },
-        expected_version: None,
-        idempotency_key: None,
-    }
-}
-
-/// The bytes of one create's event, for the raw publishes to carry the same size.
-fn event_payload() -> Vec<u8> {
-    let dir = tempfile::tempdir().expect("a scratch directory");
-    let log = EventLog::open(dir.path(), LogOptions::durable()).expect("a scratch log");
-    CommandService::new(log.clone())
-        .execute(create(1))
-        .expect("one create");
-    log.read_from(0, 1).expect("read it")[0].payload.clone()
 }
 
 /// `count` creates through `CommandService` on `log` (decided and appended; no projection)

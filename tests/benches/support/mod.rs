@@ -15,6 +15,9 @@ use serde_json::{json, Value};
 
 pub mod service;
 
+/// The ledger size the generated calls are drawn for.
+pub const LEDGER_CALLS: u64 = 1_000_000;
+
 /// Whether `BENCH_QUICK=1` asks for a smoke run with small sizes.
 pub fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|value| !value.is_empty() && value != "0")

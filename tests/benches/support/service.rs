@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 use call_api::{Api, ApiConfig};
-use call_commands::CommandService;
+use call_commands::{CommandRequest, CommandService};
 use call_gateway::GatewayConfig;
 use call_model::Timestamp;
+use call_model::{parse_write, Action, Command, Rights, WriteMode};
 use call_projections::Projection;
 use event_log::EventLog;
+use event_log::LogOptions;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
@@ -211,4 +213,31 @@ pub fn threads(in_flight: usize, count: usize, work: impl Fn(usize) + Sync) -> S
         per_second: count as f64 / started.elapsed().as_secs_f64(),
         latencies,
     }
+}
+
+/// The create command of generated call `index`.
+pub fn create(index: u64) -> CommandRequest {
+    let document = crate::support::create_document(index, crate::support::LEDGER_CALLS);
+    let input =
+        parse_write(&document, WriteMode::Create, Rights::default()).expect("a valid document");
+    CommandRequest {
+        command: Command {
+            action: Action::Create(input.changes),
+            actor: "bench".into(),
+            recorded_at: now(),
+            occurred_at: None,
+        },
+        expected_version: None,
+        idempotency_key: None,
+    }
+}
+
+/// The bytes of one create's event, for the raw publishes to carry the same size.
+pub fn event_payload() -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let log = EventLog::open(dir.path(), LogOptions::durable()).expect("a scratch log");
+    CommandService::new(log.clone())
+        .execute(create(1))
+        .expect("one create");
+    log.read_from(0, 1).expect("read it")[0].payload.clone()
 }
