@@ -259,6 +259,10 @@ pub(crate) fn fold(
             Entry::Vacant(slot) => {
                 let original = match overlay.and_then(|o| o.get(&event.call_id)) {
                     Some(state) => state.clone(),
+                    // The first event of a call's stream: the log has nothing of it before this
+                    // position, so neither has the view (whose checkpoint is behind it); not
+                    // reading saves a lookup per created call, in a rebuild one per call.
+                    None if event.version == 1 => None,
                     None => load_call(tree, event.call_id)?,
                 };
                 touched.push(event.call_id);
