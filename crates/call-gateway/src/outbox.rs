@@ -2,8 +2,12 @@
 //! `<prefix>.events.<callId>.<EventType>` with `Nats-Msg-Id: <eventId>`, from its own
 //! checkpoint file (`<data dir>/outbox.checkpoint`, the last position JetStream stored).
 //!
-//! Events appended while NATS is away are published when it is back; a re-publish after a crash
-//! (between a publish and the checkpoint write) is dropped by the stream's duplicate window.
+//! Events appended while NATS is away are published when it is back. The checkpoint file is a
+//! hint, written at most once per [`PERSIST_EVERY`] (and when the outbox stops), so that it does
+//! not fsync beside the log for every batch: whenever the outbox learns the stream's last
+//! sequence it also reads the position of the last event stored there and resumes after it, so
+//! a crash never re-publishes what the stream holds, however stale the file and however long
+//! the outage (the duplicate window is a second line, not the first).
 //!
 //! Publishes are pipelined (a batch is sent, then its acks awaited in order), and each carries
 //! `Nats-Expected-Last-Sequence`: the stream's last sequence as it must be if every earlier
@@ -27,6 +31,9 @@ use crate::error::{GatewayError, GatewayErrorKind};
 use crate::names::JetStreamNames;
 use crate::{sleep_or_stop, stopped, Backoff};
 
+/// The longest the checkpoint file lags behind what JetStream acknowledged, while publishing.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
 /// The checkpoint's file name in the data directory.
 pub(crate) const CHECKPOINT_FILE: &str = "outbox.checkpoint";
 /// Events read and published per batch.
@@ -41,9 +48,12 @@ pub(crate) struct Outbox {
     stream: String,
     duplicate_window: Duration,
     path: PathBuf,
-    /// The last position JetStream acknowledged (in memory; the file may lag after a failed
-    /// write, which only means re-publishing a few events the duplicate window drops).
+    /// The last position JetStream acknowledged (in memory; the file lags by up to
+    /// [`PERSIST_EVERY`], and the stream's last event corrects it).
     checkpoint: Position,
+    /// The checkpoint the file holds, and when it was written.
+    persisted: Position,
+    persisted_at: std::time::Instant,
 }
 
 impl Outbox {
@@ -78,6 +88,8 @@ impl Outbox {
             duplicate_window,
             path,
             checkpoint,
+            persisted: checkpoint,
+            persisted_at: std::time::Instant::now(),
         };
         if checkpoint > head {
             tracing::error!(
@@ -139,7 +151,12 @@ impl Outbox {
                             e,
                         )
                     })?;
-                stream.cached_info().state.last_sequence
+                let last = stream.cached_info().state.last_sequence;
+                if self.catch_up_with_stream(&stream, last).await? {
+                    // Resume after what the stream holds, reading the log from there.
+                    return Ok(());
+                }
+                last
             }
         };
 
@@ -192,7 +209,9 @@ impl Outbox {
         }
         if self.checkpoint > before {
             tracing::debug!(from = before, to = self.checkpoint, "events published");
-            self.persist().await?;
+            if self.persisted_at.elapsed() >= PERSIST_EVERY {
+                self.persist().await?;
+            }
         }
         match failure {
             Some(error) => Err(error),
@@ -234,8 +253,47 @@ impl Outbox {
         Ok((subject, message))
     }
 
-    /// Writes the checkpoint durably.
-    async fn persist(&self) -> Result<(), GatewayError> {
+    /// Moves the checkpoint past the last event the stream holds (at `last`, its last
+    /// sequence), when the checkpoint is behind it (the file lagged when the process died);
+    /// `true` when it moved.
+    async fn catch_up_with_stream(
+        &mut self,
+        stream: &stream::Stream,
+        last: u64,
+    ) -> Result<bool, GatewayError> {
+        if last == 0 {
+            return Ok(false);
+        }
+        let message = stream.get_raw_message(last).await.map_err(|e| {
+            GatewayError::with_source(
+                GatewayErrorKind::Log,
+                format!("cannot read the last event of {}", self.stream),
+                e,
+            )
+        })?;
+        let position = serde_json::from_slice::<serde_json::Value>(&message.payload)
+            .ok()
+            .and_then(|event| event.get("position").and_then(serde_json::Value::as_u64));
+        match position {
+            Some(position) if position > self.checkpoint && position <= self.log.head() => {
+                tracing::info!(
+                    from = self.checkpoint,
+                    to = position,
+                    "the stream holds events past the checkpoint file; resuming after them"
+                );
+                self.checkpoint = position;
+                self.persist().await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Writes the checkpoint durably, unless the file holds it already.
+    async fn persist(&mut self) -> Result<(), GatewayError> {
+        if self.persisted == self.checkpoint {
+            return Ok(());
+        }
         let path = self.path.clone();
         let position = self.checkpoint;
         tokio::task::spawn_blocking(move || write_checkpoint(&path, position))
@@ -249,7 +307,10 @@ impl Outbox {
                     format!("cannot write {}", self.path.display()),
                     e,
                 )
-            })
+            })?;
+        self.persisted = position;
+        self.persisted_at = std::time::Instant::now();
+        Ok(())
     }
 }
 
@@ -267,6 +328,10 @@ pub(crate) async fn run(mut outbox: Outbox, mut stop: watch::Receiver<bool>) {
         // Marks the current head as seen before looking at it, so that no append is missed.
         head.mark_seen();
         if outbox.checkpoint >= outbox.log.head() {
+            // Caught up: the file may as well hold it now.
+            if let Err(error) = outbox.persist().await {
+                tracing::warn!(%error, "cannot write the outbox checkpoint");
+            }
             tokio::select! {
                 biased;
                 () = stopped(&mut stop) => break,
@@ -299,6 +364,9 @@ pub(crate) async fn run(mut outbox: Outbox, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+    }
+    if let Err(error) = outbox.persist().await {
+        tracing::warn!(%error, "cannot write the outbox checkpoint");
     }
     tracing::info!(checkpoint = outbox.checkpoint, "outbox stopped");
 }

@@ -209,6 +209,88 @@ async fn outbox_publishes_every_event_in_order_across_a_server_restart() {
     .expect("the test finishes in time");
 }
 
+/// A checkpoint file behind what the stream holds (it is written at most once a second, so a
+/// crash leaves it behind): the restarted outbox resumes after the stream's last event and
+/// publishes none of them again, rather than relying on the duplicate window to drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_checkpoint_file_publishes_nothing_twice() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let nats = Nats::start();
+        let data = tempfile::tempdir().expect("a data directory");
+        let log = EventLog::open(&data.path().join("log"), LogOptions::durable()).expect("log");
+        let commands = CommandService::new(log.clone());
+        for n in 0..5 {
+            create_call(&commands, n);
+        }
+        let run = |log: EventLog| {
+            let data_dir = data.path().to_path_buf();
+            let url = nats.url();
+            async move {
+                let client = crate::connect(options(url)).await.expect("client");
+                let (stop, stopped) = oneshot::channel::<()>();
+                let task = tokio::spawn(crate::run(
+                    client,
+                    test_api(&log, &data_dir),
+                    log.clone(),
+                    config(&data_dir),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ));
+                (stop, task)
+            }
+        };
+        let checkpoint_file = data.path().join("outbox.checkpoint");
+        let read_checkpoint = || {
+            std::fs::read_to_string(&checkpoint_file)
+                .ok()
+                .map(|text| text.trim().to_string())
+        };
+        let (stop, task) = run(log.clone()).await;
+        let watcher = async_nats::connect(nats.url()).await.expect("watcher");
+        let js = jetstream::new(watcher.clone());
+        eventually("5 events", || async {
+            (stream_messages(&js, "CALL_EVENTS").await.len() == 5).then_some(())
+        })
+        .await;
+        let _ = stop.send(());
+        task.await.expect("the task").expect("the gateway drains");
+        assert_eq!(read_checkpoint().as_deref(), Some("5"));
+
+        // As a crash would leave it: the file says 2, the stream holds 1..=5.
+        std::fs::write(&checkpoint_file, "2\n").expect("a stale checkpoint");
+        let mut publishes = watcher
+            .subscribe("calls.events.>")
+            .await
+            .expect("subscribe");
+        watcher.flush().await.expect("flush");
+        let (stop, task) = run(log.clone()).await;
+        eventually("the checkpoint caught up", || async {
+            (read_checkpoint().as_deref() == Some("5")).then_some(())
+        })
+        .await;
+        watcher.flush().await.expect("flush");
+        let republished =
+            futures::FutureExt::now_or_never(futures::StreamExt::next(&mut publishes));
+        assert!(
+            republished.is_none(),
+            "an event was published again: {republished:?}"
+        );
+        // And a new event goes on from there.
+        create_call(&commands, 5);
+        let messages = eventually("6 events", || async {
+            let messages = stream_messages(&js, "CALL_EVENTS").await;
+            (messages.len() == 6).then_some(messages)
+        })
+        .await;
+        assert_eq!(messages[5].2["position"], 6);
+        let _ = stop.send(());
+        task.await.expect("the task").expect("the gateway drains");
+    })
+    .await
+    .expect("the test finishes in time");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_keeps_order_when_the_server_dies_mid_batch() {
     const EVENTS: usize = 3000;
