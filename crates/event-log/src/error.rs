@@ -25,6 +25,14 @@ pub enum LogError {
     /// The string names the key and what is wrong.
     #[error("corrupt log record at key {0}")]
     Corrupt(String),
+    /// The engine's storage is damaged (its own checksums failed, or reading it made the engine
+    /// fail): nothing is read or served from it. The string says what the engine found.
+    #[error(
+        "the event log's storage is damaged ({0}); nothing is read from it. Restore the data \
+         directory from a copy taken while it was healthy (a copy of the stopped ledger's \
+         directory, or a `callledger export` imported into a new one)"
+    )]
+    Damaged(String),
     /// The log's writer has stopped, so nothing more can be appended.
     #[error("the log is closed")]
     Closed,
@@ -42,6 +50,7 @@ impl LogError {
             LogError::Locked { path } => LogError::Locked { path: path.clone() },
             LogError::Storage(e) => LogError::Storage(e.clone()),
             LogError::Corrupt(what) => LogError::Corrupt(what.clone()),
+            LogError::Damaged(what) => LogError::Damaged(what.clone()),
             LogError::Closed => LogError::Closed,
             LogError::Io(e) => LogError::Io(std::io::Error::new(e.kind(), e.to_string())),
         }
@@ -95,5 +104,32 @@ impl AppendError {
 
 /// A sled error as the contract's [`LogError::Storage`]: the sled type stays inside the engine.
 pub(crate) fn storage(error: sled::Error) -> LogError {
-    LogError::Storage(error.to_string())
+    match error {
+        sled::Error::Corruption { at, .. } => LogError::Damaged(match at {
+            Some(at) => format!("sled found corrupted data at {at:?}"),
+            None => "sled found corrupted data".into(),
+        }),
+        other => LogError::Storage(other.to_string()),
+    }
+}
+
+/// Runs `read` and turns a panic inside it (sled panics on some damaged files instead of
+/// returning an error) into [`LogError::Damaged`], saying what was being read.
+pub(crate) fn unpanicked<T>(
+    what: &str,
+    read: impl FnOnce() -> Result<T, LogError>,
+) -> Result<T, LogError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(LogError::Damaged(format!(
+                "sled failed while {what}: {message}"
+            )))
+        }
+    }
 }

@@ -4,13 +4,19 @@
 //!
 //! | key                                  | value                                            |
 //! |--------------------------------------|--------------------------------------------------|
-//! | `L` position                         | stream, version, payload                         |
+//! | `L` position                         | stream, version (top bit set), CRC-32, payload   |
 //! | `S` stream version                   | position                                         |
 //! | `V` stream                           | last version                                     |
 //! | `I` idempotency key (UTF-8)          | stream, first/last version, first/last position, fingerprint |
 //! | `Mnext_stream`                       | the next stream id to allocate                   |
 //!
 //! All integers are big-endian `u64`, so sled's byte order is numeric order.
+//!
+//! A record's CRC-32 covers its key and the rest of its value, so a flipped bit in either (or a
+//! value under another key) is found when the record is read, and refused as
+//! [`LogError::Damaged`] rather than returned: sled checks its own framing, not every byte a
+//! damaged file can hold. Records written before the checksum (top bit of the version clear)
+//! are still read, unchecked.
 
 use crate::{Appended, LogError, Position, StreamId, Version};
 
@@ -61,12 +67,26 @@ fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
     key
 }
 
-pub(crate) fn log_value(stream: StreamId, version: Version, payload: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(16 + payload.len());
+/// The top bit of a record's stored version: a CRC-32 follows the version.
+const CHECKSUMMED: u64 = 1 << 63;
+
+/// A record's value under `key`: stream, version (marked), the CRC-32, the payload.
+pub(crate) fn log_value(key: &[u8], stream: StreamId, version: Version, payload: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(20 + payload.len());
     value.extend_from_slice(&stream.to_be_bytes());
-    value.extend_from_slice(&version.to_be_bytes());
+    value.extend_from_slice(&(version | CHECKSUMMED).to_be_bytes());
+    value.extend_from_slice(&record_checksum(key, &value[..16], payload).to_be_bytes());
     value.extend_from_slice(payload);
     value
+}
+
+/// The CRC-32 of a record: its key, its stream and version, its payload.
+fn record_checksum(key: &[u8], header: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key);
+    hasher.update(header);
+    hasher.update(payload);
+    hasher.finalize()
 }
 
 pub(crate) fn idempotency_value(
@@ -116,7 +136,23 @@ pub(crate) fn decode_log_value<'v>(
 ) -> Result<(StreamId, Version, &'v [u8]), LogError> {
     let stream = u64_at(value, 0, key, "record value shorter than 16 bytes")?;
     let version = u64_at(value, 8, key, "record value shorter than 16 bytes")?;
-    Ok((stream, version, &value[16..]))
+    if version & CHECKSUMMED == 0 {
+        return Ok((stream, version, &value[16..]));
+    }
+    let (Some(stored), Some(payload)) = (value.get(16..20), value.get(20..)) else {
+        return Err(corrupt(
+            key,
+            "checksummed record value shorter than 20 bytes",
+        ));
+    };
+    let stored = u32::from_be_bytes([stored[0], stored[1], stored[2], stored[3]]);
+    if record_checksum(key, &value[..16], payload) != stored {
+        return Err(LogError::Damaged(format!(
+            "the record at {} fails its checksum",
+            describe(key)
+        )));
+    }
+    Ok((stream, version & !CHECKSUMMED, payload))
 }
 
 /// The version in an `S` key.

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 #[cfg(any(test, feature = "bench"))]
 pub(crate) mod baseline;
 pub(crate) mod keys;
+mod mark;
 mod writer;
 
 use writer::{Request, Shared, Writer};
@@ -86,9 +87,13 @@ impl SledLog {
     pub fn open(dir: &Path, options: LogOptions) -> Result<SledLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
-        let db = open_sled(dir, options.durability)?;
-        let counters = writer::recover(&db)?;
+        let (db, counters) = crate::error::unpanicked("opening the log", || {
+            let db = open_sled(dir, options.durability)?;
+            let counters = writer::recover(&db)?;
+            Ok((db, counters))
+        })?;
         let head = counters.next_position - 1;
+        let mark = mark::DurableMark::open(dir, head)?;
         let shared = Arc::new(Shared::default());
         shared.head.store(head, Ordering::Release);
         shared
@@ -103,6 +108,7 @@ impl SledLog {
             head_tx,
             counters,
             needs_reload: false,
+            mark,
         };
         let writer = std::thread::Builder::new()
             .name("event-log-writer".to_string())
@@ -181,100 +187,26 @@ impl LogEngine for SledLog {
     /// Up to `limit` durable records with positions greater than `after`,
     /// in position order.
     fn read_from(&self, after: Position, limit: usize) -> Result<Vec<Record>, LogError> {
-        let head = self.head();
-        let Some(first) = after.checked_add(1) else {
-            return Ok(Vec::new());
-        };
-        if first > head || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let range = keys::log_key(first)..=keys::log_key(head);
-        let mut records = Vec::with_capacity(limit.min((head - after) as usize));
-        for entry in self.inner.db.range(range).take(limit) {
-            let (key, value) = entry.map_err(crate::error::storage)?;
-            let position = keys::decode_log_key(&key)?;
-            let (stream, version, payload) = keys::decode_log_value(&key, &value)?;
-            records.push(Record {
-                position,
-                stream,
-                version,
-                payload: payload.to_vec(),
-            });
-        }
-        Ok(records)
+        crate::error::unpanicked("reading the log", || self.read_from_unguarded(after, limit))
     }
 
     /// The stream's durable records in version order; empty for a stream
     /// without records.
     fn read_stream(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
-        let head = self.head();
-        let mut records = Vec::new();
-        for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)) {
-            let (index_key, value) = entry.map_err(crate::error::storage)?;
-            let version = keys::decode_stream_key_version(&index_key)?;
-            let position = keys::decode_u64_value(&index_key, &value)?;
-            // Positions grow with versions, so the rest is not durable yet.
-            if position > head {
-                break;
-            }
-            let key = keys::log_key(position);
-            let value = self
-                .inner
-                .db
-                .get(key)
-                .map_err(crate::error::storage)?
-                .ok_or_else(|| keys::corrupt(&index_key, "indexed record is missing"))?;
-            let (found_stream, found_version, payload) = keys::decode_log_value(&key, &value)?;
-            if (found_stream, found_version) != (stream, version) {
-                return Err(keys::corrupt(
-                    &key,
-                    &format!(
-                        "record is stream {found_stream} version {found_version}, \
-                         the index says stream {stream} version {version}"
-                    ),
-                ));
-            }
-            records.push(Record {
-                position,
-                stream,
-                version,
-                payload: payload.to_vec(),
-            });
-        }
-        Ok(records)
+        crate::error::unpanicked("reading the log", || self.read_stream_unguarded(stream))
     }
 
     /// The stream's last durable version; `None` for a stream without
     /// durable records.
     fn stream_version(&self, stream: StreamId) -> Result<Option<Version>, LogError> {
-        let head = self.head();
-        for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)).rev() {
-            let (key, value) = entry.map_err(crate::error::storage)?;
-            if keys::decode_u64_value(&key, &value)? <= head {
-                return keys::decode_stream_key_version(&key).map(Some);
-            }
-        }
-        Ok(None)
+        crate::error::unpanicked("reading the log", || self.stream_version_unguarded(stream))
     }
 
     /// The durable original result of the append that used `key`, with its
     /// fingerprint; `duplicate` is `true` in it, as `append` would answer a
     /// retry.
     fn idempotent_result(&self, key: &str) -> Result<Option<(Appended, [u8; 32])>, LogError> {
-        let head = self.head();
-        let stored_key = keys::idempotency_key(key);
-        match self
-            .inner
-            .db
-            .get(&stored_key)
-            .map_err(crate::error::storage)?
-        {
-            Some(value) => {
-                let found = keys::decode_idempotency_value(&stored_key, &value)?;
-                Ok((found.0.last_position <= head).then_some(found))
-            }
-            None => Ok(None),
-        }
+        crate::error::unpanicked("reading the log", || self.idempotent_result_unguarded(key))
     }
 
     /// Counts of durable records and streams, the head and the size on disk.
@@ -356,4 +288,101 @@ pub(crate) fn open_sled(dir: &Path, durability: Durability) -> Result<sled::Db, 
 /// with this message.
 fn is_sled_lock_error(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::Other && error.to_string().contains("could not acquire lock")
+}
+
+/// The reads of the contract, unguarded: [`LogEngine`]'s methods call them through
+/// [`crate::error::unpanicked`].
+impl SledLog {
+    fn read_from_unguarded(&self, after: Position, limit: usize) -> Result<Vec<Record>, LogError> {
+        let head = self.head();
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if first > head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = keys::log_key(first)..=keys::log_key(head);
+        let mut records = Vec::with_capacity(limit.min((head - after) as usize));
+        for entry in self.inner.db.range(range).take(limit) {
+            let (key, value) = entry.map_err(crate::error::storage)?;
+            let position = keys::decode_log_key(&key)?;
+            let (stream, version, payload) = keys::decode_log_value(&key, &value)?;
+            records.push(Record {
+                position,
+                stream,
+                version,
+                payload: payload.to_vec(),
+            });
+        }
+        Ok(records)
+    }
+
+    fn read_stream_unguarded(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
+        let head = self.head();
+        let mut records = Vec::new();
+        for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)) {
+            let (index_key, value) = entry.map_err(crate::error::storage)?;
+            let version = keys::decode_stream_key_version(&index_key)?;
+            let position = keys::decode_u64_value(&index_key, &value)?;
+            // Positions grow with versions, so the rest is not durable yet.
+            if position > head {
+                break;
+            }
+            let key = keys::log_key(position);
+            let value = self
+                .inner
+                .db
+                .get(key)
+                .map_err(crate::error::storage)?
+                .ok_or_else(|| keys::corrupt(&index_key, "indexed record is missing"))?;
+            let (found_stream, found_version, payload) = keys::decode_log_value(&key, &value)?;
+            if (found_stream, found_version) != (stream, version) {
+                return Err(keys::corrupt(
+                    &key,
+                    &format!(
+                        "record is stream {found_stream} version {found_version}, \
+                         the index says stream {stream} version {version}"
+                    ),
+                ));
+            }
+            records.push(Record {
+                position,
+                stream,
+                version,
+                payload: payload.to_vec(),
+            });
+        }
+        Ok(records)
+    }
+
+    fn stream_version_unguarded(&self, stream: StreamId) -> Result<Option<Version>, LogError> {
+        let head = self.head();
+        for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)).rev() {
+            let (key, value) = entry.map_err(crate::error::storage)?;
+            if keys::decode_u64_value(&key, &value)? <= head {
+                return keys::decode_stream_key_version(&key).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn idempotent_result_unguarded(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Appended, [u8; 32])>, LogError> {
+        let head = self.head();
+        let stored_key = keys::idempotency_key(key);
+        match self
+            .inner
+            .db
+            .get(&stored_key)
+            .map_err(crate::error::storage)?
+        {
+            Some(value) => {
+                let found = keys::decode_idempotency_value(&stored_key, &value)?;
+                Ok((found.0.last_position <= head).then_some(found))
+            }
+            None => Ok(None),
+        }
+    }
 }

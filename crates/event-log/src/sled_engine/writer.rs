@@ -114,6 +114,8 @@ pub(crate) struct Writer {
     /// Set after a failed apply or flush: the counters are re-read from the
     /// tree before the next group.
     pub(crate) needs_reload: bool,
+    /// The durable head as last recorded beside the database.
+    pub(crate) mark: super::mark::DurableMark,
 }
 
 impl Writer {
@@ -130,8 +132,9 @@ impl Writer {
             }
             self.commit(group);
         }
-        if let Err(error) = self.db.flush() {
-            tracing::error!(%error, "final flush of the event log failed");
+        match self.db.flush() {
+            Ok(_) => self.mark.record(self.counters.last_position()),
+            Err(error) => tracing::error!(%error, "final flush of the event log failed"),
         }
         tracing::debug!("event log writer stopped");
     }
@@ -209,6 +212,9 @@ impl Writer {
                 .store(self.counters.next_stream - 1, Ordering::Release);
             self.shared.head.store(applied, Ordering::Release);
             self.head_tx.send_replace(applied);
+            if self.durability == Durability::Flush {
+                self.mark.record_now_and_then(applied);
+            }
         }
         Ok(())
     }
@@ -244,10 +250,10 @@ impl Writer {
         for (offset, payload) in (0..).zip(&append.payloads) {
             let position = first_position + offset;
             let version = first_version + offset;
-            group.batch.insert(
-                &keys::log_key(position)[..],
-                keys::log_value(stream, version, payload),
-            );
+            let key = keys::log_key(position);
+            group
+                .batch
+                .insert(&key[..], keys::log_value(&key, stream, version, payload));
             group.batch.insert(
                 &keys::stream_key(stream, version)[..],
                 &position.to_be_bytes()[..],
