@@ -13,6 +13,10 @@ use call_projections::{
 };
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+/// The most values one filter may list (`filter[id]=1,2,...` or repeated `filter[id][]=`):
+/// past it the query is refused rather than matched value by value.
+pub const MAX_FILTER_VALUES: usize = 1000;
+
 /// The page size of `calls.api.changes` when none is asked for.
 pub const DEFAULT_CHANGES_LIMIT: usize = 100;
 /// The largest `limit` of `calls.api.changes`.
@@ -672,6 +676,9 @@ impl FilterBuilder {
                     Some(index) => match &mut self.targets[index].2 {
                         Pending::Array(values) => {
                             if !values.contains(&parsed) {
+                                if values.len() == MAX_FILTER_VALUES {
+                                    return Err(too_many_values(key));
+                                }
                                 values.push(parsed);
                             }
                         }
@@ -806,6 +813,9 @@ fn old_whole(kind: ValueKind, key: &str, value: &str) -> Result<Condition, ApiEr
         }
     }
     let mut values = Vec::new();
+    if value.split(',').count() > MAX_FILTER_VALUES {
+        return Err(too_many_values(key));
+    }
     for item in value.split(',') {
         if item == "__null__" || item == "__notnull__" {
             return Err(ApiError::parameter(
@@ -819,6 +829,14 @@ fn old_whole(kind: ValueKind, key: &str, value: &str) -> Result<Condition, ApiEr
         }
     }
     Ok(Condition::AnyOf(values))
+}
+
+/// The error of a filter listing more than [`MAX_FILTER_VALUES`] values.
+fn too_many_values(key: &str) -> ApiError {
+    ApiError::parameter(
+        key,
+        format!("A filter takes at most {MAX_FILTER_VALUES} values; split the query into several."),
+    )
 }
 
 /// `filter[x]=v` in the new syntax: `__null__`, `__notnull__`, or exactly one value (which may
@@ -1315,6 +1333,30 @@ mod tests {
                 Some(ErrorSource::Parameter(parameter.into()))
             );
         }
+    }
+
+    #[test]
+    fn a_filter_takes_at_most_max_filter_values_values() {
+        let list = |n: usize| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        assert_eq!(
+            one(&format!("filter[id]={}", list(MAX_FILTER_VALUES))).condition,
+            Condition::AnyOf(
+                (1..=MAX_FILTER_VALUES as i64)
+                    .map(FilterValue::Int)
+                    .collect()
+            )
+        );
+        let detail = refused(
+            &format!("filter[id]={}", list(MAX_FILTER_VALUES + 1)),
+            "filter[id]",
+        );
+        assert!(detail.contains("at most 1000 values"), "{detail}");
+        let repeated = (1..=MAX_FILTER_VALUES + 1)
+            .map(|i| format!("filter[id][]={i}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let detail = refused(&format!("newFilterSyntax=true&{repeated}"), "filter[id][]");
+        assert!(detail.contains("at most 1000 values"), "{detail}");
     }
 
     #[test]

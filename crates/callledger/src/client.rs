@@ -5,7 +5,7 @@ use crate::cli::{ClientAction, ClientArgs, NatsArgs, WriteArgs};
 use anyhow::Context;
 use call_api::Operation;
 use call_gateway::client::ApiCall;
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -81,13 +81,20 @@ fn read_document(argument: &str) -> anyhow::Result<String> {
 /// stderr and returns a failing exit code.
 pub fn print_reply(ok: bool, body: &[u8]) -> anyhow::Result<ExitCode> {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    match &parsed {
-        Some(value) if std::io::stdout().is_terminal() => {
-            println!("{}", serde_json::to_string_pretty(value)?)
+    let text = match &parsed {
+        Some(value) if std::io::stdout().is_terminal() => serde_json::to_string_pretty(value)?,
+        Some(value) => value.to_string(),
+        None if !body.is_empty() => String::from_utf8_lossy(body).into_owned(),
+        None => String::new(),
+    };
+    if !text.is_empty() {
+        // `println!` panics when stdout is closed (`callledger list | head`); a reader that
+        // stopped reading is not an error.
+        let mut stdout = std::io::stdout().lock();
+        match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+            written => written?,
         }
-        Some(value) => println!("{value}"),
-        None if !body.is_empty() => println!("{}", String::from_utf8_lossy(body)),
-        None => {}
     }
     if ok {
         return Ok(ExitCode::SUCCESS);

@@ -1036,3 +1036,42 @@ async fn three_instances_on_a_three_node_cluster_lose_nothing() {
     })
     .await;
 }
+
+/// `callledger list | head -c 1`: the reader stops reading, and callledger exits 0 without a
+/// panic (`println!` panics on a closed stdout).
+#[test]
+fn an_offline_read_into_a_closed_pipe_exits_cleanly() {
+    use std::io::Read;
+    let bin = callledger_bin();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let calls = dir.path().join("calls.ndjson");
+    let mut lines = String::new();
+    for n in 0..300 {
+        lines.push_str(&format!("{{\"note\":\"call {n} {}\"}}\n", "x".repeat(200)));
+    }
+    std::fs::write(&calls, lines).expect("the calls");
+    let imported = offline(&bin, &data, &["import", calls.to_str().expect("a path")]);
+    assert!(imported.starts_with("imported 300 calls"), "{imported}");
+
+    let mut child = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["list", "page[size]=1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("callledger list starts");
+    let mut stdout = child.stdout.take().expect("its stdout");
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("the first byte");
+    drop(stdout);
+    let output = child.wait_with_output().expect("callledger list ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !stderr.contains("panicked"),
+        "{}: {stderr}",
+        output.status
+    );
+}
