@@ -24,19 +24,18 @@ use std::time::{Duration, Instant};
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use call_api::{Api, Operation, Source};
-use call_commands::{CommandRequest, CommandService};
+use call_commands::CommandService;
 use call_ledger_tests::NatsServer;
-use call_model::{parse_write, Action, Command, Rights, WriteMode};
 use event_log::{EventLog, LogOptions};
 use futures::StreamExt;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
-use support::service::{drive, now, one, wait_until_served, Gateway, Req, Sample, PREFIX};
-use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS};
+use support::service::{
+    create, drive, one, threads, wait_until_served, Gateway, Req, Sample, PREFIX,
+};
+use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS, LEVELS};
 
-/// The requests in flight the issue asks about.
-const IN_FLIGHT: [usize; 3] = [1, 16, 64];
 /// The echo responder's subjects, one per operation, so each replies with
 /// the bytes of the operation it stands beside.
 const ECHO_GET: &str = "bench.echo.get";
@@ -46,7 +45,7 @@ const ECHO_CREATE: &str = "bench.echo.create";
 struct Sizes {
     /// Calls in the ledger before the gets.
     prefill: usize,
-    /// Gets per sample, by requests in flight (same order as [`IN_FLIGHT`]).
+    /// Gets per sample, by requests in flight (same order as [`LEVELS`]).
     gets: [usize; 3],
     /// Creates per sample, by requests in flight.
     creates: [usize; 3],
@@ -152,7 +151,7 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut run = 1;
-    for (slot, &in_flight) in IN_FLIGHT.iter().enumerate() {
+    for (slot, &in_flight) in LEVELS.iter().enumerate() {
         let mut figures = Figures::default();
         for round in 0..=sizes.samples {
             let gets: Vec<_> = (0..sizes.gets[slot]).map(get_request).collect();
@@ -201,31 +200,10 @@ fn main() {
 /// that gets find calls.
 fn prefill(log: &EventLog, calls: usize) {
     let service = CommandService::new(log.clone());
-    let next = AtomicUsize::new(0);
-    thread::scope(|scope| {
-        for _ in 0..16 {
-            scope.spawn(|| loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= calls {
-                    break;
-                }
-                let document = create_document(index as u64, LEDGER_CALLS);
-                let input = parse_write(&document, WriteMode::Create, Rights::default())
-                    .expect("a valid document");
-                service
-                    .execute(CommandRequest {
-                        command: Command {
-                            action: Action::Create(input.changes),
-                            actor: "bench".into(),
-                            recorded_at: now(),
-                            occurred_at: None,
-                        },
-                        expected_version: None,
-                        idempotency_key: None,
-                    })
-                    .expect("create a call");
-            });
-        }
+    threads(16, calls, |index| {
+        service
+            .execute(create(index as u64))
+            .expect("create a call");
     });
 }
 

@@ -12,8 +12,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -26,69 +24,27 @@ use event_log::{EventLog, LogOptions};
 use event_log_jetstream::{JetStreamLog, JetStreamOptions};
 use tokio::runtime::Runtime;
 
-use support::service::{create, event_payload, now, threads, Sample};
-use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS};
+use support::service::{create, event_payload, now, tasks, threads, Sample};
+use support::{
+    create_document, print_table, quick, Row, Sizes, Stats, Target, LEDGER_CALLS, LEVELS,
+};
 
-/// The requests in flight the issue asks about.
-const IN_FLIGHT: [usize; 3] = [1, 16, 64];
 /// The sections a run may be limited to.
 const SECTIONS: [&str; 3] = ["r1", "r3", "appends"];
 /// The target of the engine's creates at 64 in flight, against raw publish-with-ack.
 const CREATE_TARGET: f64 = 0.5;
 
-/// Sizes of one run.
-struct Sizes {
-    /// Operations per sample, by requests in flight.
-    operations: [usize; 3],
-    /// Recorded samples per figure (after one warm-up).
-    samples: usize,
-}
-
-impl Sizes {
-    fn new(quick: bool) -> Sizes {
-        if quick {
-            Sizes {
-                operations: [100, 800, 2_000],
-                samples: 1,
-            }
-        } else {
-            Sizes {
-                operations: [400, 4_000, 10_000],
-                samples: 3,
-            }
-        }
-    }
-}
-
 fn main() {
     let started = Instant::now();
     let quick = quick();
-    let sizes = Sizes::new(quick);
-    println!(
-        "call-ledger bench `jetstream` ({} mode); {} CPUs, load average at the start: {}",
-        if quick {
-            "quick, BENCH_QUICK=1"
-        } else {
-            "full"
-        },
-        thread::available_parallelism().map_or(0, |n| n.get()),
-        support::load_average()
-    );
+    let sizes = Sizes::pick(quick, [100, 800, 2_000], [400, 4_000, 10_000]);
+    support::banner("jetstream", quick);
     let payload = event_payload();
     println!("one create's event: {} bytes", payload.len());
 
     // `cargo bench --bench jetstream -- r1 appends` runs only R1, and only its appends and
     // their baseline (for a profile).
-    let sections: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .collect();
-    for section in &sections {
-        assert!(
-            SECTIONS.contains(&section.as_str()),
-            "unknown section {section:?}; the sections are {SECTIONS:?}"
-        );
-    }
+    let sections = support::sections(&SECTIONS);
     let modes: Vec<&String> = sections.iter().filter(|s| s.starts_with('r')).collect();
     let wanted = |mode: &str| modes.is_empty() || modes.iter().any(|s| *s == mode);
     let appends_only = sections.iter().any(|s| s == "appends");
@@ -161,8 +117,8 @@ fn figures(
     let raw = Raw::open(url, replicas);
 
     let mut rows = Vec::new();
-    for (slot, &in_flight) in IN_FLIGHT.iter().enumerate() {
-        let count = sizes.operations[slot];
+    for (slot, &in_flight) in LEVELS.iter().enumerate() {
+        let count = sizes.per_level[slot];
         let mut engine_appends = Vec::new();
         let mut sled_appends = Vec::new();
         let mut engine_creates = Vec::new();
@@ -376,40 +332,18 @@ impl Raw {
     }
 
     fn publish(&self, in_flight: usize, count: usize, payload: &[u8]) -> Sample {
-        let payload = Bytes::copy_from_slice(payload);
-        self.runtime.block_on(async {
-            let next = std::sync::Arc::new(AtomicUsize::new(0));
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..in_flight)
-                .map(|_| {
-                    let (js, next, payload) = (self.js.clone(), next.clone(), payload.clone());
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::new();
-                        loop {
-                            let index = next.fetch_add(1, Ordering::Relaxed);
-                            if index >= count {
-                                break latencies;
-                            }
-                            let sent = Instant::now();
-                            js.publish(format!("bench.raw.{index}"), payload.clone())
-                                .await
-                                .expect("publish")
-                                .await
-                                .expect("an ack");
-                            latencies.push(sent.elapsed());
-                        }
-                    })
-                })
-                .collect();
-            let mut latencies = Vec::new();
-            for task in tasks {
-                latencies.extend(task.await.expect("a publisher"));
-            }
-            Sample {
-                per_second: count as f64 / started.elapsed().as_secs_f64(),
-                latencies,
-            }
-        })
+        let (js, payload) = (self.js.clone(), Bytes::copy_from_slice(payload));
+        self.runtime
+            .block_on(tasks(in_flight, count, move |_, index| {
+                let (js, payload) = (js.clone(), payload.clone());
+                async move {
+                    js.publish(format!("bench.raw.{index}"), payload)
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("an ack");
+                }
+            }))
     }
 }
 

@@ -107,16 +107,7 @@ fn main() {
     println!("data in {}", root.path().display());
 
     // `cargo bench --bench ledger -- rebuild list` runs only those sections.
-    let sections: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .collect();
-    for section in &sections {
-        assert!(
-            SECTIONS.contains(&section.as_str()),
-            "unknown section {section:?}; the sections are {SECTIONS:?}"
-        );
-    }
+    let sections = support::sections(&SECTIONS);
     let wanted = |name: &str| sections.is_empty() || sections.iter().any(|s| s == name);
 
     let mut rows = Vec::new();

@@ -21,9 +21,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Instant;
 
 use async_nats::jetstream;
@@ -37,36 +35,11 @@ use futures::StreamExt;
 use tokio::runtime::Runtime;
 
 use support::service::{
-    drive, event_payload, threads, wait_until_served, Gateway, Req, Sample, PREFIX,
+    drive, event_payload, tasks, threads, wait_until_served, Gateway, Req, Sample, PREFIX,
 };
-use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS};
-
-/// The writers the issue asks about.
-const WRITERS: [usize; 3] = [1, 16, 64];
-
-/// Sizes of one run.
-struct Sizes {
-    /// Writes per sample, by writers.
-    writes: [usize; 3],
-    /// Recorded samples per figure (after one warm-up).
-    samples: usize,
-}
-
-impl Sizes {
-    fn new(quick: bool) -> Sizes {
-        if quick {
-            Sizes {
-                writes: [100, 600, 1_500],
-                samples: 1,
-            }
-        } else {
-            Sizes {
-                writes: [300, 3_000, 8_000],
-                samples: 3,
-            }
-        }
-    }
-}
+use support::{
+    create_document, print_table, quick, Row, Sizes, Stats, Target, LEDGER_CALLS, LEVELS,
+};
 
 /// One peer's write path: `count` writes from `writers` writers, numbered from `first`.
 trait Peer {
@@ -80,17 +53,8 @@ trait Peer {
 fn main() {
     let started = Instant::now();
     let quick = quick();
-    let sizes = Sizes::new(quick);
-    println!(
-        "call-ledger bench `peers` ({} mode); {} CPUs, load average at the start: {}",
-        if quick {
-            "quick, BENCH_QUICK=1"
-        } else {
-            "full"
-        },
-        thread::available_parallelism().map_or(0, |n| n.get()),
-        support::load_average()
-    );
+    let sizes = Sizes::pick(quick, [100, 600, 1_500], [300, 3_000, 8_000]);
+    support::banner("peers", quick);
     let payload = Bytes::from(event_payload());
     println!(
         "one create's event: {} bytes (what the peers store per write)",
@@ -126,25 +90,25 @@ fn main() {
     }
 
     // rates[peer][slot], latencies[peer][slot]
-    let mut rates = vec![vec![Vec::new(); WRITERS.len()]; peers.len()];
-    let mut latencies = vec![vec![Vec::new(); WRITERS.len()]; peers.len()];
+    let mut rates = vec![vec![Vec::new(); LEVELS.len()]; peers.len()];
+    let mut latencies = vec![vec![Vec::new(); LEVELS.len()]; peers.len()];
     let mut first = 0;
-    for (slot, &writers) in WRITERS.iter().enumerate() {
+    for (slot, &writers) in LEVELS.iter().enumerate() {
         for round in 0..=sizes.samples {
             // Taking turns, so that noise hits each alike.
             for (index, peer) in peers.iter().enumerate() {
-                let sample = peer.write(writers, first, sizes.writes[slot]);
+                let sample = peer.write(writers, first, sizes.per_level[slot]);
                 if round > 0 {
                     rates[index][slot].push(sample.per_second);
                     latencies[index][slot].extend(sample.latencies);
                 }
             }
-            first += sizes.writes[slot];
+            first += sizes.per_level[slot];
         }
     }
 
     let mut rows = Vec::new();
-    for (slot, &writers) in WRITERS.iter().enumerate() {
+    for (slot, &writers) in LEVELS.iter().enumerate() {
         let figure = |index: usize| {
             let latency = Stats::from_durations_us(&latencies[index][slot]);
             (
@@ -379,45 +343,24 @@ impl Peer for JetStreamDirect {
     }
 
     fn write(&self, writers: usize, first: usize, count: usize) -> Sample {
-        self.runtime.block_on(async {
-            let next = Arc::new(AtomicUsize::new(0));
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..writers)
-                .map(|_| {
-                    let (js, next, payload) = (self.js.clone(), next.clone(), self.payload.clone());
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::new();
-                        loop {
-                            let index = next.fetch_add(1, Ordering::Relaxed);
-                            if index >= count {
-                                break latencies;
-                            }
-                            let mut headers = HeaderMap::new();
-                            headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-                            let sent = Instant::now();
-                            js.publish_with_headers(
-                                format!("peer.call.{}", first + index),
-                                headers,
-                                payload.clone(),
-                            )
-                            .await
-                            .expect("publish")
-                            .await
-                            .expect("an ack");
-                            latencies.push(sent.elapsed());
-                        }
-                    })
-                })
-                .collect();
-            let mut latencies = Vec::new();
-            for task in tasks {
-                latencies.extend(task.await.expect("a writer"));
-            }
-            Sample {
-                per_second: count as f64 / started.elapsed().as_secs_f64(),
-                latencies,
-            }
-        })
+        let (js, payload) = (self.js.clone(), self.payload.clone());
+        self.runtime
+            .block_on(tasks(writers, count, move |_, index| {
+                let (js, payload) = (js.clone(), payload.clone());
+                async move {
+                    let mut headers = HeaderMap::new();
+                    headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+                    js.publish_with_headers(
+                        format!("peer.call.{}", first + index),
+                        headers,
+                        payload,
+                    )
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("an ack");
+                }
+            }))
     }
 
     fn replay(&self) -> Option<(u64, f64)> {
@@ -516,52 +459,35 @@ impl Peer for Postgres {
 
     fn write(&self, writers: usize, first: usize, count: usize) -> Sample {
         self.runtime.block_on(async {
-            let next = Arc::new(AtomicUsize::new(0));
-            let mut clients = Vec::with_capacity(writers);
+            // One connection per writer, each with the insert prepared: the next position of
+            // the stream and the insert in one statement (one transaction); the unique index
+            // refuses a concurrent duplicate.
+            let mut connections = Vec::with_capacity(writers);
             for _ in 0..writers {
-                clients.push(connect(&self.connection).await.expect("connect"));
+                let client = connect(&self.connection).await.expect("connect");
+                let insert = client
+                    .prepare(
+                        "INSERT INTO peer_messages (stream_name, position, data)
+                         SELECT $1, COALESCE(MAX(position) + 1, 0), $2::text::jsonb
+                         FROM peer_messages WHERE stream_name = $1",
+                    )
+                    .await
+                    .expect("prepare");
+                connections.push((client, insert));
             }
-            let started = Instant::now();
-            let tasks: Vec<_> = clients
-                .into_iter()
-                .map(|client| {
-                    let (next, payload) = (next.clone(), self.payload.clone());
-                    tokio::spawn(async move {
-                        // The next position of the stream and the insert, in one statement
-                        // (one transaction); the unique index refuses a concurrent duplicate.
-                        let insert = client
-                            .prepare(
-                                "INSERT INTO peer_messages (stream_name, position, data)
-                                 SELECT $1, COALESCE(MAX(position) + 1, 0), $2::text::jsonb
-                                 FROM peer_messages WHERE stream_name = $1",
-                            )
-                            .await
-                            .expect("prepare");
-                        let mut latencies = Vec::new();
-                        loop {
-                            let index = next.fetch_add(1, Ordering::Relaxed);
-                            if index >= count {
-                                break latencies;
-                            }
-                            let stream = format!("call-{}", first + index);
-                            let sent = Instant::now();
-                            client
-                                .execute(&insert, &[&stream, &payload])
-                                .await
-                                .expect("insert an event");
-                            latencies.push(sent.elapsed());
-                        }
-                    })
-                })
-                .collect();
-            let mut latencies = Vec::new();
-            for task in tasks {
-                latencies.extend(task.await.expect("a writer"));
-            }
-            Sample {
-                per_second: count as f64 / started.elapsed().as_secs_f64(),
-                latencies,
-            }
+            let (connections, payload) = (Arc::new(connections), self.payload.clone());
+            tasks(writers, count, move |task, index| {
+                let (connections, payload) = (Arc::clone(&connections), payload.clone());
+                async move {
+                    let (client, insert) = &connections[task];
+                    let stream = format!("call-{}", first + index);
+                    client
+                        .execute(insert, &[&stream, &payload])
+                        .await
+                        .expect("insert an event");
+                }
+            })
+            .await
         })
     }
 

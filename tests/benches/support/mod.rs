@@ -18,6 +18,63 @@ pub mod service;
 /// The ledger size the generated calls are drawn for.
 pub const LEDGER_CALLS: u64 = 1_000_000;
 
+/// Prints the bench's first line: its name, the mode, the CPUs and the load average.
+pub fn banner(bench: &str, quick: bool) {
+    println!(
+        "call-ledger bench `{bench}` ({} mode); {} CPUs, load average at the start: {}",
+        if quick {
+            "quick, BENCH_QUICK=1"
+        } else {
+            "full"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+}
+
+/// The sections named on the command line (`cargo bench --bench B -- a b`), each checked to be
+/// one of `known`; empty means all.
+pub fn sections(known: &[&str]) -> Vec<String> {
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    for section in &sections {
+        assert!(
+            known.contains(&section.as_str()),
+            "unknown section {section:?}; the sections are {known:?}"
+        );
+    }
+    sections
+}
+
+/// The concurrency levels the issues ask about: requests in flight, or writers.
+pub const LEVELS: [usize; 3] = [1, 16, 64];
+
+/// Sizes of one run: operations per sample at each of [`LEVELS`], and recorded samples per
+/// figure (after one warm-up); `BENCH_QUICK=1` picks the quick ones.
+pub struct Sizes {
+    pub per_level: [usize; 3],
+    pub samples: usize,
+}
+
+impl Sizes {
+    /// One recorded sample of `quick` operations in quick mode, three of `full` otherwise.
+    pub fn pick(quick: bool, quick_sizes: [usize; 3], full_sizes: [usize; 3]) -> Sizes {
+        if quick {
+            Sizes {
+                per_level: quick_sizes,
+                samples: 1,
+            }
+        } else {
+            Sizes {
+                per_level: full_sizes,
+                samples: 3,
+            }
+        }
+    }
+}
+
 /// Whether `BENCH_QUICK=1` asks for a smoke run with small sizes.
 pub fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|value| !value.is_empty() && value != "0")

@@ -144,43 +144,24 @@ pub struct Sample {
 /// before sending the next.
 pub async fn drive(client: &Client, in_flight: usize, requests: Vec<Req>) -> Sample {
     let total = requests.len();
-    let requests = Arc::new(requests);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        let (client, requests, next) = (client.clone(), Arc::clone(&requests), Arc::clone(&next));
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some((subject, headers, payload)) = requests.get(index).cloned() else {
-                    break;
-                };
-                let sent = Instant::now();
-                let reply = client
-                    .request_with_headers(subject.clone(), headers, payload)
-                    .await
-                    .unwrap_or_else(|error| panic!("request to {subject}: {error}"));
-                latencies.push(sent.elapsed());
-                if let Some(code) = error_code(&reply) {
-                    panic!(
-                        "{subject} answered {code}: {}",
-                        String::from_utf8_lossy(&reply.payload)
-                    );
-                }
+    let (client, requests) = (client.clone(), Arc::new(requests));
+    tasks(in_flight, total, move |_, index| {
+        let (client, requests) = (client.clone(), Arc::clone(&requests));
+        async move {
+            let (subject, headers, payload) = requests[index].clone();
+            let reply = client
+                .request_with_headers(subject.clone(), headers, payload)
+                .await
+                .unwrap_or_else(|error| panic!("request to {subject}: {error}"));
+            if let Some(code) = error_code(&reply) {
+                panic!(
+                    "{subject} answered {code}: {}",
+                    String::from_utf8_lossy(&reply.payload)
+                );
             }
-            latencies
-        });
-    }
-    let mut latencies = Vec::with_capacity(total);
-    while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined.expect("a request task panicked"));
-    }
-    Sample {
-        per_second: total as f64 / started.elapsed().as_secs_f64(),
-        latencies,
-    }
+        }
+    })
+    .await
 }
 
 /// Runs `work(index)` for every index below `count` on `in_flight` threads, timing each.
@@ -240,4 +221,39 @@ pub fn event_payload() -> Vec<u8> {
         .execute(create(1))
         .expect("one create");
     log.read_from(0, 1).expect("read it")[0].payload.clone()
+}
+
+/// The async twin of [`threads`]: `in_flight` tasks on the current runtime, task `t` running
+/// `work(t, index)` for the indexes it takes below `count`, one at a time, timing each.
+pub async fn tasks<F, Fut>(in_flight: usize, count: usize, work: F) -> Sample
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    for task in 0..in_flight {
+        let (next, work) = (Arc::clone(&next), work.clone());
+        running.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    break latencies;
+                }
+                let sent = Instant::now();
+                work(task, index).await;
+                latencies.push(sent.elapsed());
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(count);
+    while let Some(joined) = running.join_next().await {
+        latencies.extend(joined.expect("a task panicked"));
+    }
+    Sample {
+        per_second: count as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    }
 }
