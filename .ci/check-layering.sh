@@ -6,6 +6,8 @@
 #   - only call-gateway, the JetStream engine of the log (event-log-jetstream)
 #     and the tests depend on async-nats (the binary's client for people lives
 #     in call-gateway too); event-log, call-commands and call-projections do not;
+#   - only the tests (the peers benchmark) depend on tokio-postgres: PostgreSQL is a peer
+#     measured beside the ledger, never a store of it;
 #   - call-model and event-log depend on no other workspace crate;
 #   - call-model's dependency tree has no tokio, sled or async-nats (it is
 #     pure), and call-api's has no async-nats (it knows no transport);
@@ -32,6 +34,7 @@ import sys
 ONLY_DIRECT = {
     "sled": {"event-log", "call-projections"},
     "async-nats": {"call-gateway", "event-log-jetstream", "call-ledger-tests"},
+    "tokio-postgres": {"call-ledger-tests"},
 }
 # workspace packages that must not depend on any other workspace package
 LEAVES = {"call-model", "event-log"}

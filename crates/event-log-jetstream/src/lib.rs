@@ -407,6 +407,10 @@ async fn tail(
             pause = Duration::from_millis(100);
             let Ok(info) = message.info() else { break };
             let sequence = info.stream_sequence;
+            if sequence <= replica.head() {
+                // This instance's writer applied it already (its own record): skip the copy.
+                continue;
+            }
             match apply(&replica, sequence, &message) {
                 // Applied now, or already by this instance's writer.
                 Ok(Applied::Now | Applied::Before) => {}
