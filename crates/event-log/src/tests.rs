@@ -197,6 +197,37 @@ fn reopen_after_drop_recovers_head_and_next_stream_id() {
 }
 
 #[test]
+fn a_log_written_with_version_rows_and_the_stream_counter_keeps_its_numbering() {
+    // Logs written before 2026-12 also hold a `V` row per stream and the `M` counter; the
+    // counter may be ahead of the index (a stream id given to an append that then failed).
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = new_stream(&log, &["a1", "a2"]);
+    new_stream(&log, &["b1"]);
+    drop(log);
+    {
+        let db = open_sled(dir.path(), Durability::Flush).unwrap();
+        db.insert(keys::version_key(a.stream), &2u64.to_be_bytes()[..])
+            .unwrap();
+        db.insert(keys::version_key(2), &1u64.to_be_bytes()[..])
+            .unwrap();
+        db.insert(keys::NEXT_STREAM, &5u64.to_be_bytes()[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let log = open(dir.path());
+    assert_eq!(new_stream(&log, &["c1"]).stream, 5);
+    // The stale `V` row is not what versions are read from.
+    append_any(&log, a.stream, &["a3"]);
+    assert_eq!(log.stream_version(a.stream).unwrap(), Some(3));
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(log.stream_version(a.stream).unwrap(), Some(3));
+    assert_eq!(new_stream(&log, &["d1"]).stream, 6);
+    assert_gap_free(&all(&log));
+}
+
+#[test]
 fn expected_version_conflicts_append_nothing() {
     let dir = tempfile::tempdir().unwrap();
     for log in engines(dir.path()) {

@@ -6,9 +6,12 @@
 //! |--------------------------------------|--------------------------------------------------|
 //! | `L` position                         | stream, version (top bit set), CRC-32, payload   |
 //! | `S` stream version                   | position                                         |
-//! | `V` stream                           | last version                                     |
 //! | `I` idempotency key (UTF-8)          | stream, first/last version, first/last position, fingerprint |
-//! | `Mnext_stream`                       | the next stream id to allocate                   |
+//! | `V` stream (logs written before 2026-12) | last version, no longer written              |
+//! | `Mnext_stream` (likewise)            | the next stream id, no longer written            |
+//!
+//! A stream's version is its last `S` row and the next stream id follows the highest stream in
+//! `S`, so an append writes its records, their index rows and, with a key, its idempotency row.
 //!
 //! All integers are big-endian `u64`, so sled's byte order is numeric order.
 //!
@@ -49,6 +52,7 @@ pub(crate) fn stream_key(stream: StreamId, version: Version) -> [u8; 17] {
     key
 }
 
+#[cfg(test)]
 pub(crate) fn version_key(stream: StreamId) -> [u8; 9] {
     prefixed(VERSION, stream)
 }
@@ -161,6 +165,14 @@ pub(crate) fn decode_stream_key_version(key: &[u8]) -> Result<Version, LogError>
         return Err(corrupt(key, "not a stream index key"));
     }
     u64_at(key, 9, key, "not a stream index key")
+}
+
+/// The stream id in an `S` key.
+pub(crate) fn decode_stream_key_stream(key: &[u8]) -> Result<StreamId, LogError> {
+    if key.len() != 17 || key[0] != STREAM {
+        return Err(corrupt(key, "not a stream index key"));
+    }
+    u64_at(key, 1, key, "not a stream index key")
 }
 
 /// The stream id in a `V` key.

@@ -56,13 +56,22 @@ impl Counters {
     }
 }
 
-/// Reads the counters from the tree: the head from the last `L` key and the
-/// next stream id from the `M` counter, cross-checked with the highest `V`
-/// key (both are written in the same batch, so they agree unless something
-/// else wrote to the tree).
+/// Reads the counters from the tree: the head from the last `L` key, the next stream id from the
+/// highest stream in the `S` index (streams are numbered in the order they are created, and a
+/// stream's first record and its index row are written in the same batch). Logs written before
+/// the index was the only source also hold `V` rows and the `M` counter, which are honoured so
+/// that no stream id is ever given twice.
 pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
     let last_position = match tree.scan_prefix([keys::LOG]).next_back() {
         Some(entry) => keys::decode_log_key(&entry.map_err(crate::error::storage)?.0)?,
+        None => 0,
+    };
+    let highest_indexed = match tree.scan_prefix([keys::STREAM]).next_back() {
+        Some(entry) => keys::decode_stream_key_stream(&entry.map_err(crate::error::storage)?.0)?,
+        None => 0,
+    };
+    let highest_versioned = match tree.scan_prefix([keys::VERSION]).next_back() {
+        Some(entry) => keys::decode_version_key(&entry.map_err(crate::error::storage)?.0)?,
         None => 0,
     };
     let stored = match tree.get(keys::NEXT_STREAM).map_err(crate::error::storage)? {
@@ -72,20 +81,7 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
     if stored == 0 {
         return Err(keys::corrupt(keys::NEXT_STREAM, "stream counter is 0"));
     }
-    let highest_stream = match tree.scan_prefix([keys::VERSION]).next_back() {
-        Some(entry) => keys::decode_version_key(&entry.map_err(crate::error::storage)?.0)?,
-        None => 0,
-    };
-    let next_stream = if highest_stream >= stored {
-        tracing::warn!(
-            stored,
-            highest_stream,
-            "stream counter is behind the highest stream; continuing after the highest"
-        );
-        highest_stream + 1
-    } else {
-        stored
-    };
+    let next_stream = stored.max(highest_indexed.max(highest_versioned) + 1);
     Ok(Counters {
         next_position: last_position + 1,
         next_stream,
@@ -259,19 +255,11 @@ impl Writer {
                 &position.to_be_bytes()[..],
             );
         }
+        // Nothing else is written: the stream's version and the stream counter are the last
+        // `S` rows (see `recover` and `stream_version`), two rows fewer per append.
         let last_version = first_version + count - 1;
         group.counters.next_position += count;
-        group.batch.insert(
-            &keys::version_key(stream)[..],
-            &last_version.to_be_bytes()[..],
-        );
         group.versions.insert(stream, last_version);
-        if append.stream == StreamTarget::New {
-            group.batch.insert(
-                keys::NEXT_STREAM,
-                &group.counters.next_stream.to_be_bytes()[..],
-            );
-        }
 
         let appended = Appended {
             stream,
@@ -299,9 +287,11 @@ impl Writer {
         if let Some(version) = group.versions.get(&stream) {
             return Ok(Some(*version));
         }
-        let key = keys::version_key(stream);
-        match self.db.get(key).map_err(crate::error::storage)? {
-            Some(value) => Ok(Some(keys::decode_u64_value(&key, &value)?)),
+        match self.db.scan_prefix(keys::stream_prefix(stream)).next_back() {
+            Some(entry) => {
+                let (key, _) = entry.map_err(crate::error::storage)?;
+                keys::decode_stream_key_version(&key).map(Some)
+            }
             None => Ok(None),
         }
     }
