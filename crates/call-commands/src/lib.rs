@@ -146,23 +146,99 @@ impl CommandService {
 
     /// Validates, decides and appends one command; returns once its events are durable.
     pub fn execute(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
-        let idempotency = match &request.idempotency_key {
-            Some(key) => {
-                check_idempotency_key(key)?;
-                Some(Idempotency {
-                    key: scoped_key(&request.command.actor, key),
-                    fingerprint: fingerprint(&request),
-                })
-            }
-            None => None,
+        let idempotency = match self.idempotency(&request)? {
+            Keyed::Replayed(outcome) => return Ok(outcome),
+            Keyed::Fresh(idempotency) => idempotency,
         };
-        if let Some(idempotency) = &idempotency {
-            if let Some((original, stored)) = self.log.idempotent_result(&idempotency.key)? {
-                return self.replay(original, stored, idempotency);
-            }
+        self.execute_keyed(&request, idempotency)
+    }
+
+    /// Executes each request as [`CommandService::execute`] would and answers in the same
+    /// order, but decides them all first and appends them together, so that they share the
+    /// log's round trips to storage (one flush for many, with the sled engine): the importer
+    /// and other callers with many commands at hand use it. They are not atomic together.
+    /// Requests for one call see each other only through the log: the later one's append then
+    /// finds the call changed and is decided again alone, as `execute` does.
+    pub fn execute_all(
+        &self,
+        requests: &[CommandRequest],
+    ) -> Vec<Result<CommandOutcome, CommandError>> {
+        let mut answers: Vec<Option<Result<CommandOutcome, CommandError>>> =
+            Vec::with_capacity(requests.len());
+        let mut pending = Vec::new();
+        let mut appends = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            let prepared = self.idempotency(request).and_then(|keyed| match keyed {
+                Keyed::Replayed(outcome) => Ok((Prepared::Done(outcome), None)),
+                Keyed::Fresh(idempotency) => self
+                    .prepare(request, idempotency.clone())
+                    .map(|prepared| (prepared, idempotency)),
+            });
+            answers.push(match prepared {
+                Ok((Prepared::Done(outcome), _)) => Some(Ok(outcome)),
+                Ok((Prepared::Append(append, staged), idempotency)) => {
+                    appends.push(append);
+                    pending.push((index, staged, idempotency));
+                    None
+                }
+                Err(error) => Some(Err(error)),
+            });
         }
+        let appended = self.log.append_all(appends);
+        for ((index, staged, idempotency), result) in pending.into_iter().zip(appended) {
+            let request = &requests[index];
+            let answer = match self.finish(request, staged, idempotency.clone(), result) {
+                Ok(Attempt::Done(outcome)) => Ok(outcome),
+                Ok(Attempt::Raced) => self.execute_keyed(request, idempotency),
+                Err(error) => Err(error),
+            };
+            answers[index] = Some(answer);
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(CommandError::Unavailable(
+                        "the log answered fewer appends than it was given".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Checks the request's idempotency key, and answers a retry of a durable request from it.
+    fn idempotency(&self, request: &CommandRequest) -> Result<Keyed, CommandError> {
+        let Some(key) = &request.idempotency_key else {
+            return Ok(Keyed::Fresh(None));
+        };
+        check_idempotency_key(key)?;
+        let idempotency = Idempotency {
+            key: scoped_key(&request.command.actor, key),
+            fingerprint: fingerprint(request),
+        };
+        if let Some((original, stored)) = self.log.idempotent_result(&idempotency.key)? {
+            return self
+                .replay(original, stored, &idempotency)
+                .map(Keyed::Replayed);
+        }
+        Ok(Keyed::Fresh(Some(idempotency)))
+    }
+
+    /// Decides and appends, again while another writer changes the call in between.
+    fn execute_keyed(
+        &self,
+        request: &CommandRequest,
+        idempotency: Option<Idempotency>,
+    ) -> Result<CommandOutcome, CommandError> {
         for _ in 0..MAX_ATTEMPTS {
-            match self.attempt(&request, idempotency.clone())? {
+            let attempt = match self.prepare(request, idempotency.clone())? {
+                Prepared::Done(outcome) => Attempt::Done(outcome),
+                Prepared::Append(append, staged) => {
+                    let result = self.log.append(append);
+                    self.finish(request, staged, idempotency.clone(), result)?
+                }
+            };
+            match attempt {
                 Attempt::Done(outcome) => return Ok(outcome),
                 Attempt::Raced => continue,
             }
@@ -172,11 +248,13 @@ impl CommandService {
         ))
     }
 
-    fn attempt(
+    /// Loads the call, checks `If-Match` and decides: either the answer already (a no-op) or
+    /// the append to make.
+    fn prepare(
         &self,
         request: &CommandRequest,
         idempotency: Option<Idempotency>,
-    ) -> Result<Attempt, CommandError> {
+    ) -> Result<Prepared, CommandError> {
         let command = &request.command;
         let (stream, state) = match &command.action {
             Action::Create(_) => (StreamTarget::New, CallState::Absent),
@@ -210,7 +288,7 @@ impl CommandService {
             let call = state
                 .live()
                 .ok_or(CommandError::Unavailable("no-op on a missing call".into()))?;
-            return Ok(Attempt::Done(CommandOutcome {
+            return Ok(Prepared::Done(CommandOutcome {
                 call_id: call.id,
                 version: call.version,
                 position: call.position,
@@ -237,10 +315,21 @@ impl CommandService {
         let append = Append {
             stream,
             expected,
-            idempotency: idempotency.clone(),
+            idempotency,
             payloads: stored.iter().map(StoredEvent::encode).collect(),
         };
-        let appended = match self.log.append(append) {
+        Ok(Prepared::Append(append, Staged { stored, state }))
+    }
+
+    /// What the log's answer to a staged append means for the request.
+    fn finish(
+        &self,
+        request: &CommandRequest,
+        staged: Staged,
+        idempotency: Option<Idempotency>,
+        result: Result<Appended, AppendError>,
+    ) -> Result<Attempt, CommandError> {
+        let appended = match result {
             Ok(appended) => appended,
             Err(AppendError::WrongExpectedVersion { actual, .. }) => {
                 if let Some(expected) = request.expected_version {
@@ -266,8 +355,8 @@ impl CommandService {
                 .replay(appended, fingerprint, &idempotency)
                 .map(Attempt::Done);
         }
-        let mut state = state;
-        for (offset, stored) in stored.into_iter().enumerate() {
+        let mut state = staged.state;
+        for (offset, stored) in staged.stored.into_iter().enumerate() {
             let offset = offset as u64;
             let event = Event {
                 position: appended.first_position + offset,
@@ -311,6 +400,28 @@ impl CommandService {
 enum Attempt {
     Done(CommandOutcome),
     Raced,
+}
+
+/// A request after its idempotency key was looked up.
+enum Keyed {
+    /// A retry of a durable request, answered as the original was.
+    Replayed(CommandOutcome),
+    /// A request to carry out, with its scoped key if it has one.
+    Fresh(Option<Idempotency>),
+}
+
+/// A decided request.
+enum Prepared {
+    /// Answered without an append (a no-op, or a replay).
+    Done(CommandOutcome),
+    /// To be appended; the answer is built from the staged part.
+    Append(Append, Staged),
+}
+
+/// What the answer to a decided append is built from.
+struct Staged {
+    stored: Vec<StoredEvent>,
+    state: CallState,
 }
 
 fn target_id(command: &Command) -> Option<CallId> {

@@ -242,3 +242,69 @@ fn idempotency_keys_are_scoped_per_actor() {
         .all(|record| String::from_utf8_lossy(&record.payload)
             .contains("\"idempotencyKey\":\"crm-4711\"")));
 }
+
+#[test]
+fn execute_all_answers_each_request_in_order_as_execute_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled = EventLog::open(dir.path(), event_log::LogOptions::durable()).unwrap();
+    for service in [service(), CommandService::new(sled)] {
+        create(&service, json!({"note": "first"}));
+        let update = |note: &str, expected| {
+            request(
+                Action::Update {
+                    id: 1,
+                    changes: changes(json!({ "note": note })),
+                },
+                None,
+                expected,
+            )
+        };
+        let batch = [
+            request(
+                Action::Create(changes(json!({"note": "a"}))),
+                Some("k"),
+                None,
+            ),
+            // Decided against version 1 like the next one; the one appended second finds
+            // the call changed and is decided again.
+            update("b", None),
+            update("c", None),
+            update("d", Some(7)),
+            request(Action::Delete { id: 99 }, None, None),
+            // A retry of the first, in the same batch: its key is not durable yet when the
+            // batch is decided, so the log answers it as a duplicate.
+            request(
+                Action::Create(changes(json!({"note": "a"}))),
+                Some("k"),
+                None,
+            ),
+        ];
+        let answers = service.execute_all(&batch);
+        assert_eq!(answers.len(), batch.len());
+        let created = answers[0].as_ref().unwrap();
+        assert_eq!((created.call_id, created.appended), (2, 1));
+        let versions: Vec<u64> = answers[1..3]
+            .iter()
+            .map(|answer| answer.as_ref().unwrap().version)
+            .collect();
+        assert_eq!(versions, vec![2, 3]);
+        assert!(matches!(
+            answers[3],
+            Err(CommandError::Conflict(Conflict::VersionMismatch {
+                expected: 7,
+                ..
+            }))
+        ));
+        assert!(matches!(answers[4], Err(CommandError::NotFound(99))));
+        let retry = answers[5].as_ref().unwrap();
+        assert!(retry.replayed);
+        assert_eq!((retry.call_id, retry.version), (2, 1));
+        assert_eq!(service.log().head(), 4);
+        let note = |state: &CallState| {
+            state
+                .live()
+                .and_then(|call| call.text(call_model::Field::Note).map(str::to_owned))
+        };
+        assert_eq!(note(&service.load(1).unwrap()).as_deref(), Some("c"));
+    }
+}

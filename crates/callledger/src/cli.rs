@@ -204,9 +204,12 @@ pub enum LogFormat {
 pub struct ImportArgs {
     /// The NDJSON file, or `-` for stdin.
     pub file: PathBuf,
-    /// Appends in flight at once (they share flushes: more is faster, up to a point).
-    #[arg(long, default_value_t = 64)]
+    /// Workers deciding and appending batches at once (their batches share flushes).
+    #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Lines per batch: a batch is decided as a whole and appended with one flush.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
 }
 
 /// The API client.

@@ -83,59 +83,84 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let imported = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
     let failure: Mutex<Option<String>> = Mutex::new(None);
-    // Lines go to a pool of writers through a bounded queue: concurrent appends share one flush.
-    let (sender, receiver) = mpsc::sync_channel::<(u64, String)>(args.parallel.max(1) * 4);
+    // Lines go in batches to a pool of workers through a bounded queue; each batch is decided
+    // as a whole and appended with `execute_all`, so that one flush carries a batch (or
+    // several: the workers' batches share the log's group commit).
+    let batch_lines = args.batch.max(1);
+    let (sender, receiver) = mpsc::sync_channel::<Vec<(u64, String)>>(args.parallel.max(1) * 2);
     let receiver = Mutex::new(receiver);
+    let note_failure = |reason: &str| {
+        let _ = failure
+            .lock()
+            .map(|mut f| f.get_or_insert_with(|| reason.to_owned()).clone());
+    };
     std::thread::scope(|scope| -> anyhow::Result<()> {
         for _ in 0..args.parallel.max(1) {
             scope.spawn(|| loop {
                 let next = receiver.lock().map(|r| r.recv());
-                let Ok(Ok((number, line))) = next else { break };
-                let outcome = create_command(&line, now()).and_then(|command| {
-                    let request = CommandRequest {
-                        command,
-                        expected_version: None,
-                        idempotency_key: None,
-                    };
-                    ledger
-                        .commands
-                        .execute(request)
-                        .map_err(|error| match error {
-                            CommandError::Invalid(violations) => violations
-                                .iter()
-                                .map(|v| format!("{}: {}", v.pointer, v.detail))
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                            CommandError::Unavailable(reason) => {
-                                let _ = failure
-                                    .lock()
-                                    .map(|mut f| f.get_or_insert(reason.clone()).clone());
-                                reason
-                            }
-                            other => other.to_string(),
-                        })
-                });
-                match outcome {
-                    Ok(_) => imported.fetch_add(1, Ordering::Relaxed),
-                    Err(reason) => {
-                        bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
-                        skipped.fetch_add(1, Ordering::Relaxed)
+                let Ok(Ok(lines)) = next else { break };
+                let mut numbers = Vec::with_capacity(lines.len());
+                let mut requests = Vec::with_capacity(lines.len());
+                for (number, line) in lines {
+                    match create_command(&line, now()) {
+                        Ok(command) => {
+                            numbers.push(number);
+                            requests.push(CommandRequest {
+                                command,
+                                expected_version: None,
+                                idempotency_key: None,
+                            });
+                        }
+                        Err(reason) => {
+                            bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
+                            skipped.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                };
+                }
+                let answers = ledger.commands.execute_all(&requests);
+                for (number, answer) in numbers.into_iter().zip(answers) {
+                    let reason = match answer {
+                        Ok(_) => {
+                            imported.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(CommandError::Invalid(violations)) => violations
+                            .iter()
+                            .map(|v| format!("{}: {}", v.pointer, v.detail))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        Err(CommandError::Unavailable(reason)) => {
+                            note_failure(&reason);
+                            reason
+                        }
+                        Err(other) => other.to_string(),
+                    };
+                    bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                }
             });
         }
+        let mut batch = Vec::with_capacity(batch_lines);
         for (index, line) in reader.lines().enumerate() {
             let line = line.context("cannot read the input")?;
             bar.inc(line.len() as u64 + 1);
             if line.trim().is_empty() {
                 continue;
             }
+            batch.push((index as u64 + 1, line));
+            if batch.len() < batch_lines {
+                continue;
+            }
             if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                 break;
             }
-            if sender.send((index as u64 + 1, line)).is_err() {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_lines));
+            if sender.send(full).is_err() {
                 break;
             }
+        }
+        if !batch.is_empty() && failure.lock().map(|f| f.is_none()).unwrap_or(false) {
+            let _ = sender.send(batch);
         }
         drop(sender);
         Ok(())

@@ -280,6 +280,28 @@ impl LogEngine for JetStreamLog {
         answered.blocking_recv().map_err(|_| stopped())?
     }
 
+    /// Hands every append to the writer before waiting for any, so that they are published
+    /// pipelined and batched as concurrent callers' appends are.
+    fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Appended, AppendError>> {
+        let stopped = || AppendError::Log(LogError::Storage("the JetStream writer stopped".into()));
+        let queued: Vec<_> = appends
+            .into_iter()
+            .map(|append| {
+                self.check_failure()?;
+                let (answer, answered) = oneshot::channel();
+                self.inner
+                    .jobs
+                    .blocking_send(writer::Job { append, answer })
+                    .map_err(|_| stopped())?;
+                Ok(answered)
+            })
+            .collect();
+        queued
+            .into_iter()
+            .map(|queued: Result<_, AppendError>| queued?.blocking_recv().map_err(|_| stopped())?)
+            .collect()
+    }
+
     fn head(&self) -> Position {
         self.inner.replica.head()
     }

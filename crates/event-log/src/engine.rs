@@ -26,6 +26,17 @@ pub trait LogEngine: Send + Sync + 'static {
     /// defines it) and visible to readers.
     fn append(&self, append: Append) -> Result<Appended, AppendError>;
 
+    /// Appends each of `appends` as [`LogEngine::append`] would and answers in the same order.
+    /// They are not atomic together: each is checked after the ones before it and succeeds or
+    /// fails alone. An engine may let them share its round trips to storage (the sled engine
+    /// commits up to 1024 with one batch and one flush); this default appends them one by one.
+    fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Appended, AppendError>> {
+        appends
+            .into_iter()
+            .map(|append| self.append(append))
+            .collect()
+    }
+
     /// The last durable position; 0 when the log is empty.
     fn head(&self) -> Position;
 
@@ -142,6 +153,12 @@ impl EventLog {
     /// (the sled engine's group commit), so throughput grows with the number of callers.
     pub fn append(&self, append: Append) -> Result<Appended, AppendError> {
         self.engine.append(append)
+    }
+
+    /// See [`LogEngine::append_all`]: many appends sharing the engine's round trips, for a
+    /// caller with many at hand (the importer).
+    pub fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Appended, AppendError>> {
+        self.engine.append_all(appends)
     }
 
     /// See [`LogEngine::head`].

@@ -228,6 +228,63 @@ fn a_log_written_with_version_rows_and_the_stream_counter_keeps_its_numbering() 
 }
 
 #[test]
+fn append_all_answers_each_append_in_order_and_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for log in engines(dir.path()) {
+        let mut appends: Vec<Append> = (0..2000)
+            .map(|i| {
+                request(
+                    StreamTarget::New,
+                    ExpectedVersion::NoStream,
+                    &[&format!("e{i}")],
+                )
+            })
+            .collect();
+        appends.insert(
+            1,
+            request(
+                StreamTarget::Existing(1),
+                ExpectedVersion::Exact(1),
+                &["1b"],
+            ),
+        );
+        // Decided against the same version as the one before it: refused alone.
+        appends.insert(
+            2,
+            request(
+                StreamTarget::Existing(1),
+                ExpectedVersion::Exact(1),
+                &["1c"],
+            ),
+        );
+        appends.insert(
+            3,
+            request(StreamTarget::New, ExpectedVersion::NoStream, &[]),
+        );
+        let answers = log.append_all(appends);
+        assert_eq!(answers.len(), 2003);
+        assert_eq!(answers[1].as_ref().unwrap().last_version, 2);
+        assert!(matches!(
+            answers[2],
+            Err(AppendError::WrongExpectedVersion {
+                actual: Some(2),
+                ..
+            })
+        ));
+        assert!(matches!(answers[3], Err(AppendError::Empty)));
+        let streams: Vec<StreamId> = answers
+            .iter()
+            .filter_map(|answer| answer.as_ref().ok())
+            .map(|appended| appended.stream)
+            .collect();
+        assert_eq!(streams[..3], [1, 1, 2]);
+        assert_eq!(*streams.last().unwrap(), 2000);
+        assert_eq!(log.head(), 2001);
+        assert_gap_free(&all(&log));
+    }
+}
+
+#[test]
 fn expected_version_conflicts_append_nothing() {
     let dir = tempfile::tempdir().unwrap();
     for log in engines(dir.path()) {

@@ -1075,3 +1075,59 @@ fn an_offline_read_into_a_closed_pipe_exits_cleanly() {
         output.status
     );
 }
+
+/// `callledger import` in batches: every good line becomes exactly one call, every bad one is
+/// skipped with its line number and what was wrong, across batch boundaries.
+#[test]
+fn import_skips_bad_lines_by_number_and_imports_every_other_once() {
+    let bin = callledger_bin();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let calls = dir.path().join("calls.ndjson");
+    let mut lines = String::new();
+    for n in 1..=25 {
+        match n {
+            4 => lines.push_str("not json\n"),
+            11 => lines.push_str("{\"direction\":\"sideways\"}\n"),
+            12 => lines.push('\n'),
+            _ => lines.push_str(&format!("{{\"note\":\"line {n}\"}}\n")),
+        }
+    }
+    std::fs::write(&calls, lines).expect("the calls");
+    let output = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["import", "--batch", "5", "--parallel", "3"])
+        .arg(&calls)
+        .output()
+        .expect("callledger import runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("imported 22 calls, skipped 2 lines"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("line 4: skipped: not JSON"), "{stderr}");
+    assert!(
+        stderr.contains("line 11: skipped: /data/attributes/direction"),
+        "{stderr}"
+    );
+    let listed: Value =
+        serde_json::from_str(&offline(&bin, &data, &["list", "page[size]=100&sort=id"]))
+            .expect("list prints JSON");
+    let notes: Vec<&str> = listed["data"]
+        .as_array()
+        .expect("a page")
+        .iter()
+        .filter_map(|call| call["attributes"]["note"].as_str())
+        .collect();
+    // Batches go to several workers, so calls keep the file's order only within a batch.
+    let mut numbers: Vec<u32> = notes
+        .iter()
+        .filter_map(|note| note.strip_prefix("line ")?.parse().ok())
+        .collect();
+    numbers.sort_unstable();
+    let expected: Vec<u32> = (1..=25).filter(|n| ![4, 11, 12].contains(n)).collect();
+    assert_eq!(numbers, expected);
+}

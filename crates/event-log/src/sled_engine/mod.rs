@@ -169,6 +169,29 @@ impl LogEngine for SledLog {
         answer.recv().map_err(|_| LogError::Closed)?
     }
 
+    /// Queues every append before waiting for any, so that the writer takes them as groups of
+    /// up to 1024 (one batch and one flush each) instead of one group per caller.
+    fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Appended, AppendError>> {
+        let queued: Vec<_> = appends
+            .into_iter()
+            .map(|append| {
+                if append.payloads.is_empty() {
+                    return Err(AppendError::Empty);
+                }
+                let sender = self.inner.requests.as_ref().ok_or(LogError::Closed)?;
+                let (reply, answer) = mpsc::sync_channel(1);
+                sender
+                    .send(Request { append, reply })
+                    .map_err(|_| LogError::Closed)?;
+                Ok(answer)
+            })
+            .collect();
+        queued
+            .into_iter()
+            .map(|queued| queued?.recv().map_err(|_| LogError::Closed)?)
+            .collect()
+    }
+
     /// The last durable position; 0 when the log is empty.
     fn head(&self) -> Position {
         self.inner.shared.head.load(Ordering::Acquire)
