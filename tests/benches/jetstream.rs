@@ -244,6 +244,7 @@ fn api(log: &EventLog, dir: &std::path::Path, sync_reads: bool) -> (Api, Project
             max_payload: 1024 * 1024,
             self_prefix: "calls".into(),
             sync_reads,
+            rate_limiter: None,
         },
         now,
     );

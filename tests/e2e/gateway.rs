@@ -17,6 +17,7 @@
 mod docs;
 mod endpoints;
 mod jetstream;
+mod limits;
 mod process;
 mod queries;
 mod writes;
@@ -139,6 +140,7 @@ pub(crate) struct Setup {
     tokens: bool,
     max_in_flight: usize,
     max_payload: Option<usize>,
+    rate_limit: Option<call_api::rate::RateLimit>,
 }
 
 impl Setup {
@@ -148,7 +150,14 @@ impl Setup {
             tokens: false,
             max_in_flight: 256,
             max_payload: None,
+            rate_limit: None,
         }
+    }
+
+    /// Every caller limited to `limit` (none by default).
+    pub(crate) fn rate_limit(mut self, limit: call_api::rate::RateLimit) -> Setup {
+        self.rate_limit = Some(limit);
+        self
     }
 
     /// With [`TOKENS_TOML`] as the tokens file.
@@ -222,6 +231,9 @@ impl Gateway {
                 max_payload,
                 self_prefix: "calls".to_string(),
                 sync_reads: replicated,
+                rate_limiter: setup
+                    .rate_limit
+                    .map(|limit| std::sync::Arc::new(call_api::rate::RateLimiter::new(limit))),
             },
             clock,
         );
@@ -462,9 +474,18 @@ impl Reply {
         );
         assert_eq!(self.header("Nats-Service-Error"), Some(title), "{self}");
         assert_eq!(self.header("Content-Type"), Some(JSON_API), "{self}");
-        // Retrying later may succeed exactly for these, and they say when.
-        let retry_after = matches!(code, 429 | 503).then_some("1");
-        assert_eq!(self.header("Retry-After"), retry_after, "{self}");
+        // Retrying later may succeed exactly for these, and they say when: a 503 in a second,
+        // a 429 when the caller's window ends.
+        match code {
+            503 => assert_eq!(self.header("Retry-After"), Some("1"), "{self}"),
+            429 => assert!(
+                self.header("Retry-After")
+                    .and_then(|secs| secs.parse::<u64>().ok())
+                    .is_some_and(|secs| secs >= 1),
+                "{self}"
+            ),
+            _ => assert_eq!(self.header("Retry-After"), None, "{self}"),
+        }
         let body = self.json();
         let errors = body["errors"]
             .as_array()

@@ -6,11 +6,12 @@ use crate::document::{self, Permissions};
 use crate::error::ApiError;
 use crate::json::ObjectWriter;
 use crate::query::{self, ReadOptions};
+use crate::rate::Decision;
 use crate::{header, ApiConfig, Clock, Operation, Request, Response, Source, CONTENT_TYPE};
 use call_commands::{CommandError, CommandRequest, CommandService, Conflict};
 use call_model::{
     parse_update, parse_write, Action, Call, CallId, CallState, Command, Relation, Rights,
-    WriteMode,
+    Timestamp, WriteMode,
 };
 use call_projections::{PageCursor, Projection, ProjectionError, QueryError};
 use serde_json::Value;
@@ -76,7 +77,16 @@ impl Api {
     /// Answers one request. Blocks until the ledger has answered; never panics: every failure is
     /// an error response, and an internal one (500) says nothing of its cause, which is logged.
     pub fn handle(&self, request: Request<'_>) -> Response {
-        match catch_unwind(AssertUnwindSafe(|| self.inner.dispatch(&request))) {
+        let mut rated = None;
+        let mut response = self.answer(&request, &mut rated);
+        if let Some(decision) = rated {
+            decision.mark(&mut response);
+        }
+        response
+    }
+
+    fn answer(&self, request: &Request<'_>, rated: &mut Option<Decision>) -> Response {
+        match catch_unwind(AssertUnwindSafe(|| self.inner.dispatch(request, rated))) {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => error.to_response(),
             Err(panic) => {
@@ -113,12 +123,32 @@ fn internal(what: &str, cause: &dyn std::fmt::Display) -> ApiError {
 }
 
 impl Inner {
-    fn dispatch(&self, request: &Request<'_>) -> Result<Response, ApiError> {
+    /// Answers `request`, recording in `rated` what the rate limiter said of it.
+    fn dispatch(
+        &self,
+        request: &Request<'_>,
+        rated: &mut Option<Decision>,
+    ) -> Result<Response, ApiError> {
         let max = self.config.max_payload;
         if max > 0 && request.payload.len() > max {
             return Err(ApiError::too_large(request.payload.len(), max));
         }
         let grant = self.authenticate(request)?;
+        if let Some(limiter) = &self.config.rate_limiter {
+            let now = (self.clock)();
+            let key = match request.source {
+                Source::Api => format!("api:{}", grant.actor),
+                Source::Producer(_) => format!("producer:{}", grant.actor),
+            };
+            let decision = limiter.take(&key, u64::try_from(now.millis() / 1000).unwrap_or(0));
+            *rated = Some(decision);
+            if !decision.admitted {
+                let reset = Timestamp::from_millis(
+                    i64::try_from(decision.reset.saturating_mul(1000)).unwrap_or(i64::MAX),
+                );
+                return Err(ApiError::rate_limited(decision.limit, &reset.to_string()));
+            }
+        }
         let needed = match request.operation {
             Operation::List | Operation::Get(_) | Operation::Changes => Scope::Read,
             Operation::Create | Operation::Update(_) => Scope::Write,

@@ -60,6 +60,7 @@ pub(crate) fn status_title(status: u16) -> &'static str {
         409 => "Conflict",
         413 => "Request Too Large",
         422 => "Validation Error",
+        429 => "Rate Limit Exceeded",
         503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
@@ -192,6 +193,20 @@ impl ApiError {
         )
     }
 
+    /// 429: the caller has used its budget of `limit` requests until `reset` (RFC 3339), in
+    /// Outreach's words.
+    pub fn rate_limited(limit: u64, reset: &str) -> ApiError {
+        ApiError::single(
+            429,
+            "rateLimitExceeded",
+            format!(
+                "You have exceeded your permitted rate limit of {}; please try again at {reset}.",
+                thousands(limit)
+            ),
+            None,
+        )
+    }
+
     /// 503: the ledger cannot take the request now; retry later.
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError::single(503, "serviceUnavailable", detail.into(), None)
@@ -264,6 +279,19 @@ impl ApiError {
     }
 }
 
+/// `10000` as `10,000`, as Outreach writes its limit.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// The seconds a 503 or 429 asks the client to wait before retrying (`Retry-After`): the
 /// ledger's overloads and restarts pass in about that long.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -273,6 +301,22 @@ pub const MAX_ERROR_OBJECTS: usize = 100;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limit_refusal_reads_as_outreachs() {
+        let refused = ApiError::rate_limited(10_000, "2026-12-02T17:00:00.000Z").to_response();
+        assert_eq!(refused.status, 429);
+        let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+        assert_eq!(body["errors"][0]["id"], "rateLimitExceeded");
+        assert_eq!(body["errors"][0]["title"], "Rate Limit Exceeded");
+        assert_eq!(
+            body["errors"][0]["detail"],
+            "You have exceeded your permitted rate limit of 10,000; please try again at \
+             2026-12-02T17:00:00.000Z."
+        );
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+    }
 
     #[test]
     fn error_replies_carry_an_ordered_body_and_say_what_they_mean() {

@@ -19,6 +19,7 @@ mod document;
 mod error;
 pub mod json;
 pub mod query;
+pub mod rate;
 
 #[cfg(test)]
 mod tests;
@@ -172,6 +173,9 @@ pub struct ApiConfig {
     /// (`EventLog::sync`): with a log shared by several instances, so that a write answered by
     /// any instance is seen by a read sent afterwards to this one. One round trip per read.
     pub sync_reads: bool,
+    /// The budget of requests per caller and window, shared with the other instances through
+    /// the transport (see [`rate`]); `None` admits everything.
+    pub rate_limiter: Option<std::sync::Arc<rate::RateLimiter>>,
 }
 
 /// The clock the API stamps commands with; the edge supplies it so that tests can fix it.

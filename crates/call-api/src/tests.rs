@@ -66,6 +66,7 @@ fn ledger(tokens: Option<TokenStore>, max_payload: usize) -> Ledger {
             max_payload,
             self_prefix: "calls".into(),
             sync_reads: false,
+            rate_limiter: None,
         },
         now,
     );

@@ -317,23 +317,29 @@ async fn process(
                 }
                 Err(error) => {
                     tracing::warn!(%error, %subject, "cannot store a rejected command; retrying");
-                    nak(&message, &subject, delivered).await;
+                    nak(&message, &subject, nak_delay(delivered)).await;
                 }
             }
         }
         Verdict::Retry => {
-            tracing::warn!(%subject, status = response.status, delivered, "command failed; retrying");
-            nak(&message, &subject, delivered).await;
+            // Past its producer's rate limit a command waits for the window to end; never
+            // refused.
+            let delay = match response.status {
+                429 => response
+                    .header("Retry-After")
+                    .and_then(|secs| secs.parse().ok())
+                    .map_or(nak_delay(delivered), Duration::from_secs),
+                _ => nak_delay(delivered),
+            };
+            tracing::warn!(%subject, status = response.status, delivered, ?delay, "command not applied now; retrying later");
+            nak(&message, &subject, delay).await;
         }
     }
     drop(permit);
 }
 
-async fn nak(message: &jetstream::Message, subject: &str, delivered: i64) {
-    if let Err(error) = message
-        .ack_with(AckKind::Nak(Some(nak_delay(delivered))))
-        .await
-    {
+async fn nak(message: &jetstream::Message, subject: &str, delay: Duration) {
+    if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
         tracing::warn!(%error, %subject, "cannot nak a command; it is redelivered after the ack wait");
     }
 }

@@ -91,7 +91,10 @@ pub(crate) struct WriterLock {
     ttl: Duration,
 }
 
-fn kv_error(what: String, error: impl std::error::Error + Send + Sync + 'static) -> GatewayError {
+pub(crate) fn kv_error(
+    what: String,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> GatewayError {
     GatewayError::with_source(GatewayErrorKind::JetStream, what, error)
 }
 
@@ -99,14 +102,15 @@ fn kv_error(what: String, error: impl std::error::Error + Send + Sync + 'static)
 /// conventions (`KV_<bucket>` on `$KV.<bucket>.>`, one message per key, rollups, direct gets),
 /// rather than by `create_key_value`: async-nats 0.51 asks the account's limits first, and cannot
 /// read the answer of a nats-server 2.9.
-async fn open_bucket(
+pub(crate) async fn open_bucket(
     js: &jetstream::Context,
     bucket: &str,
+    description: &str,
     ttl: Duration,
 ) -> Result<kv::Store, GatewayError> {
     js.get_or_create_stream(jetstream::stream::Config {
         name: format!("KV_{bucket}"),
-        description: Some("call-ledger: the instance that serves these subjects".into()),
+        description: Some(description.into()),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
         max_age: ttl,
@@ -144,7 +148,13 @@ impl WriterLock {
         holder: Holder,
         ttl: Duration,
     ) -> Result<WriterLock, GatewayError> {
-        let kv = open_bucket(js, bucket, ttl).await?;
+        let kv = open_bucket(
+            js,
+            bucket,
+            "call-ledger: the instance that serves these subjects",
+            ttl,
+        )
+        .await?;
         let mut lock = WriterLock {
             kv,
             bucket: bucket.to_owned(),

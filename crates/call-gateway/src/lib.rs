@@ -23,6 +23,7 @@ mod headers;
 mod lease;
 mod names;
 mod outbox;
+mod rate_share;
 mod service;
 
 #[cfg(test)]
@@ -125,6 +126,13 @@ pub async fn run(
             .await?,
         )
     };
+    let rate_counts = match api.config().rate_limiter.clone() {
+        Some(limiter) => Some((
+            rate_share::open(&js, &names.rate_bucket, &limiter).await?,
+            limiter,
+        )),
+        None => None,
+    };
     let started = service::start(&client, &prefix, &config.queue_group).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -152,6 +160,13 @@ pub async fn run(
             "the command consumer"
         }
     });
+    if let Some((store, limiter)) = rate_counts {
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            rate_share::run(store, limiter, stop).await;
+            "the rate-limit sharing"
+        });
+    }
     // The outbox stops last, so that it publishes what the drain appended.
     let mut outbox_task = JoinSet::new();
     if let Some(outbox) = outbox {

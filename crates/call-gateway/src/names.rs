@@ -21,6 +21,8 @@ pub struct JetStreamNames {
     pub lock_bucket: String,
     /// The log of record, on `<prefix>.log.>`, with the JetStream engine of the log.
     pub log: String,
+    /// The KV bucket of the rate limits' shared counts.
+    pub rate_bucket: String,
 }
 
 impl JetStreamNames {
@@ -48,6 +50,7 @@ impl JetStreamNames {
             events: format!("{stream_base}_EVENTS"),
             lock_bucket: format!("{stream_base}_LOCK"),
             log: format!("{stream_base}_LOG"),
+            rate_bucket: format!("{stream_base}_RATE"),
             consumer,
         }
     }
@@ -66,6 +69,7 @@ mod tests {
         assert_eq!(default.consumer, "call-ledger");
         assert_eq!(default.lock_bucket, "CALL_LOCK");
         assert_eq!(default.log, "CALL_LOG");
+        assert_eq!(default.rate_bucket, "CALL_RATE");
         let staging = JetStreamNames::of("staging");
         assert_eq!(staging.commands, "STAGING_CALL_COMMANDS");
         assert_eq!(staging.events, "STAGING_CALL_EVENTS");

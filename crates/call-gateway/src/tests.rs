@@ -697,6 +697,7 @@ fn test_api(log: &EventLog, data_dir: &Path) -> call_api::Api {
             max_payload: 1024 * 1024,
             self_prefix: "calls".to_string(),
             sync_reads: false,
+            rate_limiter: None,
         },
         || Timestamp::from_millis(1_750_000_000_000),
     )
@@ -844,6 +845,58 @@ async fn the_writer_lock_admits_one_instance_per_prefix() {
             started.elapsed() >= ttl / 2,
             "expired only after about its ttl"
         );
+    })
+    .await
+    .expect("the test finishes in time");
+}
+
+/// Two instances' limiters sharing their counts through one KV bucket hold one budget: what one
+/// admitted is taken from what the other may admit, and counts made while the other shared
+/// are never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_counts_shared_through_kv_hold_one_budget_across_instances() {
+    use call_api::rate::{RateLimit, RateLimiter};
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let nats = Nats::start();
+        let client = async_nats::connect(nats.url()).await.expect("client");
+        let js = jetstream::new(client);
+        let limit = RateLimit {
+            requests: 10,
+            window_secs: 3600,
+        };
+        let (one, two) = (RateLimiter::new(limit), RateLimiter::new(limit));
+        let store = crate::rate_share::open(&js, "TEST_RATE", &one)
+            .await
+            .expect("the bucket");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        for _ in 0..4 {
+            assert!(one.take("api:crm", now).admitted);
+        }
+        assert!(two.take("api:crm", now).admitted);
+        // Both share concurrently: the compare-and-set keeps both counts.
+        tokio::join!(
+            crate::rate_share::share(&store, &one),
+            crate::rate_share::share(&store, &two)
+        );
+        crate::rate_share::share(&store, &one).await;
+        crate::rate_share::share(&store, &two).await;
+        // 5 of 10 are used, as both instances now know; each learns of the other's next
+        // request at the next round only.
+        assert_eq!(one.take("api:crm", now).remaining, 4);
+        assert_eq!(two.take("api:crm", now).remaining, 4);
+        crate::rate_share::share(&store, &one).await;
+        crate::rate_share::share(&store, &two).await;
+        crate::rate_share::share(&store, &one).await;
+        let admitted = (0..10)
+            .filter(|_| one.take("api:crm", now).admitted)
+            .count();
+        assert_eq!(admitted, 3, "7 of 10 were used, by both instances");
+        assert!(!one.take("api:crm", now).admitted);
+        // Another caller is untouched.
+        assert_eq!(two.take("api:other", now).remaining, 9);
     })
     .await
     .expect("the test finishes in time");

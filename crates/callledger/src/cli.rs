@@ -177,6 +177,20 @@ pub struct ServeArgs {
     /// at once.
     #[arg(long, env = "CALLLEDGER_LOCK_TTL_SECS")]
     pub lock_ttl_secs: Option<u64>,
+    /// Requests per caller (a token's actor, a producer) and window, as `N/<n>s`, `N/<n>m` or
+    /// `N/<n>h`, shared by every instance on the same subjects; `off` for none (10000/1h, as
+    /// Outreach).
+    #[arg(long, env = "CALLLEDGER_RATE_LIMIT", value_parser = parse_rate_limit)]
+    pub rate_limit: Option<RateLimitSetting>,
+}
+
+/// A `--rate-limit`: a budget, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitSetting(pub Option<call_api::rate::RateLimit>);
+
+/// Parses `--rate-limit` (and the config file's `rate_limit`).
+pub fn parse_rate_limit(text: &str) -> Result<RateLimitSetting, call_api::rate::RateLimitSyntax> {
+    call_api::rate::RateLimit::parse(text).map(RateLimitSetting)
 }
 
 /// The engine of the log of record.

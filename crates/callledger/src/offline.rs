@@ -282,6 +282,7 @@ fn offline_read(
         max_payload: usize::MAX,
         self_prefix: "calls".into(),
         sync_reads: false,
+        rate_limiter: None,
     };
     let api = Api::new(
         ledger.commands.clone(),

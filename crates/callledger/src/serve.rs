@@ -1,14 +1,19 @@
 //! `callledger serve`: merges flags, environment and the config file into settings, opens the
 //! ledger, and runs the NATS gateway until SIGINT or SIGTERM.
 
-use crate::cli::{DataArgs, Durability, LogArgs, LogEngineChoice, LogFormat, NatsArgs, ServeArgs};
+use crate::cli::{
+    parse_rate_limit, DataArgs, Durability, LogArgs, LogEngineChoice, LogFormat, NatsArgs,
+    RateLimitSetting, ServeArgs,
+};
 use crate::ledger::{now, Ledger, Location, LogOfRecord};
 use anyhow::Context;
+use call_api::rate::{RateLimit, RateLimiter};
 use call_api::{Api, ApiConfig, TokenStore};
 use call_gateway::GatewayConfig;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The config file (`--config FILE`, TOML). Every member is optional; flags and environment
@@ -31,6 +36,7 @@ struct ConfigFile {
     lock_ttl_secs: Option<u64>,
     log: Option<LogEngineChoice>,
     log_replicas: Option<usize>,
+    rate_limit: Option<String>,
 }
 
 pub fn run(
@@ -95,6 +101,16 @@ pub fn run(
             .max(1),
     );
 
+    let rate_limit = match (args.rate_limit, file.rate_limit) {
+        (Some(setting), _) => setting,
+        (None, Some(text)) => parse_rate_limit(&text).context("the config file's rate_limit")?,
+        (None, None) => RateLimitSetting(Some(RateLimit::DEFAULT)),
+    };
+    match rate_limit.0 {
+        Some(limit) => tracing::info!(%limit, "rate limit per caller"),
+        None => tracing::warn!("--rate-limit off: no caller is limited"),
+    }
+
     let location = Location {
         data,
         log: LogArgs {
@@ -123,6 +139,7 @@ pub fn run(
             max_payload: client.max_payload(),
             self_prefix: subject_prefix.clone(),
             sync_reads: replicated,
+            rate_limiter: rate_limit.0.map(|limit| Arc::new(RateLimiter::new(limit))),
         };
         let api = Api::new(
             ledger.commands.clone(),

@@ -53,6 +53,7 @@ impl Gateway {
                 max_payload: client.server_info().max_payload,
                 self_prefix: PREFIX.into(),
                 sync_reads: false,
+                rate_limiter: None,
             },
             now,
         );

@@ -440,6 +440,7 @@ async fn sigterm_drains_and_loses_no_acknowledged_write() {
                 max_payload: 0,
                 self_prefix: "calls".to_string(),
                 sync_reads: false,
+                rate_limiter: None,
             },
             clock,
         );
