@@ -22,6 +22,13 @@ use std::sync::Arc;
 /// payload (NATS counts headers and payload together).
 const HEADROOM: usize = 1024;
 
+/// The media type of a backup page: one event per line.
+pub const NDJSON: &str = "application/x-ndjson";
+/// The header of a backup page naming the log's head when the page was read.
+pub const HEAD_HEADER: &str = "Call-Ledger-Head";
+/// The header of a backup page naming the position of its last event (`after` when empty).
+pub const LAST_POSITION_HEADER: &str = "Call-Ledger-Last-Position";
+
 /// The actor of requests when no tokens file is configured.
 const ANONYMOUS: &str = "anonymous";
 /// The actor of producers' commands whose transport names no producer.
@@ -134,7 +141,10 @@ impl Inner {
             return Err(ApiError::too_large(request.payload.len(), max));
         }
         let grant = self.authenticate(request)?;
-        if let Some(limiter) = &self.config.rate_limiter {
+        // A backup reads the whole log in pages; an operator's tool is not an API caller's
+        // traffic and is not counted.
+        let counted = request.operation != Operation::Backup;
+        if let (Some(limiter), true) = (&self.config.rate_limiter, counted) {
             let now = (self.clock)();
             let key = match request.source {
                 Source::Api => format!("api:{}", grant.actor),
@@ -153,6 +163,7 @@ impl Inner {
             Operation::List | Operation::Get(_) | Operation::Changes => Scope::Read,
             Operation::Create | Operation::Update(_) => Scope::Write,
             Operation::Delete(_) => Scope::Delete,
+            Operation::Backup => Scope::Admin,
         };
         if !grant.allows(needed) {
             return Err(ApiError::missing_scope(needed.name()));
@@ -177,6 +188,7 @@ impl Inner {
             Operation::List => self.list(&grant, request.payload),
             Operation::Get(token) => self.get(&grant, token, request.payload),
             Operation::Changes => self.changes(&grant, request.payload),
+            Operation::Backup => self.backup(request.payload),
             Operation::Create | Operation::Update(_) | Operation::Delete(_) => {
                 self.write(&grant, request)
             }
@@ -205,7 +217,7 @@ impl Inner {
         let Some(store) = &self.config.tokens else {
             return Ok(Grant {
                 actor: ANONYMOUS.to_owned(),
-                scopes: vec![Scope::Read, Scope::Write, Scope::Delete],
+                scopes: vec![Scope::Read, Scope::Write, Scope::Delete, Scope::Admin],
             });
         };
         let Some(value) = header(request.headers, "Authorization") else {
@@ -411,6 +423,55 @@ impl Inner {
         };
         let (_, body) = document::fit_rows(&rows, self.budget(), tail);
         Ok(success(200, body, None))
+    }
+
+    /// A page of the log for a backup: its events after `after` as NDJSON lines (the form
+    /// `callledger export` writes), as many as fit the reply, with the log's head.
+    fn backup(&self, payload: &[u8]) -> Result<Response, ApiError> {
+        let page = query::parse_log_page(query_text(payload)?)?;
+        let log = self.commands.log();
+        let head = log.head();
+        if page.after > head {
+            return Err(ApiError::parameter(
+                "after",
+                format!(
+                    "Position {} is past the head of the log, {head}.",
+                    page.after
+                ),
+            ));
+        }
+        let records = log
+            .read_from(page.after, page.limit)
+            .map_err(|error| projection_error("reading the log", &error.into()))?;
+        let budget = self.budget();
+        let mut body = Vec::new();
+        let mut last = page.after;
+        for record in records {
+            let event = call_model::Event::decode(
+                record.position,
+                record.stream,
+                record.version,
+                &record.payload,
+            )
+            .map_err(|error| internal("decoding an event for a backup", &error))?;
+            let line = event.to_json_bytes();
+            // Always at least one event, so that a backup moves on.
+            if !body.is_empty() && body.len() + line.len() + 1 > budget {
+                break;
+            }
+            body.extend_from_slice(&line);
+            body.push(b'\n');
+            last = record.position;
+        }
+        Ok(Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type".into(), NDJSON.into()),
+                (HEAD_HEADER.into(), head.to_string()),
+                (LAST_POSITION_HEADER.into(), last.to_string()),
+            ],
+            body,
+        })
     }
 
     fn write(&self, grant: &Grant, request: &Request<'_>) -> Result<Response, ApiError> {

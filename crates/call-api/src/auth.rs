@@ -20,16 +20,20 @@ pub enum Scope {
     /// `calls.voice`: may also write the telephony-owned members (`state`, `uid`,
     /// `voicemailRecordingUrl`, `associatedId`).
     Voice,
+    /// `calls.admin`: read the whole log for a backup (`calls.api.backup`). Not part of
+    /// `calls.all`: a token for the API never reads the log wholesale unless it is given this.
+    Admin,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::Read,
         Scope::Write,
         Scope::Delete,
         Scope::All,
         Scope::Voice,
+        Scope::Admin,
     ];
 
     /// Its name in the tokens file and in error messages.
@@ -40,6 +44,7 @@ impl Scope {
             Scope::Delete => "calls.delete",
             Scope::All => "calls.all",
             Scope::Voice => "calls.voice",
+            Scope::Admin => "calls.admin",
         }
     }
 

@@ -24,7 +24,7 @@ pub mod rate;
 #[cfg(test)]
 mod tests;
 
-pub use api::Api;
+pub use api::{Api, HEAD_HEADER, LAST_POSITION_HEADER, NDJSON};
 pub use auth::{ConfigError, Scope, TokenStore};
 pub use error::{ApiError, ErrorObject, ErrorSource, MAX_ERROR_OBJECTS};
 
@@ -49,6 +49,9 @@ pub enum Operation {
     Delete(String),
     /// `calls.api.changes`: the payload is `after=<position>&limit=<n>`.
     Changes,
+    /// `calls.api.backup`: the payload is `after=<position>&limit=<n>`; the reply is the log's
+    /// events after the position as NDJSON, as `callledger export` writes them (`calls.admin`).
+    Backup,
 }
 
 /// Where a request came from, which decides how it is authorized.

@@ -234,29 +234,8 @@ pub fn parse_changes(query: &str) -> Result<ChangesRequest, ApiError> {
         }
         seen.push(key);
         match key.as_str() {
-            "after" => {
-                request.after = parse_digits(value).ok_or_else(|| {
-                    ApiError::parameter(
-                        key,
-                        format!(
-                            "Expected a log position (an integer of 0 or more), got '{value}'."
-                        ),
-                    )
-                })?;
-            }
-            "limit" => {
-                request.limit = parse_digits(value)
-                    .and_then(|limit| usize::try_from(limit).ok())
-                    .filter(|limit| (1..=MAX_CHANGES_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        ApiError::parameter(
-                            key,
-                            format!(
-                                "Expected an integer from 1 to {MAX_CHANGES_LIMIT}, got '{value}'."
-                            ),
-                        )
-                    })?;
-            }
+            "after" => request.after = parse_position(key, value)?,
+            "limit" => request.limit = parse_limit(key, value, MAX_CHANGES_LIMIT)?,
             _ => {
                 let handled = match split_key(key) {
                     Some((name, path)) => read_option(key, name, &path, value, &mut request.read)?,
@@ -270,6 +249,66 @@ pub fn parse_changes(query: &str) -> Result<ChangesRequest, ApiError> {
         }
     }
     Ok(request)
+}
+
+/// Events per page of `calls.api.backup` unless `limit` says otherwise.
+pub const DEFAULT_LOG_PAGE: usize = 1000;
+/// The most events one page of `calls.api.backup` asks for (a page is also cut to the max
+/// payload).
+pub const MAX_LOG_PAGE: usize = 10_000;
+
+/// A page of the log, as `calls.api.backup` asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPageRequest {
+    /// The events after this position.
+    pub after: u64,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Parses the payload of `calls.api.backup`: `after=<position>&limit=<n>`, both optional.
+pub fn parse_log_page(query: &str) -> Result<LogPageRequest, ApiError> {
+    let params = decode_query(query)?;
+    let mut seen = Vec::<&str>::new();
+    let mut request = LogPageRequest {
+        after: 0,
+        limit: DEFAULT_LOG_PAGE,
+    };
+    for (key, value) in &params {
+        if seen.contains(&key.as_str()) {
+            return Err(given_twice(key));
+        }
+        seen.push(key);
+        match key.as_str() {
+            "after" => request.after = parse_position(key, value)?,
+            "limit" => request.limit = parse_limit(key, value, MAX_LOG_PAGE)?,
+            _ => return Err(unknown_parameter(key, "backup")),
+        }
+    }
+    Ok(request)
+}
+
+/// A log position: an integer of 0 or more.
+fn parse_position(key: &str, value: &str) -> Result<u64, ApiError> {
+    parse_digits(value).ok_or_else(|| {
+        ApiError::parameter(
+            key,
+            format!("Expected a log position (an integer of 0 or more), got '{value}'."),
+        )
+    })
+}
+
+/// A page's limit: an integer from 1 to `max`.
+fn parse_limit(key: &str, value: &str, max: usize) -> Result<usize, ApiError> {
+    parse_digits(value)
+        .and_then(|limit| usize::try_from(limit).ok())
+        .filter(|limit| (1..=max).contains(limit))
+        .ok_or_else(|| {
+            ApiError::parameter(
+                key,
+                format!("Expected an integer from 1 to {max}, got '{value}'."),
+            )
+        })
 }
 
 /// Re-encodes decoded parameters as a query string: the canonical form of `links`.
@@ -364,6 +403,7 @@ fn unknown_parameter(key: &str, operation: &str) -> ApiError {
         "changes" => {
             "after, limit, fields[call], provideAuthorizationMeta and provideDataConnections"
         }
+        "backup" => "after and limit",
         _ => {
             "filter[...], newFilterSyntax, sort, page[size], page[after], page[before], count, \
              fields[call], provideAuthorizationMeta and provideDataConnections"

@@ -33,12 +33,13 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::Client;
 use call_api::Api;
 use event_log::EventLog;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+/// The NATS client the gateway's functions take.
+pub use async_nats::Client;
 pub use connect::{connect, connect_now, NatsOptions};
 pub use error::{GatewayError, GatewayErrorKind};
 pub use names::{JetStreamNames, DEFAULT_SUBJECT_PREFIX};

@@ -40,15 +40,17 @@ enum Kind {
     Update,
     Delete,
     Changes,
+    Backup,
 }
 
-const ENDPOINTS: [(Kind, &str, &str); 6] = [
+const ENDPOINTS: [(Kind, &str, &str); 7] = [
     (Kind::List, "list", "list"),
     (Kind::Get, "get", "get.*"),
     (Kind::Create, "create", "create"),
     (Kind::Update, "update", "update.*"),
     (Kind::Delete, "delete", "delete.*"),
     (Kind::Changes, "changes", "changes"),
+    (Kind::Backup, "backup", "backup"),
 ];
 
 /// The subject a request for `operation` is sent to: `<prefix>.api.<endpoint>[.<id>]`.
@@ -60,6 +62,7 @@ pub(crate) fn api_subject(prefix: &str, operation: &Operation) -> String {
         Operation::Update(id) => (Kind::Update, Some(id)),
         Operation::Delete(id) => (Kind::Delete, Some(id)),
         Operation::Changes => (Kind::Changes, None),
+        Operation::Backup => (Kind::Backup, None),
     };
     let name = ENDPOINTS
         .iter()
@@ -232,6 +235,7 @@ fn operation(kind: Kind, subject: &str) -> Operation {
         Kind::Update => Operation::Update(id()),
         Kind::Delete => Operation::Delete(id()),
         Kind::Changes => Operation::Changes,
+        Kind::Backup => Operation::Backup,
     }
 }
 
@@ -366,6 +370,7 @@ mod tests {
             (Operation::Update("7".into()), "calls.api.update.7"),
             (Operation::Delete("7".into()), "calls.api.delete.7"),
             (Operation::Changes, "calls.api.changes"),
+            (Operation::Backup, "calls.api.backup"),
         ] {
             let sent = api_subject("calls", &operation);
             assert_eq!(sent, subject);

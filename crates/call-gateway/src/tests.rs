@@ -578,6 +578,7 @@ async fn stats_count_errors_and_replies_carry_bodies() {
         assert_eq!(
             subjects,
             [
+                "calls.api.backup",
                 "calls.api.changes",
                 "calls.api.create",
                 "calls.api.delete.*",

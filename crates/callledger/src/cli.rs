@@ -90,6 +90,22 @@ pub enum Command {
     },
     /// A client of a running service, over NATS.
     Calls(ClientArgs),
+    /// Copy the log into a backup directory; run again, copy only what is new. From the data
+    /// directory (`--data-dir`), or from the service that holds it (`--nats-url`, scope
+    /// `calls.admin`) while it serves.
+    Backup {
+        /// The backup directory (created if missing).
+        dir: PathBuf,
+        /// With `--nats-url`: the bearer token to present (scope `calls.admin`).
+        #[arg(long, env = "CALLLEDGER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Build a new data directory (`--data-dir`, missing or empty) from a backup directory, or
+    /// from `callledger export` output with `-`, checking every checksum first.
+    Restore {
+        /// The backup directory, or `-` for an export stream on stdin.
+        source: PathBuf,
+    },
 }
 
 /// How to reach NATS: for `serve`, the `calls` client, and the offline subcommands on a data

@@ -1,6 +1,7 @@
 //! `callledger`: the command line of call-ledger. Parses flags, installs logging, and hands each
 //! subcommand to the module that owns it; errors become a message and a non-zero exit code.
 
+mod backup;
 mod cli;
 mod client;
 mod ledger;
@@ -38,5 +39,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Get { id, query } => offline::get(&at, &id, query.as_deref()),
         cli::Command::List { query } => offline::list(&at, query.as_deref()),
         cli::Command::Calls(args) => client::run(&cli.nats, args),
+        cli::Command::Backup { dir, token } => backup::backup(&at, &cli.nats, token, &dir),
+        cli::Command::Restore { source } => backup::restore(&at, &source),
     }
 }

@@ -1132,3 +1132,230 @@ fn import_skips_bad_lines_by_number_and_imports_every_other_once() {
     let expected: Vec<u32> = (1..=25).filter(|n| ![4, 11, 12].contains(n)).collect();
     assert_eq!(numbers, expected);
 }
+
+/// Runs `callledger ARGS` and returns its output, whatever its exit status.
+fn cli(bin: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("callledger runs")
+}
+
+/// A path as a command-line argument.
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// `callledger backup --nats-url` while `serve` takes writes, again to copy only what is new,
+/// then `restore` into a new data directory: the restored ledger verifies and answers the same
+/// lists, gets and export as the original. A damaged segment, a directory that holds a ledger
+/// and a backup of another ledger are refused with what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_write_load_restores_the_same_ledger() {
+    let bin = blocking(callledger_bin);
+    bounded("the test", TEST_TIMEOUT, async {
+        let nats = blocking(NatsServer::start);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let backup = dir.path().join("backup");
+        let mut serve =
+            blocking(|| Serve::start(&bin, &data, &nats.url(), &[], dir.path().join("serve.log")));
+        let client = async_nats::connect(nats.url()).await.expect("a client");
+        let caller = Caller::new(client, None);
+        wait_until_serving(&caller, &serve).await;
+
+        // Writers create, update and delete calls until told to stop.
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for writer in 0..4 {
+            let (caller, stop, acknowledged) = (caller.clone(), stop.clone(), acknowledged.clone());
+            writers.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let created = caller
+                        .create_call(json!({"note": format!("writer {writer} call {n}")}))
+                        .await;
+                    let id = created["id"].as_u64().expect("an id");
+                    if n.is_multiple_of(3) {
+                        let update = call_document(json!({"outcome": "Answered"}));
+                        assert!(caller.update(id, &[], &update).await.is_success());
+                    }
+                    if n.is_multiple_of(5) {
+                        assert!(caller.delete(id, &[]).await.is_success());
+                    }
+                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+        let progress = |at_least: usize| {
+            let acknowledged = acknowledged.clone();
+            eventually("writes acknowledged", Duration::from_secs(30), move || {
+                let acknowledged = acknowledged.clone();
+                async move { (acknowledged.load(Ordering::SeqCst) >= at_least).then_some(()) }
+            })
+        };
+        progress(50).await;
+        let online = |backup: PathBuf| {
+            let (bin, url) = (bin.clone(), nats.url());
+            tokio::task::spawn_blocking(move || {
+                cli(&bin, &["backup", "--nats-url", &url, arg(&backup)])
+            })
+        };
+        let first = online(backup.clone()).await.expect("the backup runs");
+        let said = String::from_utf8_lossy(&first.stdout).into_owned();
+        assert!(
+            first.status.success() && said.starts_with("backed up "),
+            "{said}{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        let manifest = || -> Value {
+            serde_json::from_slice(
+                &std::fs::read(backup.join("manifest.json")).expect("a manifest"),
+            )
+            .expect("the manifest is JSON")
+        };
+        let first_position = manifest()["position"].as_u64().expect("a position");
+        assert!(first_position > 0);
+        // Kept as it was, to restore the ledger as of the first run.
+        let first_backup = dir.path().join("first-backup");
+        std::fs::create_dir(&first_backup).expect("a directory");
+        for entry in std::fs::read_dir(&backup).expect("the backup") {
+            let entry = entry.expect("an entry");
+            std::fs::copy(entry.path(), first_backup.join(entry.file_name())).expect("a copy");
+        }
+        // More writes, then the same backup again: only what is new.
+        let seen = acknowledged.load(Ordering::SeqCst);
+        progress(seen + 20).await;
+        stop.store(true, Ordering::SeqCst);
+        for writer in writers {
+            bounded("a writer", Duration::from_secs(30), writer)
+                .await
+                .expect("a writer does not panic");
+        }
+        let second = online(backup.clone()).await.expect("the backup runs");
+        assert!(
+            second.status.success(),
+            "{}",
+            String::from_utf8_lossy(&second.stderr)
+        );
+        let manifest = manifest();
+        let segments = manifest["segments"].as_array().expect("segments");
+        assert_eq!(segments.len(), 2, "{manifest}");
+        assert_eq!(segments[1]["first"].as_u64(), Some(first_position + 1));
+        let position = manifest["position"].as_u64().expect("a position");
+        serve.stop_cleanly();
+        let original_stats = offline_stats(&bin, &data);
+        assert_eq!(
+            original_stats["lastPosition"].as_u64(),
+            Some(position),
+            "{original_stats}"
+        );
+
+        let restored = dir.path().join("restored");
+        let said = offline(&bin, &restored, &["restore", arg(&backup)]);
+        assert!(
+            said.starts_with(&format!("restored {position} events")),
+            "{said}"
+        );
+        let verified = offline(&bin, &restored, &["verify"]);
+        assert!(verified.contains("equals the live one"), "{verified}");
+        for args in [
+            vec!["export"],
+            vec!["list", "page[size]=1000&sort=id&count=true"],
+            vec!["list", "filter[outcome]=Answered&sort=-updatedAt"],
+            vec!["get", "1"],
+            vec!["get", "7"],
+        ] {
+            assert_eq!(
+                offline(&bin, &restored, &args),
+                offline(&bin, &data, &args),
+                "callledger {args:?}"
+            );
+        }
+        // The backup taken under load restores the ledger as it was at its position.
+        let exported = offline(&bin, &data, &["export"]);
+        let as_of_first = dir.path().join("as-of-first");
+        offline(&bin, &as_of_first, &["restore", arg(&first_backup)]);
+        let first_lines: Vec<&str> = exported.lines().take(first_position as usize).collect();
+        assert_eq!(
+            offline(&bin, &as_of_first, &["export"])
+                .lines()
+                .collect::<Vec<_>>(),
+            first_lines
+        );
+        // An export stream restores the same ledger too.
+        let streamed = dir.path().join("streamed");
+        let mut child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(&streamed)
+            .args(["restore", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("restore starts");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("its stdin");
+            stdin
+                .write_all(exported.as_bytes())
+                .expect("the export is written");
+        }
+        assert!(child
+            .wait_with_output()
+            .expect("restore ends")
+            .status
+            .success());
+        assert_eq!(offline(&bin, &streamed, &["export"]), exported);
+
+        // Refusals, each saying what is wrong, writing nothing.
+        let refused = cli(
+            &bin,
+            &["--data-dir", arg(&restored), "restore", arg(&backup)],
+        );
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains("is not empty"),
+            "{stderr}"
+        );
+        let segment = backup.join(segments[0]["file"].as_str().expect("a file name"));
+        let mut bytes = std::fs::read(&segment).expect("the segment");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&segment, bytes).expect("the damaged segment");
+        let damaged = dir.path().join("damaged");
+        let refused = cli(
+            &bin,
+            &["--data-dir", arg(&damaged), "restore", arg(&backup)],
+        );
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains("is damaged"),
+            "{stderr}"
+        );
+        assert!(
+            !damaged.exists(),
+            "nothing was written for a damaged backup"
+        );
+        let other = dir.path().join("other");
+        let mut lines = String::new();
+        for n in 0..3 {
+            lines.push_str(&format!("{{\"note\":\"other {n}\"}}\n"));
+        }
+        std::fs::write(dir.path().join("other.ndjson"), lines).expect("the calls");
+        offline(
+            &bin,
+            &other,
+            &["import", arg(&dir.path().join("other.ndjson"))],
+        );
+        let refused = cli(&bin, &["--data-dir", arg(&other), "backup", arg(&backup)]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains("another ledger"),
+            "{stderr}"
+        );
+    })
+    .await;
+}
