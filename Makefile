@@ -2,7 +2,7 @@
 # `make test` and `make run` work on a fresh clone with only a Rust toolchain:
 # nats-server is installed with apt-get if it is missing.
 
-.PHONY: run test check fmt lint doc layering bench import-demo nats-server nats-server-2.15 cluster cluster-stop bench-peers
+.PHONY: run test check fmt lint doc layering bench import-demo nats-server nats-server-2.15 cluster cluster-stop bench-peers fuzz fuzz-short
 
 run:            ## build release, start a local nats-server if none is running, serve
 	scripts/run.sh
@@ -31,6 +31,13 @@ bench: nats-server nats-server-2.15
 
 bench-peers: nats-server nats-server-2.15 ## call-ledger beside JetStream used directly and PostgreSQL as event stores, same events, fsynced
 	cargo bench -p call-ledger-tests --bench peers
+
+FUZZ_SECONDS ?= 600
+fuzz:           ## every fuzz target for FUZZ_SECONDS (600) each; installs cargo-fuzz if missing
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-short:     ## every fuzz target for 30 s each, as .ci/run does
+	scripts/fuzz.sh 30
 
 import-demo:    ## 100k generated calls: import, rebuild, verify, timed
 	scripts/import-demo.sh 100000
