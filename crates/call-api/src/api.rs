@@ -140,6 +140,7 @@ impl Inner {
         if max > 0 && request.payload.len() > max {
             return Err(ApiError::too_large(request.payload.len(), max));
         }
+        check_headers(request.headers)?;
         let grant = self.authenticate(request)?;
         // A backup reads the whole log in pages; an operator's tool is not an API caller's
         // traffic and is not counted.
@@ -631,6 +632,49 @@ fn query_text(payload: &[u8]) -> Result<&str, ApiError> {
         .map_err(|_| ApiError::bad_request("The query string is not valid UTF-8.", None))
 }
 
+/// The most headers a request may carry.
+pub const MAX_HEADERS: usize = 64;
+/// The longest header value accepted, in bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 8192;
+/// The deepest a request document may nest (objects and arrays): a call document nests five
+/// levels; JSON deeper than serde's own limit (128) is refused as not valid JSON.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Refuses more than [`MAX_HEADERS`] headers, or one longer than [`MAX_HEADER_VALUE_BYTES`].
+fn check_headers(headers: &[(String, String)]) -> Result<(), ApiError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(ApiError::header(
+            "",
+            format!(
+                "The request carries {} headers; the service accepts at most {MAX_HEADERS}.",
+                headers.len()
+            ),
+        ));
+    }
+    match headers
+        .iter()
+        .find(|(_, value)| value.len() > MAX_HEADER_VALUE_BYTES)
+    {
+        Some((name, value)) => Err(ApiError::header(
+            name,
+            format!(
+                "The header is {} bytes long; the service accepts at most {MAX_HEADER_VALUE_BYTES}.",
+                value.len()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// How deeply `value` nests: 0 for a scalar, 1 for an array or object of scalars.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn parse_json(payload: &[u8]) -> Result<Value, ApiError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
@@ -638,12 +682,19 @@ fn parse_json(payload: &[u8]) -> Result<Value, ApiError> {
             Some(crate::ErrorSource::Pointer(String::new())),
         ));
     }
-    serde_json::from_slice(payload).map_err(|error| {
+    let value: Value = serde_json::from_slice(payload).map_err(|error| {
         ApiError::bad_request(
             format!("The request body is not valid JSON: {error}."),
             Some(crate::ErrorSource::Pointer(String::new())),
         )
-    })
+    })?;
+    if depth(&value) > MAX_JSON_DEPTH {
+        return Err(ApiError::bad_request(
+            format!("The document nests deeper than {MAX_JSON_DEPTH} levels."),
+            Some(crate::ErrorSource::Pointer(String::new())),
+        ));
+    }
+    Ok(value)
 }
 
 fn command_error(error: CommandError, key_header: &str) -> ApiError {

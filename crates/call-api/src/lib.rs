@@ -24,7 +24,10 @@ pub mod rate;
 #[cfg(test)]
 mod tests;
 
-pub use api::{Api, HEAD_HEADER, LAST_POSITION_HEADER, NDJSON};
+pub use api::{
+    Api, HEAD_HEADER, LAST_POSITION_HEADER, MAX_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_JSON_DEPTH,
+    NDJSON,
+};
 pub use auth::{ConfigError, Scope, TokenStore};
 pub use error::{ApiError, ErrorObject, ErrorSource, MAX_ERROR_OBJECTS};
 

@@ -31,7 +31,7 @@ fn digest(token: &str) -> String {
 }
 
 /// Tokens: `reader` (calls.read), `writer` (read, write), `admin` (calls.all), `voice`
-/// (calls.all, calls.voice).
+/// (calls.all, calls.voice), `backup` (calls.admin).
 fn tokens() -> TokenStore {
     let mut text = String::new();
     for (name, scopes) in [
@@ -39,6 +39,7 @@ fn tokens() -> TokenStore {
         ("writer", r#"["calls.read", "calls.write"]"#),
         ("admin", r#"["calls.all"]"#),
         ("voice", r#"["calls.all", "calls.voice"]"#),
+        ("backup", r#"["calls.admin"]"#),
     ] {
         text.push_str(&format!(
             "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = {scopes}\n",
@@ -1135,4 +1136,140 @@ fn one_idempotency_key_from_two_tokens_is_two_requests() {
     let again = send("writer");
     assert_eq!(again.header("Idempotent-Replayed"), Some("true"));
     assert_eq!(body(&again)["data"]["id"], body(&writer)["data"]["id"]);
+}
+
+#[test]
+fn every_limit_is_refused_with_what_was_too_much() {
+    let ledger = secured();
+    let bearer = ("Authorization", "Bearer admin-secret");
+    // Headers: how many, and how long one is.
+    let many: Vec<(String, String)> = (0..crate::MAX_HEADERS)
+        .map(|n| (format!("X-{n}"), "v".to_owned()))
+        .collect();
+    let mut headers: Vec<(&str, &str)> =
+        many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    headers.push(bearer);
+    let first = error(
+        &ledger.send(Operation::List, &headers, b""),
+        400,
+        "validationError",
+    );
+    assert!(
+        first["detail"].as_str().unwrap().contains("at most 64"),
+        "{first}"
+    );
+    let long = "v".repeat(crate::MAX_HEADER_VALUE_BYTES + 1);
+    let first = error(
+        &ledger.send(Operation::List, &[bearer, ("X-Long", &long)], b""),
+        400,
+        "validationError",
+    );
+    assert_eq!(first["source"]["header"], "X-Long");
+    // JSON nesting.
+    let deep = format!(
+        "{{\"data\":{{\"type\":\"call\",\"attributes\":{{\"note\":{}1{}}}}}}}",
+        "[".repeat(crate::MAX_JSON_DEPTH),
+        "]".repeat(crate::MAX_JSON_DEPTH)
+    );
+    let first = error(
+        &ledger.as_("admin", Operation::Create, &deep),
+        400,
+        "validationError",
+    );
+    assert!(
+        first["detail"].as_str().unwrap().contains("deeper than 32"),
+        "{first}"
+    );
+    // Filters per query: one per field (the grammar bounds them), a second one is refused.
+    let first = error(
+        &ledger.as_(
+            "reader",
+            Operation::List,
+            "filter[note]=a&filter[direction]=inbound&filter[note]=b",
+        ),
+        400,
+        "validationError",
+    );
+    assert_eq!(first["source"]["parameter"], "filter[note]");
+    // Tags and data connections per call.
+    let tags: Vec<String> = (0..=call_model::MAX_TAGS)
+        .map(|n| format!("t{n}"))
+        .collect();
+    let payload = json!({"data": {"type": "call", "attributes": {"tags": tags}}}).to_string();
+    let first = error(
+        &ledger.as_("admin", Operation::Create, &payload),
+        422,
+        "validationError",
+    );
+    assert_eq!(first["source"]["pointer"], "/data/attributes/tags");
+    let connections: Vec<Value> = (0..=call_model::MAX_DATA_CONNECTIONS)
+        .map(|n| json!({"connection": "sf", "type": "Task", "id": format!("00T{n}")}))
+        .collect();
+    let payload = json!({"data": {"type": "call", "attributes": {},
+        "meta": {"dataConnections": connections}}})
+    .to_string();
+    let first = error(
+        &ledger.as_("admin", Operation::Create, &payload),
+        422,
+        "validationError",
+    );
+    assert_eq!(first["source"]["pointer"], "/data/meta/dataConnections");
+    // Idempotency keys.
+    let key = "k".repeat(256);
+    let payload = json!({"data": {"type": "call", "attributes": {}}}).to_string();
+    let first = error(
+        &ledger.send(
+            Operation::Create,
+            &[bearer, ("Idempotency-Key", &key)],
+            payload.as_bytes(),
+        ),
+        400,
+        "validationError",
+    );
+    assert_eq!(first["source"]["header"], "Idempotency-Key");
+}
+
+#[test]
+fn the_backup_endpoint_pages_through_the_log_for_the_admin_scope_only() {
+    let ledger = secured();
+    for n in 0..5 {
+        ledger.create(json!({ "note": format!("call {n}") }));
+    }
+    error(
+        &ledger.as_("admin", Operation::Backup, "after=0"),
+        403,
+        "unauthorizedOauthScope",
+    );
+    let page = ledger.as_("backup", Operation::Backup, "after=1&limit=3");
+    assert_eq!(page.status, 200, "{}", text(&page));
+    assert_eq!(page.header("Content-Type"), Some(crate::NDJSON));
+    assert_eq!(page.header(crate::HEAD_HEADER), Some("5"));
+    assert_eq!(page.header(crate::LAST_POSITION_HEADER), Some("4"));
+    let positions: Vec<u64> = text(&page)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["position"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(positions, [2, 3, 4]);
+    let empty = ledger.as_("backup", Operation::Backup, "after=5");
+    assert_eq!((empty.status, empty.body.len()), (200, 0));
+    let first = error(
+        &ledger.as_("backup", Operation::Backup, "after=6"),
+        400,
+        "validationError",
+    );
+    assert_eq!(first["source"]["parameter"], "after");
+    error(
+        &ledger.as_("backup", Operation::Backup, "limit=0"),
+        400,
+        "validationError",
+    );
+    error(
+        &ledger.as_("backup", Operation::Backup, "sort=id"),
+        400,
+        "validationError",
+    );
 }

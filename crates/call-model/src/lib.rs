@@ -20,5 +20,6 @@ pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHE
 pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation};
 pub use input::{
     parse_update, parse_write, Changes, Rights, Violation, ViolationKind, WriteInput, WriteMode,
+    MAX_DATA_CONNECTIONS, MAX_TAGS,
 };
 pub use time::{Timestamp, TimestampError};
