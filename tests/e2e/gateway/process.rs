@@ -50,6 +50,11 @@ impl Serve {
         }
     }
 
+    /// Whether the process is still running.
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
     fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -1356,6 +1361,170 @@ async fn a_backup_taken_under_write_load_restores_the_same_ledger() {
             !refused.status.success() && stderr.contains("another ledger"),
             "{stderr}"
         );
+    })
+    .await;
+}
+
+/// NATS stops for ten seconds under load (API creates from four writers, producers' commands
+/// waiting in JetStream) and comes back on the same port and store: the service reconnects by
+/// itself, every command published before the stop is applied once, every create it
+/// acknowledged is there, and a client asking during the outage fails within its timeout with
+/// a clear error instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_rides_out_a_ten_second_nats_outage_under_load() {
+    let bin = blocking(callledger_bin);
+    bounded("the test", TEST_TIMEOUT, async {
+        const COMMANDS: usize = 50;
+        let mut nats = blocking(NatsServer::start);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let mut serve =
+            blocking(|| Serve::start(&bin, &data, &nats.url(), &[], dir.path().join("serve.log")));
+        let client = async_nats::connect(nats.url()).await.expect("a client");
+        let caller = Caller::new(client.clone(), None);
+        wait_until_serving(&caller, &serve).await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for writer in 0..4 {
+            let (caller, stop) = (caller.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let document = call_document(json!({"note": format!("w{writer} {n}")}));
+                    let sent = caller
+                        .try_request_within(
+                            "calls.api.create",
+                            &[],
+                            document.to_string(),
+                            Duration::from_secs(2),
+                        )
+                        .await;
+                    match sent {
+                        Ok(reply) if reply.is_success() => {
+                            acknowledged.push(reply.data()["id"].as_u64().expect("an id"));
+                        }
+                        // Refused or lost while NATS is away: not acknowledged, retried later.
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                acknowledged
+            }));
+        }
+        let js = jetstream::new(client.clone());
+        for n in 0..COMMANDS {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("outage-{n}").as_str());
+            let document = call_document(json!({"note": format!("command {n}")}));
+            js.publish_with_headers(
+                "calls.commands.create",
+                headers,
+                document.to_string().into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        }
+
+        blocking(|| nats.stop());
+        let outage = std::time::Instant::now();
+        let asked = {
+            let (bin, url) = (bin.clone(), nats.url());
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let output = cli(
+                    &bin,
+                    &["calls", "list", "--nats-url", &url, "--timeout", "2"],
+                );
+                (started.elapsed(), output)
+            })
+        };
+        let (took, output) = asked.await.expect("the client runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "a list during the outage: {stderr}"
+        );
+        assert!(took < Duration::from_secs(10), "it took {took:?}: {stderr}");
+        assert!(stderr.contains("NATS"), "the error names NATS: {stderr}");
+        // The rest of the ten seconds.
+        if let Some(rest) = Duration::from_secs(10).checked_sub(outage.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+        assert!(
+            serve.is_running(),
+            "serve survives the outage; its log:\n{}",
+            serve.logs()
+        );
+        blocking(|| nats.restart());
+
+        // Writers go on for a while after the restart, then stop.
+        wait_until_serving(&caller, &serve).await;
+        let created_after = Arc::new(AtomicUsize::new(0));
+        eventually(
+            "a create after the restart",
+            Duration::from_secs(30),
+            || {
+                let (caller, created_after) = (caller.clone(), created_after.clone());
+                async move {
+                    let reply = caller
+                        .try_request(
+                            "calls.api.create",
+                            &[],
+                            call_document(json!({})).to_string(),
+                        )
+                        .await
+                        .ok()?;
+                    reply
+                        .is_success()
+                        .then(|| created_after.fetch_add(1, Ordering::SeqCst))
+                }
+            },
+        )
+        .await;
+        stop.store(true, Ordering::SeqCst);
+        let mut acknowledged = Vec::new();
+        for writer in writers {
+            let ids = bounded("a writer", Duration::from_secs(30), writer).await;
+            acknowledged.extend(ids.expect("a writer does not panic"));
+        }
+        eventually("every command settled", Duration::from_secs(60), || {
+            let js = js.clone();
+            async move {
+                let mut consumer = js
+                    .get_stream("CALL_COMMANDS")
+                    .await
+                    .ok()?
+                    .get_consumer::<pull::Config>("call-ledger")
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            }
+        })
+        .await;
+        for id in acknowledged.iter().step_by(7) {
+            let reply = caller.get(*id, "").await;
+            assert!(reply.is_success(), "acknowledged call {id}: {reply}");
+        }
+        serve.stop_cleanly();
+        let verified = offline(&bin, &data, &["verify"]);
+        assert!(verified.contains("equals the live one"), "{verified}");
+        // Each command made exactly one call.
+        let mut made = BTreeMap::<String, usize>::new();
+        for line in offline(&bin, &data, &["export"]).lines() {
+            let event: Value = serde_json::from_str(line).expect("an event");
+            if let Some(note) = event["data"]["attributes"]["note"].as_str() {
+                if event["type"] == "CallCreated" && note.starts_with("command ") {
+                    *made.entry(note.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        assert_eq!(made.len(), COMMANDS, "{made:?}");
+        assert!(made.values().all(|&n| n == 1), "{made:?}");
     })
     .await;
 }
