@@ -1528,3 +1528,254 @@ async fn the_service_rides_out_a_ten_second_nats_outage_under_load() {
     })
     .await;
 }
+
+/// What the writers of the SIGKILL rounds were told: the calls they created, the version each
+/// acknowledged update left, and the deletes acknowledged or merely sent.
+#[derive(Default)]
+struct Acknowledged {
+    created: Vec<u64>,
+    versions: BTreeMap<u64, u64>,
+    deleted: std::collections::BTreeSet<u64>,
+    delete_sent: std::collections::BTreeSet<u64>,
+}
+
+/// One writer of a round: creates, updates, deletes, gets and lists until its requests fail
+/// (the service was killed).
+async fn mixed_writer(caller: Caller, writer: usize, round: usize) -> Acknowledged {
+    let mut acknowledged = Acknowledged::default();
+    let timeout = Duration::from_secs(2);
+    for n in 0u64.. {
+        let document = call_document(json!({"note": format!("r{round} w{writer} {n}")}));
+        let Ok(reply) = caller
+            .try_request_within("calls.api.create", &[], document.to_string(), timeout)
+            .await
+        else {
+            break;
+        };
+        if !reply.is_success() {
+            break;
+        }
+        let id = reply.data()["id"].as_u64().expect("an id");
+        acknowledged.created.push(id);
+        acknowledged.versions.insert(id, 1);
+        let update = call_document(json!({"outcome": "Answered"}));
+        match caller
+            .try_request_within(
+                &format!("calls.api.update.{id}"),
+                &[],
+                update.to_string(),
+                timeout,
+            )
+            .await
+        {
+            Ok(reply) if reply.is_success() => {
+                acknowledged.versions.insert(id, reply.etag());
+            }
+            _ => break,
+        }
+        if n % 4 == 3 {
+            acknowledged.delete_sent.insert(id);
+            match caller
+                .try_request_within(&format!("calls.api.delete.{id}"), &[], "", timeout)
+                .await
+            {
+                Ok(reply) if reply.is_success() => {
+                    acknowledged.deleted.insert(id);
+                }
+                _ => break,
+            }
+        }
+        let read = caller
+            .try_request_within(&format!("calls.api.get.{id}"), &[], "", timeout)
+            .await;
+        let listed = caller
+            .try_request_within("calls.api.list", &[], "page[size]=5&sort=-id", timeout)
+            .await;
+        if read.is_err() || listed.is_err() {
+            break;
+        }
+    }
+    acknowledged
+}
+
+/// Ten rounds of SIGKILL at a random moment while `serve` takes mixed API requests (create,
+/// update, delete, get, list from four writers) and producers' commands: after every restart
+/// each acknowledged write is there, and at the end every command made exactly one call,
+/// `CALL_EVENTS` holds every event of the log once in position order, and `verify` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkill_rounds_under_mixed_load_lose_nothing_and_apply_nothing_twice() {
+    let bin = blocking(callledger_bin);
+    bounded("the test", Duration::from_secs(300), async {
+        const ROUNDS: usize = 10;
+        const COMMANDS_PER_ROUND: usize = 20;
+        let seed = chrono::Utc::now().timestamp_subsec_nanos() as u64 | 1;
+        println!("seed {seed}");
+        let mut random = seed;
+        let mut next_random = move |below: u64| {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            random % below
+        };
+        let nats = blocking(NatsServer::start);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let client = async_nats::connect(nats.url()).await.expect("a client");
+        let caller = Caller::new(client.clone(), None);
+        let js = jetstream::new(client.clone());
+        let mut all = Acknowledged::default();
+        for round in 0..ROUNDS {
+            let log = dir.path().join(format!("serve-{round}.log"));
+            let mut serve = blocking(|| Serve::start(&bin, &data, &nats.url(), &[], log));
+            wait_until_serving(&caller, &serve).await;
+            // What earlier rounds acknowledged is there.
+            for id in all.created.iter().rev().take(20) {
+                let reply = caller.get(*id, "").await;
+                if all.delete_sent.contains(id) && !reply.is_success() {
+                    continue;
+                }
+                assert!(reply.is_success(), "round {round}: call {id}: {reply}");
+                assert!(reply.etag() >= all.versions[id], "round {round}: call {id}");
+            }
+            let writers: Vec<_> = (0..4)
+                .map(|writer| tokio::spawn(mixed_writer(caller.clone(), writer, round)))
+                .collect();
+            for n in 0..COMMANDS_PER_ROUND {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("kill-r{round}-{n}").as_str());
+                let document = call_document(json!({"note": format!("command r{round} {n}")}));
+                js.publish_with_headers(
+                    "calls.commands.create",
+                    headers,
+                    document.to_string().into(),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+            }
+            // A random moment: after 0 to 60 more acknowledged creates.
+            let at_least = all.created.len() as u64 + next_random(60);
+            eventually("writes before the kill", Duration::from_secs(30), || {
+                let caller = caller.clone();
+                async move { count(&caller).await.filter(|&n| n >= at_least).map(drop) }
+            })
+            .await;
+            blocking(|| serve.kill());
+            for writer in writers {
+                let acknowledged = bounded("a writer", Duration::from_secs(30), writer)
+                    .await
+                    .expect("a writer does not panic");
+                all.created.extend(acknowledged.created);
+                all.versions.extend(acknowledged.versions);
+                all.deleted.extend(acknowledged.deleted);
+                all.delete_sent.extend(acknowledged.delete_sent);
+            }
+        }
+
+        // The last start: the commands taken but not acked at the kills are redelivered after
+        // the consumer's ack wait (30 s).
+        let mut serve = blocking(|| {
+            Serve::start(
+                &bin,
+                &data,
+                &nats.url(),
+                &[],
+                dir.path().join("serve-last.log"),
+            )
+        });
+        wait_until_serving(&caller, &serve).await;
+        eventually("every command settled", Duration::from_secs(120), || {
+            let js = js.clone();
+            async move {
+                let mut consumer = js
+                    .get_stream("CALL_COMMANDS")
+                    .await
+                    .ok()?
+                    .get_consumer::<pull::Config>("call-ledger")
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            }
+        })
+        .await;
+        for id in &all.created {
+            let reply = caller.get(*id, "").await;
+            if all.deleted.contains(id) || (all.delete_sent.contains(id) && !reply.is_success()) {
+                reply.assert_error(404, "Resource Not Found");
+                continue;
+            }
+            assert!(reply.is_success(), "call {id}: {reply}");
+            assert!(reply.etag() >= all.versions[id], "call {id}");
+        }
+        // Every event once, in position order, on CALL_EVENTS.
+        let head = {
+            let stats = caller
+                .request("calls.api.changes", &[], "after=0&limit=1")
+                .await;
+            assert!(stats.is_success(), "{stats}");
+            serve.stop_cleanly();
+            offline_stats(&bin, &data)["lastPosition"]
+                .as_u64()
+                .expect("a head")
+        };
+        let mut serve_again = blocking(|| {
+            Serve::start(
+                &bin,
+                &data,
+                &nats.url(),
+                &[],
+                dir.path().join("serve-publish.log"),
+            )
+        });
+        wait_until_serving(&caller, &serve_again).await;
+        let events = eventually("every event published", Duration::from_secs(60), || {
+            let js = js.clone();
+            async move {
+                let mut stream = js.get_stream("CALL_EVENTS").await.ok()?;
+                let messages = stream.info().await.ok()?.state.messages;
+                (messages >= head).then_some(stream)
+            }
+        })
+        .await;
+        let consumer = events
+            .create_consumer(pull::OrderedConfig::default())
+            .await
+            .expect("an ordered consumer");
+        let mut messages =
+            futures::StreamExt::take(consumer.messages().await.expect("messages"), head as usize);
+        let mut position = 0;
+        while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            let message = message.expect("a message");
+            position += 1;
+            let event: Value = serde_json::from_slice(&message.payload).expect("event JSON");
+            assert_eq!(event["position"], json!(position), "{event}");
+        }
+        assert_eq!(position, head);
+        let mut events = events;
+        assert_eq!(
+            events.info().await.expect("info").state.messages,
+            head,
+            "no event twice"
+        );
+        serve_again.stop_cleanly();
+        drop(serve);
+
+        // Each command made exactly one call; the projection verifies.
+        let mut made = BTreeMap::<String, usize>::new();
+        for line in offline(&bin, &data, &["export"]).lines() {
+            let event: Value = serde_json::from_str(line).expect("an event");
+            if let Some(note) = event["data"]["attributes"]["note"].as_str() {
+                if event["type"] == "CallCreated" && note.starts_with("command ") {
+                    *made.entry(note.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        assert_eq!(made.len(), ROUNDS * COMMANDS_PER_ROUND, "seed {seed}");
+        assert!(made.values().all(|&n| n == 1), "seed {seed}: {made:?}");
+        let verified = offline(&bin, &data, &["verify"]);
+        assert!(verified.contains("equals the live one"), "{verified}");
+    })
+    .await;
+}
