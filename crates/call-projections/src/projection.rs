@@ -116,7 +116,45 @@ impl Projection {
     /// The view is rebuilt from the log, with a warning, when it was written by another layout
     /// version, when a stored row cannot be read, or when its checkpoint lies beyond the log's
     /// head (which only a log opened with buffered durability can cause, after a crash).
+    ///
+    /// A database sled itself cannot read (its corruption check fails, it takes the files for
+    /// another version's, or it panics reading them) is moved aside to `<dir>.damaged`, replacing an earlier one, and the projection is
+    /// built again from the log in a fresh directory: it is derived, so nothing is lost. A
+    /// directory another process holds is never moved.
     pub fn open(dir: &Path, log: EventLog) -> Result<Projection, ProjectionError> {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Projection::open_as_stored(dir, log.clone())
+        }));
+        let reason = match opened {
+            Ok(Err(ProjectionError::Storage(
+                error @ (sled::Error::Corruption { .. }
+                | sled::Error::ReportableBug(_)
+                | sled::Error::Unsupported(_)),
+            ))) => error.to_string(),
+            Ok(result) => return result,
+            Err(panic) => panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic inside sled".to_owned()),
+        };
+        let mut aside = dir.as_os_str().to_owned();
+        aside.push(".damaged");
+        let aside = std::path::PathBuf::from(aside);
+        tracing::warn!(
+            dir = %dir.display(),
+            aside = %aside.display(),
+            %reason,
+            "the projection's database cannot be read; moving it aside and rebuilding it from the log"
+        );
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)?;
+        }
+        std::fs::rename(dir, &aside)?;
+        Projection::open_as_stored(dir, log)
+    }
+
+    fn open_as_stored(dir: &Path, log: EventLog) -> Result<Projection, ProjectionError> {
         std::fs::create_dir_all(dir)?;
         // sled's default cache (1 GiB): at a million calls a smaller one makes the row reads of
         // a page several times slower until it warms.

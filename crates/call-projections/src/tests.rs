@@ -1220,3 +1220,114 @@ fn rebuild_throughput_is_reported() {
         report.events as f64 / report.seconds.max(1e-9)
     );
 }
+
+#[test]
+fn a_garbled_projection_is_rebuilt_from_the_log_and_never_serves_wrong_data() {
+    let Ledger {
+        dir,
+        log,
+        projection,
+        ..
+    } = varied_ledger(300);
+    let expected = {
+        let ledger_view = Ledger {
+            dir: tempfile::tempdir().expect("temp dir"),
+            log: log.clone(),
+            projection: projection.clone(),
+            clock: EPOCH,
+            template: Event::decode(
+                1,
+                1,
+                1,
+                br#"{"schemaVersion":1,"type":"CallDeleted","eventId":"0190a6b2-7c1e-7000-8000-000000000000","idempotencyKey":null,"occurredAt":"2025-01-13T12:00:00.000Z","recordedAt":"2025-01-13T12:00:00.000Z","actor":"test","data":{}}"#,
+            )
+            .expect("template event")
+            .stored,
+        };
+        ledger_view.all()
+    };
+    drop(projection);
+    let healthy = projection_dir(dir.path());
+    // sled preallocates; spread the damage over the part that holds data.
+    let bytes = std::fs::read(healthy.join("db")).expect("the db file");
+    let size = bytes.iter().rposition(|&byte| byte != 0).unwrap_or(0) as u64;
+    let mut outcomes = std::collections::BTreeMap::new();
+    let snapshot = std::fs::read_dir(&healthy)
+        .expect("list")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("snap."));
+    // 39 places in the database file, then the snapshot file (if any) and the config file.
+    for step in 1..42u64 {
+        let target = match (step, &snapshot) {
+            // sled writes a snapshot only now and then.
+            (40, None) => continue,
+            (40, Some(snapshot)) => snapshot.clone(),
+            (41, _) => "conf".to_owned(),
+            _ => "db".to_owned(),
+        };
+        let copy = tempfile::tempdir().expect("temp dir");
+        let damaged = copy.path().join("projection");
+        std::fs::create_dir(&damaged).expect("a directory");
+        for entry in std::fs::read_dir(&healthy).expect("list") {
+            let entry = entry.expect("an entry");
+            if entry.file_type().expect("a type").is_file() {
+                std::fs::copy(entry.path(), damaged.join(entry.file_name())).expect("copy");
+            }
+        }
+        let offset = match step {
+            40 | 41 => {
+                std::fs::metadata(damaged.join(&target))
+                    .expect("a file")
+                    .len()
+                    / 3
+            }
+            _ => size * step / 40,
+        };
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(damaged.join(&target))
+                .expect("open the copy");
+            file.seek(SeekFrom::Start(offset)).expect("seek");
+            let garbage: Vec<u8> = (0..if step < 40 { 4096u32 } else { 16 })
+                .map(|i| (i * 7 + step as u32 * 13) as u8)
+                .collect();
+            file.write_all(&garbage).expect("garble");
+        }
+        let reopened = Projection::open(&damaged, log.clone())
+            .unwrap_or_else(|error| panic!("{target} garbled at {offset}: not reopened: {error}"));
+        let report = reopened
+            .verify(&copy.path().join("scratch"))
+            .unwrap_or_else(|error| panic!("{target} garbled at {offset}: verify failed: {error}"));
+        assert!(
+            report.differences.is_empty(),
+            "{target} garbled at {offset}: {:?}",
+            report.differences
+        );
+        let mut query = query(vec![], vec![], MAX_PAGE_SIZE);
+        let mut calls = Vec::new();
+        loop {
+            let page = reopened.list(&query).expect("list");
+            let Some(last) = page.calls.last() else { break };
+            query.cursor = Some(PageCursor::After(reopened.cursor_for(&query, last)));
+            calls.extend(page.calls);
+            if !page.more_after {
+                break;
+            }
+        }
+        assert_eq!(calls, expected, "{target} garbled at {offset}: other calls");
+        let kind = if copy.path().join("projection.damaged").exists() {
+            "moved aside and rebuilt"
+        } else {
+            "opened"
+        };
+        *outcomes.entry(kind).or_insert(0) += 1;
+    }
+    eprintln!("garbled projections ({size} bytes of data): {outcomes:?}");
+    assert!(
+        outcomes.contains_key("moved aside and rebuilt"),
+        "a damaged snapshot or config file is moved aside: {outcomes:?}"
+    );
+}

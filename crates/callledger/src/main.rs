@@ -23,6 +23,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, cli::Command::Serve(_)) {
+        // `serve` installs its own; the others say only what went wrong or what they repaired
+        // (a damaged projection rebuilt, say), on stderr, unless RUST_LOG asks for more.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sled=off"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let at = ledger::Location {
         data: cli.data.clone(),
         log: cli.log.clone(),

@@ -681,6 +681,7 @@ async fn srv_ping_info_and_stats_describe_the_service() {
             ("update", "calls.api.update.*"),
             ("delete", "calls.api.delete.*"),
             ("changes", "calls.api.changes"),
+            ("backup", "calls.api.backup"),
         ]
         .into_iter()
         .map(|(name, subject)| (name.into(), subject.into(), "call-ledger".into()))
