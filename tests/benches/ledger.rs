@@ -358,6 +358,7 @@ fn encoded_creates(dir: &Path, count: usize) -> Vec<Vec<u8>> {
         dir,
         LogOptions {
             durability: Durability::Buffered,
+            ..LogOptions::durable()
         },
     )
     .expect("open the scratch log");
@@ -449,6 +450,7 @@ fn fill_ledger(dir: &Path, calls: u64) -> Ledger {
         &dir.join("log"),
         LogOptions {
             durability: Durability::Buffered,
+            ..LogOptions::durable()
         },
     )
     .expect("open the fill log");

@@ -55,6 +55,7 @@ fn ledger(tokens: Option<TokenStore>, max_payload: usize) -> Ledger {
         &dir.path().join("log"),
         LogOptions {
             durability: Durability::Buffered,
+            ..LogOptions::durable()
         },
     )
     .unwrap();

@@ -301,6 +301,7 @@ async fn outbox_keeps_order_when_the_server_dies_mid_batch() {
             &data.path().join("log"),
             LogOptions {
                 durability: event_log::Durability::Buffered,
+                ..LogOptions::durable()
             },
         )
         .expect("log");

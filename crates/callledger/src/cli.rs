@@ -27,6 +27,10 @@ pub struct DataArgs {
     /// the flush, faster, but a crash loses the last half second of acknowledged writes.
     #[arg(long, global = true, env = "CALLLEDGER_DURABILITY", value_enum)]
     pub durability: Option<Durability>,
+    /// Writes are refused (503) while the disk holding the log has less than this many MiB
+    /// free, and resume by themselves once space is freed (64; 0 turns it off).
+    #[arg(long, global = true, env = "CALLLEDGER_DISK_RESERVE_MB")]
+    pub disk_reserve_mb: Option<u64>,
 }
 
 impl DataArgs {

@@ -173,8 +173,16 @@ impl Ledger {
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let record = LogOfRecord::resolve(&dir, location)?;
         let log = match &record {
-            LogOfRecord::Sled => EventLog::open(&log_dir(&dir), LogOptions { durability })
-                .with_context(|| format!("cannot open the event log in {}", dir.display()))?,
+            LogOfRecord::Sled => EventLog::open(
+                &log_dir(&dir),
+                LogOptions {
+                    durability,
+                    disk_reserve: args
+                        .disk_reserve_mb
+                        .map_or(event_log::DEFAULT_DISK_RESERVE, |mb| mb << 20),
+                },
+            )
+            .with_context(|| format!("cannot open the event log in {}", dir.display()))?,
             LogOfRecord::Jetstream {
                 stream,
                 subject_prefix,

@@ -37,6 +37,7 @@ struct ConfigFile {
     log: Option<LogEngineChoice>,
     log_replicas: Option<usize>,
     rate_limit: Option<String>,
+    disk_reserve_mb: Option<u64>,
 }
 
 pub fn run(
@@ -63,6 +64,7 @@ pub fn run(
     let data = DataArgs {
         data_dir: data.data_dir.clone().or(file.data_dir),
         durability: data.durability.or(file.durability),
+        disk_reserve_mb: data.disk_reserve_mb.or(file.disk_reserve_mb),
     };
     let nats = nats.or(NatsArgs {
         nats_url: file.nats_url,

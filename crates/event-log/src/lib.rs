@@ -81,14 +81,22 @@ pub enum Durability {
 pub struct LogOptions {
     /// When `append` returns; see [`Durability`].
     pub durability: Durability,
+    /// Appends are refused (a storage error, which servers answer 503) while the disk holding
+    /// the log has fewer bytes free than this; they resume by themselves once space is freed.
+    /// 0 turns the guard off.
+    pub disk_reserve: u64,
 }
+
+/// The default [`LogOptions::disk_reserve`]: 64 MiB.
+pub const DEFAULT_DISK_RESERVE: u64 = 64 << 20;
 
 impl LogOptions {
     /// Options where an acknowledged append survives a crash
-    /// ([`Durability::Flush`]).
+    /// ([`Durability::Flush`]), with the default disk reserve.
     pub fn durable() -> Self {
         LogOptions {
             durability: Durability::Flush,
+            disk_reserve: DEFAULT_DISK_RESERVE,
         }
     }
 }

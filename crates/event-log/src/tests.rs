@@ -638,6 +638,7 @@ fn buffered_appends_are_readable_and_survive_a_clean_close() {
     let dir = tempfile::tempdir().unwrap();
     let options = LogOptions {
         durability: Durability::Buffered,
+        ..LogOptions::durable()
     };
     let log = EventLog::open(dir.path(), options.clone()).unwrap();
     for _ in 0..5 {

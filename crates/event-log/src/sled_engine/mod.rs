@@ -20,6 +20,7 @@ use tokio::sync::watch;
 pub(crate) mod baseline;
 pub(crate) mod keys;
 mod mark;
+mod space;
 mod writer;
 
 use writer::{Request, Shared, Writer};
@@ -109,6 +110,7 @@ impl SledLog {
             counters,
             needs_reload: false,
             mark,
+            space: space::SpaceGuard::new(dir.to_path_buf(), options.disk_reserve),
         };
         let writer = std::thread::Builder::new()
             .name("event-log-writer".to_string())

@@ -112,6 +112,8 @@ pub(crate) struct Writer {
     pub(crate) needs_reload: bool,
     /// The durable head as last recorded beside the database.
     pub(crate) mark: super::mark::DurableMark,
+    /// Refuses groups while the disk is nearly full.
+    pub(crate) space: super::space::SpaceGuard,
 }
 
 impl Writer {
@@ -136,6 +138,12 @@ impl Writer {
     }
 
     fn commit(&mut self, requests: Vec<Request>) {
+        if let Err(error) = self.space.check() {
+            for request in requests {
+                let _ = request.reply.send(Err(error.duplicate().into()));
+            }
+            return;
+        }
         if self.needs_reload {
             match recover(&self.db) {
                 Ok(counters) => {
