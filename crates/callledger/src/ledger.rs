@@ -252,7 +252,7 @@ mod tests {
         Location {
             data: DataArgs {
                 data_dir: Some(dir.to_path_buf()),
-                durability: None,
+                ..DataArgs::default()
             },
             log: LogArgs {
                 engine,
