@@ -743,15 +743,40 @@ async fn two_instances_on_the_jetstream_log_serve_one_ledger() {
 
         // One instance dies; the other has the whole ledger and goes on writing.
         blocking(|| instances[0].kill());
-        let listed = caller.request("calls.api.list", &[], "count=true").await;
+        // A request sent before the server has noticed the kill can still be routed to the dead
+        // instance's subscription: retried, as a client would (the create with a key, so that
+        // a retry never makes a second call).
+        let listed = eventually("a list after the kill", Duration::from_secs(30), || {
+            let caller = caller.clone();
+            async move {
+                caller
+                    .try_request_within(
+                        "calls.api.list",
+                        &[],
+                        "count=true",
+                        CLUSTER_REQUEST_TIMEOUT,
+                    )
+                    .await
+                    .ok()
+            }
+        })
+        .await;
         assert_eq!(listed.json()["meta"]["count"], CREATES, "{listed}");
-        let created = caller
-            .request(
-                "calls.api.create",
-                &[],
-                call_document(json!({"note": "after"})).to_string(),
-            )
-            .await;
+        let created = eventually("a create after the kill", Duration::from_secs(30), || {
+            let caller = caller.clone();
+            async move {
+                caller
+                    .try_request_within(
+                        "calls.api.create",
+                        &[("Idempotency-Key", "after-the-kill")],
+                        call_document(json!({"note": "after"})).to_string(),
+                        CLUSTER_REQUEST_TIMEOUT,
+                    )
+                    .await
+                    .ok()
+            }
+        })
+        .await;
         assert_eq!(created.json()["data"]["id"], CREATES + 1, "{created}");
         instances[1].terminate();
         let status = blocking(|| instances[1].wait(Duration::from_secs(30)));
