@@ -1163,6 +1163,34 @@ fn import_skips_bad_lines_by_number_and_imports_every_other_once() {
     assert_eq!(numbers, expected);
 }
 
+/// `Some` once the consumer `call-ledger` has settled every command (none pending, none
+/// waiting for an ack).
+async fn commands_settled(js: jetstream::Context) -> Option<()> {
+    let mut consumer = js
+        .get_stream("CALL_COMMANDS")
+        .await
+        .ok()?
+        .get_consumer::<pull::Config>("call-ledger")
+        .await
+        .ok()?;
+    let info = consumer.info().await.ok()?;
+    (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+}
+
+/// How many calls each producer command (a note `command ...`) made, from the offline export.
+fn calls_made_by_commands(bin: &Path, data: &Path) -> BTreeMap<String, usize> {
+    let mut made = BTreeMap::new();
+    for line in offline(bin, data, &["export"]).lines() {
+        let event: Value = serde_json::from_str(line).expect("an event");
+        if let Some(note) = event["data"]["attributes"]["note"].as_str() {
+            if event["type"] == "CallCreated" && note.starts_with("command ") {
+                *made.entry(note.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    made
+}
+
 /// Runs `callledger ARGS` and returns its output, whatever its exit status.
 fn cli(bin: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bin)
@@ -1517,18 +1545,7 @@ async fn the_service_rides_out_a_ten_second_nats_outage_under_load() {
             acknowledged.extend(ids.expect("a writer does not panic"));
         }
         eventually("every command settled", Duration::from_secs(60), || {
-            let js = js.clone();
-            async move {
-                let mut consumer = js
-                    .get_stream("CALL_COMMANDS")
-                    .await
-                    .ok()?
-                    .get_consumer::<pull::Config>("call-ledger")
-                    .await
-                    .ok()?;
-                let info = consumer.info().await.ok()?;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-            }
+            commands_settled(js.clone())
         })
         .await;
         for id in acknowledged.iter().step_by(7) {
@@ -1539,15 +1556,7 @@ async fn the_service_rides_out_a_ten_second_nats_outage_under_load() {
         let verified = offline(&bin, &data, &["verify"]);
         assert!(verified.contains("equals the live one"), "{verified}");
         // Each command made exactly one call.
-        let mut made = BTreeMap::<String, usize>::new();
-        for line in offline(&bin, &data, &["export"]).lines() {
-            let event: Value = serde_json::from_str(line).expect("an event");
-            if let Some(note) = event["data"]["attributes"]["note"].as_str() {
-                if event["type"] == "CallCreated" && note.starts_with("command ") {
-                    *made.entry(note.to_owned()).or_default() += 1;
-                }
-            }
-        }
+        let made = calls_made_by_commands(&bin, &data);
         assert_eq!(made.len(), COMMANDS, "{made:?}");
         assert!(made.values().all(|&n| n == 1), "{made:?}");
     })
@@ -1711,18 +1720,7 @@ async fn ten_sigkill_rounds_under_mixed_load_lose_nothing_and_apply_nothing_twic
         });
         wait_until_serving(&caller, &serve).await;
         eventually("every command settled", Duration::from_secs(120), || {
-            let js = js.clone();
-            async move {
-                let mut consumer = js
-                    .get_stream("CALL_COMMANDS")
-                    .await
-                    .ok()?
-                    .get_consumer::<pull::Config>("call-ledger")
-                    .await
-                    .ok()?;
-                let info = consumer.info().await.ok()?;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-            }
+            commands_settled(js.clone())
         })
         .await;
         for id in &all.created {
@@ -1788,15 +1786,7 @@ async fn ten_sigkill_rounds_under_mixed_load_lose_nothing_and_apply_nothing_twic
         drop(serve);
 
         // Each command made exactly one call; the projection verifies.
-        let mut made = BTreeMap::<String, usize>::new();
-        for line in offline(&bin, &data, &["export"]).lines() {
-            let event: Value = serde_json::from_str(line).expect("an event");
-            if let Some(note) = event["data"]["attributes"]["note"].as_str() {
-                if event["type"] == "CallCreated" && note.starts_with("command ") {
-                    *made.entry(note.to_owned()).or_default() += 1;
-                }
-            }
-        }
+        let made = calls_made_by_commands(&bin, &data);
         assert_eq!(made.len(), ROUNDS * COMMANDS_PER_ROUND, "seed {seed}");
         assert!(made.values().all(|&n| n == 1), "seed {seed}: {made:?}");
         let verified = offline(&bin, &data, &["verify"]);

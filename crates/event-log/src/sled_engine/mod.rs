@@ -81,6 +81,19 @@ impl fmt::Debug for SledLog {
 }
 
 impl SledLog {
+    /// Hands `append` to the writer; its answer arrives on the returned channel.
+    fn queue(
+        &self,
+        append: Append,
+    ) -> Result<mpsc::Receiver<Result<Appended, AppendError>>, LogError> {
+        let sender = self.inner.requests.as_ref().ok_or(LogError::Closed)?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        sender
+            .send(Request { append, reply })
+            .map_err(|_| LogError::Closed)?;
+        Ok(answer)
+    }
+
     /// Opens (creating if missing) the log in `dir` and starts its writer.
     ///
     /// Fails with [`LogError::Locked`] when another log, in this or another
@@ -163,12 +176,7 @@ impl LogEngine for SledLog {
         if append.payloads.is_empty() {
             return Err(AppendError::Empty);
         }
-        let sender = self.inner.requests.as_ref().ok_or(LogError::Closed)?;
-        let (reply, answer) = mpsc::sync_channel(1);
-        sender
-            .send(Request { append, reply })
-            .map_err(|_| LogError::Closed)?;
-        answer.recv().map_err(|_| LogError::Closed)?
+        self.queue(append)?.recv().map_err(|_| LogError::Closed)?
     }
 
     /// Queues every append before waiting for any, so that the writer takes them as groups of
@@ -180,12 +188,7 @@ impl LogEngine for SledLog {
                 if append.payloads.is_empty() {
                     return Err(AppendError::Empty);
                 }
-                let sender = self.inner.requests.as_ref().ok_or(LogError::Closed)?;
-                let (reply, answer) = mpsc::sync_channel(1);
-                sender
-                    .send(Request { append, reply })
-                    .map_err(|_| LogError::Closed)?;
-                Ok(answer)
+                Ok(self.queue(append)?)
             })
             .collect();
         queued
