@@ -1467,6 +1467,12 @@ async fn the_service_rides_out_a_ten_second_nats_outage_under_load() {
             }));
         }
         let js = jetstream::new(client.clone());
+        // The API may answer a moment before the command stream is there.
+        eventually("CALL_COMMANDS", Duration::from_secs(30), || {
+            let js = js.clone();
+            async move { js.get_stream("CALL_COMMANDS").await.ok() }
+        })
+        .await;
         for n in 0..COMMANDS {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("outage-{n}").as_str());
@@ -1671,6 +1677,12 @@ async fn ten_sigkill_rounds_under_mixed_load_lose_nothing_and_apply_nothing_twic
                 assert!(reply.is_success(), "round {round}: call {id}: {reply}");
                 assert!(reply.etag() >= all.versions[id], "round {round}: call {id}");
             }
+            // The API may answer a moment before the command stream is there.
+            eventually("CALL_COMMANDS", Duration::from_secs(30), || {
+                let js = js.clone();
+                async move { js.get_stream("CALL_COMMANDS").await.ok() }
+            })
+            .await;
             let writers: Vec<_> = (0..4)
                 .map(|writer| tokio::spawn(mixed_writer(caller.clone(), writer, round)))
                 .collect();
