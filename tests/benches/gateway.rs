@@ -32,7 +32,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 use support::service::{
-    create, drive, one, threads, wait_until_served, Gateway, Req, Sample, PREFIX,
+    catch_up, create, drive, one, threads, until_applied, wait_until_served, Gateway, Req, Sample,
+    PREFIX,
 };
 use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS, LEVELS};
 
@@ -170,9 +171,17 @@ fn main() {
                 load.block_on(drive(&client, in_flight, gets.clone())),
                 load.block_on(drive(&client, in_flight, echo_gets)),
                 direct(&gateway.api, in_flight, &gets),
-                load.block_on(drive(&client, in_flight, creates)),
+                until_applied(
+                    creates.len(),
+                    || load.block_on(drive(&client, in_flight, creates)),
+                    || catch_up(&gateway.api),
+                ),
                 load.block_on(drive(&client, in_flight, echo_creates)),
-                direct(&gateway.api, in_flight, &direct_creates),
+                until_applied(
+                    direct_creates.len(),
+                    || direct(&gateway.api, in_flight, &direct_creates),
+                    || catch_up(&gateway.api),
+                ),
             ];
             if round > 0 {
                 figures.add(samples);

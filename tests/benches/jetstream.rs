@@ -24,7 +24,9 @@ use event_log::{EventLog, LogOptions};
 use event_log_jetstream::{JetStreamLog, JetStreamOptions};
 use tokio::runtime::Runtime;
 
-use support::service::{create, event_payload, now, tasks, threads, Sample};
+use support::service::{
+    catch_up, create, event_payload, now, tasks, threads, until_applied, Sample,
+};
 use support::{
     create_document, print_table, quick, Row, Sizes, Stats, Target, LEDGER_CALLS, LEVELS,
 };
@@ -276,15 +278,18 @@ fn creates(api: &Api, in_flight: usize, count: usize) -> Sample {
             serde_json::to_vec(&create_document(index as u64, LEDGER_CALLS)).expect("a document")
         })
         .collect();
-    threads(in_flight, count, |index| {
-        let response = api.handle(call_api::Request {
-            operation: Operation::Create,
-            headers: &[],
-            payload: &documents[index],
-            source: Source::Api,
-        });
-        assert!(!response.is_error(), "create: {}", response.status);
-    })
+    let write = || {
+        threads(in_flight, count, |index| {
+            let response = api.handle(call_api::Request {
+                operation: Operation::Create,
+                headers: &[],
+                payload: &documents[index],
+                source: Source::Api,
+            });
+            assert!(!response.is_error(), "create: {}", response.status);
+        })
+    };
+    until_applied(count, write, || catch_up(api))
 }
 
 /// `count` gets of existing calls through the API from `in_flight` threads.

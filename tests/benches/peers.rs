@@ -35,7 +35,8 @@ use futures::StreamExt;
 use tokio::runtime::Runtime;
 
 use support::service::{
-    drive, event_payload, tasks, threads, wait_until_served, Gateway, Req, Sample, PREFIX,
+    catch_up, drive, event_payload, tasks, threads, until_applied, wait_until_served, Gateway, Req,
+    Sample, PREFIX,
 };
 use support::{
     create_document, print_table, quick, Row, Sizes, Stats, Target, LEDGER_CALLS, LEVELS,
@@ -228,6 +229,7 @@ impl Ledger {
         OverNats {
             runtime: Arc::clone(&self.runtime),
             client: self.client.clone(),
+            api: self.gateway.api.clone(),
         }
     }
 
@@ -254,15 +256,18 @@ impl Peer for InProcess {
 
     fn write(&self, writers: usize, first: usize, count: usize) -> Sample {
         let documents: Vec<Vec<u8>> = (first..first + count).map(document).collect();
-        threads(writers, count, |index| {
-            let response = self.api.handle(call_api::Request {
-                operation: Operation::Create,
-                headers: &[],
-                payload: &documents[index],
-                source: Source::Api,
-            });
-            assert!(!response.is_error(), "create: {}", response.status);
-        })
+        let write = || {
+            threads(writers, count, |index| {
+                let response = self.api.handle(call_api::Request {
+                    operation: Operation::Create,
+                    headers: &[],
+                    payload: &documents[index],
+                    source: Source::Api,
+                });
+                assert!(!response.is_error(), "create: {}", response.status);
+            })
+        };
+        until_applied(count, write, || catch_up(&self.api))
     }
 
     fn replay(&self) -> Option<(u64, f64)> {
@@ -275,6 +280,8 @@ impl Peer for InProcess {
 struct OverNats {
     runtime: Arc<Runtime>,
     client: async_nats::Client,
+    /// The gateway's API, to time the writes until its projection holds them.
+    api: Api,
 }
 
 impl Peer for OverNats {
@@ -292,8 +299,11 @@ impl Peer for OverNats {
                 )
             })
             .collect();
-        self.runtime
-            .block_on(drive(&self.client, writers, requests))
+        let write = || {
+            self.runtime
+                .block_on(drive(&self.client, writers, requests))
+        };
+        until_applied(count, write, || catch_up(&self.api))
     }
 
     fn replay(&self) -> Option<(u64, f64)> {

@@ -5,7 +5,8 @@
 //! every ten seconds and, per minute, the requests, p50, p99 and max latency and the error
 //! replies; it fails when any request fails or is refused, or when resident memory at the end
 //! is more than 10% above what it was after the first minute (the warm-up). `SOAK_WRAPPER`
-//! runs the service under a profiler (`valgrind --tool=massif --massif-out-file=F`).
+//! runs the service under a profiler (`heaptrack -o /tmp/soak`), whose memory is then what is
+//! printed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,9 +33,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The resident memory of `pid` in bytes, from /proc.
+/// The resident memory of `pid` and its children (the service under a `SOAK_WRAPPER`) in
+/// bytes, from /proc.
 fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
@@ -43,7 +47,12 @@ fn rss(pid: u32) -> u64 {
                 .and_then(|line| line.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
-        .map_or(0, |kb| kb * 1024)
+        .map_or(0, |kb| kb * 1024);
+    own + children
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .map(rss)
+        .sum::<u64>()
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -75,9 +84,10 @@ struct Service(Child);
 impl Drop for Service {
     /// SIGTERM (a drain, and a profiler writes its output), SIGKILL after 30 s.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
+        let pid = self.0.id().to_string();
+        // A wrapper's child is the service: it gets the signal too.
+        let _ = Command::new("pkill").args(["-TERM", "-P", &pid]).status();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -92,7 +102,18 @@ impl Drop for Service {
 
 fn start_service(bin: &Path, data: &Path, url: &str, log: &Path) -> Service {
     let output = std::fs::File::create(log).expect("the service's log");
-    let child = Command::new(bin)
+    // A profiler named by SOAK_WRAPPER runs the service as its command.
+    let wrapper = std::env::var("SOAK_WRAPPER").unwrap_or_default();
+    let mut wrapper = wrapper.split_whitespace();
+    let mut command = match wrapper.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(wrapper).arg(bin);
+            command
+        }
+        None => Command::new(bin),
+    };
+    let child = command
         .args([
             "serve",
             "--rate-limit",

@@ -81,6 +81,13 @@ impl Api {
         &self.inner.config
     }
 
+    /// Applies to the projection what the log has made durable since it last caught up, and
+    /// returns its checkpoint. The edge calls it whenever the log's head moves, so that reads
+    /// (which wait for the head, see docs/ARCHITECTURE.md) seldom have anything to wait for.
+    pub fn catch_up(&self) -> Result<u64, ProjectionError> {
+        self.inner.projection.catch_up()
+    }
+
     /// Answers one request. Blocks until the ledger has answered; never panics: every failure is
     /// an error response, and an internal one (500) says nothing of its cause, which is logged.
     pub fn handle(&self, request: Request<'_>) -> Response {
@@ -169,21 +176,11 @@ impl Inner {
         if !grant.allows(needed) {
             return Err(ApiError::missing_scope(needed.name()));
         }
-        if self.config.sync_reads
-            && matches!(
-                request.operation,
-                Operation::List | Operation::Get(_) | Operation::Changes
-            )
-        {
-            // Read-your-writes across instances: what any instance acknowledged is readable.
-            let head = self
-                .commands
-                .log()
-                .sync()
-                .map_err(|error| projection_error("syncing with the log", &error.into()))?;
-            self.projection
-                .wait_for(head)
-                .map_err(|error| projection_error("syncing with the log", &error))?;
+        if matches!(
+            request.operation,
+            Operation::List | Operation::Get(_) | Operation::Changes
+        ) {
+            self.read_barrier()?;
         }
         match &request.operation {
             Operation::List => self.list(&grant, request.payload),
@@ -501,10 +498,12 @@ impl Inner {
                 // An update is validated against the call as it stands, so that members the
                 // writer does not own, sent back unchanged from a `get`, pass.
                 let current = match target {
-                    Some(id) => self
-                        .projection
-                        .get(id)
-                        .map_err(|error| projection_error("reading a call", &error))?,
+                    Some(id) => {
+                        self.read_barrier()?;
+                        self.projection
+                            .get(id)
+                            .map_err(|error| projection_error("reading a call", &error))?
+                    }
                     None => None,
                 };
                 let input = match &current {
@@ -536,10 +535,8 @@ impl Inner {
                 idempotency_key,
             })
             .map_err(|error| command_error(error, key_header))?;
-        // Read-your-writes: once answered, a get or list from any client sees the write.
-        if let Err(error) = self.projection.wait_for(outcome.position) {
-            tracing::warn!(%error, position = outcome.position, "the projection did not catch up before the reply");
-        }
+        // Read-your-writes needs no wait here: a read sent after this reply waits at its
+        // barrier for the projection to reach a head that holds this write.
         let mut response = match (&request.operation, &outcome.state) {
             (Operation::Delete(_), _) => Response {
                 status: 204,
@@ -564,6 +561,24 @@ impl Inner {
                 .push(("Idempotent-Replayed".into(), "true".into()));
         }
         Ok(response)
+    }
+
+    /// Read-your-writes: waits until the projection holds every write acknowledged before the
+    /// call, here (the log's durable head) or, with [`ApiConfig::sync_reads`], by any instance
+    /// of a shared log (`EventLog::sync`, one round trip). Writes do not wait for the
+    /// projection, so the wait falls to the reads that come after them, and is nothing when the
+    /// projection's follower ([`Api::catch_up`]) has kept up.
+    fn read_barrier(&self) -> Result<(), ApiError> {
+        let log = self.commands.log();
+        let head = if self.config.sync_reads {
+            log.sync()
+                .map_err(|error| projection_error("syncing with the log", &error.into()))?
+        } else {
+            log.head()
+        };
+        self.projection
+            .wait_for(head)
+            .map_err(|error| projection_error("syncing with the log", &error))
     }
 
     /// The idempotency key and the header it came in.

@@ -19,6 +19,7 @@ pub mod client;
 mod commands;
 mod connect;
 mod error;
+mod follow;
 mod headers;
 mod lease;
 mod names;
@@ -42,6 +43,7 @@ use tokio::task::JoinSet;
 pub use async_nats::Client;
 pub use connect::{connect, connect_now, NatsOptions};
 pub use error::{GatewayError, GatewayErrorKind};
+pub use follow::follow_projection;
 pub use names::{JetStreamNames, DEFAULT_SUBJECT_PREFIX};
 
 /// How the gateway runs; built by the binary and passed to [`run`].
@@ -75,7 +77,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the gateway on `client` until `shutdown` completes, then drains and returns `Ok`.
 ///
 /// Concurrently: the micro service `call-ledger` with one endpoint per operation; the consumer
-/// of producers' commands; the outbox. When `shutdown` completes it stops the endpoints
+/// of producers' commands; the projection's follower; the outbox. When `shutdown` completes it stops the endpoints
 /// (requests still buffered are answered 503), waits for the requests and commands in flight,
 /// lets the outbox finish its batch, flushes the log and the connection, and drains the
 /// connection.
@@ -149,7 +151,7 @@ pub async fn run(
     tasks.spawn({
         let commands = commands::Commands {
             js,
-            api,
+            api: api.clone(),
             names: names.clone(),
             prefix,
             duplicate_window: config.duplicate_window,
@@ -159,6 +161,13 @@ pub async fn run(
         async move {
             commands::run(commands, stop).await;
             "the command consumer"
+        }
+    });
+    tasks.spawn({
+        let (api, log, stop) = (api.clone(), log.clone(), stop_rx.clone());
+        async move {
+            follow::run(api, log, stop).await;
+            "the projection's follower"
         }
     });
     if let Some((store, limiter)) = rate_counts {

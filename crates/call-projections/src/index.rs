@@ -265,10 +265,18 @@ const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 
 /// A value per call id. Call ids are dense (the log hands them out from 1 without gaps), so the
 /// values live in fixed chunks of consecutive ids; a hash map of chunks keeps an odd sparse id
-/// from allocating everything below it.
+/// from allocating everything below it, and a chunk whose calls are all gone (deleted) is
+/// dropped, so that a ledger whose live calls stay few does not grow with every id it handed
+/// out.
 pub(crate) struct Column<T> {
     null: T,
-    chunks: IdMap<Box<[T]>>,
+    chunks: IdMap<Chunk<T>>,
+}
+
+/// The values of `CHUNK_LEN` consecutive ids, and how many of them are not null.
+struct Chunk<T> {
+    values: Box<[T]>,
+    non_null: usize,
 }
 
 impl<T: Clone + PartialEq> Column<T> {
@@ -282,28 +290,40 @@ impl<T: Clone + PartialEq> Column<T> {
     /// The value of call `id` (null for a call that is not live).
     pub(crate) fn get(&self, id: u64) -> &T {
         match self.chunks.get(&(id >> CHUNK_BITS)) {
-            Some(chunk) => &chunk[(id as usize) & (CHUNK_LEN - 1)],
+            Some(chunk) => &chunk.values[(id as usize) & (CHUNK_LEN - 1)],
             None => &self.null,
         }
     }
 
     fn set(&mut self, id: u64, value: T) {
         let key = id >> CHUNK_BITS;
-        if value == self.null && !self.chunks.contains_key(&key) {
-            return;
+        let is_null = value == self.null;
+        let chunk = match self.chunks.get_mut(&key) {
+            Some(chunk) => chunk,
+            None if is_null => return,
+            None => self.chunks.entry(key).or_insert_with(|| Chunk {
+                values: vec![self.null.clone(); CHUNK_LEN].into_boxed_slice(),
+                non_null: 0,
+            }),
+        };
+        let slot = &mut chunk.values[(id as usize) & (CHUNK_LEN - 1)];
+        let was_null = *slot == self.null;
+        *slot = value;
+        match (was_null, is_null) {
+            (true, false) => chunk.non_null += 1,
+            (false, true) => chunk.non_null -= 1,
+            _ => {}
         }
-        let null = &self.null;
-        let chunk = self
-            .chunks
-            .entry(key)
-            .or_insert_with(|| vec![null.clone(); CHUNK_LEN].into_boxed_slice());
-        chunk[(id as usize) & (CHUNK_LEN - 1)] = value;
+        if chunk.non_null == 0 {
+            self.chunks.remove(&key);
+        }
     }
 
     /// Every id with a non-null value, in no particular order.
     fn non_null(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
         self.chunks.iter().flat_map(move |(key, chunk)| {
             chunk
+                .values
                 .iter()
                 .enumerate()
                 .filter(move |(_, value)| **value != self.null)
@@ -878,5 +898,33 @@ impl fmt::Display for Text<'_> {
             Some(text) => write!(f, "{text:?}"),
             None => f.write_str("null"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Column, CHUNK_LEN};
+
+    #[test]
+    fn a_column_drops_a_chunk_once_every_call_in_it_is_gone() {
+        let mut column = Column::new(0i64);
+        let ids = (1..=3 * CHUNK_LEN as u64).collect::<Vec<_>>();
+        for id in &ids {
+            column.set(*id, *id as i64);
+        }
+        assert_eq!(column.chunks.len(), 4, "ids 1 to 3072 span four chunks");
+        // Setting a value again, or to another non-null value, does not change the count.
+        column.set(5, 7);
+        column.set(5, 5);
+        for id in ids.iter().filter(|id| **id < CHUNK_LEN as u64) {
+            column.set(*id, 0);
+        }
+        assert_eq!(column.chunks.len(), 3, "the first chunk is dropped");
+        assert_eq!(*column.get(5), 0);
+        assert_eq!(*column.get(CHUNK_LEN as u64), CHUNK_LEN as i64);
+        // A null set where no chunk is allocates nothing.
+        column.set(1, 0);
+        assert_eq!(column.chunks.len(), 3);
+        assert_eq!(column.non_null().count(), ids.len() - (CHUNK_LEN - 1));
     }
 }

@@ -1,0 +1,63 @@
+//! The projection's follower: applies every durable head of the log as it arrives, off the
+//! request path, so that a write's reply never waits for the view and a read's barrier (it
+//! waits for the head, see `call_api::Api::catch_up`) seldom has anything left to wait for.
+
+use std::future::Future;
+use std::time::Duration;
+
+use call_api::Api;
+use event_log::EventLog;
+use tokio::sync::watch;
+
+use crate::{sleep_or_stop, stopped, Backoff};
+
+/// Catches the projection up whenever `log`'s head moves, until `shutdown` completes. Each
+/// catch-up applies everything durable at that moment, so a burst of appends is folded in a
+/// few large batches rather than one per write. A failure is logged and retried after a
+/// growing pause; reads meanwhile catch up by themselves (and report the failure).
+pub async fn follow_projection(api: Api, log: EventLog, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::select! {
+        () = shutdown => { let _ = stop_tx.send(true); }
+        () = run(api, log, stop_rx) => {}
+    }
+}
+
+/// [`follow_projection`] on the gateway's stop signal.
+pub(crate) async fn run(api: Api, log: EventLog, mut stop: watch::Receiver<bool>) {
+    let mut head = log.watch_head();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        // Marks the head seen before catching up, so that no append is missed.
+        head.mark_seen();
+        let caught_up = {
+            let api = api.clone();
+            tokio::task::spawn_blocking(move || api.catch_up()).await
+        };
+        match caught_up {
+            Ok(Ok(_)) => backoff.reset(),
+            failed => {
+                match failed {
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "the projection cannot catch up with the log; retrying");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the projection's catch-up panicked; retrying");
+                    }
+                    Ok(Ok(_)) => {}
+                }
+                if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                    break;
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            changed = head.changed() => if changed.is_err() {
+                break;
+            },
+        }
+    }
+}
