@@ -23,6 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use call_commands::{CommandRequest, CommandService};
+use call_ledger_tests::callledger_bin;
 use call_model::{parse_write, Action, Command, Field, Relation, Rights, Timestamp, WriteMode};
 use call_projections::{
     Condition, Filter, FilterTarget, FilterValue, ListQuery, Projection, SortField, SortKey,
@@ -59,6 +60,8 @@ struct Sizes {
     list_sizes: [u64; 2],
     /// Timed list queries per query shape and ledger size.
     list_queries: usize,
+    /// Timed counts per query shape and ledger size.
+    count_queries: usize,
 }
 
 impl Sizes {
@@ -71,6 +74,7 @@ impl Sizes {
                 rebuild_events: 20_000,
                 list_sizes: [10_000, 100_000],
                 list_queries: 200,
+                count_queries: 10,
             }
         } else {
             Sizes {
@@ -80,6 +84,7 @@ impl Sizes {
                 rebuild_events: 100_000,
                 list_sizes: [10_000, 1_000_000],
                 list_queries: 200,
+                count_queries: 20,
             }
         }
     }
@@ -437,9 +442,10 @@ fn bench_rebuild(root: &Path, log: EventLog, sled: &SledLog, sizes: &Sizes) -> V
 /// One ledger of the list benchmark, with its projection caught up.
 struct Ledger {
     calls: u64,
+    dir: std::path::PathBuf,
     projection: Projection,
     // Kept so the log outlives the projection reading it.
-    _log: EventLog,
+    log: EventLog,
 }
 
 /// Fills a ledger of `calls` calls through `CommandService` with 64 writer
@@ -476,9 +482,74 @@ fn fill_ledger(dir: &Path, calls: u64) -> Ledger {
     );
     Ledger {
         calls,
+        dir: dir.to_owned(),
         projection,
-        _log: log,
+        log,
     }
+}
+
+/// A restart of `ledger`: `callledger stats` run on its data directory in a new process (open
+/// the log, open the projection and build its indexes, print, exit), timed from spawn to exit,
+/// with the process's peak resident memory (`VmHWM`, polled while it runs).
+fn restart(ledger: Ledger) -> (f64, u64) {
+    let Ledger {
+        dir,
+        projection,
+        log,
+        ..
+    } = ledger;
+    drop(projection);
+    drop(log);
+    let bin = callledger_bin();
+    // sled lets go of its file lock a moment after the last handle is dropped; a restarted
+    // process would not wait for that, so a refusal for the lock is retried and not timed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let started = Instant::now();
+        let mut child = std::process::Command::new(&bin)
+            .arg("stats")
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn callledger stats");
+        let mut peak = 0;
+        let status = loop {
+            peak = peak.max(peak_resident_bytes(child.id()));
+            if let Some(status) = child.try_wait().expect("wait for callledger stats") {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        if status.success() {
+            return (seconds, peak);
+        }
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        assert!(
+            stderr.contains("lock") && Instant::now() < deadline,
+            "callledger stats failed: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The peak resident memory of process `pid` (`VmHWM`), 0 once it is gone.
+fn peak_resident_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// The list query shapes measured, each drawn at random per query.
@@ -609,6 +680,64 @@ fn bench_list(root: &Path, sizes: &Sizes) -> Vec<Row> {
             baseline: Some(small_us.percentile(99.0)),
             target: Target::None,
         });
+        // The same filters with `count`, which walks every match.
+        let mut counts: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+        for index in 0..sizes.count_queries {
+            for (slot, ledger) in [&small, &large].into_iter().enumerate() {
+                let query = ListQuery {
+                    count: true,
+                    ..shape.query(index as u64, ledger.calls)
+                };
+                let started = Instant::now();
+                let page = ledger.projection.list(&query).expect("count");
+                counts[slot].push(started.elapsed());
+                std::hint::black_box(&page);
+            }
+        }
+        let [small_count, large_count] = counts.map(|l| Stats::from_durations_us(&l));
+        println!(
+            "count {}: {} calls {} | {} calls {}",
+            shape.describe(),
+            small.calls,
+            small_count.spread("us"),
+            large.calls,
+            large_count.spread("us"),
+        );
+        rows.push(Row {
+            metric: format!(
+                "count median ms at {} calls (vs {} calls): {}",
+                large.calls,
+                small.calls,
+                shape.describe()
+            ),
+            ours: large_count.median() / 1000.0,
+            baseline: Some(small_count.median() / 1000.0),
+            target: Target::OursAtMost(50.0),
+        });
     }
+    let (small_calls, large_calls) = (small.calls, large.calls);
+    let (small_seconds, small_peak) = restart(small);
+    let (large_seconds, large_peak) = restart(large);
+    println!(
+        "restart (callledger stats, a new process): {small_calls} calls {small_seconds:.2} s, peak RSS {:.1} MiB | {large_calls} calls {large_seconds:.2} s, peak RSS {:.1} MiB",
+        small_peak as f64 / (1 << 20) as f64,
+        large_peak as f64 / (1 << 20) as f64,
+    );
+    rows.push(Row {
+        metric: format!(
+            "restart to serving, s: `callledger stats` in a new process on {large_calls} calls (vs {small_calls})"
+        ),
+        ours: large_seconds,
+        baseline: Some(small_seconds),
+        target: Target::OursAtMost(2.0),
+    });
+    rows.push(Row {
+        metric: format!(
+            "peak resident memory per call of that process, bytes: ({large_calls} calls - {small_calls} calls) / calls"
+        ),
+        ours: large_peak.saturating_sub(small_peak) as f64 / (large_calls - small_calls) as f64,
+        baseline: None,
+        target: Target::OursAtMost(200.0),
+    });
     rows
 }

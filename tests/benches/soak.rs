@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use call_ledger_tests::{callledger_bin, NatsServer};
+use call_ledger_tests::{callledger_bin, resident_bytes, NatsServer};
 
 /// Calls created before the load starts.
 const PREFILL: u64 = 2000;
@@ -38,16 +38,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn rss(pid: u32) -> u64 {
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let own = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024);
+    let own = resident_bytes(pid);
     own + children
         .split_whitespace()
         .filter_map(|child| child.parse().ok())

@@ -731,13 +731,23 @@ impl IndexBuilder {
         for (index, entries) in indexes.times.iter_mut().zip(self.times) {
             index.set = entries.into_iter().collect();
         }
-        for (index, entries) in indexes.sort_texts.iter_mut().zip(self.sort_texts) {
+        for (index, mut entries) in indexes.sort_texts.iter_mut().zip(self.sort_texts) {
+            entries.sort_unstable_by(|(a, x), (b, y)| {
+                let values = match (a, b) {
+                    (Some(a), Some(b)) => compare_shared(a, b),
+                    (a, b) => a.is_some().cmp(&b.is_some()),
+                };
+                values.then(x.cmp(y))
+            });
             index.set = entries.into_iter().collect();
         }
-        for (index, entries) in indexes.texts.iter_mut().zip(self.texts) {
+        for (index, mut entries) in indexes.texts.iter_mut().zip(self.texts) {
+            sort_shared(&mut entries);
             index.set = entries.into_iter().collect();
         }
-        indexes.tags.set = self.tags.into_iter().collect();
+        let mut tags = self.tags;
+        sort_shared(&mut tags);
+        indexes.tags.set = tags.into_iter().collect();
         indexes.flags = self.flags.into_iter().collect();
         indexes.notes = self.notes.into_iter().collect();
         for (index, entries) in indexes.related.iter_mut().zip(self.related) {
@@ -745,6 +755,23 @@ impl IndexBuilder {
         }
         indexes
     }
+}
+
+/// Orders two interned strings: one shared copy is one value, so equal values compare by
+/// pointer, without reading the bytes (most neighbours in a set share their value).
+fn compare_shared(a: &Arc<str>, b: &Arc<str>) -> Ordering {
+    if Arc::ptr_eq(a, b) {
+        Ordering::Equal
+    } else {
+        a.cmp(b)
+    }
+}
+
+/// Sorts `(value, id)` entries as their set orders them, before the set is built from them
+/// (`BTreeSet::from_iter` sorts again, which is one pass over input already in order): the
+/// sort of the set's own bulk load compares every pair by its bytes.
+fn sort_shared(entries: &mut [(Arc<str>, u64)]) {
+    entries.sort_unstable_by(|(a, x), (b, y)| compare_shared(a, b).then(x.cmp(y)));
 }
 
 /// A hasher for maps keyed by call id: ids are trusted integers, so a multiply-rotate mix (as in

@@ -176,6 +176,8 @@ pub enum Target {
     RatioAtMost(f64),
     /// Our figure must be at least this.
     OursAtLeast(f64),
+    /// Our figure must be at most this.
+    OursAtMost(f64),
     /// Informational, no target.
     None,
 }
@@ -205,6 +207,7 @@ impl Row {
             Target::RatioAtLeast(min) => self.ratio().map(|ratio| ratio >= min),
             Target::RatioAtMost(max) => self.ratio().map(|ratio| ratio <= max),
             Target::OursAtLeast(min) => Some(self.ours >= min),
+            Target::OursAtMost(max) => Some(self.ours <= max),
             Target::None => None,
         }
     }
@@ -214,6 +217,7 @@ impl Row {
             Target::RatioAtLeast(min) => format!("ratio >= {min}"),
             Target::RatioAtMost(max) => format!("ratio <= {max}"),
             Target::OursAtLeast(min) => format!("ours >= {}", human(min)),
+            Target::OursAtMost(max) => format!("ours <= {}", human(max)),
             Target::None => "-".into(),
         }
     }
