@@ -129,13 +129,6 @@ pub async fn run(
             .await?,
         )
     };
-    let rate_counts = match api.config().rate_limiter.clone() {
-        Some(limiter) => Some((
-            rate_share::open(&js, &names.rate_bucket, &limiter).await?,
-            limiter,
-        )),
-        None => None,
-    };
     let started = service::start(&client, &prefix, &config.queue_group).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -150,7 +143,7 @@ pub async fn run(
     });
     tasks.spawn({
         let commands = commands::Commands {
-            js,
+            js: js.clone(),
             api: api.clone(),
             names: names.clone(),
             prefix,
@@ -170,10 +163,10 @@ pub async fn run(
             "the projection's follower"
         }
     });
-    if let Some((store, limiter)) = rate_counts {
-        let stop = stop_rx.clone();
+    if let Some(limiter) = api.config().rate_limiter.clone() {
+        let (js, bucket, stop) = (js.clone(), names.rate_bucket.clone(), stop_rx.clone());
         tasks.spawn(async move {
-            rate_share::run(store, limiter, stop).await;
+            rate_share::run(js, bucket, limiter, stop).await;
             "the rate-limit sharing"
         });
     }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::error::GatewayError;
 use crate::lease::{kv_error, open_bucket};
-use crate::stopped;
+use crate::{sleep_or_stop, stopped, Backoff};
 
 /// How often counts are shared.
 const SHARE_INTERVAL: Duration = Duration::from_millis(250);
@@ -45,12 +45,27 @@ pub(crate) async fn open(
     .await
 }
 
-/// Shares counts every [`SHARE_INTERVAL`] until `stop`, then once more.
+/// Opens the bucket, retrying after a growing pause for as long as it takes (a cluster still
+/// electing its leaders times the creation out; the limiter counts locally meanwhile), then
+/// shares counts every [`SHARE_INTERVAL`] until `stop`, then once more.
 pub(crate) async fn run(
-    store: kv::Store,
+    js: jetstream::Context,
+    bucket: String,
     limiter: Arc<RateLimiter>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let store = loop {
+        match open(&js, &bucket, &limiter).await {
+            Ok(store) => break store,
+            Err(error) => {
+                tracing::warn!(%error, "rate-limit counts stay local until the bucket opens; retrying");
+                if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                    return;
+                }
+            }
+        }
+    };
     let mut ticks = tokio::time::interval(SHARE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
