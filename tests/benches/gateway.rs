@@ -32,8 +32,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 use support::service::{
-    catch_up, create, drive, one, threads, until_applied, wait_until_served, Gateway, Req, Sample,
-    PREFIX,
+    create, drive, one, threads, until_applied, wait_until_served, Gateway, Req, Sample, PREFIX,
 };
 use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS, LEVELS};
 
@@ -171,17 +170,13 @@ fn main() {
                 load.block_on(drive(&client, in_flight, gets.clone())),
                 load.block_on(drive(&client, in_flight, echo_gets)),
                 direct(&gateway.api, in_flight, &gets),
-                until_applied(
-                    creates.len(),
-                    || load.block_on(drive(&client, in_flight, creates)),
-                    || catch_up(&gateway.api),
-                ),
+                until_applied(&gateway.api, creates.len(), || {
+                    load.block_on(drive(&client, in_flight, creates))
+                }),
                 load.block_on(drive(&client, in_flight, echo_creates)),
-                until_applied(
-                    direct_creates.len(),
-                    || direct(&gateway.api, in_flight, &direct_creates),
-                    || catch_up(&gateway.api),
-                ),
+                until_applied(&gateway.api, direct_creates.len(), || {
+                    direct(&gateway.api, in_flight, &direct_creates)
+                }),
             ];
             if round > 0 {
                 figures.add(samples);

@@ -24,9 +24,7 @@ use event_log::{EventLog, LogOptions};
 use event_log_jetstream::{JetStreamLog, JetStreamOptions};
 use tokio::runtime::Runtime;
 
-use support::service::{
-    catch_up, create, event_payload, now, tasks, threads, until_applied, Sample,
-};
+use support::service::{create, event_payload, now, tasks, threads, until_applied, Sample};
 use support::{
     create_document, print_table, quick, Row, Sizes, Stats, Target, LEDGER_CALLS, LEVELS,
 };
@@ -289,7 +287,7 @@ fn creates(api: &Api, in_flight: usize, count: usize) -> Sample {
             assert!(!response.is_error(), "create: {}", response.status);
         })
     };
-    until_applied(count, write, || catch_up(api))
+    until_applied(api, count, write)
 }
 
 /// `count` gets of existing calls through the API from `in_flight` threads.

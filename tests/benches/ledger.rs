@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use call_commands::{CommandRequest, CommandService};
-use call_ledger_tests::callledger_bin;
+use call_ledger_tests::{callledger_bin, peak_resident_bytes};
 use call_model::{parse_write, Action, Command, Field, Relation, Rights, Timestamp, WriteMode};
 use call_projections::{
     Condition, Filter, FilterTarget, FilterValue, ListQuery, Projection, SortField, SortKey,
@@ -536,20 +536,6 @@ fn restart(ledger: Ledger) -> (f64, u64) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The peak resident memory of process `pid` (`VmHWM`), 0 once it is gone.
-fn peak_resident_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmHWM:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// The list query shapes measured, each drawn at random per query.

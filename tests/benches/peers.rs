@@ -35,8 +35,8 @@ use futures::StreamExt;
 use tokio::runtime::Runtime;
 
 use support::service::{
-    catch_up, drive, event_payload, tasks, threads, until_applied, wait_until_served, Gateway, Req,
-    Sample, PREFIX,
+    drive, event_payload, tasks, threads, until_applied, wait_until_served, Gateway, Req, Sample,
+    PREFIX,
 };
 use support::{
     create_document, print_table, quick, Row, Sizes, Stats, Target, LEDGER_CALLS, LEVELS,
@@ -267,7 +267,7 @@ impl Peer for InProcess {
                 assert!(!response.is_error(), "create: {}", response.status);
             })
         };
-        until_applied(count, write, || catch_up(&self.api))
+        until_applied(&self.api, count, write)
     }
 
     fn replay(&self) -> Option<(u64, f64)> {
@@ -303,7 +303,7 @@ impl Peer for OverNats {
             self.runtime
                 .block_on(drive(&self.client, writers, requests))
         };
-        until_applied(count, write, || catch_up(&self.api))
+        until_applied(&self.api, count, write)
     }
 
     fn replay(&self) -> Option<(u64, f64)> {

@@ -2,7 +2,6 @@
 //! request path, so that a write's reply never waits for the view and a read's barrier (it
 //! waits for the head, see `call_api::Api::catch_up`) seldom has anything left to wait for.
 
-use std::future::Future;
 use std::time::Duration;
 
 use call_api::Api;
@@ -11,19 +10,10 @@ use tokio::sync::watch;
 
 use crate::{sleep_or_stop, stopped, Backoff};
 
-/// Catches the projection up whenever `log`'s head moves, until `shutdown` completes. Each
-/// catch-up applies everything durable at that moment, so a burst of appends is folded in a
-/// few large batches rather than one per write. A failure is logged and retried after a
-/// growing pause; reads meanwhile catch up by themselves (and report the failure).
-pub async fn follow_projection(api: Api, log: EventLog, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::select! {
-        () = shutdown => { let _ = stop_tx.send(true); }
-        () = run(api, log, stop_rx) => {}
-    }
-}
-
-/// [`follow_projection`] on the gateway's stop signal.
+/// Catches the projection up whenever `log`'s head moves, until `stop`. Each catch-up applies
+/// everything durable at that moment, so a burst of appends is folded in a few large batches
+/// rather than one per write. A failure is logged and retried after a growing pause; reads
+/// meanwhile catch up by themselves (and report the failure).
 pub(crate) async fn run(api: Api, log: EventLog, mut stop: watch::Receiver<bool>) {
     let mut head = log.watch_head();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -34,24 +24,24 @@ pub(crate) async fn run(api: Api, log: EventLog, mut stop: watch::Receiver<bool>
             let api = api.clone();
             tokio::task::spawn_blocking(move || api.catch_up()).await
         };
-        match caught_up {
-            Ok(Ok(_)) => backoff.reset(),
-            failed => {
-                match failed {
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, "the projection cannot catch up with the log; retrying");
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "the projection's catch-up panicked; retrying");
-                    }
-                    Ok(Ok(_)) => {}
-                }
-                if sleep_or_stop(backoff.next_delay(), &mut stop).await {
-                    break;
-                }
-                continue;
+        let failed = match caught_up {
+            Ok(Ok(_)) => false,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the projection cannot catch up with the log; retrying");
+                true
             }
+            Err(error) => {
+                tracing::error!(%error, "the projection's catch-up panicked; retrying");
+                true
+            }
+        };
+        if failed {
+            if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                break;
+            }
+            continue;
         }
+        backoff.reset();
         tokio::select! {
             biased;
             () = stopped(&mut stop) => break,

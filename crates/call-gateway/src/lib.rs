@@ -43,7 +43,6 @@ use tokio::task::JoinSet;
 pub use async_nats::Client;
 pub use connect::{connect, connect_now, NatsOptions};
 pub use error::{GatewayError, GatewayErrorKind};
-pub use follow::follow_projection;
 pub use names::{JetStreamNames, DEFAULT_SUBJECT_PREFIX};
 
 /// How the gateway runs; built by the binary and passed to [`run`].
@@ -77,10 +76,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the gateway on `client` until `shutdown` completes, then drains and returns `Ok`.
 ///
 /// Concurrently: the micro service `call-ledger` with one endpoint per operation; the consumer
-/// of producers' commands; the projection's follower; the outbox. When `shutdown` completes it stops the endpoints
-/// (requests still buffered are answered 503), waits for the requests and commands in flight,
-/// lets the outbox finish its batch, flushes the log and the connection, and drains the
-/// connection.
+/// of producers' commands; the projection's follower; the outbox. When `shutdown` completes it
+/// stops the endpoints (requests still buffered are answered 503), waits for the requests and
+/// commands in flight, lets the outbox finish its batch, flushes the log and the connection,
+/// and drains the connection.
 ///
 /// Fails at start on a bad configuration, an unreadable outbox checkpoint or when the service's
 /// subscriptions fail; later only if one of its tasks stopped unexpectedly (after draining the

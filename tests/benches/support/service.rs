@@ -165,24 +165,15 @@ pub async fn drive(client: &Client, in_flight: usize, requests: Vec<Req>) -> Sam
     .await
 }
 
-/// `count` writes made by `write`, timed until `settle` (a catch-up of the projection) returns:
-/// a write's reply does not wait for the view, so a rate that stopped at the last reply would
+/// `count` writes made by `write`, timed until `api`'s projection holds them (a catch-up): a
+/// write's reply does not wait for the view, so a rate that stopped at the last reply would
 /// leave the view's share of the work out.
-pub fn until_applied(
-    count: usize,
-    write: impl FnOnce() -> Sample,
-    settle: impl FnOnce(),
-) -> Sample {
+pub fn until_applied(api: &Api, count: usize, write: impl FnOnce() -> Sample) -> Sample {
     let started = Instant::now();
     let mut sample = write();
-    settle();
+    api.catch_up().expect("the projection catches up");
     sample.per_second = count as f64 / started.elapsed().as_secs_f64();
     sample
-}
-
-/// Catches `api`'s projection up with its log, for [`until_applied`].
-pub fn catch_up(api: &Api) {
-    api.catch_up().expect("the projection catches up");
 }
 
 /// Runs `work(index)` for every index below `count` on `in_flight` threads, timing each.
