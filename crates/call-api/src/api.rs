@@ -487,6 +487,18 @@ impl Inner {
         let rights = Rights {
             voice: grant.allows(Scope::Voice),
         };
+        // The call as it stands: an update is validated against it, so that members the writer
+        // does not own, sent back unchanged from a `get`, pass; and the command is decided on it
+        // rather than on a replay of its stream, where the log has not moved on since.
+        let current = match target {
+            Some(id) => {
+                self.read_barrier()?;
+                self.projection
+                    .get(id)
+                    .map_err(|error| projection_error("reading a call", &error))?
+            }
+            None => None,
+        };
         let (action, occurred_at) = match (&request.operation, target) {
             (Operation::Delete(_), Some(id)) => (Action::Delete { id }, None),
             (operation, target) => {
@@ -494,17 +506,6 @@ impl Inner {
                 let mode = match target {
                     Some(id) => WriteMode::Update(id),
                     None => WriteMode::Create,
-                };
-                // An update is validated against the call as it stands, so that members the
-                // writer does not own, sent back unchanged from a `get`, pass.
-                let current = match target {
-                    Some(id) => {
-                        self.read_barrier()?;
-                        self.projection
-                            .get(id)
-                            .map_err(|error| projection_error("reading a call", &error))?
-                    }
-                    None => None,
                 };
                 let input = match &current {
                     Some(call) => parse_update(&document, call, rights),
@@ -527,13 +528,14 @@ impl Inner {
             recorded_at: (self.clock)(),
             occurred_at,
         };
+        let request_to_log = CommandRequest {
+            command,
+            expected_version,
+            idempotency_key,
+        };
         let outcome = self
             .commands
-            .execute(CommandRequest {
-                command,
-                expected_version,
-                idempotency_key,
-            })
+            .execute_seen(request_to_log, current)
             .map_err(|error| command_error(error, key_header))?;
         // Read-your-writes needs no wait here: a read sent after this reply waits at its
         // barrier for the projection to reach a head that holds this write.

@@ -6,7 +6,7 @@
 //! run them on a blocking thread.
 
 use call_model::{
-    decide, evolve, Action, CallId, CallState, Command, DecideError, Event, EventDecodeError,
+    decide, evolve, Action, Call, CallId, CallState, Command, DecideError, Event, EventDecodeError,
     StoredEvent, Timestamp, Violation,
 };
 use event_log::{
@@ -144,13 +144,38 @@ impl CommandService {
         Ok(state)
     }
 
+    /// The call's state, from `seen` where the log's stream is still at its version, else
+    /// replayed from the log.
+    fn current(&self, id: CallId, seen: Option<&Call>) -> Result<CallState, CommandError> {
+        if let Some(call) = seen.filter(|call| call.id == id) {
+            if self.log.stream_version(id)? == Some(call.version) {
+                return Ok(CallState::Live(call.clone()));
+            }
+        }
+        self.load(id)
+    }
+
     /// Validates, decides and appends one command; returns once its events are durable.
     pub fn execute(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
+        self.execute_seen(request, None)
+    }
+
+    /// As [`CommandService::execute`], for a caller that has just read the call the command
+    /// targets from a view folded from this log (the API, which validates an update against the
+    /// call as it stands): where the log's stream is still at `seen`'s version, `seen` is the
+    /// state the command is decided on, instead of a replay of the call's stream: an update or
+    /// a delete then reads one small row of the log (the stream's version) instead of every
+    /// event of the call. The append checks the version as always.
+    pub fn execute_seen(
+        &self,
+        request: CommandRequest,
+        seen: Option<Call>,
+    ) -> Result<CommandOutcome, CommandError> {
         let idempotency = match self.idempotency(&request)? {
             Keyed::Replayed(outcome) => return Ok(outcome),
             Keyed::Fresh(idempotency) => idempotency,
         };
-        self.execute_keyed(&request, idempotency)
+        self.execute_keyed(&request, idempotency, seen.as_ref())
     }
 
     /// Executes each request as [`CommandService::execute`] would and answers in the same
@@ -171,7 +196,7 @@ impl CommandService {
             let prepared = self.idempotency(request).and_then(|keyed| match keyed {
                 Keyed::Replayed(outcome) => Ok((Prepared::Done(outcome), None)),
                 Keyed::Fresh(idempotency) => self
-                    .prepare(request, idempotency.clone())
+                    .prepare(request, idempotency.clone(), None)
                     .map(|prepared| (prepared, idempotency)),
             });
             answers.push(match prepared {
@@ -189,7 +214,7 @@ impl CommandService {
             let request = &requests[index];
             let answer = match self.finish(request, staged, idempotency.clone(), result) {
                 Ok(Attempt::Done(outcome)) => Ok(outcome),
-                Ok(Attempt::Raced) => self.execute_keyed(request, idempotency),
+                Ok(Attempt::Raced) => self.execute_keyed(request, idempotency, None),
                 Err(error) => Err(error),
             };
             answers[index] = Some(answer);
@@ -224,14 +249,16 @@ impl CommandService {
         Ok(Keyed::Fresh(Some(idempotency)))
     }
 
-    /// Decides and appends, again while another writer changes the call in between.
+    /// Decides and appends, again while another writer changes the call in between (from the
+    /// log then: `seen` is older than the change).
     fn execute_keyed(
         &self,
         request: &CommandRequest,
         idempotency: Option<Idempotency>,
+        mut seen: Option<&Call>,
     ) -> Result<CommandOutcome, CommandError> {
         for _ in 0..MAX_ATTEMPTS {
-            let attempt = match self.prepare(request, idempotency.clone())? {
+            let attempt = match self.prepare(request, idempotency.clone(), seen.take())? {
                 Prepared::Done(outcome) => Attempt::Done(outcome),
                 Prepared::Append(append, staged) => {
                     let result = self.log.append(append);
@@ -248,18 +275,19 @@ impl CommandService {
         ))
     }
 
-    /// Loads the call, checks `If-Match` and decides: either the answer already (a no-op) or
-    /// the append to make.
+    /// Loads the call (see [`CommandService::execute_seen`] for `seen`), checks `If-Match`
+    /// and decides: either the answer already (a no-op) or the append to make.
     fn prepare(
         &self,
         request: &CommandRequest,
         idempotency: Option<Idempotency>,
+        seen: Option<&Call>,
     ) -> Result<Prepared, CommandError> {
         let command = &request.command;
         let (stream, state) = match &command.action {
             Action::Create(_) => (StreamTarget::New, CallState::Absent),
             Action::Update { id, .. } | Action::Delete { id } => {
-                (StreamTarget::Existing(*id), self.load(*id)?)
+                (StreamTarget::Existing(*id), self.current(*id, seen)?)
             }
         };
         if let (Some(expected), Some(id)) = (request.expected_version, target_id(command)) {

@@ -308,3 +308,42 @@ fn execute_all_answers_each_request_in_order_as_execute_would() {
         assert_eq!(note(&service.load(1).unwrap()).as_deref(), Some("c"));
     }
 }
+
+#[test]
+fn a_seen_call_is_trusted_only_at_the_logs_version() {
+    let service = service();
+    create(&service, json!({"note": "first"}));
+    let seen = service.load(1).unwrap().live().unwrap().clone();
+    let update = |note: &str| {
+        request(
+            Action::Update {
+                id: 1,
+                changes: changes(json!({ "note": note })),
+            },
+            None,
+            None,
+        )
+    };
+    // Another writer moves the call on after `seen` was read.
+    service.execute(update("second")).unwrap();
+    // Decided on `seen` alone this would look like a change; the log says it is none.
+    let outcome = service
+        .execute_seen(update("second"), Some(seen.clone()))
+        .unwrap();
+    assert_eq!((outcome.version, outcome.appended), (2, 0));
+    // At the log's version `seen` is what the command is decided on.
+    let current = service.load(1).unwrap().live().unwrap().clone();
+    let outcome = service
+        .execute_seen(update("third"), Some(current))
+        .unwrap();
+    assert_eq!((outcome.version, outcome.appended), (3, 1));
+    assert_eq!(
+        service
+            .load(1)
+            .unwrap()
+            .live()
+            .unwrap()
+            .text(call_model::Field::Note),
+        Some("third")
+    );
+}
