@@ -1,8 +1,9 @@
 //! The in-memory secondary indexes of the live calls: one ordered set of `(value, id)` per
 //! filterable or sortable target, and a column (id -> value) per sortable attribute.
 //!
-//! They are derived from the stored views, rebuilt at open and kept current after every applied
-//! batch, so nothing about them is ever written to disk. Ordered sets answer "the calls with this
+//! They are derived from the stored views and kept current after every applied batch; at open
+//! they are read back from the snapshot the last close wrote (`snapshot`) or, where there is
+//! none of that very view, built from the stored views. Ordered sets answer "the calls with this
 //! value, in id order" and "the calls in value order"; columns answer "this call's sort value"
 //! without reading and decoding its stored row, which is what lets the query engine order and
 //! pre-filter candidates cheaply and read only the rows it returns.
@@ -15,7 +16,7 @@ use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// The value a time column and a time index hold for null. Real timestamps are parsed from
@@ -175,12 +176,15 @@ pub(crate) fn relation_slot(relation: Relation) -> Option<Slot> {
 }
 
 /// The hash a note is indexed by. Only equality filters use it, and every hit is confirmed on
-/// the stored row, so a collision costs a row read, never a wrong answer. The index lives only
-/// in memory, so the hash need not be stable across builds.
+/// the stored row, so a collision costs a row read, never a wrong answer. It is written into the
+/// index snapshot, so it must not change between builds: FNV-1a (64 bits), spelled out here,
+/// rather than the standard library's hasher, whose algorithm is not promised.
 pub(crate) fn note_hash(note: &str) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    note.hash(&mut hasher);
-    hasher.finish()
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    note.bytes().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
 }
 
 /// What one call contributes to the indexes: its indexed values, and nothing else.
@@ -235,13 +239,21 @@ impl IndexRow {
 
 /// Strings shared by the entries of one index, so that a value many calls hold is stored once.
 #[derive(Default)]
-struct Interner(HashSet<Arc<str>>);
+pub(crate) struct Interner(HashSet<Arc<str>>);
 
 impl Interner {
-    fn intern(&mut self, text: &str) -> Arc<str> {
+    pub(crate) fn intern(&mut self, text: &str) -> Arc<str> {
         if let Some(shared) = self.0.get(text) {
             return Arc::clone(shared);
         }
+        let shared: Arc<str> = Arc::from(text);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// The shared copy of `text`, which no entry holds yet (a set read back in order meets each
+    /// value once): one hash, where [`Interner::intern`] takes two for a new value.
+    pub(crate) fn insert_new(&mut self, text: &str) -> Arc<str> {
         let shared: Arc<str> = Arc::from(text);
         self.0.insert(Arc::clone(&shared));
         shared
@@ -280,7 +292,7 @@ struct Chunk<T> {
 }
 
 impl<T: Clone + PartialEq> Column<T> {
-    fn new(null: T) -> Column<T> {
+    pub(crate) fn new(null: T) -> Column<T> {
         Column {
             null,
             chunks: IdMap::default(),
@@ -295,7 +307,7 @@ impl<T: Clone + PartialEq> Column<T> {
         }
     }
 
-    fn set(&mut self, id: u64, value: T) {
+    pub(crate) fn set(&mut self, id: u64, value: T) {
         let key = id >> CHUNK_BITS;
         let is_null = value == self.null;
         let chunk = match self.chunks.get_mut(&key) {
@@ -346,7 +358,7 @@ pub(crate) struct SortTextIndex {
     pub(crate) set: BTreeSet<(Option<Arc<str>>, u64)>,
     /// id -> value.
     pub(crate) col: Column<Option<Arc<str>>>,
-    strings: Interner,
+    pub(crate) strings: Interner,
 }
 
 /// A filter-only string attribute (or the tags): the calls with a value, one entry per value.
@@ -354,7 +366,7 @@ pub(crate) struct SortTextIndex {
 pub(crate) struct TextIndex {
     /// `(value, id)` in value order.
     pub(crate) set: BTreeSet<(Arc<str>, u64)>,
-    strings: Interner,
+    pub(crate) strings: Interner,
 }
 
 impl TextIndex {

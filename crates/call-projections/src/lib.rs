@@ -10,9 +10,11 @@
 //! nothing, and a view that is ahead of the log or unreadable is rebuilt when opened. (A rebuild
 //! flushes once, before it switches to the new view.)
 //!
-//! The secondary indexes live in memory only: they are built from the stored views at open and
-//! kept current as batches are applied, under the same lock that readers take, so a list never
-//! sees an index and a view that disagree.
+//! The secondary indexes live in memory, kept current as batches are applied, under the same
+//! lock that readers take, so a list never sees an index and a view that disagree. Closing
+//! writes them to a snapshot file, which the next open reads instead of decoding every stored
+//! call when it is of exactly the view opened; otherwise (a crash, a rebuild, a damaged file)
+//! they are built from the stored views.
 //!
 //! API boundary: [`Projection`] and the query types in [`query`]. Parsing a query string into a
 //! [`ListQuery`] and writing JSON:API documents belong to the edge.
@@ -26,6 +28,7 @@ mod error;
 mod index;
 mod projection;
 pub mod query;
+mod snapshot;
 mod store;
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::engine;
 use crate::error::{ProjectionError, QueryError};
 use crate::index::{Differences, IndexBuilder, IndexRow, Indexes};
 use crate::query::{ChangesPage, ListPage, ListQuery};
+use crate::snapshot::{self, Stamp, Unused};
 use crate::store::{
     decode_call, describe_key, fold, load_call, par_map, read_u64, split_key, view_name, Meta,
     Overlay, View, CALL,
@@ -97,6 +98,58 @@ struct Inner {
     /// The view's checkpoint, readable without a lock.
     checkpoint: AtomicU64,
     view: RwLock<View>,
+    /// The view whose indexes the snapshot file is known to hold (read back whole at open, or
+    /// written since), so that a close that changed nothing does not write it again.
+    snapshot: Mutex<Option<Stamp>>,
+}
+
+/// Closing writes the index snapshot that the next open reads instead of decoding every call,
+/// unless the file already holds this very view's. Best effort: a failure is logged, and the
+/// next open builds the indexes as it would without one.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Ok(view) = self.view.get_mut() else {
+            return;
+        };
+        let stamp = Stamp::of(view.generation, &view.meta);
+        if *self
+            .snapshot
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            == Some(stamp)
+        {
+            return;
+        }
+        // The snapshot names the view by its stored checkpoint and counters, so they must be
+        // on disk, and be the ones these indexes follow (not those of a rebuild cut short).
+        let stored = self
+            .db
+            .flush()
+            .map_err(ProjectionError::from)
+            .and_then(|_| Meta::read(&view.tree));
+        match stored {
+            Ok(meta) if meta == view.meta => {}
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(dir = %self.dir.display(), %error, "no index snapshot written: the view could not be flushed");
+                return;
+            }
+        }
+        let started = Instant::now();
+        match snapshot::write(&self.dir, stamp, &view.indexes) {
+            Ok(()) => tracing::info!(
+                dir = %self.dir.display(),
+                calls = view.meta.live,
+                seconds = started.elapsed().as_secs_f64(),
+                "index snapshot written"
+            ),
+            Err(error) => tracing::warn!(
+                file = %snapshot::path(&self.dir).display(),
+                %error,
+                "the index snapshot could not be written; the next open builds the indexes from the views"
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Projection {
@@ -173,8 +226,9 @@ impl Projection {
             Meta::default().write(&mut batch);
             tree.apply_batch(batch)?;
         }
-        let (view, rebuild_because) = match open_view(&log, generation, tree.clone()) {
-            Ok(view) => (view, None),
+        let (view, snapshot, rebuild_because) = match open_view(dir, &log, generation, tree.clone())
+        {
+            Ok((view, snapshot)) => (view, snapshot, None),
             Err(Reopen::Rebuild(reason)) => {
                 let view = View {
                     generation,
@@ -182,7 +236,7 @@ impl Projection {
                     meta: Meta::default(),
                     indexes: Indexes::new(),
                 };
-                (view, Some(reason))
+                (view, None, Some(reason))
             }
             Err(Reopen::Failed(error)) => return Err(error),
         };
@@ -194,6 +248,7 @@ impl Projection {
                 apply: Mutex::new(()),
                 checkpoint: AtomicU64::new(view.meta.checkpoint),
                 view: RwLock::new(view),
+                snapshot: Mutex::new(snapshot),
             }),
         };
         if let Some(reason) = rebuild_because {
@@ -203,6 +258,12 @@ impl Projection {
         let checkpoint = projection.catch_up()?;
         tracing::info!(dir = %dir.display(), checkpoint, "projection opened");
         Ok(projection)
+    }
+
+    /// The index snapshot file of the projection in `dir`: written when the projection closes,
+    /// read at the next open of the same view; removing it only makes that open slower.
+    pub fn snapshot_file(dir: &Path) -> PathBuf {
+        snapshot::path(dir)
     }
 
     /// The last log position applied.
@@ -447,6 +508,17 @@ impl Projection {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the snapshot file holds indexes of a view this projection had (read at open, or
+    /// written since), for tests of the snapshot.
+    #[cfg(test)]
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     /// The active view's tree, for tests that tamper with it.
     #[cfg(test)]
     pub(crate) fn tree(&self) -> sled::Tree {
@@ -493,9 +565,15 @@ impl From<ProjectionError> for Reopen {
 /// (Tests use a small threshold so that their logs take this road too.)
 const BULK_CATCH_UP: u64 = if cfg!(test) { 20 } else { 50_000 };
 
-/// Reads a stored view, brings it close to the log's head if it is far behind, and builds its
-/// indexes.
-fn open_view(log: &EventLog, generation: u64, tree: sled::Tree) -> Result<View, Reopen> {
+/// Reads a stored view, brings it close to the log's head if it is far behind, and reads its
+/// indexes from the snapshot in `dir` where that is of this view, else builds them; returns the
+/// view, and its stamp where the snapshot was read.
+fn open_view(
+    dir: &Path,
+    log: &EventLog,
+    generation: u64,
+    tree: sled::Tree,
+) -> Result<(View, Option<Stamp>), Reopen> {
     let meta = Meta::read(&tree)?;
     let head = log.head();
     if meta.checkpoint > head {
@@ -504,18 +582,49 @@ fn open_view(log: &EventLog, generation: u64, tree: sled::Tree) -> Result<View, 
             meta.checkpoint
         )));
     }
-    let (meta, indexes) = if head - meta.checkpoint > BULK_CATCH_UP {
+    if head - meta.checkpoint > BULK_CATCH_UP {
         tracing::info!(from = meta.checkpoint, head, "catching up in bulk");
-        replay(log, &tree, Some(meta), None, &mut |_, _| {})?
-    } else {
-        (meta, build_indexes(&tree, &meta)?)
+        let (meta, indexes) = replay(log, &tree, Some(meta), None, &mut |_, _| {})?;
+        let view = View {
+            generation,
+            tree,
+            meta,
+            indexes,
+        };
+        return Ok((view, None));
+    }
+    let stamp = Stamp::of(generation, &meta);
+    let started = Instant::now();
+    let (indexes, snapshot) = match snapshot::load(dir, stamp) {
+        Ok(indexes) => {
+            tracing::info!(
+                calls = meta.live,
+                seconds = started.elapsed().as_secs_f64(),
+                "indexes read from their snapshot"
+            );
+            (indexes, Some(stamp))
+        }
+        Err(unused) => {
+            match &unused {
+                Unused::Damaged(_) => tracing::warn!(
+                    file = %snapshot::path(dir).display(),
+                    reason = %unused,
+                    "building the indexes from the views"
+                ),
+                Unused::Missing | Unused::Stale(_) => {
+                    tracing::info!(reason = %unused, "building the indexes from the views")
+                }
+            }
+            (build_indexes(&tree, &meta)?, None)
+        }
     };
-    Ok(View {
+    let view = View {
         generation,
         tree,
         meta,
         indexes,
-    })
+    };
+    Ok((view, snapshot))
 }
 
 /// Views decoded per step while building indexes: enough to share out over the cores, few

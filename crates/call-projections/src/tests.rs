@@ -1331,3 +1331,108 @@ fn a_garbled_projection_is_rebuilt_from_the_log_and_never_serves_wrong_data() {
         "a damaged snapshot or config file is moved aside: {outcomes:?}"
     );
 }
+
+/// Everything a list, the change feed and the counters show of `projection`.
+fn everything(projection: &Projection) -> (Vec<u64>, ListPage, ChangesPage, (u64, u64, u64)) {
+    let sorted = query(
+        vec![attr(Field::Direction, any_text(&["inbound"]))],
+        vec![desc(Field::CreatedAt), asc(Field::Outcome)],
+        7,
+    );
+    let stats = projection.stats().expect("stats");
+    (
+        walk_both_ways(projection, sorted).0,
+        projection
+            .list(&query(vec![], vec![], MAX_PAGE_SIZE))
+            .expect("list"),
+        projection.changes(0, 10_000).expect("changes"),
+        (stats.live_calls, stats.deleted_calls, stats.checkpoint),
+    )
+}
+
+fn assert_verified(projection: &Projection, dir: &Path) {
+    let report = projection.verify(&dir.join("scratch")).expect("verify");
+    assert!(report.differences.is_empty(), "{:?}", report.differences);
+}
+
+#[test]
+fn closing_writes_an_index_snapshot_that_the_next_open_reads() {
+    let mut ledger = varied_ledger(300);
+    let dir = projection_dir(ledger.dir.path());
+    let before = everything(&ledger.projection);
+    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
+    drop(std::mem::replace(&mut ledger.projection, other));
+    assert!(crate::snapshot::path(&dir).exists(), "closing wrote it");
+
+    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    assert!(reopened.has_snapshot(), "the indexes were read from it");
+    assert_eq!(everything(&reopened), before);
+    assert_verified(&reopened, ledger.dir.path());
+
+    // Events the snapshot does not hold are applied over it as over any index.
+    drop(reopened);
+    ledger.create(json!({"attributes": {"direction": "inbound", "outcome": "Zeta"}}));
+    ledger.update(
+        5,
+        json!({"attributes": {"note": "changed after the snapshot"}}),
+    );
+    ledger.delete(7);
+    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    assert!(reopened.has_snapshot());
+    assert_eq!(everything(&reopened), everything(&ledger.projection));
+    assert_verified(&reopened, ledger.dir.path());
+}
+
+#[test]
+fn a_damaged_or_stale_snapshot_is_built_over_and_never_serves_wrong_data() {
+    let mut ledger = varied_ledger(200);
+    let dir = projection_dir(ledger.dir.path());
+    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
+    drop(std::mem::replace(&mut ledger.projection, other));
+    let file = crate::snapshot::path(&dir);
+    let healthy = std::fs::read(&file).expect("the snapshot");
+    let expected = everything(&ledger.projection);
+
+    let mut damages: Vec<(String, Vec<u8>)> = vec![
+        ("empty".into(), Vec::new()),
+        ("cut in its header".into(), healthy[..20].to_vec()),
+        (
+            "cut in its body".into(),
+            healthy[..healthy.len() - 9].to_vec(),
+        ),
+    ];
+    for step in 0..24 {
+        let mut garbled = healthy.clone();
+        let at = healthy.len() * step / 24;
+        garbled[at] ^= 0x5a;
+        damages.push((format!("a byte garbled at {at}"), garbled));
+    }
+    for (damage, bytes) in damages {
+        std::fs::write(&file, &bytes).expect("damage the snapshot");
+        let reopened = Projection::open(&dir, ledger.log.clone())
+            .unwrap_or_else(|error| panic!("snapshot {damage}: not opened: {error}"));
+        assert!(!reopened.has_snapshot(), "snapshot {damage}: read");
+        assert_eq!(everything(&reopened), expected, "snapshot {damage}");
+        drop(reopened);
+        // The close after such an open writes a good one again.
+        assert_eq!(std::fs::read(&file).unwrap(), healthy, "snapshot {damage}");
+    }
+
+    // A snapshot of the same view at an earlier checkpoint is stale.
+    ledger.create(json!({"attributes": {"direction": "inbound"}}));
+    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    drop(reopened);
+    std::fs::write(&file, &healthy).unwrap();
+    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    assert!(!reopened.has_snapshot(), "a stale snapshot was read");
+    assert_eq!(everything(&reopened), everything(&ledger.projection));
+    assert_verified(&reopened, ledger.dir.path());
+
+    // After a rebuild, the view is another generation.
+    reopened.rebuild(&mut |_, _| {}).unwrap();
+    drop(reopened);
+    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    assert!(reopened.has_snapshot());
+    assert_eq!(everything(&reopened), everything(&ledger.projection));
+    assert_verified(&reopened, ledger.dir.path());
+}

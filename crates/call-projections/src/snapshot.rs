@@ -1,0 +1,603 @@
+//! The index snapshot: a view's in-memory indexes written to one file when the projection
+//! closes, and read back at the next open in place of decoding every stored call, when it was
+//! written from exactly the view being opened.
+//!
+//! The snapshot is derived data twice over (from the view, which is from the log), so it is
+//! trusted only when everything matches: its header names the view's generation, checkpoint
+//! and counters, and a CRC-32 covers the header and the body. Anything else (no file, another
+//! view, a file cut short or garbled, a format this build does not read) means the indexes are
+//! built from the stored views as before, and the reason is logged; reading it never panics and
+//! never allocates more than the file's size warrants.
+//!
+//! The body is one section per index, each with its byte length, so that sections decode on
+//! both cores. An ordered set of `(value, id)` is written as runs of one value: the value
+//! (delta-coded against the previous run's where it is a number, spelled out where it is a
+//! string), the run's length, and its ids in ascending order as LEB128 deltas. The columns are
+//! not written: they hold the same pairs as their sets and are filled from them on load.
+
+use crate::index::{
+    Column, Indexes, Interner, SortTextIndex, TextIndex, TimeIndex, NULL_TIME, TEXT_FILTER,
+    TEXT_SORT, TIME_SORT,
+};
+use crate::store::Meta;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The snapshot's file, in the projection's directory.
+const FILE_NAME: &str = "indexes.snapshot";
+/// Where a snapshot is written before it replaces the last one.
+const PARTIAL_NAME: &str = "indexes.snapshot.partial";
+const MAGIC: &[u8; 8] = b"CLIDXSNP";
+/// The body's layout: bump it when the sections, their order or their encoding change (or what
+/// a value means, such as the note hash), so an older file is built over rather than misread.
+const FORMAT: u32 = 1;
+/// Magic, format, CRC, then the five u64 of [`Stamp`] and the body's length.
+const HEADER_LEN: usize = 8 + 4 + 4 + 8 * 5;
+
+/// Which view a snapshot holds the indexes of: the generation at a checkpoint, with the
+/// counters, which a view at that checkpoint must also have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) generation: u64,
+    pub(crate) checkpoint: u64,
+    pub(crate) live: u64,
+    pub(crate) deleted: u64,
+}
+
+impl Stamp {
+    /// The stamp of the view `generation` at `meta`.
+    pub(crate) fn of(generation: u64, meta: &Meta) -> Stamp {
+        Stamp {
+            generation,
+            checkpoint: meta.checkpoint,
+            live: meta.live,
+            deleted: meta.deleted,
+        }
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "view {} at position {} ({} live, {} deleted)",
+            self.generation, self.checkpoint, self.live, self.deleted
+        )
+    }
+}
+
+/// Why a snapshot was not used.
+#[derive(Debug)]
+pub(crate) enum Unused {
+    /// There is none.
+    Missing,
+    /// It holds another view (or the same view at another checkpoint).
+    Stale(Stamp),
+    /// It cannot be read: cut short, garbled, another format, or unreadable.
+    Damaged(String),
+}
+
+impl fmt::Display for Unused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unused::Missing => f.write_str("there is no index snapshot"),
+            Unused::Stale(stamp) => write!(f, "the index snapshot is of {stamp}"),
+            Unused::Damaged(reason) => write!(f, "the index snapshot is damaged: {reason}"),
+        }
+    }
+}
+
+fn damaged(reason: impl Into<String>) -> Unused {
+    Unused::Damaged(reason.into())
+}
+
+/// The snapshot file of the projection in `dir`.
+pub(crate) fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Writes the snapshot of `indexes`, the indexes of the view `stamp` names. The file is
+/// written aside and renamed over the last one, so a crash midway leaves the old one (or none),
+/// never half of one.
+pub(crate) fn write(dir: &Path, stamp: Stamp, indexes: &Indexes) -> std::io::Result<()> {
+    let body = encode(indexes);
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT.to_le_bytes());
+    header.extend_from_slice(&[0; 4]);
+    for value in [
+        stamp.generation,
+        stamp.checkpoint,
+        stamp.live,
+        stamp.deleted,
+        body.len() as u64,
+    ] {
+        header.extend_from_slice(&value.to_le_bytes());
+    }
+    let crc = checksum(&header, &body);
+    header[12..16].copy_from_slice(&crc.to_le_bytes());
+    let partial = dir.join(PARTIAL_NAME);
+    {
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(&header)?;
+        file.write_all(&body)?;
+        // No fsync: a snapshot lost or torn by a power cut fails its CRC and is built over,
+        // which costs one slow open, not data.
+    }
+    std::fs::rename(&partial, path(dir))
+}
+
+/// Reads the snapshot in `dir` if it is of the view `stamp` names.
+pub(crate) fn load(dir: &Path, stamp: Stamp) -> Result<Indexes, Unused> {
+    let bytes = match std::fs::read(path(dir)) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(Unused::Missing),
+        Err(error) => return Err(damaged(format!("reading it failed: {error}"))),
+    };
+    let (found, body) = parse_header(&bytes)?;
+    if found != stamp {
+        return Err(Unused::Stale(found));
+    }
+    if checksum(&bytes[..HEADER_LEN], body) != u32::from_le_bytes(field(&bytes, 12)) {
+        return Err(damaged("its checksum does not match"));
+    }
+    let indexes = decode(body)?;
+    if indexes.live() as u64 != stamp.live {
+        return Err(damaged(format!(
+            "it holds {} live calls, the view {}",
+            indexes.live(),
+            stamp.live
+        )));
+    }
+    Ok(indexes)
+}
+
+fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0; N];
+    out.copy_from_slice(&bytes[at..at + N]);
+    out
+}
+
+fn stamp_from(header: &[u8; HEADER_LEN]) -> Result<Stamp, Unused> {
+    if &header[..8] != MAGIC {
+        return Err(damaged("it is not an index snapshot"));
+    }
+    let format = u32::from_le_bytes(field(header, 8));
+    if format != FORMAT {
+        return Err(damaged(format!(
+            "it has format {format}, this build reads {FORMAT}"
+        )));
+    }
+    let number = |i: usize| u64::from_le_bytes(field(header, 16 + 8 * i));
+    Ok(Stamp {
+        generation: number(0),
+        checkpoint: number(1),
+        live: number(2),
+        deleted: number(3),
+    })
+}
+
+/// The stamp and the body of a whole snapshot file.
+fn parse_header(bytes: &[u8]) -> Result<(Stamp, &[u8]), Unused> {
+    let header: &[u8; HEADER_LEN] = bytes
+        .get(..HEADER_LEN)
+        .and_then(|header| header.try_into().ok())
+        .ok_or_else(|| damaged("cut short in its header"))?;
+    let stamp = stamp_from(header)?;
+    let length = u64::from_le_bytes(field(header, HEADER_LEN - 8));
+    let body = &bytes[HEADER_LEN..];
+    if body.len() as u64 != length {
+        return Err(damaged(format!(
+            "its body is {} bytes, its header says {length}",
+            body.len()
+        )));
+    }
+    Ok((stamp, body))
+}
+
+/// The CRC-32 of the header (without its CRC field) and the body.
+fn checksum(header: &[u8], body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[..12]);
+    hasher.update(&header[16..]);
+    hasher.update(body);
+    hasher.finalize()
+}
+
+/// The sections, in the order they are written.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Ids,
+    Changes,
+    Time(usize),
+    SortText(usize),
+    Text(usize),
+    Tags,
+    Flags,
+    Notes,
+    Related(usize),
+}
+
+fn kinds() -> Vec<Kind> {
+    let mut kinds = vec![Kind::Ids, Kind::Changes];
+    kinds.extend((0..TIME_SORT.len()).map(Kind::Time));
+    kinds.extend((0..TEXT_SORT.len()).map(Kind::SortText));
+    kinds.extend((0..TEXT_FILTER.len()).map(Kind::Text));
+    kinds.extend([Kind::Tags, Kind::Flags, Kind::Notes]);
+    kinds.extend((0..crate::index::FILTER_RELATIONS.len()).map(Kind::Related));
+    kinds
+}
+
+/// The body of the snapshot of `indexes`.
+fn encode(indexes: &Indexes) -> Vec<u8> {
+    let mut body = Encoder::default();
+    for kind in kinds() {
+        let mut section = Encoder::default();
+        match kind {
+            Kind::Ids => {
+                section.u64(indexes.ids.len() as u64);
+                section.ascending(indexes.ids.iter().copied());
+            }
+            Kind::Changes => {
+                section.u64(indexes.changes.len() as u64);
+                section.ascending(indexes.changes.keys().copied());
+                for id in indexes.changes.values() {
+                    section.u64(*id);
+                }
+            }
+            Kind::Time(i) => section.runs(&indexes.times[i].set, put_i64),
+            Kind::SortText(i) => {
+                section.runs(&indexes.sort_texts[i].set, |out, _, value| match value {
+                    None => out.u64(0),
+                    Some(text) => {
+                        out.u64(1);
+                        out.text(text);
+                    }
+                })
+            }
+            Kind::Text(i) => section.runs(&indexes.texts[i].set, put_text),
+            Kind::Tags => section.runs(&indexes.tags.set, put_text),
+            Kind::Flags => section.runs(&indexes.flags, |out, _, flag| out.u64(u64::from(*flag))),
+            Kind::Notes => section.runs(&indexes.notes, |out, prev, hash| {
+                out.u64(hash.wrapping_sub(prev.copied().unwrap_or(0)))
+            }),
+            Kind::Related(i) => section.runs(&indexes.related[i], put_i64),
+        }
+        body.u64(section.0.len() as u64);
+        body.0.extend_from_slice(&section.0);
+    }
+    body.0
+}
+
+fn put_i64(out: &mut Encoder, prev: Option<&i64>, value: &i64) {
+    let delta = value.wrapping_sub(prev.copied().unwrap_or(0));
+    out.u64(((delta << 1) ^ (delta >> 63)) as u64);
+}
+
+fn put_text(out: &mut Encoder, _: Option<&Arc<str>>, text: &Arc<str>) {
+    out.text(text);
+}
+
+#[derive(Default)]
+struct Encoder(Vec<u8>);
+
+impl Encoder {
+    /// LEB128.
+    fn u64(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.0.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.0.push(value as u8);
+    }
+
+    fn text(&mut self, text: &str) {
+        self.u64(text.len() as u64);
+        self.0.extend_from_slice(text.as_bytes());
+    }
+
+    /// Ascending numbers: the first, then the differences.
+    fn ascending(&mut self, numbers: impl Iterator<Item = u64>) {
+        let mut prev = 0;
+        for number in numbers {
+            self.u64(number - prev);
+            prev = number;
+        }
+    }
+
+    /// An ordered set of `(value, id)` as runs of one value (see the module's opening).
+    fn runs<V: PartialEq>(
+        &mut self,
+        set: &BTreeSet<(V, u64)>,
+        put_value: impl Fn(&mut Encoder, Option<&V>, &V),
+    ) {
+        self.u64(set.len() as u64);
+        let mut entries = set.iter().peekable();
+        let mut prev: Option<&V> = None;
+        let mut ids = Vec::new();
+        while let Some((value, id)) = entries.next() {
+            ids.clear();
+            ids.push(*id);
+            while let Some((_, id)) = entries.next_if(|(next, _)| next == value) {
+                ids.push(*id);
+            }
+            put_value(self, prev, value);
+            self.u64(ids.len() as u64);
+            self.ascending(ids.iter().copied());
+            prev = Some(value);
+        }
+    }
+}
+
+/// A section decoded.
+enum Section {
+    Ids(BTreeSet<u64>),
+    Changes(BTreeMap<u64, u64>),
+    Time(TimeIndex),
+    SortText(SortTextIndex),
+    Text(TextIndex),
+    Related(BTreeSet<(i64, u64)>),
+    Flags(BTreeSet<(bool, u64)>),
+    Notes(BTreeSet<(u64, u64)>),
+}
+
+/// The indexes a body holds.
+fn decode(body: &[u8]) -> Result<Indexes, Unused> {
+    let kinds = kinds();
+    let mut reader = Decoder(body);
+    let mut sections = Vec::with_capacity(kinds.len());
+    for kind in &kinds {
+        let length = reader.length()?;
+        sections.push((*kind, reader.take(length)?));
+    }
+    if !reader.0.is_empty() {
+        return Err(damaged("bytes follow its last section"));
+    }
+    let decoded = decode_in_parallel(&sections)?;
+    let mut indexes = Indexes::new();
+    for ((kind, _), section) in sections.iter().zip(decoded) {
+        match (*kind, section) {
+            (Kind::Ids, Section::Ids(ids)) => indexes.ids = ids,
+            (Kind::Changes, Section::Changes(changes)) => indexes.changes = changes,
+            (Kind::Time(i), Section::Time(index)) => indexes.times[i] = index,
+            (Kind::SortText(i), Section::SortText(index)) => indexes.sort_texts[i] = index,
+            (Kind::Text(i), Section::Text(index)) => indexes.texts[i] = index,
+            (Kind::Tags, Section::Text(index)) => indexes.tags = index,
+            (Kind::Flags, Section::Flags(set)) => indexes.flags = set,
+            (Kind::Notes, Section::Notes(set)) => indexes.notes = set,
+            (Kind::Related(i), Section::Related(set)) => indexes.related[i] = set,
+            (kind, _) => return Err(damaged(format!("section {kind:?} decoded as another"))),
+        }
+    }
+    let live = indexes.ids.len();
+    let complete = |name: &str, len: usize| {
+        if len == live {
+            Ok(())
+        } else {
+            Err(damaged(format!("{name} holds {len} calls of {live}")))
+        }
+    };
+    complete("the change feed", indexes.changes.len())?;
+    for (i, field) in TIME_SORT.iter().enumerate() {
+        complete(&format!("the {field} index"), indexes.times[i].set.len())?;
+    }
+    for (i, field) in TEXT_SORT.iter().enumerate() {
+        complete(
+            &format!("the {field} index"),
+            indexes.sort_texts[i].set.len(),
+        )?;
+    }
+    Ok(indexes)
+}
+
+/// Decodes the sections on the machine's cores, the largest first.
+fn decode_in_parallel(sections: &[(Kind, &[u8])]) -> Result<Vec<Section>, Unused> {
+    let mut order: Vec<usize> = (0..sections.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(sections[*i].1.len()));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Section, Unused>>>> =
+        Mutex::new((0..sections.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let (kind, bytes) = sections[i];
+                    let section = decode_section(kind, bytes);
+                    if let Ok(mut results) = results.lock() {
+                        results[i] = Some(section);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .map_err(|_| damaged("a section's decoder stopped"))?
+        .into_iter()
+        .map(|section| section.unwrap_or_else(|| Err(damaged("a section was not decoded"))))
+        .collect()
+}
+
+fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
+    let mut reader = Decoder(bytes);
+    let section = match kind {
+        Kind::Ids => {
+            let count = reader.count()?;
+            Section::Ids(reader.ascending(count)?.into_iter().collect())
+        }
+        Kind::Changes => {
+            let count = reader.count()?;
+            let positions = reader.ascending(count)?;
+            let mut changes = Vec::with_capacity(count);
+            for position in positions {
+                changes.push((position, reader.u64()?));
+            }
+            Section::Changes(changes.into_iter().collect())
+        }
+        Kind::Time(_) => {
+            let set = reader.runs(get_i64)?;
+            // Filled here, on this section's thread: a column holds its set's pairs by id.
+            let mut col = Column::new(NULL_TIME);
+            for (millis, id) in &set {
+                col.set(*id, *millis);
+            }
+            Section::Time(TimeIndex { set, col })
+        }
+        Kind::Related(_) => Section::Related(reader.runs(get_i64)?),
+        Kind::SortText(_) => {
+            let mut strings = Interner::default();
+            let set = reader.runs(|reader, prev: Option<&Option<Arc<str>>>| {
+                let value = match reader.u64()? {
+                    0 => None,
+                    1 => Some(strings.insert_new(reader.text()?)),
+                    other => return Err(damaged(format!("a null marker is {other}"))),
+                };
+                ascending_values(prev, &value)?;
+                Ok(value)
+            })?;
+            let mut col = Column::new(None);
+            for (text, id) in &set {
+                col.set(*id, text.clone());
+            }
+            Section::SortText(SortTextIndex { set, col, strings })
+        }
+        Kind::Text(_) | Kind::Tags => {
+            let mut strings = Interner::default();
+            let set = reader.runs(|reader, prev: Option<&Arc<str>>| {
+                let value = strings.insert_new(reader.text()?);
+                ascending_values(prev, &value)?;
+                Ok(value)
+            })?;
+            Section::Text(TextIndex { set, strings })
+        }
+        Kind::Flags => Section::Flags(reader.runs(|reader, prev: Option<&bool>| {
+            let value = match reader.u64()? {
+                0 => false,
+                1 => true,
+                other => return Err(damaged(format!("a flag is {other}"))),
+            };
+            ascending_values(prev, &value)?;
+            Ok(value)
+        })?),
+        Kind::Notes => Section::Notes(reader.runs(|reader, prev: Option<&u64>| {
+            let value = reader.u64()?.wrapping_add(prev.copied().unwrap_or(0));
+            ascending_values(prev, &value)?;
+            Ok(value)
+        })?),
+    };
+    if !reader.0.is_empty() {
+        return Err(damaged(format!("bytes follow the {kind:?} section")));
+    }
+    Ok(section)
+}
+
+fn get_i64(reader: &mut Decoder<'_>, prev: Option<&i64>) -> Result<i64, Unused> {
+    let zigzag = reader.u64()?;
+    let delta = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
+    let value = prev.copied().unwrap_or(0).wrapping_add(delta);
+    ascending_values(prev, &value)?;
+    Ok(value)
+}
+
+/// Each run's value follows the previous run's: a set written in order reads back in order.
+fn ascending_values<V: Ord>(prev: Option<&V>, value: &V) -> Result<(), Unused> {
+    match prev {
+        Some(prev) if prev >= value => Err(damaged("a set's values are out of order")),
+        _ => Ok(()),
+    }
+}
+
+/// A bounds-checked reader of a body.
+struct Decoder<'a>(&'a [u8]);
+
+impl<'a> Decoder<'a> {
+    fn u64(&mut self) -> Result<u64, Unused> {
+        let mut value = 0u64;
+        for (i, byte) in self.0.iter().enumerate().take(10) {
+            let bits = u64::from(byte & 0x7f);
+            if i == 9 && bits > 1 {
+                break;
+            }
+            value |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Ok(value);
+            }
+        }
+        Err(damaged("a number is cut short or too long"))
+    }
+
+    /// A byte length within what is left.
+    fn length(&mut self) -> Result<usize, Unused> {
+        let length = self.u64()?;
+        usize::try_from(length)
+            .ok()
+            .filter(|length| *length <= self.0.len())
+            .ok_or_else(|| damaged(format!("a length of {length} runs past its end")))
+    }
+
+    /// A count of entries, each of which takes a byte at least: never more than what is left,
+    /// so that a garbled count cannot ask for a huge allocation.
+    fn count(&mut self) -> Result<usize, Unused> {
+        self.length()
+    }
+
+    fn take(&mut self, length: usize) -> Result<&'a [u8], Unused> {
+        if length > self.0.len() {
+            return Err(damaged("cut short"));
+        }
+        let (taken, rest) = self.0.split_at(length);
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    fn text(&mut self) -> Result<&'a str, Unused> {
+        let length = self.length()?;
+        std::str::from_utf8(self.take(length)?).map_err(|_| damaged("a string is not UTF-8"))
+    }
+
+    /// `count` ascending numbers.
+    fn ascending(&mut self, count: usize) -> Result<Vec<u64>, Unused> {
+        let mut numbers = Vec::with_capacity(count);
+        let mut prev = 0u64;
+        for i in 0..count {
+            let delta = self.u64()?;
+            if i > 0 && delta == 0 {
+                return Err(damaged("numbers that should ascend repeat"));
+            }
+            prev = prev
+                .checked_add(delta)
+                .ok_or_else(|| damaged("a number overflows"))?;
+            numbers.push(prev);
+        }
+        Ok(numbers)
+    }
+
+    /// An ordered set written by [`Encoder::runs`].
+    fn runs<V: Ord + Clone>(
+        &mut self,
+        mut get_value: impl FnMut(&mut Self, Option<&V>) -> Result<V, Unused>,
+    ) -> Result<BTreeSet<(V, u64)>, Unused> {
+        let total = self.count()?;
+        let mut entries = Vec::with_capacity(total);
+        let mut prev: Option<V> = None;
+        while entries.len() < total {
+            let value = get_value(self, prev.as_ref())?;
+            let length = self.count()?;
+            if length == 0 || length > total - entries.len() {
+                return Err(damaged(format!("a run of {length} entries")));
+            }
+            for id in self.ascending(length)? {
+                entries.push((value.clone(), id));
+            }
+            prev = Some(value);
+        }
+        // In order already, which `from_iter` checks in one pass before it bulk-loads.
+        Ok(entries.into_iter().collect())
+    }
+}
