@@ -6,7 +6,8 @@
 //! replies; it fails when any request fails or is refused, or when resident memory at the end
 //! is more than 10% above what it was after the first minute (the warm-up). `SOAK_WRAPPER`
 //! runs the service under a profiler (`heaptrack -o /tmp/soak`), whose memory is then what is
-//! printed.
+//! printed. `SOAK_MIX=reads` sends only the gets and lists (in the same proportion), to tell
+//! what writing costs in memory from what serving does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -195,6 +196,11 @@ fn main() {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let begin = Instant::now();
+        let reads_only = match std::env::var("SOAK_MIX").as_deref() {
+            Ok("reads") => true,
+            Ok("mixed") | Err(_) => false,
+            Ok(other) => panic!("SOAK_MIX is `mixed` (the default) or `reads`, not {other:?}"),
+        };
         let mut workers = Vec::new();
         for worker in 0..WORKERS {
             let (client, live, minutes, stop, sent) =
@@ -210,7 +216,7 @@ fn main() {
                     // Gets and updates go to prefilled calls, which are never deleted, so that
                     // no 404 is provoked by a race between workers.
                     let pick = |rng: &mut Rng| rng.below(PREFILL) + 1;
-                    let roll = rng.below(100);
+                    let roll = if reads_only { rng.below(60) } else { rng.below(100) };
                     let (subject, payload) = match roll {
                         0..=39 => (format!("calls.api.get.{}", pick(&mut rng)), String::new()),
                         40..=59 => (
