@@ -6,8 +6,8 @@
 //! run them on a blocking thread.
 
 use call_model::{
-    decide, evolve, Action, Call, CallId, CallState, Command, DecideError, Event, EventDecodeError,
-    StoredEvent, Timestamp, Violation,
+    decide, evolve, replay_stream, Action, Call, CallId, CallState, Command, DecideError, Event,
+    EventDecodeError, StoredEvent, Timestamp, Violation,
 };
 use event_log::{
     Append, AppendError, Appended, EventLog, ExpectedVersion, Idempotency, LogError, StreamTarget,
@@ -128,20 +128,12 @@ impl CommandService {
     }
 
     fn load_until(&self, id: CallId, version: u64) -> Result<CallState, CommandError> {
-        let mut state = CallState::Absent;
-        for record in self.log.read_stream(id)? {
-            if record.version > version {
-                break;
-            }
-            let event = Event::decode(
-                record.position,
-                record.stream,
-                record.version,
-                &record.payload,
-            )?;
-            state = evolve(state, &event);
-        }
-        Ok(state)
+        let records = self.log.read_stream(id)?;
+        let upto = records
+            .iter()
+            .take_while(|record| record.version <= version)
+            .map(|r| (r.position, r.stream, r.version, r.payload.as_slice()));
+        Ok(replay_stream(upto)?)
     }
 
     /// The call's state, from `seen` where the log's stream is still at its version, else

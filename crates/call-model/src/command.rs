@@ -190,6 +190,20 @@ fn difference(call: &Call, changes: &Changes) -> Changes {
     }
 }
 
+/// A call's state as the events of its stream leave it, each given as a log record's position,
+/// stream, version and payload, in stream order from its first: how the commands and the
+/// projection replay one call.
+pub fn replay_stream<'a>(
+    records: impl IntoIterator<Item = (u64, u64, u64, &'a [u8])>,
+) -> Result<CallState, crate::EventDecodeError> {
+    let mut state = CallState::Absent;
+    for (position, stream, version, payload) in records {
+        let event = Event::decode(position, stream, version, payload)?;
+        state = evolve(state, &event);
+    }
+    Ok(state)
+}
+
 /// Applies an event to a call's state. No rule is checked here: the event already happened.
 pub fn evolve(state: CallState, event: &Event) -> CallState {
     let stored = &event.stored;

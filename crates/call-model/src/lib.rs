@@ -15,7 +15,7 @@ mod time;
 mod tests;
 
 pub use call::{Call, CallId, CallState, DataConnection, ResourceRef};
-pub use command::{decide, evolve, Action, Command, DecideError};
+pub use command::{decide, evolve, replay_stream, Action, Command, DecideError};
 pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHEMA_VERSION};
 pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation};
 pub use input::{

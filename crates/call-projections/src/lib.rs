@@ -13,8 +13,8 @@
 //! The secondary indexes live in memory, kept current as batches are applied, under the same
 //! lock that readers take, so a list never sees an index and a view that disagree. Closing
 //! writes them to a snapshot file, which the next open reads instead of decoding every stored
-//! call when it is of exactly the view opened; otherwise (a crash, a rebuild, a damaged file)
-//! they are built from the stored views.
+//! call when it is of the view opened (brought up to the view from the log where it is older,
+//! after a crash); otherwise (a rebuild, a damaged file) they are built from the stored views.
 //!
 //! API boundary: [`Projection`] and the query types in [`query`]. Parsing a query string into a
 //! [`ListQuery`] and writing JSON:API documents belong to the edge.

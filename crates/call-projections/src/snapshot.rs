@@ -4,7 +4,9 @@
 //!
 //! The snapshot is derived data twice over (from the view, which is from the log), so it is
 //! trusted only when everything matches: its header names the view's generation, checkpoint
-//! and counters, and a CRC-32 covers the header and the body. Anything else (no file, another
+//! and counters, and a CRC-32 covers the header and the body. A snapshot of the same view at an
+//! earlier checkpoint (the last clean stop's, when the process since crashed) is read too, and
+//! the projection brings it up to the view from the log. Anything else (no file, another
 //! view, a file cut short or garbled, a format this build does not read) means the indexes are
 //! built from the stored views as before, and the reason is logged; reading it never panics and
 //! never allocates more than the file's size warrants.
@@ -131,29 +133,33 @@ pub(crate) fn write(dir: &Path, stamp: Stamp, indexes: &Indexes) -> std::io::Res
     std::fs::rename(&partial, path(dir))
 }
 
-/// Reads the snapshot in `dir` if it is of the view `stamp` names.
-pub(crate) fn load(dir: &Path, stamp: Stamp) -> Result<Indexes, Unused> {
+/// Reads the snapshot in `dir` if it holds indexes of the view `view` names, at its
+/// checkpoint or at an earlier one of the same view generation (which the caller brings up to
+/// the view from the log); returns the snapshot's own stamp with them.
+pub(crate) fn load(dir: &Path, view: Stamp) -> Result<(Stamp, Indexes), Unused> {
     let bytes = match std::fs::read(path(dir)) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(Unused::Missing),
         Err(error) => return Err(damaged(format!("reading it failed: {error}"))),
     };
     let (found, body) = parse_header(&bytes)?;
-    if found != stamp {
+    let usable = found.generation == view.generation
+        && (found.checkpoint < view.checkpoint || found == view);
+    if !usable {
         return Err(Unused::Stale(found));
     }
     if checksum(&bytes[..HEADER_LEN], body) != u32::from_le_bytes(field(&bytes, 12)) {
         return Err(damaged("its checksum does not match"));
     }
     let indexes = decode(body)?;
-    if indexes.live() as u64 != stamp.live {
+    if indexes.live() as u64 != found.live {
         return Err(damaged(format!(
-            "it holds {} live calls, the view {}",
+            "it holds {} live calls, its header says {}",
             indexes.live(),
-            stamp.live
+            found.live
         )));
     }
-    Ok(indexes)
+    Ok((found, indexes))
 }
 
 fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
