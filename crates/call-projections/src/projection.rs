@@ -19,7 +19,7 @@
 use crate::diff;
 use crate::engine;
 use crate::error::{ProjectionError, QueryError};
-use crate::index::{Differences, IndexBuilder, IndexRow, Indexes};
+use crate::index::{Differences, IdMap, IndexBuilder, IndexRow, Indexes};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::snapshot::{self, Stamp, Unused};
 use crate::store::{
@@ -768,7 +768,7 @@ fn build_indexes(tree: &sled::Tree, meta: &Meta) -> Result<Indexes, ProjectionEr
 }
 
 /// Replays the log into `tree`, up to `upto` (or the head), and builds the indexes of the
-/// result from it, as `open` does. `from` is the tree's meta to continue from; `None` starts an
+/// result (from the replayed calls' final states, or from the tree when continuing a view). `from` is the tree's meta to continue from; `None` starts an
 /// empty tree from the beginning of the log.
 ///
 /// Pipelined over two threads: while one applies chunk n to sled (which takes a process-wide
@@ -781,6 +781,7 @@ fn replay(
     upto: Option<u64>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Meta, Indexes), ProjectionError> {
+    let from_empty = from.is_none();
     let mut meta = match from {
         Some(meta) => meta,
         None => {
@@ -791,6 +792,9 @@ fn replay(
             meta
         }
     };
+    // From an empty view every call's final state passes through the fold, so the indexes are
+    // built from these rows rather than by reading and decoding every view again after.
+    let mut rows = from_empty.then(IdMap::<IndexRow>::default);
     std::thread::scope(|scope| -> Result<(), ProjectionError> {
         let (batches, queue) = std::sync::mpsc::sync_channel::<sled::Batch>(0);
         let (done, applied) = std::sync::mpsc::channel::<sled::Result<()>>();
@@ -837,6 +841,17 @@ fn replay(
             }
             in_flight = true;
             meta = folded.meta;
+            if let Some(rows) = rows.as_mut() {
+                let changed = par_map(&folded.changes, |(id, _, new)| {
+                    (*id, new.as_ref().map(IndexRow::of))
+                });
+                for (id, row) in changed {
+                    match row {
+                        Some(row) => rows.insert(id, row),
+                        None => rows.remove(&id),
+                    };
+                }
+            }
             overlay = folded
                 .changes
                 .into_iter()
@@ -849,9 +864,25 @@ fn replay(
         }
         Ok(())
     })?;
-    // Building the indexes from the finished view, rather than following each chunk, keeps the
-    // rebuild's memory to the indexes themselves and bulk-loads every set once.
-    let indexes = build_indexes(tree, &meta)?;
+    // Building the indexes once at the end, rather than following each chunk, bulk-loads every
+    // set once.
+    let indexes = match rows {
+        Some(rows) => {
+            if rows.len() as u64 != meta.live {
+                return Err(ProjectionError::Corrupt {
+                    key: "counters".to_owned(),
+                    reason: format!("count {} live calls, the replay {}", meta.live, rows.len()),
+                });
+            }
+            let mut builder = IndexBuilder::default();
+            for (id, row) in &rows {
+                builder.add(*id, row);
+            }
+            drop(rows);
+            builder.finish()
+        }
+        None => build_indexes(tree, &meta)?,
+    };
     Ok((meta, indexes))
 }
 
