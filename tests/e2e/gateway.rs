@@ -245,6 +245,7 @@ impl Gateway {
             queue_group: "call-ledger".to_string(),
             lock_ttl: Duration::from_secs(10),
             replicated_log: replicated,
+            index_snapshot_every: call_gateway::DEFAULT_INDEX_SNAPSHOT_EVERY,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(call_gateway::run(

@@ -88,6 +88,13 @@ impl Api {
         self.inner.projection.catch_up()
     }
 
+    /// Writes the projection's index snapshot as it stands (see
+    /// [`call_projections::Projection::write_snapshot`]); blocking, about a second at a million
+    /// calls.
+    pub fn write_index_snapshot(&self) -> Result<bool, ProjectionError> {
+        self.inner.projection.write_snapshot()
+    }
+
     /// Answers one request. Blocks until the ledger has answered; never panics: every failure is
     /// an error response, and an internal one (500) says nothing of its cause, which is logged.
     pub fn handle(&self, request: Request<'_>) -> Response {

@@ -68,7 +68,16 @@ pub struct GatewayConfig {
     /// writer lock is taken, and no outbox runs, since consumers read the log's own stream
     /// (`CALL_LOG`), which holds every event once, in position order.
     pub replicated_log: bool,
+    /// How often the projection's index snapshot is written while the service runs
+    /// ([`DEFAULT_INDEX_SNAPSHOT_EVERY`]); it is also written at a clean stop.
+    pub index_snapshot_every: Duration,
 }
+
+/// How often the index snapshot is written while serving: at a million calls a write holds
+/// catch-up for about a second, and an open after a crash brings the snapshot up to the view
+/// at about 30 us per call changed since (10 minutes at 400 writes/s: 240,000 events, some
+/// seconds).
+pub const DEFAULT_INDEX_SNAPSHOT_EVERY: Duration = Duration::from_secs(600);
 
 /// How long the final flush of the connection may take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,7 +167,7 @@ pub async fn run(
     tasks.spawn({
         let (api, log, stop) = (api.clone(), log.clone(), stop_rx.clone());
         async move {
-            follow::run(api, log, stop).await;
+            follow::run(api, log, config.index_snapshot_every, stop).await;
             "the projection's follower"
         }
     });

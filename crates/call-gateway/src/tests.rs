@@ -40,6 +40,43 @@ fn config(data_dir: &Path) -> GatewayConfig {
         queue_group: "call-ledger".to_string(),
         lock_ttl: Duration::from_secs(10),
         replicated_log: false,
+        index_snapshot_every: crate::DEFAULT_INDEX_SNAPSHOT_EVERY,
+    }
+}
+
+/// A gateway running over `test_api` in a task, until [`Running::stop`].
+struct Running {
+    task: tokio::task::JoinHandle<Result<(), crate::GatewayError>>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Running {
+    fn start(
+        client: async_nats::Client,
+        log: &EventLog,
+        data_dir: &Path,
+        config: GatewayConfig,
+    ) -> Running {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::run(
+            client,
+            test_api(log, data_dir),
+            log.clone(),
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Running { task, stop }
+    }
+
+    /// Stops it and waits for its drain, which must succeed.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("the gateway task")
+            .expect("the gateway drains");
     }
 }
 
@@ -112,16 +149,7 @@ async fn outbox_publishes_every_event_in_order_across_a_server_restart() {
         }
 
         let client = crate::connect(options(nats.url())).await.expect("client");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let gateway = tokio::spawn(crate::run(
-            client,
-            test_api(&log, data.path()),
-            log.clone(),
-            config(data.path()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let gateway = Running::start(client, &log, data.path(), config(data.path()));
 
         let watcher_client = async_nats::connect(nats.url()).await.expect("watcher");
         let js = jetstream::new(watcher_client.clone());
@@ -196,11 +224,7 @@ async fn outbox_publishes_every_event_in_order_across_a_server_restart() {
         // Not after a missed heartbeat (30 s) or an ack wait: at once.
         assert!(started.elapsed() < Duration::from_secs(10));
 
-        let _ = stop.send(());
-        gateway
-            .await
-            .expect("the gateway task")
-            .expect("the gateway drains");
+        gateway.stop().await;
         let checkpoint =
             std::fs::read_to_string(data.path().join("outbox.checkpoint")).expect("the checkpoint");
         assert_eq!(checkpoint.trim(), "7");
@@ -316,16 +340,7 @@ async fn outbox_keeps_order_when_the_server_dies_mid_batch() {
         .expect("appends");
 
         let client = crate::connect(options(nats.url())).await.expect("client");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let gateway = tokio::spawn(crate::run(
-            client,
-            test_api(&log, data.path()),
-            log.clone(),
-            config(data.path()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let gateway = Running::start(client, &log, data.path(), config(data.path()));
         let watcher = async_nats::connect(nats.url()).await.expect("watcher");
         let js = jetstream::new(watcher);
         // Kill the server a few times while batches are in flight.
@@ -356,11 +371,7 @@ async fn outbox_keeps_order_when_the_server_dies_mid_batch() {
         let expected: Vec<u64> = (1..=EVENTS as u64).collect();
         assert!(positions == expected, "every event once, in order");
 
-        let _ = stop.send(());
-        gateway
-            .await
-            .expect("the gateway task")
-            .expect("the gateway drains");
+        gateway.stop().await;
     })
     .await
     .expect("the test finishes in time");
@@ -373,16 +384,7 @@ async fn api_requests_and_producer_commands_reach_the_ledger() {
         let data = tempfile::tempdir().expect("a data directory");
         let log = EventLog::open(&data.path().join("log"), LogOptions::durable()).expect("log");
         let client = crate::connect(options(nats.url())).await.expect("client");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let gateway = tokio::spawn(crate::run(
-            client,
-            test_api(&log, data.path()),
-            log.clone(),
-            config(data.path()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let gateway = Running::start(client, &log, data.path(), config(data.path()));
         let other = async_nats::connect(nats.url())
             .await
             .expect("another client");
@@ -502,11 +504,7 @@ async fn api_requests_and_producer_commands_reach_the_ledger() {
         // Terminated, not left for redelivery.
         eventually("the terminations", || commands_settled(&js)).await;
 
-        let _ = stop.send(());
-        gateway
-            .await
-            .expect("the gateway task")
-            .expect("the gateway drains");
+        gateway.stop().await;
     })
     .await
     .expect("the test finishes in time");
@@ -532,16 +530,7 @@ async fn stats_count_errors_and_replies_carry_bodies() {
         let data = tempfile::tempdir().expect("a data directory");
         let log = EventLog::open(&data.path().join("log"), LogOptions::durable()).expect("log");
         let client = crate::connect(options(nats.url())).await.expect("client");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let gateway = tokio::spawn(crate::run(
-            client,
-            test_api(&log, data.path()),
-            log.clone(),
-            config(data.path()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let gateway = Running::start(client, &log, data.path(), config(data.path()));
         let requester = async_nats::connect(nats.url()).await.expect("requester");
 
         let (headers, body) = eventually("the service", || async {
@@ -613,11 +602,7 @@ async fn stats_count_errors_and_replies_carry_bodies() {
             "{stats}"
         );
 
-        let _ = stop.send(());
-        gateway
-            .await
-            .expect("the gateway task")
-            .expect("the gateway drains");
+        gateway.stop().await;
         // After the drain nobody answers any more.
         let after = crate::connect::request(
             &requester,
@@ -712,19 +697,15 @@ async fn past_the_bound_requests_get_503_at_once() {
         let data = tempfile::tempdir().expect("a data directory");
         let log = EventLog::open(&data.path().join("log"), LogOptions::durable()).expect("log");
         let client = crate::connect(options(nats.url())).await.expect("client");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let gateway = tokio::spawn(crate::run(
+        let gateway = Running::start(
             client,
-            test_api(&log, data.path()),
-            log.clone(),
+            &log,
+            data.path(),
             GatewayConfig {
                 max_in_flight: 1,
                 ..config(data.path())
             },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        );
         let requester = async_nats::connect(nats.url()).await.expect("requester");
         eventually("the service", || async {
             crate::connect::request(
@@ -763,11 +744,7 @@ async fn past_the_bound_requests_get_503_at_once() {
         codes.dedup();
         assert_eq!(codes, ["503", "ok"], "every request answered, some refused");
 
-        let _ = stop.send(());
-        gateway
-            .await
-            .expect("the gateway task")
-            .expect("the gateway drains");
+        gateway.stop().await;
     })
     .await
     .expect("the test finishes in time");
@@ -899,6 +876,39 @@ async fn rate_limit_counts_shared_through_kv_hold_one_budget_across_instances() 
         assert!(!one.take("api:crm", now).admitted);
         // Another caller is untouched.
         assert_eq!(two.take("api:other", now).remaining, 9);
+    })
+    .await
+    .expect("the test finishes in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_writes_the_index_snapshot_while_serving() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let nats = Nats::start();
+        let data = tempfile::tempdir().expect("a data directory");
+        let log = EventLog::open(&data.path().join("log"), LogOptions::durable()).expect("log");
+        let commands = CommandService::new(log.clone());
+        let client = crate::connect(options(nats.url())).await.expect("client");
+        let config = GatewayConfig {
+            index_snapshot_every: Duration::from_millis(50),
+            ..config(data.path())
+        };
+        let gateway = Running::start(client, &log, data.path(), config);
+        // Opening a projection writes none; only the follower can, while the gateway runs.
+        let file = call_projections::Projection::snapshot_file(&data.path().join("projection"));
+        let mut n = 0;
+        eventually("an index snapshot written while serving", || {
+            n += 1;
+            let (commands, file) = (commands.clone(), file.clone());
+            async move {
+                tokio::task::spawn_blocking(move || create_call(&commands, n))
+                    .await
+                    .expect("a create");
+                file.exists().then_some(())
+            }
+        })
+        .await;
+        gateway.stop().await;
     })
     .await
     .expect("the test finishes in time");

@@ -98,8 +98,8 @@ struct Inner {
     /// The view's checkpoint, readable without a lock.
     checkpoint: AtomicU64,
     view: RwLock<View>,
-    /// The view whose indexes the snapshot file holds, when it was read at open, so that a close
-    /// that changed nothing does not write it again.
+    /// The view whose indexes the snapshot file holds, as read at open or written since, so
+    /// that a close that changed nothing does not write it again.
     snapshot: Mutex<Option<Stamp>>,
 }
 
@@ -111,45 +111,50 @@ impl Drop for Inner {
         let Ok(view) = self.view.get_mut() else {
             return;
         };
-        let stamp = Stamp::of(view.generation, &view.meta);
-        if *self
+        let on_disk = self
             .snapshot
             .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            == Some(stamp)
-        {
-            return;
-        }
-        // The snapshot names the view by its stored checkpoint and counters, so they must be
-        // on disk, and be the ones these indexes follow (not those of a rebuild cut short).
-        let stored = self
-            .db
-            .flush()
-            .map_err(ProjectionError::from)
-            .and_then(|_| Meta::read(&view.tree));
-        match stored {
-            Ok(meta) if meta == view.meta => {}
-            Ok(_) => return,
-            Err(error) => {
-                tracing::warn!(dir = %self.dir.display(), %error, "no index snapshot written: the view could not be flushed");
-                return;
-            }
-        }
-        let started = Instant::now();
-        match snapshot::write(&self.dir, stamp, &view.indexes) {
-            Ok(()) => tracing::info!(
-                dir = %self.dir.display(),
-                calls = view.meta.live,
-                seconds = started.elapsed().as_secs_f64(),
-                "index snapshot written"
-            ),
-            Err(error) => tracing::warn!(
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(error) = write_snapshot(&self.db, &self.dir, view, on_disk) {
+            tracing::warn!(
                 file = %snapshot::path(&self.dir).display(),
                 %error,
                 "the index snapshot could not be written; the next open builds the indexes from the views"
-            ),
+            );
         }
     }
+}
+
+/// Writes the snapshot of `view`'s indexes into `dir`, unless `on_disk` (what the file holds)
+/// says it is already there; returns whether it wrote one.
+fn write_snapshot(
+    db: &sled::Db,
+    dir: &Path,
+    view: &View,
+    on_disk: &mut Option<Stamp>,
+) -> Result<bool, ProjectionError> {
+    let stamp = Stamp::of(view.generation, &view.meta);
+    if *on_disk == Some(stamp) {
+        return Ok(false);
+    }
+    // The snapshot names the view by its stored checkpoint and counters, so they must be on
+    // disk (a crash then recovers the view at this checkpoint or after it), and be the ones
+    // these indexes follow (not those of a rebuild cut short).
+    db.flush()?;
+    if Meta::read(&view.tree)? != view.meta {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    snapshot::write(dir, stamp, &view.indexes)?;
+    *on_disk = Some(stamp);
+    tracing::info!(
+        dir = %dir.display(),
+        calls = view.meta.live,
+        checkpoint = view.meta.checkpoint,
+        seconds = started.elapsed().as_secs_f64(),
+        "index snapshot written"
+    );
+    Ok(true)
 }
 
 impl std::fmt::Debug for Projection {
@@ -264,6 +269,21 @@ impl Projection {
     /// read at the next open of the same view; removing it only makes that open slower.
     pub fn snapshot_file(dir: &Path) -> PathBuf {
         snapshot::path(dir)
+    }
+
+    /// Writes the index snapshot of the view as it stands, unless the file already holds it,
+    /// so that an open after a crash starts from it (brought up to the view from the log)
+    /// rather than building every index; returns whether it wrote one. It holds the view's read
+    /// lock while it flushes the view and encodes the indexes (about a second at a million
+    /// calls): reads go on meanwhile, catch-up waits.
+    pub fn write_snapshot(&self) -> Result<bool, ProjectionError> {
+        let view = self.read_view()?;
+        let mut on_disk = self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        write_snapshot(&self.inner.db, &self.inner.dir, &view, &mut on_disk)
     }
 
     /// The last log position applied.
@@ -506,6 +526,17 @@ impl Projection {
             .view
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the close write no snapshot, as a crash would, for tests of the snapshot.
+    #[cfg(test)]
+    pub(crate) fn close_without_snapshot(self) {
+        let view = self.read_view().expect("the view");
+        *self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Stamp::of(view.generation, &view.meta));
     }
 
     /// The checkpoint of the index snapshot read at open, if one was, for tests of the snapshot.

@@ -1482,3 +1482,30 @@ fn copy_files(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_snapshot_written_while_serving_is_where_an_open_after_a_crash_starts() {
+    let mut ledger = varied_ledger(200);
+    let dir = projection_dir(ledger.dir.path());
+    assert!(ledger.projection.write_snapshot().unwrap(), "written");
+    assert!(
+        !ledger.projection.write_snapshot().unwrap(),
+        "not written again while nothing changed"
+    );
+    let at = ledger.log.head();
+    let made = ledger.create(json!({"attributes": {"direction": "inbound", "tags": ["new"]}}));
+    ledger.update(
+        3,
+        json!({"attributes": {"outcome": "Moved", "note": "after"}}),
+    );
+    ledger.update(made, json!({"attributes": {"direction": "outbound"}}));
+    ledger.delete(8);
+    let expected = everything(&ledger.projection);
+    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
+    std::mem::replace(&mut ledger.projection, other).close_without_snapshot();
+
+    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    assert_eq!(reopened.snapshot_read_at(), Some(at));
+    assert_eq!(everything(&reopened), expected);
+    assert_verified(&reopened, ledger.dir.path());
+}

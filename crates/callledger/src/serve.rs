@@ -157,6 +157,7 @@ pub fn run(
             queue_group: "call-ledger".into(),
             lock_ttl,
             replicated_log: replicated,
+            index_snapshot_every: call_gateway::DEFAULT_INDEX_SNAPSHOT_EVERY,
         };
         call_gateway::run(client, api, ledger.log.clone(), gateway, shutdown_signal()).await?;
         ledger.log.flush()?;

@@ -65,6 +65,7 @@ impl Gateway {
             queue_group: "call-ledger".into(),
             lock_ttl: Duration::from_secs(10),
             replicated_log: false,
+            index_snapshot_every: call_gateway::DEFAULT_INDEX_SNAPSHOT_EVERY,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = thread::Builder::new()
