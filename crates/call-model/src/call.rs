@@ -1,6 +1,6 @@
 //! The state of one call as the events leave it: the value `evolve` folds and projections store.
 
-use crate::fields::{AttrKind, AttrValue, Field, RelValue, Relation};
+use crate::fields::{AttrValue, Field, RelValue, Relation};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -119,20 +119,4 @@ impl Call {
             _ => None,
         }
     }
-}
-
-/// Reads one attribute value that this crate wrote (so it is already valid).
-pub(crate) fn stored_attr(field: Field, value: &serde_json::Value) -> Option<AttrValue> {
-    Some(match field.kind() {
-        AttrKind::Time => AttrValue::Time(Timestamp::parse(value.as_str()?).ok()?),
-        AttrKind::Text { .. } | AttrKind::Enum(_) => AttrValue::Text(value.as_str()?.to_owned()),
-        AttrKind::Bool => AttrValue::Bool(value.as_bool()?),
-        AttrKind::Tags => AttrValue::Tags(
-            value
-                .as_array()?
-                .iter()
-                .map(|tag| tag.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()?,
-        ),
-    })
 }

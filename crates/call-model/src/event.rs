@@ -2,6 +2,7 @@
 //! docs/events.md and pinned by golden files.
 
 use crate::call::CallId;
+use crate::event_data::{DataIn, PreviousState};
 use crate::fields::{AttrValue, Field, RelValue, Relation};
 use crate::input::Changes;
 use crate::time::Timestamp;
@@ -70,20 +71,22 @@ impl EventBody {
     }
 
     /// Reads an event's `data` (already upcast to the current schema version).
-    fn from_data(event_type: EventType, data: Value) -> Result<EventBody, String> {
+    fn from_data(event_type: EventType, data: DataIn) -> Result<EventBody, String> {
         Ok(match event_type {
-            EventType::CallCreated => EventBody::CallCreated(Changes::read_json(&data)?),
-            EventType::CallUpdated => EventBody::CallUpdated(Changes::read_json(&data)?),
+            EventType::CallCreated => EventBody::CallCreated(data.changes),
+            EventType::CallUpdated => EventBody::CallUpdated(data.changes),
             EventType::CallStateChanged => {
-                let previous_state = match data.get("previousState") {
-                    Some(Value::Null) => None,
-                    Some(Value::String(state)) => Some(state.clone()),
-                    Some(_) => return Err("previousState must be a string or null".into()),
-                    None => return Err("previousState is missing".into()),
+                let previous_state = match data.previous_state {
+                    PreviousState::Null => None,
+                    PreviousState::Text(state) => Some(state),
+                    PreviousState::Other => {
+                        return Err("previousState must be a string or null".into())
+                    }
+                    PreviousState::Missing => return Err("previousState is missing".into()),
                 };
                 EventBody::CallStateChanged {
                     previous_state,
-                    changes: Changes::read_json(&data)?,
+                    changes: data.changes,
                 }
             }
             EventType::CallDeleted => EventBody::CallDeleted,
@@ -173,7 +176,7 @@ struct EnvelopeIn {
     occurred_at: Timestamp,
     recorded_at: Timestamp,
     actor: String,
-    data: Value,
+    data: DataIn,
 }
 
 /// An event's `data`: `previousState` (CallStateChanged only), then the changed members.

@@ -92,50 +92,9 @@ impl Changes {
     /// Members and attribute or relationship names this version does not know are skipped, so
     /// that events written by a newer version that added an optional member still read.
     pub fn from_json(value: &Value) -> Option<Changes> {
-        Changes::read_json(value).ok()
-    }
-
-    /// [`Changes::from_json`] saying what is wrong.
-    pub(crate) fn read_json(value: &Value) -> Result<Changes, String> {
-        let object = value.as_object().ok_or("expected an object")?;
-        let mut changes = Changes::default();
-        if let Some(attributes) = object.get("attributes") {
-            let attributes = attributes
-                .as_object()
-                .ok_or("attributes: expected an object")?;
-            for (name, value) in attributes {
-                let Some(field) = Field::from_name(name) else {
-                    continue;
-                };
-                let parsed = match value {
-                    Value::Null => None,
-                    value => Some(
-                        crate::call::stored_attr(field, value)
-                            .ok_or_else(|| format!("attributes/{name}: unexpected value"))?,
-                    ),
-                };
-                changes.attributes.insert(field, parsed);
-            }
-        }
-        if let Some(relationships) = object.get("relationships") {
-            let relationships = relationships
-                .as_object()
-                .ok_or("relationships: expected an object")?;
-            for (name, value) in relationships {
-                let Some(relation) = Relation::from_name(name) else {
-                    continue;
-                };
-                let parsed = Option::<RelValue>::deserialize(value)
-                    .map_err(|e| format!("relationships/{name}: {e}"))?;
-                changes.relationships.insert(relation, parsed);
-            }
-        }
-        if let Some(connections) = object.get("dataConnections") {
-            let connections = Vec::<DataConnection>::deserialize(connections)
-                .map_err(|e| format!("dataConnections: {e}"))?;
-            changes.data_connections = Some(connections);
-        }
-        Ok(changes)
+        crate::event_data::DataIn::deserialize(value)
+            .ok()
+            .map(|data| data.changes)
     }
 }
 

@@ -7,6 +7,7 @@
 mod call;
 mod command;
 mod event;
+mod event_data;
 mod fields;
 mod input;
 mod time;

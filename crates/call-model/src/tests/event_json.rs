@@ -307,3 +307,18 @@ fn changes_survive_their_json() {
     assert_eq!(Changes::from_json(&json!({})), Some(Changes::default()));
     assert_eq!(Changes::from_json(&json!([])), None);
 }
+
+#[test]
+fn data_is_read_from_the_bytes_with_escapes_and_names_what_is_wrong() {
+    let event = samples().remove(0);
+    let text = serde_json::to_string(&event.to_json()).unwrap();
+    // A member name written with an escape is the same name.
+    let escaped = text.replacen("\"attributes\"", "\"attr\\u0069butes\"", 1);
+    assert_ne!(escaped, text);
+    assert_eq!(Event::decode(42, 7, 3, escaped.as_bytes()).unwrap(), event);
+    let mut json = event.to_json();
+    json["data"]["attributes"]["note"] = json!(["not", "a", "note"]);
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let reason = Event::decode(42, 7, 3, &bytes).unwrap_err().reason;
+    assert!(reason.contains("attributes/note"), "{reason}");
+}
