@@ -607,3 +607,16 @@ impl<'a> Decoder<'a> {
         Ok(entries.into_iter().collect())
     }
 }
+
+/// The body of `indexes`' snapshot, for tests that feed the decoder damaged bodies directly
+/// (past the checksum, which would refuse them first).
+#[cfg(test)]
+pub(crate) fn encode_body(indexes: &Indexes) -> Vec<u8> {
+    encode(indexes)
+}
+
+/// Decodes a body, for the same tests.
+#[cfg(test)]
+pub(crate) fn decode_body(body: &[u8]) -> Result<Indexes, Unused> {
+    decode(body)
+}
