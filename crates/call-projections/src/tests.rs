@@ -1365,7 +1365,7 @@ fn closing_writes_an_index_snapshot_that_the_next_open_reads() {
     assert!(crate::snapshot::path(&dir).exists(), "closing wrote it");
 
     let checkpoint = ledger.log.head();
-    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    let reopened = reopen(&dir, &ledger.log);
     assert_eq!(
         reopened.snapshot_read_at(),
         Some(checkpoint),
@@ -1382,7 +1382,7 @@ fn closing_writes_an_index_snapshot_that_the_next_open_reads() {
         json!({"attributes": {"note": "changed after the snapshot"}}),
     );
     ledger.delete(7);
-    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    let reopened = reopen(&dir, &ledger.log);
     assert_eq!(reopened.snapshot_read_at(), Some(checkpoint));
     assert_eq!(everything(&reopened), everything(&ledger.projection));
     assert_verified(&reopened, ledger.dir.path());
@@ -1414,8 +1414,7 @@ fn a_damaged_or_stale_snapshot_is_built_over_and_never_serves_wrong_data() {
     }
     for (damage, bytes) in damages {
         std::fs::write(&file, &bytes).expect("damage the snapshot");
-        let reopened = Projection::open(&dir, ledger.log.clone())
-            .unwrap_or_else(|error| panic!("snapshot {damage}: not opened: {error}"));
+        let reopened = reopen(&dir, &ledger.log);
         // A byte garbled in the header's checkpoint can make it older than the view, and so
         // used, but then its checksum fails: nothing damaged is ever read.
         assert_eq!(reopened.snapshot_read_at(), None, "snapshot {damage}: read");
@@ -1438,10 +1437,10 @@ fn a_damaged_or_stale_snapshot_is_built_over_and_never_serves_wrong_data() {
         json!({"attributes": {"direction": "outbound", "note": "moved on"}}),
     );
     ledger.delete(6);
-    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    let reopened = reopen(&dir, &ledger.log);
     drop(reopened);
     std::fs::write(&file, &healthy).unwrap();
-    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    let reopened = reopen(&dir, &ledger.log);
     assert_eq!(reopened.snapshot_read_at(), Some(old_checkpoint));
     assert_eq!(everything(&reopened), everything(&ledger.projection));
     assert_verified(&reopened, ledger.dir.path());
@@ -1451,9 +1450,9 @@ fn a_damaged_or_stale_snapshot_is_built_over_and_never_serves_wrong_data() {
     let behind = ledger.dir.path().join("behind");
     copy_files(&dir, &behind);
     ledger.create(json!({"attributes": {"direction": "inbound"}}));
-    drop(Projection::open(&dir, ledger.log.clone()).unwrap());
+    drop(reopen(&dir, &ledger.log));
     std::fs::copy(&file, crate::snapshot::path(&behind)).unwrap();
-    let reopened = Projection::open(&behind, ledger.log.clone()).unwrap();
+    let reopened = reopen(&behind, &ledger.log);
     assert_eq!(
         reopened.snapshot_read_at(),
         None,
@@ -1463,10 +1462,10 @@ fn a_damaged_or_stale_snapshot_is_built_over_and_never_serves_wrong_data() {
     drop(reopened);
 
     // After a rebuild, the view is another generation.
-    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    let reopened = reopen(&dir, &ledger.log);
     reopened.rebuild(&mut |_, _| {}).unwrap();
     drop(reopened);
-    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    let reopened = reopen(&dir, &ledger.log);
     assert_eq!(reopened.snapshot_read_at(), Some(ledger.log.head()));
     assert_eq!(everything(&reopened), everything(&ledger.projection));
     assert_verified(&reopened, ledger.dir.path());
@@ -1504,7 +1503,7 @@ fn a_snapshot_written_while_serving_is_where_an_open_after_a_crash_starts() {
     let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
     std::mem::replace(&mut ledger.projection, other).close_without_snapshot();
 
-    let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
+    let reopened = reopen(&dir, &ledger.log);
     assert_eq!(reopened.snapshot_read_at(), Some(at));
     assert_eq!(everything(&reopened), expected);
     assert_verified(&reopened, ledger.dir.path());
@@ -1548,4 +1547,24 @@ fn the_snapshot_decoder_never_panics_on_a_damaged_body() {
     }
     eprintln!("damaged snapshot bodies: {decoded} decoded, {refused} refused, none panicked");
     assert!(refused > 0 && decoded + refused == 3000);
+}
+
+/// Opens the projection in `dir` again, once the last process-wide handle of its previous
+/// opening has let go of the database's file lock (sled releases it a moment after the
+/// projection is dropped, later still after a rebuild): a refusal for the lock is retried for
+/// up to ten seconds, anything else fails the test.
+fn reopen(dir: &Path, log: &EventLog) -> Projection {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Projection::open(dir, log.clone()) {
+            Ok(projection) => return projection,
+            Err(error)
+                if error.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(error) => panic!("reopening {}: {error}", dir.display()),
+        }
+    }
 }
