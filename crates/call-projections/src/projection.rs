@@ -115,7 +115,11 @@ impl Drop for Inner {
             .snapshot
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Err(error) = write_snapshot(&self.db, &self.dir, view, on_disk) {
+        let written = encode_snapshot(&self.db, view, *on_disk).and_then(|file| match file {
+            Some(file) => write_snapshot_file(&self.dir, file, on_disk),
+            None => Ok(()),
+        });
+        if let Err(error) = written {
             tracing::warn!(
                 file = %snapshot::path(&self.dir).display(),
                 %error,
@@ -125,36 +129,43 @@ impl Drop for Inner {
     }
 }
 
-/// Writes the snapshot of `view`'s indexes into `dir`, unless `on_disk` (what the file holds)
-/// says it is already there; returns whether it wrote one.
-fn write_snapshot(
+/// The snapshot file of `view`'s indexes, unless `on_disk` (what the file holds) says it is
+/// already there: the part of writing one that needs the view, and so its lock.
+fn encode_snapshot(
     db: &sled::Db,
-    dir: &Path,
     view: &View,
-    on_disk: &mut Option<Stamp>,
-) -> Result<bool, ProjectionError> {
+    on_disk: Option<Stamp>,
+) -> Result<Option<(Stamp, Vec<u8>)>, ProjectionError> {
     let stamp = Stamp::of(view.generation, &view.meta);
-    if *on_disk == Some(stamp) {
-        return Ok(false);
+    if on_disk == Some(stamp) {
+        return Ok(None);
     }
     // The snapshot names the view by its stored checkpoint and counters, so they must be on
     // disk (a crash then recovers the view at this checkpoint or after it), and be the ones
     // these indexes follow (not those of a rebuild cut short).
     db.flush()?;
     if Meta::read(&view.tree)? != view.meta {
-        return Ok(false);
+        return Ok(None);
     }
-    let started = Instant::now();
-    snapshot::write(dir, stamp, &view.indexes)?;
+    Ok(Some((stamp, snapshot::encode_file(stamp, &view.indexes))))
+}
+
+/// Writes a snapshot file made by [`encode_snapshot`] into `dir` and notes it in `on_disk`.
+fn write_snapshot_file(
+    dir: &Path,
+    (stamp, file): (Stamp, Vec<u8>),
+    on_disk: &mut Option<Stamp>,
+) -> Result<(), ProjectionError> {
+    snapshot::write_file(dir, &file)?;
     *on_disk = Some(stamp);
     tracing::info!(
         dir = %dir.display(),
-        calls = view.meta.live,
-        checkpoint = view.meta.checkpoint,
-        seconds = started.elapsed().as_secs_f64(),
+        calls = stamp.live,
+        checkpoint = stamp.checkpoint,
+        bytes = file.len(),
         "index snapshot written"
     );
-    Ok(true)
+    Ok(())
 }
 
 impl std::fmt::Debug for Projection {
@@ -275,15 +286,25 @@ impl Projection {
     /// so that an open after a crash starts from it (brought up to the view from the log)
     /// rather than building every index; returns whether it wrote one. It holds the view's read
     /// lock while it flushes the view and encodes the indexes (about a second at a million
-    /// calls): reads go on meanwhile, catch-up waits.
+    /// calls): reads go on meanwhile, catch-up waits; the file is written after.
     pub fn write_snapshot(&self) -> Result<bool, ProjectionError> {
-        let view = self.read_view()?;
+        // Held throughout, so that two writers of the snapshot take turns.
         let mut on_disk = self
             .inner
             .snapshot
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        write_snapshot(&self.inner.db, &self.inner.dir, &view, &mut on_disk)
+        let file = {
+            let view = self.read_view()?;
+            encode_snapshot(&self.inner.db, &view, *on_disk)?
+        };
+        match file {
+            Some(file) => {
+                write_snapshot_file(&self.inner.dir, file, &mut on_disk)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The last log position applied.

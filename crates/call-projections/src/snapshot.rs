@@ -102,15 +102,14 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// Writes the snapshot of `indexes`, the indexes of the view `stamp` names. The file is
-/// written aside and renamed over the last one, so a crash midway leaves the old one (or none),
-/// never half of one.
-pub(crate) fn write(dir: &Path, stamp: Stamp, indexes: &Indexes) -> std::io::Result<()> {
+/// The snapshot file of `indexes`, the indexes of the view `stamp` names: the part that needs
+/// the indexes, so that the caller can let go of them before the file is written.
+pub(crate) fn encode_file(stamp: Stamp, indexes: &Indexes) -> Vec<u8> {
     let body = encode(indexes);
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&FORMAT.to_le_bytes());
-    header.extend_from_slice(&[0; 4]);
+    let mut file = Vec::with_capacity(HEADER_LEN + body.len());
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&FORMAT.to_le_bytes());
+    file.extend_from_slice(&[0; 4]);
     for value in [
         stamp.generation,
         stamp.checkpoint,
@@ -118,18 +117,21 @@ pub(crate) fn write(dir: &Path, stamp: Stamp, indexes: &Indexes) -> std::io::Res
         stamp.deleted,
         body.len() as u64,
     ] {
-        header.extend_from_slice(&value.to_le_bytes());
+        file.extend_from_slice(&value.to_le_bytes());
     }
-    let crc = checksum(&header, &body);
-    header[12..16].copy_from_slice(&crc.to_le_bytes());
+    let crc = checksum(&file, &body);
+    file[12..16].copy_from_slice(&crc.to_le_bytes());
+    file.extend_from_slice(&body);
+    file
+}
+
+/// Writes a file made by [`encode_file`] as the snapshot in `dir`: aside first, then renamed
+/// over the last one, so a crash midway leaves the old one (or none), never half of one.
+pub(crate) fn write_file(dir: &Path, file: &[u8]) -> std::io::Result<()> {
     let partial = dir.join(PARTIAL_NAME);
-    {
-        let mut file = std::fs::File::create(&partial)?;
-        file.write_all(&header)?;
-        file.write_all(&body)?;
-        // No fsync: a snapshot lost or torn by a power cut fails its CRC and is built over,
-        // which costs one slow open, not data.
-    }
+    // No fsync: a snapshot lost or torn by a power cut fails its CRC and is built over, which
+    // costs one slow open, not data.
+    std::fs::File::create(&partial)?.write_all(file)?;
     std::fs::rename(&partial, path(dir))
 }
 
