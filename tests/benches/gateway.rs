@@ -28,11 +28,11 @@ use call_commands::CommandService;
 use call_ledger_tests::NatsServer;
 use event_log::{EventLog, LogOptions};
 use futures::StreamExt;
-use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 use support::service::{
-    create, drive, one, threads, until_applied, wait_until_served, Gateway, Req, Sample, PREFIX,
+    create, drive, named_runtime, one, threads, until_applied, wait_until_served, Gateway, Req,
+    Sample, PREFIX,
 };
 use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS, LEVELS};
 
@@ -105,7 +105,7 @@ fn main() {
     let log = EventLog::open(&data.path().join("log"), LogOptions::durable()).expect("open log");
     prefill(&log, sizes.prefill);
     let gateway = Gateway::start(&server.url(), data.path(), log);
-    let load = Runtime::new().expect("the load generator's runtime");
+    let load = named_runtime("load");
     let client = load
         .block_on(async_nats::connect(server.url()))
         .expect("connect the load generator");
@@ -229,7 +229,7 @@ impl Echo {
             .spawn({
                 let ready = Arc::clone(&ready);
                 move || {
-                    let runtime = Runtime::new().expect("the echo's runtime");
+                    let runtime = named_runtime("echo");
                     runtime.block_on(async move {
                         let client = async_nats::connect(&url).await.expect("connect the echo");
                         let mut subscriber =

@@ -1,7 +1,7 @@
 //! JSON:API documents: the resource object of a call, and the collection and changes documents
 //! around a page of them, cut short to fit the server's max payload.
 
-use crate::json::{to_json, ObjectWriter};
+use crate::json::ObjectWriter;
 use crate::query::ReadOptions;
 use call_model::{Call, Field, RelValue, Relation};
 
@@ -22,66 +22,83 @@ pub(crate) fn resource(
     self_prefix: &str,
     permissions: Permissions,
 ) -> String {
-    let mut attributes = ObjectWriter::new();
-    for field in Field::ALL {
-        if read.includes_attribute(*field) {
-            attributes.value(field.name(), &call.attribute(*field));
-        }
-    }
-    let mut relationships = ObjectWriter::new();
-    for relation in Relation::ALL {
-        if read.includes_relationship(*relation) {
-            relationships.raw(
-                relation.name(),
-                &relationship(*relation, call.relationships.get(relation)),
-            );
-        }
-    }
-    let mut links = ObjectWriter::new();
-    links.value("self", &format!("{self_prefix}.api.get.{}", call.id));
     let mut object = ObjectWriter::new();
+    write_resource(&mut object, call, read, self_prefix, permissions);
+    object.finish()
+}
+
+/// A single-resource document, `{"data":<the resource>}`, written in one pass.
+pub(crate) fn single(
+    call: &Call,
+    read: &ReadOptions,
+    self_prefix: &str,
+    permissions: Permissions,
+) -> Vec<u8> {
+    let mut document = ObjectWriter::new();
+    document.object("data", |object| {
+        write_resource(object, call, read, self_prefix, permissions);
+    });
+    document.finish_bytes()
+}
+
+/// Writes the members of [`resource`] into `object`.
+fn write_resource(
+    object: &mut ObjectWriter,
+    call: &Call,
+    read: &ReadOptions,
+    self_prefix: &str,
+    permissions: Permissions,
+) {
     object
         .value("type", &"call")
         .value("id", &call.id)
-        .raw("attributes", &attributes.finish())
-        .raw("relationships", &relationships.finish())
-        .raw("links", &links.finish());
-    let mut meta = ObjectWriter::new();
-    if read.authorization_meta {
-        meta.value("canWrite", &permissions.can_write)
-            .value("canDelete", &permissions.can_delete);
+        .object("attributes", |attributes| {
+            for field in Field::ALL {
+                if read.includes_attribute(*field) {
+                    attributes.value(field.name(), &call.attribute(*field));
+                }
+            }
+        })
+        .object("relationships", |relationships| {
+            for relation in Relation::ALL {
+                if read.includes_relationship(*relation) {
+                    relationships.object(relation.name(), |object| {
+                        relationship(object, *relation, call.relationships.get(relation));
+                    });
+                }
+            }
+        })
+        .object("links", |links| {
+            links.value("self", &format_args!("{self_prefix}.api.get.{}", call.id));
+        });
+    if read.authorization_meta || read.data_connections {
+        object.object("meta", |meta| {
+            if read.authorization_meta {
+                meta.value("canWrite", &permissions.can_write)
+                    .value("canDelete", &permissions.can_delete);
+            }
+            if read.data_connections {
+                meta.value("dataConnections", &call.data_connections);
+            }
+        });
     }
-    if read.data_connections {
-        meta.value("dataConnections", &call.data_connections);
-    }
-    if !meta.is_empty() {
-        object.raw("meta", &meta.finish());
-    }
-    object.finish()
 }
 
-/// A relationship object: always with `data` (null, or an empty list for `batches`), so a
+/// A relationship object's members: always `data` (null, or an empty list for `batches`), so a
 /// client never meets one with neither `data` nor `links`.
-fn relationship(relation: Relation, value: Option<&RelValue>) -> String {
-    let data = match value {
-        Some(RelValue::One(target)) if !relation.is_to_many() => to_json(target),
-        Some(RelValue::Many(targets)) if relation.is_to_many() => to_json(targets),
+fn relationship(object: &mut ObjectWriter, relation: Relation, value: Option<&RelValue>) {
+    match value {
+        Some(RelValue::One(target)) if !relation.is_to_many() => object.value("data", target),
+        Some(RelValue::Many(targets)) if relation.is_to_many() => object.value("data", targets),
         // A stored value of the other shape cannot be written by call-model; show what it holds.
-        Some(RelValue::One(target)) => to_json(&[target]),
-        Some(RelValue::Many(targets)) => targets.first().map_or("null".into(), to_json),
-        None if relation.is_to_many() => "[]".into(),
-        None => "null".into(),
+        Some(RelValue::One(target)) => object.value("data", &[target]),
+        Some(RelValue::Many(targets)) => match targets.first() {
+            Some(first) => object.value("data", first),
+            None => object.raw("data", "null"),
+        },
+        None if relation.is_to_many() => object.raw("data", "[]"),
+        None => object.raw("data", "null"),
     };
-    let mut object = ObjectWriter::new();
-    object.raw("data", &data);
-    object.finish()
-}
-
-/// A single-resource document.
-pub(crate) fn single(resource: &str) -> Vec<u8> {
-    let mut object = ObjectWriter::new();
-    object.raw("data", resource);
-    object.finish().into_bytes()
 }
 
 /// Builds a document of the shape `{"data":[rows],<tail>}` from rows already serialized, where
@@ -226,7 +243,11 @@ mod tests {
             full.contains(r#""prospect":{"data":{"type":"prospect","id":10}}"#),
             "{full}"
         );
-        assert_eq!(single("{}"), br#"{"data":{}}"#.to_vec());
+        let document = single(&full_call(), &ReadOptions::default(), "calls", ALL);
+        assert_eq!(
+            String::from_utf8(document).unwrap(),
+            format!(r#"{{"data":{full}}}"#)
+        );
     }
 
     fn bare_call() -> Call {

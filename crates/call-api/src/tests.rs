@@ -1274,3 +1274,31 @@ fn the_backup_endpoint_pages_through_the_log_for_the_admin_scope_only() {
         "validationError",
     );
 }
+
+#[test]
+fn a_get_is_answered_at_once_only_when_the_projection_is_at_the_head() {
+    let ledger = secured();
+    let id = ledger.create(json!({"direction": "outbound"}))["data"]["id"].to_string();
+    let bearer = [("Authorization".to_owned(), "Bearer admin-secret".to_owned())];
+    let at_once = |operation: Operation, headers: &[(String, String)]| {
+        ledger.api.handle_at_once(Request {
+            operation,
+            headers,
+            payload: b"",
+            source: Source::Api,
+        })
+    };
+    // The create's reply does not wait for the projection: the get would have to.
+    assert!(at_once(get(&id), &bearer).is_none());
+    ledger.api.catch_up().unwrap();
+    let answered = at_once(get(&id), &bearer).expect("the projection is at the head");
+    let waited = ledger.as_("admin", get(&id), "");
+    assert_eq!(answered.status, 200);
+    assert_eq!(text(&answered), text(&waited));
+    // Everything a get checks is still checked.
+    let unauthorized = at_once(get(&id), &[]).expect("at the head");
+    error(&unauthorized, 401, "unauthorized");
+    // Only gets are answered at once.
+    assert!(at_once(Operation::List, &bearer).is_none());
+    assert!(at_once(Operation::Changes, &bearer).is_none());
+}

@@ -46,17 +46,13 @@ where
     Ok(headers)
 }
 
-/// Like [`to_header_map`], but leaves out (and logs) the pairs NATS cannot carry instead of
-/// failing: for replies, where a reply without one header beats no reply.
-pub(crate) fn to_header_map_lossy(pairs: &[(String, String)]) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in pairs {
-        match (HeaderName::from_str(name), HeaderValue::from_str(value)) {
-            (Ok(header_name), Ok(header_value)) => headers.append(header_name, header_value),
-            _ => tracing::warn!(header = %name, "dropping a header NATS cannot carry"),
-        }
+/// Appends the pair to `headers`, or leaves it out (and logs it) when NATS cannot carry it: for
+/// replies, where a reply without one header beats no reply.
+fn append_lossy(headers: &mut HeaderMap, name: impl TryInto<HeaderName>, value: &str) {
+    match (name.try_into(), HeaderValue::from_str(value)) {
+        (Ok(header_name), Ok(header_value)) => headers.append(header_name, header_value),
+        _ => tracing::warn!(value, "dropping a header NATS cannot carry"),
     }
-    headers
 }
 
 /// The NATS micro service's error headers: on an error reply, its status and title.
@@ -79,16 +75,22 @@ pub(crate) fn is_nats_header(name: &str) -> bool {
 
 /// The headers of the NATS reply to `response` from `instance`: the micro service's error
 /// headers first on an error (as a NATS client expects them), then the API's own, then which
-/// instance answered.
-pub(crate) fn reply_headers(response: &Response, instance: &str) -> Vec<(String, String)> {
-    let mut pairs = Vec::with_capacity(response.headers.len() + 3);
+/// instance answered. A pair NATS cannot carry is left out and logged.
+pub(crate) fn reply_headers(response: &Response, instance: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
     if let Some(title) = response.error_title() {
-        pairs.push((SERVICE_ERROR_CODE.to_owned(), response.status.to_string()));
-        pairs.push((SERVICE_ERROR.to_owned(), title.to_owned()));
+        append_lossy(
+            &mut headers,
+            HeaderName::from_static(SERVICE_ERROR_CODE),
+            &response.status.to_string(),
+        );
+        append_lossy(&mut headers, HeaderName::from_static(SERVICE_ERROR), title);
     }
-    pairs.extend(response.headers.iter().cloned());
-    pairs.push((INSTANCE.to_owned(), instance.to_owned()));
-    pairs
+    for (name, value) in &response.headers {
+        append_lossy(&mut headers, name.as_str(), value);
+    }
+    append_lossy(&mut headers, HeaderName::from_static(INSTANCE), instance);
+    headers
 }
 
 /// The first value of the header `name`, compared without regard to case.
@@ -124,10 +126,9 @@ mod tests {
     fn a_value_with_a_line_break_is_refused_not_a_panic() {
         let bad = [("X-Bad", "a\r\nb")];
         assert_eq!(to_header_map(bad).err(), Some(("X-Bad", "a\r\nb")));
-        let lossy = to_header_map_lossy(&[
-            ("X-Bad".to_string(), "a\nb".to_string()),
-            ("X-Good".to_string(), "ok".to_string()),
-        ]);
+        let mut lossy = HeaderMap::new();
+        append_lossy(&mut lossy, "X-Bad", "a\nb");
+        append_lossy(&mut lossy, "X-Good", "ok");
         assert_eq!(lossy.len(), 1);
         let bad_name = [("Bad:Name", "v")];
         assert!(to_header_map(bad_name).is_err());

@@ -1,6 +1,7 @@
 //! The request-reply API as a NATS micro service: one endpoint per operation in one queue group,
-//! a semaphore that bounds the requests in flight (past it, 503 at once), handlers on blocking
-//! threads, replies with the response's headers and JSON:API body, and the drain.
+//! a semaphore that bounds the requests in flight (past it, 503 at once), gets the projection
+//! can answer at once answered in the endpoint's loop and every other request on a blocking
+//! thread, replies with the response's headers and JSON:API body, and the drain.
 //!
 //! Replies are published by hand because async-nats 0.51 answers `respond(Err(..))` with an
 //! empty body, and the contract needs the JSON:API error body with the error headers. The
@@ -208,12 +209,37 @@ async fn receive(
     }
 }
 
-/// Starts a handler for the request, or answers 503 when `max_in_flight` are already running.
+/// Answers a get at once when the projection can (see [`Api::handle_at_once`]); otherwise starts
+/// a handler for the request, or answers 503 when `max_in_flight` are already running.
+///
+/// A get answered at once is answered here, in the endpoint's loop, as an echo responder
+/// would: a burst of gets is answered in one pass and its replies leave the connection in a
+/// few writes. Handed to a task each, every reply woke the connection's writer on its own and
+/// left in a write of its own, which cost the server and the requester more than the get.
 async fn dispatch(kind: Kind, request: service::Request, handlers: &Handlers) {
+    let operation = operation(kind, &request.message.subject);
+    let request_headers = headers::to_pairs(request.message.headers.as_ref());
+    if kind == Kind::Get {
+        let at_once = handlers.api.handle_at_once(call_api::Request {
+            operation: operation.clone(),
+            headers: &request_headers,
+            payload: &request.message.payload,
+            source: Source::Api,
+        });
+        if let Some(response) = at_once {
+            reply(handlers, request, response).await;
+            return;
+        }
+    }
     match handlers.permits.clone().try_acquire_owned() {
         Ok(permit) => {
-            let operation = operation(kind, &request.message.subject);
-            tokio::spawn(handle(operation, request, handlers.clone(), permit));
+            tokio::spawn(handle(
+                operation,
+                request_headers,
+                request,
+                handlers.clone(),
+                permit,
+            ));
         }
         Err(_) => {
             tracing::debug!(?kind, "overloaded: answering 503");
@@ -242,12 +268,12 @@ fn operation(kind: Kind, subject: &str) -> Operation {
 /// Runs the API on a blocking thread and replies; holds its permit until the reply is sent.
 async fn handle(
     operation: Operation,
+    request_headers: Vec<(String, String)>,
     request: service::Request,
     handlers: Handlers,
     permit: OwnedSemaphorePermit,
 ) {
     let api = handlers.api.clone();
-    let request_headers = headers::to_pairs(request.message.headers.as_ref());
     let payload = request.message.payload.clone();
     let handled = tokio::task::spawn_blocking(move || {
         api.handle(call_api::Request {
@@ -277,17 +303,20 @@ pub(crate) fn internal_error() -> Response {
 async fn reply(handlers: &Handlers, mut request: service::Request, mut response: Response) {
     let client = &handlers.client;
     if let Some(reply_to) = request.message.reply.clone() {
-        let mut sent = publish(handlers, &reply_to, &response).await;
+        let body = Bytes::from(std::mem::take(&mut response.body));
+        let size = body.len();
+        let mut sent = publish(handlers, &reply_to, &response, body).await;
         if let Err(PublishErrorKind::MaxPayloadExceeded) = sent {
             // `call-api` fits pages into the max payload; anything else that does not fit is
             // a bug, answered as one rather than left to time out.
             tracing::error!(
-                size = response.body.len(),
+                size,
                 max_payload = client.max_payload(),
                 "a reply exceeds the server's max payload"
             );
             response = internal_error();
-            sent = publish(handlers, &reply_to, &response).await;
+            let body = Bytes::from(std::mem::take(&mut response.body));
+            sent = publish(handlers, &reply_to, &response, body).await;
         }
         if let Err(kind) = sent {
             tracing::warn!(error = %kind, "cannot send a reply");
@@ -298,16 +327,16 @@ async fn reply(handlers: &Handlers, mut request: service::Request, mut response:
     record_stats(&mut request, &response).await;
 }
 
-/// Publishes the response to `reply_to`, waiting at most [`REPLY_TIMEOUT`].
+/// Publishes the response's headers with `body` to `reply_to`, waiting at most
+/// [`REPLY_TIMEOUT`].
 async fn publish(
     handlers: &Handlers,
     reply_to: &Subject,
     response: &Response,
+    body: Bytes,
 ) -> Result<(), PublishErrorKind> {
     let client = &handlers.client;
-    let headers =
-        headers::to_header_map_lossy(&headers::reply_headers(response, &handlers.instance));
-    let body = Bytes::from(response.body.clone());
+    let headers = headers::reply_headers(response, &handlers.instance);
     match tokio::time::timeout(
         REPLY_TIMEOUT,
         client.publish_with_headers(reply_to.clone(), headers, body),

@@ -29,6 +29,16 @@ pub fn now() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now())
 }
 
+/// A multi-threaded runtime whose threads (workers and blocking pool) are called `name`, so that
+/// a profile of a bench tells the service's time from the load generator's and the echo's.
+pub fn named_runtime(name: &str) -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .build()
+        .expect("a runtime")
+}
+
 /// The service under test, on its own runtime and thread.
 pub struct Gateway {
     stop: oneshot::Sender<()>,
@@ -41,7 +51,7 @@ impl Gateway {
     pub fn start(url: &str, data_dir: &Path, log: EventLog) -> Gateway {
         let projection =
             Projection::open(&data_dir.join("projection"), log.clone()).expect("open projection");
-        let runtime = Runtime::new().expect("the gateway's runtime");
+        let runtime = named_runtime("gateway");
         let client = runtime
             .block_on(async_nats::connect(url))
             .expect("connect the gateway");
