@@ -476,19 +476,39 @@ pub fn check_idempotency_key(key: &str) -> Result<(), CommandError> {
 fn fingerprint(request: &CommandRequest) -> [u8; 32] {
     let command = &request.command;
     let (kind, id, changes) = match &command.action {
-        Action::Create(changes) => ("create", 0, changes.to_json()),
-        Action::Update { id, changes } => ("update", *id, changes.to_json()),
-        Action::Delete { id } => ("delete", *id, serde_json::Value::Null),
+        Action::Create(changes) => ("create", 0, Some(changes)),
+        Action::Update { id, changes } => ("update", *id, Some(changes)),
+        Action::Delete { id } => ("delete", *id, None),
     };
-    let canonical = serde_json::json!([
+    // The JSON array `[kind, id, changes, actor, occurredAt millis, expected version]`, written
+    // straight into the hash: the stored fingerprints of keys already used are of this text, so
+    // it never changes (`the_fingerprint_text_is_pinned`).
+    let canonical = (
         kind,
         id,
         changes,
-        command.actor,
+        &command.actor,
         command.occurred_at.map(|at| at.millis()),
         request.expected_version,
-    ]);
-    Sha256::digest(canonical.to_string().as_bytes()).into()
+    );
+    let mut hasher = Hashing(Sha256::new());
+    // Neither the hash nor these values' `Serialize` can fail.
+    let _ = serde_json::to_writer(&mut hasher, &canonical);
+    hasher.0.finalize().into()
+}
+
+/// A writer that feeds a SHA-256.
+struct Hashing(Sha256);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

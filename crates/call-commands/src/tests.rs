@@ -347,3 +347,67 @@ fn a_seen_call_is_trusted_only_at_the_logs_version() {
         Some("third")
     );
 }
+
+/// The fingerprint is the SHA-256 of the text the first versions built as a `serde_json::Value`
+/// (`json!([kind, id, changes, actor, occurredAt, expected])`): keys already stored keep
+/// matching their retries across an upgrade.
+#[test]
+fn the_fingerprint_text_is_pinned() {
+    let as_first_written = |request: &CommandRequest| -> [u8; 32] {
+        let command = &request.command;
+        let (kind, id, changes) = match &command.action {
+            Action::Create(changes) => ("create", 0, changes.to_json()),
+            Action::Update { id, changes } => ("update", *id, changes.to_json()),
+            Action::Delete { id } => ("delete", *id, serde_json::Value::Null),
+        };
+        let canonical = json!([
+            kind,
+            id,
+            changes,
+            command.actor,
+            command.occurred_at.map(|at| at.millis()),
+            request.expected_version,
+        ]);
+        Sha256::digest(canonical.to_string().as_bytes()).into()
+    };
+    let rich = changes(json!({
+        "direction": "outbound",
+        "note": "Left a \"voicemail\" \u{e9}\n\t",
+        "shouldRecordCall": true,
+        "dialedAt": "2025-01-13T12:47:31.000Z",
+        "tags": ["b", "a", "\u{1F600}"],
+        "outcome": "Answered",
+    }));
+    let mut cleared = call_model::Changes::default();
+    cleared.attributes.insert(call_model::Field::Note, None);
+    let mut requests = vec![
+        request(Action::Create(rich.clone()), Some("k"), None),
+        request(
+            Action::Update {
+                id: 7,
+                changes: rich,
+            },
+            Some("k"),
+            Some(3),
+        ),
+        request(
+            Action::Update {
+                id: 7,
+                changes: cleared,
+            },
+            None,
+            None,
+        ),
+        request(Action::Delete { id: 9 }, Some("k"), Some(1)),
+        request(Action::Create(call_model::Changes::default()), None, None),
+    ];
+    requests[0].command.occurred_at = Some(at(5));
+    requests[3].command.actor = "a \"quoted\" actor".into();
+    for request in &requests {
+        assert_eq!(
+            fingerprint(request),
+            as_first_written(request),
+            "{request:?}"
+        );
+    }
+}

@@ -205,6 +205,14 @@ impl Serialize for DataOut<'_> {
 /// `Changes` as the events write them: only the named members, `null` where cleared.
 pub(crate) struct ChangesOut<'a>(pub(crate) &'a Changes);
 
+/// A `Changes` serializes as the events write it, the text of [`Changes::to_json`] (which
+/// builds a `Value` first); straight to a writer it costs no allocation per member.
+impl Serialize for Changes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ChangesOut(self).serialize(serializer)
+    }
+}
+
 impl Serialize for ChangesOut<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
