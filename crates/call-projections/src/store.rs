@@ -3,7 +3,7 @@
 //!
 //! | key                    | value                                              |
 //! |------------------------|----------------------------------------------------|
-//! | `c` id                 | the live call, as [`Call::to_stored_json`] writes it |
+//! | `c` id                 | the live call, in the codec's stored form            |
 //! | `d` position           | id, deletedAt millis: the CallDeleted at `position`|
 //! | `k`                    | the checkpoint: the last applied log position      |
 //! | `n`                    | live calls, deleted calls                          |
@@ -37,7 +37,7 @@ pub(crate) const COUNTERS: &[u8] = b"n";
 /// The layout version.
 pub(crate) const LAYOUT: &[u8] = b"m";
 /// Written under [`LAYOUT`]; a view with another value is rebuilt at open.
-pub(crate) const LAYOUT_VERSION: &[u8] = b"call-projections/2";
+pub(crate) const LAYOUT_VERSION: &[u8] = b"call-projections/3";
 
 /// A prefixed big-endian key.
 pub(crate) fn key(prefix: u8, n: u64) -> [u8; 9] {
