@@ -79,7 +79,14 @@ impl fmt::Display for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        // The canonical text as a plain string, without the formatting machinery.
+        match canonical::write(*self) {
+            Some(text) => match std::str::from_utf8(&text) {
+                Ok(text) => serializer.serialize_str(text),
+                Err(_) => serializer.collect_str(self),
+            },
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -271,6 +278,7 @@ mod tests {
             let at = Timestamp(millis);
             let text = at.to_string();
             assert_eq!(text, chrono_text(at), "{millis}");
+            assert_eq!(serde_json::to_string(&at).unwrap(), format!("\"{text}\""));
             assert_eq!(
                 Timestamp::parse(&text).ok().map(Timestamp::millis),
                 chrono_parse(&text)
