@@ -374,7 +374,8 @@ impl Figures {
         let latency = |slot: usize| Stats::from_durations_us(&self.latencies[slot]);
         let mut rows = Vec::new();
         let threads = if in_flight == 1 { "thread" } else { "threads" };
-        for (name, ours, target) in [("get", 0, 0.7), ("create", 3, 0.4)] {
+        // The targets of issue 8 (an earlier issue asked 0.4 of creates; issue 8 set 0.3).
+        for (name, ours, target) in [("get", 0, 0.7), ("create", 3, 0.3)] {
             let (echo, direct) = (ours + 1, ours + 2);
             let (ours_rate, echo_rate, direct_rate) = (rate(ours), rate(echo), rate(direct));
             let (ours_latency, echo_latency, direct_latency) =

@@ -850,15 +850,18 @@ fn replay(
     std::thread::scope(|scope| -> Result<(), ProjectionError> {
         let (batches, queue) = std::sync::mpsc::sync_channel::<sled::Batch>(0);
         let (done, applied) = std::sync::mpsc::channel::<sled::Result<()>>();
-        scope.spawn(move || {
-            for batch in queue {
-                let result = tree.apply_batch(batch);
-                let failed = result.is_err();
-                if done.send(result).is_err() || failed {
-                    break;
+        std::thread::Builder::new()
+            .name("rebuild-apply".into())
+            .spawn_scoped(scope, move || {
+                for batch in queue {
+                    let result = tree.apply_batch(batch);
+                    let failed = result.is_err();
+                    if done.send(result).is_err() || failed {
+                        break;
+                    }
                 }
-            }
-        });
+            })
+            .map_err(ProjectionError::Io)?;
         let wait_applied = || match applied.recv() {
             Ok(result) => result.map_err(ProjectionError::from),
             Err(_) => Err(ProjectionError::Corrupt {

@@ -11,6 +11,11 @@ mod serve;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: sled frees on its epoch collector what other threads
+/// allocated, and glibc spent a third of a rebuild's CPU on that (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match run(cli) {

@@ -15,6 +15,11 @@ use serde_json::{json, Value};
 
 pub mod service;
 
+/// The allocator the shipped binary uses (see `crates/callledger/src/main.rs`), so that the
+/// benches measure what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The ledger size the generated calls are drawn for.
 pub const LEDGER_CALLS: u64 = 1_000_000;
 
