@@ -1,20 +1,42 @@
-//! What `verify` reports: the differences between the live view and a rebuilt one, row by row,
-//! each said in words (which call, which member, both values).
+//! What `verify` reports: the differences between the live view and a rebuilt one, call by call
+//! (whether a view is a row or in a pack is how it was written, not what it says) and row by
+//! row for the rest, each said in words (which call, which member, both values).
 
 use crate::error::ProjectionError;
 use crate::index::Differences;
 use crate::store::{
-    self, decode_call, decode_deletion, describe_key, read_u64, split_key, CALL, DELETION,
+    self, decode_call, decode_deletion, describe_key, read_u64, split_key, Views, CALL, DELETION,
+    PACK,
 };
 use call_model::{Call, Field, Relation};
 
-/// Compares two view trees row by row.
+/// Compares two view trees: their calls' views, then their other rows.
 pub(crate) fn compare_trees(
     live: &sled::Tree,
     rebuilt: &sled::Tree,
     out: &mut Differences,
 ) -> Result<(), ProjectionError> {
-    let (mut a, mut b) = (live.iter().peekable(), rebuilt.iter().peekable());
+    let as_rows = |views: Views| {
+        views.map(|view| view.map(|(id, bytes)| (sled::IVec::from(&store::key(CALL, id)), bytes)))
+    };
+    compare_rows(as_rows(Views::new(live)), as_rows(Views::new(rebuilt)), out)?;
+    let others = |tree: &sled::Tree| {
+        tree.iter()
+            .filter(|entry| {
+                !matches!(entry, Ok((key, _)) if matches!(key.first(), Some(&CALL) | Some(&PACK)))
+            })
+            .map(|entry| entry.map_err(ProjectionError::from))
+    };
+    compare_rows(others(live), others(rebuilt), out)
+}
+
+/// Compares two sequences of rows in key order.
+fn compare_rows(
+    live: impl Iterator<Item = Result<(sled::IVec, sled::IVec), ProjectionError>>,
+    rebuilt: impl Iterator<Item = Result<(sled::IVec, sled::IVec), ProjectionError>>,
+    out: &mut Differences,
+) -> Result<(), ProjectionError> {
+    let (mut a, mut b) = (live.peekable(), rebuilt.peekable());
     loop {
         let ordering = match (a.peek(), b.peek()) {
             (None, None) => break,

@@ -23,8 +23,7 @@ use crate::index::{Differences, IdMap, IndexBuilder, IndexRow, Indexes};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::snapshot::{self, Stamp, Unused};
 use crate::store::{
-    decode_call, describe_key, fold, load_call, par_map, read_u64, split_key, view_name, Meta,
-    Overlay, View, CALL,
+    decode_call, fold, load_call, par_map, read_u64, view_name, Meta, Overlay, View, Views,
 };
 use call_model::{replay_stream, Call, CallState};
 use event_log::EventLog;
@@ -492,7 +491,7 @@ impl Projection {
             if records.is_empty() {
                 return Ok(meta.checkpoint);
             }
-            let folded = fold(&tree, None, &meta, &records)?;
+            let folded = fold(&tree, None, &meta, &records, false)?;
             let rows: Vec<(u64, Option<IndexRow>, Option<IndexRow>)> = folded
                 .changes
                 .iter()
@@ -790,17 +789,8 @@ fn build_indexes(tree: &sled::Tree, meta: &Meta) -> Result<Indexes, ProjectionEr
         raw.clear();
         Ok(())
     };
-    for entry in tree.scan_prefix([CALL]) {
-        let (key, value) = entry?;
-        match split_key(&key) {
-            Some((CALL, id)) => raw.push((id, value)),
-            _ => {
-                return Err(ProjectionError::Corrupt {
-                    key: describe_key(&key),
-                    reason: "not a view key".to_owned(),
-                })
-            }
-        }
+    for view in Views::new(tree) {
+        raw.push(view?);
         if raw.len() == INDEX_SCAN_CHUNK {
             add(&mut raw)?;
         }
@@ -884,7 +874,7 @@ fn replay(
             if records.is_empty() {
                 break;
             }
-            let folded = fold(tree, Some(&overlay), &meta, &records)?;
+            let folded = fold(tree, Some(&overlay), &meta, &records, true)?;
             drop(records);
             // The previous batch must be in the tree before this one follows it (and before
             // the next fold reads past this overlay).

@@ -3,7 +3,8 @@
 //!
 //! | key                    | value                                              |
 //! |------------------------|----------------------------------------------------|
-//! | `c` id                 | the live call, in the codec's stored form            |
+//! | `c` id                 | the live call, in the codec's stored form; empty: not live (a pack's view of it is stale) |
+//! | `p` first id           | a pack: the views of up to [`PACK_CALLS`] calls with ascending ids, written by a replay |
 //! | `d` position           | id, deletedAt millis: the CallDeleted at `position`|
 //! | `k`                    | the checkpoint: the last applied log position      |
 //! | `n`                    | live calls, deleted calls                          |
@@ -12,6 +13,14 @@
 //! Integers are big-endian, so sled's byte order is numeric order. Each chunk of records is one
 //! `apply_batch` holding every view change and the new checkpoint, so after a crash the view and
 //! its checkpoint always agree (sled recovers a batch all or nothing).
+//!
+//! A call's view is its `c` row where it has one, else its entry in the pack whose first id is
+//! the greatest not above its own. A replay (rebuild, verify) writes the calls a chunk creates
+//! as packs: a sled insert costs several microseconds (a leaf holds 16 entries, so sequential
+//! inserts split a node every eight), which was half of a rebuild's time at one row per call;
+//! one row per [`PACK_CALLS`] views costs a memory copy each. Packs are never rewritten: a later
+//! change of a packed call is a `c` row, its deletion an empty one, and packs hold only ids above
+//! every earlier pack's, so at most one pack can hold a given id.
 //!
 //! The change feed of live calls (position of the latest event -> id) is not stored: each view
 //! holds its call's latest position, so it is an in-memory index built with the others. That
@@ -28,6 +37,10 @@ use std::collections::hash_map::Entry;
 
 /// Prefix of the live calls' views, by id.
 pub(crate) const CALL: u8 = b'c';
+/// Prefix of the packs of views, by the first id in each.
+pub(crate) const PACK: u8 = b'p';
+/// The most views a pack holds.
+pub(crate) const PACK_CALLS: usize = 32;
 /// Prefix of the deletions, by the position of the CallDeleted event.
 pub(crate) const DELETION: u8 = b'd';
 /// The checkpoint.
@@ -37,7 +50,7 @@ pub(crate) const COUNTERS: &[u8] = b"n";
 /// The layout version.
 pub(crate) const LAYOUT: &[u8] = b"m";
 /// Written under [`LAYOUT`]; a view with another value is rebuilt at open.
-pub(crate) const LAYOUT_VERSION: &[u8] = b"call-projections/3";
+pub(crate) const LAYOUT_VERSION: &[u8] = b"call-projections/4";
 
 /// A prefixed big-endian key.
 pub(crate) fn key(prefix: u8, n: u64) -> [u8; 9] {
@@ -57,6 +70,7 @@ pub(crate) fn split_key(key: &[u8]) -> Option<(u8, u64)> {
 pub(crate) fn describe_key(key: &[u8]) -> String {
     match (key, split_key(key)) {
         (_, Some((CALL, id))) => format!("view of call {id}"),
+        (_, Some((PACK, id))) => format!("pack of views from call {id}"),
         (_, Some((DELETION, position))) => format!("deletion at position {position}"),
         (CHECKPOINT, _) => "checkpoint".to_owned(),
         (COUNTERS, _) => "counters".to_owned(),
@@ -97,9 +111,200 @@ pub(crate) fn decode_call(id: u64, bytes: &[u8]) -> Result<Call, ProjectionError
 
 /// The live view of call `id`, if any.
 pub(crate) fn load_call(tree: &sled::Tree, id: u64) -> Result<Option<Call>, ProjectionError> {
-    match tree.get(key(CALL, id))? {
+    match view_bytes(tree, id)? {
         Some(bytes) => decode_call(id, &bytes).map(Some),
         None => Ok(None),
+    }
+}
+
+/// The stored view of call `id`, if it is live: its `c` row, else its entry in a pack.
+pub(crate) fn view_bytes(
+    tree: &sled::Tree,
+    id: u64,
+) -> Result<Option<sled::IVec>, ProjectionError> {
+    match tree.get(key(CALL, id))? {
+        Some(bytes) if bytes.is_empty() => return Ok(None),
+        Some(bytes) => return Ok(Some(bytes)),
+        None => {}
+    }
+    let Some(entry) = tree.range(key(PACK, 0)..=key(PACK, id)).next_back() else {
+        return Ok(None);
+    };
+    let (pack_key, pack) = entry?;
+    for entry in PackEntries::new(&pack_key, &pack)? {
+        let (entry_id, range) = entry?;
+        if entry_id == id {
+            return Ok(Some(pack.subslice(range.start, range.len())));
+        }
+        if entry_id > id {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// The stored form of a pack: each view as its id, its length and its bytes, ids ascending.
+pub(crate) fn encode_pack<'a>(views: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (id, bytes) in views {
+        out.extend_from_slice(&id.to_be_bytes());
+        // A view is a few hundred bytes, bounded by the model's limits far below 4 GiB.
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// The entries of a stored pack, checked as they are read: each an id and where its view lies
+/// in the pack's bytes. A cut or garbled pack is [`ProjectionError::Corrupt`], never a panic.
+pub(crate) struct PackEntries<'a> {
+    key: &'a [u8],
+    bytes: &'a [u8],
+    at: usize,
+    previous: Option<u64>,
+    first: u64,
+}
+
+impl<'a> PackEntries<'a> {
+    pub(crate) fn new(key: &'a [u8], bytes: &'a [u8]) -> Result<Self, ProjectionError> {
+        let first = match split_key(key) {
+            Some((PACK, first)) => first,
+            _ => return Err(corrupt(key, "not a pack key")),
+        };
+        if bytes.is_empty() {
+            return Err(corrupt(key, "an empty pack"));
+        }
+        Ok(PackEntries {
+            key,
+            bytes,
+            at: 0,
+            previous: None,
+            first,
+        })
+    }
+
+    fn entry(&mut self) -> Result<(u64, std::ops::Range<usize>), ProjectionError> {
+        let rest = &self.bytes[self.at..];
+        let (Some(id), Some(len)) = (rest.get(..8), rest.get(8..12)) else {
+            return Err(corrupt(self.key, format!("cut at byte {}", self.at)));
+        };
+        let id = u64::from_be_bytes(id.try_into().unwrap_or_default());
+        let len = u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize;
+        let start = self.at + 12;
+        let end = start
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| corrupt(self.key, format!("the view of call {id} is cut")))?;
+        let in_order = match self.previous {
+            None => id == self.first,
+            Some(previous) => id > previous,
+        };
+        if !in_order {
+            return Err(corrupt(self.key, format!("call {id} is out of order")));
+        }
+        self.previous = Some(id);
+        self.at = end;
+        Ok((id, start..end))
+    }
+}
+
+impl Iterator for PackEntries<'_> {
+    type Item = Result<(u64, std::ops::Range<usize>), ProjectionError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.bytes.len() {
+            return None;
+        }
+        let entry = self.entry();
+        if entry.is_err() {
+            // Nothing after a bad entry can be trusted.
+            self.at = self.bytes.len();
+        }
+        Some(entry)
+    }
+}
+
+/// Every live view of a tree in id order, `c` rows over packs: what `verify` compares and what
+/// the indexes are built from.
+pub(crate) struct Views {
+    packs: sled::Iter,
+    rows: std::iter::Peekable<sled::Iter>,
+    packed: std::collections::VecDeque<(u64, sled::IVec)>,
+}
+
+impl Views {
+    pub(crate) fn new(tree: &sled::Tree) -> Views {
+        Views {
+            packs: tree.scan_prefix([PACK]),
+            rows: tree.scan_prefix([CALL]).peekable(),
+            packed: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next packed view, unpacking the next pack when the last one is used up.
+    fn peek_packed(&mut self) -> Result<Option<u64>, ProjectionError> {
+        if self.packed.is_empty() {
+            if let Some(entry) = self.packs.next() {
+                let (key, pack) = entry?;
+                for entry in PackEntries::new(&key, &pack)? {
+                    let (id, range) = entry?;
+                    self.packed
+                        .push_back((id, pack.subslice(range.start, range.len())));
+                }
+            }
+        }
+        Ok(self.packed.front().map(|(id, _)| *id))
+    }
+
+    fn step(&mut self) -> Result<Option<(u64, sled::IVec)>, ProjectionError> {
+        loop {
+            let packed = self.peek_packed()?;
+            let row = match self.rows.peek() {
+                None => None,
+                Some(Ok((key, _))) => match split_key(key) {
+                    Some((CALL, id)) => Some(id),
+                    _ => return Err(corrupt(key, "not a view key")),
+                },
+                Some(Err(_)) => {
+                    return Err(self
+                        .rows
+                        .next()
+                        .and_then(Result::err)
+                        .map_or_else(|| corrupt(&[CALL], "unreadable"), ProjectionError::from))
+                }
+            };
+            let take_row = match (packed, row) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(packed), Some(row)) => {
+                    if packed == row {
+                        // The row stands for the call; the pack's view of it is stale.
+                        self.packed.pop_front();
+                    }
+                    row <= packed
+                }
+            };
+            if take_row {
+                let Some(Ok((key, value))) = self.rows.next() else {
+                    continue;
+                };
+                if value.is_empty() {
+                    continue;
+                }
+                let id = split_key(&key).map_or(0, |(_, id)| id);
+                return Ok(Some((id, value)));
+            }
+            return Ok(self.packed.pop_front());
+        }
+    }
+}
+
+impl Iterator for Views {
+    type Item = Result<(u64, sled::IVec), ProjectionError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step().transpose()
     }
 }
 
@@ -136,6 +341,10 @@ pub(crate) struct Meta {
     pub(crate) live: u64,
     /// Calls deleted (each counted once).
     pub(crate) deleted: u64,
+    /// The highest id in any pack (0: no pack), read from the last pack rather than stored: a
+    /// new pack holds only ids above it, and a change of a call at or below it may need an
+    /// empty row to hide the call's packed view.
+    pub(crate) packed_upto: u64,
 }
 
 impl Meta {
@@ -179,10 +388,22 @@ impl Meta {
         if counters.len() != 16 {
             return Err(corrupt(COUNTERS, "expected 16 bytes"));
         }
+        let packed_upto = match tree.scan_prefix([PACK]).next_back() {
+            Some(entry) => {
+                let (key, pack) = entry?;
+                let mut last = 0;
+                for entry in PackEntries::new(&key, &pack)? {
+                    last = entry?.0;
+                }
+                last
+            }
+            None => 0,
+        };
         Ok(Meta {
             checkpoint,
             live: read_u64(COUNTERS, &counters[..8])?,
             deleted: read_u64(COUNTERS, &counters[8..])?,
+            packed_upto,
         })
     }
 }
@@ -218,6 +439,7 @@ pub(crate) struct Folded {
 pub(crate) type Overlay = IdMap<Option<Call>>;
 
 /// Folds `records` (which must continue the log right after `meta.checkpoint`) into one batch.
+/// With `pack`, the calls the chunk creates (above every packed id) are written as packs.
 ///
 /// Each call's state is read once per chunk (from `overlay` when it is there, else from the
 /// tree) and evolved in memory through all of its events, so a call changed many times in a
@@ -228,6 +450,7 @@ pub(crate) fn fold(
     overlay: Option<&Overlay>,
     meta: &Meta,
     records: &[Record],
+    pack: bool,
 ) -> Result<Folded, ProjectionError> {
     struct Slot {
         original: Option<Call>,
@@ -300,7 +523,12 @@ pub(crate) fn fold(
         if slot.original.is_some() {
             removed += 1;
             if new.is_none() {
-                batch.remove(&key(CALL, id));
+                if id <= meta.packed_upto {
+                    // An empty row hides a packed view, which is never rewritten.
+                    batch.insert(&key(CALL, id), &[]);
+                } else {
+                    batch.remove(&key(CALL, id));
+                }
             }
         }
         if new.is_some() {
@@ -312,11 +540,24 @@ pub(crate) fn fold(
         .iter()
         .filter_map(|(_, _, new)| new.as_ref())
         .collect();
-    for (call, bytes) in written
+    let encoded = par_map(&written, |call| encode_call(call));
+    // Calls created in this chunk, ids ascending, above every packed id: the packable ones.
+    let mut packable: Vec<(u64, &[u8])> = Vec::new();
+    let mut packed_upto = meta.packed_upto;
+    for ((call, bytes), (_, original, _)) in written
         .iter()
-        .zip(par_map(&written, |call| encode_call(call)))
+        .zip(&encoded)
+        .zip(changes.iter().filter(|(_, _, new)| new.is_some()))
     {
-        batch.insert(&key(CALL, call.id), bytes);
+        if pack && original.is_none() && call.id > packed_upto {
+            packable.push((call.id, bytes));
+            packed_upto = call.id;
+        } else {
+            batch.insert(&key(CALL, call.id), bytes.as_slice());
+        }
+    }
+    for views in packable.chunks(PACK_CALLS) {
+        batch.insert(&key(PACK, views[0].0), encode_pack(views.iter().copied()));
     }
     for (position, id, at) in &deletions {
         batch.insert(&key(DELETION, *position), &encode_deletion(*id, *at));
@@ -325,6 +566,7 @@ pub(crate) fn fold(
         checkpoint: expected - 1,
         live: (meta.live + added).saturating_sub(removed),
         deleted: meta.deleted + deletions.len() as u64,
+        packed_upto,
     };
     meta.write(&mut batch);
     Ok(Folded {
