@@ -462,6 +462,15 @@ impl Indexes {
         }
     }
 
+    /// Moves in the filter-only sets of `other`, built apart over the same calls.
+    fn take_filters(&mut self, other: Indexes) {
+        self.texts = other.texts;
+        self.tags = other.tags;
+        self.flags = other.flags;
+        self.notes = other.notes;
+        self.related = other.related;
+    }
+
     /// Builds the indexes of these live calls at once (see [`IndexBuilder`]).
     #[cfg(test)]
     pub(crate) fn from_rows(rows: impl IntoIterator<Item = (u64, IndexRow)>) -> Indexes {
@@ -666,6 +675,7 @@ impl Indexes {
 /// once and bulk-loaded at the end, which is several times faster than inserting entry by entry
 /// and packs the trees' nodes full.
 pub(crate) struct IndexBuilder {
+    part: Part,
     indexes: Indexes,
     ids: Vec<u64>,
     changes: Vec<(u64, u64)>,
@@ -678,9 +688,84 @@ pub(crate) struct IndexBuilder {
     related: [Vec<(i64, u64)>; FILTER_RELATIONS.len()],
 }
 
+/// The sets an [`IndexBuilder`] fills, so that two threads can build one `Indexes` over the same
+/// calls, each half of the sets ([`build_in_parallel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Every set.
+    All,
+    /// The ids, the change feed and the sortable attributes' sets and columns.
+    Sorts,
+    /// The filter-only strings, the tags, the flag, the note and the relationships.
+    Filters,
+}
+
 impl Default for IndexBuilder {
     fn default() -> Self {
+        IndexBuilder::new(Part::All)
+    }
+}
+
+/// Builds indexes on two threads, each filling half of the sets from the same calls.
+pub(crate) struct SplitBuilder {
+    sorts: IndexBuilder,
+    filters: IndexBuilder,
+}
+
+impl Default for SplitBuilder {
+    fn default() -> Self {
+        SplitBuilder {
+            sorts: IndexBuilder::new(Part::Sorts),
+            filters: IndexBuilder::new(Part::Filters),
+        }
+    }
+}
+
+impl SplitBuilder {
+    /// Adds the live calls `rows()` yields (each id once, over all calls added).
+    pub(crate) fn add_all<'a, I>(&mut self, rows: impl Fn() -> I + Sync)
+    where
+        I: Iterator<Item = (u64, &'a IndexRow)>,
+    {
+        let Self { sorts, filters } = self;
+        both(
+            || rows().for_each(|(id, row)| sorts.add(id, row)),
+            || rows().for_each(|(id, row)| filters.add(id, row)),
+        );
+    }
+
+    /// How many calls were added.
+    pub(crate) fn len(&self) -> usize {
+        self.sorts.len()
+    }
+
+    /// The indexes of every call added.
+    pub(crate) fn finish(self) -> Indexes {
+        let Self { sorts, filters } = self;
+        let (mut indexes, filters) = both(|| sorts.finish(), || filters.finish());
+        indexes.take_filters(filters);
+        indexes
+    }
+}
+
+/// Runs `a` here and `b` on another thread.
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|scope| {
+        let b = scope.spawn(b);
+        let a = a();
+        match b.join() {
+            Ok(b) => (a, b),
+            // A panic there is a bug, not bad input: keep its behaviour on one thread.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+impl IndexBuilder {
+    /// A builder of `part` of the sets.
+    pub(crate) fn new(part: Part) -> Self {
         IndexBuilder {
+            part,
             indexes: Indexes::new(),
             ids: Vec::new(),
             changes: Vec::new(),
@@ -698,6 +783,15 @@ impl Default for IndexBuilder {
 impl IndexBuilder {
     /// Adds a live call (each id once).
     pub(crate) fn add(&mut self, id: u64, row: &IndexRow) {
+        if self.part != Part::Filters {
+            self.add_sorts(id, row);
+        }
+        if self.part != Part::Sorts {
+            self.add_filters(id, row);
+        }
+    }
+
+    fn add_sorts(&mut self, id: u64, row: &IndexRow) {
         let indexes = &mut self.indexes;
         self.ids.push(id);
         self.changes.push((row.position, id));
@@ -711,6 +805,10 @@ impl IndexBuilder {
             index.col.set(id, shared.clone());
             self.sort_texts[i].push((shared, id));
         }
+    }
+
+    fn add_filters(&mut self, id: u64, row: &IndexRow) {
+        let indexes = &mut self.indexes;
         for (i, text) in row.texts.iter().enumerate() {
             if let Some(text) = text {
                 self.texts[i].push((indexes.texts[i].strings.intern(text), id));
@@ -730,7 +828,7 @@ impl IndexBuilder {
         }
     }
 
-    /// How many calls were added.
+    /// How many calls were added (by a builder of the sorts' part or of all).
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }

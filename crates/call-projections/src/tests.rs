@@ -1592,7 +1592,10 @@ fn a_rebuild_packs_the_views_and_later_changes_hide_the_packed_ones() {
 
     // Changes after the rebuild are rows that stand for the packed views.
     let (updated, deleted) = (before[3].id, before[40].id);
-    ledger.update(updated, json!({"attributes": {"note": "after the rebuild"}}));
+    ledger.update(
+        updated,
+        json!({"attributes": {"note": "after the rebuild"}}),
+    );
     ledger.delete(deleted);
     let created = ledger.create(json!({"attributes": {"direction": "inbound"}}));
     assert_eq!(
@@ -1604,7 +1607,9 @@ fn a_rebuild_packs_the_views_and_later_changes_hide_the_packed_ones() {
     assert_eq!(ledger.call(before[4].id), before[4], "a packed view");
     assert_eq!(ledger.projection.get(created + 1).unwrap(), None);
     assert_eq!(
-        tree.get(crate::store::key(CALL, deleted)).unwrap().as_deref(),
+        tree.get(crate::store::key(CALL, deleted))
+            .unwrap()
+            .as_deref(),
         Some(&[][..]),
         "an empty row hides the deleted call's packed view"
     );
@@ -1639,7 +1644,10 @@ fn a_damaged_pack_is_refused_and_never_panics() {
     };
     let expected: Vec<(u64, Vec<u8>)> = views.iter().map(|(id, v)| (*id, v.to_vec())).collect();
     assert_eq!(read(&pack_key, &pack).unwrap(), expected);
-    assert!(read(&key(PACK, 8), &pack).is_err(), "under another first id");
+    assert!(
+        read(&key(PACK, 8), &pack).is_err(),
+        "under another first id"
+    );
     for cut in 0..pack.len() {
         let result = read(&pack_key, &pack[..cut]);
         // A cut at an entry's end reads as a shorter pack of whole entries; any other is refused.
