@@ -81,7 +81,7 @@ impl Sizes {
                 appends_per_sample: [400, 4_000, 12_800],
                 samples: 5,
                 ceiling_rows: 20_000,
-                rebuild_events: 100_000,
+                rebuild_events: 1_000_000,
                 list_sizes: [10_000, 1_000_000],
                 list_queries: 200,
                 count_queries: 20,

@@ -4,7 +4,7 @@
 //! | key                    | value                                              |
 //! |------------------------|----------------------------------------------------|
 //! | `c` id                 | the live call, in the codec's stored form; empty: not live (a pack's view of it is stale) |
-//! | `p` first id           | a pack: the views of up to [`PACK_CALLS`] calls with ascending ids, written by a replay |
+//! | `p` id / [`PACK_CALLS`]  | a pack: the views of calls of that range of ids, ascending, written by a replay |
 //! | `d` position           | id, deletedAt millis: the CallDeleted at `position`|
 //! | `k`                    | the checkpoint: the last applied log position      |
 //! | `n`                    | live calls, deleted calls                          |
@@ -14,13 +14,14 @@
 //! `apply_batch` holding every view change and the new checkpoint, so after a crash the view and
 //! its checkpoint always agree (sled recovers a batch all or nothing).
 //!
-//! A call's view is its `c` row where it has one, else its entry in the pack whose first id is
-//! the greatest not above its own. A replay (rebuild, verify) writes the calls a chunk creates
+//! A call's view is its `c` row where it has one, else its entry in the pack of its range of ids
+//! (two lookups by key: a pack found by its first id, the greatest below a call's, took a
+//! backward range scan, which made a list of packed calls a third slower). A replay (rebuild, verify) writes the calls a chunk creates
 //! as packs: a sled insert costs several microseconds (a leaf holds 16 entries, so sequential
 //! inserts split a node every eight), which was half of a rebuild's time at one row per call;
 //! one row per [`PACK_CALLS`] views costs a memory copy each. Packs are never rewritten: a later
-//! change of a packed call is a `c` row, its deletion an empty one, and packs hold only ids above
-//! every earlier pack's, so at most one pack can hold a given id.
+//! change of a packed call is a `c` row, its deletion an empty one, and a replay packs only
+//! ranges above every range already packed (a call of a packed range is a `c` row).
 //!
 //! The change feed of live calls (position of the latest event -> id) is not stored: each view
 //! holds its call's latest position, so it is an in-memory index built with the others. That
@@ -39,8 +40,10 @@ use std::collections::hash_map::Entry;
 pub(crate) const CALL: u8 = b'c';
 /// Prefix of the packs of views, by the first id in each.
 pub(crate) const PACK: u8 = b'p';
-/// The most views a pack holds.
-pub(crate) const PACK_CALLS: usize = 32;
+/// The ids of a pack's range: a call's range is `id >> PACK_SHIFT`.
+pub(crate) const PACK_SHIFT: u32 = 5;
+/// The most views a pack holds: its range's ids.
+pub(crate) const PACK_CALLS: usize = 1 << PACK_SHIFT;
 /// Prefix of the deletions, by the position of the CallDeleted event.
 pub(crate) const DELETION: u8 = b'd';
 /// The checkpoint.
@@ -70,7 +73,11 @@ pub(crate) fn split_key(key: &[u8]) -> Option<(u8, u64)> {
 pub(crate) fn describe_key(key: &[u8]) -> String {
     match (key, split_key(key)) {
         (_, Some((CALL, id))) => format!("view of call {id}"),
-        (_, Some((PACK, id))) => format!("pack of views from call {id}"),
+        (_, Some((PACK, range))) => format!(
+            "pack of the views of calls {} to {}",
+            range << PACK_SHIFT,
+            ((range + 1) << PACK_SHIFT) - 1
+        ),
         (_, Some((DELETION, position))) => format!("deletion at position {position}"),
         (CHECKPOINT, _) => "checkpoint".to_owned(),
         (COUNTERS, _) => "counters".to_owned(),
@@ -127,10 +134,10 @@ pub(crate) fn view_bytes(
         Some(bytes) => return Ok(Some(bytes)),
         None => {}
     }
-    let Some(entry) = tree.range(key(PACK, 0)..=key(PACK, id)).next_back() else {
+    let pack_key = key(PACK, id >> PACK_SHIFT);
+    let Some(pack) = tree.get(pack_key)? else {
         return Ok(None);
     };
-    let (pack_key, pack) = entry?;
     for entry in PackEntries::new(&pack_key, &pack)? {
         let (entry_id, range) = entry?;
         if entry_id == id {
@@ -143,7 +150,8 @@ pub(crate) fn view_bytes(
     Ok(None)
 }
 
-/// The stored form of a pack: each view as its id, its length and its bytes, ids ascending.
+/// The stored form of a pack: each view as its id, its length and its bytes, ids ascending, all
+/// of one range.
 pub(crate) fn encode_pack<'a>(views: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
     let mut out = Vec::new();
     for (id, bytes) in views {
@@ -162,13 +170,13 @@ pub(crate) struct PackEntries<'a> {
     bytes: &'a [u8],
     at: usize,
     previous: Option<u64>,
-    first: u64,
+    range: u64,
 }
 
 impl<'a> PackEntries<'a> {
     pub(crate) fn new(key: &'a [u8], bytes: &'a [u8]) -> Result<Self, ProjectionError> {
-        let first = match split_key(key) {
-            Some((PACK, first)) => first,
+        let range = match split_key(key) {
+            Some((PACK, range)) => range,
             _ => return Err(corrupt(key, "not a pack key")),
         };
         if bytes.is_empty() {
@@ -179,7 +187,7 @@ impl<'a> PackEntries<'a> {
             bytes,
             at: 0,
             previous: None,
-            first,
+            range,
         })
     }
 
@@ -195,11 +203,10 @@ impl<'a> PackEntries<'a> {
             .checked_add(len)
             .filter(|end| *end <= self.bytes.len())
             .ok_or_else(|| corrupt(self.key, format!("the view of call {id} is cut")))?;
-        let in_order = match self.previous {
-            None => id == self.first,
-            Some(previous) => id > previous,
-        };
-        if !in_order {
+        if id >> PACK_SHIFT != self.range {
+            return Err(corrupt(self.key, format!("call {id} is not of its range")));
+        }
+        if self.previous.is_some_and(|previous| id <= previous) {
             return Err(corrupt(self.key, format!("call {id} is out of order")));
         }
         self.previous = Some(id);
@@ -341,10 +348,10 @@ pub(crate) struct Meta {
     pub(crate) live: u64,
     /// Calls deleted (each counted once).
     pub(crate) deleted: u64,
-    /// The highest id in any pack (0: no pack), read from the last pack rather than stored: a
-    /// new pack holds only ids above it, and a change of a call at or below it may need an
-    /// empty row to hide the call's packed view.
-    pub(crate) packed_upto: u64,
+    /// The ranges of ids below this one may be packed, none from it on (0: no pack), read from
+    /// the last pack's key rather than stored: a replay packs only ranges from it on, and a
+    /// change of a call of a range below it may need an empty row to hide a packed view.
+    pub(crate) packed_below: u64,
 }
 
 impl Meta {
@@ -388,14 +395,13 @@ impl Meta {
         if counters.len() != 16 {
             return Err(corrupt(COUNTERS, "expected 16 bytes"));
         }
-        let packed_upto = match tree.scan_prefix([PACK]).next_back() {
+        let packed_below = match tree.scan_prefix([PACK]).next_back() {
             Some(entry) => {
-                let (key, pack) = entry?;
-                let mut last = 0;
-                for entry in PackEntries::new(&key, &pack)? {
-                    last = entry?.0;
+                let (key, _) = entry?;
+                match split_key(&key) {
+                    Some((PACK, range)) => range + 1,
+                    _ => return Err(corrupt(&key, "not a pack key")),
                 }
-                last
             }
             None => 0,
         };
@@ -403,7 +409,7 @@ impl Meta {
             checkpoint,
             live: read_u64(COUNTERS, &counters[..8])?,
             deleted: read_u64(COUNTERS, &counters[8..])?,
-            packed_upto,
+            packed_below,
         })
     }
 }
@@ -523,7 +529,7 @@ pub(crate) fn fold(
         if slot.original.is_some() {
             removed += 1;
             if new.is_none() {
-                if id <= meta.packed_upto {
+                if id >> PACK_SHIFT < meta.packed_below {
                     // An empty row hides a packed view, which is never rewritten.
                     batch.insert(&key(CALL, id), &[]);
                 } else {
@@ -541,23 +547,26 @@ pub(crate) fn fold(
         .filter_map(|(_, _, new)| new.as_ref())
         .collect();
     let encoded = par_map(&written, |call| encode_call(call));
-    // Calls created in this chunk, ids ascending, above every packed id: the packable ones.
+    // Calls created in this chunk, ids ascending, of ranges above every packed one: the
+    // packable ones.
     let mut packable: Vec<(u64, &[u8])> = Vec::new();
-    let mut packed_upto = meta.packed_upto;
     for ((call, bytes), (_, original, _)) in written
         .iter()
         .zip(&encoded)
         .zip(changes.iter().filter(|(_, _, new)| new.is_some()))
     {
-        if pack && original.is_none() && call.id > packed_upto {
+        let ascending = packable.last().is_none_or(|(last, _)| call.id > *last);
+        if pack && original.is_none() && call.id >> PACK_SHIFT >= meta.packed_below && ascending {
             packable.push((call.id, bytes));
-            packed_upto = call.id;
         } else {
             batch.insert(&key(CALL, call.id), bytes.as_slice());
         }
     }
-    for views in packable.chunks(PACK_CALLS) {
-        batch.insert(&key(PACK, views[0].0), encode_pack(views.iter().copied()));
+    let mut packed_below = meta.packed_below;
+    for views in packable.chunk_by(|(a, _), (b, _)| a >> PACK_SHIFT == b >> PACK_SHIFT) {
+        let range = views[0].0 >> PACK_SHIFT;
+        batch.insert(&key(PACK, range), encode_pack(views.iter().copied()));
+        packed_below = range + 1;
     }
     for (position, id, at) in &deletions {
         batch.insert(&key(DELETION, *position), &encode_deletion(*id, *at));
@@ -566,7 +575,7 @@ pub(crate) fn fold(
         checkpoint: expected - 1,
         live: (meta.live + added).saturating_sub(removed),
         deleted: meta.deleted + deletions.len() as u64,
-        packed_upto,
+        packed_below,
     };
     meta.write(&mut batch);
     Ok(Folded {

@@ -1571,7 +1571,7 @@ fn reopen(dir: &Path, log: &EventLog) -> Projection {
 
 #[test]
 fn a_rebuild_packs_the_views_and_later_changes_hide_the_packed_ones() {
-    use crate::store::{PackEntries, CALL, PACK, PACK_CALLS};
+    use crate::store::{PackEntries, CALL, PACK, PACK_CALLS, PACK_SHIFT};
     let mut ledger = varied_ledger(150);
     let dir = projection_dir(ledger.dir.path());
     ledger.projection.rebuild(&mut |_, _| {}).unwrap();
@@ -1587,7 +1587,9 @@ fn a_rebuild_packs_the_views_and_later_changes_hide_the_packed_ones() {
         ids(&before),
         "one chunk created every call: every view is in a pack"
     );
-    assert_eq!(packs.len(), before.len().div_ceil(PACK_CALLS));
+    let ranges: HashSet<u64> = packed.iter().map(|id| id >> PACK_SHIFT).collect();
+    assert_eq!(packs.len(), ranges.len(), "one pack per range of ids");
+    assert!(packs.len() <= before.len().div_ceil(PACK_CALLS) + 1);
     assert_eq!(tree.scan_prefix([CALL]).count(), 0, "and none is a row");
 
     // Changes after the rebuild are rows that stand for the packed views.
@@ -1636,7 +1638,7 @@ fn a_damaged_pack_is_refused_and_never_panics() {
     use crate::store::{encode_pack, key, PackEntries, PACK};
     let views: [(u64, &[u8]); 3] = [(7, b"seven"), (9, b""), (12, b"twelve!")];
     let pack = encode_pack(views);
-    let pack_key = key(PACK, 7);
+    let pack_key = key(PACK, 0);
     let read = |key: &[u8], bytes: &[u8]| -> Result<Vec<(u64, Vec<u8>)>, ProjectionError> {
         PackEntries::new(key, bytes)?
             .map(|entry| entry.map(|(id, range)| (id, bytes[range].to_vec())))
@@ -1644,10 +1646,11 @@ fn a_damaged_pack_is_refused_and_never_panics() {
     };
     let expected: Vec<(u64, Vec<u8>)> = views.iter().map(|(id, v)| (*id, v.to_vec())).collect();
     assert_eq!(read(&pack_key, &pack).unwrap(), expected);
-    assert!(
-        read(&key(PACK, 8), &pack).is_err(),
-        "under another first id"
-    );
+    assert!(read(&key(PACK, 1), &pack).is_err(), "under another range");
+    let beyond = encode_pack([(7, &b"seven"[..]), (32, b"of the next range")]);
+    assert!(read(&pack_key, &beyond).is_err(), "a call of another range");
+    let backwards = encode_pack([(9, &b""[..]), (7, b"seven")]);
+    assert!(read(&pack_key, &backwards).is_err(), "out of order");
     for cut in 0..pack.len() {
         let result = read(&pack_key, &pack[..cut]);
         // A cut at an entry's end reads as a shorter pack of whole entries; any other is refused.

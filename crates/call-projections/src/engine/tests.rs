@@ -79,7 +79,7 @@ fn view() -> (View, Vec<Call>) {
         checkpoint: CALLS,
         live: CALLS,
         deleted: 0,
-        packed_upto: 0,
+        packed_below: 0,
     };
     let view = View {
         generation: 1,
