@@ -4,7 +4,7 @@
 //! | key                    | value                                              |
 //! |------------------------|----------------------------------------------------|
 //! | `c` id                 | the live call, in the codec's stored form; empty: not live (a pack's view of it is stale) |
-//! | `p` id / [`PACK_CALLS`]  | a pack: the views of calls of that range of ids, ascending, written by a replay |
+//! | `p` id >> [`PACK_SHIFT`] | a pack: the views of calls of that range of 32 ids, ascending, written by a replay |
 //! | `d` position           | id, deletedAt millis: the CallDeleted at `position`|
 //! | `k`                    | the checkpoint: the last applied log position      |
 //! | `n`                    | live calls, deleted calls                          |
@@ -19,7 +19,7 @@
 //! backward range scan, which made a list of packed calls a third slower). A replay (rebuild, verify) writes the calls a chunk creates
 //! as packs: a sled insert costs several microseconds (a leaf holds 16 entries, so sequential
 //! inserts split a node every eight), which was half of a rebuild's time at one row per call;
-//! one row per [`PACK_CALLS`] views costs a memory copy each. Packs are never rewritten: a later
+//! one row per 32 views costs a memory copy each. Packs are never rewritten: a later
 //! change of a packed call is a `c` row, its deletion an empty one, and a replay packs only
 //! ranges above every range already packed (a call of a packed range is a `c` row).
 //!
@@ -40,10 +40,8 @@ use std::collections::hash_map::Entry;
 pub(crate) const CALL: u8 = b'c';
 /// Prefix of the packs of views, by the first id in each.
 pub(crate) const PACK: u8 = b'p';
-/// The ids of a pack's range: a call's range is `id >> PACK_SHIFT`.
+/// A call's range of ids, the views a pack can hold, is `id >> PACK_SHIFT`: 32 ids each.
 pub(crate) const PACK_SHIFT: u32 = 5;
-/// The most views a pack holds: its range's ids.
-pub(crate) const PACK_CALLS: usize = 1 << PACK_SHIFT;
 /// Prefix of the deletions, by the position of the CallDeleted event.
 pub(crate) const DELETION: u8 = b'd';
 /// The checkpoint.

@@ -1571,7 +1571,7 @@ fn reopen(dir: &Path, log: &EventLog) -> Projection {
 
 #[test]
 fn a_rebuild_packs_the_views_and_later_changes_hide_the_packed_ones() {
-    use crate::store::{PackEntries, CALL, PACK, PACK_CALLS, PACK_SHIFT};
+    use crate::store::{PackEntries, CALL, PACK, PACK_SHIFT};
     let mut ledger = varied_ledger(150);
     let dir = projection_dir(ledger.dir.path());
     ledger.projection.rebuild(&mut |_, _| {}).unwrap();
@@ -1589,7 +1589,7 @@ fn a_rebuild_packs_the_views_and_later_changes_hide_the_packed_ones() {
     );
     let ranges: HashSet<u64> = packed.iter().map(|id| id >> PACK_SHIFT).collect();
     assert_eq!(packs.len(), ranges.len(), "one pack per range of ids");
-    assert!(packs.len() <= before.len().div_ceil(PACK_CALLS) + 1);
+    assert!(packs.len() <= before.len().div_ceil(1 << PACK_SHIFT) + 1);
     assert_eq!(tree.scan_prefix([CALL]).count(), 0, "and none is a row");
 
     // Changes after the rebuild are rows that stand for the packed views.
