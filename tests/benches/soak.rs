@@ -313,6 +313,9 @@ fn main() {
         errors > 0 || growth > MAX_GROWTH
     });
     let exited = service.0.try_wait().ok().flatten();
+    drop(service);
+    // `exit` runs no destructors: the NATS server is stopped first, or it outlives the soak.
+    drop(nats);
     if let Some(status) = exited {
         eprintln!(
             "serve exited during the soak ({status}); its log:\n{}",
@@ -320,7 +323,6 @@ fn main() {
         );
         std::process::exit(1);
     }
-    drop(service);
     if failed {
         eprintln!("soak FAILED (see above)");
         std::process::exit(1);
