@@ -15,13 +15,14 @@
 //! its checkpoint always agree (sled recovers a batch all or nothing).
 //!
 //! A call's view is its `c` row where it has one, else its entry in the pack of its range of ids
-//! (two lookups by key: a pack found by its first id, the greatest below a call's, took a
-//! backward range scan, which made a list of packed calls a third slower). A replay (rebuild, verify) writes the calls a chunk creates
-//! as packs: a sled insert costs several microseconds (a leaf holds 16 entries, so sequential
-//! inserts split a node every eight), which was half of a rebuild's time at one row per call;
-//! one row per 32 views costs a memory copy each. Packs are never rewritten: a later
-//! change of a packed call is a `c` row, its deletion an empty one, and a replay packs only
-//! ranges above every range already packed (a call of a packed range is a `c` row).
+//! (two lookups by key; a pack found by its first id, the greatest below a call's, took a
+//! backward range scan, which made a list of packed calls a third slower). A replay (rebuild,
+//! verify, the bulk catch-up at open) writes the calls a chunk creates as packs: a sled insert
+//! costs several microseconds (a leaf holds 16 entries, so sequential inserts split a node every
+//! eight), which was half of a rebuild's time at one row per call; one row per 32 views costs a
+//! memory copy each. Packs are never rewritten: a later change of a packed call is a `c` row, its
+//! deletion an empty one, and a replay packs only ranges above every range already packed (a
+//! call of a packed range is a `c` row).
 //!
 //! The change feed of live calls (position of the latest event -> id) is not stored: each view
 //! holds its call's latest position, so it is an in-memory index built with the others. That
@@ -38,7 +39,7 @@ use std::collections::hash_map::Entry;
 
 /// Prefix of the live calls' views, by id.
 pub(crate) const CALL: u8 = b'c';
-/// Prefix of the packs of views, by the first id in each.
+/// Prefix of the packs of views, by range of ids (`id >> PACK_SHIFT`).
 pub(crate) const PACK: u8 = b'p';
 /// A call's range of ids, the views a pack can hold, is `id >> PACK_SHIFT`: 32 ids each.
 pub(crate) const PACK_SHIFT: u32 = 5;
@@ -71,11 +72,11 @@ pub(crate) fn split_key(key: &[u8]) -> Option<(u8, u64)> {
 pub(crate) fn describe_key(key: &[u8]) -> String {
     match (key, split_key(key)) {
         (_, Some((CALL, id))) => format!("view of call {id}"),
-        (_, Some((PACK, range))) => format!(
-            "pack of the views of calls {} to {}",
-            range << PACK_SHIFT,
-            ((range + 1) << PACK_SHIFT) - 1
-        ),
+        (_, Some((PACK, range))) => {
+            let first = range << PACK_SHIFT;
+            let last = first | ((1 << PACK_SHIFT) - 1);
+            format!("pack of the views of calls {first} to {last}")
+        }
         (_, Some((DELETION, position))) => format!("deletion at position {position}"),
         (CHECKPOINT, _) => "checkpoint".to_owned(),
         (COUNTERS, _) => "counters".to_owned(),
