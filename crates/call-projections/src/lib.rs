@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod bulk;
 mod codec;
 mod diff;
 mod engine;

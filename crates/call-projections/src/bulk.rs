@@ -1,0 +1,229 @@
+//! Bulk work on a view tree: the log replayed into it (a rebuild, `verify`'s scratch copy, the
+//! catch-up of a view far behind at open), pipelined over threads, and its indexes built from
+//! its stored views.
+
+use crate::error::ProjectionError;
+use crate::index::{IdMap, IndexRow, Indexes, SplitBuilder};
+use crate::store::{decode_call, fold, par_map, Meta, Overlay, Views};
+use call_model::Call;
+use event_log::EventLog;
+
+/// Records per batch while replaying, where nothing else writes.
+const REBUILD_CHUNK: usize = 16_384;
+
+/// Views decoded per step while building indexes: enough to share out over the cores, few
+/// enough that the raw rows of a step are a small buffer rather than a copy of the view.
+const INDEX_SCAN_CHUNK: usize = 8192;
+
+/// Builds the in-memory indexes of a stored view, streaming over its calls.
+pub(crate) fn build_indexes(tree: &sled::Tree, meta: &Meta) -> Result<Indexes, ProjectionError> {
+    let mut builder = SplitBuilder::default();
+    let mut raw = Vec::with_capacity(INDEX_SCAN_CHUNK);
+    let mut add = |raw: &mut Vec<(u64, sled::IVec)>| -> Result<(), ProjectionError> {
+        let rows = par_map(raw, |(id, value)| {
+            decode_call(*id, value).map(|call| (*id, IndexRow::of(&call)))
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+        builder.add_all(|| rows.iter().map(|(id, row)| (*id, row)));
+        raw.clear();
+        Ok(())
+    };
+    for view in Views::new(tree) {
+        raw.push(view?);
+        if raw.len() == INDEX_SCAN_CHUNK {
+            add(&mut raw)?;
+        }
+    }
+    add(&mut raw)?;
+    if builder.len() as u64 != meta.live {
+        return Err(ProjectionError::Corrupt {
+            key: "counters".to_owned(),
+            reason: format!(
+                "count {} live calls, the views {}",
+                meta.live,
+                builder.len()
+            ),
+        });
+    }
+    Ok(builder.finish())
+}
+
+/// The most index rows a replay reserves room for before it has seen them (some 200 MB).
+const MAX_RESERVED_CALLS: u64 = 1 << 20;
+
+/// What the replay hands its index thread after each chunk.
+struct Spent {
+    /// The index row of each call the chunk changed (`None`: no longer live).
+    changed: Vec<(u64, Option<IndexRow>)>,
+    /// The overlay and the calls' former states the chunk replaced, dropped there.
+    garbage: (Overlay, Vec<Option<Call>>),
+}
+
+/// Replays the log into `tree`, up to `upto` (or the head), and builds the indexes of the
+/// result (from the replayed calls' final states, or from the tree when continuing a view).
+/// `from` is the tree's meta to continue from; `None` starts an empty tree from the beginning
+/// of the log.
+///
+/// Pipelined over three threads: while one applies chunk n to sled (which takes a process-wide
+/// lock and runs on one core), another folds chunk n+1, reading the calls chunk n changed from
+/// an overlay of its results rather than from the tree, which may not hold them yet, and a third
+/// keeps the index rows and drops what each chunk leaves behind.
+pub(crate) fn replay(
+    log: &EventLog,
+    tree: &sled::Tree,
+    from: Option<Meta>,
+    upto: Option<u64>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Meta, Indexes), ProjectionError> {
+    let from_empty = from.is_none();
+    let mut meta = match from {
+        Some(meta) => meta,
+        None => {
+            let meta = Meta::default();
+            let mut batch = sled::Batch::default();
+            meta.write(&mut batch);
+            tree.apply_batch(batch)?;
+            meta
+        }
+    };
+    // From an empty view every call's final state passes through the fold, so the indexes are
+    // built from these rows rather than by reading and decoding every view again after.
+    let streams = log.stats()?.streams;
+    let rows = std::thread::scope(
+        |scope| -> Result<Option<IdMap<IndexRow>>, ProjectionError> {
+            let (batches, queue) = std::sync::mpsc::sync_channel::<sled::Batch>(0);
+            let (done, applied) = std::sync::mpsc::channel::<sled::Result<()>>();
+            std::thread::Builder::new()
+                .name("rebuild-apply".into())
+                .spawn_scoped(scope, move || {
+                    for batch in queue {
+                        let result = tree.apply_batch(batch);
+                        let failed = result.is_err();
+                        if done.send(result).is_err() || failed {
+                            break;
+                        }
+                    }
+                })
+                .map_err(ProjectionError::Io)?;
+            // The index rows and what a chunk leaves behind go to a thread of their own: keeping
+            // the rows by id and dropping a chunk's calls took a quarter of the folding thread.
+            let (spend, spent) = std::sync::mpsc::sync_channel::<Spent>(1);
+            let indexer = std::thread::Builder::new()
+                .name("rebuild-index".into())
+                .spawn_scoped(scope, move || {
+                    // Every call the log ever created, at most: growing the map by doubling
+                    // rehashed it and faulted in fresh pages for each copy.
+                    let calls = streams.min(MAX_RESERVED_CALLS) as usize;
+                    let mut rows = from_empty.then(|| {
+                        IdMap::<IndexRow>::with_capacity_and_hasher(calls, Default::default())
+                    });
+                    for Spent { changed, garbage } in spent {
+                        drop(garbage);
+                        if let Some(rows) = rows.as_mut() {
+                            for (id, row) in changed {
+                                match row {
+                                    Some(row) => rows.insert(id, row),
+                                    None => rows.remove(&id),
+                                };
+                            }
+                        }
+                    }
+                    rows
+                })
+                .map_err(ProjectionError::Io)?;
+            let wait_applied = || match applied.recv() {
+                Ok(result) => result.map_err(ProjectionError::from),
+                Err(_) => Err(ProjectionError::Corrupt {
+                    key: "view".to_owned(),
+                    reason: "the rebuild's writer thread stopped".to_owned(),
+                }),
+            };
+            let mut overlay = Overlay::default();
+            let mut in_flight = false;
+            let replayed = loop {
+                let limit = match upto {
+                    Some(upto) => REBUILD_CHUNK.min(upto.saturating_sub(meta.checkpoint) as usize),
+                    None => REBUILD_CHUNK,
+                };
+                let records = if limit == 0 {
+                    Vec::new()
+                } else {
+                    match log.read_from(meta.checkpoint, limit) {
+                        Ok(records) => records,
+                        Err(error) => break Err(error.into()),
+                    }
+                };
+                if records.is_empty() {
+                    break Ok(());
+                }
+                let folded = match fold(tree, Some(&overlay), &meta, &records, true) {
+                    Ok(folded) => folded,
+                    Err(error) => break Err(error),
+                };
+                drop(records);
+                // The previous batch must be in the tree before this one follows it (and before
+                // the next fold reads past this overlay).
+                if in_flight {
+                    if let Err(error) = wait_applied() {
+                        break Err(error);
+                    }
+                }
+                if batches.send(folded.batch).is_err() {
+                    break wait_applied();
+                }
+                in_flight = true;
+                meta = folded.meta;
+                let changed = if from_empty {
+                    par_map(&folded.changes, |(id, _, new)| {
+                        (*id, new.as_ref().map(IndexRow::of))
+                    })
+                } else {
+                    Vec::new()
+                };
+                let (next, originals): (Overlay, Vec<Option<Call>>) = folded
+                    .changes
+                    .into_iter()
+                    .map(|(id, original, new)| ((id, new), original))
+                    .unzip();
+                let garbage = (std::mem::replace(&mut overlay, next), originals);
+                if spend.send(Spent { changed, garbage }).is_err() {
+                    break Err(ProjectionError::Corrupt {
+                        key: "view".to_owned(),
+                        reason: "the rebuild's index thread stopped".to_owned(),
+                    });
+                }
+                progress(meta.checkpoint, log.head().max(meta.checkpoint));
+            };
+            drop(spend);
+            let rows = match indexer.join() {
+                Ok(rows) => rows,
+                // A panic there is a bug, not bad input: keep its behaviour on one thread.
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            replayed?;
+            if in_flight {
+                wait_applied()?;
+            }
+            Ok(rows)
+        },
+    )?;
+    // Building the indexes once at the end, rather than following each chunk, bulk-loads every
+    // set once.
+    let indexes = match rows {
+        Some(rows) => {
+            if rows.len() as u64 != meta.live {
+                return Err(ProjectionError::Corrupt {
+                    key: "counters".to_owned(),
+                    reason: format!("count {} live calls, the replay {}", meta.live, rows.len()),
+                });
+            }
+            let mut builder = SplitBuilder::default();
+            builder.reserve(rows.len());
+            builder.add_all(|| rows.iter().map(|(id, row)| (*id, row)));
+            builder.finish()
+        }
+        None => build_indexes(tree, &meta)?,
+    };
+    Ok((meta, indexes))
+}
