@@ -541,21 +541,18 @@ pub(crate) fn fold(
         }
         changes.push((id, slot.original, new));
     }
-    let written: Vec<&Call> = changes
+    // Each live call the chunk changed, and whether the chunk created it.
+    let written: Vec<(&Call, bool)> = changes
         .iter()
-        .filter_map(|(_, _, new)| new.as_ref())
+        .filter_map(|(_, original, new)| Some((new.as_ref()?, original.is_none())))
         .collect();
-    let encoded = par_map(&written, |call| encode_call(call));
+    let encoded = par_map(&written, |(call, _)| encode_call(call));
     // Calls created in this chunk, ids ascending, of ranges above every packed one: the
     // packable ones.
     let mut packable: Vec<(u64, &[u8])> = Vec::new();
-    for ((call, bytes), (_, original, _)) in written
-        .iter()
-        .zip(&encoded)
-        .zip(changes.iter().filter(|(_, _, new)| new.is_some()))
-    {
+    for ((call, created), bytes) in written.iter().zip(&encoded) {
         let ascending = packable.last().is_none_or(|(last, _)| call.id > *last);
-        if pack && original.is_none() && call.id >> PACK_SHIFT >= meta.packed_below && ascending {
+        if pack && *created && call.id >> PACK_SHIFT >= meta.packed_below && ascending {
             packable.push((call.id, bytes));
         } else {
             batch.insert(&key(CALL, call.id), bytes.as_slice());
