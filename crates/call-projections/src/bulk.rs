@@ -49,9 +49,6 @@ pub(crate) fn build_indexes(tree: &sled::Tree, meta: &Meta) -> Result<Indexes, P
     Ok(builder.finish())
 }
 
-/// The most index rows a replay reserves room for before it has seen them (some 200 MB).
-const MAX_RESERVED_CALLS: u64 = 1 << 20;
-
 /// What the replay hands its index thread after each chunk.
 struct Spent {
     /// The index row of each call the chunk changed (`None`: no longer live).
@@ -89,7 +86,6 @@ pub(crate) fn replay(
     };
     // From an empty view every call's final state passes through the fold, so the indexes are
     // built from these rows rather than by reading and decoding every view again after.
-    let streams = log.stats()?.streams;
     let rows = std::thread::scope(
         |scope| -> Result<Option<IdMap<IndexRow>>, ProjectionError> {
             let (batches, queue) = std::sync::mpsc::sync_channel::<sled::Batch>(0);
@@ -112,12 +108,7 @@ pub(crate) fn replay(
             let indexer = std::thread::Builder::new()
                 .name("rebuild-index".into())
                 .spawn_scoped(scope, move || {
-                    // Every call the log ever created, at most: growing the map by doubling
-                    // rehashed it and faulted in fresh pages for each copy.
-                    let calls = streams.min(MAX_RESERVED_CALLS) as usize;
-                    let mut rows = from_empty.then(|| {
-                        IdMap::<IndexRow>::with_capacity_and_hasher(calls, Default::default())
-                    });
+                    let mut rows = from_empty.then(IdMap::<IndexRow>::default);
                     for Spent { changed, garbage } in spent {
                         drop(garbage);
                         if let Some(rows) = rows.as_mut() {
@@ -219,7 +210,6 @@ pub(crate) fn replay(
                 });
             }
             let mut builder = SplitBuilder::default();
-            builder.reserve(rows.len());
             builder.add_all(|| rows.iter().map(|(id, row)| (*id, row)));
             builder.finish()
         }

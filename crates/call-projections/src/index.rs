@@ -738,12 +738,6 @@ impl SplitBuilder {
         );
     }
 
-    /// Makes room for `calls` more calls in every set's entries.
-    pub(crate) fn reserve(&mut self, calls: usize) {
-        self.sorts.reserve(calls);
-        self.filters.reserve(calls);
-    }
-
     /// How many calls were added.
     pub(crate) fn len(&self) -> usize {
         self.sorts.len()
@@ -835,24 +829,6 @@ impl IndexBuilder {
         }
         for (slot, target) in row.related.iter() {
             self.related[*slot as usize].push((*target, id));
-        }
-    }
-
-    /// Makes room for `calls` more calls in the entries of the sets of its part (one entry per
-    /// call in each; tags and relationships may take more).
-    pub(crate) fn reserve(&mut self, calls: usize) {
-        if self.part != Part::Filters {
-            self.ids.reserve(calls);
-            self.changes.reserve(calls);
-            self.times.iter_mut().for_each(|v| v.reserve(calls));
-            self.sort_texts.iter_mut().for_each(|v| v.reserve(calls));
-        }
-        if self.part != Part::Sorts {
-            self.texts.iter_mut().for_each(|v| v.reserve(calls));
-            self.tags.reserve(calls);
-            self.flags.reserve(calls);
-            self.notes.reserve(calls);
-            self.related.iter_mut().for_each(|v| v.reserve(calls));
         }
     }
 
