@@ -10,7 +10,7 @@ use crate::rate::Decision;
 use crate::{header, ApiConfig, Clock, Operation, Request, Response, Source, CONTENT_TYPE};
 use call_commands::{CommandError, CommandRequest, CommandService, Conflict};
 use call_model::{
-    parse_update, parse_write, Action, Call, CallId, CallState, Command, Relation, Rights,
+    parse_update, parse_write, Action, Call, CallId, CallRef, CallState, Command, Relation, Rights,
     Timestamp, WriteMode,
 };
 use call_projections::{PageCursor, Projection, ProjectionError, QueryError};
@@ -288,7 +288,7 @@ impl Inner {
         }
     }
 
-    fn single(&self, call: &Call, read: &ReadOptions, grant: &Grant) -> Vec<u8> {
+    fn single(&self, call: &CallRef<'_>, read: &ReadOptions, grant: &Grant) -> Vec<u8> {
         document::single(
             call,
             read,
@@ -299,7 +299,7 @@ impl Inner {
 
     fn resource(&self, call: &Call, read: &ReadOptions, grant: &Grant) -> String {
         document::resource(
-            call,
+            &call.borrowed(),
             read,
             &self.config.self_prefix,
             Self::permissions(grant),
@@ -317,13 +317,13 @@ impl Inner {
     fn get(&self, grant: &Grant, token: &str, payload: &[u8]) -> Result<Response, ApiError> {
         let id = parse_id(token)?;
         let read = query::parse_read(query_text(payload)?)?;
-        let call = self
+        // Rendered from the stored view in place: no owned `Call` is built for a get.
+        let (body, version) = self
             .projection
-            .get(id)
+            .get_with(id, |call| (self.single(call, &read, grant), call.version))
             .map_err(|error| projection_error("reading a call", &error))?
             .ok_or_else(|| ApiError::not_found(token))?;
-        let body = self.single(&call, &read, grant);
-        Ok(success(200, body, Some(call.version)))
+        Ok(success(200, body, Some(version)))
     }
 
     fn list(&self, grant: &Grant, payload: &[u8]) -> Result<Response, ApiError> {
@@ -605,7 +605,7 @@ impl Inner {
                 } else {
                     200
                 };
-                let body = self.single(call, &ReadOptions::default(), grant);
+                let body = self.single(&call.borrowed(), &ReadOptions::default(), grant);
                 success(status, body, Some(call.version))
             }
             // A replayed create or update of a call deleted since answers as a get would.

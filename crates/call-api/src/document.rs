@@ -3,7 +3,7 @@
 
 use crate::json::ObjectWriter;
 use crate::query::ReadOptions;
-use call_model::{Call, Field, RelValue, Relation};
+use call_model::{CallRef, Field, RelRef, Relation};
 
 /// What the caller may do, for `meta.canWrite` and `meta.canDelete`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub(crate) struct Permissions {
 /// The resource object of a call: every attribute (null where unset) and every relationship
 /// the fieldset names, `links.self`, and `meta` only when asked for.
 pub(crate) fn resource(
-    call: &Call,
+    call: &CallRef<'_>,
     read: &ReadOptions,
     self_prefix: &str,
     permissions: Permissions,
@@ -29,7 +29,7 @@ pub(crate) fn resource(
 
 /// A single-resource document, `{"data":<the resource>}`, written in one pass.
 pub(crate) fn single(
-    call: &Call,
+    call: &CallRef<'_>,
     read: &ReadOptions,
     self_prefix: &str,
     permissions: Permissions,
@@ -44,7 +44,7 @@ pub(crate) fn single(
 /// Writes the members of [`resource`] into `object`.
 fn write_resource(
     object: &mut ObjectWriter,
-    call: &Call,
+    call: &CallRef<'_>,
     read: &ReadOptions,
     self_prefix: &str,
     permissions: Permissions,
@@ -63,7 +63,7 @@ fn write_resource(
             for relation in Relation::ALL {
                 if read.includes_relationship(*relation) {
                     relationships.object(relation.name(), |object| {
-                        relationship(object, *relation, call.relationships.get(relation));
+                        relationship(object, *relation, call.relationship(*relation));
                     });
                 }
             }
@@ -86,13 +86,13 @@ fn write_resource(
 
 /// A relationship object's members: always `data` (null, or an empty list for `batches`), so a
 /// client never meets one with neither `data` nor `links`.
-fn relationship(object: &mut ObjectWriter, relation: Relation, value: Option<&RelValue>) {
+fn relationship(object: &mut ObjectWriter, relation: Relation, value: Option<&RelRef<'_>>) {
     match value {
-        Some(RelValue::One(target)) if !relation.is_to_many() => object.value("data", target),
-        Some(RelValue::Many(targets)) if relation.is_to_many() => object.value("data", targets),
+        Some(RelRef::One(target)) if !relation.is_to_many() => object.value("data", target),
+        Some(RelRef::Many(targets)) if relation.is_to_many() => object.value("data", targets),
         // A stored value of the other shape cannot be written by call-model; show what it holds.
-        Some(RelValue::One(target)) => object.value("data", &[target]),
-        Some(RelValue::Many(targets)) => match targets.first() {
+        Some(RelRef::One(target)) => object.value("data", &[target]),
+        Some(RelRef::Many(targets)) => match targets.first() {
             Some(first) => object.value("data", first),
             None => object.raw("data", "null"),
         },
@@ -157,7 +157,7 @@ pub(crate) fn fit_rows(
 mod tests {
     use super::*;
     use crate::query::{parse_read, Fieldset};
-    use call_model::{AttrValue, DataConnection, ResourceRef, Timestamp};
+    use call_model::{AttrValue, Call, DataConnection, RelValue, ResourceRef, Timestamp};
     use serde_json::{json, Value};
     use std::collections::BTreeMap;
 
@@ -211,13 +211,13 @@ mod tests {
     }
 
     fn parsed(call: &Call, read: &ReadOptions) -> Value {
-        serde_json::from_str(&resource(call, read, "calls", ALL)).unwrap()
+        serde_json::from_str(&resource(&call.borrowed(), read, "calls", ALL)).unwrap()
     }
 
     #[test]
     fn members_are_written_in_the_documented_order() {
         let text = resource(
-            &bare_call(),
+            &bare_call().borrowed(),
             &parse_read("provideAuthorizationMeta=true").unwrap(),
             "calls",
             ALL,
@@ -238,12 +238,22 @@ mod tests {
             ),
             "{text}"
         );
-        let full = resource(&full_call(), &ReadOptions::default(), "calls", ALL);
+        let full = resource(
+            &full_call().borrowed(),
+            &ReadOptions::default(),
+            "calls",
+            ALL,
+        );
         assert!(
             full.contains(r#""prospect":{"data":{"type":"prospect","id":10}}"#),
             "{full}"
         );
-        let document = single(&full_call(), &ReadOptions::default(), "calls", ALL);
+        let document = single(
+            &full_call().borrowed(),
+            &ReadOptions::default(),
+            "calls",
+            ALL,
+        );
         assert_eq!(
             String::from_utf8(document).unwrap(),
             format!(r#"{{"data":{full}}}"#)

@@ -1,6 +1,7 @@
 //! The Call resource's schema: its 22 attributes and 15 relationships, what type each holds, who
 //! may write it, and how long it may be.
 
+use crate::call_ref::AttrRef;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -312,19 +313,25 @@ pub enum AttrValue {
     Tags(Vec<String>),
 }
 
-/// The one JSON form of a value, which the API, the events and the stored views all write.
+/// The JSON form of [`AttrRef`], whose is the one the API, the events and the stored views all
+/// write.
 impl Serialize for AttrValue {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            AttrValue::Text(text) => serializer.serialize_str(text),
-            AttrValue::Time(at) => at.serialize(serializer),
-            AttrValue::Bool(flag) => serializer.serialize_bool(*flag),
-            AttrValue::Tags(tags) => serializer.collect_seq(tags),
-        }
+        self.borrowed().serialize(serializer)
     }
 }
 
 impl AttrValue {
+    /// This value, borrowed.
+    pub fn borrowed(&self) -> AttrRef<'_> {
+        match self {
+            AttrValue::Text(text) => AttrRef::Text(text),
+            AttrValue::Time(at) => AttrRef::Time(*at),
+            AttrValue::Bool(flag) => AttrRef::Bool(*flag),
+            AttrValue::Tags(tags) => AttrRef::Tags(tags.iter().map(String::as_str).collect()),
+        }
+    }
+
     /// The JSON form the API and the events use, as a value.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)

@@ -5,6 +5,7 @@
 //! and the writer's rights come in on the command; the storage and transport crates sit around it.
 
 mod call;
+mod call_ref;
 mod command;
 mod event;
 mod event_data;
@@ -16,6 +17,7 @@ mod time;
 mod tests;
 
 pub use call::{Call, CallId, CallState, DataConnection, ResourceRef};
+pub use call_ref::{AttrRef, CallRef, ConnectionRef, RelRef, TargetRef};
 pub use command::{decide, evolve, replay_stream, Action, Command, DecideError};
 pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHEMA_VERSION};
 pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation};

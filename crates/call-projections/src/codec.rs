@@ -21,9 +21,9 @@
 //! writing it part of every rebuilt event's.
 
 use call_model::{
-    AttrKind, AttrValue, Call, DataConnection, Field, RelValue, Relation, ResourceRef, Timestamp,
+    AttrKind, AttrRef, AttrValue, Call, CallRef, ConnectionRef, DataConnection, Field, RelRef,
+    RelValue, Relation, ResourceRef, TargetRef, Timestamp,
 };
-use std::collections::BTreeMap;
 
 /// The first byte of every stored view, and the version of its form.
 const FORMAT: [u8; 2] = [b'V', 1];
@@ -99,8 +99,16 @@ pub(crate) fn encode(call: &Call) -> Vec<u8> {
     out
 }
 
-/// Reads the stored form of a call.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Call, String> {
+/// Reads the stored form of a call into an owned one (the store does the same through
+/// `store::decode_call`), for the tests of the form.
+#[cfg(test)]
+fn decode(bytes: &[u8]) -> Result<Call, String> {
+    decode_ref(bytes).map(|call| call.to_call())
+}
+
+/// Reads the stored form of a call in place: its texts are slices of `bytes`. The one reader of
+/// the form (`CallRef::to_call` owns what it borrows).
+pub(crate) fn decode_ref(bytes: &[u8]) -> Result<CallRef<'_>, String> {
     let mut input = Reader { bytes };
     if input.take(FORMAT.len(), "the format")? != FORMAT {
         return Err("not a stored view of this form".to_owned());
@@ -108,29 +116,29 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Call, String> {
     let id = input.varint("the id")?;
     let version = input.varint("the version")?;
     let position = input.varint("the position")?;
-    let mut attributes = BTreeMap::new();
+    let mut call = CallRef::new(id, version, position);
     for _ in 0..input.count("the attribute count")? {
         let name = input.text("an attribute name")?;
         let field = Field::from_name(name).ok_or_else(|| format!("unknown attribute {name:?}"))?;
         let value = match (input.byte("an attribute tag")?, field.kind()) {
             (TEXT, AttrKind::Text { .. } | AttrKind::Enum(_)) => {
-                AttrValue::Text(input.text("a text")?.to_owned())
+                AttrRef::Text(input.text("a text")?)
             }
             (TIME, AttrKind::Time) => {
-                AttrValue::Time(Timestamp::from_millis(input.signed("a time")?))
+                AttrRef::Time(Timestamp::from_millis(input.signed("a time")?))
             }
             (BOOL, AttrKind::Bool) => match input.byte("a bool")? {
-                0 => AttrValue::Bool(false),
-                1 => AttrValue::Bool(true),
+                0 => AttrRef::Bool(false),
+                1 => AttrRef::Bool(true),
                 other => return Err(format!("{name}: {other} is not a bool")),
             },
             (TAGS, AttrKind::Tags) => {
                 let count = input.count("the tag count")?;
                 let mut tags = Vec::with_capacity(count);
                 for _ in 0..count {
-                    tags.push(input.text("a tag")?.to_owned());
+                    tags.push(input.text("a tag")?);
                 }
-                AttrValue::Tags(tags)
+                AttrRef::Tags(tags)
             }
             (tag, kind) => {
                 return Err(format!(
@@ -138,28 +146,27 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Call, String> {
                 ))
             }
         };
-        if attributes.insert(field, value).is_some() {
+        if call.set_attribute(field, value) {
             return Err(format!("attribute {name:?} twice"));
         }
     }
-    let mut relationships = BTreeMap::new();
     for _ in 0..input.count("the relationship count")? {
         let name = input.text("a relationship name")?;
         let relation =
             Relation::from_name(name).ok_or_else(|| format!("unknown relationship {name:?}"))?;
         let value = match input.byte("a relationship tag")? {
-            TO_ONE => RelValue::One(input.reference()?),
+            TO_ONE => RelRef::One(input.reference()?),
             TO_MANY => {
                 let count = input.count("the reference count")?;
                 let mut targets = Vec::with_capacity(count);
                 for _ in 0..count {
                     targets.push(input.reference()?);
                 }
-                RelValue::Many(targets)
+                RelRef::Many(targets)
             }
             other => return Err(format!("{name}: {other} is not a relationship tag")),
         };
-        if relationships.insert(relation, value).is_some() {
+        if call.set_relationship(relation, value) {
             return Err(format!("relationship {name:?} twice"));
         }
     }
@@ -172,32 +179,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Call, String> {
                 "{present:#x} is not a set of data connection members"
             ));
         }
-        let mut member = |bit: u8| -> Result<Option<String>, String> {
-            if present & (1 << bit) == 0 {
-                return Ok(None);
-            }
-            input
-                .text("a data connection member")
-                .map(|text| Some(text.to_owned()))
-        };
-        data_connections.push(DataConnection {
-            connection: member(0)?,
-            kind: member(1)?,
-            id: member(2)?,
-            url: member(3)?,
+        data_connections.push(ConnectionRef {
+            connection: input.member(present, 0)?,
+            kind: input.member(present, 1)?,
+            id: input.member(present, 2)?,
+            url: input.member(present, 3)?,
         });
     }
     if !input.bytes.is_empty() {
         return Err(format!("{} bytes after the stored view", input.bytes.len()));
     }
-    Ok(Call {
-        id,
-        version,
-        position,
-        attributes,
-        relationships,
-        data_connections,
-    })
+    call.data_connections = data_connections;
+    Ok(call)
 }
 
 /// A data connection's members, in the order of the presence bits.
@@ -292,17 +285,26 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
     }
 
-    fn reference(&mut self) -> Result<ResourceRef, String> {
-        Ok(ResourceRef {
-            kind: self.text("a reference's type")?.to_owned(),
+    fn reference(&mut self) -> Result<TargetRef<'a>, String> {
+        Ok(TargetRef {
+            kind: self.text("a reference's type")?,
             id: self.signed("a reference's id")?,
         })
+    }
+
+    /// A data connection's member: its text when bit `bit` of `present` says it is there.
+    fn member(&mut self, present: u8, bit: u8) -> Result<Option<&'a str>, String> {
+        if present & (1 << bit) == 0 {
+            return Ok(None);
+        }
+        self.text("a data connection member").map(Some)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn varied_calls() -> Vec<Call> {
         let mut full = Call {
@@ -354,7 +356,9 @@ mod tests {
     #[test]
     fn reads_back_what_it_writes() {
         for call in varied_calls() {
-            assert_eq!(decode(&encode(&call)), Ok(call));
+            let bytes = encode(&call);
+            assert_eq!(decode_ref(&bytes).as_ref(), Ok(&call.borrowed()));
+            assert_eq!(decode(&bytes), Ok(call));
         }
     }
 

@@ -23,8 +23,10 @@ use crate::error::{ProjectionError, QueryError};
 use crate::index::{Differences, IndexRow, Indexes};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::snapshot::{self, Stamp, Unused};
-use crate::store::{fold, load_call, par_map, read_u64, view_name, Meta, View};
-use call_model::{replay_stream, Call, CallState};
+use crate::store::{
+    decode_call_ref, fold, load_call, par_map, read_u64, view_bytes, view_name, Meta, View,
+};
+use call_model::{replay_stream, Call, CallRef, CallState};
 use event_log::EventLog;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -341,6 +343,24 @@ impl Projection {
     pub fn get(&self, id: u64) -> Result<Option<Call>, ProjectionError> {
         let view = self.read_view()?;
         load_call(&view.tree, id)
+    }
+
+    /// What `read` makes of the live call with this id, read in place (its texts borrowed from
+    /// the stored view): for a caller that only renders the call, without building a [`Call`].
+    pub fn get_with<R>(
+        &self,
+        id: u64,
+        read: impl FnOnce(&CallRef<'_>) -> R,
+    ) -> Result<Option<R>, ProjectionError> {
+        // The stored bytes are shared, not copied: the view's lock is held only to find them.
+        let bytes = {
+            let view = self.read_view()?;
+            view_bytes(&view.tree, id)?
+        };
+        match bytes {
+            Some(bytes) => Ok(Some(read(&decode_call_ref(id, &bytes)?))),
+            None => Ok(None),
+        }
     }
 
     /// One page of a list: filtered, sorted, from a cursor.

@@ -33,7 +33,7 @@
 use crate::error::ProjectionError;
 use crate::index::{IdMap, Indexes};
 use crate::query::Deletion;
-use call_model::{evolve, Call, CallState, Event, EventBody, Timestamp};
+use call_model::{evolve, Call, CallRef, CallState, Event, EventBody, Timestamp};
 use event_log::Record;
 use std::collections::hash_map::Entry;
 
@@ -107,8 +107,13 @@ pub(crate) fn encode_call(call: &Call) -> Vec<u8> {
 
 /// Reads a stored view of call `id`.
 pub(crate) fn decode_call(id: u64, bytes: &[u8]) -> Result<Call, ProjectionError> {
+    decode_call_ref(id, bytes).map(|call| call.to_call())
+}
+
+/// [`decode_call`] in place: the call's texts borrowed from `bytes`.
+pub(crate) fn decode_call_ref(id: u64, bytes: &[u8]) -> Result<CallRef<'_>, ProjectionError> {
     let key = key(CALL, id);
-    let call = crate::codec::decode(bytes).map_err(|reason| corrupt(&key, reason))?;
+    let call = crate::codec::decode_ref(bytes).map_err(|reason| corrupt(&key, reason))?;
     if call.id != id {
         return Err(corrupt(&key, format!("it holds call {}", call.id)));
     }
