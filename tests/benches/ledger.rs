@@ -10,7 +10,9 @@
 //!   beside sled's own ceiling (`apply_batch` of 1000 rows of the same size,
 //!   then `flush`);
 //! - rebuild events/s beside a raw sled scan of the same log;
-//! - list latency for filtered pages at a small and a large ledger.
+//! - list latency for filtered pages at a small and a large ledger;
+//! - a get in process (`Api::handle`, one thread) beside a raw sled get of a row of the
+//!   document's size: what decoding and rendering add to reading the stored view.
 //!
 //! The machine is shared and noisy, so ours and the baselines run
 //! interleaved, sample by sample, and each figure is a median.
@@ -22,6 +24,7 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use call_api::{Api, ApiConfig, Operation, Request, Source};
 use call_commands::{CommandRequest, CommandService};
 use call_ledger_tests::{callledger_bin, peak_resident_bytes};
 use call_model::{parse_write, Action, Command, Field, Relation, Rights, Timestamp, WriteMode};
@@ -40,7 +43,7 @@ use support::{
 const WRITERS: [usize; 3] = [1, 16, 64];
 
 /// The sections of the bench, which arguments may select.
-const SECTIONS: [&str; 3] = ["appends", "rebuild", "list"];
+const SECTIONS: [&str; 4] = ["appends", "rebuild", "list", "gets"];
 
 /// The ledger size the append payloads are drawn for (it sets how many
 /// prospects there are, so the size of the prospect id).
@@ -62,6 +65,10 @@ struct Sizes {
     list_queries: usize,
     /// Timed counts per query shape and ledger size.
     count_queries: usize,
+    /// Calls in the ledger of the in-process gets (the gateway bench's prefill).
+    get_calls: u64,
+    /// Gets per timed sample.
+    gets_per_sample: usize,
 }
 
 impl Sizes {
@@ -75,6 +82,8 @@ impl Sizes {
                 list_sizes: [10_000, 100_000],
                 list_queries: 200,
                 count_queries: 10,
+                get_calls: 2_000,
+                gets_per_sample: 5_000,
             }
         } else {
             Sizes {
@@ -85,6 +94,8 @@ impl Sizes {
                 list_sizes: [10_000, 1_000_000],
                 list_queries: 200,
                 count_queries: 20,
+                get_calls: 20_000,
+                gets_per_sample: 50_000,
             }
         }
     }
@@ -129,6 +140,9 @@ fn main() {
     }
     if wanted("list") {
         rows.extend(bench_list(root.path(), &sizes));
+    }
+    if wanted("gets") {
+        rows.extend(bench_gets(root.path(), &sizes));
     }
     print_table(
         &format!(
@@ -773,4 +787,93 @@ fn bench_list(root: &Path, sizes: &Sizes) -> Vec<Row> {
         target: Target::OursAtMost(200.0),
     });
     rows
+}
+
+/// Gets in process, one thread: `Api::handle` of a get (parse, read the stored view, decode it,
+/// render the document) over a ledger of `get_calls` calls, beside raw sled gets of rows of the
+/// document's size from a database of as many rows, in the same order, sample by sample.
+///
+/// Under callgrind the two are told apart by function, and the instruction counts repeat from
+/// run to run: `BENCH_QUICK=1 valgrind --tool=callgrind --toggle-collect='*time_api_gets*'
+/// <ledger bench> gets` (and `*time_raw_gets*`).
+fn bench_gets(root: &Path, sizes: &Sizes) -> Vec<Row> {
+    let Ledger {
+        calls,
+        projection,
+        log,
+        ..
+    } = fill_ledger(&root.join("gets"), sizes.get_calls);
+    let api = Api::new(
+        CommandService::new(log.clone()),
+        projection,
+        ApiConfig {
+            tokens: None,
+            max_payload: 1 << 20,
+            self_prefix: "calls".into(),
+            sync_reads: false,
+            rate_limiter: None,
+        },
+        now,
+    );
+    let mut rng = Rng::new(0x6E75);
+    let ids: Vec<u64> = (0..sizes.gets_per_sample)
+        .map(|_| 1 + rng.below(calls))
+        .collect();
+    let tokens: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let document_bytes = time_api_gets(&api, &tokens[..1]);
+    let raw = event_log::bench::RawSledRows::create(&root.join("gets-raw"), calls, document_bytes)
+        .expect("write the raw rows");
+    let (mut ours, mut baseline) = (Vec::new(), Vec::new());
+    for sample in 0..=sizes.samples {
+        let started = Instant::now();
+        std::hint::black_box(time_api_gets(&api, &tokens));
+        let ours_took = started.elapsed();
+        let started = Instant::now();
+        std::hint::black_box(time_raw_gets(&raw, &ids));
+        let raw_took = started.elapsed();
+        if sample > 0 {
+            ours.push(ours_took.as_secs_f64() * 1e6 / ids.len() as f64);
+            baseline.push(raw_took.as_secs_f64() * 1e6 / ids.len() as f64);
+        }
+    }
+    let (ours, baseline) = (Stats::new(ours), Stats::new(baseline));
+    println!(
+        "get in process, 1 thread, {calls} calls, {document_bytes}-byte documents: Api::handle {} | raw sled get {}",
+        ours.spread("us/get"),
+        baseline.spread("us/get"),
+    );
+    drop(api);
+    drop(log);
+    vec![Row {
+        metric: format!(
+            "get in process, us: Api::handle, 1 thread, {calls} calls (vs a raw sled get of a {document_bytes}-byte row)"
+        ),
+        ours: ours.median(),
+        baseline: Some(baseline.median()),
+        target: Target::None,
+    }]
+}
+
+/// Reads the raw row of each id; a function of its own, as [`time_api_gets`].
+#[inline(never)]
+fn time_raw_gets(raw: &event_log::bench::RawSledRows, ids: &[u64]) -> usize {
+    raw.get_all(ids).expect("raw gets")
+}
+
+/// Answers a get of each call id in `tokens` through `Api::handle`; returns the bytes of the
+/// documents. A function of its own so that a profiler can single it out.
+#[inline(never)]
+fn time_api_gets(api: &Api, tokens: &[String]) -> usize {
+    let mut bytes = 0;
+    for token in tokens {
+        let response = api.handle(Request {
+            operation: Operation::Get(token.clone()),
+            headers: &[],
+            payload: &[],
+            source: Source::Api,
+        });
+        assert_eq!(response.status, 200, "get {token}");
+        bytes += response.body.len();
+    }
+    bytes
 }

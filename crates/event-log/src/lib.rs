@@ -32,7 +32,7 @@ pub use sled_engine::SledLog;
 /// figures. Not part of the contract: behind the `bench` feature.
 #[cfg(feature = "bench")]
 pub mod bench {
-    pub use crate::sled_engine::baseline::raw_sled_batch_ceiling;
+    pub use crate::sled_engine::baseline::{raw_sled_batch_ceiling, RawSledRows};
 }
 
 /// A global position in the log. Positions start at 1 and have no gaps;

@@ -41,3 +41,44 @@ pub fn raw_sled_batch_ceiling(
         0.0
     })
 }
+
+/// A sled database of rows of one size, keyed by their number from 1 (big-endian), for timing
+/// raw point reads beside a read path that does more than read its row.
+pub struct RawSledRows {
+    db: sled::Db,
+}
+
+impl RawSledRows {
+    /// Writes `rows` rows of `row_bytes` bytes into a fresh database in `dir` (configured as the
+    /// log configures its own) and flushes them.
+    pub fn create(dir: &Path, rows: u64, row_bytes: usize) -> Result<RawSledRows, LogError> {
+        let db = sled_config(dir, Durability::Flush)
+            .open()
+            .map_err(crate::error::storage)?;
+        let row = vec![0xA5u8; row_bytes];
+        for first in (1..=rows).step_by(1000) {
+            let mut writes = sled::Batch::default();
+            for key in first..=rows.min(first + 999) {
+                writes.insert(&key.to_be_bytes()[..], &row[..]);
+            }
+            db.apply_batch(writes).map_err(crate::error::storage)?;
+        }
+        db.flush().map_err(crate::error::storage)?;
+        Ok(RawSledRows { db })
+    }
+
+    /// Reads the row of each key, in order, and returns the bytes read.
+    pub fn get_all(&self, keys: &[u64]) -> Result<usize, LogError> {
+        let mut read = 0;
+        for key in keys {
+            if let Some(row) = self
+                .db
+                .get(key.to_be_bytes())
+                .map_err(crate::error::storage)?
+            {
+                read += row.len();
+            }
+        }
+        Ok(read)
+    }
+}
