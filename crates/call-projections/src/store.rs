@@ -4,7 +4,7 @@
 //! | key                    | value                                              |
 //! |------------------------|----------------------------------------------------|
 //! | `c` id                 | the live call, in the codec's stored form; empty: not live (a pack's view of it is stale) |
-//! | `p` id >> [`PACK_SHIFT`] | a pack: the views of calls of that range of 32 ids, ascending, written by a replay |
+//! | `p` id >> [`PACK_SHIFT`] | a pack: a table of where each id's view starts, then the views of calls of that range of 32 ids, ascending, written by a replay |
 //! | `d` position           | id, deletedAt millis: the CallDeleted at `position`|
 //! | `k`                    | the checkpoint: the last applied log position      |
 //! | `n`                    | live calls, deleted calls                          |
@@ -15,8 +15,8 @@
 //! its checkpoint always agree (sled recovers a batch all or nothing).
 //!
 //! A call's view is its `c` row where it has one, else its entry in the pack of its range of ids
-//! (two lookups by key; a pack found by its first id, the greatest below a call's, took a
-//! backward range scan, which made a list of packed calls a third slower). A replay (rebuild,
+//! (two lookups by key, then the pack's table; a pack found by its first id, the greatest below a
+//! call's, took a backward range scan, which made a list of packed calls a third slower). A replay (rebuild,
 //! verify, the bulk catch-up at open) writes the calls a chunk creates as packs: a sled insert
 //! costs several microseconds (a leaf holds 16 entries, so sequential inserts split a node every
 //! eight), which was half of a rebuild's time at one row per call; one row per 32 views costs a
@@ -52,7 +52,7 @@ pub(crate) const COUNTERS: &[u8] = b"n";
 /// The layout version.
 pub(crate) const LAYOUT: &[u8] = b"m";
 /// Written under [`LAYOUT`]; a view with another value is rebuilt at open.
-pub(crate) const LAYOUT_VERSION: &[u8] = b"call-projections/4";
+pub(crate) const LAYOUT_VERSION: &[u8] = b"call-projections/5";
 
 /// A prefixed big-endian key.
 pub(crate) fn key(prefix: u8, n: u64) -> [u8; 9] {
@@ -142,25 +142,31 @@ pub(crate) fn view_bytes(
     let Some(pack) = tree.get(pack_key)? else {
         return Ok(None);
     };
-    for entry in PackEntries::new(&pack_key, &pack)? {
-        let (entry_id, range) = entry?;
-        if entry_id == id {
-            return Ok(Some(pack.subslice(range.start, range.len())));
-        }
-        if entry_id > id {
-            break;
-        }
-    }
-    Ok(None)
+    Ok(PackEntries::find(&pack_key, &pack, id)?
+        .map(|range| pack.subslice(range.start, range.len())))
 }
 
-/// The stored form of a pack: each view as its id, its length and its bytes, ids ascending, all
-/// of one range.
+/// The slots of a pack's table, one per id of its range.
+const PACK_SLOTS: usize = 1 << PACK_SHIFT;
+/// The bytes of a pack's table.
+const PACK_TABLE: usize = PACK_SLOTS * 4;
+/// A slot of the table whose id has no view in the pack.
+const ABSENT: u32 = u32::MAX;
+
+/// The stored form of a pack: a table of where each id's entry starts (one big-endian `u32` per
+/// id of the range, [`ABSENT`] for an id without a view), then each view as its id, its length
+/// and its bytes, ids ascending, all of one range.
+///
+/// The table lets a read go straight to its entry: walking the entries to it touched a cache
+/// line per view before it, a tenth of a list's time on a ledger of a million packed calls.
 pub(crate) fn encode_pack<'a>(views: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = vec![0xff; PACK_TABLE];
     for (id, bytes) in views {
+        let slot = (id as usize & (PACK_SLOTS - 1)) * 4;
+        // A pack is 32 views of a few hundred bytes, far below 4 GiB.
+        let at = u32::try_from(out.len()).unwrap_or(ABSENT);
+        out[slot..slot + 4].copy_from_slice(&at.to_be_bytes());
         out.extend_from_slice(&id.to_be_bytes());
-        // A view is a few hundred bytes, bounded by the model's limits far below 4 GiB.
         out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(bytes);
     }
@@ -168,13 +174,18 @@ pub(crate) fn encode_pack<'a>(views: impl IntoIterator<Item = (u64, &'a [u8])>) 
 }
 
 /// The entries of a stored pack, checked as they are read: each an id and where its view lies
-/// in the pack's bytes. A cut or garbled pack is [`ProjectionError::Corrupt`], never a panic.
+/// in the pack's bytes, each where the table says it is, and as many as the table names. A cut
+/// or garbled pack is [`ProjectionError::Corrupt`], never a panic.
 pub(crate) struct PackEntries<'a> {
     key: &'a [u8],
     bytes: &'a [u8],
     at: usize,
     previous: Option<u64>,
     range: u64,
+    /// Entries read so far.
+    read: usize,
+    /// Whether the last entry was read (or the pack refused).
+    done: bool,
 }
 
 impl<'a> PackEntries<'a> {
@@ -183,20 +194,58 @@ impl<'a> PackEntries<'a> {
             Some((PACK, range)) => range,
             _ => return Err(corrupt(key, "not a pack key")),
         };
-        if bytes.is_empty() {
-            return Err(corrupt(key, "an empty pack"));
+        if bytes.len() <= PACK_TABLE {
+            return Err(corrupt(key, "a pack without views or cut in its table"));
         }
         Ok(PackEntries {
             key,
             bytes,
-            at: 0,
+            at: PACK_TABLE,
             previous: None,
             range,
+            read: 0,
+            done: false,
         })
     }
 
+    /// Where the view of call `id` lies in the pack, if the pack holds it: one entry read,
+    /// through the table.
+    pub(crate) fn find(
+        key: &'a [u8],
+        bytes: &'a [u8],
+        id: u64,
+    ) -> Result<Option<std::ops::Range<usize>>, ProjectionError> {
+        let mut entries = PackEntries::new(key, bytes)?;
+        let at = entries.table(id);
+        if at == ABSENT {
+            return Ok(None);
+        }
+        entries.at = at as usize;
+        let (found, range) = entries.entry()?;
+        if found != id {
+            return Err(corrupt(
+                key,
+                format!("the table's entry for call {id} holds call {found}"),
+            ));
+        }
+        Ok(Some(range))
+    }
+
+    /// The table's offset for call `id`'s slot.
+    fn table(&self, id: u64) -> u32 {
+        let slot = (id as usize & (PACK_SLOTS - 1)) * 4;
+        let bytes: [u8; 4] = self.bytes[slot..slot + 4].try_into().unwrap_or([0xff; 4]);
+        u32::from_be_bytes(bytes)
+    }
+
     fn entry(&mut self) -> Result<(u64, std::ops::Range<usize>), ProjectionError> {
-        let rest = &self.bytes[self.at..];
+        if self.at < PACK_TABLE {
+            return Err(corrupt(
+                self.key,
+                format!("an entry at byte {} of the table", self.at),
+            ));
+        }
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
         let (Some(id), Some(len)) = (rest.get(..8), rest.get(8..12)) else {
             return Err(corrupt(self.key, format!("cut at byte {}", self.at)));
         };
@@ -210,6 +259,12 @@ impl<'a> PackEntries<'a> {
         if id >> PACK_SHIFT != self.range {
             return Err(corrupt(self.key, format!("call {id} is not of its range")));
         }
+        if self.table(id) as usize != self.at {
+            return Err(corrupt(
+                self.key,
+                format!("the table does not point at call {id}"),
+            ));
+        }
         if self.previous.is_some_and(|previous| id <= previous) {
             return Err(corrupt(self.key, format!("call {id} is out of order")));
         }
@@ -217,19 +272,41 @@ impl<'a> PackEntries<'a> {
         self.at = end;
         Ok((id, start..end))
     }
+
+    /// How many views the table names.
+    fn named(&self) -> usize {
+        self.bytes[..PACK_TABLE]
+            .chunks_exact(4)
+            .filter(|slot| *slot != ABSENT.to_be_bytes())
+            .count()
+    }
 }
 
 impl Iterator for PackEntries<'_> {
     type Item = Result<(u64, std::ops::Range<usize>), ProjectionError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.at >= self.bytes.len() {
+        if self.done {
             return None;
         }
+        if self.at >= self.bytes.len() {
+            self.done = true;
+            let named = self.named();
+            return (named != self.read).then(|| {
+                Err(corrupt(
+                    self.key,
+                    format!(
+                        "the table names {named} views, the pack holds {}",
+                        self.read
+                    ),
+                ))
+            });
+        }
         let entry = self.entry();
-        if entry.is_err() {
+        match entry {
+            Ok(_) => self.read += 1,
             // Nothing after a bad entry can be trusted.
-            self.at = self.bytes.len();
+            Err(_) => self.done = true,
         }
         Some(entry)
     }

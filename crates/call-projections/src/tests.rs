@@ -1651,19 +1651,37 @@ fn a_damaged_pack_is_refused_and_never_panics() {
     assert!(read(&pack_key, &beyond).is_err(), "a call of another range");
     let backwards = encode_pack([(9, &b""[..]), (7, b"seven")]);
     assert!(read(&pack_key, &backwards).is_err(), "out of order");
+    // Through the table: each view found, an id of the range without one absent.
+    for (id, view) in views {
+        let found = PackEntries::find(&pack_key, &pack, id).unwrap();
+        assert_eq!(found.map(|range| &pack[range]), Some(view), "call {id}");
+    }
+    for absent in [0, 8, 31] {
+        assert_eq!(PackEntries::find(&pack_key, &pack, absent).unwrap(), None);
+    }
     for cut in 0..pack.len() {
-        let result = read(&pack_key, &pack[..cut]);
-        // A cut at an entry's end reads as a shorter pack of whole entries; any other is refused.
-        if let Ok(entries) = result {
-            assert!(expected.starts_with(&entries) && cut > 0, "cut at {cut}");
+        // The table names every view, so any cut is refused, whether read through or looked up.
+        assert!(read(&pack_key, &pack[..cut]).is_err(), "cut at {cut}");
+        for (id, view) in views {
+            if let Ok(Some(range)) = PackEntries::find(&pack_key, &pack[..cut], id) {
+                assert_eq!(&pack[range], view, "cut at {cut}, call {id}");
+            }
         }
     }
     for at in 0..pack.len() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut bytes = pack.clone();
             bytes[at] ^= flip;
-            // Read or refused, never a panic; a flipped id is out of order or refused.
-            let _ = read(&pack_key, &bytes);
+            // Read or refused, never a panic; a flipped id is out of order or refused, a flipped
+            // offset of the table points at no entry of its call.
+            let read_through = read(&pack_key, &bytes);
+            for id in 0..32 {
+                let looked_up = PackEntries::find(&pack_key, &bytes, id);
+                if let (Ok(entries), Ok(Some(range))) = (&read_through, looked_up) {
+                    let listed = entries.iter().find(|(listed, _)| *listed == id);
+                    assert_eq!(listed.map(|(_, v)| &v[..]), Some(&bytes[range]));
+                }
+            }
         }
     }
 }
