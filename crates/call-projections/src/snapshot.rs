@@ -481,7 +481,14 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
                 ascending_values(prev, &value)?;
                 Ok(value)
             })?;
-            Section::Text(TextIndex { set, strings })
+            Section::Text(match kind {
+                Kind::Tags => TextIndex {
+                    set,
+                    col: None,
+                    strings,
+                },
+                _ => TextIndex::attribute_from(set, strings),
+            })
         }
         Kind::Flags => Section::Flags(reader.runs(|reader, prev: Option<&bool>| {
             let value = match reader.u64()? {

@@ -49,10 +49,12 @@ pub struct RawSledRows {
 }
 
 impl RawSledRows {
-    /// Writes `rows` rows of `row_bytes` bytes into a fresh database in `dir` (configured as the
-    /// log configures its own) and flushes them.
+    /// Writes `rows` rows of `row_bytes` bytes into a fresh database in `dir` and flushes them.
+    /// The database has sled's default configuration, as the projection's views do (the log's
+    /// small cache would time reads from the page cache instead).
     pub fn create(dir: &Path, rows: u64, row_bytes: usize) -> Result<RawSledRows, LogError> {
-        let db = sled_config(dir, Durability::Flush)
+        let db = sled::Config::new()
+            .path(dir)
             .open()
             .map_err(crate::error::storage)?;
         let row = vec![0xA5u8; row_bytes];
