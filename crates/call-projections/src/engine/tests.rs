@@ -206,6 +206,20 @@ fn every_plan_at_production_limits_matches_the_reference() {
             vec![key(Field::CreatedAt, true)],
             "sorted",
         ),
+        // A range of the first sort key is walked in that key's index, however few it holds.
+        (
+            vec![created_between(100, 130)],
+            vec![key(Field::CreatedAt, true)],
+            "sorted",
+        ),
+        (
+            vec![
+                text_filter(Field::Direction, "inbound"),
+                created_between(100, 130),
+            ],
+            vec![key(Field::CreatedAt, false)],
+            "sorted",
+        ),
         // Large state groups: read from createdAt's index, in both id directions.
         (
             vec![],
