@@ -377,6 +377,11 @@ pub(crate) struct TextIndex {
     /// set that is a search of a tree of every call's entry, a third of a list's time at a
     /// million calls, where the column is one lookup.
     pub(crate) col: Option<Column<Option<Arc<str>>>>,
+    /// How many entries each value held by more than one has (a value held once is only in
+    /// `strings`), so that the planner can tell a value too common to collect without walking
+    /// its entries (a walk of up to ten thousand at a million calls per list). Values held once,
+    /// most of them where values are nearly unique (uid, vendorCallId), cost nothing here.
+    pub(crate) shared_counts: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     pub(crate) strings: Interner,
 }
 
@@ -389,22 +394,69 @@ impl TextIndex {
         }
     }
 
-    /// The index of an attribute read back without its column (as the snapshot stores it),
-    /// with the column derived from the set.
-    pub(crate) fn attribute_from(set: BTreeSet<(Arc<str>, u64)>, strings: Interner) -> TextIndex {
-        let mut col = Column::new(None);
-        for (text, id) in &set {
-            col.set(*id, Some(Arc::clone(text)));
-        }
-        TextIndex {
+    /// The index read back from its set and strings (as the snapshot stores it), with what is
+    /// derived from the set: the column, for an attribute, and the counts.
+    pub(crate) fn from_set(
+        set: BTreeSet<(Arc<str>, u64)>,
+        strings: Interner,
+        attribute: bool,
+    ) -> TextIndex {
+        let col = attribute.then(|| {
+            let mut col = Column::new(None);
+            for (text, id) in &set {
+                col.set(*id, Some(Arc::clone(text)));
+            }
+            col
+        });
+        let mut index = TextIndex {
             set,
-            col: Some(col),
+            col,
+            shared_counts: HashMap::default(),
             strings,
+        };
+        index.count_values();
+        index
+    }
+
+    /// The index of an attribute read back from its set (see [`TextIndex::from_set`]).
+    #[cfg(test)]
+    pub(crate) fn attribute_from(set: BTreeSet<(Arc<str>, u64)>, strings: Interner) -> TextIndex {
+        TextIndex::from_set(set, strings, true)
+    }
+
+    /// Counts the entries of each value held more than once, from the set.
+    fn count_values(&mut self) {
+        let mut counts = HashMap::default();
+        let mut entries = self.set.iter().peekable();
+        while let Some((text, _)) = entries.next() {
+            let mut count = 1;
+            while entries
+                .next_if(|(next, _)| Arc::ptr_eq(next, text) || next == text)
+                .is_some()
+            {
+                count += 1;
+            }
+            if count > 1 {
+                counts.insert(Arc::clone(text), count);
+            }
+        }
+        self.shared_counts = counts;
+    }
+
+    /// How many entries hold `text`.
+    pub(crate) fn count_of(&self, text: &str) -> usize {
+        match self.shared_counts.get(text) {
+            Some(count) => *count,
+            None => usize::from(self.strings.get(text).is_some()),
         }
     }
 
     fn insert(&mut self, text: &str, id: u64) {
+        let held = self.strings.get(text).is_some();
         let shared = self.strings.intern(text);
+        if held {
+            *self.shared_counts.entry(Arc::clone(&shared)).or_insert(1) += 1;
+        }
         if let Some(col) = &mut self.col {
             col.set(id, Some(Arc::clone(&shared)));
         }
@@ -413,7 +465,15 @@ impl TextIndex {
 
     fn remove(&mut self, text: &str, id: u64) {
         if let Some(shared) = self.strings.get(text) {
-            self.set.remove(&(shared, id));
+            if self.set.remove(&(Arc::clone(&shared), id)) {
+                if let Some(count) = self.shared_counts.get_mut(text) {
+                    *count -= 1;
+                    if *count <= 1 {
+                        self.shared_counts.remove(text);
+                    }
+                }
+            }
+            drop(shared);
             // Before the release, which frees a string only once nothing else holds it.
             if let Some(col) = &mut self.col {
                 col.set(id, None);
@@ -685,7 +745,14 @@ impl Indexes {
                     Text(v.as_deref()).to_string()
                 });
             }
+            diff_counts(
+                &format!("{field} counts"),
+                &self.texts[i],
+                &rebuilt.texts[i],
+                out,
+            );
         }
+        diff_counts("tags counts", &self.tags, &rebuilt.tags, out);
         diff_sets(
             "tags index",
             &self.tags.set,
@@ -908,10 +975,12 @@ impl IndexBuilder {
         for (index, mut entries) in indexes.texts.iter_mut().zip(self.texts) {
             sort_shared(&mut entries);
             index.set = entries.into_iter().collect();
+            index.count_values();
         }
         let mut tags = self.tags;
         sort_shared(&mut tags);
         indexes.tags.set = tags.into_iter().collect();
+        indexes.tags.count_values();
         indexes.flags = self.flags.into_iter().collect();
         indexes.notes = self.notes.into_iter().collect();
         for (index, entries) in indexes.related.iter_mut().zip(self.related) {
@@ -1041,6 +1110,26 @@ fn diff_sets<T: Ord>(
 }
 
 /// Reports the ids whose column values differ.
+/// Adds a line for every value whose count of entries differs between `live` and `rebuilt`.
+fn diff_counts(name: &str, live: &TextIndex, rebuilt: &TextIndex, out: &mut Differences) {
+    let mut values: Vec<&Arc<str>> = live
+        .shared_counts
+        .keys()
+        .chain(rebuilt.shared_counts.keys())
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    for value in values {
+        let (a, b) = (live.count_of(value), rebuilt.count_of(value));
+        if a != b {
+            out.push(format!(
+                "{name}: {} is counted {a} times live but {b} when rebuilt",
+                Text(Some(value))
+            ));
+        }
+    }
+}
+
 fn diff_columns<T: Clone + PartialEq>(
     name: &str,
     live: &Column<T>,
@@ -1097,7 +1186,7 @@ mod tests {
     use super::{Column, TextIndex, CHUNK_LEN};
 
     #[test]
-    fn an_attributes_column_follows_its_set_and_lets_go_of_unused_values() {
+    fn an_attributes_column_and_counts_follow_its_set_and_let_go_of_unused_values() {
         let mut index = TextIndex::attribute();
         index.insert("inbound", 1);
         index.insert("inbound", 2);
@@ -1111,6 +1200,24 @@ mod tests {
         let col = index.col.as_ref().expect("an attribute's column");
         assert_eq!(col.get(2), &None);
         // Built back from its set, as the snapshot reads it, it is the same column.
+        assert_eq!(
+            (index.count_of("outbound"), index.count_of("inbound")),
+            (1, 0)
+        );
+        index.insert("outbound", 3);
+        index.insert("outbound", 4);
+        assert_eq!(index.count_of("outbound"), 3);
+        index.remove("outbound", 4);
+        index.remove("outbound", 3);
+        assert_eq!(index.count_of("outbound"), 1);
+        assert!(
+            index.shared_counts.is_empty(),
+            "a value held once is not counted apart"
+        );
+        index.insert("outbound", 3);
+        let rebuilt = TextIndex::attribute_from(index.set.clone(), Default::default());
+        assert_eq!(rebuilt.shared_counts, index.shared_counts);
+        index.remove("outbound", 3);
         let rebuilt = TextIndex::attribute_from(index.set.clone(), Default::default());
         assert_eq!(
             rebuilt.col.as_ref().expect("column").get(1).as_deref(),

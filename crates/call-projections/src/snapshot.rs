@@ -481,14 +481,11 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
                 ascending_values(prev, &value)?;
                 Ok(value)
             })?;
-            Section::Text(match kind {
-                Kind::Tags => TextIndex {
-                    set,
-                    col: None,
-                    strings,
-                },
-                _ => TextIndex::attribute_from(set, strings),
-            })
+            Section::Text(TextIndex::from_set(
+                set,
+                strings,
+                !matches!(kind, Kind::Tags),
+            ))
         }
         Kind::Flags => Section::Flags(reader.runs(|reader, prev: Option<&bool>| {
             let value = match reader.u64()? {

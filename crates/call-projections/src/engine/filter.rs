@@ -460,6 +460,13 @@ impl Resolved {
         if let (Slot::Id, Cond::AnyOf(values)) = (&self.target, &self.cond) {
             return Some(values.len());
         }
+        if let Some(total) = self.text_entries(indexes) {
+            // Without bounds on the ids, the values' counts are the answer when they exceed
+            // the cap: no need to walk `cap` entries to find out.
+            if (lo, hi) == (0, u64::MAX) && total > cap {
+                return Some(total);
+            }
+        }
         if self.streams() {
             let mut total = 0;
             for stream in self.value_streams(indexes, lo, hi, false) {
@@ -474,6 +481,29 @@ impl Resolved {
         } else {
             None
         }
+    }
+
+    /// How many calls a filter on a string that is not sorted names, from its values' counts:
+    /// for an attribute (one value per call), or for one tag (a call holding two of several
+    /// tags named would be counted twice). `None` for other filters.
+    fn text_entries(&self, indexes: &Indexes) -> Option<usize> {
+        let Cond::AnyOf(values) = &self.cond else {
+            return None;
+        };
+        let index = match self.target {
+            Slot::Text(i) => &indexes.texts[i],
+            Slot::Tags if values.len() == 1 => &indexes.tags,
+            _ => return None,
+        };
+        Some(
+            values
+                .iter()
+                .map(|value| match value {
+                    Val::Text(text) => index.count_of(text),
+                    _ => 0,
+                })
+                .sum(),
+        )
     }
 
     /// Every live call the filter's index names, sorted by id.
