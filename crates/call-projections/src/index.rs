@@ -1109,16 +1109,17 @@ fn diff_sets<T: Ord>(
     }
 }
 
-/// Reports the ids whose column values differ.
+/// Every key of either side, once each, in order.
+fn keys_of_both<K: Ord>(live: impl Iterator<Item = K>, rebuilt: impl Iterator<Item = K>) -> Vec<K> {
+    let mut keys: Vec<K> = live.chain(rebuilt).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 /// Adds a line for every value whose count of entries differs between `live` and `rebuilt`.
 fn diff_counts(name: &str, live: &TextIndex, rebuilt: &TextIndex, out: &mut Differences) {
-    let mut values: Vec<&Arc<str>> = live
-        .shared_counts
-        .keys()
-        .chain(rebuilt.shared_counts.keys())
-        .collect();
-    values.sort_unstable();
-    values.dedup();
+    let values = keys_of_both(live.shared_counts.keys(), rebuilt.shared_counts.keys());
     for value in values {
         let (a, b) = (live.count_of(value), rebuilt.count_of(value));
         if a != b {
@@ -1130,6 +1131,7 @@ fn diff_counts(name: &str, live: &TextIndex, rebuilt: &TextIndex, out: &mut Diff
     }
 }
 
+/// Reports the ids whose column values differ.
 fn diff_columns<T: Clone + PartialEq>(
     name: &str,
     live: &Column<T>,
@@ -1137,13 +1139,10 @@ fn diff_columns<T: Clone + PartialEq>(
     out: &mut Differences,
     show: impl Fn(&T) -> String,
 ) {
-    let mut ids: Vec<u64> = live
-        .non_null()
-        .map(|(id, _)| id)
-        .chain(rebuilt.non_null().map(|(id, _)| id))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = keys_of_both(
+        live.non_null().map(|(id, _)| id),
+        rebuilt.non_null().map(|(id, _)| id),
+    );
     for id in ids {
         let (a, b) = (live.get(id), rebuilt.get(id));
         if a != b {
