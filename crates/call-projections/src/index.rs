@@ -394,8 +394,9 @@ impl TextIndex {
         }
     }
 
-    /// The index read back from its set and strings (as the snapshot stores it), with what is
-    /// derived from the set: the column, for an attribute, and the counts.
+    /// The index of these entries and strings (as the snapshot stores them, or a builder
+    /// gathers them), with what is derived from the set: the column, for an attribute, and the
+    /// counts.
     pub(crate) fn from_set(
         set: BTreeSet<(Arc<str>, u64)>,
         strings: Interner,
@@ -416,12 +417,6 @@ impl TextIndex {
         };
         index.count_values();
         index
-    }
-
-    /// The index of an attribute read back from its set (see [`TextIndex::from_set`]).
-    #[cfg(test)]
-    pub(crate) fn attribute_from(set: BTreeSet<(Arc<str>, u64)>, strings: Interner) -> TextIndex {
-        TextIndex::from_set(set, strings, true)
     }
 
     /// Counts the entries of each value held more than once, from the set.
@@ -452,11 +447,13 @@ impl TextIndex {
     }
 
     fn insert(&mut self, text: &str, id: u64) {
-        let held = self.strings.get(text).is_some();
-        let shared = self.strings.intern(text);
-        if held {
-            *self.shared_counts.entry(Arc::clone(&shared)).or_insert(1) += 1;
-        }
+        let shared = match self.strings.get(text) {
+            Some(shared) => {
+                *self.shared_counts.entry(Arc::clone(&shared)).or_insert(1) += 1;
+                shared
+            }
+            None => self.strings.insert_new(text),
+        };
         if let Some(col) = &mut self.col {
             col.set(id, Some(Arc::clone(&shared)));
         }
@@ -927,12 +924,7 @@ impl IndexBuilder {
         let indexes = &mut self.indexes;
         for (i, text) in row.texts.iter().enumerate() {
             if let Some(text) = text {
-                let index = &mut indexes.texts[i];
-                let shared = index.strings.intern(text);
-                if let Some(col) = &mut index.col {
-                    col.set(id, Some(Arc::clone(&shared)));
-                }
-                self.texts[i].push((shared, id));
+                self.texts[i].push((indexes.texts[i].strings.intern(text), id));
             }
         }
         for tag in row.tags.iter() {
@@ -972,15 +964,16 @@ impl IndexBuilder {
             });
             index.set = entries.into_iter().collect();
         }
-        for (index, mut entries) in indexes.texts.iter_mut().zip(self.texts) {
+        // The column and the counts are derived from each set, as when the snapshot is read.
+        let from = |index: &mut TextIndex, mut entries: Vec<(Arc<str>, u64)>, attribute: bool| {
             sort_shared(&mut entries);
-            index.set = entries.into_iter().collect();
-            index.count_values();
+            let strings = std::mem::take(&mut index.strings);
+            *index = TextIndex::from_set(entries.into_iter().collect(), strings, attribute);
+        };
+        for (index, entries) in indexes.texts.iter_mut().zip(self.texts) {
+            from(index, entries, true);
         }
-        let mut tags = self.tags;
-        sort_shared(&mut tags);
-        indexes.tags.set = tags.into_iter().collect();
-        indexes.tags.count_values();
+        from(&mut indexes.tags, self.tags, false);
         indexes.flags = self.flags.into_iter().collect();
         indexes.notes = self.notes.into_iter().collect();
         for (index, entries) in indexes.related.iter_mut().zip(self.related) {
@@ -1198,7 +1191,6 @@ mod tests {
         assert!(index.strings.get("inbound").is_none(), "no call holds it");
         let col = index.col.as_ref().expect("an attribute's column");
         assert_eq!(col.get(2), &None);
-        // Built back from its set, as the snapshot reads it, it is the same column.
         assert_eq!(
             (index.count_of("outbound"), index.count_of("inbound")),
             (1, 0)
@@ -1213,11 +1205,12 @@ mod tests {
             index.shared_counts.is_empty(),
             "a value held once is not counted apart"
         );
+        // Built back from its set, as the snapshot reads it, it has the same counts and column.
         index.insert("outbound", 3);
-        let rebuilt = TextIndex::attribute_from(index.set.clone(), Default::default());
+        let rebuilt = TextIndex::from_set(index.set.clone(), Default::default(), true);
         assert_eq!(rebuilt.shared_counts, index.shared_counts);
         index.remove("outbound", 3);
-        let rebuilt = TextIndex::attribute_from(index.set.clone(), Default::default());
+        let rebuilt = TextIndex::from_set(index.set.clone(), Default::default(), true);
         assert_eq!(
             rebuilt.col.as_ref().expect("column").get(1).as_deref(),
             Some("outbound")

@@ -153,6 +153,12 @@ const PACK_TABLE: usize = PACK_SLOTS * 4;
 /// A slot of the table whose id has no view in the pack.
 const ABSENT: u32 = u32::MAX;
 
+/// Where call `id`'s offset lies in its pack's table.
+fn table_slot(id: u64) -> std::ops::Range<usize> {
+    let at = (id as usize & (PACK_SLOTS - 1)) * 4;
+    at..at + 4
+}
+
 /// The stored form of a pack: a table of where each id's entry starts (one big-endian `u32` per
 /// id of the range, [`ABSENT`] for an id without a view), then each view as its id, its length
 /// and its bytes, ids ascending, all of one range.
@@ -162,10 +168,9 @@ const ABSENT: u32 = u32::MAX;
 pub(crate) fn encode_pack<'a>(views: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
     let mut out = vec![0xff; PACK_TABLE];
     for (id, bytes) in views {
-        let slot = (id as usize & (PACK_SLOTS - 1)) * 4;
         // A pack is 32 views of a few hundred bytes, far below 4 GiB.
         let at = u32::try_from(out.len()).unwrap_or(ABSENT);
-        out[slot..slot + 4].copy_from_slice(&at.to_be_bytes());
+        out[table_slot(id)].copy_from_slice(&at.to_be_bytes());
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(bytes);
@@ -233,8 +238,8 @@ impl<'a> PackEntries<'a> {
 
     /// The table's offset for call `id`'s slot.
     fn table(&self, id: u64) -> u32 {
-        let slot = (id as usize & (PACK_SLOTS - 1)) * 4;
-        let bytes: [u8; 4] = self.bytes[slot..slot + 4].try_into().unwrap_or([0xff; 4]);
+        // `new` refused a pack shorter than its table.
+        let bytes: [u8; 4] = self.bytes[table_slot(id)].try_into().unwrap_or([0xff; 4]);
         u32::from_be_bytes(bytes)
     }
 
