@@ -14,7 +14,7 @@
 
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -241,38 +241,104 @@ impl IndexRow {
 ///
 /// Hashed with foldhash rather than SipHash (a fifth of building the indexes): its seeds are
 /// random per process and per set, which is what keeps values chosen by a writer from colliding
-/// on purpose.
-#[derive(Default)]
-pub(crate) struct Interner(HashSet<Arc<str>, foldhash::fast::RandomState>);
+/// on purpose. `C` is what else each string is given: nothing (`()`), or a [`Code`] that names it
+/// in a column in four bytes instead of the sixteen of a shared string.
+pub(crate) struct Interner<C: Numbering = ()> {
+    strings: HashMap<Arc<str>, C, foldhash::fast::RandomState>,
+    /// Codes of strings no entry holds any more, handed out again first.
+    free: Vec<C>,
+}
 
-impl Interner {
-    pub(crate) fn intern(&mut self, text: &str) -> Arc<str> {
-        if let Some(shared) = self.0.get(text) {
-            return Arc::clone(shared);
+/// What an [`Interner`] gives each string besides its shared copy.
+pub(crate) trait Numbering: Copy {
+    /// The number of a new string, where `held` strings are held and `free` numbers are free.
+    fn next(held: usize, free: &mut Vec<Self>) -> Self;
+}
+
+impl Numbering for () {
+    fn next(_: usize, _: &mut Vec<()>) {}
+}
+
+/// A string's number in a coded column; [`NO_CODE`] is null. A code is given back when no entry
+/// holds its string, so codes stay as few as the distinct values held.
+pub(crate) type Code = u32;
+
+/// The code of no value.
+pub(crate) const NO_CODE: Code = 0;
+
+impl Numbering for Code {
+    fn next(held: usize, free: &mut Vec<Code>) -> Code {
+        // Every code from 1 to `held + free.len()` is either held or free.
+        free.pop().unwrap_or_else(|| {
+            Code::try_from(held + 1)
+                .expect("fewer than four billion distinct values in one index (each takes memory)")
+        })
+    }
+}
+
+impl<C: Numbering> Default for Interner<C> {
+    fn default() -> Self {
+        Interner {
+            strings: HashMap::default(),
+            free: Vec::new(),
         }
-        let shared: Arc<str> = Arc::from(text);
-        self.0.insert(Arc::clone(&shared));
-        shared
+    }
+}
+
+impl<C: Numbering> Interner<C> {
+    pub(crate) fn intern(&mut self, text: &str) -> Arc<str> {
+        match self.strings.get_key_value(text) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => self.insert_new(text),
+        }
     }
 
     /// The shared copy of `text`, which no entry holds yet (a set read back in order meets each
     /// value once): one hash, where [`Interner::intern`] takes two for a new value.
     pub(crate) fn insert_new(&mut self, text: &str) -> Arc<str> {
         let shared: Arc<str> = Arc::from(text);
-        self.0.insert(Arc::clone(&shared));
+        let number = C::next(self.strings.len(), &mut self.free);
+        self.strings.insert(Arc::clone(&shared), number);
         shared
+    }
+
+    /// The shared copy of `text` and its number, if any entry holds it.
+    fn get_numbered(&self, text: &str) -> Option<(&Arc<str>, C)> {
+        self.strings
+            .get_key_value(text)
+            .map(|(shared, number)| (shared, *number))
     }
 
     /// The shared copy of `text`, if any entry holds it.
     fn get(&self, text: &str) -> Option<Arc<str>> {
-        self.0.get(text).cloned()
+        self.get_numbered(text)
+            .map(|(shared, _)| Arc::clone(shared))
     }
 
     /// Forgets `text` once no entry holds it any more.
     fn release(&mut self, text: &str) {
-        if self.0.get(text).is_some_and(|s| Arc::strong_count(s) == 1) {
-            self.0.remove(text);
+        if let Some((shared, number)) = self.get_numbered(text) {
+            if Arc::strong_count(shared) == 1 {
+                self.strings.remove(text);
+                self.free.push(number);
+            }
         }
+    }
+}
+
+impl Interner<Code> {
+    /// The code of `text`, if any entry holds it.
+    pub(crate) fn code_of(&self, text: &str) -> Option<Code> {
+        self.strings.get(text).copied()
+    }
+
+    /// Each code's string, by code (for reading a column back as strings).
+    fn by_code(&self) -> Vec<Option<&str>> {
+        let mut texts = vec![None; self.strings.len() + self.free.len() + 1];
+        for (text, code) in &self.strings {
+            texts[*code as usize] = Some(&**text);
+        }
+        texts
     }
 }
 
@@ -375,37 +441,39 @@ pub(crate) struct TextIndex {
     ///
     /// A filter on such an attribute checks each candidate of another index against it: in the
     /// set that is a search of a tree of every call's entry, a third of a list's time at a
-    /// million calls, where the column is one lookup.
-    pub(crate) col: Option<Column<Option<Arc<str>>>>,
+    /// million calls, where the column is one lookup. It holds each value's code
+    /// ([`NO_CODE`] for none): four bytes a call, so that a million calls' column (4 MB) stays
+    /// in the processor's cache where one of shared strings (16 MB) did not.
+    pub(crate) col: Option<Column<Code>>,
     /// How many entries each value held by more than one has (a value held once is only in
     /// `strings`), so that the planner can tell a value too common to collect without walking
     /// its entries (a walk of up to ten thousand at a million calls per list). Values held once,
     /// most of them where values are nearly unique (uid, vendorCallId), cost nothing here.
     pub(crate) shared_counts: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
-    pub(crate) strings: Interner,
+    pub(crate) strings: Interner<Code>,
 }
 
 impl TextIndex {
     /// The index of an attribute, with its column.
     pub(crate) fn attribute() -> TextIndex {
         TextIndex {
-            col: Some(Column::new(None)),
+            col: Some(Column::new(NO_CODE)),
             ..TextIndex::default()
         }
     }
 
     /// The index of these entries and strings (as the snapshot stores them, or a builder
     /// gathers them), with what is derived from the set: the column, for an attribute, and the
-    /// counts.
+    /// counts. `strings` holds every value of the set, shared with its entries.
     pub(crate) fn from_set(
         set: BTreeSet<(Arc<str>, u64)>,
-        strings: Interner,
+        strings: Interner<Code>,
         attribute: bool,
     ) -> TextIndex {
         let col = attribute.then(|| {
-            let mut col = Column::new(None);
+            let mut col = Column::new(NO_CODE);
             for (text, id) in &set {
-                col.set(*id, Some(Arc::clone(text)));
+                col.set(*id, strings.code_of(text).unwrap_or(NO_CODE));
             }
             col
         });
@@ -447,15 +515,16 @@ impl TextIndex {
     }
 
     fn insert(&mut self, text: &str, id: u64) {
-        let shared = match self.strings.get(text) {
-            Some(shared) => {
+        let shared = match self.strings.get_numbered(text) {
+            Some((shared, _)) => {
+                let shared = Arc::clone(shared);
                 *self.shared_counts.entry(Arc::clone(&shared)).or_insert(1) += 1;
                 shared
             }
             None => self.strings.insert_new(text),
         };
         if let Some(col) = &mut self.col {
-            col.set(id, Some(Arc::clone(&shared)));
+            col.set(id, self.strings.code_of(text).unwrap_or(NO_CODE));
         }
         self.set.insert((shared, id));
     }
@@ -473,7 +542,7 @@ impl TextIndex {
             drop(shared);
             // Before the release, which frees a string only once nothing else holds it.
             if let Some(col) = &mut self.col {
-                col.set(id, None);
+                col.set(id, NO_CODE);
             }
             self.strings.release(text);
         }
@@ -482,7 +551,10 @@ impl TextIndex {
     /// Whether call `id` holds `text`.
     pub(crate) fn contains(&self, text: &str, id: u64) -> bool {
         match &self.col {
-            Some(col) => col.get(id).as_deref() == Some(text),
+            Some(col) => self
+                .strings
+                .code_of(text)
+                .is_some_and(|code| *col.get(id) == code),
             None => self
                 .strings
                 .get(text)
@@ -737,11 +809,12 @@ impl Indexes {
                 out,
                 |(t, id)| format!("call {id} at {}", Text(Some(t))),
             );
-            if let (Some(live), Some(fresh)) = (&self.texts[i].col, &rebuilt.texts[i].col) {
-                diff_columns(&format!("{field} column"), live, fresh, out, |v| {
-                    Text(v.as_deref()).to_string()
-                });
-            }
+            diff_coded_columns(
+                &format!("{field} column"),
+                &self.texts[i],
+                &rebuilt.texts[i],
+                out,
+            );
             diff_counts(
                 &format!("{field} counts"),
                 &self.texts[i],
@@ -1148,6 +1221,35 @@ fn diff_columns<T: Clone + PartialEq>(
     }
 }
 
+/// Appends where two indexes' coded columns name different strings (their codes differ
+/// wherever values came and went in another order).
+fn diff_coded_columns(name: &str, live: &TextIndex, rebuilt: &TextIndex, out: &mut Differences) {
+    let (Some(live_col), Some(rebuilt_col)) = (&live.col, &rebuilt.col) else {
+        return;
+    };
+    let (live_texts, rebuilt_texts) = (live.strings.by_code(), rebuilt.strings.by_code());
+    let ids = keys_of_both(
+        live_col.non_null().map(|(id, _)| id),
+        rebuilt_col.non_null().map(|(id, _)| id),
+    );
+    for id in ids {
+        let a = text_of(&live_texts, *live_col.get(id));
+        let b = text_of(&rebuilt_texts, *rebuilt_col.get(id));
+        if a != b {
+            out.push(format!(
+                "{name}: call {id} is {} live but {} when rebuilt",
+                Text(a),
+                Text(b)
+            ));
+        }
+    }
+}
+
+/// The string of `code` in a table from [`Interner::by_code`].
+fn text_of<'a>(texts: &[Option<&'a str>], code: Code) -> Option<&'a str> {
+    texts.get(code as usize).copied().flatten()
+}
+
 /// Shows a time column value.
 struct Millis(i64);
 
@@ -1175,7 +1277,18 @@ impl fmt::Display for Text<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Column, TextIndex, CHUNK_LEN};
+    use super::{Column, Interner, TextIndex, CHUNK_LEN, NO_CODE};
+
+    /// `index` built back from its set, as the snapshot reads it.
+    fn rebuilt_from(index: &TextIndex) -> TextIndex {
+        let mut strings = Interner::default();
+        let set = index
+            .set
+            .iter()
+            .map(|(text, id)| (strings.intern(text), *id))
+            .collect();
+        TextIndex::from_set(set, strings, true)
+    }
 
     #[test]
     fn an_attributes_column_and_counts_follow_its_set_and_let_go_of_unused_values() {
@@ -1190,7 +1303,12 @@ mod tests {
         assert!(index.contains("outbound", 1) && !index.contains("inbound", 2));
         assert!(index.strings.get("inbound").is_none(), "no call holds it");
         let col = index.col.as_ref().expect("an attribute's column");
-        assert_eq!(col.get(2), &None);
+        assert_eq!(*col.get(2), NO_CODE);
+        assert_eq!(
+            index.strings.free,
+            vec![1],
+            "the code of a value no call holds is free"
+        );
         assert_eq!(
             (index.count_of("outbound"), index.count_of("inbound")),
             (1, 0)
@@ -1207,14 +1325,12 @@ mod tests {
         );
         // Built back from its set, as the snapshot reads it, it has the same counts and column.
         index.insert("outbound", 3);
-        let rebuilt = TextIndex::from_set(index.set.clone(), Default::default(), true);
+        let rebuilt = rebuilt_from(&index);
         assert_eq!(rebuilt.shared_counts, index.shared_counts);
         index.remove("outbound", 3);
-        let rebuilt = TextIndex::from_set(index.set.clone(), Default::default(), true);
-        assert_eq!(
-            rebuilt.col.as_ref().expect("column").get(1).as_deref(),
-            Some("outbound")
-        );
+        let rebuilt = rebuilt_from(&index);
+        let code = *rebuilt.col.as_ref().expect("column").get(1);
+        assert_eq!(rebuilt.strings.by_code()[code as usize], Some("outbound"));
         assert_eq!(rebuilt.col.as_ref().expect("column").non_null().count(), 1);
     }
 
