@@ -92,7 +92,7 @@ impl Sizes {
                 ceiling_rows: 20_000,
                 rebuild_events: 1_000_000,
                 list_sizes: [10_000, 1_000_000],
-                list_queries: 200,
+                list_queries: 2_000,
                 count_queries: 20,
                 get_calls: 20_000,
                 gets_per_sample: 50_000,
