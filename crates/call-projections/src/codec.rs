@@ -106,16 +106,30 @@ fn decode(bytes: &[u8]) -> Result<Call, String> {
     decode_ref(bytes).map(|call| call.to_call())
 }
 
+/// What a stored view opens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) id: u64,
+    pub(crate) version: u64,
+    /// The position of the call's latest event.
+    pub(crate) position: u64,
+}
+
+/// Reads only the opening of a stored view: enough to tell whether it is a call's latest
+/// state, without decoding the rest.
+pub(crate) fn header(bytes: &[u8]) -> Result<Header, String> {
+    Reader { bytes }.header()
+}
+
 /// Reads the stored form of a call in place: its texts are slices of `bytes`. The one reader of
 /// the form (`CallRef::to_call` owns what it borrows).
 pub(crate) fn decode_ref(bytes: &[u8]) -> Result<CallRef<'_>, String> {
     let mut input = Reader { bytes };
-    if input.take(FORMAT.len(), "the format")? != FORMAT {
-        return Err("not a stored view of this form".to_owned());
-    }
-    let id = input.varint("the id")?;
-    let version = input.varint("the version")?;
-    let position = input.varint("the position")?;
+    let Header {
+        id,
+        version,
+        position,
+    } = input.header()?;
     let mut call = CallRef::new(id, version, position);
     for _ in 0..input.count("the attribute count")? {
         let name = input.text("an attribute name")?;
@@ -231,6 +245,18 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// The format, then the id, version and position.
+    fn header(&mut self) -> Result<Header, String> {
+        if self.take(FORMAT.len(), "the format")? != FORMAT {
+            return Err("not a stored view of this form".to_owned());
+        }
+        Ok(Header {
+            id: self.varint("the id")?,
+            version: self.varint("the version")?,
+            position: self.varint("the position")?,
+        })
+    }
+
     fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], String> {
         if len > self.bytes.len() {
             return Err(format!("cut short in {what}"));

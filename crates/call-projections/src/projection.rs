@@ -23,9 +23,7 @@ use crate::error::{ProjectionError, QueryError};
 use crate::index::{Differences, IndexRow, Indexes};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::snapshot::{self, Stamp, Unused};
-use crate::store::{
-    decode_call_ref, fold, load_call, par_map, read_u64, view_bytes, view_name, Meta, View,
-};
+use crate::store::{decode_call_ref, fold, load_call, par_map, read_u64, view_name, Meta, View};
 use call_model::{replay_stream, Call, CallRef, CallState};
 use event_log::EventLog;
 use std::path::{Path, PathBuf};
@@ -342,7 +340,7 @@ impl Projection {
     /// The live call with this id.
     pub fn get(&self, id: u64) -> Result<Option<Call>, ProjectionError> {
         let view = self.read_view()?;
-        load_call(&view.tree, id)
+        view.load_call(id)
     }
 
     /// What `read` makes of the live call with this id, read in place (its texts borrowed from
@@ -355,7 +353,7 @@ impl Projection {
         // The stored bytes are shared, not copied: the view's lock is held only to find them.
         let bytes = {
             let view = self.read_view()?;
-            view_bytes(&view.tree, id)?
+            view.view_bytes(id)?
         };
         match bytes {
             Some(bytes) => Ok(Some(read(&decode_call_ref(id, &bytes)?))),

@@ -3,7 +3,7 @@
 
 use crate::error::ProjectionError;
 use crate::query::ChangesPage;
-use crate::store::{self, decode_deletion, load_call, split_key, View, DELETION};
+use crate::store::{self, decode_deletion, split_key, View, DELETION};
 
 /// The changes after `after` in one view, up to `limit` items (at least one); see
 /// [`Projection::changes`](crate::Projection::changes).
@@ -52,12 +52,14 @@ pub(crate) fn changes(
             let Some((position, id)) = changed.next() else {
                 break;
             };
-            let call = load_call(&view.tree, *id)?.ok_or_else(|| ProjectionError::Corrupt {
-                key: format!("view of call {id}"),
-                reason: format!(
-                    "the change feed names it at position {position}, but it is not stored"
-                ),
-            })?;
+            let call = view
+                .load_call(*id)?
+                .ok_or_else(|| ProjectionError::Corrupt {
+                    key: format!("view of call {id}"),
+                    reason: format!(
+                        "the change feed names it at position {position}, but it is not stored"
+                    ),
+                })?;
             page.next_after = *position;
             page.calls.push(call);
         } else {

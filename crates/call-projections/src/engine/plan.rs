@@ -119,6 +119,19 @@ fn one_range_of(filter: &Resolved, col: SortCol) -> bool {
         && matches!(filter.cond, Cond::Range(..) | Cond::Null | Cond::NotNull)
 }
 
+impl Plan<'_> {
+    /// Whether every candidate this plan yields holds `filter`, so that checking it again is
+    /// waste (a column read per candidate, out of cache at a million calls): a range of the
+    /// first sort key, within whose bounds ([`value_bounds`]) the sorted walk reads.
+    pub(crate) fn enforces(&self, filter: &Resolved, order: &Order) -> bool {
+        matches!(self, Plan::Sorted { .. })
+            && order
+                .keys
+                .first()
+                .is_some_and(|key| one_range_of(filter, key.col))
+    }
+}
+
 /// Picks how to read a list's candidates.
 pub(crate) fn plan<'f>(
     filters: &'f [Resolved],

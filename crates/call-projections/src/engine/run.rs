@@ -10,7 +10,7 @@ use super::walk::{
 };
 use crate::error::{ProjectionError, QueryError};
 use crate::query::{ListPage, ListQuery, PageCursor, MAX_PAGE_SIZE};
-use crate::store::{load_call, View};
+use crate::store::View;
 use call_model::Call;
 use std::cmp::Ordering;
 use std::ops::Bound::{Included, Unbounded};
@@ -28,6 +28,8 @@ struct Run<'a> {
     /// The page size asked for.
     page: usize,
     filters: &'a [Resolved],
+    /// The filters a candidate must be checked against: those the plan does not enforce.
+    checked: Vec<&'a Resolved>,
     order: &'a Order,
     plan: Plan<'a>,
 }
@@ -146,7 +148,7 @@ impl<'a> Run<'a> {
                 }
             }
             let mut maybe = false;
-            for filter in self.filters {
+            for filter in &self.checked {
                 match filter.check_indexes(indexes, id) {
                     Check::No => continue 'candidates,
                     Check::Maybe => maybe = true,
@@ -154,12 +156,14 @@ impl<'a> Run<'a> {
                 }
             }
             let call = if load || maybe {
-                let call =
-                    load_call(&self.view.tree, id)?.ok_or_else(|| ProjectionError::Corrupt {
+                let call = self
+                    .view
+                    .load_call(id)?
+                    .ok_or_else(|| ProjectionError::Corrupt {
                         key: format!("view of call {id}"),
                         reason: "the indexes name it but it is not stored".to_owned(),
                     })?;
-                if maybe && !self.filters.iter().all(|f| f.check_call(&call)) {
+                if maybe && !self.checked.iter().all(|f| f.check_call(&call)) {
                     continue;
                 }
                 Some(call)
@@ -230,12 +234,17 @@ pub(crate) fn list(view: &View, query: &ListQuery) -> Result<ListPage, QueryErro
         Some(PageCursor::After(text)) => Some((false, cursor::decode(text, &fingerprint, &order)?)),
         Some(PageCursor::Before(text)) => Some((true, cursor::decode(text, &fingerprint, &order)?)),
     };
+    let plan = plan(&filters, &order, &view.indexes, page);
     let run = Run {
         view,
         page,
         filters: &filters,
+        checked: filters
+            .iter()
+            .filter(|filter| !plan.enforces(filter, &order))
+            .collect(),
         order: &order,
-        plan: plan(&filters, &order, &view.indexes, page),
+        plan,
     };
     let (calls, more_after, more_before) = match &cursor {
         None => {
