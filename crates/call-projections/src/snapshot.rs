@@ -370,7 +370,7 @@ fn decode(body: &[u8]) -> Result<Indexes, Unused> {
     for ((kind, _), section) in sections.iter().zip(decoded) {
         match (*kind, section) {
             (Kind::Ids, Section::Ids(ids)) => indexes.ids = ids,
-            (Kind::Changes, Section::Changes(changes)) => indexes.changes = changes,
+            (Kind::Changes, Section::Changes(changes)) => indexes.changes = changes.into(),
             (Kind::Time(i), Section::Time(index)) => indexes.times[i] = index,
             (Kind::SortText(i), Section::SortText(index)) => indexes.sort_texts[i] = index,
             (Kind::Text(i), Section::Text(index)) => indexes.texts[i] = index,

@@ -517,7 +517,7 @@ pub(crate) struct View {
 impl View {
     /// The stored view of call `id`, if it is live, as [`view_bytes`] finds it, except that a
     /// call of a packed range is looked for in its pack first, and that entry is taken when it
-    /// holds the call's latest state: when the change feed names the call at the entry's
+    /// holds the call's latest state: when the change feed has the call at the entry's
     /// position. A call a replay packed and nothing changed since (most of a large rebuilt or
     /// imported ledger) then costs one lookup instead of two, half of a list's row reads at a
     /// million calls; a packed call changed since costs both, its `c` row read second. The feed
@@ -530,7 +530,7 @@ impl View {
                     let entry = pack.subslice(range.start, range.len());
                     let header = crate::codec::header(&entry)
                         .map_err(|reason| corrupt(&pack_key, reason))?;
-                    if self.indexes.changes.get(&header.position) == Some(&id) {
+                    if self.indexes.changes.latest(id) == Some(header.position) {
                         return Ok(Some(entry));
                     }
                 }
