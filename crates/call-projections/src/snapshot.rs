@@ -24,9 +24,8 @@ use crate::index::{
 use crate::store::Meta;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The snapshot's file, in the projection's directory.
@@ -138,22 +137,46 @@ pub(crate) fn write_file(dir: &Path, file: &[u8]) -> std::io::Result<()> {
 /// Reads the snapshot in `dir` if it holds indexes of the view `view` names, at its
 /// checkpoint or at an earlier one of the same view generation (which the caller brings up to
 /// the view from the log); returns the snapshot's own stamp with them.
+///
+/// The file is read section by section while earlier sections decode, so that no more than a
+/// few sections' bytes are held at once (the whole file was a tenth of the peak memory of an
+/// open at a million calls); the checksum is computed as it is read and checked at the end,
+/// before anything decoded is used.
 pub(crate) fn load(dir: &Path, view: Stamp) -> Result<(Stamp, Indexes), Unused> {
-    let bytes = match std::fs::read(path(dir)) {
-        Ok(bytes) => bytes,
+    let file = match std::fs::File::open(path(dir)) {
+        Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(Unused::Missing),
         Err(error) => return Err(damaged(format!("reading it failed: {error}"))),
     };
-    let (found, body) = parse_header(&bytes)?;
+    let size = file
+        .metadata()
+        .map_err(|error| damaged(format!("reading it failed: {error}")))?
+        .len();
+    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut header = [0; HEADER_LEN];
+    input
+        .read_exact(&mut header)
+        .map_err(|_| damaged("cut short in its header"))?;
+    let found = stamp_from(&header)?;
+    let length = u64::from_le_bytes(field(&header, HEADER_LEN - 8));
+    let body = size.saturating_sub(HEADER_LEN as u64);
+    if body != length {
+        return Err(damaged(format!(
+            "its body is {body} bytes, its header says {length}"
+        )));
+    }
     let usable = found.generation == view.generation
         && (found.checkpoint < view.checkpoint || found == view);
     if !usable {
         return Err(Unused::Stale(found));
     }
-    if checksum(&bytes[..HEADER_LEN], body) != u32::from_le_bytes(field(&bytes, 12)) {
+    let mut crc = header_checksum(&header);
+    let decoded = read_body(&mut input, length, &mut crc);
+    // A garbled body is refused for its checksum, whatever its decoding made of it.
+    if crc.finalize() != u32::from_le_bytes(field(&header, 12)) {
         return Err(damaged("its checksum does not match"));
     }
-    let indexes = decode(body)?;
+    let indexes = decoded?;
     if indexes.live() as u64 != found.live {
         return Err(damaged(format!(
             "it holds {} live calls, its header says {}",
@@ -189,31 +212,19 @@ fn stamp_from(header: &[u8; HEADER_LEN]) -> Result<Stamp, Unused> {
     })
 }
 
-/// The stamp and the body of a whole snapshot file.
-fn parse_header(bytes: &[u8]) -> Result<(Stamp, &[u8]), Unused> {
-    let header: &[u8; HEADER_LEN] = bytes
-        .get(..HEADER_LEN)
-        .and_then(|header| header.try_into().ok())
-        .ok_or_else(|| damaged("cut short in its header"))?;
-    let stamp = stamp_from(header)?;
-    let length = u64::from_le_bytes(field(header, HEADER_LEN - 8));
-    let body = &bytes[HEADER_LEN..];
-    if body.len() as u64 != length {
-        return Err(damaged(format!(
-            "its body is {} bytes, its header says {length}",
-            body.len()
-        )));
-    }
-    Ok((stamp, body))
-}
-
 /// The CRC-32 of the header (without its CRC field) and the body.
 fn checksum(header: &[u8], body: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[..12]);
-    hasher.update(&header[16..]);
+    let mut hasher = header_checksum(header);
     hasher.update(body);
     hasher.finalize()
+}
+
+/// The checksum of a file, fed its header (without its CRC field): the body follows.
+fn header_checksum(header: &[u8]) -> crc32fast::Hasher {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[..12]);
+    hasher.update(&header[16..HEADER_LEN]);
+    hasher
 }
 
 /// The sections, in the order they are written.
@@ -353,21 +364,34 @@ enum Section {
     Notes(BTreeSet<(u64, u64)>),
 }
 
-/// The indexes a body holds.
-fn decode(body: &[u8]) -> Result<Indexes, Unused> {
+/// The indexes a body of `length` bytes holds, read from `input` and fed to `crc`. A section
+/// that does not decode does not stop the reading, so that the checksum of the whole body is
+/// known whatever the decoders made of it.
+fn read_body(
+    input: &mut impl std::io::Read,
+    length: u64,
+    crc: &mut crc32fast::Hasher,
+) -> Result<Indexes, Unused> {
     let kinds = kinds();
-    let mut reader = Decoder(body);
-    let mut sections = Vec::with_capacity(kinds.len());
-    for kind in &kinds {
-        let length = reader.length()?;
-        sections.push((*kind, reader.take(length)?));
-    }
-    if !reader.0.is_empty() {
-        return Err(damaged("bytes follow its last section"));
-    }
-    let decoded = decode_in_parallel(&sections)?;
+    let decoded = decode_streamed(kinds.len(), |send| {
+        let mut left = length;
+        for (i, kind) in kinds.iter().enumerate() {
+            let section_length = read_length(input, crc, &mut left)?;
+            let mut bytes = vec![0; section_length];
+            input
+                .read_exact(&mut bytes)
+                .map_err(|_| damaged("cut short"))?;
+            crc.update(&bytes);
+            left -= section_length as u64;
+            send(i, *kind, bytes);
+        }
+        if left != 0 {
+            return Err(damaged("bytes follow its last section"));
+        }
+        Ok(())
+    })?;
     let mut indexes = Indexes::new();
-    for ((kind, _), section) in sections.iter().zip(decoded) {
+    for (kind, section) in kinds.iter().zip(decoded) {
         match (*kind, section) {
             (Kind::Ids, Section::Ids(ids)) => indexes.ids = ids,
             (Kind::Changes, Section::Changes(changes)) => indexes.changes = changes.into(),
@@ -402,27 +426,70 @@ fn decode(body: &[u8]) -> Result<Indexes, Unused> {
     Ok(indexes)
 }
 
-/// Decodes the sections on the machine's cores, the largest first.
-fn decode_in_parallel(sections: &[(Kind, &[u8])]) -> Result<Vec<Section>, Unused> {
-    let mut order: Vec<usize> = (0..sections.len()).collect();
-    order.sort_by_key(|i| std::cmp::Reverse(sections[*i].1.len()));
+/// A section's byte length, a number as [`Decoder::u64`] reads it, within the `left` bytes of
+/// the body.
+fn read_length(
+    input: &mut impl std::io::Read,
+    crc: &mut crc32fast::Hasher,
+    left: &mut u64,
+) -> Result<usize, Unused> {
+    let mut bytes = Vec::with_capacity(10);
+    loop {
+        let mut byte = [0];
+        if *left == 0 || bytes.len() == 10 || input.read_exact(&mut byte).is_err() {
+            return Err(damaged("a number is cut short or too long"));
+        }
+        crc.update(&byte);
+        *left -= 1;
+        bytes.push(byte[0]);
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let length = Decoder(&bytes).u64()?;
+    usize::try_from(length)
+        .ok()
+        .filter(|length| *length as u64 <= *left)
+        .ok_or_else(|| damaged(format!("a length of {length} runs past its end")))
+}
+
+/// Decodes `count` sections on the machine's cores as `read` hands them over (through a queue
+/// of two, so that only a few sections' bytes are held at once), each dropped once decoded.
+fn decode_streamed(
+    count: usize,
+    read: impl FnOnce(&mut dyn FnMut(usize, Kind, Vec<u8>)) -> Result<(), Unused>,
+) -> Result<Vec<Section>, Unused> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Section, Unused>>>> =
-        Mutex::new((0..sections.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
+        Mutex::new((0..count).map(|_| None).collect());
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(usize, Kind, Vec<u8>)>(2);
+    let receiver = Mutex::new(receiver);
+    let read_result = std::thread::scope(|scope| {
+        // Dropped when this closure returns, before the scope waits for the decoders.
+        let sender = sender;
         for _ in 0..threads {
-            scope.spawn(|| {
-                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let (kind, bytes) = sections[i];
-                    let section = decode_section(kind, bytes);
-                    if let Ok(mut results) = results.lock() {
-                        results[i] = Some(section);
-                    }
+            scope.spawn(|| loop {
+                let next = match receiver.lock() {
+                    Ok(receiver) => receiver.recv(),
+                    Err(_) => return,
+                };
+                let Ok((i, kind, bytes)) = next else {
+                    return;
+                };
+                let section = decode_section(kind, &bytes);
+                drop(bytes);
+                if let Ok(mut results) = results.lock() {
+                    results[i] = Some(section);
                 }
             });
         }
+        read(&mut |i, kind, bytes| {
+            // A send fails only when every decoder has stopped, which leaves its section
+            // undecoded: reported below.
+            let _ = sender.send((i, kind, bytes));
+        })
     });
+    read_result?;
     results
         .into_inner()
         .map_err(|_| damaged("a section's decoder stopped"))?
@@ -624,5 +691,9 @@ pub(crate) fn encode_body(indexes: &Indexes) -> Vec<u8> {
 /// Decodes a body, for the same tests.
 #[cfg(test)]
 pub(crate) fn decode_body(body: &[u8]) -> Result<Indexes, Unused> {
-    decode(body)
+    read_body(
+        &mut &body[..],
+        body.len() as u64,
+        &mut crc32fast::Hasher::new(),
+    )
 }
