@@ -29,7 +29,8 @@ use call_commands::{CommandRequest, CommandService};
 use call_ledger_tests::{callledger_bin, peak_resident_bytes};
 use call_model::{parse_write, Action, Command, Field, Relation, Rights, Timestamp, WriteMode};
 use call_projections::{
-    Condition, Filter, FilterTarget, FilterValue, ListQuery, Projection, SortField, SortKey,
+    Condition, Filter, FilterTarget, FilterValue, ListQuery, Projection, ProjectionOptions,
+    SortField, SortKey,
 };
 use event_log::{Append, Durability, EventLog, ExpectedVersion, LogOptions, SledLog, StreamTarget};
 use serde_json::Value;
@@ -487,8 +488,18 @@ fn fill_ledger(dir: &Path, calls: u64) -> Ledger {
     });
     log.flush().expect("flush the fill log");
     let opened = Instant::now();
-    let projection =
-        Projection::open(&dir.join("projection"), log.clone()).expect("open the projection");
+    // The variable `callledger` reads, so that its restarts below open the view alike.
+    let options = match std::env::var("CALLLEDGER_PROJECTION_CACHE_MB") {
+        Ok(mb) => ProjectionOptions {
+            cache_bytes: mb
+                .parse::<u64>()
+                .expect("CALLLEDGER_PROJECTION_CACHE_MB is a number of MiB")
+                << 20,
+        },
+        Err(_) => ProjectionOptions::default(),
+    };
+    let projection = Projection::open_with(&dir.join("projection"), log.clone(), options)
+        .expect("open the projection");
     println!(
         "filled {calls} calls in {fill_seconds:.1} s ({} creates/s, 64 writers, BUFFERED durability for the fill only); projection caught up in {:.1} s",
         human(calls as f64 / fill_seconds),

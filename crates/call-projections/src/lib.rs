@@ -36,7 +36,10 @@ mod store;
 mod tests;
 
 pub use error::{ProjectionError, QueryError};
-pub use projection::{Projection, ProjectionStats, RebuildReport, VerifyReport};
+pub use projection::{
+    Projection, ProjectionOptions, ProjectionStats, RebuildReport, VerifyReport,
+    DEFAULT_PROJECTION_CACHE_BYTES,
+};
 pub use query::{
     ChangesPage, Condition, Deletion, Filter, FilterTarget, FilterValue, ListPage, ListQuery,
     PageCursor, SortField, SortKey, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,

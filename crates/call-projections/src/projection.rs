@@ -173,6 +173,28 @@ impl std::fmt::Debug for Projection {
     }
 }
 
+/// How a projection is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProjectionOptions {
+    /// The bytes of the stored views sled keeps in memory. A list reads its rows from it; a row
+    /// it does not hold is read from the file and deserialized with its neighbours, which made
+    /// a list several times slower once the view outgrew it (ten million calls take 3.6 GB
+    /// against the default of 1 GiB, sled's own; at a million calls a smaller one makes the row
+    /// reads of a page several times slower until it warms).
+    pub cache_bytes: u64,
+}
+
+/// sled's default cache.
+pub const DEFAULT_PROJECTION_CACHE_BYTES: u64 = 1 << 30;
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        ProjectionOptions {
+            cache_bytes: DEFAULT_PROJECTION_CACHE_BYTES,
+        }
+    }
+}
+
 impl Projection {
     /// Opens (creating if missing) the projection in `dir`, its own sled database apart from the
     /// log's, builds the in-memory indexes from the stored views and catches up with `log`
@@ -187,8 +209,17 @@ impl Projection {
     /// built again from the log in a fresh directory: it is derived, so nothing is lost. A
     /// directory another process holds is never moved.
     pub fn open(dir: &Path, log: EventLog) -> Result<Projection, ProjectionError> {
+        Projection::open_with(dir, log, ProjectionOptions::default())
+    }
+
+    /// [`Projection::open`] with these options.
+    pub fn open_with(
+        dir: &Path,
+        log: EventLog,
+        options: ProjectionOptions,
+    ) -> Result<Projection, ProjectionError> {
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Projection::open_as_stored(dir, log.clone())
+            Projection::open_as_stored(dir, log.clone(), options)
         }));
         let reason = match opened {
             Ok(Err(ProjectionError::Storage(
@@ -216,14 +247,19 @@ impl Projection {
             std::fs::remove_dir_all(&aside)?;
         }
         std::fs::rename(dir, &aside)?;
-        Projection::open_as_stored(dir, log)
+        Projection::open_as_stored(dir, log, options)
     }
 
-    fn open_as_stored(dir: &Path, log: EventLog) -> Result<Projection, ProjectionError> {
+    fn open_as_stored(
+        dir: &Path,
+        log: EventLog,
+        options: ProjectionOptions,
+    ) -> Result<Projection, ProjectionError> {
         std::fs::create_dir_all(dir)?;
-        // sled's default cache (1 GiB): at a million calls a smaller one makes the row reads of
-        // a page several times slower until it warms.
-        let db = sled::Config::new().path(dir).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            .open()?;
         let generation = match db.get(ACTIVE)? {
             Some(value) => read_u64(ACTIVE, &value)?,
             None => {

@@ -4,7 +4,7 @@ use crate::cli::{DataArgs, Durability, LogArgs, LogEngineChoice, NatsArgs};
 use anyhow::Context;
 use call_commands::CommandService;
 use call_model::Timestamp;
-use call_projections::Projection;
+use call_projections::{Projection, ProjectionOptions, DEFAULT_PROJECTION_CACHE_BYTES};
 use event_log::{EventLog, LogOptions};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -217,7 +217,12 @@ impl Ledger {
             }
         };
         record.save(&dir)?;
-        let projection = Projection::open(&projection_dir(&dir), log.clone())
+        let options = ProjectionOptions {
+            cache_bytes: args
+                .projection_cache_mb
+                .map_or(DEFAULT_PROJECTION_CACHE_BYTES, |mb| mb << 20),
+        };
+        let projection = Projection::open_with(&projection_dir(&dir), log.clone(), options)
             .with_context(|| format!("cannot open the projection in {}", dir.display()))?;
         Ok(Ledger {
             commands: CommandService::new(log.clone()),

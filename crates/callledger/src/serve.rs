@@ -38,6 +38,7 @@ struct ConfigFile {
     log_replicas: Option<usize>,
     rate_limit: Option<String>,
     disk_reserve_mb: Option<u64>,
+    projection_cache_mb: Option<u64>,
 }
 
 pub fn run(
@@ -65,6 +66,7 @@ pub fn run(
         data_dir: data.data_dir.clone().or(file.data_dir),
         durability: data.durability.or(file.durability),
         disk_reserve_mb: data.disk_reserve_mb.or(file.disk_reserve_mb),
+        projection_cache_mb: data.projection_cache_mb.or(file.projection_cache_mb),
     };
     let nats = nats.or(NatsArgs {
         nats_url: file.nats_url,
