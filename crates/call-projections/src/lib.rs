@@ -38,7 +38,7 @@ mod tests;
 pub use error::{ProjectionError, QueryError};
 pub use projection::{
     Projection, ProjectionOptions, ProjectionStats, RebuildReport, VerifyReport,
-    DEFAULT_PROJECTION_CACHE_BYTES,
+    DEFAULT_PROJECTION_CACHE_BYTES, MIN_PROJECTION_CACHE_BYTES,
 };
 pub use query::{
     ChangesPage, Condition, Deletion, Filter, FilterTarget, FilterValue, ListPage, ListQuery,

@@ -180,12 +180,16 @@ pub struct ProjectionOptions {
     /// it does not hold is read from the file and deserialized with its neighbours, which made
     /// a list several times slower once the view outgrew it (ten million calls take 3.6 GB
     /// against the default of 1 GiB, sled's own; at a million calls a smaller one makes the row
-    /// reads of a page several times slower until it warms).
+    /// reads of a page several times slower until it warms). At least
+    /// [`MIN_PROJECTION_CACHE_BYTES`]: less is raised to it.
     pub cache_bytes: u64,
 }
 
 /// sled's default cache.
 pub const DEFAULT_PROJECTION_CACHE_BYTES: u64 = 1 << 30;
+
+/// The smallest cache a projection opens with: sled panics below 256 bytes.
+pub const MIN_PROJECTION_CACHE_BYTES: u64 = 1 << 20;
 
 impl Default for ProjectionOptions {
     fn default() -> Self {
@@ -258,7 +262,7 @@ impl Projection {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(options.cache_bytes)
+            .cache_capacity(options.cache_bytes.max(MIN_PROJECTION_CACHE_BYTES))
             .open()?;
         let generation = match db.get(ACTIVE)? {
             Some(value) => read_u64(ACTIVE, &value)?,
@@ -305,6 +309,18 @@ impl Projection {
         }
         let checkpoint = projection.catch_up()?;
         tracing::info!(dir = %dir.display(), checkpoint, "projection opened");
+        let stored = projection.inner.db.size_on_disk()?;
+        if stored > options.cache_bytes {
+            // A list reads its rows from the cache: at ten million calls (3.6 GB of views
+            // against 1 GiB) lists ran several times slower than with a cache as large.
+            tracing::warn!(
+                dir = %dir.display(),
+                stored_mib = stored >> 20,
+                cache_mib = options.cache_bytes >> 20,
+                "the projection's stored views are larger than its cache: list rows it does not \
+                 hold are read from disk, several times slower (docs/operations.md, Memory)"
+            );
+        }
         Ok(projection)
     }
 

@@ -1697,3 +1697,17 @@ fn a_damaged_pack_is_refused_and_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_cache_too_small_for_sled_is_raised_to_the_least_it_takes() {
+    let ledger = varied_ledger(50);
+    let expected = everything(&ledger.projection);
+    // sled panics below 256 bytes; a projection opens with at least a MiB.
+    let small = Projection::open_with(
+        &ledger.dir.path().join("small"),
+        ledger.log.clone(),
+        crate::ProjectionOptions { cache_bytes: 0 },
+    )
+    .unwrap();
+    assert_eq!(everything(&small), expected);
+}

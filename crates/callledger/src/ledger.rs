@@ -218,9 +218,7 @@ impl Ledger {
         };
         record.save(&dir)?;
         let options = ProjectionOptions {
-            cache_bytes: args
-                .projection_cache_mb
-                .map_or(DEFAULT_PROJECTION_CACHE_BYTES, |mb| mb << 20),
+            cache_bytes: projection_cache_bytes(args.projection_cache_mb)?,
         };
         let projection = Projection::open_with(&projection_dir(&dir), log.clone(), options)
             .with_context(|| format!("cannot open the projection in {}", dir.display()))?;
@@ -249,6 +247,18 @@ pub fn now() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now())
 }
 
+/// The projection's cache from `--projection-cache-mb`: at least 1 MiB, and no more than can
+/// be counted in bytes.
+fn projection_cache_bytes(mb: Option<u64>) -> anyhow::Result<u64> {
+    match mb {
+        None => Ok(DEFAULT_PROJECTION_CACHE_BYTES),
+        Some(0) => anyhow::bail!("--projection-cache-mb must be at least 1 (MiB), not 0"),
+        Some(mb) => mb.checked_mul(1 << 20).ok_or_else(|| {
+            anyhow::anyhow!("--projection-cache-mb {mb} is more memory than any machine has")
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +279,24 @@ mod tests {
             },
             wait_for_nats: false,
         }
+    }
+
+    #[test]
+    fn the_projection_cache_setting_is_refused_when_sled_could_not_take_it() {
+        assert_eq!(
+            projection_cache_bytes(None).unwrap(),
+            DEFAULT_PROJECTION_CACHE_BYTES
+        );
+        assert_eq!(projection_cache_bytes(Some(64)).unwrap(), 64 << 20);
+        let zero = projection_cache_bytes(Some(0)).unwrap_err().to_string();
+        assert!(
+            zero.contains("--projection-cache-mb must be at least 1"),
+            "{zero}"
+        );
+        let huge = projection_cache_bytes(Some(u64::MAX))
+            .unwrap_err()
+            .to_string();
+        assert!(huge.contains("more memory than any machine has"), "{huge}");
     }
 
     #[test]
