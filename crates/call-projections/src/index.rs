@@ -296,10 +296,15 @@ impl<C: Numbering> Interner<C> {
     /// The shared copy of `text`, which no entry holds yet (a set read back in order meets each
     /// value once): one hash, where [`Interner::intern`] takes two for a new value.
     pub(crate) fn insert_new(&mut self, text: &str) -> Arc<str> {
+        self.insert_numbered(text).0
+    }
+
+    /// [`Interner::insert_new`], with the number the string is given.
+    fn insert_numbered(&mut self, text: &str) -> (Arc<str>, C) {
         let shared: Arc<str> = Arc::from(text);
         let number = C::next(self.strings.len(), &mut self.free);
         self.strings.insert(Arc::clone(&shared), number);
-        shared
+        (shared, number)
     }
 
     /// The shared copy of `text` and its number, if any entry holds it.
@@ -472,8 +477,15 @@ impl TextIndex {
     ) -> TextIndex {
         let col = attribute.then(|| {
             let mut col = Column::new(NO_CODE);
+            // The set holds each value's entries together: one lookup per value.
+            let mut last: Option<(&Arc<str>, Code)> = None;
             for (text, id) in &set {
-                col.set(*id, strings.code_of(text).unwrap_or(NO_CODE));
+                let code = match last {
+                    Some((shared, code)) if Arc::ptr_eq(shared, text) => code,
+                    _ => strings.code_of(text).unwrap_or(NO_CODE),
+                };
+                last = Some((text, code));
+                col.set(*id, code);
             }
             col
         });
@@ -515,23 +527,23 @@ impl TextIndex {
     }
 
     fn insert(&mut self, text: &str, id: u64) {
-        let shared = match self.strings.get_numbered(text) {
-            Some((shared, _)) => {
+        let (shared, code) = match self.strings.get_numbered(text) {
+            Some((shared, code)) => {
                 let shared = Arc::clone(shared);
                 *self.shared_counts.entry(Arc::clone(&shared)).or_insert(1) += 1;
-                shared
+                (shared, code)
             }
-            None => self.strings.insert_new(text),
+            None => self.strings.insert_numbered(text),
         };
         if let Some(col) = &mut self.col {
-            col.set(id, self.strings.code_of(text).unwrap_or(NO_CODE));
+            col.set(id, code);
         }
         self.set.insert((shared, id));
     }
 
     fn remove(&mut self, text: &str, id: u64) {
         if let Some(shared) = self.strings.get(text) {
-            if self.set.remove(&(Arc::clone(&shared), id)) {
+            if self.set.remove(&(shared, id)) {
                 if let Some(count) = self.shared_counts.get_mut(text) {
                     *count -= 1;
                     if *count <= 1 {
@@ -539,7 +551,6 @@ impl TextIndex {
                     }
                 }
             }
-            drop(shared);
             // Before the release, which frees a string only once nothing else holds it.
             if let Some(col) = &mut self.col {
                 col.set(id, NO_CODE);
@@ -1262,17 +1273,29 @@ fn diff_columns<T: Clone + PartialEq>(
     out: &mut Differences,
     show: impl Fn(&T) -> String,
 ) {
+    diff_columns_as(name, (live, T::clone), (rebuilt, T::clone), out, show);
+}
+
+/// Reports the ids whose column values differ once each side's are read as `V` (a coded
+/// column's codes as the strings they name in its own index).
+fn diff_columns_as<T: Clone + PartialEq, V: PartialEq>(
+    name: &str,
+    (live, live_value): (&Column<T>, impl Fn(&T) -> V),
+    (rebuilt, rebuilt_value): (&Column<T>, impl Fn(&T) -> V),
+    out: &mut Differences,
+    show: impl Fn(&V) -> String,
+) {
     let ids = keys_of_both(
         live.non_null().map(|(id, _)| id),
         rebuilt.non_null().map(|(id, _)| id),
     );
     for id in ids {
-        let (a, b) = (live.get(id), rebuilt.get(id));
+        let (a, b) = (live_value(live.get(id)), rebuilt_value(rebuilt.get(id)));
         if a != b {
             out.push(format!(
                 "{name}: call {id} is {} live but {} when rebuilt",
-                show(a),
-                show(b)
+                show(&a),
+                show(&b)
             ));
         }
     }
@@ -1285,21 +1308,13 @@ fn diff_coded_columns(name: &str, live: &TextIndex, rebuilt: &TextIndex, out: &m
         return;
     };
     let (live_texts, rebuilt_texts) = (live.strings.by_code(), rebuilt.strings.by_code());
-    let ids = keys_of_both(
-        live_col.non_null().map(|(id, _)| id),
-        rebuilt_col.non_null().map(|(id, _)| id),
+    diff_columns_as(
+        name,
+        (live_col, |code: &Code| text_of(&live_texts, *code)),
+        (rebuilt_col, |code: &Code| text_of(&rebuilt_texts, *code)),
+        out,
+        |text| Text(*text).to_string(),
     );
-    for id in ids {
-        let a = text_of(&live_texts, *live_col.get(id));
-        let b = text_of(&rebuilt_texts, *rebuilt_col.get(id));
-        if a != b {
-            out.push(format!(
-                "{name}: call {id} is {} live but {} when rebuilt",
-                Text(a),
-                Text(b)
-            ));
-        }
-    }
 }
 
 /// The string of `code` in a table from [`Interner::by_code`].

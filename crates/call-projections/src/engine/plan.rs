@@ -124,12 +124,16 @@ impl Plan<'_> {
     /// waste (a column read per candidate, out of cache at a million calls): a range of the
     /// first sort key, within whose bounds ([`value_bounds`]) the sorted walk reads.
     pub(crate) fn enforces(&self, filter: &Resolved, order: &Order) -> bool {
-        matches!(self, Plan::Sorted { .. })
-            && order
-                .keys
-                .first()
-                .is_some_and(|key| one_range_of(filter, key.col))
+        matches!(self, Plan::Sorted { .. }) && ranges_first_key(filter, order)
     }
+}
+
+/// Whether `filter` is one range of `order`'s first sort key (see [`one_range_of`]).
+fn ranges_first_key(filter: &Resolved, order: &Order) -> bool {
+    order
+        .keys
+        .first()
+        .is_some_and(|key| one_range_of(filter, key.col))
 }
 
 /// Picks how to read a list's candidates.
@@ -151,11 +155,7 @@ pub(crate) fn plan<'f>(
     // The filter naming the fewest calls, if it names at most `cap`.
     let mut smallest: Option<(usize, &Resolved)> = None;
     for filter in filters {
-        if order
-            .keys
-            .first()
-            .is_some_and(|key| one_range_of(filter, key.col))
-        {
+        if ranges_first_key(filter, order) {
             // What the sorted walk reads anyway, in order and only up to a page: collecting
             // it to order in memory is never cheaper, and counting it walks up to `cap`
             // entries (about ten thousand at a million calls and a page of 50).
