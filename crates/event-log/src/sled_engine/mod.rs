@@ -282,8 +282,10 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
 /// sled's page cache for the log. Its default (1 GiB) keeps every page written until it is
 /// full, so a serving process grew with its log (the soak: 30 to 52 MiB in three minutes, on its
 /// way to a gibibyte); the log is read at its tail (the projection, the outbox) and by stream
-/// (a command's call), which the operating system's page cache serves as well.
-const LOG_CACHE_BYTES: u64 = 8 << 20;
+/// (a command's call), which the operating system's page cache serves as well. 8 MiB still grew
+/// a serving process for minutes as the cache filled with nodes copied by every append (twice
+/// the soak's growth of 1 MiB, docs/operations.md); appends write at the tail, which stays cached.
+const LOG_CACHE_BYTES: u64 = 1 << 20;
 
 /// The sled configuration used for the log (and the raw baseline).
 pub(crate) fn sled_config(dir: &Path, durability: Durability) -> sled::Config {
