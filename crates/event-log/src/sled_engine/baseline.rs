@@ -13,9 +13,10 @@ use crate::{Durability, LogError};
 const CEILING_CACHE_BYTES: u64 = 8 << 20;
 
 /// Opens a fresh sled database in `dir` (configured as the log configures
-/// its own, with the larger cache [`CEILING_CACHE_BYTES`]), writes `rows` rows of `row_bytes` bytes with one `apply_batch`
-/// of `batch` rows followed by one `flush` per batch, and returns the rows
-/// written per second. A `batch` of 0 counts as 1.
+/// its own, with the larger cache [`CEILING_CACHE_BYTES`]), writes `rows`
+/// rows of `row_bytes` bytes with one `apply_batch` of `batch` rows followed
+/// by one `flush` per batch, and returns the rows written per second. A
+/// `batch` of 0 counts as 1.
 pub fn raw_sled_batch_ceiling(
     dir: &Path,
     rows: usize,

@@ -287,7 +287,7 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
 /// the soak's growth of 1 MiB, docs/operations.md); appends write at the tail, which stays cached.
 const LOG_CACHE_BYTES: u64 = 1 << 20;
 
-/// The sled configuration used for the log (and the raw baseline).
+/// The sled configuration used for the log (and the raw baseline, which enlarges its cache).
 pub(crate) fn sled_config(dir: &Path, durability: Durability) -> sled::Config {
     let config = sled::Config::new()
         .path(dir)
