@@ -31,8 +31,8 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 
 use support::service::{
-    create, drive, named_runtime, one, threads, until_applied, wait_until_served, Gateway, Req,
-    Sample, PREFIX,
+    create, drive, named_runtime, one, threads, until_applied_and_published, wait_until_served,
+    Gateway, Req, Sample, PREFIX,
 };
 use support::{create_document, print_table, quick, Row, Stats, Target, LEDGER_CALLS, LEVELS};
 
@@ -170,13 +170,17 @@ fn main() {
                 load.block_on(drive(&client, in_flight, gets.clone())),
                 load.block_on(drive(&client, in_flight, echo_gets)),
                 direct(&gateway.api, in_flight, &gets),
-                until_applied(&gateway.api, creates.len(), || {
+                until_applied_and_published(&gateway.api, &client, &load, creates.len(), || {
                     load.block_on(drive(&client, in_flight, creates))
                 }),
                 load.block_on(drive(&client, in_flight, echo_creates)),
-                until_applied(&gateway.api, direct_creates.len(), || {
-                    direct(&gateway.api, in_flight, &direct_creates)
-                }),
+                until_applied_and_published(
+                    &gateway.api,
+                    &client,
+                    &load,
+                    direct_creates.len(),
+                    || direct(&gateway.api, in_flight, &direct_creates),
+                ),
             ];
             if round > 0 {
                 figures.add(samples);

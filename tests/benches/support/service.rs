@@ -187,6 +187,48 @@ pub fn until_applied(api: &Api, count: usize, write: impl FnOnce() -> Sample) ->
     sample
 }
 
+/// [`until_applied`], and further until the service's outbox has published every event up to
+/// the view's checkpoint to the events stream: that publishing is part of what a write costs
+/// the service, and left running it would slow whatever sample comes next (the gets, which
+/// would then pay for the creates before them while the echo beside them does not).
+pub fn until_applied_and_published(
+    api: &Api,
+    client: &Client,
+    runtime: &Runtime,
+    count: usize,
+    write: impl FnOnce() -> Sample,
+) -> Sample {
+    let started = Instant::now();
+    let mut sample = write();
+    let head = api.catch_up().expect("the projection catches up");
+    runtime.block_on(until_published(client, head));
+    sample.per_second = count as f64 / started.elapsed().as_secs_f64();
+    sample
+}
+
+/// Waits (polling every millisecond, for at most a minute) until the events stream of the
+/// ledger on [`PREFIX`] holds `head` events, as it does once the outbox published every event
+/// of a log whose positions start at 1 (the bench's fresh server holds no other).
+pub async fn until_published(client: &Client, head: u64) {
+    let stream = call_gateway::JetStreamNames::of(PREFIX).events;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let published = match jetstream.get_stream(&stream).await {
+            Ok(mut events) => events.info().await.map(|info| info.state.messages).ok(),
+            Err(_) => None,
+        };
+        if published.is_some_and(|messages| messages >= head) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outbox did not publish up to {head} within a minute (published {published:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Runs `work(index)` for every index below `count` on `in_flight` threads, timing each.
 pub fn threads(in_flight: usize, count: usize, work: impl Fn(usize) + Sync) -> Sample {
     let next = AtomicUsize::new(0);
