@@ -12,7 +12,10 @@
 //! directory, durable log), the echo responder's, and the load generator's.
 //! The load generator runs `in flight` tasks, each sending one request at a
 //! time with `Client::request_with_headers` and timing it; the service and
-//! the echo take turns, sample by sample, so noise hits them alike.
+//! the echo take turns, sample by sample, so noise hits them alike. Beside
+//! each rate, the CPU time per request of the responder (the service's
+//! threads, or the echo's), the load generator and nats-server, from
+//! `/proc` (`support::cpu`): a ratio of rates, told apart by whose time grew.
 
 mod support;
 
@@ -30,6 +33,7 @@ use event_log::{EventLog, LogOptions};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use support::cpu::{CpuClock, CpuTally, CpuTimes};
 use support::service::{
     create, drive, named_runtime, one, threads, until_applied_and_published, wait_until_served,
     Gateway, Req, Sample, PREFIX,
@@ -149,6 +153,7 @@ fn main() {
         create_reply.payload.len()
     );
 
+    let clock = CpuClock::new(server.pid());
     let mut rows = Vec::new();
     let mut run = 1;
     for (slot, &in_flight) in LEVELS.iter().enumerate() {
@@ -166,24 +171,42 @@ fn main() {
             let direct_creates: Vec<_> = (0..sizes.creates[slot])
                 .map(|index| create_request(run, index))
                 .collect();
-            let samples = [
-                load.block_on(drive(&client, in_flight, gets.clone())),
-                load.block_on(drive(&client, in_flight, echo_gets)),
-                direct(&gateway.api, in_flight, &gets),
-                until_applied_and_published(&gateway.api, &client, &load, creates.len(), || {
+            let (gets_count, creates_count) = (gets.len(), creates.len());
+            let (ours_gets, ours_gets_cpu) = with_cpu(&clock, || {
+                load.block_on(drive(&client, in_flight, gets.clone()))
+            });
+            let (echo_gets, echo_gets_cpu) = with_cpu(&clock, || {
+                load.block_on(drive(&client, in_flight, echo_gets))
+            });
+            let direct_gets = direct(&gateway.api, in_flight, &gets);
+            let (ours_creates, ours_creates_cpu) = with_cpu(&clock, || {
+                until_applied_and_published(&gateway.api, &client, &load, creates_count, || {
                     load.block_on(drive(&client, in_flight, creates))
-                }),
-                load.block_on(drive(&client, in_flight, echo_creates)),
-                until_applied_and_published(
-                    &gateway.api,
-                    &client,
-                    &load,
-                    direct_creates.len(),
-                    || direct(&gateway.api, in_flight, &direct_creates),
-                ),
-            ];
+                })
+            });
+            let (echo_creates, echo_creates_cpu) = with_cpu(&clock, || {
+                load.block_on(drive(&client, in_flight, echo_creates))
+            });
+            let direct_creates = until_applied_and_published(
+                &gateway.api,
+                &client,
+                &load,
+                direct_creates.len(),
+                || direct(&gateway.api, in_flight, &direct_creates),
+            );
             if round > 0 {
-                figures.add(samples);
+                figures.add([
+                    ours_gets,
+                    echo_gets,
+                    direct_gets,
+                    ours_creates,
+                    echo_creates,
+                    direct_creates,
+                ]);
+                figures.cpu.add(0, ours_gets_cpu, gets_count);
+                figures.cpu.add(1, echo_gets_cpu, gets_count);
+                figures.cpu.add(3, ours_creates_cpu, creates_count);
+                figures.cpu.add(4, echo_creates_cpu, creates_count);
             }
         }
         rows.extend(figures.rows(in_flight));
@@ -357,12 +380,21 @@ fn direct(api: &Api, threads: usize, requests: &[Req]) -> Sample {
     }
 }
 
+/// Runs a sample and measures the CPU time it took, by part.
+fn with_cpu(clock: &CpuClock, run: impl FnOnce() -> Sample) -> (Sample, CpuTimes) {
+    let before = clock.now();
+    let sample = run();
+    (sample, clock.now().since(&before))
+}
+
 /// The recorded samples of one in-flight level: get over NATS, echo for
-/// get, get in process; the same three for create.
+/// get, get in process; the same three for create. The CPU time of those over
+/// NATS and of the echo's, by part.
 #[derive(Default)]
 struct Figures {
     rates: [Vec<f64>; 6],
     latencies: [Vec<Duration>; 6],
+    cpu: CpuTally,
 }
 
 impl Figures {
@@ -418,6 +450,36 @@ impl Figures {
                 baseline: Some(echo_latency.percentile(99.0)),
                 target: Target::None,
             });
+            if let (Some(ours_cpu), Some(echo_cpu)) =
+                (self.cpu.per_request(ours), self.cpu.per_request(echo))
+            {
+                let us = |spent: Duration| spent.as_secs_f64() * 1e6;
+                println!(
+                    "{in_flight:>2} in flight, {name}: CPU per request, us: the service {:.1}, load generator {:.1}, nats-server {:.1} | the echo {:.1}, load generator {:.1}, nats-server {:.1}",
+                    us(ours_cpu.service),
+                    us(ours_cpu.load),
+                    us(ours_cpu.nats),
+                    us(echo_cpu.echo),
+                    us(echo_cpu.load),
+                    us(echo_cpu.nats),
+                );
+                rows.push(Row {
+                    metric: format!(
+                        "diagnostic: CPU per {name} in the responder, us, {in_flight} in flight (vs the echo's)"
+                    ),
+                    ours: us(ours_cpu.service),
+                    baseline: Some(us(echo_cpu.echo)),
+                    target: Target::None,
+                });
+                rows.push(Row {
+                    metric: format!(
+                        "diagnostic: nats-server CPU per {name}, us, {in_flight} in flight (vs beside the echo)"
+                    ),
+                    ours: us(ours_cpu.nats),
+                    baseline: Some(us(echo_cpu.nats)),
+                    target: Target::None,
+                });
+            }
             rows.push(Row {
                 metric: format!(
                     "diagnostic: {name} req/s over NATS, {in_flight} in flight (vs Api::handle in process, {in_flight} {threads}, no NATS)"

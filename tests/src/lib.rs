@@ -110,6 +110,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id while it runs (it changes across restarts).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The JetStream store directory; it stays the same across restarts.
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("store")

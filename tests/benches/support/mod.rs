@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod cpu;
 pub mod service;
 
 /// The allocator the shipped binary uses (see `crates/callledger/src/main.rs`), so that the
