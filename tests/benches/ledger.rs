@@ -9,6 +9,8 @@
 //!   concurrency of raw `EventLog::append` of the same pre-encoded events and
 //!   beside sled's own ceiling (`apply_batch` of 1000 rows of the same size,
 //!   then `flush`);
+//! - `callledger import` calls/s (a new process, from start to exit, of an NDJSON file of
+//!   create documents) beside the same sled ceiling;
 //! - rebuild events/s beside a raw sled scan of the same log;
 //! - list latency for filtered pages at a small and a large ledger;
 //! - a get in process (`Api::handle`, one thread) beside a raw sled get of a row of the
@@ -17,6 +19,8 @@
 //! The machine is shared and noisy, so ours and the baselines run
 //! interleaved, sample by sample, and each figure is a median.
 
+#[path = "ledger/import.rs"]
+mod import;
 mod support;
 
 use std::path::Path;
@@ -44,7 +48,7 @@ use support::{
 const WRITERS: [usize; 3] = [1, 16, 64];
 
 /// The sections of the bench, which arguments may select.
-const SECTIONS: [&str; 4] = ["appends", "rebuild", "list", "gets"];
+const SECTIONS: [&str; 5] = ["appends", "import", "rebuild", "list", "gets"];
 
 /// The ledger size the append payloads are drawn for (it sets how many
 /// prospects there are, so the size of the prospect id).
@@ -58,6 +62,8 @@ struct Sizes {
     samples: usize,
     /// Rows per sample of the raw sled ceiling.
     ceiling_rows: usize,
+    /// Calls `callledger import` imports per round.
+    import_calls: usize,
     /// The log replayed by rebuild has at least this many events.
     rebuild_events: u64,
     /// The small and the large ledger of the list benchmark.
@@ -79,6 +85,7 @@ impl Sizes {
                 appends_per_sample: [100, 800, 3_200],
                 samples: 3,
                 ceiling_rows: 5_000,
+                import_calls: 5_000,
                 rebuild_events: 20_000,
                 list_sizes: [10_000, 100_000],
                 list_queries: 200,
@@ -91,6 +98,7 @@ impl Sizes {
                 appends_per_sample: [400, 4_000, 12_800],
                 samples: 5,
                 ceiling_rows: 20_000,
+                import_calls: 100_000,
                 rebuild_events: 1_000_000,
                 list_sizes: [10_000, 1_000_000],
                 list_queries: 2_000,
@@ -134,6 +142,19 @@ fn main() {
     let ours_log = EventLog::from_engine(ours_sled.clone());
     if wanted("appends") {
         rows.extend(bench_appends(root.path(), &sizes, &ours_log));
+    }
+    if wanted("import") {
+        // The ceiling writes rows of the stored events' mean size.
+        let payloads = encoded_creates(&root.path().join("import-payloads"), 1000);
+        let row_bytes = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len().max(1);
+        rows.extend(import::bench_import(
+            root.path(),
+            sizes.import_calls,
+            APPEND_LEDGER_CALLS,
+            sizes.ceiling_rows,
+            row_bytes,
+            sizes.samples.min(3),
+        ));
     }
     if wanted("rebuild") {
         top_up(&ours_log, sizes.rebuild_events);
