@@ -367,6 +367,39 @@ impl Projection {
         self.catch_up_locked()
     }
 
+    /// [`Projection::catch_up`] for a caller that no reader waits on while it runs (the offline
+    /// `import`, which appends a whole file before the view follows): far behind the log (more
+    /// than [`BULK_CATCH_UP`] events), it takes the rebuild's road, as opening does, pipelined
+    /// over threads with the indexes built once at the end, instead of a chunk at a time with
+    /// every index updated per call (half of a 100,000-call import's time on one core). Reads
+    /// meanwhile see the view as it was until it is swapped in whole.
+    pub fn catch_up_in_bulk(&self) -> Result<u64, ProjectionError> {
+        let _writing = self.lock_apply();
+        let (tree, meta) = {
+            let view = self.read_view()?;
+            (view.tree.clone(), view.meta)
+        };
+        if self.inner.log.head().saturating_sub(meta.checkpoint) <= BULK_CATCH_UP {
+            return self.catch_up_locked();
+        }
+        tracing::info!(from = meta.checkpoint, "catching up in bulk");
+        // A view with nothing applied is replayed as a new one: its indexes are then built from
+        // the replayed calls rather than by reading every view back.
+        let from = (meta.checkpoint > 0).then_some(meta);
+        let (meta, indexes) = replay(&self.inner.log, &tree, from, None, &mut |_, _| {})?;
+        {
+            let mut view = self.write_view()?;
+            view.meta = meta;
+            view.indexes = indexes;
+        }
+        self.inner
+            .checkpoint
+            .store(meta.checkpoint, Ordering::Release);
+        // The caught-up rows and counters must not wait for sled's own flusher.
+        self.inner.db.flush()?;
+        self.catch_up_locked()
+    }
+
     /// Read-your-writes: returns once the checkpoint is at least `position`, catching up first
     /// if needed. Callers whose position is already applied return at once, without a lock; of
     /// several waiting callers one catches up for all.
@@ -680,7 +713,7 @@ impl From<ProjectionError> for Reopen {
 /// Above this many unapplied events at open, catching up takes the rebuild's road (pipelined,
 /// large batches, indexes built once at the end), which nobody reading yet makes safe.
 /// (Tests use a small threshold so that their logs take this road too.)
-const BULK_CATCH_UP: u64 = if cfg!(test) { 20 } else { 50_000 };
+pub(crate) const BULK_CATCH_UP: u64 = if cfg!(test) { 20 } else { 50_000 };
 
 /// Reads a stored view, brings it close to the log's head if it is far behind, and reads its
 /// indexes from the snapshot in `dir` where that is of this view (at its checkpoint or before),

@@ -1,6 +1,7 @@
 //! The crate's tests: a real event log in a throwaway directory, events made with call-model,
 //! and every list checked against a brute-force reference of the query's meaning.
 
+use crate::projection::BULK_CATCH_UP;
 use crate::query::*;
 use crate::{Projection, ProjectionError, QueryError};
 use call_model::{
@@ -300,6 +301,12 @@ fn pick<'a, T>(rng: &mut u64, items: &'a [T]) -> &'a T {
 /// A few hundred varied calls, some updated, some deleted.
 fn varied_ledger(n: usize) -> Ledger {
     let mut ledger = Ledger::new();
+    fill_varied(&mut ledger, n);
+    ledger
+}
+
+/// Creates `n` calls of varied members in `ledger`, then updates some and deletes others.
+fn fill_varied(ledger: &mut Ledger, n: usize) {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut created = Vec::new();
     for i in 0..n {
@@ -415,7 +422,6 @@ fn varied_ledger(n: usize) -> Ledger {
             _ => {}
         }
     }
-    ledger
 }
 
 #[test]
@@ -1045,6 +1051,30 @@ fn rebuild_equals_live_and_verify_finds_a_tampered_row() {
         Vec::<String>::new()
     );
     assert_eq!(ledger.all(), before);
+}
+
+#[test]
+fn catching_up_in_bulk_equals_catching_up_call_by_call() {
+    let mut ledger = Ledger::new();
+    let bulk_dir = ledger.dir.path().join("bulk");
+    let bulk = Projection::open(&bulk_dir, ledger.log.clone()).expect("open a second view");
+    // From a view with nothing applied: replayed as a new one.
+    fill_varied(&mut ledger, 150);
+    assert!(ledger.log.head() > BULK_CATCH_UP);
+    assert_eq!(bulk.catch_up_in_bulk().unwrap(), ledger.log.head());
+    assert_eq!(everything(&bulk), everything(&ledger.projection));
+    assert_verified(&bulk, &bulk_dir);
+    // Far behind again, from a view that holds calls: continued, its indexes read back.
+    fill_varied(&mut ledger, 60);
+    assert!(ledger.log.head() - bulk.checkpoint() > BULK_CATCH_UP);
+    assert_eq!(bulk.catch_up_in_bulk().unwrap(), ledger.log.head());
+    assert_eq!(everything(&bulk), everything(&ledger.projection));
+    assert_verified(&bulk, &bulk_dir);
+    // Close behind: a chunk at a time, as `catch_up` does.
+    let id = ledger.create(json!({"attributes": {"note": "one more"}}));
+    assert_eq!(bulk.catch_up_in_bulk().unwrap(), ledger.log.head());
+    assert_eq!(bulk.get(id).unwrap(), ledger.projection.get(id).unwrap());
+    assert_eq!(everything(&bulk), everything(&ledger.projection));
 }
 
 #[test]

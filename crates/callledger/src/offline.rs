@@ -171,7 +171,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
             "the ledger failed while importing (everything acknowledged before is kept): {reason}"
         );
     }
-    let checkpoint = ledger.projection.catch_up()?;
+    let checkpoint = ledger.projection.catch_up_in_bulk()?;
     let seconds = started.elapsed().as_secs_f64();
     let imported = imported.into_inner();
     let skipped = skipped.into_inner();
