@@ -299,6 +299,7 @@ fn bench_appends(root: &Path, sizes: &Sizes, log: &EventLog) -> Vec<Row> {
                 sizes.ceiling_rows,
                 mean_bytes,
                 1000,
+                event_log::bench::CEILING_CACHE_BYTES,
             )
             .expect("raw sled ceiling");
             let _ = std::fs::remove_dir_all(root.join(format!("ceiling-{ceiling_dirs}")));
@@ -310,6 +311,7 @@ fn bench_appends(root: &Path, sizes: &Sizes, log: &EventLog) -> Vec<Row> {
                 count,
                 mean_bytes,
                 writers,
+                event_log::bench::CEILING_CACHE_BYTES,
             )
             .expect("raw sled rate at the writers' batch size");
             let _ = std::fs::remove_dir_all(root.join(format!("ceiling-{ceiling_dirs}")));

@@ -159,6 +159,24 @@ impl Ledger {
         location: &Location,
         config_durability: Option<Durability>,
     ) -> anyhow::Result<Ledger> {
+        Ledger::open_with(
+            location,
+            config_durability,
+            event_log::DEFAULT_LOG_CACHE_BYTES,
+        )
+    }
+
+    /// [`Ledger::open`] for a command that writes the log in bulk and exits (`import`): the
+    /// sled log gets [`event_log::BULK_WRITE_LOG_CACHE_BYTES`] of page cache.
+    pub fn open_for_bulk_writes(location: &Location) -> anyhow::Result<Ledger> {
+        Ledger::open_with(location, None, event_log::BULK_WRITE_LOG_CACHE_BYTES)
+    }
+
+    fn open_with(
+        location: &Location,
+        config_durability: Option<Durability>,
+        log_cache_bytes: u64,
+    ) -> anyhow::Result<Ledger> {
         let args = &location.data;
         let dir = args.dir();
         let durability = match args
@@ -180,6 +198,7 @@ impl Ledger {
                     disk_reserve: args
                         .disk_reserve_mb
                         .map_or(event_log::DEFAULT_DISK_RESERVE, |mb| mb << 20),
+                    cache_bytes: log_cache_bytes,
                 },
             )
             .with_context(|| format!("cannot open the event log in {}", dir.display()))?,

@@ -65,7 +65,7 @@ fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Comm
 }
 
 pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(at, None)?;
+    let ledger = Ledger::open_for_bulk_writes(at)?;
     let reader: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {

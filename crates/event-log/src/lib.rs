@@ -32,7 +32,9 @@ pub use sled_engine::SledLog;
 /// figures. Not part of the contract: behind the `bench` feature.
 #[cfg(feature = "bench")]
 pub mod bench {
-    pub use crate::sled_engine::baseline::{raw_sled_batch_ceiling, RawSledRows};
+    pub use crate::sled_engine::baseline::{
+        raw_sled_batch_ceiling, RawSledRows, CEILING_CACHE_BYTES,
+    };
 }
 
 /// A global position in the log. Positions start at 1 and have no gaps;
@@ -85,10 +87,29 @@ pub struct LogOptions {
     /// the log has fewer bytes free than this; they resume by themselves once space is freed.
     /// 0 turns the guard off.
     pub disk_reserve: u64,
+    /// sled's page cache for the log, in bytes: [`DEFAULT_LOG_CACHE_BYTES`] for a process that
+    /// serves, [`BULK_WRITE_LOG_CACHE_BYTES`] for one that writes the log in bulk and exits.
+    pub cache_bytes: u64,
 }
 
 /// The default [`LogOptions::disk_reserve`]: 64 MiB.
 pub const DEFAULT_DISK_RESERVE: u64 = 64 << 20;
+
+/// The default [`LogOptions::cache_bytes`]: 1 MiB. sled's own default (1 GiB) keeps every page
+/// written until it is full, so a serving process grew with its log (the soak: 30 to 52 MiB in
+/// three minutes, on its way to a gibibyte); the log is read at its tail (the projection, the
+/// outbox) and by stream (a command's call), which the operating system's page cache serves as
+/// well. 8 MiB still grew a serving process for minutes as the cache filled with nodes copied
+/// by every append (twice the soak's growth of 1 MiB, docs/operations.md); appends write at the
+/// tail, which stays cached.
+pub const DEFAULT_LOG_CACHE_BYTES: u64 = 1 << 20;
+
+/// [`LogOptions::cache_bytes`] for a process that writes the log in bulk and then exits (the
+/// offline `import`): with batches of hundreds of appends, a 1 MiB cache evicts the trees' inner
+/// nodes and sled reads them back for the next batch (an import of 100,000 calls: 2.06 and
+/// 2.09 s at 64 MiB, 2.50 and 2.52 s at 1 MiB); what it keeps is given back when the process
+/// exits.
+pub const BULK_WRITE_LOG_CACHE_BYTES: u64 = 64 << 20;
 
 impl LogOptions {
     /// Options where an acknowledged append survives a crash
@@ -97,6 +118,7 @@ impl LogOptions {
         LogOptions {
             durability: Durability::Flush,
             disk_reserve: DEFAULT_DISK_RESERVE,
+            cache_bytes: DEFAULT_LOG_CACHE_BYTES,
         }
     }
 }

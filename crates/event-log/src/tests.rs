@@ -8,11 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sled_engine::baseline::raw_sled_batch_ceiling;
+use crate::sled_engine::baseline::{raw_sled_batch_ceiling, CEILING_CACHE_BYTES};
 use crate::sled_engine::{keys, open_sled};
 use crate::{
     Append, AppendError, Appended, Durability, EventLog, ExpectedVersion, Idempotency, LogError,
-    LogOptions, MemoryLog, Record, SledLog, StreamId, StreamTarget,
+    LogOptions, MemoryLog, Record, SledLog, StreamId, StreamTarget, DEFAULT_LOG_CACHE_BYTES,
 };
 
 fn open(dir: &Path) -> EventLog {
@@ -206,7 +206,7 @@ fn a_log_written_with_version_rows_and_the_stream_counter_keeps_its_numbering() 
     new_stream(&log, &["b1"]);
     drop(log);
     {
-        let db = open_sled(dir.path(), Durability::Flush).unwrap();
+        let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
         db.insert(keys::version_key(a.stream), &2u64.to_be_bytes()[..])
             .unwrap();
         db.insert(keys::version_key(2), &1u64.to_be_bytes()[..])
@@ -673,7 +673,7 @@ fn a_corrupt_record_is_an_error_not_a_panic() {
     let a = new_stream(&log, &["a1", "a2"]);
     drop(log);
     {
-        let db = open_sled(dir.path(), Durability::Flush).unwrap();
+        let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
         db.insert(keys::log_key(2), &b"short"[..]).unwrap();
         db.flush().unwrap();
     }
@@ -693,7 +693,7 @@ fn a_corrupt_record_is_an_error_not_a_panic() {
 #[test]
 fn raw_baseline_reports_a_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let rate = raw_sled_batch_ceiling(dir.path(), 200, 64, 50).unwrap();
+    let rate = raw_sled_batch_ceiling(dir.path(), 200, 64, 50, CEILING_CACHE_BYTES).unwrap();
     assert!(rate > 0.0);
 }
 

@@ -102,7 +102,7 @@ impl SledLog {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
         let (db, counters) = crate::error::unpanicked("opening the log", || {
-            let db = open_sled(dir, options.durability)?;
+            let db = open_sled(dir, options.durability, options.cache_bytes)?;
             let counters = writer::recover(&db)?;
             Ok((db, counters))
         })?;
@@ -279,19 +279,10 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
     }
 }
 
-/// sled's page cache for the log. Its default (1 GiB) keeps every page written until it is
-/// full, so a serving process grew with its log (the soak: 30 to 52 MiB in three minutes, on its
-/// way to a gibibyte); the log is read at its tail (the projection, the outbox) and by stream
-/// (a command's call), which the operating system's page cache serves as well. 8 MiB still grew
-/// a serving process for minutes as the cache filled with nodes copied by every append (twice
-/// the soak's growth of 1 MiB, docs/operations.md); appends write at the tail, which stays cached.
-const LOG_CACHE_BYTES: u64 = 1 << 20;
-
-/// The sled configuration used for the log (and the raw baseline, which enlarges its cache).
-pub(crate) fn sled_config(dir: &Path, durability: Durability) -> sled::Config {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(LOG_CACHE_BYTES);
+/// The sled configuration used for the log (and the raw baseline), with a page cache of
+/// `cache_bytes` (see [`crate::LogOptions::cache_bytes`]).
+pub(crate) fn sled_config(dir: &Path, durability: Durability, cache_bytes: u64) -> sled::Config {
+    let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
     match durability {
         // Every group is flushed by the writer; a background flusher would
         // only compete with it.
@@ -301,8 +292,12 @@ pub(crate) fn sled_config(dir: &Path, durability: Durability) -> sled::Config {
 }
 
 /// Opens sled in `dir`, mapping its lock failure to [`LogError::Locked`].
-pub(crate) fn open_sled(dir: &Path, durability: Durability) -> Result<sled::Db, LogError> {
-    let config = sled_config(dir, durability);
+pub(crate) fn open_sled(
+    dir: &Path,
+    durability: Durability,
+    cache_bytes: u64,
+) -> Result<sled::Db, LogError> {
+    let config = sled_config(dir, durability, cache_bytes);
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
