@@ -385,7 +385,8 @@ pub fn restore(at: &Location, source: &Path) -> anyhow::Result<ExitCode> {
         check_segments(source, &manifest)?;
         Box::new(segment_lines(source.to_path_buf(), manifest))
     };
-    let ledger = Ledger::open(at, None)?;
+    // Like `import`, restore writes the log in bulk, then catches the projection up in bulk.
+    let ledger = Ledger::open_for_bulk_writes(at)?;
     if ledger.log.head() > 0 {
         bail!("the log of record of {} is not empty", data.display());
     }
@@ -406,7 +407,7 @@ pub fn restore(at: &Location, source: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     restored += append_batch(&ledger, &mut batch)?;
-    let checkpoint = ledger.projection.catch_up()?;
+    let checkpoint = ledger.projection.catch_up_in_bulk()?;
     let stats = ledger.projection.stats()?;
     println!(
         "restored {restored} events (positions 1 to {checkpoint}) into {}: {} live calls, {} deleted",

@@ -166,8 +166,8 @@ impl Ledger {
         )
     }
 
-    /// [`Ledger::open`] for a command that writes the log in bulk and exits (`import`): the
-    /// sled log gets [`event_log::BULK_WRITE_LOG_CACHE_BYTES`] of page cache.
+    /// [`Ledger::open`] for a command that writes the log in bulk and exits (`import`,
+    /// `restore`): the sled log gets [`event_log::BULK_WRITE_LOG_CACHE_BYTES`] of page cache.
     pub fn open_for_bulk_writes(location: &Location) -> anyhow::Result<Ledger> {
         Ledger::open_with(location, None, event_log::BULK_WRITE_LOG_CACHE_BYTES)
     }
