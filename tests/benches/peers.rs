@@ -9,7 +9,9 @@
 //!    `(stream_name, position)`, the next position computed and the row inserted in one
 //!    statement (one transaction), `synchronous_commit` on.
 //!
-//! At 1, 16 and 64 writers, each waiting for its acknowledgement before the next write. Then
+//! At 1, 16 and 64 writers, each waiting for its acknowledgement before the next write;
+//! call-ledger's writes are timed until its projection holds them and its outbox has published
+//! them, so that none of its work runs on into the next peer's sample. Then
 //! each replays its events into the same current-state view (PostgreSQL: a table of the last
 //! event per call; JetStream: the stream read from the start and folded into a map; call-ledger:
 //! `Projection::rebuild`). Run with `make bench-peers` or `cargo bench -p call-ledger-tests
@@ -35,8 +37,8 @@ use futures::StreamExt;
 use tokio::runtime::Runtime;
 
 use support::service::{
-    drive, event_payload, tasks, threads, until_applied, wait_until_served, Gateway, Req, Sample,
-    PREFIX,
+    drive, event_payload, tasks, threads, until_applied_and_published, wait_until_served, Gateway,
+    Req, Sample, PREFIX,
 };
 use support::{
     create_document, print_table, quick, Row, Sizes, Stats, Target, LEDGER_CALLS, LEVELS,
@@ -222,6 +224,8 @@ impl Ledger {
         InProcess {
             api: self.gateway.api.clone(),
             projection: self.projection.clone(),
+            runtime: Arc::clone(&self.runtime),
+            client: self.client.clone(),
         }
     }
 
@@ -247,6 +251,9 @@ fn document(index: usize) -> Vec<u8> {
 struct InProcess {
     api: Api,
     projection: Projection,
+    /// The load generator's runtime and connection, to wait for the outbox.
+    runtime: Arc<Runtime>,
+    client: async_nats::Client,
 }
 
 impl Peer for InProcess {
@@ -267,7 +274,7 @@ impl Peer for InProcess {
                 assert!(!response.is_error(), "create: {}", response.status);
             })
         };
-        until_applied(&self.api, count, write)
+        until_applied_and_published(&self.api, &self.client, &self.runtime, count, write)
     }
 
     fn replay(&self) -> Option<(u64, f64)> {
@@ -280,7 +287,8 @@ impl Peer for InProcess {
 struct OverNats {
     runtime: Arc<Runtime>,
     client: async_nats::Client,
-    /// The gateway's API, to time the writes until its projection holds them.
+    /// The gateway's API, to time the writes until its projection holds them (and the outbox
+    /// has published them).
     api: Api,
 }
 
@@ -303,7 +311,7 @@ impl Peer for OverNats {
             self.runtime
                 .block_on(drive(&self.client, writers, requests))
         };
-        until_applied(&self.api, count, write)
+        until_applied_and_published(&self.api, &self.client, &self.runtime, count, write)
     }
 
     fn replay(&self) -> Option<(u64, f64)> {
