@@ -105,15 +105,15 @@ pub const DEFAULT_DISK_RESERVE: u64 = 64 << 20;
 pub const DEFAULT_LOG_CACHE_BYTES: u64 = 1 << 20;
 
 /// [`LogOptions::cache_bytes`] for a process that writes the log in bulk and then exits (the
-/// offline `import`): with batches of hundreds of appends, a 1 MiB cache evicts the trees' inner
-/// nodes and sled reads them back for the next batch (an import of 100,000 calls: 2.06 and
-/// 2.09 s at 64 MiB, 2.50 and 2.52 s at 1 MiB); what it keeps is given back when the process
+/// offline `import` and `restore`): with batches of hundreds of appends, a 1 MiB cache evicts the
+/// trees' inner nodes and sled reads them back for the next batch (an import of 100,000 calls: 2.06
+/// and 2.09 s at 64 MiB, 2.50 and 2.52 s at 1 MiB); what it keeps is given back when the process
 /// exits.
 pub const BULK_WRITE_LOG_CACHE_BYTES: u64 = 64 << 20;
 
 impl LogOptions {
     /// Options where an acknowledged append survives a crash
-    /// ([`Durability::Flush`]), with the default disk reserve.
+    /// ([`Durability::Flush`]), with the default disk reserve and page cache.
     pub fn durable() -> Self {
         LogOptions {
             durability: Durability::Flush,
