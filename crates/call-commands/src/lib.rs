@@ -329,7 +329,7 @@ impl CommandService {
             })
             .collect();
         let expected = match stream {
-            StreamTarget::New => ExpectedVersion::NoStream,
+            StreamTarget::New | StreamTarget::Restored(_) => ExpectedVersion::NoStream,
             StreamTarget::Existing(_) => ExpectedVersion::Exact(state.version()),
         };
         let append = Append {

@@ -424,8 +424,10 @@ fn append_batch(ledger: &Ledger, batch: &mut Vec<Event>) -> anyhow::Result<u64> 
     let appends = events
         .iter()
         .map(|event| Append {
+            // A call keeps its id: logs written before 2026-12-05 counted ids up from 1, and
+            // the sled log now gives a new call the position of its first event.
             stream: if event.version == 1 {
-                StreamTarget::New
+                StreamTarget::Restored(event.call_id)
             } else {
                 StreamTarget::Existing(event.call_id)
             },

@@ -54,10 +54,15 @@ impl Replica {
         if sequence != head + 1 {
             return Ok(Applied::Gap);
         }
-        let target = if stream > self.log.streams_allocated() {
-            StreamTarget::New
-        } else {
-            StreamTarget::Existing(stream)
+        // A stream the replica does not hold starts under the id the record carries (ids are
+        // counted up here, but a log restored from another engine's keeps that engine's ids).
+        let held = self
+            .log
+            .stream_version(stream)
+            .map_err(|error| format!("the replica cannot be read: {error}"))?;
+        let target = match held {
+            Some(_) => StreamTarget::Existing(stream),
+            None => StreamTarget::Restored(stream),
         };
         let appended = self
             .log

@@ -25,8 +25,8 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use event_log::{
-    check_expected, replay, Append, AppendError, Appended, LogEngine, LogError, Position, StreamId,
-    StreamTarget, Version,
+    check_expected, check_restored, replay, Append, AppendError, Appended, LogEngine, LogError,
+    Position, StreamId, StreamTarget, Version,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -315,6 +315,14 @@ impl Writer {
                 Some(version) => (id, Some(*version)),
                 None => (id, self.replica.stream_version(id)?),
             },
+            StreamTarget::Restored(id) => {
+                let current = match overlay.versions.get(&id) {
+                    Some(version) => Some(*version),
+                    None => self.replica.stream_version(id)?,
+                };
+                check_restored(append, id, current)?;
+                (id, None)
+            }
         };
         check_expected(append, current)?;
         let version = current.unwrap_or(0) + 1;

@@ -227,6 +227,26 @@ pub fn replay(
     }
 }
 
+/// The contract's rule for a [`StreamTarget::Restored`] id: not 0, and not taken (`current`, the
+/// stream's last version, is `None`).
+pub fn check_restored(
+    append: &Append,
+    id: StreamId,
+    current: Option<Version>,
+) -> Result<(), AppendError> {
+    if id == 0 {
+        return Err(AppendError::InvalidStreamId(id));
+    }
+    if current.is_some() {
+        return Err(AppendError::WrongExpectedVersion {
+            stream: append.stream,
+            expected: append.expected,
+            actual: current,
+        });
+    }
+    Ok(())
+}
+
 /// The contract's rule for the expected version, against the stream's `current` last version
 /// (`None`: no records); then that an append carries payloads.
 pub fn check_expected(append: &Append, current: Option<Version>) -> Result<(), AppendError> {

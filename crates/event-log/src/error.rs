@@ -85,6 +85,9 @@ pub enum AppendError {
     /// [`StreamTarget::Existing`] names an id the log never allocated.
     #[error("stream {0} does not exist")]
     StreamNotFound(StreamId),
+    /// [`StreamTarget::Restored`] names 0, which is no stream's id.
+    #[error("stream id {0} cannot be restored: ids start at 1")]
+    InvalidStreamId(StreamId),
     /// The request had no payloads.
     #[error("an append needs at least one payload")]
     Empty,

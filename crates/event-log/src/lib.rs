@@ -23,7 +23,7 @@ mod sled_engine;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{check_expected, replay, EventLog, HeadWatch, LogEngine};
+pub use engine::{check_expected, check_restored, replay, EventLog, HeadWatch, LogEngine};
 pub use error::{AppendError, LogError};
 pub use memory::MemoryLog;
 pub use sled_engine::SledLog;
@@ -126,10 +126,16 @@ impl LogOptions {
 /// Which stream an [`Append`] goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamTarget {
-    /// Allocate the next [`StreamId`] and start a new stream.
+    /// Start a new stream under a new [`StreamId`], greater than every id the log has given.
+    /// (The sled engine gives the position of the stream's first record, which spares it an
+    /// index row per new stream; the memory and JetStream engines count up from 1.)
     New,
-    /// Append to a stream allocated earlier.
+    /// Append to a stream started earlier.
     Existing(StreamId),
+    /// Start a new stream under the id that another log gave it, for `restore`, which writes a
+    /// log's records at their own positions and ids. The id must not be taken, and not be 0
+    /// ([`AppendError::InvalidStreamId`]); later new streams get greater ids.
+    Restored(StreamId),
 }
 
 /// The optimistic-concurrency condition of an [`Append`].

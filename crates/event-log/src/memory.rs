@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
-use crate::engine::{check_expected, replay, HeadWatch, LogEngine};
+use crate::engine::{check_expected, check_restored, replay, HeadWatch, LogEngine};
 use crate::{
     Append, AppendError, Appended, LogError, LogStats, Position, Record, StreamId, StreamTarget,
     Version,
@@ -28,7 +28,8 @@ struct State {
     streams: HashMap<StreamId, Vec<Position>>,
     /// The original result of each idempotency key, with its fingerprint.
     keys: HashMap<String, (Appended, [u8; 32])>,
-    /// The streams allocated so far (ids `1..=allocated`).
+    /// The highest stream id given so far: a new stream gets the next (restored streams may
+    /// leave ids below it unused).
     allocated: StreamId,
 }
 
@@ -47,7 +48,7 @@ impl MemoryLog {
         }
     }
 
-    /// How many streams were allocated: the next new stream's id is one more.
+    /// The highest stream id given so far: the next new stream's id is one more.
     pub fn streams_allocated(&self) -> StreamId {
         self.state().allocated
     }
@@ -67,25 +68,27 @@ impl LogEngine for MemoryLog {
                 return replay(idempotency, *original, *fingerprint);
             }
         }
+        let first_position = state.records.len() as u64 + 1;
+        let version_of = |id: StreamId| {
+            state
+                .streams
+                .get(&id)
+                .map(|positions| positions.len() as u64)
+        };
         let (stream, current) = match append.stream {
             StreamTarget::New => (state.allocated + 1, None),
-            StreamTarget::Existing(id) => {
-                if id == 0 || id > state.allocated {
-                    return Err(AppendError::StreamNotFound(id));
-                }
-                let current = state
-                    .streams
-                    .get(&id)
-                    .map(|positions| positions.len() as u64);
-                (id, current)
+            StreamTarget::Existing(id) => match version_of(id) {
+                Some(current) => (id, Some(current)),
+                None => return Err(AppendError::StreamNotFound(id)),
+            },
+            StreamTarget::Restored(id) => {
+                check_restored(&append, id, version_of(id))?;
+                (id, None)
             }
         };
         check_expected(&append, current)?;
-        if append.stream == StreamTarget::New {
-            state.allocated += 1;
-        }
+        state.allocated = state.allocated.max(stream);
         let first_version = current.unwrap_or(0) + 1;
-        let first_position = state.records.len() as u64 + 1;
         for (offset, payload) in (0..).zip(append.payloads) {
             let position = first_position + offset;
             state.records.push(Record {

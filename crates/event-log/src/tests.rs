@@ -174,7 +174,8 @@ fn reopen_after_drop_recovers_head_and_next_stream_id() {
     assert_eq!(log.stream_version(a.stream).unwrap(), Some(3));
     let stats = log.stats().unwrap();
     assert_eq!((stats.events, stats.streams, stats.head), (4, 2, 4));
-    assert_eq!(new_stream(&log, &["c1"]).stream, 3);
+    // A new stream's id is its first record's position.
+    assert_eq!(new_stream(&log, &["c1"]).stream, 5);
     let retry = log
         .append(with_key(
             request(
@@ -196,35 +197,139 @@ fn reopen_after_drop_recovers_head_and_next_stream_id() {
     assert_gap_free(&all(&log));
 }
 
+/// Writes `records` (stream, version, payload), at positions from 1, into `dir` as logs written
+/// before 2026-12-05 stored them: an `S` row for every record, no `Mstreams` row.
+fn write_legacy_log(dir: &Path, records: &[(StreamId, u64, &str)]) {
+    let db = open_sled(dir, Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
+    for (position, (stream, version, payload)) in (1u64..).zip(records) {
+        let key = keys::log_key(position);
+        db.insert(
+            key,
+            keys::log_value(&key, *stream, *version, payload.as_bytes()),
+        )
+        .unwrap();
+        db.insert(
+            keys::stream_key(*stream, *version),
+            &position.to_be_bytes()[..],
+        )
+        .unwrap();
+    }
+    db.flush().unwrap();
+}
+
 #[test]
 fn a_log_written_with_version_rows_and_the_stream_counter_keeps_its_numbering() {
     // Logs written before 2026-12 also hold a `V` row per stream and the `M` counter; the
     // counter may be ahead of the index (a stream id given to an append that then failed).
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let a = new_stream(&log, &["a1", "a2"]);
-    new_stream(&log, &["b1"]);
-    drop(log);
+    write_legacy_log(dir.path(), &[(1, 1, "a1"), (1, 2, "a2"), (2, 1, "b1")]);
     {
         let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
-        db.insert(keys::version_key(a.stream), &2u64.to_be_bytes()[..])
+        db.insert(keys::version_key(1), &2u64.to_be_bytes()[..])
             .unwrap();
         db.insert(keys::version_key(2), &1u64.to_be_bytes()[..])
             .unwrap();
-        db.insert(keys::NEXT_STREAM, &5u64.to_be_bytes()[..])
+        db.insert(keys::NEXT_STREAM, &6u64.to_be_bytes()[..])
             .unwrap();
         db.flush().unwrap();
     }
     let log = open(dir.path());
-    assert_eq!(new_stream(&log, &["c1"]).stream, 5);
+    assert_eq!(log.stats().unwrap().streams, 5, "ids 1 to 5 were given");
+    // Position 4, but ids up to 5 were given: the new stream gets 6, with an index row.
+    let c = new_stream(&log, &["c1"]);
+    assert_eq!((c.first_position, c.stream), (4, 6));
     // The stale `V` row is not what versions are read from.
-    append_any(&log, a.stream, &["a3"]);
-    assert_eq!(log.stream_version(a.stream).unwrap(), Some(3));
+    append_any(&log, 1, &["a3"]);
+    assert_eq!(log.stream_version(1).unwrap(), Some(3));
     drop(log);
     let log = open(dir.path());
-    assert_eq!(log.stream_version(a.stream).unwrap(), Some(3));
-    assert_eq!(new_stream(&log, &["d1"]).stream, 6);
+    assert_eq!(log.stream_version(1).unwrap(), Some(3));
+    assert_eq!(log.read_stream(6).unwrap().len(), 1);
+    // Positions are past every id given: a new stream's id is its position again.
+    let d = new_stream(&log, &["d1"]);
+    assert_eq!((d.first_position, d.stream), (6, 6 + 1));
+    assert_eq!(log.stats().unwrap().streams, 7);
     assert_gap_free(&all(&log));
+}
+
+#[test]
+fn a_log_written_before_ids_were_positions_reads_and_grows_alongside_new_streams() {
+    // Ids counted from 1, an index row for every record: stream 2's first record is at 2,
+    // stream 3's at 4, so stream 3's id is not its position.
+    let dir = tempfile::tempdir().unwrap();
+    write_legacy_log(
+        dir.path(),
+        &[(1, 1, "a1"), (2, 1, "b1"), (1, 2, "a2"), (3, 1, "c1")],
+    );
+    let log = open(dir.path());
+    assert_eq!(log.stats().unwrap().streams, 3);
+    let d = new_stream(&log, &["d1"]);
+    assert_eq!((d.first_position, d.stream), (5, 5));
+    append_any(&log, 3, &["c2"]);
+    append_any(&log, d.stream, &["d2"]);
+    append_any(&log, 2, &["b2"]);
+    drop(log);
+    let log = open(dir.path());
+    let payloads = |stream| -> Vec<String> {
+        log.read_stream(stream)
+            .unwrap()
+            .iter()
+            .map(|record| String::from_utf8(record.payload.clone()).unwrap())
+            .collect()
+    };
+    assert_eq!(payloads(1), ["a1", "a2"]);
+    assert_eq!(payloads(2), ["b1", "b2"]);
+    assert_eq!(payloads(3), ["c1", "c2"]);
+    assert_eq!(payloads(5), ["d1", "d2"]);
+    // Position 4 holds stream 3's first record, so 4 is no stream.
+    assert!(payloads(4).is_empty());
+    assert_eq!(log.stream_version(4).unwrap(), None);
+    assert!(matches!(
+        log.append(request(
+            StreamTarget::Existing(4),
+            ExpectedVersion::Any,
+            &["x"]
+        )),
+        Err(AppendError::StreamNotFound(4))
+    ));
+    assert_eq!(log.stats().unwrap().streams, 4);
+    assert_eq!(new_stream(&log, &["e1"]).stream, 9);
+    assert_gap_free(&all(&log));
+}
+
+#[test]
+fn a_restored_stream_keeps_its_id_and_new_streams_stay_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for log in engines(dir.path()) {
+        let restored = |id| {
+            log.append(request(
+                StreamTarget::Restored(id),
+                ExpectedVersion::NoStream,
+                &["r"],
+            ))
+        };
+        assert_eq!(restored(1).unwrap().stream, 1);
+        // Ids restored out of order and beyond the positions (a log with failed appends).
+        assert_eq!(restored(7).unwrap().stream, 7);
+        assert_eq!(restored(3).unwrap().stream, 3);
+        assert!(matches!(
+            restored(3),
+            Err(AppendError::WrongExpectedVersion {
+                actual: Some(1),
+                ..
+            })
+        ));
+        assert!(matches!(restored(0), Err(AppendError::InvalidStreamId(0))));
+        append_any(&log, 7, &["r2"]);
+        let new = new_stream(&log, &["n"]);
+        assert!(new.stream > 7, "{new:?}");
+        assert_eq!(log.read_stream(7).unwrap().len(), 2);
+        assert_eq!(log.stats().unwrap().streams, 4);
+        assert_gap_free(&all(&log));
+    }
+    // The sled log keeps the floor across a reopen.
+    let log = open(dir.path());
+    assert!(new_stream(&log, &["m"]).stream > 8);
 }
 
 #[test]
@@ -277,8 +382,10 @@ fn append_all_answers_each_append_in_order_and_alone() {
             .filter_map(|answer| answer.as_ref().ok())
             .map(|appended| appended.stream)
             .collect();
-        assert_eq!(streams[..3], [1, 1, 2]);
-        assert_eq!(*streams.last().unwrap(), 2000);
+        assert_eq!(streams[..2], [1, 1]);
+        let new: Vec<StreamId> = streams[2..].to_vec();
+        assert_eq!(new.len(), 1999);
+        assert!(new[0] > 1 && new.windows(2).all(|pair| pair[0] < pair[1]));
         assert_eq!(log.head(), 2001);
         assert_gap_free(&all(&log));
     }
@@ -380,10 +487,11 @@ fn idempotent_retry_returns_the_original_and_appends_nothing() {
             }
         );
         assert_eq!(log.head(), 2);
+        let next = new_stream(&log, &["b"]);
         assert_eq!(
-            new_stream(&log, &["b"]).stream,
-            2,
-            "the retry allocated no stream"
+            (next.first_position, log.stats().unwrap().streams),
+            (3, 2),
+            "the retry appended and counted nothing"
         );
 
         let reused = log
@@ -793,7 +901,7 @@ fn acknowledged_appends_survive_a_killed_process_and_it_held_the_lock() {
     assert_eq!(records.len() as u64, log.head());
     assert_gap_free(&records);
     let highest = records.iter().map(|r| r.stream).max().unwrap();
-    assert_eq!(new_stream(&log, &["after"]).stream, highest + 1);
+    assert!(new_stream(&log, &["after"]).stream > highest);
 }
 
 /// Garbled bytes at many places of a healthy log's file: opening and reading it back either

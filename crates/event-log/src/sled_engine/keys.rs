@@ -5,13 +5,24 @@
 //! | key                                  | value                                            |
 //! |--------------------------------------|--------------------------------------------------|
 //! | `L` position                         | stream, version (top bit set), CRC-32, payload   |
-//! | `S` stream version                   | position                                         |
+//! | `S` stream version                   | position, for a record whose place is not derived (below) |
 //! | `I` idempotency key (UTF-8)          | stream, first/last version, first/last position, fingerprint |
+//! | `Mstreams`                           | how many streams there are                       |
 //! | `V` stream (logs written before 2026-12) | last version, no longer written              |
 //! | `Mnext_stream` (likewise)            | the next stream id, no longer written            |
 //!
-//! A stream's version is its last `S` row and the next stream id follows the highest stream in
-//! `S`, so an append writes its records, their index rows and, with a key, its idempotency row.
+//! A new stream's id is the position of its first record, so the first record of a stream
+//! needs no `S` row: it is the `L` row at the stream's id, if that record is the stream's
+//! version 1. Every other record has one: the later versions of every stream, and the first of
+//! a stream whose id is not its first position (streams started before 2026-12-05, when ids
+//! were counted up from 1, and streams restored from such a log). A stream's version is its last
+//! `S` row, else 1 if its id's `L` row is its first record. So a create writes one row (and,
+//! with a key, its idempotency row) where it used to write two, which is what sled's writes
+//! cost by: a row per event was most of the log writer's time and of the memory sled keeps
+//! for every page it has written.
+//!
+//! `Mstreams` is rewritten by each batch that starts a stream. A log without it (written before
+//! 2026-12-05) counts its streams as its highest dense id, from `S`, `V` and `Mnext_stream`.
 //!
 //! All integers are big-endian `u64`, so sled's byte order is numeric order.
 //!
@@ -31,8 +42,10 @@ pub(crate) const STREAM: u8 = b'S';
 pub(crate) const VERSION: u8 = b'V';
 /// Prefix of the idempotency keys.
 pub(crate) const IDEMPOTENCY: u8 = b'I';
-/// The persisted stream-id counter.
+/// The persisted stream-id counter of logs written before 2026-12.
 pub(crate) const NEXT_STREAM: &[u8] = b"Mnext_stream";
+/// The number of streams.
+pub(crate) const STREAM_COUNT: &[u8] = b"Mstreams";
 
 const IDEMPOTENCY_VALUE_LEN: usize = 5 * 8 + 32;
 
@@ -69,6 +82,12 @@ fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
     key[0] = prefix;
     key[1..].copy_from_slice(&n.to_be_bytes());
     key
+}
+
+/// Whether the record of `stream`'s `version` at `position` is found without an `S` row: it is
+/// the first record of a stream whose id is its position.
+pub(crate) fn place_is_derived(stream: StreamId, version: Version, position: Position) -> bool {
+    version == 1 && stream == position
 }
 
 /// The top bit of a record's stored version: a CRC-32 follows the version.
@@ -214,7 +233,7 @@ pub(crate) fn decode_idempotency_value(
 }
 
 /// A readable name for a key, for error messages: `L/42`, `S/3/7`, `V/3`,
-/// `I/"key"`, `M/next_stream`, or hex for anything else.
+/// `I/"key"`, `M/next_stream`, `M/streams`, or hex for anything else.
 pub(crate) fn describe(key: &[u8]) -> String {
     let n = |at: usize| {
         key.get(at..at + 8)
@@ -231,6 +250,7 @@ pub(crate) fn describe(key: &[u8]) -> String {
         ),
         (Some(&IDEMPOTENCY), _) => format!("I/{:?}", String::from_utf8_lossy(&key[1..])),
         _ if key == NEXT_STREAM => "M/next_stream".to_string(),
+        _ if key == STREAM_COUNT => "M/streams".to_string(),
         _ => key.iter().map(|b| format!("{b:02x}")).collect(),
     }
 }

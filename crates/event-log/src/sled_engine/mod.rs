@@ -110,9 +110,7 @@ impl SledLog {
         let mark = mark::DurableMark::open(dir, head)?;
         let shared = Arc::new(Shared::default());
         shared.head.store(head, Ordering::Release);
-        shared
-            .streams
-            .store(counters.next_stream - 1, Ordering::Release);
+        shared.streams.store(counters.streams, Ordering::Release);
         let (head_tx, head_rx) = watch::channel(head);
         let (requests, queue) = mpsc::sync_channel(writer::QUEUE_CAPACITY);
         let writer = Writer {
@@ -131,7 +129,7 @@ impl SledLog {
         tracing::info!(
             dir = %dir.display(),
             head,
-            next_stream = counters.next_stream,
+            streams = counters.streams,
             durability = ?options.durability,
             "event log opened"
         );
@@ -263,6 +261,32 @@ impl LogEngine for SledLog {
     }
 }
 
+/// The first record of `stream` where its place is derived (see [`keys`]): the record at the
+/// position equal to the stream's id, if it is there (at or below `head`) and is the stream's
+/// version 1.
+fn derived_first_record(
+    tree: &sled::Tree,
+    stream: StreamId,
+    head: Position,
+) -> Result<Option<Record>, LogError> {
+    if stream == 0 || stream > head {
+        return Ok(None);
+    }
+    let key = keys::log_key(stream);
+    let Some(value) = tree.get(key).map_err(crate::error::storage)? else {
+        return Ok(None);
+    };
+    let (found_stream, version, payload) = keys::decode_log_value(&key, &value)?;
+    Ok(
+        keys::place_is_derived(found_stream, version, stream).then(|| Record {
+            position: stream,
+            stream,
+            version,
+            payload: payload.to_vec(),
+        }),
+    )
+}
+
 /// Takes the exclusive lock on `dir/LOCK`, held until the file is closed.
 fn lock_dir(dir: &Path) -> Result<File, LogError> {
     let file = OpenOptions::new()
@@ -353,7 +377,35 @@ impl SledLog {
     fn read_stream_unguarded(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
         let head = self.head();
         let mut records = Vec::new();
-        for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)) {
+        let mut indexed = self
+            .inner
+            .db
+            .scan_prefix(keys::stream_prefix(stream))
+            .peekable();
+        let first_indexed = match indexed.peek() {
+            Some(Ok((key, value))) => Some((
+                keys::decode_stream_key_version(key)?,
+                keys::decode_u64_value(key, value)?,
+            )),
+            _ => None,
+        };
+        if !matches!(first_indexed, Some((1, _))) {
+            match derived_first_record(&self.inner.db, stream, head)? {
+                Some(first) => records.push(first),
+                None => {
+                    if let Some((version, position)) = first_indexed.filter(|f| f.1 <= head) {
+                        return Err(keys::corrupt(
+                            &keys::stream_key(stream, version),
+                            &format!(
+                                "the stream's records start at version {version} (position \
+                                 {position}): its first record is missing"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for entry in indexed {
             let (index_key, value) = entry.map_err(crate::error::storage)?;
             let version = keys::decode_stream_key_version(&index_key)?;
             let position = keys::decode_u64_value(&index_key, &value)?;
@@ -396,7 +448,7 @@ impl SledLog {
                 return keys::decode_stream_key_version(&key).map(Some);
             }
         }
-        Ok(None)
+        Ok(derived_first_record(&self.inner.db, stream, head)?.map(|_| 1))
     }
 
     fn idempotent_result_unguarded(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::keys;
-use crate::engine::{check_expected, replay};
+use crate::engine::{check_expected, check_restored, replay};
 use crate::{
     Append, AppendError, Appended, Durability, LogError, Position, StreamId, StreamTarget, Version,
 };
@@ -41,26 +41,37 @@ pub(crate) struct Request {
     pub(crate) reply: Reply,
 }
 
-/// The allocation counters, as applied to the tree.
+/// The counters, as applied to the tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Counters {
     /// The position the next record gets.
     pub(crate) next_position: Position,
-    /// The id the next new stream gets.
-    pub(crate) next_stream: StreamId,
+    /// The lowest id a new stream may get: above every id given that is not its stream's first
+    /// position (see [`Counters::new_stream_id`]).
+    pub(crate) id_floor: StreamId,
+    /// How many streams there are.
+    pub(crate) streams: u64,
 }
 
 impl Counters {
     fn last_position(&self) -> Position {
         self.next_position - 1
     }
+
+    /// The id of a new stream whose first record goes at `next_position`: that position, which
+    /// spares its first record an index row, unless an id at or above it was given already:
+    /// by a log written before 2026-12-05, whose ids were counted from 1 and could run ahead of
+    /// the positions (an id given to an append that failed), or by a restored stream.
+    fn new_stream_id(&self) -> StreamId {
+        self.next_position.max(self.id_floor)
+    }
 }
 
-/// Reads the counters from the tree: the head from the last `L` key, the next stream id from the
-/// highest stream in the `S` index (streams are numbered in the order they are created, and a
-/// stream's first record and its index row are written in the same batch). Logs written before
-/// the index was the only source also hold `V` rows and the `M` counter, which are honoured so
-/// that no stream id is ever given twice.
+/// Reads the counters from the tree: the head from the last `L` key; the id floor above the
+/// highest stream in the `S` index (every stream whose id is not its first position has its
+/// first record there) and, in logs written before 2026-12, the `V` rows and the `Mnext_stream`
+/// counter; the stream count from the `Mstreams` row. A log without that row was written
+/// before 2026-12-05, when stream ids were counted up from 1: its count is the floor less one.
 pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
     let last_position = match tree.scan_prefix([keys::LOG]).next_back() {
         Some(entry) => keys::decode_log_key(&entry.map_err(crate::error::storage)?.0)?,
@@ -81,10 +92,18 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
     if stored == 0 {
         return Err(keys::corrupt(keys::NEXT_STREAM, "stream counter is 0"));
     }
-    let next_stream = stored.max(highest_indexed.max(highest_versioned) + 1);
+    let id_floor = stored.max(highest_indexed.max(highest_versioned) + 1);
+    let streams = match tree
+        .get(keys::STREAM_COUNT)
+        .map_err(crate::error::storage)?
+    {
+        Some(value) => keys::decode_u64_value(keys::STREAM_COUNT, &value)?,
+        None => id_floor - 1,
+    };
     Ok(Counters {
         next_position: last_position + 1,
-        next_stream,
+        id_floor,
+        streams,
     })
 }
 
@@ -173,6 +192,12 @@ impl Writer {
             replies.push((reply, result));
         }
         let accepted = group.accepted;
+        if group.counters.streams != self.counters.streams {
+            group.batch.insert(
+                keys::STREAM_COUNT,
+                &group.counters.streams.to_be_bytes()[..],
+            );
+        }
 
         match self.persist(group) {
             Ok(()) => {
@@ -213,7 +238,7 @@ impl Writer {
             }
             self.shared
                 .streams
-                .store(self.counters.next_stream - 1, Ordering::Release);
+                .store(self.counters.streams, Ordering::Release);
             self.shared.head.store(applied, Ordering::Release);
             self.head_tx.send_replace(applied);
             if self.durability == Durability::Flush {
@@ -234,22 +259,27 @@ impl Writer {
             }
         }
 
+        let first_position = group.counters.next_position;
         let (stream, current) = match append.stream {
-            StreamTarget::New => (group.counters.next_stream, None),
-            StreamTarget::Existing(id) => {
-                if id == 0 || id >= group.counters.next_stream {
-                    return Err(AppendError::StreamNotFound(id));
-                }
-                (id, self.stream_version(group, id)?)
+            StreamTarget::New => (group.counters.new_stream_id(), None),
+            StreamTarget::Existing(id) => match self.stream_version(group, id)? {
+                Some(current) => (id, Some(current)),
+                None => return Err(AppendError::StreamNotFound(id)),
+            },
+            StreamTarget::Restored(id) => {
+                check_restored(&append, id, self.stream_version(group, id)?)?;
+                (id, None)
             }
         };
         check_expected(&append, current)?;
 
-        if append.stream == StreamTarget::New {
-            group.counters.next_stream += 1;
+        if current.is_none() {
+            group.counters.streams += 1;
+            if stream != first_position {
+                group.counters.id_floor = group.counters.id_floor.max(stream + 1);
+            }
         }
         let first_version = current.unwrap_or(0) + 1;
-        let first_position = group.counters.next_position;
         let count = append.payloads.len() as u64;
         for (offset, payload) in (0..).zip(&append.payloads) {
             let position = first_position + offset;
@@ -258,13 +288,16 @@ impl Writer {
             group
                 .batch
                 .insert(&key[..], keys::log_value(&key, stream, version, payload));
-            group.batch.insert(
-                &keys::stream_key(stream, version)[..],
-                &position.to_be_bytes()[..],
-            );
+            if !keys::place_is_derived(stream, version, position) {
+                group.batch.insert(
+                    &keys::stream_key(stream, version)[..],
+                    &position.to_be_bytes()[..],
+                );
+            }
         }
-        // Nothing else is written: the stream's version and the stream counter are the last
-        // `S` rows (see `recover` and `stream_version`), two rows fewer per append.
+        // Nothing else is written per append: the stream's version is its last `S` row or its
+        // derived first record (see `stream_version`), and the stream count is one row per
+        // group (see `commit`).
         let last_version = first_version + count - 1;
         group.counters.next_position += count;
         group.versions.insert(stream, last_version);
@@ -300,7 +333,7 @@ impl Writer {
                 let (key, _) = entry.map_err(crate::error::storage)?;
                 keys::decode_stream_key_version(&key).map(Some)
             }
-            None => Ok(None),
+            None => Ok(super::derived_first_record(&self.db, stream, Position::MAX)?.map(|_| 1)),
         }
     }
 
