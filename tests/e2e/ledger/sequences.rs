@@ -21,6 +21,8 @@ use super::{
 
 /// Ids the updates and deletes aim at: some exist, some are deleted, some were never created.
 const ID_POOL: u64 = 5;
+/// Above every id a sequence creates: the ids of calls not created yet.
+const NEVER_CREATED: CallId = 1 << 40;
 /// Idempotency keys are drawn from this few, so that they collide often.
 const KEYS: u8 = 10;
 
@@ -202,14 +204,16 @@ fn build(op: &Op, model: &Model, recorded_at: Timestamp) -> CommandRequest {
             if_match,
             key,
         } => {
-            let mut request = from_document(Some(*id), with_meta(writes, *occurred), recorded_at);
-            request.expected_version = if_match_version(*if_match, *id);
+            let id = model.id_of(*id);
+            let mut request = from_document(Some(id), with_meta(writes, *occurred), recorded_at);
+            request.expected_version = if_match_version(*if_match, id);
             request.idempotency_key = key_name(*key);
             request
         }
         Op::Delete { id, if_match, key } => {
-            let mut request = delete(*id, recorded_at);
-            request.expected_version = if_match_version(*if_match, *id);
+            let id = model.id_of(*id);
+            let mut request = delete(id, recorded_at);
+            request.expected_version = if_match_version(*if_match, id);
             request.idempotency_key = key_name(*key);
             request
         }
@@ -266,7 +270,11 @@ enum Expected {
 #[derive(Default)]
 struct Model {
     calls: BTreeMap<CallId, ModelCall>,
-    next_id: CallId,
+    /// The events appended so far (each appended command appends one): a create's call gets
+    /// the position of its first event as its id.
+    head: u64,
+    /// The ids of the created calls, in order: an op's call `k` is the `k`-th of them.
+    created: Vec<CallId>,
     /// Keys of appended requests, with the request (minus its recording time) and its outcome.
     keys: HashMap<String, (CommandRequest, CommandOutcome)>,
 }
@@ -281,6 +289,21 @@ fn same_request(a: &CommandRequest, b: &CommandRequest) -> bool {
 }
 
 impl Model {
+    /// The id of the op's call `k` (from 1): the `k`-th created call, or an id no call has
+    /// while fewer were created.
+    fn id_of(&self, k: u64) -> CallId {
+        let index = usize::try_from(k - 1).expect("a small number");
+        self.created
+            .get(index)
+            .copied()
+            .unwrap_or(NEVER_CREATED + k)
+    }
+
+    /// The ids of the op's calls 1 to [`ID_POOL`].
+    fn pool(&self) -> Vec<CallId> {
+        (1..=ID_POOL).map(|k| self.id_of(k)).collect()
+    }
+
     fn live(&self, id: CallId) -> Option<&ModelCall> {
         self.calls.get(&id).filter(|call| call.live)
     }
@@ -316,7 +339,7 @@ impl Model {
             return Expected::Invalid;
         }
         match &command.action {
-            Action::Create(_) => Expected::Appended(self.next_id + 1),
+            Action::Create(_) => Expected::Appended(self.head + 1),
             Action::Delete { id } => match self.live(*id) {
                 Some(_) => Expected::Appended(*id),
                 None => Expected::NotFound,
@@ -346,9 +369,10 @@ impl Model {
     fn apply(&mut self, request: &CommandRequest, outcome: &CommandOutcome) {
         let command = &request.command;
         let occurred_at = command.occurred_at();
+        self.head += 1;
         match &command.action {
             Action::Create(changes) => {
-                self.next_id += 1;
+                self.created.push(self.head);
                 let mut call = ModelCall {
                     version: 1,
                     live: true,
@@ -360,7 +384,7 @@ impl Model {
                 if call.attributes.contains_key(&Field::State) {
                     call.state_changed_at = Some(occurred_at);
                 }
-                self.calls.insert(self.next_id, call);
+                self.calls.insert(self.head, call);
             }
             Action::Update { id, changes } => {
                 let call = self.calls.get_mut(id).expect("an updated call is known");
@@ -563,7 +587,7 @@ fn run_sequence(ops: &[Op]) {
             }
         }
         // Read-your-writes: the projection already shows what the command left.
-        for id in 1..=ID_POOL {
+        for id in model.pool() {
             let shown = ledger.projection.get(id).expect("get");
             match model.live(id) {
                 Some(known) => {
@@ -578,9 +602,9 @@ fn run_sequence(ops: &[Op]) {
     // The log: no gaps, consecutive versions, one stream per created call.
     let streams = check_log(&ledger.log);
     assert_eq!(
-        streams.len() as u64,
-        model.next_id,
-        "one stream per created call"
+        streams.keys().copied().collect::<Vec<_>>(),
+        model.created,
+        "one stream per created call, under its id"
     );
     for (id, known) in &model.calls {
         assert_eq!(
@@ -591,7 +615,7 @@ fn run_sequence(ops: &[Op]) {
     }
 
     // The live projection equals the log folded by the command service and one rebuilt anew.
-    let max_id = model.next_id.max(ID_POOL);
+    let max_id = model.head.max(ID_POOL);
     for id in 1..=max_id {
         let folded = ledger.commands.load(id).expect("load").live().cloned();
         assert_eq!(ledger.projection.get(id).expect("get"), folded, "call {id}");
