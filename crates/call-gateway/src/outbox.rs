@@ -17,14 +17,12 @@
 //! with the stream's fresh last sequence. This assumes the outbox is the only publisher on
 //! `<prefix>.events.>`; another publisher costs retries, never order or events.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use call_model::Event;
-use event_log::{EventLog, Position, Record};
+use event_log::{read_position, EventLog, Position, PositionFile, Record};
 use tokio::sync::watch;
 
 use crate::error::{GatewayError, GatewayErrorKind};
@@ -48,6 +46,9 @@ pub(crate) struct Outbox {
     stream: String,
     duplicate_window: Duration,
     path: PathBuf,
+    /// The checkpoint file, written in place; `None` while a write of it runs on a blocking
+    /// thread (or after that thread failed: then a new handle is made).
+    file: Option<PositionFile>,
     /// The last position JetStream acknowledged (in memory; the file lags by up to
     /// [`PERSIST_EVERY`], and the stream's last event corrects it).
     checkpoint: Position,
@@ -86,6 +87,7 @@ impl Outbox {
             prefix,
             stream,
             duplicate_window,
+            file: Some(PositionFile::new(path.clone())),
             path,
             checkpoint,
             persisted: checkpoint,
@@ -294,20 +296,27 @@ impl Outbox {
         if self.persisted == self.checkpoint {
             return Ok(());
         }
-        let path = self.path.clone();
+        let mut file = self
+            .file
+            .take()
+            .unwrap_or_else(|| PositionFile::new(self.path.clone()));
         let position = self.checkpoint;
-        tokio::task::spawn_blocking(move || write_checkpoint(&path, position))
-            .await
-            .map_err(|e| {
-                GatewayError::with_source(GatewayErrorKind::Task, "writing the checkpoint", e)
-            })?
-            .map_err(|e| {
-                GatewayError::with_source(
-                    GatewayErrorKind::Checkpoint,
-                    format!("cannot write {}", self.path.display()),
-                    e,
-                )
-            })?;
+        let (file, written) = tokio::task::spawn_blocking(move || {
+            let written = file.record(position);
+            (file, written)
+        })
+        .await
+        .map_err(|e| {
+            GatewayError::with_source(GatewayErrorKind::Task, "writing the checkpoint", e)
+        })?;
+        self.file = Some(file);
+        written.map_err(|e| {
+            GatewayError::with_source(
+                GatewayErrorKind::Checkpoint,
+                format!("cannot write {}", self.path.display()),
+                e,
+            )
+        })?;
         self.persisted = position;
         self.persisted_at = std::time::Instant::now();
         Ok(())
@@ -373,37 +382,14 @@ pub(crate) async fn run(mut outbox: Outbox, mut stop: watch::Receiver<bool>) {
 
 /// The position in the checkpoint file; 0 when there is no file.
 fn read_checkpoint(path: &Path) -> Result<Position, GatewayError> {
-    match fs::read_to_string(path) {
-        Ok(text) => text.trim().parse::<Position>().map_err(|e| {
-            GatewayError::with_source(
-                GatewayErrorKind::Checkpoint,
-                format!("{} does not hold a position", path.display()),
-                e,
-            )
-        }),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(0),
+    match read_position(path) {
+        Ok(position) => Ok(position.unwrap_or(0)),
         Err(error) => Err(GatewayError::with_source(
             GatewayErrorKind::Checkpoint,
-            format!("cannot read {}", path.display()),
+            format!("cannot read the checkpoint {}", path.display()),
             error,
         )),
     }
-}
-
-/// Replaces the checkpoint file atomically and durably: a temporary file, fsync, rename, fsync
-/// of the directory.
-fn write_checkpoint(path: &Path, position: Position) -> io::Result<()> {
-    let temporary = path.with_extension("checkpoint.tmp");
-    {
-        let mut file = File::create(&temporary)?;
-        writeln!(file, "{position}")?;
-        file.sync_all()?;
-    }
-    fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -415,10 +401,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join(CHECKPOINT_FILE);
         assert_eq!(read_checkpoint(&path).ok(), Some(0));
-        write_checkpoint(&path, 42).expect("write");
-        write_checkpoint(&path, 43).expect("overwrite");
+        let mut file = PositionFile::new(path.clone());
+        file.record(42).expect("write");
+        file.record(43).expect("overwrite");
         assert_eq!(read_checkpoint(&path).ok(), Some(43));
-        fs::write(&path, "forty-four").expect("garble");
+        std::fs::write(&path, "forty-four").expect("garble");
         assert_eq!(
             read_checkpoint(&path).err().map(|e| e.kind()),
             Some(GatewayErrorKind::Checkpoint)

@@ -225,9 +225,9 @@ async fn outbox_publishes_every_event_in_order_across_a_server_restart() {
         assert!(started.elapsed() < Duration::from_secs(10));
 
         gateway.stop().await;
-        let checkpoint =
-            std::fs::read_to_string(data.path().join("outbox.checkpoint")).expect("the checkpoint");
-        assert_eq!(checkpoint.trim(), "7");
+        let checkpoint = event_log::read_position(&data.path().join("outbox.checkpoint"))
+            .expect("the checkpoint");
+        assert_eq!(checkpoint, Some(7));
     })
     .await
     .expect("the test finishes in time");
@@ -266,9 +266,10 @@ async fn a_stale_checkpoint_file_publishes_nothing_twice() {
         };
         let checkpoint_file = data.path().join("outbox.checkpoint");
         let read_checkpoint = || {
-            std::fs::read_to_string(&checkpoint_file)
+            event_log::read_position(&checkpoint_file)
                 .ok()
-                .map(|text| text.trim().to_string())
+                .flatten()
+                .map(|position| position.to_string())
         };
         let (stop, task) = run(log.clone()).await;
         let watcher = async_nats::connect(nats.url()).await.expect("watcher");

@@ -18,6 +18,7 @@
 mod engine;
 mod error;
 mod memory;
+mod position_file;
 mod sled_engine;
 
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod tests;
 pub use engine::{check_expected, check_restored, replay, EventLog, HeadWatch, LogEngine};
 pub use error::{AppendError, LogError};
 pub use memory::MemoryLog;
+pub use position_file::{read_position, PositionFile, PositionFileError};
 pub use sled_engine::SledLog;
 
 /// Benchmark baselines of the sled engine, beside which the benches print the log's own

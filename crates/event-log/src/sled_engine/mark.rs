@@ -7,11 +7,10 @@
 //! recorded one is [`LogError::Damaged`]. The record may lag the true head by up to a second
 //! (a crash), so only losses reaching further back are found; those are what damage causes.
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::position_file::{read_position, PositionFile, PositionFileError};
 use crate::{LogError, Position};
 
 /// The file's name in the log's directory.
@@ -21,7 +20,7 @@ const EVERY: Duration = Duration::from_secs(1);
 
 /// The writer's record of the durable head.
 pub(crate) struct DurableMark {
-    path: PathBuf,
+    file: PositionFile,
     recorded: Position,
     at: Instant,
 }
@@ -30,12 +29,12 @@ impl DurableMark {
     /// The record in `dir`, checked against the head sled recovered.
     pub(crate) fn open(dir: &Path, recovered: Position) -> Result<DurableMark, LogError> {
         let path = dir.join(FILE);
-        let recorded = match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<Position>().map_err(|_| {
-                LogError::Damaged(format!("{} does not hold a position", path.display()))
-            })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(error) => return Err(LogError::Io(error)),
+        let recorded = match read_position(&path) {
+            Ok(recorded) => recorded.unwrap_or(0),
+            Err(error @ PositionFileError::Garbled { .. }) => {
+                return Err(LogError::Damaged(error.to_string()))
+            }
+            Err(PositionFileError::Io { source, .. }) => return Err(LogError::Io(source)),
         };
         if recovered < recorded {
             return Err(LogError::Damaged(format!(
@@ -45,7 +44,7 @@ impl DurableMark {
             )));
         }
         Ok(DurableMark {
-            path,
+            file: PositionFile::new(path),
             recorded,
             at: Instant::now(),
         })
@@ -58,30 +57,19 @@ impl DurableMark {
         }
     }
 
-    /// Records `head` (durable now), atomically: a temporary file, fsync, rename.
+    /// Records `head` (durable now), in place (see [`PositionFile`]).
     pub(crate) fn record(&mut self, head: Position) {
         if head <= self.recorded {
             return;
         }
-        let temporary = self.path.with_extension("tmp");
-        let written = File::create(&temporary)
-            .and_then(|mut file| {
-                writeln!(file, "{head}")?;
-                file.sync_all()
-            })
-            .and_then(|()| fs::rename(&temporary, &self.path))
-            .and_then(|()| match self.path.parent() {
-                Some(dir) => File::open(dir)?.sync_all(),
-                None => Ok(()),
-            });
-        match written {
+        match self.file.record(head) {
             Ok(()) => {
                 self.recorded = head;
                 self.at = Instant::now();
             }
             // Only the check at the next open is weaker for it.
             Err(error) => {
-                tracing::warn!(%error, path = %self.path.display(), "cannot record the durable head")
+                tracing::warn!(%error, path = %self.file.path().display(), "cannot record the durable head")
             }
         }
     }
