@@ -320,15 +320,20 @@ fn a_restored_stream_keeps_its_id_and_new_streams_stay_above_it() {
             })
         ));
         assert!(matches!(restored(0), Err(AppendError::InvalidStreamId(0))));
+        // An id below its position, as a log whose ids were counted from 1 has them.
+        assert_eq!(restored(2).unwrap().first_position, 4);
         append_any(&log, 7, &["r2"]);
         let new = new_stream(&log, &["n"]);
         assert!(new.stream > 7, "{new:?}");
         assert_eq!(log.read_stream(7).unwrap().len(), 2);
-        assert_eq!(log.stats().unwrap().streams, 4);
+        assert_eq!(log.read_stream(2).unwrap().len(), 1);
+        assert_eq!(log.stats().unwrap().streams, 5);
         assert_gap_free(&all(&log));
     }
-    // The sled log keeps the floor across a reopen.
+    // The sled log keeps the floor and the restored streams across a reopen.
     let log = open(dir.path());
+    assert_eq!(log.read_stream(2).unwrap()[0].position, 4);
+    assert_eq!(log.stream_version(3).unwrap(), Some(1));
     assert!(new_stream(&log, &["m"]).stream > 8);
 }
 
