@@ -424,8 +424,8 @@ fn append_batch(ledger: &Ledger, batch: &mut Vec<Event>) -> anyhow::Result<u64> 
     let appends = events
         .iter()
         .map(|event| Append {
-            // A call keeps its id: logs written before 2026-12-05 counted ids up from 1, and
-            // the sled log now gives a new call the position of its first event.
+            // A call keeps its id, whatever the log it comes from gave (a log whose appends
+            // failed half-way can have skipped one).
             stream: if event.version == 1 {
                 StreamTarget::Restored(event.call_id)
             } else {

@@ -128,15 +128,14 @@ impl LogOptions {
 /// Which stream an [`Append`] goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamTarget {
-    /// Start a new stream under a new [`StreamId`], greater than every id the log has given.
-    /// (The sled engine gives the position of the stream's first record, which spares it an
-    /// index row per new stream; the memory and JetStream engines count up from 1.)
+    /// Start a new stream under the next [`StreamId`]: one more than the highest id given.
     New,
     /// Append to a stream started earlier.
     Existing(StreamId),
     /// Start a new stream under the id that another log gave it, for `restore`, which writes a
     /// log's records at their own positions and ids. The id must not be taken, and not be 0
-    /// ([`AppendError::InvalidStreamId`]); later new streams get greater ids.
+    /// ([`AppendError::InvalidStreamId`]); later new streams get greater ids. Restoring
+    /// streams in the order of their first records keeps a log's ids as dense as they were.
     Restored(StreamId),
 }
 

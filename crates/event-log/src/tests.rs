@@ -174,8 +174,7 @@ fn reopen_after_drop_recovers_head_and_next_stream_id() {
     assert_eq!(log.stream_version(a.stream).unwrap(), Some(3));
     let stats = log.stats().unwrap();
     assert_eq!((stats.events, stats.streams, stats.head), (4, 2, 4));
-    // A new stream's id is its first record's position.
-    assert_eq!(new_stream(&log, &["c1"]).stream, 5);
+    assert_eq!(new_stream(&log, &["c1"]).stream, 3);
     let retry = log
         .append(with_key(
             request(
@@ -235,7 +234,7 @@ fn a_log_written_with_version_rows_and_the_stream_counter_keeps_its_numbering() 
     }
     let log = open(dir.path());
     assert_eq!(log.stats().unwrap().streams, 5, "ids 1 to 5 were given");
-    // Position 4, but ids up to 5 were given: the new stream gets 6, with an index row.
+    // Ids up to 5 were given: the new stream gets 6.
     let c = new_stream(&log, &["c1"]);
     assert_eq!((c.first_position, c.stream), (4, 6));
     // The stale `V` row is not what versions are read from.
@@ -245,17 +244,15 @@ fn a_log_written_with_version_rows_and_the_stream_counter_keeps_its_numbering() 
     let log = open(dir.path());
     assert_eq!(log.stream_version(1).unwrap(), Some(3));
     assert_eq!(log.read_stream(6).unwrap().len(), 1);
-    // Positions are past every id given: a new stream's id is its position again.
     let d = new_stream(&log, &["d1"]);
-    assert_eq!((d.first_position, d.stream), (6, 6 + 1));
+    assert_eq!((d.first_position, d.stream), (6, 7));
     assert_eq!(log.stats().unwrap().streams, 7);
     assert_gap_free(&all(&log));
 }
 
 #[test]
-fn a_log_written_before_ids_were_positions_reads_and_grows_alongside_new_streams() {
-    // Ids counted from 1, an index row for every record: stream 2's first record is at 2,
-    // stream 3's at 4, so stream 3's id is not its position.
+fn a_log_with_an_index_row_per_record_reads_and_grows_alongside_runs() {
+    // As logs written before 2026-12-05 are: an index row for every record.
     let dir = tempfile::tempdir().unwrap();
     write_legacy_log(
         dir.path(),
@@ -263,11 +260,18 @@ fn a_log_written_before_ids_were_positions_reads_and_grows_alongside_new_streams
     );
     let log = open(dir.path());
     assert_eq!(log.stats().unwrap().streams, 3);
-    let d = new_stream(&log, &["d1"]);
-    assert_eq!((d.first_position, d.stream), (5, 5));
+    // Streams 4 and 5 start in one group: one run.
+    let answers = log.append_all(vec![
+        request(StreamTarget::New, ExpectedVersion::NoStream, &["d1"]),
+        request(StreamTarget::New, ExpectedVersion::NoStream, &["e1"]),
+    ]);
+    let ids: Vec<StreamId> = answers.iter().map(|a| a.as_ref().unwrap().stream).collect();
+    assert_eq!(ids, [4, 5]);
     append_any(&log, 3, &["c2"]);
-    append_any(&log, d.stream, &["d2"]);
+    append_any(&log, 4, &["d2"]);
     append_any(&log, 2, &["b2"]);
+    let f = new_stream(&log, &["f1"]);
+    assert_eq!((f.first_position, f.stream), (10, 6));
     drop(log);
     let log = open(dir.path());
     let payloads = |stream| -> Vec<String> {
@@ -280,21 +284,29 @@ fn a_log_written_before_ids_were_positions_reads_and_grows_alongside_new_streams
     assert_eq!(payloads(1), ["a1", "a2"]);
     assert_eq!(payloads(2), ["b1", "b2"]);
     assert_eq!(payloads(3), ["c1", "c2"]);
-    assert_eq!(payloads(5), ["d1", "d2"]);
-    // Position 4 holds stream 3's first record, so 4 is no stream.
-    assert!(payloads(4).is_empty());
-    assert_eq!(log.stream_version(4).unwrap(), None);
+    assert_eq!(payloads(4), ["d1", "d2"]);
+    assert_eq!(payloads(5), ["e1"]);
+    assert_eq!(payloads(6), ["f1"]);
+    assert!(payloads(7).is_empty());
+    assert_eq!(log.stream_version(5).unwrap(), Some(1));
+    assert_eq!(log.stream_version(7).unwrap(), None);
     assert!(matches!(
         log.append(request(
-            StreamTarget::Existing(4),
+            StreamTarget::Existing(7),
             ExpectedVersion::Any,
             &["x"]
         )),
-        Err(AppendError::StreamNotFound(4))
+        Err(AppendError::StreamNotFound(7))
     ));
-    assert_eq!(log.stats().unwrap().streams, 4);
-    assert_eq!(new_stream(&log, &["e1"]).stream, 9);
+    assert_eq!(log.stats().unwrap().streams, 6);
+    assert_eq!(new_stream(&log, &["g1"]).stream, 7);
     assert_gap_free(&all(&log));
+    // The first records of the new streams have no index row, only the run's.
+    drop(log);
+    let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
+    assert!(db.get(keys::stream_key(4, 1)).unwrap().is_none());
+    assert!(db.get(keys::stream_key(4, 2)).unwrap().is_some());
+    assert!(db.get(keys::first_key(4)).unwrap().is_some());
 }
 
 #[test]

@@ -270,10 +270,9 @@ enum Expected {
 #[derive(Default)]
 struct Model {
     calls: BTreeMap<CallId, ModelCall>,
-    /// The events appended so far (each appended command appends one): a create's call gets
-    /// the position of its first event as its id.
+    /// The events appended so far (each appended command appends one).
     head: u64,
-    /// The ids of the created calls, in order: an op's call `k` is the `k`-th of them.
+    /// The ids of the created calls, in order (1, 2, ...): an op's call `k` is the `k`-th.
     created: Vec<CallId>,
     /// Keys of appended requests, with the request (minus its recording time) and its outcome.
     keys: HashMap<String, (CommandRequest, CommandOutcome)>,
@@ -339,7 +338,7 @@ impl Model {
             return Expected::Invalid;
         }
         match &command.action {
-            Action::Create(_) => Expected::Appended(self.head + 1),
+            Action::Create(_) => Expected::Appended(self.created.len() as CallId + 1),
             Action::Delete { id } => match self.live(*id) {
                 Some(_) => Expected::Appended(*id),
                 None => Expected::NotFound,
@@ -372,7 +371,8 @@ impl Model {
         self.head += 1;
         match &command.action {
             Action::Create(changes) => {
-                self.created.push(self.head);
+                let id = self.created.len() as CallId + 1;
+                self.created.push(id);
                 let mut call = ModelCall {
                     version: 1,
                     live: true,
@@ -384,7 +384,7 @@ impl Model {
                 if call.attributes.contains_key(&Field::State) {
                     call.state_changed_at = Some(occurred_at);
                 }
-                self.calls.insert(self.head, call);
+                self.calls.insert(id, call);
             }
             Action::Update { id, changes } => {
                 let call = self.calls.get_mut(id).expect("an updated call is known");

@@ -5,24 +5,25 @@
 //! | key                                  | value                                            |
 //! |--------------------------------------|--------------------------------------------------|
 //! | `L` position                         | stream, version (top bit set), CRC-32, payload   |
-//! | `S` stream version                   | position, for a record whose place is not derived (below) |
+//! | `F` first stream id of a run         | the positions of the first records of the run's streams |
+//! | `S` stream version                   | position, for a record no `F` row places (below) |
 //! | `I` idempotency key (UTF-8)          | stream, first/last version, first/last position, fingerprint |
 //! | `Mstreams`                           | how many streams there are                       |
 //! | `V` stream (logs written before 2026-12) | last version, no longer written              |
 //! | `Mnext_stream` (likewise)            | the next stream id, no longer written            |
 //!
-//! A new stream's id is the position of its first record, so the first record of a stream
-//! needs no `S` row: it is the `L` row at the stream's id, if that record is the stream's
-//! version 1. Every other record has one: the later versions of every stream, and the first of
-//! a stream whose id is not its first position (streams started before 2026-12-05, when ids
-//! were counted up from 1, and streams restored from such a log). A stream's version is its last
-//! `S` row, else 1 if its id's `L` row is its first record. So a create writes one row (and,
-//! with a key, its idempotency row) where it used to write two, which is what sled's writes
-//! cost by: a row per event was most of the log writer's time and of the memory sled keeps
-//! for every page it has written.
+//! Stream ids are handed out from 1 without gaps, so the streams a group of appends starts form
+//! a run of consecutive ids, and their first records' positions are written as one `F` row
+//! keyed by the run's first id: the `F` row at or below an id, if the id falls in its run,
+//! gives the stream's first record. Every other record has an `S` row: the later versions of
+//! every stream, the first records of streams started before 2026-12-05 (when every record had
+//! one), and those of streams restored out of order. A stream's version is its last `S` row,
+//! else 1 if an `F` row places its first record. So a group of creates writes its records and
+//! one `F` row, where every create used to write two rows: a row per event was most of the log
+//! writer's time in sled (`apply_batch`) and of the memory sled keeps for the pages it wrote.
 //!
 //! `Mstreams` is rewritten by each batch that starts a stream. A log without it (written before
-//! 2026-12-05) counts its streams as its highest dense id, from `S`, `V` and `Mnext_stream`.
+//! 2026-12-05) counts its streams as its highest id, from `S`, `V` and `Mnext_stream`.
 //!
 //! All integers are big-endian `u64`, so sled's byte order is numeric order.
 //!
@@ -36,6 +37,8 @@ use crate::{Appended, LogError, Position, StreamId, Version};
 
 /// Prefix of the records, by position.
 pub(crate) const LOG: u8 = b'L';
+/// Prefix of the runs of streams' first records, by their first stream id.
+pub(crate) const FIRST: u8 = b'F';
 /// Prefix of the per-stream index, by stream and version.
 pub(crate) const STREAM: u8 = b'S';
 /// Prefix of each stream's last version.
@@ -55,6 +58,54 @@ pub(crate) fn log_key(position: Position) -> [u8; 9] {
 
 pub(crate) fn stream_prefix(stream: StreamId) -> [u8; 9] {
     prefixed(STREAM, stream)
+}
+
+/// The key of the `F` row of the run of streams from `first`.
+pub(crate) fn first_key(first: StreamId) -> [u8; 9] {
+    prefixed(FIRST, first)
+}
+
+/// The value of an `F` row: the positions, in the order of the run's ids.
+pub(crate) fn first_value(positions: &[Position]) -> Vec<u8> {
+    positions.iter().flat_map(|p| p.to_be_bytes()).collect()
+}
+
+/// The first stream id of an `F` key.
+pub(crate) fn decode_first_key(key: &[u8]) -> Result<StreamId, LogError> {
+    if key.len() != 9 || key[0] != FIRST {
+        return Err(corrupt(key, "not a first-records key"));
+    }
+    u64_at(key, 1, key, "not a first-records key")
+}
+
+/// How many streams the `F` row under `key` places.
+pub(crate) fn first_value_len(key: &[u8], value: &[u8]) -> Result<u64, LogError> {
+    if value.is_empty() || !value.len().is_multiple_of(8) {
+        return Err(corrupt(
+            key,
+            "first-records value is not a list of positions",
+        ));
+    }
+    Ok((value.len() / 8) as u64)
+}
+
+/// The position of the `index`-th stream of the run whose `F` row is `key`, `value`.
+pub(crate) fn first_position_at(
+    key: &[u8],
+    value: &[u8],
+    index: u64,
+) -> Result<Option<Position>, LogError> {
+    if index >= first_value_len(key, value)? {
+        return Ok(None);
+    }
+    let at = usize::try_from(index * 8).map_err(|_| corrupt(key, "run too long"))?;
+    u64_at(
+        value,
+        at,
+        key,
+        "first-records value is not a list of positions",
+    )
+    .map(Some)
 }
 
 pub(crate) fn stream_key(stream: StreamId, version: Version) -> [u8; 17] {
@@ -82,12 +133,6 @@ fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
     key[0] = prefix;
     key[1..].copy_from_slice(&n.to_be_bytes());
     key
-}
-
-/// Whether the record of `stream`'s `version` at `position` is found without an `S` row: it is
-/// the first record of a stream whose id is its position.
-pub(crate) fn place_is_derived(stream: StreamId, version: Version, position: Position) -> bool {
-    version == 1 && stream == position
 }
 
 /// The top bit of a record's stored version: a CRC-32 follows the version.
@@ -232,7 +277,7 @@ pub(crate) fn decode_idempotency_value(
     Ok((appended, fingerprint))
 }
 
-/// A readable name for a key, for error messages: `L/42`, `S/3/7`, `V/3`,
+/// A readable name for a key, for error messages: `L/42`, `F/40`, `S/3/7`, `V/3`,
 /// `I/"key"`, `M/next_stream`, `M/streams`, or hex for anything else.
 pub(crate) fn describe(key: &[u8]) -> String {
     let n = |at: usize| {
@@ -242,6 +287,7 @@ pub(crate) fn describe(key: &[u8]) -> String {
     };
     match (key.first(), key.len()) {
         (Some(&LOG), 9) => format!("L/{}", n(1).unwrap_or_default()),
+        (Some(&FIRST), 9) => format!("F/{}", n(1).unwrap_or_default()),
         (Some(&VERSION), 9) => format!("V/{}", n(1).unwrap_or_default()),
         (Some(&STREAM), 17) => format!(
             "S/{}/{}",

@@ -261,30 +261,54 @@ impl LogEngine for SledLog {
     }
 }
 
-/// The first record of `stream` where its place is derived (see [`keys`]): the record at the
-/// position equal to the stream's id, if it is there (at or below `head`) and is the stream's
-/// version 1.
-fn derived_first_record(
+/// The first record of `stream` as its run's `F` row places it (see [`keys`]), if one does and
+/// the record is durable (at or below `head`). A row that places it on another stream's record
+/// is corrupt.
+fn first_record_in_runs(
     tree: &sled::Tree,
     stream: StreamId,
     head: Position,
 ) -> Result<Option<Record>, LogError> {
-    if stream == 0 || stream > head {
-        return Ok(None);
-    }
-    let key = keys::log_key(stream);
-    let Some(value) = tree.get(key).map_err(crate::error::storage)? else {
+    let Some(entry) = tree
+        .range(keys::first_key(0)..=keys::first_key(stream))
+        .next_back()
+    else {
         return Ok(None);
     };
+    let (run_key, run) = entry.map_err(crate::error::storage)?;
+    let first = keys::decode_first_key(&run_key)?;
+    let Some(position) = keys::first_position_at(&run_key, &run, stream - first)? else {
+        return Ok(None);
+    };
+    if position > head {
+        return Ok(None);
+    }
+    let key = keys::log_key(position);
+    let value = tree
+        .get(key)
+        .map_err(crate::error::storage)?
+        .ok_or_else(|| {
+            keys::corrupt(
+                &run_key,
+                &format!("the first record of stream {stream} is missing"),
+            )
+        })?;
     let (found_stream, version, payload) = keys::decode_log_value(&key, &value)?;
-    Ok(
-        keys::place_is_derived(found_stream, version, stream).then(|| Record {
-            position: stream,
-            stream,
-            version,
-            payload: payload.to_vec(),
-        }),
-    )
+    if (found_stream, version) != (stream, 1) {
+        return Err(keys::corrupt(
+            &run_key,
+            &format!(
+                "places stream {stream}'s first record at {position}, which is stream \
+                 {found_stream} version {version}"
+            ),
+        ));
+    }
+    Ok(Some(Record {
+        position,
+        stream,
+        version,
+        payload: payload.to_vec(),
+    }))
 }
 
 /// Takes the exclusive lock on `dir/LOCK`, held until the file is closed.
@@ -390,7 +414,7 @@ impl SledLog {
             _ => None,
         };
         if !matches!(first_indexed, Some((1, _))) {
-            match derived_first_record(&self.inner.db, stream, head)? {
+            match first_record_in_runs(&self.inner.db, stream, head)? {
                 Some(first) => records.push(first),
                 None => {
                     if let Some((version, position)) = first_indexed.filter(|f| f.1 <= head) {
@@ -448,7 +472,7 @@ impl SledLog {
                 return keys::decode_stream_key_version(&key).map(Some);
             }
         }
-        Ok(derived_first_record(&self.inner.db, stream, head)?.map(|_| 1))
+        Ok(first_record_in_runs(&self.inner.db, stream, head)?.map(|_| 1))
     }
 
     fn idempotent_result_unguarded(

@@ -46,9 +46,8 @@ pub(crate) struct Request {
 pub(crate) struct Counters {
     /// The position the next record gets.
     pub(crate) next_position: Position,
-    /// The lowest id a new stream may get: above every id given that is not its stream's first
-    /// position (see [`Counters::new_stream_id`]).
-    pub(crate) id_floor: StreamId,
+    /// The id the next new stream gets: above every id given.
+    pub(crate) next_stream: StreamId,
     /// How many streams there are.
     pub(crate) streams: u64,
 }
@@ -57,25 +56,23 @@ impl Counters {
     fn last_position(&self) -> Position {
         self.next_position - 1
     }
-
-    /// The id of a new stream whose first record goes at `next_position`: that position, which
-    /// spares its first record an index row, unless an id at or above it was given already:
-    /// by a log written before 2026-12-05, whose ids were counted from 1 and could run ahead of
-    /// the positions (an id given to an append that failed), or by a restored stream.
-    fn new_stream_id(&self) -> StreamId {
-        self.next_position.max(self.id_floor)
-    }
 }
 
-/// Reads the counters from the tree: the head from the last `L` key; the id floor above the
-/// highest stream in the `S` index (every stream whose id is not its first position has its
-/// first record there) and, in logs written before 2026-12, the `V` rows and the `Mnext_stream`
-/// counter; the stream count from the `Mstreams` row. A log without that row was written
-/// before 2026-12-05, when stream ids were counted up from 1: its count is the floor less one.
+/// Reads the counters from the tree: the head from the last `L` key; the next stream id above
+/// the last `F` row's run, the highest stream in the `S` index and, in logs written before
+/// 2026-12, the `V` rows and the `Mnext_stream` counter; the stream count from the `Mstreams`
+/// row, or in a log written before 2026-12-05, which has none, the next stream id less one.
 pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
     let last_position = match tree.scan_prefix([keys::LOG]).next_back() {
         Some(entry) => keys::decode_log_key(&entry.map_err(crate::error::storage)?.0)?,
         None => 0,
+    };
+    let after_runs = match tree.scan_prefix([keys::FIRST]).next_back() {
+        Some(entry) => {
+            let (key, value) = entry.map_err(crate::error::storage)?;
+            keys::decode_first_key(&key)? + keys::first_value_len(&key, &value)?
+        }
+        None => 1,
     };
     let highest_indexed = match tree.scan_prefix([keys::STREAM]).next_back() {
         Some(entry) => keys::decode_stream_key_stream(&entry.map_err(crate::error::storage)?.0)?,
@@ -92,17 +89,19 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
     if stored == 0 {
         return Err(keys::corrupt(keys::NEXT_STREAM, "stream counter is 0"));
     }
-    let id_floor = stored.max(highest_indexed.max(highest_versioned) + 1);
+    let next_stream = stored
+        .max(after_runs)
+        .max(highest_indexed.max(highest_versioned) + 1);
     let streams = match tree
         .get(keys::STREAM_COUNT)
         .map_err(crate::error::storage)?
     {
         Some(value) => keys::decode_u64_value(keys::STREAM_COUNT, &value)?,
-        None => id_floor - 1,
+        None => next_stream - 1,
     };
     Ok(Counters {
         next_position: last_position + 1,
-        id_floor,
+        next_stream,
         streams,
     })
 }
@@ -111,6 +110,9 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
 /// requests of the group changed, on top of the tree.
 struct Group {
     counters: Counters,
+    /// The runs of consecutive new stream ids the group starts, with the positions of their
+    /// first records: one `F` row each.
+    runs: Vec<(StreamId, Vec<Position>)>,
     versions: HashMap<StreamId, Version>,
     idempotency: HashMap<String, (Appended, [u8; 32])>,
     batch: sled::Batch,
@@ -181,6 +183,7 @@ impl Writer {
 
         let mut group = Group {
             counters: self.counters,
+            runs: Vec::new(),
             versions: HashMap::new(),
             idempotency: HashMap::new(),
             batch: sled::Batch::default(),
@@ -192,6 +195,11 @@ impl Writer {
             replies.push((reply, result));
         }
         let accepted = group.accepted;
+        for (first, positions) in &group.runs {
+            group
+                .batch
+                .insert(&keys::first_key(*first)[..], keys::first_value(positions));
+        }
         if group.counters.streams != self.counters.streams {
             group.batch.insert(
                 keys::STREAM_COUNT,
@@ -261,7 +269,10 @@ impl Writer {
 
         let first_position = group.counters.next_position;
         let (stream, current) = match append.stream {
-            StreamTarget::New => (group.counters.new_stream_id(), None),
+            StreamTarget::New => (group.counters.next_stream, None),
+            StreamTarget::Existing(id) if id == 0 || id >= group.counters.next_stream => {
+                return Err(AppendError::StreamNotFound(id))
+            }
             StreamTarget::Existing(id) => match self.stream_version(group, id)? {
                 Some(current) => (id, Some(current)),
                 None => return Err(AppendError::StreamNotFound(id)),
@@ -273,10 +284,20 @@ impl Writer {
         };
         check_expected(&append, current)?;
 
+        // A new stream whose id is above every id given joins the group's runs: its first
+        // record needs no `S` row. (Only a restore, of streams out of order, gives one below.)
+        let mut in_run = false;
         if current.is_none() {
             group.counters.streams += 1;
-            if stream != first_position {
-                group.counters.id_floor = group.counters.id_floor.max(stream + 1);
+            if stream >= group.counters.next_stream {
+                match group.runs.last_mut() {
+                    Some((first, positions)) if *first + positions.len() as u64 == stream => {
+                        positions.push(first_position);
+                    }
+                    _ => group.runs.push((stream, vec![first_position])),
+                }
+                group.counters.next_stream = stream + 1;
+                in_run = true;
             }
         }
         let first_version = current.unwrap_or(0) + 1;
@@ -288,7 +309,7 @@ impl Writer {
             group
                 .batch
                 .insert(&key[..], keys::log_value(&key, stream, version, payload));
-            if !keys::place_is_derived(stream, version, position) {
+            if !(in_run && version == 1) {
                 group.batch.insert(
                     &keys::stream_key(stream, version)[..],
                     &position.to_be_bytes()[..],
@@ -333,7 +354,7 @@ impl Writer {
                 let (key, _) = entry.map_err(crate::error::storage)?;
                 keys::decode_stream_key_version(&key).map(Some)
             }
-            None => Ok(super::derived_first_record(&self.db, stream, Position::MAX)?.map(|_| 1)),
+            None => Ok(super::first_record_in_runs(&self.db, stream, Position::MAX)?.map(|_| 1)),
         }
     }
 
