@@ -310,6 +310,40 @@ fn a_log_with_an_index_row_per_record_reads_and_grows_alongside_runs() {
 }
 
 #[test]
+fn streams_started_one_at_a_time_share_a_run_row_of_at_most_256() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut positions = Vec::new();
+    for i in 0..300 {
+        let appended = new_stream(&log, &[&format!("s{i}")]);
+        assert_eq!(appended.stream, i + 1);
+        positions.push(appended.first_position);
+        // An update between creates moves positions away from ids.
+        append_any(&log, appended.stream, &["u"]);
+    }
+    drop(log);
+    let log = open(dir.path());
+    let next = new_stream(&log, &["after"]);
+    assert_eq!(next.stream, 301);
+    for stream in [1, 2, 256, 257, 300, 301] {
+        let records = log.read_stream(stream).unwrap();
+        assert_eq!(records[0].version, 1);
+        assert_eq!(log.stream_version(stream).unwrap(), Some(records.len() as u64));
+    }
+    assert_eq!(log.read_stream(300).unwrap()[0].position, positions[299]);
+    drop(log);
+    let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
+    let runs: Vec<(u64, usize)> = db
+        .scan_prefix([keys::FIRST])
+        .map(|entry| {
+            let (key, value) = entry.unwrap();
+            (keys::decode_first_key(&key).unwrap(), value.len() / 8)
+        })
+        .collect();
+    assert_eq!(runs, [(1, 256), (257, 45)]);
+}
+
+#[test]
 fn a_restored_stream_keeps_its_id_and_new_streams_stay_above_it() {
     let dir = tempfile::tempdir().unwrap();
     for log in engines(dir.path()) {

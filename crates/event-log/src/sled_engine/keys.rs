@@ -12,15 +12,16 @@
 //! | `V` stream (logs written before 2026-12) | last version, no longer written              |
 //! | `Mnext_stream` (likewise)            | the next stream id, no longer written            |
 //!
-//! Stream ids are handed out from 1 without gaps, so the streams a group of appends starts form
-//! a run of consecutive ids, and their first records' positions are written as one `F` row
-//! keyed by the run's first id: the `F` row at or below an id, if the id falls in its run,
-//! gives the stream's first record. Every other record has an `S` row: the later versions of
+//! Stream ids are handed out from 1 without gaps, so new streams form runs of consecutive ids,
+//! and the positions of their first records are written as one `F` row per run, keyed by its
+//! first id and rewritten, longer, by each group that extends it (up to 256 streams): the `F`
+//! row at or below an id, if the id falls in its run, gives the stream's first record. Every other record has an `S` row: the later versions of
 //! every stream, the first records of streams started before 2026-12-05 (when every record had
 //! one), and those of streams restored out of order. A stream's version is its last `S` row,
 //! else 1 if an `F` row places its first record. So a group of creates writes its records and
-//! one `F` row, where every create used to write two rows: a row per event was most of the log
-//! writer's time in sled (`apply_batch`) and of the memory sled keeps for the pages it wrote.
+//! rewrites one `F` row, where every create used to add two rows: a row per event was most of
+//! the log writer's time in sled (`apply_batch`) and of the memory sled keeps for the pages it
+//! wrote.
 //!
 //! `Mstreams` is rewritten by each batch that starts a stream. A log without it (written before
 //! 2026-12-05) counts its streams as its highest id, from `S`, `V` and `Mnext_stream`.

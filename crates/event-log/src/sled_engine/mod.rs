@@ -101,10 +101,11 @@ impl SledLog {
     pub fn open(dir: &Path, options: LogOptions) -> Result<SledLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
-        let (db, counters) = crate::error::unpanicked("opening the log", || {
+        let (db, counters, open_run) = crate::error::unpanicked("opening the log", || {
             let db = open_sled(dir, options.durability, options.cache_bytes)?;
             let counters = writer::recover(&db)?;
-            Ok((db, counters))
+            let open_run = writer::open_run(&db)?;
+            Ok((db, counters, open_run))
         })?;
         let head = counters.next_position - 1;
         let mark = mark::DurableMark::open(dir, head)?;
@@ -120,6 +121,7 @@ impl SledLog {
             head_tx,
             counters,
             needs_reload: false,
+            open_run,
             mark,
             space: space::SpaceGuard::new(dir.to_path_buf(), options.disk_reserve),
         };

@@ -23,6 +23,35 @@ pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// The most requests that share one batch and one flush.
 const MAX_GROUP: usize = 1024;
 
+/// The most streams one `F` row places. A run is extended, its row rewritten, by the groups
+/// that follow it until it holds this many, so that appends that start one stream each (a
+/// service's creates, one at a time) do not add a row each: rewriting a row adds no key to
+/// sled's tree, where a row per create added pages whose state sled keeps in memory.
+const MAX_RUN: usize = 256;
+
+/// A run of consecutive stream ids from its first, with the positions of their first records.
+pub(crate) type Run = (StreamId, Vec<Position>);
+
+/// The last `F` row, if its run can still grow.
+pub(crate) fn open_run(tree: &sled::Tree) -> Result<Option<Run>, LogError> {
+    let Some(entry) = tree.scan_prefix([keys::FIRST]).next_back() else {
+        return Ok(None);
+    };
+    let (key, value) = entry.map_err(crate::error::storage)?;
+    let first = keys::decode_first_key(&key)?;
+    let len = keys::first_value_len(&key, &value)?;
+    if len as usize >= MAX_RUN {
+        return Ok(None);
+    }
+    let positions = (0..len)
+        .map(|index| {
+            keys::first_position_at(&key, &value, index)?
+                .ok_or_else(|| keys::corrupt(&key, "first-records value is cut short"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((first, positions)))
+}
+
 /// What the writer publishes for readers.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -110,9 +139,9 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
 /// requests of the group changed, on top of the tree.
 struct Group {
     counters: Counters,
-    /// The runs of consecutive new stream ids the group starts, with the positions of their
-    /// first records: one `F` row each.
-    runs: Vec<(StreamId, Vec<Position>)>,
+    /// The runs of consecutive new stream ids the group starts or extends, with the positions
+    /// of their first records: one `F` row each.
+    runs: Vec<Run>,
     versions: HashMap<StreamId, Version>,
     idempotency: HashMap<String, (Appended, [u8; 32])>,
     batch: sled::Batch,
@@ -131,6 +160,8 @@ pub(crate) struct Writer {
     /// Set after a failed apply or flush: the counters are re-read from the
     /// tree before the next group.
     pub(crate) needs_reload: bool,
+    /// The last `F` row as applied, if its run can still grow.
+    pub(crate) open_run: Option<Run>,
     /// The durable head as last recorded beside the database.
     pub(crate) mark: super::mark::DurableMark,
     /// Refuses groups while the disk is nearly full.
@@ -166,9 +197,10 @@ impl Writer {
             return;
         }
         if self.needs_reload {
-            match recover(&self.db) {
-                Ok(counters) => {
+            match recover(&self.db).and_then(|counters| Ok((counters, open_run(&self.db)?))) {
+                Ok((counters, run)) => {
                     self.counters = counters;
+                    self.open_run = run;
                     self.needs_reload = false;
                 }
                 Err(error) => {
@@ -200,6 +232,10 @@ impl Writer {
                 .batch
                 .insert(&keys::first_key(*first)[..], keys::first_value(positions));
         }
+        let open_run = match group.runs.last() {
+            Some(run) => (run.1.len() < MAX_RUN).then(|| run.clone()),
+            None => self.open_run.take(),
+        };
         if group.counters.streams != self.counters.streams {
             group.batch.insert(
                 keys::STREAM_COUNT,
@@ -209,6 +245,7 @@ impl Writer {
 
         match self.persist(group) {
             Ok(()) => {
+                self.open_run = open_run;
                 tracing::trace!(requests = replies.len(), accepted, "group committed");
                 for (reply, result) in replies {
                     // A caller that went away no longer needs its answer.
@@ -290,8 +327,20 @@ impl Writer {
         if current.is_none() {
             group.counters.streams += 1;
             if stream >= group.counters.next_stream {
+                if group.runs.is_empty() {
+                    if let Some(run) = self
+                        .open_run
+                        .as_ref()
+                        .filter(|(first, positions)| *first + positions.len() as u64 == stream)
+                    {
+                        group.runs.push(run.clone());
+                    }
+                }
                 match group.runs.last_mut() {
-                    Some((first, positions)) if *first + positions.len() as u64 == stream => {
+                    Some((first, positions))
+                        if *first + positions.len() as u64 == stream
+                            && positions.len() < MAX_RUN =>
+                    {
                         positions.push(first_position);
                     }
                     _ => group.runs.push((stream, vec![first_position])),
