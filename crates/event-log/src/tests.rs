@@ -310,7 +310,7 @@ fn a_log_with_an_index_row_per_record_reads_and_grows_alongside_runs() {
 }
 
 #[test]
-fn streams_started_one_at_a_time_share_a_run_row_of_at_most_256() {
+fn streams_started_one_at_a_time_share_run_rows_of_64() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     let mut positions = Vec::new();
@@ -328,7 +328,10 @@ fn streams_started_one_at_a_time_share_a_run_row_of_at_most_256() {
     for stream in [1, 2, 256, 257, 300, 301] {
         let records = log.read_stream(stream).unwrap();
         assert_eq!(records[0].version, 1);
-        assert_eq!(log.stream_version(stream).unwrap(), Some(records.len() as u64));
+        assert_eq!(
+            log.stream_version(stream).unwrap(),
+            Some(records.len() as u64)
+        );
     }
     assert_eq!(log.read_stream(300).unwrap()[0].position, positions[299]);
     drop(log);
@@ -340,7 +343,7 @@ fn streams_started_one_at_a_time_share_a_run_row_of_at_most_256() {
             (keys::decode_first_key(&key).unwrap(), value.len() / 8)
         })
         .collect();
-    assert_eq!(runs, [(1, 256), (257, 45)]);
+    assert_eq!(runs, [(1, 64), (65, 64), (129, 64), (193, 64), (257, 45)]);
 }
 
 #[test]

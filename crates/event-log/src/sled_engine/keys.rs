@@ -14,8 +14,9 @@
 //!
 //! Stream ids are handed out from 1 without gaps, so new streams form runs of consecutive ids,
 //! and the positions of their first records are written as one `F` row per run, keyed by its
-//! first id and rewritten, longer, by each group that extends it (up to 256 streams): the `F`
-//! row at or below an id, if the id falls in its run, gives the stream's first record. Every other record has an `S` row: the later versions of
+//! first id (a group's run holds up to 256; the next group extends the last run, rewriting its
+//! row, while it holds fewer than 64): the `F` row at or below an id, if the id falls in its
+//! run, gives the stream's first record. Every other record has an `S` row: the later versions of
 //! every stream, the first records of streams started before 2026-12-05 (when every record had
 //! one), and those of streams restored out of order. A stream's version is its last `S` row,
 //! else 1 if an `F` row places its first record. So a group of creates writes its records and
