@@ -227,8 +227,8 @@ pub fn replay(
     }
 }
 
-/// The contract's rule for a [`StreamTarget::Restored`] id: not 0, and not taken (`current`, the
-/// stream's last version, is `None`).
+/// The contract's rule for a [`crate::StreamTarget::Restored`] id: not 0, and not taken
+/// (`current`, the stream's last version, is `None`).
 pub fn check_restored(
     append: &Append,
     id: StreamId,
