@@ -153,6 +153,12 @@ fn main() {
         create_reply.payload.len()
     );
 
+    println!(
+        "rendered gets kept by the service: {} MiB (BENCH_RENDERED_GETS_MB); the gets below cycle \
+         over all {} calls",
+        support::service::rendered_gets_bytes() >> 20,
+        sizes.prefill
+    );
     let clock = CpuClock::new(server.pid());
     let mut rows = Vec::new();
     let mut run = 1;

@@ -245,6 +245,7 @@ fn api(log: &EventLog, dir: &std::path::Path, sync_reads: bool) -> (Api, Project
             self_prefix: "calls".into(),
             sync_reads,
             rate_limiter: None,
+            rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
         },
         now,
     );

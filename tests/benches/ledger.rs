@@ -854,6 +854,7 @@ fn bench_gets(root: &Path, sizes: &Sizes) -> Vec<Row> {
             self_prefix: "calls".into(),
             sync_reads: false,
             rate_limiter: None,
+            rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
         },
         now,
     );

@@ -234,6 +234,7 @@ impl Gateway {
                 rate_limiter: setup
                     .rate_limit
                     .map(|limit| std::sync::Arc::new(call_api::rate::RateLimiter::new(limit))),
+                rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
             },
             clock,
         );

@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::json::ObjectWriter;
 use crate::query::{self, ReadOptions};
 use crate::rate::Decision;
+use crate::rendered::RenderedGets;
 use crate::{header, ApiConfig, Clock, Operation, Request, Response, Source, CONTENT_TYPE};
 use call_commands::{CommandError, CommandRequest, CommandService, Conflict};
 use call_model::{
@@ -47,6 +48,7 @@ struct Inner {
     projection: Projection,
     config: ApiConfig,
     clock: Clock,
+    rendered: RenderedGets,
 }
 
 impl std::fmt::Debug for Api {
@@ -70,6 +72,7 @@ impl Api {
             inner: Arc::new(Inner {
                 commands,
                 projection,
+                rendered: RenderedGets::new(config.rendered_gets_bytes),
                 config,
                 clock,
             }),
@@ -317,12 +320,28 @@ impl Inner {
     fn get(&self, grant: &Grant, token: &str, payload: &[u8]) -> Result<Response, ApiError> {
         let id = parse_id(token)?;
         let read = query::parse_read(query_text(payload)?)?;
+        let keep = read.is_default();
+        if keep {
+            let latest = self
+                .projection
+                .latest_position(id)
+                .map_err(|error| projection_error("reading a call", &error))?;
+            if let Some((body, version)) = latest.and_then(|at| self.rendered.get(id, at)) {
+                return Ok(success(200, body, Some(version)));
+            }
+        }
         // Rendered from the stored view in place: no owned `Call` is built for a get.
-        let (body, version) = self
+        let (body, version, position) = self
             .projection
-            .get_with(id, |call| (self.single(call, &read, grant), call.version))
+            .get_with(id, |call| {
+                let body = self.single(call, &read, grant);
+                (body, call.version, call.position)
+            })
             .map_err(|error| projection_error("reading a call", &error))?
             .ok_or_else(|| ApiError::not_found(token))?;
+        if keep {
+            self.rendered.put(id, position, version, &body);
+        }
         Ok(success(200, body, Some(version)))
     }
 

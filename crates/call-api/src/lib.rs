@@ -20,6 +20,7 @@ mod error;
 pub mod json;
 pub mod query;
 pub mod rate;
+mod rendered;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ pub use api::{
 };
 pub use auth::{ConfigError, Scope, TokenStore};
 pub use error::{ApiError, ErrorObject, ErrorSource, MAX_ERROR_OBJECTS};
+pub use rendered::DEFAULT_RENDERED_GETS_BYTES;
 
 use call_model::Timestamp;
 
@@ -182,6 +184,9 @@ pub struct ApiConfig {
     /// The budget of requests per caller and window, shared with the other instances through
     /// the transport (see [`rate`]); `None` admits everything.
     pub rate_limiter: Option<std::sync::Arc<rate::RateLimiter>>,
+    /// The bytes of get documents kept rendered, for gets of calls unchanged since (see
+    /// `rendered.rs`); [`DEFAULT_RENDERED_GETS_BYTES`] unless told, 0 keeps none.
+    pub rendered_gets_bytes: usize,
 }
 
 /// The clock the API stamps commands with; the edge supplies it so that tests can fix it.

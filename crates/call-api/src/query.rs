@@ -33,6 +33,13 @@ pub struct ReadOptions {
     pub data_connections: bool,
 }
 
+impl ReadOptions {
+    /// Whether these are the options of a read that names none: every member, no meta flags.
+    pub fn is_default(&self) -> bool {
+        self.fields.is_none() && !self.authorization_meta && !self.data_connections
+    }
+}
+
 /// The members a sparse fieldset names, in the order the resource object writes them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fieldset {

@@ -69,6 +69,7 @@ fn ledger(tokens: Option<TokenStore>, max_payload: usize) -> Ledger {
             self_prefix: "calls".into(),
             sync_reads: false,
             rate_limiter: None,
+            rendered_gets_bytes: crate::DEFAULT_RENDERED_GETS_BYTES,
         },
         now,
     );
@@ -912,6 +913,52 @@ fn get_with_sparse_fieldsets_and_meta() {
             ]}
         })
     );
+}
+
+/// A get of a call unchanged since its last get is answered from the document kept then
+/// (`rendered.rs`); a change, a delete or other read options are never answered from it.
+#[test]
+fn a_kept_get_document_is_served_only_while_its_call_is_unchanged() {
+    let ledger = secured();
+    let created = ledger.create(json!({"to": "+15550100", "direction": "outbound"}));
+    let id = created["data"]["id"].to_string();
+    let first = ledger.as_("reader", get(&id), "");
+    let again = ledger.as_("reader", get(&id), "");
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("ETag"), Some("1"));
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers, first.headers);
+
+    let sparse = ledger.as_(
+        "writer",
+        get(&id),
+        "fields[call]=to&provideAuthorizationMeta=true",
+    );
+    assert_eq!(
+        body(&sparse)["data"]["attributes"],
+        json!({"to": "+15550100"})
+    );
+    assert_eq!(body(&sparse)["data"]["meta"]["canWrite"], true);
+    assert_eq!(ledger.as_("reader", get(&id), "").body, first.body);
+
+    let update = json!({"data": {"type": "call", "attributes": {"note": "callback friday"}}});
+    let updated = ledger.as_("writer", Operation::Update(id.clone()), &update.to_string());
+    assert_eq!(updated.status, 200, "{}", text(&updated));
+    let after = ledger.as_("reader", get(&id), "");
+    assert_eq!(after.header("ETag"), Some("2"));
+    assert_eq!(
+        body(&after)["data"]["attributes"]["note"],
+        "callback friday"
+    );
+    assert_eq!(body(&after), body(&updated));
+
+    assert_eq!(
+        ledger
+            .as_("admin", Operation::Delete(id.clone()), "")
+            .status,
+        204
+    );
+    error(&ledger.as_("reader", get(&id), ""), 404, "resourceNotFound");
 }
 
 /// GET-modify-PATCH: every document `get` returns (whole, with each meta flag, with a fieldset),

@@ -686,6 +686,7 @@ fn test_api(log: &EventLog, data_dir: &Path) -> call_api::Api {
             self_prefix: "calls".to_string(),
             sync_reads: false,
             rate_limiter: None,
+            rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
         },
         || Timestamp::from_millis(1_750_000_000_000),
     )

@@ -1145,7 +1145,7 @@ fn sort_shared(entries: &mut [(Arc<str>, u64)]) {
 /// rustc's FxHash) is enough, and much cheaper than SipHash on the hot paths that look a call up
 /// per event or per column read.
 #[derive(Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 const ID_HASH_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
@@ -1166,7 +1166,7 @@ impl Hasher for IdHasher {
 }
 
 /// A hash map keyed by call id.
-pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// A capped list of differences found by `verify`.
 pub(crate) struct Differences {

@@ -36,6 +36,7 @@ mod store;
 mod tests;
 
 pub use error::{ProjectionError, QueryError};
+pub use index::{IdHasher, IdMap};
 pub use projection::{
     Projection, ProjectionOptions, ProjectionStats, RebuildReport, VerifyReport,
     DEFAULT_PROJECTION_CACHE_BYTES, MIN_PROJECTION_CACHE_BYTES,

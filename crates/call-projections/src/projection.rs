@@ -428,6 +428,14 @@ impl Projection {
         view.load_call(id)
     }
 
+    /// The log position of the latest event of the live call with this id, from the in-memory
+    /// change feed (no row is read); `None` when no live call has it. What was read of the call
+    /// at this position (see [`CallRef::position`]) is still its current
+    /// state, so a caller can keep what it made of a read until the position moves.
+    pub fn latest_position(&self, id: u64) -> Result<Option<u64>, ProjectionError> {
+        Ok(self.read_view()?.indexes.changes.latest(id))
+    }
+
     /// What `read` makes of the live call with this id, read in place (its texts borrowed from
     /// the stored view): for a caller that only renders the call, without building a [`Call`].
     pub fn get_with<R>(

@@ -206,6 +206,10 @@ pub struct ServeArgs {
     /// Outreach).
     #[arg(long, env = "CALLLEDGER_RATE_LIMIT", value_parser = parse_rate_limit)]
     pub rate_limit: Option<RateLimitSetting>,
+    /// MiB of get replies kept rendered, each served again while its call is unchanged (64; 0
+    /// keeps none). Bounded whatever the ledger's size.
+    #[arg(long, env = "CALLLEDGER_RENDERED_GETS_MB")]
+    pub rendered_gets_mb: Option<u64>,
 }
 
 /// A `--rate-limit`: a budget, or `off`.

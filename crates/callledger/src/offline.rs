@@ -283,6 +283,7 @@ fn offline_read(
         self_prefix: "calls".into(),
         sync_reads: false,
         rate_limiter: None,
+        rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
     };
     let api = Api::new(
         ledger.commands.clone(),

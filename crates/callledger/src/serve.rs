@@ -39,6 +39,7 @@ struct ConfigFile {
     rate_limit: Option<String>,
     disk_reserve_mb: Option<u64>,
     projection_cache_mb: Option<u64>,
+    rendered_gets_mb: Option<u64>,
 }
 
 pub fn run(
@@ -105,6 +106,15 @@ pub fn run(
             .max(1),
     );
 
+    let rendered_gets_bytes = match args.rendered_gets_mb.or(file.rendered_gets_mb) {
+        Some(mb) => usize::try_from(mb)
+            .ok()
+            .and_then(|mb| mb.checked_mul(1 << 20))
+            .with_context(|| {
+                format!("--rendered-gets-mb {mb} is more than this machine can address")
+            })?,
+        None => call_api::DEFAULT_RENDERED_GETS_BYTES,
+    };
     let rate_limit = match (args.rate_limit, file.rate_limit) {
         (Some(setting), _) => setting,
         (None, Some(text)) => parse_rate_limit(&text).context("the config file's rate_limit")?,
@@ -144,6 +154,7 @@ pub fn run(
             self_prefix: subject_prefix.clone(),
             sync_reads: replicated,
             rate_limiter: rate_limit.0.map(|limit| Arc::new(RateLimiter::new(limit))),
+            rendered_gets_bytes,
         };
         let api = Api::new(
             ledger.commands.clone(),

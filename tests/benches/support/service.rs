@@ -39,6 +39,15 @@ pub fn named_runtime(name: &str) -> Runtime {
         .expect("a runtime")
 }
 
+/// The budget of the service's rendered gets: `BENCH_RENDERED_GETS_MB` (0 to measure every get
+/// rendered from its stored view), else the service's default.
+pub fn rendered_gets_bytes() -> usize {
+    std::env::var("BENCH_RENDERED_GETS_MB")
+        .ok()
+        .and_then(|mb| mb.parse::<usize>().ok())
+        .map_or(call_api::DEFAULT_RENDERED_GETS_BYTES, |mb| mb << 20)
+}
+
 /// The service under test, on its own runtime and thread.
 pub struct Gateway {
     stop: oneshot::Sender<()>,
@@ -64,6 +73,7 @@ impl Gateway {
                 self_prefix: PREFIX.into(),
                 sync_reads: false,
                 rate_limiter: None,
+                rendered_gets_bytes: rendered_gets_bytes(),
             },
             now,
         );

@@ -446,6 +446,7 @@ async fn sigterm_drains_and_loses_no_acknowledged_write() {
                 self_prefix: "calls".to_string(),
                 sync_reads: false,
                 rate_limiter: None,
+                rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
             },
             clock,
         );
