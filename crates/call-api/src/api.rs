@@ -341,6 +341,9 @@ impl Inner {
             .ok_or_else(|| ApiError::not_found(token))?;
         if keep {
             self.rendered.put(id, position, version, &body);
+            self.rendered.sweep(|id, position| {
+                self.projection.latest_position(id).ok().flatten() == Some(position)
+            });
         }
         Ok(success(200, body, Some(version)))
     }

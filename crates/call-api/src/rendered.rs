@@ -12,7 +12,9 @@
 //!
 //! The cache holds at most its budget of document bytes, evicting by CLOCK (an entry served
 //! since the hand last passed it gets a second chance), so it is bounded whatever the ledger's
-//! size and keeps what is read again.
+//! size and keeps what is read again. Each new document also sweeps a few entries, dropping
+//! those whose call changed or was deleted since, so that documents nobody can be served do
+//! not sit in the budget until it is full.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -27,8 +29,13 @@ pub const DEFAULT_RENDERED_GETS_BYTES: usize = 64 << 20;
 /// What an entry costs beside its document: the map's slot, the ring's, the allocation.
 const ENTRY_OVERHEAD: usize = 64;
 
+/// How many entries [`RenderedGets::sweep`] checks per call.
+const SWEEP_PER_PUT: usize = 4;
+
 /// A get's document of one call, as rendered at one log position.
 struct Entry {
+    /// Which ring slot is this entry's: slots of an entry removed and kept again are stale.
+    slot: u64,
     position: u64,
     version: u64,
     body: Box<[u8]>,
@@ -45,9 +52,11 @@ impl Entry {
 #[derive(Default)]
 struct Entries {
     by_id: IdMap<Entry>,
-    /// Every id of `by_id` once, in the order the clock's hand visits them.
-    ring: VecDeque<u64>,
+    /// Each entry's slot, in the order the clock's hand visits them, and the slots of entries
+    /// gone since, skipped when the hand meets them.
+    ring: VecDeque<(u64, u64)>,
     bytes: usize,
+    next_slot: u64,
 }
 
 /// See the module's documentation.
@@ -82,7 +91,8 @@ impl RenderedGets {
     /// Keeps the document of call `id` rendered at `position` (replacing an older one), then
     /// evicts until the budget holds.
     pub(crate) fn put(&self, id: u64, position: u64, version: u64, body: &[u8]) {
-        let entry = Entry {
+        let mut entry = Entry {
+            slot: 0,
             position,
             version,
             body: body.into(),
@@ -93,32 +103,79 @@ impl RenderedGets {
         }
         let mut entries = self.lock();
         let entries = &mut *entries;
-        if entries
-            .by_id
-            .get(&id)
-            .is_some_and(|kept| kept.position > position)
-        {
+        match entries.by_id.get(&id) {
             // A slower reader rendered an older state: keep the newer one.
-            return;
+            Some(kept) if kept.position > position => return,
+            Some(kept) => entry.slot = kept.slot,
+            None => {
+                entries.next_slot += 1;
+                entry.slot = entries.next_slot;
+                entries.ring.push_back((id, entry.slot));
+            }
         }
         entries.bytes += entry.cost();
-        match entries.by_id.insert(id, entry) {
-            Some(replaced) => entries.bytes -= replaced.cost(),
-            None => entries.ring.push_back(id),
+        if let Some(replaced) = entries.by_id.insert(id, entry) {
+            entries.bytes -= replaced.cost();
         }
-        // Every id kept is in the ring once, so a lap of the hand evicts or spares each.
+        // Every entry has its slot in the ring, so a lap of the hand evicts or spares each.
         while entries.bytes > self.budget {
-            let Some(oldest) = entries.ring.pop_front() else {
+            let Some((oldest, slot)) = entries.ring.pop_front() else {
                 break;
             };
-            let Some(entry) = entries.by_id.get_mut(&oldest) else {
+            let Some(entry) = entries.by_id.get_mut(&oldest).filter(|e| e.slot == slot) else {
                 continue;
             };
             if entry.referenced {
                 entry.referenced = false;
-                entries.ring.push_back(oldest);
+                entries.ring.push_back((oldest, slot));
             } else if let Some(evicted) = entries.by_id.remove(&oldest) {
                 entries.bytes -= evicted.cost();
+            }
+        }
+    }
+
+    /// Drops the entries of calls changed or deleted since they were rendered, checking the
+    /// next [`SWEEP_PER_PUT`] entries of the ring with `is_current(id, position)`.
+    ///
+    /// A changed call's entry is replaced by its next get, but a deleted call is seldom got
+    /// again: without this its entry would stay until the budget evicted it, and a ledger that
+    /// deletes as it creates would fill the budget with documents nobody can be served. Called
+    /// after each `put`, it laps the ring faster than puts add to it. `is_current` runs without
+    /// the cache's lock held (it takes the projection's).
+    pub(crate) fn sweep(&self, is_current: impl Fn(u64, u64) -> bool) {
+        let visited: Vec<(u64, u64)> = {
+            let mut entries = self.lock();
+            let entries = &mut *entries;
+            let mut visited = Vec::with_capacity(SWEEP_PER_PUT);
+            for _ in 0..SWEEP_PER_PUT.min(entries.ring.len()) {
+                let Some((id, slot)) = entries.ring.pop_front() else {
+                    break;
+                };
+                if let Some(entry) = entries.by_id.get(&id).filter(|e| e.slot == slot) {
+                    visited.push((id, entry.position));
+                    entries.ring.push_back((id, slot));
+                }
+            }
+            visited
+        };
+        let stale: Vec<(u64, u64)> = visited
+            .into_iter()
+            .filter(|&(id, position)| !is_current(id, position))
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let mut entries = self.lock();
+        for (id, position) in stale {
+            if entries
+                .by_id
+                .get(&id)
+                .is_some_and(|entry| entry.position == position)
+            {
+                if let Some(gone) = entries.by_id.remove(&id) {
+                    entries.bytes -= gone.cost();
+                }
+                // Its slot is dropped when the hand reaches it.
             }
         }
     }
@@ -176,6 +233,47 @@ mod tests {
         assert!(cache.get(0, 0).is_some(), "read since the hand passed");
         assert!(cache.get(1, 1).is_none(), "the oldest unread goes first");
         assert!(cache.get(14, 14).is_some(), "the newest stays");
+    }
+
+    #[test]
+    fn the_sweep_drops_what_is_no_longer_current() {
+        let cache = RenderedGets::new(1 << 20);
+        for id in 1..=6 {
+            cache.put(id, id * 10, 1, b"doc");
+        }
+        // Calls 2 and 3 were deleted, call 4 changed since.
+        let current = |id: u64, position: u64| match id {
+            2 | 3 => false,
+            4 => position == 41,
+            _ => true,
+        };
+        cache.sweep(current);
+        cache.sweep(current);
+        for id in [1, 5, 6] {
+            assert!(cache.get(id, id * 10).is_some(), "call {id} is current");
+        }
+        for id in [2, 3, 4] {
+            assert!(cache.get(id, id * 10).is_none(), "call {id} is not");
+        }
+        assert_eq!(cache.bytes(), 3 * (3 + ENTRY_OVERHEAD));
+        // A call swept out and kept again is served, and its stale slot does no harm.
+        cache.put(2, 50, 2, b"doc2");
+        for _ in 0..4 {
+            cache.sweep(|id, _| id != 3);
+        }
+        assert_eq!(cache.get(2, 50), Some((b"doc2".to_vec(), 2)));
+    }
+
+    #[test]
+    fn slots_left_by_the_sweep_do_not_pile_up() {
+        let cache = RenderedGets::new(1 << 20);
+        for position in 1..1000 {
+            cache.put(1, position, position, b"doc");
+            cache.put(2, position, position, b"doc");
+            cache.sweep(|id, _| id == 2);
+            assert!(cache.lock().ring.len() <= 4, "{}", cache.lock().ring.len());
+        }
+        assert_eq!(cache.get(2, 999), Some((b"doc".to_vec(), 999)));
     }
 
     #[test]
