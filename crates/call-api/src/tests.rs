@@ -961,6 +961,64 @@ fn a_kept_get_document_is_served_only_while_its_call_is_unchanged() {
     error(&ledger.as_("reader", get(&id), ""), 404, "resourceNotFound");
 }
 
+/// Gets racing updates of the same call: every document answered is the state its `ETag`
+/// names (a kept document never outlives its call's change), a reader never sees the call go
+/// back, and a get sent after an update was acknowledged sees that update.
+#[test]
+fn gets_racing_updates_never_see_a_stale_kept_document() {
+    const UPDATES: u64 = 200;
+    let ledger = ledger_open();
+    let created = ledger.create(json!({"note": "v1"}));
+    let id = created["data"]["id"].to_string();
+    let acknowledged = std::sync::atomic::AtomicU64::new(1);
+    let read = |api: &Api| {
+        let floor = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+        let response = api.handle(Request {
+            operation: get(&id),
+            headers: &[],
+            payload: b"",
+            source: Source::Api,
+        });
+        assert_eq!(response.status, 200, "{}", text(&response));
+        let version: u64 = response.header("ETag").unwrap().parse().unwrap();
+        assert!(
+            version >= floor,
+            "a get after version {floor} was acknowledged saw {version}"
+        );
+        assert_eq!(
+            body(&response)["data"]["attributes"]["note"],
+            format!("v{version}"),
+            "the document is the state its ETag names"
+        );
+        version
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            let api = ledger.api.clone();
+            let read = &read;
+            scope.spawn(move || {
+                let mut last = 0;
+                while last < UPDATES + 1 {
+                    let version = read(&api);
+                    assert!(version >= last, "went back from {last} to {version}");
+                    last = version;
+                }
+            });
+        }
+        for version in 2..=UPDATES + 1 {
+            let update =
+                json!({"data": {"type": "call", "attributes": {"note": format!("v{version}")}}});
+            let updated = ledger.send(
+                Operation::Update(id.clone()),
+                &[],
+                update.to_string().as_bytes(),
+            );
+            assert_eq!(updated.status, 200, "{}", text(&updated));
+            acknowledged.store(version, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+}
+
 /// GET-modify-PATCH: every document `get` returns (whole, with each meta flag, with a fieldset),
 /// sent back by an ordinary writer with one attribute changed, is that change and nothing else:
 /// the server-set, telephony-owned and read-only members it carries unchanged are ignored. A
