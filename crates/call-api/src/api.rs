@@ -79,6 +79,11 @@ impl Api {
         }
     }
 
+    /// What the kept get documents did so far (see `rendered.rs`).
+    pub fn rendered_gets(&self) -> crate::RenderedGetsStats {
+        self.inner.rendered.stats()
+    }
+
     /// The configuration it was built with.
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config

@@ -31,7 +31,7 @@ pub use api::{
 };
 pub use auth::{ConfigError, Scope, TokenStore};
 pub use error::{ApiError, ErrorObject, ErrorSource, MAX_ERROR_OBJECTS};
-pub use rendered::DEFAULT_RENDERED_GETS_BYTES;
+pub use rendered::{RenderedGetsStats, DEFAULT_RENDERED_GETS_BYTES};
 
 use call_model::Timestamp;
 

@@ -17,6 +17,7 @@
 //! not sit in the budget until it is full.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use call_projections::IdMap;
@@ -59,10 +60,27 @@ struct Entries {
     next_slot: u64,
 }
 
+/// What the kept get documents did since the API started, for operators (`$SRV.STATS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenderedGetsStats {
+    /// Gets answered from a kept document.
+    pub hits: u64,
+    /// Gets of a live call that had none kept at its latest position, rendered from its view.
+    pub misses: u64,
+    /// Documents kept now.
+    pub entries: usize,
+    /// Their bytes, with each entry's bookkeeping.
+    pub bytes: usize,
+    /// The most bytes kept (`--rendered-gets-mb`).
+    pub budget: usize,
+}
+
 /// See the module's documentation.
 pub(crate) struct RenderedGets {
     budget: usize,
     entries: Mutex<Entries>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl RenderedGets {
@@ -71,6 +89,8 @@ impl RenderedGets {
         RenderedGets {
             budget,
             entries: Mutex::new(Entries::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -79,13 +99,39 @@ impl RenderedGets {
         if self.budget == 0 {
             return None;
         }
-        let mut entries = self.lock();
-        let entry = entries.by_id.get_mut(&id)?;
-        if entry.position != position {
-            return None;
+        let kept = {
+            let mut entries = self.lock();
+            entries
+                .by_id
+                .get_mut(&id)
+                .filter(|entry| entry.position == position)
+                .map(|entry| {
+                    entry.referenced = true;
+                    (entry.body.to_vec(), entry.version)
+                })
+        };
+        let counter = if kept.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        kept
+    }
+
+    /// The counts and sizes, as they stand.
+    pub(crate) fn stats(&self) -> RenderedGetsStats {
+        let (entries, bytes) = {
+            let entries = self.lock();
+            (entries.by_id.len(), entries.bytes)
+        };
+        RenderedGetsStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries,
+            bytes,
+            budget: self.budget,
         }
-        entry.referenced = true;
-        Some((entry.body.to_vec(), entry.version))
     }
 
     /// Keeps the document of call `id` rendered at `position` (replacing an older one), then
@@ -205,6 +251,10 @@ mod tests {
         assert_eq!(cache.get(7, 10), None);
         cache.put(7, 10, 1, b"v1");
         assert_eq!(cache.get(7, 10), Some((b"v1".to_vec(), 1)));
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+        assert_eq!(stats.bytes, 2 + ENTRY_OVERHEAD);
+        assert_eq!(stats.budget, 1 << 20);
         assert_eq!(cache.get(7, 12), None, "the call changed since");
         cache.put(7, 12, 2, b"v2");
         assert_eq!(cache.get(7, 12), Some((b"v2".to_vec(), 2)));

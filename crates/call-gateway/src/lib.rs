@@ -137,7 +137,7 @@ pub async fn run(
             .await?,
         )
     };
-    let started = service::start(&client, &prefix, &config.queue_group).await?;
+    let started = service::start(&client, &prefix, &config.queue_group, &api).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (outbox_stop_tx, outbox_stop_rx) = watch::channel(false);

@@ -97,11 +97,16 @@ pub(crate) async fn start(
     client: &Client,
     prefix: &str,
     queue_group: &str,
+    api: &Api,
 ) -> Result<Started, GatewayError> {
     let service = client
         .service_builder()
         .description("call-ledger: the Outreach Call resource as an event-sourced ledger")
         .queue_group(queue_group)
+        .stats_handler({
+            let api = api.clone();
+            move |endpoint, _| endpoint_data(&endpoint, &api)
+        })
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| {
@@ -131,6 +136,22 @@ pub(crate) async fn start(
         "call-ledger service started"
     );
     Ok(Started { service, endpoints })
+}
+
+/// The `data` of an endpoint in `$SRV.STATS`: for `get`, what its kept documents did
+/// (`renderedGets`: hits, misses, entries, bytes and the budget in bytes); `{}` for the others.
+fn endpoint_data(endpoint: &str, api: &Api) -> serde_json::Value {
+    if endpoint != "get" {
+        return serde_json::json!({});
+    }
+    let rendered = api.rendered_gets();
+    serde_json::json!({"renderedGets": {
+        "hits": rendered.hits,
+        "misses": rendered.misses,
+        "entries": rendered.entries,
+        "bytes": rendered.bytes,
+        "budgetBytes": rendered.budget,
+    }})
 }
 
 /// Receives and answers requests until `stop`, then drains: stops the endpoints, answers what

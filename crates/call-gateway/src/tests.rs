@@ -596,6 +596,13 @@ async fn stats_count_errors_and_replies_carry_bodies() {
             .unwrap_or(Value::Null);
         assert_eq!(get["num_requests"], 1, "{stats}");
         assert_eq!(get["num_errors"], 1, "{stats}");
+        // No live call was got: nothing kept, nothing missed.
+        assert_eq!(
+            get["data"]["renderedGets"],
+            serde_json::json!({"hits": 0, "misses": 0, "entries": 0, "bytes": 0,
+                "budgetBytes": call_api::DEFAULT_RENDERED_GETS_BYTES}),
+            "{stats}"
+        );
         assert!(
             get["last_error"]
                 .as_str()

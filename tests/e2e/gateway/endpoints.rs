@@ -691,6 +691,15 @@ async fn srv_ping_info_and_stats_describe_the_service() {
         // The statistics count requests and errors, error replies included.
         assert!(api.list("").await.is_success());
         api.get(7, "").await.assert_error(404, "Resource Not Found");
+        // A call got twice: rendered the first time, its kept document the second.
+        let created = api
+            .create(&[], &call_document(json!({"to": "+15550100"})))
+            .await;
+        let id = id_of(&created.data());
+        let first = api.get(id, "").await;
+        let second = api.get(id, "").await;
+        assert!(first.is_success() && second.is_success());
+        assert_eq!(first.payload, second.payload);
         let stats = ask("$SRV.STATS.call-ledger").await;
         let by_name = |name: &str| {
             stats["endpoints"]
@@ -706,8 +715,18 @@ async fn srv_ping_info_and_stats_describe_the_service() {
             "{stats}"
         );
         let get = by_name("get");
-        assert_eq!(get["num_requests"], json!(1), "{stats}");
+        assert_eq!(get["num_requests"], json!(3), "{stats}");
         assert_eq!(get["num_errors"], json!(1), "{stats}");
+        let rendered = &get["data"]["renderedGets"];
+        assert_eq!(rendered["hits"], json!(1), "{stats}");
+        assert_eq!(rendered["misses"], json!(1), "{stats}");
+        assert_eq!(rendered["entries"], json!(1), "{stats}");
+        assert_eq!(
+            rendered["budgetBytes"],
+            json!(call_api::DEFAULT_RENDERED_GETS_BYTES),
+            "{stats}"
+        );
+        assert_eq!(by_name("list")["data"], json!({}), "{stats}");
         gateway.shutdown().await;
     })
     .await;
