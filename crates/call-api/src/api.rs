@@ -4,6 +4,10 @@
 use crate::auth::{Grant, Scope};
 use crate::document::{self, Permissions};
 use crate::error::ApiError;
+use crate::header_names::{
+    AUTHORIZATION, CONTENT_TYPE as CONTENT_TYPE_HEADER, ETAG, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
+    IF_MATCH,
+};
 use crate::json::ObjectWriter;
 use crate::query::{self, ReadOptions};
 use crate::rate::Decision;
@@ -271,7 +275,7 @@ impl Inner {
                 scopes: vec![Scope::Read, Scope::Write, Scope::Delete, Scope::Admin],
             });
         };
-        let Some(value) = header(request.headers, "Authorization") else {
+        let Some(value) = header(request.headers, AUTHORIZATION) else {
             return Err(ApiError::unauthorized(
                 "A bearer token is required: send the header 'Authorization: Bearer <token>'.",
             ));
@@ -545,7 +549,7 @@ impl Inner {
         Ok(Response {
             status: 200,
             headers: vec![
-                ("Content-Type".into(), NDJSON.into()),
+                (CONTENT_TYPE_HEADER.into(), NDJSON.into()),
                 (HEAD_HEADER.into(), head.to_string()),
                 (LAST_POSITION_HEADER.into(), last.to_string()),
             ],
@@ -560,7 +564,7 @@ impl Inner {
         };
         let (key_header, idempotency_key) = self.idempotency_key(request)?;
         let expected_version = match target {
-            Some(_) => header(request.headers, "If-Match")
+            Some(_) => header(request.headers, IF_MATCH)
                 .map(parse_if_match)
                 .transpose()?,
             None => None,
@@ -641,7 +645,7 @@ impl Inner {
         if outcome.replayed {
             response
                 .headers
-                .push(("Idempotent-Replayed".into(), "true".into()));
+                .push((IDEMPOTENT_REPLAYED.into(), "true".into()));
         }
         Ok(response)
     }
@@ -677,20 +681,20 @@ impl Inner {
             Source::Api => None,
         };
         let from_header =
-            header(request.headers, "Idempotency-Key").map(|key| ("Idempotency-Key", key));
+            header(request.headers, IDEMPOTENCY_KEY).map(|key| (IDEMPOTENCY_KEY, key));
         if let Some((name, key)) = from_transport.or(from_header) {
             call_commands::check_idempotency_key(key)
                 .map_err(|error| command_error(error, name))?;
             return Ok((name, Some(key.to_owned())));
         }
-        Ok(("Idempotency-Key", None))
+        Ok((IDEMPOTENCY_KEY, None))
     }
 }
 
 fn success(status: u16, body: Vec<u8>, version: Option<u64>) -> Response {
-    let mut headers = vec![("Content-Type".to_owned(), CONTENT_TYPE.to_owned())];
+    let mut headers = vec![(CONTENT_TYPE_HEADER.to_owned(), CONTENT_TYPE.to_owned())];
     if let Some(version) = version {
-        headers.push(("ETag".to_owned(), version.to_string()));
+        headers.push((ETAG.to_owned(), version.to_string()));
     }
     Response {
         status,
@@ -720,7 +724,7 @@ fn parse_if_match(value: &str) -> Result<u64, ApiError> {
         }
     }
     Err(ApiError::header(
-        "If-Match",
+        IF_MATCH,
         format!("Expected the call's version (its ETag), e.g. If-Match: 3; got '{value}'."),
     ))
 }

@@ -1,6 +1,7 @@
 //! The API's errors: JSON:API error objects with Outreach's ids and titles (their only home),
 //! the status they answer with, and the reply that carries them.
 
+use crate::header_names::{CONTENT_TYPE as CONTENT_TYPE_HEADER, RETRY_AFTER};
 use crate::json::ObjectWriter;
 use crate::{Response, CONTENT_TYPE};
 
@@ -267,9 +268,9 @@ impl ApiError {
     /// The reply: its status, `Content-Type`, `Retry-After` when retrying later may succeed
     /// (503, 429), and the JSON:API body.
     pub fn to_response(&self) -> Response {
-        let mut headers = vec![("Content-Type".into(), CONTENT_TYPE.into())];
+        let mut headers = vec![(CONTENT_TYPE_HEADER.into(), CONTENT_TYPE.into())];
         if matches!(self.status, 429 | 503) {
-            headers.push(("Retry-After".into(), RETRY_AFTER_SECS.to_string()));
+            headers.push((RETRY_AFTER.into(), RETRY_AFTER_SECS.to_string()));
         }
         Response {
             status: self.status,

@@ -38,6 +38,25 @@ use call_model::Timestamp;
 /// The media type of every JSON:API document, request or reply.
 pub const CONTENT_TYPE: &str = "application/vnd.api+json";
 
+/// The names of the headers the API reads and writes (docs/api.md), each written here once;
+/// the rate limit's are in [`rate`]. Names compare case-insensitively.
+pub mod header_names {
+    /// `Bearer <token>`.
+    pub const AUTHORIZATION: &str = "Authorization";
+    /// A write's idempotency key.
+    pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+    /// The version an update or delete expects.
+    pub const IF_MATCH: &str = "If-Match";
+    /// The body's media type.
+    pub const CONTENT_TYPE: &str = "Content-Type";
+    /// The call's version in a reply.
+    pub const ETAG: &str = "ETag";
+    /// `true` on the reply to a write replayed from its idempotency key.
+    pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
+    /// Seconds to wait before retrying a 429 or 503.
+    pub const RETRY_AFTER: &str = "Retry-After";
+}
+
 /// What a request asks for. Ids are the raw subject tokens: the API, not the transport, decides
 /// that a token which is not a positive integer names no call (404).
 #[derive(Clone, Debug, PartialEq, Eq)]

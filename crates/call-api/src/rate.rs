@@ -124,10 +124,11 @@ impl Decision {
         if response.status == 429 && !self.admitted {
             response
                 .headers
-                .retain(|(name, _)| !name.eq_ignore_ascii_case("Retry-After"));
-            response
-                .headers
-                .push(("Retry-After".into(), self.retry_after.to_string()));
+                .retain(|(name, _)| !name.eq_ignore_ascii_case(crate::header_names::RETRY_AFTER));
+            response.headers.push((
+                crate::header_names::RETRY_AFTER.into(),
+                self.retry_after.to_string(),
+            ));
         }
         response.headers.extend([
             (LIMIT_HEADER.to_owned(), self.limit.to_string()),

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_nats::Client;
+use call_api::header_names::{AUTHORIZATION, IDEMPOTENCY_KEY, IF_MATCH};
 use call_api::Operation;
 
 use crate::error::GatewayError;
@@ -54,13 +55,13 @@ pub async fn call(
 ) -> Result<ApiReply, GatewayError> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     if let Some(token) = &call.token {
-        pairs.push(("Authorization".into(), format!("Bearer {token}")));
+        pairs.push((AUTHORIZATION.into(), format!("Bearer {token}")));
     }
     if let Some(key) = &call.idempotency_key {
-        pairs.push(("Idempotency-Key".into(), key.clone()));
+        pairs.push((IDEMPOTENCY_KEY.into(), key.clone()));
     }
     if let Some(version) = call.if_match {
-        pairs.push(("If-Match".into(), version.to_string()));
+        pairs.push((IF_MATCH.into(), version.to_string()));
     }
     let subject = crate::service::api_subject(prefix, &call.operation);
     let (reply_headers, body) =

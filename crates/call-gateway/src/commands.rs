@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream, AckKind};
+use call_api::header_names::IDEMPOTENCY_KEY;
 use call_api::{Api, ApiError, Attested, Operation, Outcome, Producer, Response, Source};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
@@ -254,10 +255,10 @@ async fn process(
         header: headers::PRODUCER,
     });
     let has_key =
-        message_id.is_some() || headers::find(&original_headers, "Idempotency-Key").is_some();
+        message_id.is_some() || headers::find(&original_headers, IDEMPOTENCY_KEY).is_some();
     if let (false, Some(key)) = (has_key, &derived_key) {
         // Without a key of its own, a redelivery would append again.
-        request_headers.push(("Idempotency-Key".to_string(), key.clone()));
+        request_headers.push((IDEMPOTENCY_KEY.to_string(), key.clone()));
     }
 
     let response = match command_operation(&commands.prefix, &subject) {
@@ -326,7 +327,7 @@ async fn process(
             // refused.
             let delay = match response.status {
                 429 => response
-                    .header("Retry-After")
+                    .header(call_api::header_names::RETRY_AFTER)
                     .and_then(|secs| secs.parse().ok())
                     .map_or(nak_delay(delivered), Duration::from_secs),
                 _ => nak_delay(delivered),

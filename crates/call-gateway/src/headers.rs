@@ -87,10 +87,32 @@ pub(crate) fn reply_headers(response: &Response, instance: &str) -> HeaderMap {
         append_lossy(&mut headers, HeaderName::from_static(SERVICE_ERROR), title);
     }
     for (name, value) in &response.headers {
-        append_lossy(&mut headers, name.as_str(), value);
+        match api_header_name(name) {
+            Some(known) => append_lossy(&mut headers, known, value),
+            None => append_lossy(&mut headers, name.as_str(), value),
+        }
     }
     append_lossy(&mut headers, HeaderName::from_static(INSTANCE), instance);
     headers
+}
+
+/// The header names `call-api` writes in replies, as NATS header names made from their static
+/// text: no name is parsed or allocated per reply.
+fn api_header_name(name: &str) -> Option<HeaderName> {
+    use call_api::header_names::{CONTENT_TYPE, ETAG, IDEMPOTENT_REPLAYED, RETRY_AFTER};
+    use call_api::rate::{LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER};
+    [
+        CONTENT_TYPE,
+        ETAG,
+        IDEMPOTENT_REPLAYED,
+        RETRY_AFTER,
+        LIMIT_HEADER,
+        REMAINING_HEADER,
+        RESET_HEADER,
+    ]
+    .into_iter()
+    .find(|known| *known == name)
+    .map(HeaderName::from_static)
 }
 
 /// The first value of the header `name`, compared without regard to case.
@@ -104,6 +126,35 @@ pub(crate) fn find<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_headers_carry_the_apis_names_and_any_other() {
+        let response = Response {
+            status: 429,
+            headers: vec![
+                ("Content-Type".into(), call_api::CONTENT_TYPE.into()),
+                ("ETag".into(), "3".into()),
+                ("Retry-After".into(), "7".into()),
+                ("X-RateLimit-Limit".into(), "10000".into()),
+                ("X-Not-Known-Here".into(), "kept".into()),
+            ],
+            body: Vec::new(),
+        };
+        let map = reply_headers(&response, "instance-1");
+        let mut pairs = to_pairs(Some(&map));
+        pairs.sort();
+        let value = |name: &str| find(&pairs, name).map(str::to_owned);
+        assert_eq!(
+            value("content-type").as_deref(),
+            Some(call_api::CONTENT_TYPE)
+        );
+        assert_eq!(value("etag").as_deref(), Some("3"));
+        assert_eq!(value("retry-after").as_deref(), Some("7"));
+        assert_eq!(value("x-ratelimit-limit").as_deref(), Some("10000"));
+        assert_eq!(value("x-not-known-here").as_deref(), Some("kept"));
+        assert_eq!(value(INSTANCE).as_deref(), Some("instance-1"));
+        assert_eq!(value(SERVICE_ERROR_CODE).as_deref(), Some("429"));
+    }
 
     #[test]
     fn pairs_round_trip_through_a_header_map() {
