@@ -1019,6 +1019,32 @@ fn gets_racing_updates_never_see_a_stale_kept_document() {
     });
 }
 
+/// A ledger that deletes as it creates, every call got once: the kept documents stay about the
+/// live calls', not every call ever got (the sweep drops those of deleted calls).
+#[test]
+fn kept_documents_follow_the_live_calls_not_every_call_ever_got() {
+    const LIVE: usize = 20;
+    let ledger = ledger_open();
+    let mut live = std::collections::VecDeque::new();
+    for round in 0..600 {
+        let created = ledger.create(json!({"note": format!("round {round}")}));
+        let id = created["data"]["id"].to_string();
+        assert_eq!(ledger.send(get(&id), &[], b"").status, 200);
+        live.push_back(id);
+        if live.len() > LIVE {
+            let gone = live.pop_front().unwrap();
+            assert_eq!(ledger.send(Operation::Delete(gone), &[], b"").status, 204);
+        }
+    }
+    let stats = ledger.api.rendered_gets();
+    assert_eq!(stats.misses, 600, "{stats:?}");
+    assert!(
+        stats.entries <= 2 * LIVE,
+        "{} documents kept for {LIVE} live calls: {stats:?}",
+        stats.entries
+    );
+}
+
 /// GET-modify-PATCH: every document `get` returns (whole, with each meta flag, with a fieldset),
 /// sent back by an ordinary writer with one attribute changed, is that change and nothing else:
 /// the server-set, telephony-owned and read-only members it carries unchanged are ignored. A
