@@ -106,15 +106,7 @@ pub fn run(
             .max(1),
     );
 
-    let rendered_gets_bytes = match args.rendered_gets_mb.or(file.rendered_gets_mb) {
-        Some(mb) => usize::try_from(mb)
-            .ok()
-            .and_then(|mb| mb.checked_mul(1 << 20))
-            .with_context(|| {
-                format!("--rendered-gets-mb {mb} is more than this machine can address")
-            })?,
-        None => call_api::DEFAULT_RENDERED_GETS_BYTES,
-    };
+    let rendered_gets_bytes = rendered_gets_bytes(args.rendered_gets_mb.or(file.rendered_gets_mb))?;
     let rate_limit = match (args.rate_limit, file.rate_limit) {
         (Some(setting), _) => setting,
         (None, Some(text)) => parse_rate_limit(&text).context("the config file's rate_limit")?,
@@ -215,5 +207,36 @@ fn install_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// The budget of kept get documents from `--rendered-gets-mb`: 0 keeps none; no more than this
+/// machine can address.
+fn rendered_gets_bytes(mb: Option<u64>) -> anyhow::Result<usize> {
+    match mb {
+        None => Ok(call_api::DEFAULT_RENDERED_GETS_BYTES),
+        Some(mb) => usize::try_from(mb)
+            .ok()
+            .and_then(|mb| mb.checked_mul(1 << 20))
+            .with_context(|| {
+                format!("--rendered-gets-mb {mb} is more memory than any machine has")
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rendered_gets_setting_is_mebibytes_and_refused_past_memory() {
+        assert_eq!(
+            rendered_gets_bytes(None).unwrap(),
+            call_api::DEFAULT_RENDERED_GETS_BYTES
+        );
+        assert_eq!(rendered_gets_bytes(Some(0)).unwrap(), 0);
+        assert_eq!(rendered_gets_bytes(Some(16)).unwrap(), 16 << 20);
+        let huge = rendered_gets_bytes(Some(u64::MAX)).unwrap_err().to_string();
+        assert!(huge.contains("--rendered-gets-mb"), "{huge}");
     }
 }
