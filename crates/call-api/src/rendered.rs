@@ -6,9 +6,9 @@
 //! document of a call changes only when an event of that call is applied, which moves the
 //! call's latest position (the projection's change feed, in memory). So an entry rendered at
 //! position `p` is served while the call's latest position is still `p`; an entry of a call
-//! changed or deleted since is never served, only evicted (or replaced). Only documents of the default read
-//! (no sparse fieldset, no meta flags) are kept: they depend on nothing else but the subject
-//! prefix, which is fixed for the API's life.
+//! changed or deleted since is never served, only replaced or dropped. Only documents of the
+//! default read (no sparse fieldset, no meta flags) are kept: they depend on nothing else but
+//! the subject prefix, which is fixed for the API's life.
 //!
 //! The cache holds at most its budget of document bytes, evicting by CLOCK (an entry served
 //! since the hand last passed it gets a second chance), so it is bounded whatever the ledger's
@@ -137,6 +137,9 @@ impl RenderedGets {
     /// Keeps the document of call `id` rendered at `position` (replacing an older one), then
     /// evicts until the budget holds.
     pub(crate) fn put(&self, id: u64, position: u64, version: u64, body: &[u8]) {
+        if body.len() + ENTRY_OVERHEAD > self.budget {
+            return;
+        }
         let mut entry = Entry {
             slot: 0,
             position,
@@ -144,9 +147,6 @@ impl RenderedGets {
             body: body.into(),
             referenced: false,
         };
-        if entry.cost() > self.budget {
-            return;
-        }
         let mut entries = self.lock();
         let entries = &mut *entries;
         match entries.by_id.get(&id) {
