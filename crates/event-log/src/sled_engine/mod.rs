@@ -103,8 +103,7 @@ impl SledLog {
         let lock = lock_dir(dir)?;
         let (db, counters, open_run) = crate::error::unpanicked("opening the log", || {
             let db = open_sled(dir, options.durability, options.cache_bytes)?;
-            let counters = writer::recover(&db)?;
-            let open_run = writer::open_run(&db)?;
+            let (counters, open_run) = writer::recover(&db)?;
             Ok((db, counters, open_run))
         })?;
         let head = counters.next_position - 1;

@@ -37,21 +37,17 @@ const MAX_EXTENDED: usize = 64;
 /// A run of consecutive stream ids from its first, with the positions of their first records.
 pub(crate) type Run = (StreamId, Vec<Position>);
 
-/// The last `F` row, if its run can still grow.
-pub(crate) fn open_run(tree: &sled::Tree) -> Result<Option<Run>, LogError> {
-    let Some(entry) = tree.scan_prefix([keys::FIRST]).next_back() else {
-        return Ok(None);
-    };
-    let (key, value) = entry.map_err(crate::error::storage)?;
-    let first = keys::decode_first_key(&key)?;
-    let len = keys::first_value_len(&key, &value)?;
+/// The run of the last `F` row (`key`, `value`), if it can still grow.
+fn open_run(key: &[u8], value: &[u8]) -> Result<Option<Run>, LogError> {
+    let first = keys::decode_first_key(key)?;
+    let len = keys::first_value_len(key, value)?;
     if len as usize >= MAX_EXTENDED {
         return Ok(None);
     }
     let positions = (0..len)
         .map(|index| {
-            keys::first_position_at(&key, &value, index)?
-                .ok_or_else(|| keys::corrupt(&key, "first-records value is cut short"))
+            keys::first_position_at(key, value, index)?
+                .ok_or_else(|| keys::corrupt(key, "first-records value is cut short"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some((first, positions)))
@@ -96,17 +92,21 @@ impl Counters {
 /// the last `F` row's run, the highest stream in the `S` index and, in logs written before
 /// 2026-12, the `V` rows and the `Mnext_stream` counter; the stream count from the `Mstreams`
 /// row, or in a log written before 2026-12-05, which has none, the next stream id less one.
-pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
+/// Also the last `F` row's run if it can still grow, read from the same row.
+pub(crate) fn recover(tree: &sled::Tree) -> Result<(Counters, Option<Run>), LogError> {
     let last_position = match tree.scan_prefix([keys::LOG]).next_back() {
         Some(entry) => keys::decode_log_key(&entry.map_err(crate::error::storage)?.0)?,
         None => 0,
     };
-    let after_runs = match tree.scan_prefix([keys::FIRST]).next_back() {
+    let (after_runs, run) = match tree.scan_prefix([keys::FIRST]).next_back() {
         Some(entry) => {
             let (key, value) = entry.map_err(crate::error::storage)?;
-            keys::decode_first_key(&key)? + keys::first_value_len(&key, &value)?
+            (
+                keys::decode_first_key(&key)? + keys::first_value_len(&key, &value)?,
+                open_run(&key, &value)?,
+            )
         }
-        None => 1,
+        None => (1, None),
     };
     let highest_indexed = match tree.scan_prefix([keys::STREAM]).next_back() {
         Some(entry) => keys::decode_stream_key_stream(&entry.map_err(crate::error::storage)?.0)?,
@@ -133,11 +133,12 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<Counters, LogError> {
         Some(value) => keys::decode_u64_value(keys::STREAM_COUNT, &value)?,
         None => next_stream - 1,
     };
-    Ok(Counters {
+    let counters = Counters {
         next_position: last_position + 1,
         next_stream,
         streams,
-    })
+    };
+    Ok((counters, run))
 }
 
 /// The state of one group while its requests are checked: what the earlier
@@ -202,7 +203,7 @@ impl Writer {
             return;
         }
         if self.needs_reload {
-            match recover(&self.db).and_then(|counters| Ok((counters, open_run(&self.db)?))) {
+            match recover(&self.db) {
                 Ok((counters, run)) => {
                     self.counters = counters;
                     self.open_run = run;
