@@ -21,8 +21,6 @@ use super::{
 
 /// Ids the updates and deletes aim at: some exist, some are deleted, some were never created.
 const ID_POOL: u64 = 5;
-/// Above every id a sequence creates: the ids of calls not created yet.
-const NEVER_CREATED: CallId = 1 << 40;
 /// Idempotency keys are drawn from this few, so that they collide often.
 const KEYS: u8 = 10;
 
@@ -204,16 +202,14 @@ fn build(op: &Op, model: &Model, recorded_at: Timestamp) -> CommandRequest {
             if_match,
             key,
         } => {
-            let id = model.id_of(*id);
-            let mut request = from_document(Some(id), with_meta(writes, *occurred), recorded_at);
-            request.expected_version = if_match_version(*if_match, id);
+            let mut request = from_document(Some(*id), with_meta(writes, *occurred), recorded_at);
+            request.expected_version = if_match_version(*if_match, *id);
             request.idempotency_key = key_name(*key);
             request
         }
         Op::Delete { id, if_match, key } => {
-            let id = model.id_of(*id);
-            let mut request = delete(id, recorded_at);
-            request.expected_version = if_match_version(*if_match, id);
+            let mut request = delete(*id, recorded_at);
+            request.expected_version = if_match_version(*if_match, *id);
             request.idempotency_key = key_name(*key);
             request
         }
@@ -270,10 +266,7 @@ enum Expected {
 #[derive(Default)]
 struct Model {
     calls: BTreeMap<CallId, ModelCall>,
-    /// The events appended so far (each appended command appends one).
-    head: u64,
-    /// The ids of the created calls, in order (1, 2, ...): an op's call `k` is the `k`-th.
-    created: Vec<CallId>,
+    next_id: CallId,
     /// Keys of appended requests, with the request (minus its recording time) and its outcome.
     keys: HashMap<String, (CommandRequest, CommandOutcome)>,
 }
@@ -288,21 +281,6 @@ fn same_request(a: &CommandRequest, b: &CommandRequest) -> bool {
 }
 
 impl Model {
-    /// The id of the op's call `k` (from 1): the `k`-th created call, or an id no call has
-    /// while fewer were created.
-    fn id_of(&self, k: u64) -> CallId {
-        let index = usize::try_from(k - 1).expect("a small number");
-        self.created
-            .get(index)
-            .copied()
-            .unwrap_or(NEVER_CREATED + k)
-    }
-
-    /// The ids of the op's calls 1 to [`ID_POOL`].
-    fn pool(&self) -> Vec<CallId> {
-        (1..=ID_POOL).map(|k| self.id_of(k)).collect()
-    }
-
     fn live(&self, id: CallId) -> Option<&ModelCall> {
         self.calls.get(&id).filter(|call| call.live)
     }
@@ -338,7 +316,7 @@ impl Model {
             return Expected::Invalid;
         }
         match &command.action {
-            Action::Create(_) => Expected::Appended(self.created.len() as CallId + 1),
+            Action::Create(_) => Expected::Appended(self.next_id + 1),
             Action::Delete { id } => match self.live(*id) {
                 Some(_) => Expected::Appended(*id),
                 None => Expected::NotFound,
@@ -368,11 +346,9 @@ impl Model {
     fn apply(&mut self, request: &CommandRequest, outcome: &CommandOutcome) {
         let command = &request.command;
         let occurred_at = command.occurred_at();
-        self.head += 1;
         match &command.action {
             Action::Create(changes) => {
-                let id = self.created.len() as CallId + 1;
-                self.created.push(id);
+                self.next_id += 1;
                 let mut call = ModelCall {
                     version: 1,
                     live: true,
@@ -384,7 +360,7 @@ impl Model {
                 if call.attributes.contains_key(&Field::State) {
                     call.state_changed_at = Some(occurred_at);
                 }
-                self.calls.insert(id, call);
+                self.calls.insert(self.next_id, call);
             }
             Action::Update { id, changes } => {
                 let call = self.calls.get_mut(id).expect("an updated call is known");
@@ -587,7 +563,7 @@ fn run_sequence(ops: &[Op]) {
             }
         }
         // Read-your-writes: the projection already shows what the command left.
-        for id in model.pool() {
+        for id in 1..=ID_POOL {
             let shown = ledger.projection.get(id).expect("get");
             match model.live(id) {
                 Some(known) => {
@@ -603,7 +579,7 @@ fn run_sequence(ops: &[Op]) {
     let streams = check_log(&ledger.log);
     assert_eq!(
         streams.keys().copied().collect::<Vec<_>>(),
-        model.created,
+        (1..=model.next_id).collect::<Vec<_>>(),
         "one stream per created call, under its id"
     );
     for (id, known) in &model.calls {
@@ -615,7 +591,7 @@ fn run_sequence(ops: &[Op]) {
     }
 
     // The live projection equals the log folded by the command service and one rebuilt anew.
-    let max_id = model.head.max(ID_POOL);
+    let max_id = model.next_id.max(ID_POOL);
     for id in 1..=max_id {
         let folded = ledger.commands.load(id).expect("load").live().cloned();
         assert_eq!(ledger.projection.get(id).expect("get"), folded, "call {id}");
