@@ -406,16 +406,23 @@ impl<T: Clone + PartialEq> Column<T> {
         }
     }
 
-    /// Every id with a non-null value, in no particular order.
-    fn non_null(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
-        self.chunks.iter().flat_map(move |(key, chunk)| {
-            chunk
+    /// Every id with a non-null value, in id order.
+    pub(crate) fn non_null(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
+        let mut keys: Vec<u64> = self.chunks.keys().copied().collect();
+        keys.sort_unstable();
+        keys.into_iter().flat_map(move |key| {
+            self.chunks[&key]
                 .values
                 .iter()
                 .enumerate()
                 .filter(move |(_, value)| **value != self.null)
                 .map(move |(i, value)| ((key << CHUNK_BITS) | i as u64, value))
         })
+    }
+
+    /// How many ids have a non-null value.
+    pub(crate) fn count_non_null(&self) -> usize {
+        self.chunks.values().map(|chunk| chunk.non_null).sum()
     }
 }
 
@@ -942,14 +949,17 @@ pub(crate) struct IndexBuilder {
     related: [Vec<(i64, u64)>; FILTER_RELATIONS.len()],
 }
 
-/// The sets an [`IndexBuilder`] fills, so that two threads can build one `Indexes` over the same
-/// calls, each half of the sets ([`build_in_parallel`]).
+/// The sets an [`IndexBuilder`] fills, so that several threads can build one `Indexes` over the
+/// same calls, each a part of the sets ([`SplitBuilder`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Part {
     /// Every set.
     All,
-    /// The ids, the change feed and the sortable attributes' sets and columns.
-    Sorts,
+    /// The ids, the change feed and the sortable date-times' sets and columns.
+    Times,
+    /// The sortable strings' sets, columns and strings: the first half of [`TEXT_SORT`] (`0`) or
+    /// the rest (`1`).
+    SortTexts(u8),
     /// The filter-only strings, the tags, the flag, the note and the relationships.
     Filters,
 }
@@ -960,16 +970,21 @@ impl Default for IndexBuilder {
     }
 }
 
-/// Builds indexes on two threads, each filling half of the sets from the same calls.
+/// Builds indexes on four threads, each filling a part of the sets from the same calls: the
+/// sortable strings (interned, then sorted by their bytes) cost about as much as the rest
+/// together, so with the sets in two parts one thread went on alone for seconds after the other
+/// at a million calls.
 pub(crate) struct SplitBuilder {
-    sorts: IndexBuilder,
+    times: IndexBuilder,
+    sort_texts: [IndexBuilder; 2],
     filters: IndexBuilder,
 }
 
 impl Default for SplitBuilder {
     fn default() -> Self {
         SplitBuilder {
-            sorts: IndexBuilder::new(Part::Sorts),
+            times: IndexBuilder::new(Part::Times),
+            sort_texts: [0, 1].map(|half| IndexBuilder::new(Part::SortTexts(half))),
             filters: IndexBuilder::new(Part::Filters),
         }
     }
@@ -981,25 +996,59 @@ impl SplitBuilder {
     where
         I: Iterator<Item = (u64, &'a IndexRow)>,
     {
-        let Self { sorts, filters } = self;
+        let Self {
+            times,
+            sort_texts: [head, tail],
+            filters,
+        } = self;
+        let rows = &rows;
         both(
-            || rows().for_each(|(id, row)| sorts.add(id, row)),
-            || rows().for_each(|(id, row)| filters.add(id, row)),
+            || {
+                both(
+                    || rows().for_each(|(id, row)| times.add(id, row)),
+                    || rows().for_each(|(id, row)| head.add(id, row)),
+                )
+            },
+            || {
+                both(
+                    || rows().for_each(|(id, row)| tail.add(id, row)),
+                    || rows().for_each(|(id, row)| filters.add(id, row)),
+                )
+            },
         );
     }
 
     /// How many calls were added.
     pub(crate) fn len(&self) -> usize {
-        self.sorts.len()
+        self.times.len()
     }
 
     /// The indexes of every call added.
     pub(crate) fn finish(self) -> Indexes {
-        let Self { sorts, filters } = self;
-        let (mut indexes, filters) = both(|| sorts.finish(), || filters.finish());
+        let Self {
+            times,
+            sort_texts: [head, tail],
+            filters,
+        } = self;
+        let ((mut indexes, head), (tail, filters)) = both(
+            || both(|| times.finish(), || head.finish()),
+            || both(|| tail.finish(), || filters.finish()),
+        );
+        for (half, built) in [(0, head), (1, tail)] {
+            for (i, index) in built.sort_texts.into_iter().enumerate() {
+                if sort_text_half(i) == half {
+                    indexes.sort_texts[i] = index;
+                }
+            }
+        }
         indexes.take_filters(filters);
         indexes
     }
+}
+
+/// Which half of [`TEXT_SORT`] the sortable string `i` is built in ([`Part::SortTexts`]).
+fn sort_text_half(i: usize) -> u8 {
+    u8::from(i >= TEXT_SORT.len() / 2)
 }
 
 /// Runs `a` here and `b` on another thread.
@@ -1037,15 +1086,20 @@ impl IndexBuilder {
 impl IndexBuilder {
     /// Adds a live call (each id once).
     pub(crate) fn add(&mut self, id: u64, row: &IndexRow) {
-        if self.part != Part::Filters {
-            self.add_sorts(id, row);
+        if matches!(self.part, Part::All | Part::Times) {
+            self.add_times(id, row);
         }
-        if self.part != Part::Sorts {
+        match self.part {
+            Part::All => self.add_sort_texts(id, row, None),
+            Part::SortTexts(half) => self.add_sort_texts(id, row, Some(half)),
+            Part::Times | Part::Filters => {}
+        }
+        if matches!(self.part, Part::All | Part::Filters) {
             self.add_filters(id, row);
         }
     }
 
-    fn add_sorts(&mut self, id: u64, row: &IndexRow) {
+    fn add_times(&mut self, id: u64, row: &IndexRow) {
         let indexes = &mut self.indexes;
         self.ids.push(id);
         self.changes.push((row.position, id));
@@ -1053,7 +1107,15 @@ impl IndexBuilder {
             self.times[i].push((*millis, id));
             indexes.times[i].col.set(id, *millis);
         }
+    }
+
+    /// Adds the sortable strings, of one half (`Some`) or all.
+    fn add_sort_texts(&mut self, id: u64, row: &IndexRow, half: Option<u8>) {
+        let indexes = &mut self.indexes;
         for (i, text) in row.sort_texts.iter().enumerate() {
+            if half.is_some_and(|half| sort_text_half(i) != half) {
+                continue;
+            }
             let index = &mut indexes.sort_texts[i];
             let shared = text.as_deref().map(|t| index.strings.intern(t));
             index.col.set(id, shared.clone());
@@ -1082,7 +1144,7 @@ impl IndexBuilder {
         }
     }
 
-    /// How many calls were added (by a builder of the sorts' part or of all).
+    /// How many calls were added (by a builder of the times' part or of all).
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
