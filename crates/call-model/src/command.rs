@@ -206,70 +206,149 @@ pub fn replay_stream<'a>(
 
 /// Applies an event to a call's state. No rule is checked here: the event already happened.
 pub fn evolve(state: CallState, event: &Event) -> CallState {
-    let stored = &event.stored;
-    match (&stored.body, state) {
-        (EventBody::CallCreated(changes), _) => {
+    let body = match &event.stored.body {
+        EventBody::CallCreated(changes) => Body::Created(changes),
+        EventBody::CallUpdated(changes) => Body::Updated(changes),
+        EventBody::CallStateChanged { changes, .. } => Body::StateChanged(changes),
+        EventBody::CallDeleted => Body::Deleted,
+    };
+    evolve_with(state, Head::of(event), body)
+}
+
+/// [`evolve`] taking the event, whose values move into the call instead of being copied: what a
+/// replay of the log does with each event it decoded.
+pub fn evolve_owned(state: CallState, event: Event) -> CallState {
+    let head = Head::of(&event);
+    let body = match event.stored.body {
+        EventBody::CallCreated(changes) => Body::Created(changes),
+        EventBody::CallUpdated(changes) => Body::Updated(changes),
+        EventBody::CallStateChanged { changes, .. } => Body::StateChanged(changes),
+        EventBody::CallDeleted => Body::Deleted,
+    };
+    evolve_with(state, head, body)
+}
+
+/// What [`evolve`] reads of an event besides its changes.
+#[derive(Clone, Copy)]
+struct Head {
+    call_id: CallId,
+    version: u64,
+    position: u64,
+    recorded_at: Timestamp,
+    occurred_at: Timestamp,
+}
+
+impl Head {
+    fn of(event: &Event) -> Head {
+        Head {
+            call_id: event.call_id,
+            version: event.version,
+            position: event.position,
+            recorded_at: event.stored.recorded_at,
+            occurred_at: event.stored.occurred_at,
+        }
+    }
+}
+
+/// An event's body, with its changes borrowed (`&Changes`) or owned (`Changes`).
+enum Body<C> {
+    Created(C),
+    Updated(C),
+    StateChanged(C),
+    Deleted,
+}
+
+/// Changes that can be applied to a call: copied from a borrowed event, moved from an owned one.
+trait ApplyTo {
+    fn apply_to(self, call: &mut Call);
+}
+
+impl ApplyTo for &Changes {
+    fn apply_to(self, call: &mut Call) {
+        for (field, value) in &self.attributes {
+            match value {
+                Some(value) => call.attributes.insert(*field, value.clone()),
+                None => call.attributes.remove(field),
+            };
+        }
+        for (relation, value) in &self.relationships {
+            match value {
+                Some(value) => call.relationships.insert(*relation, value.clone()),
+                None => call.relationships.remove(relation),
+            };
+        }
+        if let Some(connections) = &self.data_connections {
+            call.data_connections = connections.clone();
+        }
+    }
+}
+
+impl ApplyTo for Changes {
+    fn apply_to(self, call: &mut Call) {
+        for (field, value) in self.attributes {
+            match value {
+                Some(value) => call.attributes.insert(field, value),
+                None => call.attributes.remove(&field),
+            };
+        }
+        for (relation, value) in self.relationships {
+            match value {
+                Some(value) => call.relationships.insert(relation, value),
+                None => call.relationships.remove(&relation),
+            };
+        }
+        if let Some(connections) = self.data_connections {
+            call.data_connections = connections;
+        }
+    }
+}
+
+fn evolve_with<C: ApplyTo>(state: CallState, head: Head, body: Body<C>) -> CallState {
+    match (body, state) {
+        (Body::Created(changes), _) => {
             let mut call = Call {
-                id: event.call_id,
-                version: event.version,
-                position: event.position,
+                id: head.call_id,
+                version: head.version,
+                position: head.position,
                 attributes: Default::default(),
                 relationships: Default::default(),
                 data_connections: Vec::new(),
             };
-            apply(&mut call, changes);
+            changes.apply_to(&mut call);
             call.attributes
-                .insert(Field::CreatedAt, AttrValue::Time(stored.recorded_at));
+                .insert(Field::CreatedAt, AttrValue::Time(head.recorded_at));
             call.attributes
-                .insert(Field::UpdatedAt, AttrValue::Time(stored.recorded_at));
+                .insert(Field::UpdatedAt, AttrValue::Time(head.recorded_at));
             if call.attributes.contains_key(&Field::State) {
                 call.attributes
-                    .insert(Field::StateChangedAt, AttrValue::Time(stored.occurred_at));
+                    .insert(Field::StateChangedAt, AttrValue::Time(head.occurred_at));
             }
             CallState::Live(call)
         }
-        (EventBody::CallUpdated(changes), CallState::Live(mut call)) => {
-            apply(&mut call, changes);
-            touch(&mut call, event);
+        (Body::Updated(changes), CallState::Live(mut call)) => {
+            changes.apply_to(&mut call);
+            touch(&mut call, head);
             CallState::Live(call)
         }
-        (EventBody::CallStateChanged { changes, .. }, CallState::Live(mut call)) => {
-            apply(&mut call, changes);
+        (Body::StateChanged(changes), CallState::Live(mut call)) => {
+            changes.apply_to(&mut call);
             call.attributes
-                .insert(Field::StateChangedAt, AttrValue::Time(stored.occurred_at));
-            touch(&mut call, event);
+                .insert(Field::StateChangedAt, AttrValue::Time(head.occurred_at));
+            touch(&mut call, head);
             CallState::Live(call)
         }
-        (EventBody::CallDeleted, _) => CallState::Deleted {
-            id: event.call_id,
-            version: event.version,
+        (Body::Deleted, _) => CallState::Deleted {
+            id: head.call_id,
+            version: head.version,
         },
         // An update of a call that is not live cannot have been decided; keep the state.
         (_, state) => state,
     }
 }
 
-fn apply(call: &mut Call, changes: &Changes) {
-    for (field, value) in &changes.attributes {
-        match value {
-            Some(value) => call.attributes.insert(*field, value.clone()),
-            None => call.attributes.remove(field),
-        };
-    }
-    for (relation, value) in &changes.relationships {
-        match value {
-            Some(value) => call.relationships.insert(*relation, value.clone()),
-            None => call.relationships.remove(relation),
-        };
-    }
-    if let Some(connections) = &changes.data_connections {
-        call.data_connections = connections.clone();
-    }
-}
-
-fn touch(call: &mut Call, event: &Event) {
-    call.version = event.version;
-    call.position = event.position;
+fn touch(call: &mut Call, head: Head) {
+    call.version = head.version;
+    call.position = head.position;
     call.attributes
-        .insert(Field::UpdatedAt, AttrValue::Time(event.stored.recorded_at));
+        .insert(Field::UpdatedAt, AttrValue::Time(head.recorded_at));
 }

@@ -33,7 +33,7 @@
 use crate::error::ProjectionError;
 use crate::index::{IdMap, Indexes};
 use crate::query::Deletion;
-use call_model::{evolve, Call, CallRef, CallState, Event, EventBody, Timestamp};
+use call_model::{evolve_owned, Call, CallRef, CallState, Event, EventBody, Timestamp};
 use event_log::Record;
 use std::collections::hash_map::Entry;
 
@@ -621,10 +621,10 @@ pub(crate) fn fold(
             }
         };
         let was_live = matches!(slot.state, CallState::Live(_));
-        slot.state = evolve(std::mem::take(&mut slot.state), &event);
         if was_live && matches!(event.stored.body, EventBody::CallDeleted) {
             deletions.push((event.position, event.call_id, event.stored.recorded_at));
         }
+        slot.state = evolve_owned(std::mem::take(&mut slot.state), event);
     }
     let mut batch = sled::Batch::default();
     let mut changes = Vec::with_capacity(touched.len());

@@ -5,9 +5,9 @@
 use super::{attributes, changes, ts};
 use crate::command::OCCURRED_AT_SKEW_MILLIS;
 use crate::{
-    decide, evolve, Action, AttrValue, Call, CallId, CallState, Changes, Command, DecideError,
-    Event, EventBody, Field, RelValue, Relation, ResourceRef, StoredEvent, Timestamp, Violation,
-    ViolationKind,
+    decide, evolve, evolve_owned, Action, AttrValue, Call, CallId, CallState, Changes, Command,
+    DecideError, Event, EventBody, Field, RelValue, Relation, ResourceRef, StoredEvent, Timestamp,
+    Violation, ViolationKind,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -60,7 +60,7 @@ fn deleted(at: &str) -> Fact {
     fact(EventBody::CallDeleted, at)
 }
 
-/// The events of call `ID`, folded with `evolve` as the log would deliver them: versions from 1,
+/// The events of call `ID`, folded with `evolve` (and `evolve_owned`) as the log would deliver them: versions from 1,
 /// positions from 1 with other calls' events in between.
 struct Given {
     state: CallState,
@@ -94,7 +94,10 @@ impl Given {
                 body: fact.body,
             },
         };
-        self.state = evolve(std::mem::take(&mut self.state), &event);
+        // Every fact goes through both ways of folding, which must agree.
+        let borrowed = evolve(self.state.clone(), &event);
+        self.state = evolve_owned(std::mem::take(&mut self.state), event);
+        assert_eq!(self.state, borrowed, "evolve_owned and evolve disagree");
     }
 
     fn when(self, command: Command) -> Then {
