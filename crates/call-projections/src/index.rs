@@ -187,32 +187,65 @@ pub(crate) fn note_hash(note: &str) -> u64 {
     })
 }
 
+/// How many single string values an [`IndexRow`] holds: the sortable ones, then the filter-only
+/// ones.
+const ROW_TEXTS: usize = TEXT_SORT.len() + TEXT_FILTER.len();
+
 /// What one call contributes to the indexes: its indexed values, and nothing else.
+///
+/// Its strings are one buffer: a rebuild keeps a row for every call until it builds the
+/// indexes, and a boxed string per value (a dozen allocations per row, each freed again) was a
+/// measured share of a rebuild's replay and of its index build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct IndexRow {
     /// The position of the call's latest event, for the change feed.
     position: u64,
     times: [i64; TIME_SORT.len()],
-    sort_texts: [Option<Box<str>>; TEXT_SORT.len()],
-    texts: [Option<Box<str>>; TEXT_FILTER.len()],
+    /// The sortable strings, the filter-only strings, then the tags (sorted, without
+    /// duplicates), one after another.
+    strings: Box<str>,
+    /// Where each sortable and filter-only string ends in `strings`.
+    ends: [u32; ROW_TEXTS],
+    /// Bit `i` set: string `i` is null (its end is the previous one's).
+    nulls: u32,
+    /// Where each tag ends in `strings`.
+    tag_ends: Box<[u32]>,
     flag: Option<bool>,
     note: Option<u64>,
-    /// Sorted, without duplicates.
-    tags: Box<[Box<str>]>,
     /// `(slot in FILTER_RELATIONS, id)`, in slot order.
     related: Box<[(u8, i64)]>,
 }
 
+// One bit per string in `IndexRow::nulls`.
+const _: () = assert!(ROW_TEXTS <= u32::BITS as usize);
+
 impl IndexRow {
     /// The indexed values of `call`.
     pub(crate) fn of(call: &Call) -> IndexRow {
-        let text = |field: Field| call.text(field).map(Box::<str>::from);
-        let mut tags: Vec<Box<str>> = match call.attribute(Field::Tags) {
-            Some(AttrValue::Tags(tags)) => tags.iter().map(|t| Box::from(t.as_str())).collect(),
+        let mut strings = String::new();
+        let mut ends = [0u32; ROW_TEXTS];
+        let mut nulls = 0u32;
+        let fields = TEXT_SORT.iter().chain(TEXT_FILTER.iter());
+        for (i, field) in fields.enumerate() {
+            match call.text(*field) {
+                Some(text) => strings.push_str(text),
+                None => nulls |= 1 << i,
+            }
+            ends[i] = offset(&strings);
+        }
+        let mut tags: Vec<&str> = match call.attribute(Field::Tags) {
+            Some(AttrValue::Tags(tags)) => tags.iter().map(String::as_str).collect(),
             _ => Vec::new(),
         };
         tags.sort_unstable();
         tags.dedup();
+        let tag_ends = tags
+            .iter()
+            .map(|tag| {
+                strings.push_str(tag);
+                offset(&strings)
+            })
+            .collect();
         let related = FILTER_RELATIONS
             .iter()
             .enumerate()
@@ -224,17 +257,52 @@ impl IndexRow {
         IndexRow {
             position: call.position,
             times: TIME_SORT.map(|f| call.time(f).map_or(NULL_TIME, Timestamp::millis)),
-            sort_texts: TEXT_SORT.map(text),
-            texts: TEXT_FILTER.map(text),
+            strings: strings.into_boxed_str(),
+            ends,
+            nulls,
+            tag_ends,
             flag: match call.attribute(Field::ShouldRecordCall) {
                 Some(AttrValue::Bool(flag)) => Some(*flag),
                 _ => None,
             },
             note: call.text(Field::Note).map(note_hash),
-            tags: tags.into_boxed_slice(),
             related,
         }
     }
+
+    /// String `i` of the row's sortable strings then filter-only strings.
+    fn string(&self, i: usize) -> Option<&str> {
+        if self.nulls & (1 << i) != 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.strings[start as usize..self.ends[i] as usize])
+    }
+
+    /// Sortable string `i` ([`TEXT_SORT`] order).
+    fn sort_text(&self, i: usize) -> Option<&str> {
+        self.string(i)
+    }
+
+    /// Filter-only string `i` ([`TEXT_FILTER`] order).
+    fn text(&self, i: usize) -> Option<&str> {
+        self.string(TEXT_SORT.len() + i)
+    }
+
+    /// The tags, sorted, without duplicates.
+    fn tags(&self) -> impl Iterator<Item = &str> + Clone + '_ {
+        let first = self.ends.last().copied().unwrap_or(0);
+        let starts = std::iter::once(first).chain(self.tag_ends.iter().copied());
+        starts
+            .zip(self.tag_ends.iter().copied())
+            .map(|(start, end)| &self.strings[start as usize..end as usize])
+    }
+}
+
+/// The length of `strings` as an offset: a row's strings are a call's, far below 4 GiB (a
+/// write's body is limited to a few megabytes).
+fn offset(strings: &str) -> u32 {
+    u32::try_from(strings.len()).unwrap_or(u32::MAX)
 }
 
 /// Strings shared by the entries of one index, so that a value many calls hold is stored once.
@@ -764,15 +832,15 @@ impl Indexes {
             }
         }
         for (i, index) in self.sort_texts.iter_mut().enumerate() {
-            let before = old.map(|r| r.sort_texts[i].as_deref());
-            let after = new.map(|r| r.sort_texts[i].as_deref());
+            let before = old.map(|r| r.sort_text(i));
+            let after = new.map(|r| r.sort_text(i));
             if before != after {
                 index.set_value(id, before, after);
             }
         }
         for (i, index) in self.texts.iter_mut().enumerate() {
-            let before = old.and_then(|r| r.texts[i].as_deref());
-            let after = new.and_then(|r| r.texts[i].as_deref());
+            let before = old.and_then(|r| r.text(i));
+            let after = new.and_then(|r| r.text(i));
             if before != after {
                 if let Some(text) = before {
                     index.remove(text, id);
@@ -782,10 +850,9 @@ impl Indexes {
                 }
             }
         }
-        let no_tags: &[Box<str>] = &[];
-        let before = old.map_or(no_tags, |r| &r.tags);
-        let after = new.map_or(no_tags, |r| &r.tags);
-        if before != after {
+        let before = old.into_iter().flat_map(IndexRow::tags);
+        let after = new.into_iter().flat_map(IndexRow::tags);
+        if !before.clone().eq(after.clone()) {
             for tag in before {
                 self.tags.remove(tag, id);
             }
@@ -1112,12 +1179,11 @@ impl IndexBuilder {
     /// Adds the sortable strings, of one half (`Some`) or all.
     fn add_sort_texts(&mut self, id: u64, row: &IndexRow, half: Option<u8>) {
         let indexes = &mut self.indexes;
-        for (i, text) in row.sort_texts.iter().enumerate() {
+        for (i, index) in indexes.sort_texts.iter_mut().enumerate() {
             if half.is_some_and(|half| sort_text_half(i) != half) {
                 continue;
             }
-            let index = &mut indexes.sort_texts[i];
-            let shared = text.as_deref().map(|t| index.strings.intern(t));
+            let shared = row.sort_text(i).map(|t| index.strings.intern(t));
             index.col.set(id, shared.clone());
             self.sort_texts[i].push((shared, id));
         }
@@ -1125,12 +1191,12 @@ impl IndexBuilder {
 
     fn add_filters(&mut self, id: u64, row: &IndexRow) {
         let indexes = &mut self.indexes;
-        for (i, text) in row.texts.iter().enumerate() {
-            if let Some(text) = text {
-                self.texts[i].push((indexes.texts[i].strings.intern(text), id));
+        for (i, index) in indexes.texts.iter_mut().enumerate() {
+            if let Some(text) = row.text(i) {
+                self.texts[i].push((index.strings.intern(text), id));
             }
         }
-        for tag in row.tags.iter() {
+        for tag in row.tags() {
             self.tags.push((indexes.tags.strings.intern(tag), id));
         }
         if let Some(flag) = row.flag {
@@ -1411,7 +1477,49 @@ impl fmt::Display for Text<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Column, Interner, TextIndex, CHUNK_LEN, NO_CODE};
+    use super::{
+        Column, IndexRow, Interner, TextIndex, CHUNK_LEN, NO_CODE, TEXT_FILTER, TEXT_SORT,
+    };
+    use call_model::{AttrValue, Call, Field};
+
+    #[test]
+    fn a_rows_strings_read_back_as_the_calls_values_nulls_and_empty_strings_apart() {
+        let mut call = Call {
+            id: 7,
+            version: 1,
+            position: 9,
+            attributes: Default::default(),
+            relationships: Default::default(),
+            data_connections: Vec::new(),
+        };
+        let bare = IndexRow::of(&call);
+        for (i, field) in TEXT_SORT.iter().chain(TEXT_FILTER.iter()).enumerate() {
+            // Every other one set, the first of them to the empty string.
+            if i % 2 == 0 {
+                let text = if i == 0 {
+                    String::new()
+                } else {
+                    format!("v{i}é")
+                };
+                call.attributes.insert(*field, AttrValue::Text(text));
+            }
+        }
+        let tags = ["b", "", "a", "b"].map(String::from).to_vec();
+        call.attributes.insert(Field::Tags, AttrValue::Tags(tags));
+        let row = IndexRow::of(&call);
+        for (i, field) in TEXT_SORT.iter().enumerate() {
+            assert_eq!(row.sort_text(i), call.text(*field), "{field:?}");
+            assert_eq!(bare.sort_text(i), None);
+        }
+        for (i, field) in TEXT_FILTER.iter().enumerate() {
+            assert_eq!(row.text(i), call.text(*field), "{field:?}");
+            assert_eq!(bare.text(i), None);
+        }
+        assert_eq!(row.sort_text(0), Some(""));
+        assert_eq!(row.tags().collect::<Vec<_>>(), ["", "a", "b"]);
+        assert_eq!(bare.tags().count(), 0);
+        assert_ne!(row, bare);
+    }
 
     /// `index` built back from its set, as the snapshot reads it.
     fn rebuilt_from(index: &TextIndex) -> TextIndex {
