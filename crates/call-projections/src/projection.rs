@@ -525,20 +525,39 @@ impl Projection {
         let (meta, indexes) = replay(&self.inner.log, &tree, None, None, progress)?;
         // The new view must be on disk before the pointer to it can be.
         db.flush()?;
-        {
+        let old_view = {
             let mut view = self.write_view()?;
             db.insert(ACTIVE, &generation.to_be_bytes())?;
-            *view = View {
-                generation,
-                tree,
-                meta,
-                indexes,
-            };
+            let old = std::mem::replace(
+                &mut *view,
+                View {
+                    generation,
+                    tree,
+                    meta,
+                    indexes,
+                },
+            );
             self.inner
                 .checkpoint
                 .store(meta.checkpoint, Ordering::Release);
+            old
+        };
+        // Freeing the old indexes (a million calls' B-trees: about half a second) holds neither
+        // the view's lock, which readers wait on, nor the rebuild: a thread of its own does it.
+        // The tree's handle stays here: it goes before its tree is dropped, as before.
+        let View {
+            tree: old_view_tree,
+            indexes: old_indexes,
+            ..
+        } = old_view;
+        let freeing = std::thread::Builder::new()
+            .name("drop-old-indexes".into())
+            .spawn(move || drop(old_indexes));
+        if let Err(error) = freeing {
+            tracing::debug!(%error, "no thread to free the old indexes: freed them here");
         }
         db.flush()?;
+        drop(old_view_tree);
         drop(old_tree);
         db.drop_tree(view_name(old_generation))?;
         let seconds = started.elapsed().as_secs_f64();
