@@ -46,8 +46,13 @@ struct Entry {
 
 impl Entry {
     fn cost(&self) -> usize {
-        self.body.len() + ENTRY_OVERHEAD
+        cost_of(&self.body)
     }
+}
+
+/// What keeping `body` counts against the budget: its bytes and the entry's bookkeeping.
+fn cost_of(body: &[u8]) -> usize {
+    body.len() + ENTRY_OVERHEAD
 }
 
 #[derive(Default)]
@@ -137,7 +142,7 @@ impl RenderedGets {
     /// Keeps the document of call `id` rendered at `position` (replacing an older one), then
     /// evicts until the budget holds.
     pub(crate) fn put(&self, id: u64, position: u64, version: u64, body: &[u8]) {
-        if body.len() + ENTRY_OVERHEAD > self.budget {
+        if cost_of(body) > self.budget {
             return;
         }
         let mut entry = Entry {

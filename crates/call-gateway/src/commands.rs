@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream, AckKind};
-use call_api::header_names::IDEMPOTENCY_KEY;
+use call_api::header_names::{IDEMPOTENCY_KEY, RETRY_AFTER};
 use call_api::{Api, ApiError, Attested, Operation, Outcome, Producer, Response, Source};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
@@ -327,7 +327,7 @@ async fn process(
             // refused.
             let delay = match response.status {
                 429 => response
-                    .header(call_api::header_names::RETRY_AFTER)
+                    .header(RETRY_AFTER)
                     .and_then(|secs| secs.parse().ok())
                     .map_or(nak_delay(delivered), Duration::from_secs),
                 _ => nak_delay(delivered),
