@@ -283,7 +283,12 @@ fn upcast(event: Value) -> Result<Value, String> {
 impl EnvelopeIn {
     /// Parses the bytes, taking the upcasting path only when the fast path does not fit.
     fn read(payload: &[u8]) -> Result<EnvelopeIn, String> {
-        match serde_json::from_slice::<EnvelopeIn>(payload) {
+        // The payload's UTF-8 is checked once, as a whole, rather than string by string.
+        let fast = match std::str::from_utf8(payload) {
+            Ok(text) => serde_json::from_str::<EnvelopeIn>(text),
+            Err(_) => serde_json::from_slice::<EnvelopeIn>(payload),
+        };
+        match fast {
             Ok(envelope) if envelope.schema_version == SCHEMA_VERSION => Ok(envelope),
             fast => {
                 let value: Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;

@@ -339,11 +339,39 @@ impl AttrValue {
 }
 
 /// The value of one relationship. Null is represented by absence.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum RelValue {
     /// A to-one relationship.
     One(crate::call::ResourceRef),
     /// A to-many relationship (`batches`).
     Many(Vec<crate::call::ResourceRef>),
+}
+
+/// An object is a to-one value, an array a to-many one: told apart by the JSON's own kind, not
+/// by trying each variant on a buffered copy (`serde(untagged)`), which was a tenth of decoding
+/// an event.
+impl<'de> Deserialize<'de> for RelValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RelValue, D::Error> {
+        deserializer.deserialize_any(RelValueVisitor)
+    }
+}
+
+struct RelValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RelValueVisitor {
+    type Value = RelValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a resource identifier {\"type\", \"id\"} or an array of them")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RelValue, A::Error> {
+        crate::call::ResourceRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            .map(RelValue::One)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RelValue, A::Error> {
+        Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(RelValue::Many)
+    }
 }

@@ -316,6 +316,28 @@ fn data_is_read_from_the_bytes_with_escapes_and_names_what_is_wrong() {
     let escaped = text.replacen("\"attributes\"", "\"attr\\u0069butes\"", 1);
     assert_ne!(escaped, text);
     assert_eq!(Event::decode(42, 7, 3, escaped.as_bytes()).unwrap(), event);
+    // So is an attribute's or a relationship's name, and a date-time with an escape in it.
+    let text = String::from_utf8(event.stored.encode()).unwrap();
+    let escaped = text
+        .replacen("\"dialedAt\"", "\"di\\u0061ledAt\"", 1)
+        .replacen("\"prospect\"", "\"\\u0070rospect\"", 1)
+        .replacen("\"1970-01-01T", "\"1970\\u002d01-01T", 1);
+    assert_eq!(escaped.matches("\\u00").count(), 3, "{escaped}");
+    assert_eq!(Event::decode(42, 7, 3, escaped.as_bytes()).unwrap(), event);
+    // A relationship's value is an identifier or an array of them; anything else names it.
+    for (value, what) in [
+        (json!("prospect"), "a string"),
+        (json!({"type": "prospect"}), "no id"),
+    ] {
+        let mut json = event.to_json();
+        json["data"]["relationships"]["prospect"] = value;
+        let bytes = serde_json::to_vec(&json).unwrap();
+        let reason = Event::decode(42, 7, 3, &bytes).unwrap_err().reason;
+        assert!(
+            reason.contains("relationships/prospect"),
+            "{what}: {reason}"
+        );
+    }
     let mut json = event.to_json();
     json["data"]["attributes"]["note"] = json!(["not", "a", "note"]);
     let bytes = serde_json::to_vec(&json).unwrap();
