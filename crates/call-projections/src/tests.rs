@@ -3,7 +3,7 @@
 
 use crate::projection::BULK_CATCH_UP;
 use crate::query::*;
-use crate::{Projection, ProjectionError, QueryError};
+use crate::{Projection, ProjectionError, ProjectionOptions, QueryError};
 use call_model::{
     AttrValue, Call, Changes, Event, EventBody, Field, Relation, StoredEvent, Timestamp,
 };
@@ -103,6 +103,13 @@ impl Ledger {
 
     fn call(&self, id: u64) -> Call {
         self.projection.get(id).expect("get").expect("live call")
+    }
+
+    /// Hands the ledger's appends to a projection of another directory and returns the one it
+    /// had, for a test to close and open again (the next appends are not in it).
+    fn hand_over(&mut self) -> Projection {
+        let other = Projection::open(&self.dir.path().join("other"), self.log.clone()).unwrap();
+        std::mem::replace(&mut self.projection, other)
     }
 
     fn all(&self) -> Vec<Call> {
@@ -1101,14 +1108,50 @@ fn verify_reports_in_memory_index_drift() {
 }
 
 #[test]
+fn opening_rebuilt_replays_the_log_behind_the_view_and_keeps_nothing_of_the_old_one() {
+    let mut ledger = varied_ledger(60);
+    let dir = projection_dir(ledger.dir.path());
+    drop(ledger.hand_over());
+    // Behind the closed view: appends it has not seen, and a snapshot it could not read.
+    ledger.create(json!({"attributes": {"direction": "inbound", "tags": ["late"]}}));
+    ledger.delete(4);
+    std::fs::write(Projection::snapshot_file(&dir), b"not a snapshot").unwrap();
+    let mut reported = Vec::new();
+    let (rebuilt, report) = Projection::open_rebuilt(
+        &dir,
+        ledger.log.clone(),
+        ProjectionOptions::default(),
+        &mut |applied, head| reported.push((applied, head)),
+    )
+    .unwrap();
+    let live = ledger.all();
+    assert_eq!(report.events, ledger.log.head());
+    assert_eq!(report.calls, live.len() as u64);
+    assert_eq!(
+        reported.last().copied(),
+        Some((ledger.log.head(), ledger.log.head()))
+    );
+    assert_eq!(rebuilt.checkpoint(), ledger.log.head());
+    drop(std::mem::replace(&mut ledger.projection, rebuilt));
+    assert_eq!(ledger.all(), live, "the rebuilt view serves the live calls");
+    assert_eq!(ledger.projection.get(4).unwrap(), None);
+    let q = query(
+        vec![attr(Field::Tags, any_text(&["late"]))],
+        vec![desc(Field::CreatedAt)],
+        5,
+    );
+    assert_eq!(walk_both_ways(&ledger.projection, q.clone()).0.len(), 1);
+    assert_verified(&ledger.projection, ledger.dir.path());
+}
+
+#[test]
 fn reopening_catches_up_from_the_checkpoint() {
     let mut ledger = varied_ledger(40);
     let dir = projection_dir(ledger.dir.path());
     let checkpoint = ledger.projection.checkpoint();
     assert_eq!(checkpoint, ledger.log.head());
     // Appends the projection does not see until it is opened again.
-    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
-    drop(std::mem::replace(&mut ledger.projection, other));
+    drop(ledger.hand_over());
     ledger.create(json!({"attributes": {"direction": "inbound"}}));
     ledger.delete(3);
     let reopened = Projection::open(&dir, ledger.log.clone()).unwrap();
@@ -1390,8 +1433,7 @@ fn closing_writes_an_index_snapshot_that_the_next_open_reads() {
     let mut ledger = varied_ledger(300);
     let dir = projection_dir(ledger.dir.path());
     let before = everything(&ledger.projection);
-    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
-    drop(std::mem::replace(&mut ledger.projection, other));
+    drop(ledger.hand_over());
     assert!(crate::snapshot::path(&dir).exists(), "closing wrote it");
 
     let checkpoint = ledger.log.head();
@@ -1422,8 +1464,7 @@ fn closing_writes_an_index_snapshot_that_the_next_open_reads() {
 fn a_damaged_or_stale_snapshot_is_built_over_and_never_serves_wrong_data() {
     let mut ledger = varied_ledger(200);
     let dir = projection_dir(ledger.dir.path());
-    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
-    drop(std::mem::replace(&mut ledger.projection, other));
+    drop(ledger.hand_over());
     let file = crate::snapshot::path(&dir);
     let healthy = std::fs::read(&file).expect("the snapshot");
     let expected = everything(&ledger.projection);
@@ -1530,8 +1571,7 @@ fn a_snapshot_written_while_serving_is_where_an_open_after_a_crash_starts() {
     ledger.update(made, json!({"attributes": {"direction": "outbound"}}));
     ledger.delete(8);
     let expected = everything(&ledger.projection);
-    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
-    std::mem::replace(&mut ledger.projection, other).close_without_snapshot();
+    ledger.hand_over().close_without_snapshot();
 
     let reopened = reopen(&dir, &ledger.log);
     assert_eq!(reopened.snapshot_read_at(), Some(at));
@@ -1650,8 +1690,7 @@ fn a_rebuild_packs_the_views_and_later_changes_hide_the_packed_ones() {
     drop(tree);
 
     // Indexes built from the views (as after a crash) see rows over packs the same way.
-    let other = Projection::open(&ledger.dir.path().join("other"), ledger.log.clone()).unwrap();
-    std::mem::replace(&mut ledger.projection, other).close_without_snapshot();
+    ledger.hand_over().close_without_snapshot();
     let reopened = reopen(&dir, &ledger.log);
     assert_eq!(reopened.snapshot_read_at(), None, "built from the views");
     assert_eq!(everything(&reopened), live);

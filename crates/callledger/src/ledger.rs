@@ -4,7 +4,9 @@ use crate::cli::{DataArgs, Durability, LogArgs, LogEngineChoice, NatsArgs};
 use anyhow::Context;
 use call_commands::CommandService;
 use call_model::Timestamp;
-use call_projections::{Projection, ProjectionOptions, DEFAULT_PROJECTION_CACHE_BYTES};
+use call_projections::{
+    Projection, ProjectionError, ProjectionOptions, RebuildReport, DEFAULT_PROJECTION_CACHE_BYTES,
+};
 use event_log::{EventLog, LogOptions};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -163,19 +165,51 @@ impl Ledger {
             location,
             config_durability,
             event_log::DEFAULT_LOG_CACHE_BYTES,
+            Projection::open_with,
         )
+    }
+
+    /// [`Ledger::open`] for `rebuild`: the projection is rebuilt from the log as it opens,
+    /// without reading its indexes first (see [`Projection::open_rebuilt`]).
+    pub fn open_rebuilt(
+        location: &Location,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> anyhow::Result<(Ledger, RebuildReport)> {
+        let mut report = None;
+        let ledger = Ledger::open_with(
+            location,
+            None,
+            event_log::DEFAULT_LOG_CACHE_BYTES,
+            |dir, log, options| {
+                let (projection, rebuilt) = Projection::open_rebuilt(dir, log, options, progress)?;
+                report = Some(rebuilt);
+                Ok(projection)
+            },
+        )?;
+        let report = report.context("the projection opened without its rebuild")?;
+        Ok((ledger, report))
     }
 
     /// [`Ledger::open`] for a command that writes the log in bulk and exits (`import`,
     /// `restore`): the sled log gets [`event_log::BULK_WRITE_LOG_CACHE_BYTES`] of page cache.
     pub fn open_for_bulk_writes(location: &Location) -> anyhow::Result<Ledger> {
-        Ledger::open_with(location, None, event_log::BULK_WRITE_LOG_CACHE_BYTES)
+        Ledger::open_with(
+            location,
+            None,
+            event_log::BULK_WRITE_LOG_CACHE_BYTES,
+            Projection::open_with,
+        )
     }
 
     fn open_with(
         location: &Location,
         config_durability: Option<Durability>,
         log_cache_bytes: u64,
+        open_projection: impl FnOnce(
+            &Path,
+            EventLog,
+            ProjectionOptions,
+        ) -> Result<Projection, ProjectionError>,
     ) -> anyhow::Result<Ledger> {
         let args = &location.data;
         let dir = args.dir();
@@ -239,7 +273,7 @@ impl Ledger {
         let options = ProjectionOptions {
             cache_bytes: projection_cache_bytes(args.projection_cache_mb)?,
         };
-        let projection = Projection::open_with(&projection_dir(&dir), log.clone(), options)
+        let projection = open_projection(&projection_dir(&dir), log.clone(), options)
             .with_context(|| format!("cannot open the projection in {}", dir.display()))?;
         Ok(Ledger {
             commands: CommandService::new(log.clone()),

@@ -216,9 +216,8 @@ pub fn export(at: &Location) -> anyhow::Result<ExitCode> {
 }
 
 pub fn rebuild(at: &Location) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(at, None)?;
-    let bar = progress(Some(ledger.log.head()), "rebuilding (events)");
-    let report = ledger.projection.rebuild(&mut |applied, head| {
+    let bar = progress(Some(0), "rebuilding (events)");
+    let (_ledger, report) = Ledger::open_rebuilt(at, &mut |applied, head| {
         bar.set_length(head);
         bar.set_position(applied);
     })?;
