@@ -157,7 +157,7 @@ pub(crate) fn fit_rows(
 mod tests {
     use super::*;
     use crate::query::{parse_read, Fieldset};
-    use call_model::{AttrValue, Call, DataConnection, RelValue, ResourceRef, Timestamp};
+    use call_model::{AttrValue, Call, DataConnection, FieldMap, RelValue, ResourceRef, Timestamp};
     use serde_json::{json, Value};
     use std::collections::BTreeMap;
 
@@ -168,7 +168,7 @@ mod tests {
 
     pub(crate) fn full_call() -> Call {
         let at = Timestamp::parse("2025-01-13T12:47:31Z").unwrap();
-        let mut attributes = BTreeMap::new();
+        let mut attributes = FieldMap::new();
         for field in Field::ALL {
             let value = match field.kind() {
                 call_model::AttrKind::Time => AttrValue::Time(at),
@@ -265,7 +265,7 @@ mod tests {
             id: 8,
             version: 1,
             position: 1,
-            attributes: BTreeMap::new(),
+            attributes: FieldMap::new(),
             relationships: BTreeMap::new(),
             data_connections: vec![],
         }

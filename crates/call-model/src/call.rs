@@ -1,5 +1,6 @@
 //! The state of one call as the events leave it: the value `evolve` folds and projections store.
 
+use crate::field_map::FieldMap;
 use crate::fields::{AttrValue, Field, RelValue, Relation};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -47,7 +48,7 @@ pub struct Call {
     /// The log position of the call's latest event.
     pub position: u64,
     /// Every non-null attribute, server-set timestamps included.
-    pub attributes: BTreeMap<Field, AttrValue>,
+    pub attributes: FieldMap<AttrValue>,
     /// Every non-null relationship.
     pub relationships: BTreeMap<Relation, RelValue>,
     /// The call's data connections.

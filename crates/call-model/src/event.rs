@@ -3,7 +3,8 @@
 
 use crate::call::CallId;
 use crate::event_data::{DataIn, PreviousState};
-use crate::fields::{AttrValue, Field, RelValue, Relation};
+use crate::field_map::FieldMap;
+use crate::fields::{AttrValue, RelValue, Relation};
 use crate::input::Changes;
 use crate::time::Timestamp;
 use serde::ser::{SerializeMap, Serializer};
@@ -235,7 +236,7 @@ fn write_changes<M: SerializeMap>(map: &mut M, changes: &Changes) -> Result<(), 
 }
 
 /// Attributes in the order of [`Field`] (alphabetical).
-struct AttributesOut<'a>(&'a BTreeMap<Field, Option<AttrValue>>);
+struct AttributesOut<'a>(&'a FieldMap<Option<AttrValue>>);
 
 impl Serialize for AttributesOut<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -2,6 +2,7 @@
 //! once, each naming its field by JSON pointer.
 
 use crate::call::{Call, CallId, DataConnection, ResourceRef};
+use crate::field_map::FieldMap;
 use crate::fields::{AttrKind, AttrValue, Field, Ownership, RelValue, Relation};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -58,7 +59,7 @@ pub struct Violation {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Attributes to set (`Some`) or clear (`None`).
-    pub attributes: BTreeMap<Field, Option<AttrValue>>,
+    pub attributes: FieldMap<Option<AttrValue>>,
     /// Relationships to set (`Some`) or clear (`None`).
     pub relationships: BTreeMap<Relation, Option<RelValue>>,
     /// The complete new list of data connections, when the write names it.

@@ -9,6 +9,7 @@ mod call_ref;
 mod command;
 mod event;
 mod event_data;
+mod field_map;
 mod fields;
 mod input;
 mod time;
@@ -20,6 +21,7 @@ pub use call::{Call, CallId, CallState, DataConnection, ResourceRef};
 pub use call_ref::{AttrRef, CallRef, ConnectionRef, RelRef, TargetRef};
 pub use command::{decide, evolve, evolve_owned, replay_stream, Action, Command, DecideError};
 pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHEMA_VERSION};
+pub use field_map::FieldMap;
 pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation};
 pub use input::{
     parse_update, parse_write, Changes, Rights, Violation, ViolationKind, WriteInput, WriteMode,

@@ -330,6 +330,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use call_model::FieldMap;
     use std::collections::BTreeMap;
 
     fn varied_calls() -> Vec<Call> {
@@ -337,7 +338,7 @@ mod tests {
             id: 7,
             version: 3,
             position: 42,
-            attributes: BTreeMap::new(),
+            attributes: FieldMap::new(),
             relationships: BTreeMap::new(),
             data_connections: vec![DataConnection {
                 connection: Some("crm".into()),
@@ -372,7 +373,7 @@ mod tests {
             id: u64::MAX,
             version: 1,
             position: 1,
-            attributes: BTreeMap::new(),
+            attributes: FieldMap::new(),
             relationships: BTreeMap::new(),
             data_connections: Vec::new(),
         };

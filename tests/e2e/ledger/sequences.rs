@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use call_commands::{CommandError, CommandOutcome, CommandRequest, Conflict};
 use call_model::{
-    parse_write, Action, AttrValue, Call, CallId, Field, RelValue, Relation, Rights, Timestamp,
-    WriteMode,
+    parse_write, Action, AttrValue, Call, CallId, Field, FieldMap, RelValue, Relation, Rights,
+    Timestamp, WriteMode,
 };
 use call_projections::Projection;
 use proptest::prelude::*;
@@ -388,7 +388,7 @@ impl Model {
 
 fn changed_attributes(
     call: &ModelCall,
-    changes: &BTreeMap<Field, Option<AttrValue>>,
+    changes: &FieldMap<Option<AttrValue>>,
 ) -> BTreeMap<Field, Option<AttrValue>> {
     changes
         .iter()
@@ -408,9 +408,9 @@ fn changed_relationships(
         .collect()
 }
 
-fn set(
+fn set<'f, 'v>(
     call: &mut ModelCall,
-    attributes: &BTreeMap<Field, Option<AttrValue>>,
+    attributes: impl IntoIterator<Item = (&'f Field, &'v Option<AttrValue>)>,
     relationships: &BTreeMap<Relation, Option<RelValue>>,
 ) {
     for (field, value) in attributes {
@@ -429,7 +429,8 @@ fn set(
 
 /// Asserts that a call as the ledger returns it is the call the model describes.
 fn assert_matches_model(call: &Call, model: &ModelCall, context: &str) {
-    let mut written = call.attributes.clone();
+    // The model keeps its own kind of map.
+    let mut written: BTreeMap<Field, AttrValue> = call.attributes.clone().into_iter().collect();
     let created_at = written.remove(&Field::CreatedAt);
     let updated_at = written.remove(&Field::UpdatedAt);
     let state_changed_at = written.remove(&Field::StateChangedAt);

@@ -4,6 +4,7 @@
 
 mod aggregate;
 mod event_json;
+mod field_map;
 mod golden;
 mod validation;
 

@@ -93,7 +93,12 @@ fn accepted(document: &Value, mode: WriteMode, rights: Rights) -> WriteInput {
 fn accepted_attribute(field: Field, value: Value) -> Option<AttrValue> {
     let document = with_attributes(json!({ field.name(): value }));
     let input = accepted(&document, CREATE, VOICE);
-    input.changes.attributes[&field].clone()
+    input
+        .changes
+        .attributes
+        .get(&field)
+        .expect("the attribute")
+        .clone()
 }
 
 fn pointer(field: Field) -> String {

@@ -11,7 +11,7 @@ use crate::query::{
 };
 use crate::store::{self, Meta, View};
 use crate::tests::reference;
-use call_model::{AttrValue, Call, Field, RelValue, Relation, ResourceRef, Timestamp};
+use call_model::{AttrValue, Call, Field, FieldMap, RelValue, Relation, ResourceRef, Timestamp};
 use std::collections::BTreeMap;
 
 /// Enough live calls for the larger plans at the production limits.
@@ -33,7 +33,7 @@ fn view() -> (View, Vec<Call>) {
     };
     let mut calls = Vec::new();
     for id in 1..=CALLS {
-        let mut attributes = BTreeMap::new();
+        let mut attributes = FieldMap::new();
         let mut text = |field: Field, value: &str| {
             attributes.insert(field, AttrValue::Text(value.to_owned()));
         };
