@@ -6,7 +6,7 @@ use crate::error::ProjectionError;
 use crate::index::{Column, IndexRow, Indexes, SplitBuilder};
 use crate::store::{decode_call, fold, par_map, Meta, Overlay, Views};
 use call_model::Call;
-use event_log::EventLog;
+use event_log::{EventLog, LogError, Record};
 
 /// Records per batch while replaying, where nothing else writes.
 const REBUILD_CHUNK: usize = 16_384;
@@ -47,6 +47,40 @@ pub(crate) fn build_indexes(tree: &sled::Tree, meta: &Meta) -> Result<Indexes, P
         });
     }
     Ok(builder.finish())
+}
+
+/// Sends the log's records after `after`, up to `upto` (or the head when it is reached), in
+/// chunks of [`REBUILD_CHUNK`], until the receiver is gone or a read fails (the error is sent).
+fn read_ahead(
+    log: &EventLog,
+    mut after: u64,
+    upto: Option<u64>,
+    chunks: &std::sync::mpsc::SyncSender<Result<Vec<Record>, LogError>>,
+) {
+    loop {
+        let limit = match upto {
+            Some(upto) => REBUILD_CHUNK.min(upto.saturating_sub(after) as usize),
+            None => REBUILD_CHUNK,
+        };
+        if limit == 0 {
+            return;
+        }
+        let records = log.read_from(after, limit);
+        let next = match &records {
+            Ok(records) => match records.last() {
+                Some(last) => Some(last.position),
+                None => return,
+            },
+            Err(_) => None,
+        };
+        if chunks.send(records).is_err() {
+            return;
+        }
+        match next {
+            Some(last) => after = last,
+            None => return,
+        }
+    }
 }
 
 /// What the replay hands its index thread after each chunk.
@@ -130,24 +164,23 @@ pub(crate) fn replay(
                     reason: "the rebuild's writer thread stopped".to_owned(),
                 }),
             };
+            // The log is read a chunk ahead, on a thread of its own: reading it (sled pulling
+            // the log's pages from disk) was most of the folding thread's time.
+            let (read, chunks) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, LogError>>(1);
+            let start = meta.checkpoint;
+            std::thread::Builder::new()
+                .name("rebuild-read".into())
+                .spawn_scoped(scope, move || read_ahead(log, start, upto, &read))
+                .map_err(ProjectionError::Io)?;
             let mut overlay = Overlay::default();
             let mut in_flight = false;
             let replayed = loop {
-                let limit = match upto {
-                    Some(upto) => REBUILD_CHUNK.min(upto.saturating_sub(meta.checkpoint) as usize),
-                    None => REBUILD_CHUNK,
+                let records = match chunks.recv() {
+                    Ok(Ok(records)) => records,
+                    Ok(Err(error)) => break Err(error.into()),
+                    // The reader is done: it sent every chunk up to `upto` or the head.
+                    Err(_) => break Ok(()),
                 };
-                let records = if limit == 0 {
-                    Vec::new()
-                } else {
-                    match log.read_from(meta.checkpoint, limit) {
-                        Ok(records) => records,
-                        Err(error) => break Err(error.into()),
-                    }
-                };
-                if records.is_empty() {
-                    break Ok(());
-                }
                 let folded = match fold(tree, Some(&overlay), &meta, &records, true) {
                     Ok(folded) => folded,
                     Err(error) => break Err(error),
@@ -187,6 +220,8 @@ pub(crate) fn replay(
                 progress(meta.checkpoint, log.head().max(meta.checkpoint));
             };
             drop(spend);
+            // Stops the reader if the loop ended early (its next send fails).
+            drop(chunks);
             let rows = match indexer.join() {
                 Ok(rows) => rows,
                 // A panic there is a bug, not bad input: keep its behaviour on one thread.
