@@ -7,7 +7,7 @@ use crate::ledger::{now, Ledger, Location};
 use anyhow::Context;
 use call_api::{Api, ApiConfig, Operation, Request, Source};
 use call_commands::{CommandError, CommandRequest};
-use call_model::{parse_write, Action, Command, Rights, WriteMode};
+use call_model::{parse_write, Action, Command, Rights, Violation, WriteMode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
@@ -32,6 +32,16 @@ fn progress(total: Option<u64>, what: &str) -> ProgressBar {
     bar
 }
 
+/// A write's violations as the line `import` reports a skipped line with: each one's JSON
+/// pointer and what was expected, separated by semicolons.
+fn on_one_line(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.pointer, v.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// One NDJSON line turned into a create command, or why it cannot be.
 fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Command, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
@@ -47,15 +57,8 @@ fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Comm
         }
     };
     // The importer is an operator's tool: it may carry telephony-owned attributes.
-    let input = parse_write(&document, WriteMode::Create, Rights { voice: true }).map_err(
-        |violations| {
-            violations
-                .iter()
-                .map(|v| format!("{}: {}", v.pointer, v.detail))
-                .collect::<Vec<_>>()
-                .join("; ")
-        },
-    )?;
+    let input = parse_write(&document, WriteMode::Create, Rights { voice: true })
+        .map_err(|violations| on_one_line(&violations))?;
     Ok(Command {
         action: Action::Create(input.changes),
         actor: "import".into(),
@@ -124,11 +127,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                             imported.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        Err(CommandError::Invalid(violations)) => violations
-                            .iter()
-                            .map(|v| format!("{}: {}", v.pointer, v.detail))
-                            .collect::<Vec<_>>()
-                            .join("; "),
+                        Err(CommandError::Invalid(violations)) => on_one_line(&violations),
                         Err(CommandError::Unavailable(reason)) => {
                             note_failure(&reason);
                             reason
