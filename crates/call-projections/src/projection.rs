@@ -314,22 +314,20 @@ impl Projection {
             Meta::default().write(&mut batch);
             tree.apply_batch(batch)?;
         }
-        let opened = match opening {
-            Opening::AsStored => open_view(dir, &log, generation, tree.clone()),
-            Opening::ToRebuild => Err(Reopen::Rebuild(String::new())),
+        // A view whose meta and indexes are not read: a rebuild replaces it.
+        let unread = |tree| View {
+            generation,
+            tree,
+            meta: Meta::default(),
+            indexes: Indexes::new(),
         };
-        let (view, snapshot, rebuild_because) = match opened {
-            Ok((view, snapshot)) => (view, snapshot, None),
-            Err(Reopen::Rebuild(reason)) => {
-                let view = View {
-                    generation,
-                    tree,
-                    meta: Meta::default(),
-                    indexes: Indexes::new(),
-                };
-                (view, None, Some(reason))
-            }
-            Err(Reopen::Failed(error)) => return Err(error),
+        let (view, snapshot, rebuild_because) = match opening {
+            Opening::ToRebuild => (unread(tree), None, None),
+            Opening::AsStored => match open_view(dir, &log, generation, tree.clone()) {
+                Ok((view, snapshot)) => (view, snapshot, None),
+                Err(Reopen::Rebuild(reason)) => (unread(tree), None, Some(reason)),
+                Err(Reopen::Failed(error)) => return Err(error),
+            },
         };
         let projection = Projection {
             inner: Arc::new(Inner {

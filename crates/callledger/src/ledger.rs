@@ -165,8 +165,9 @@ impl Ledger {
             location,
             config_durability,
             event_log::DEFAULT_LOG_CACHE_BYTES,
-            Projection::open_with,
+            open_projection,
         )
+        .map(|(ledger, ())| ledger)
     }
 
     /// [`Ledger::open`] for `rebuild`: the projection is rebuilt from the log as it opens,
@@ -175,19 +176,12 @@ impl Ledger {
         location: &Location,
         progress: &mut dyn FnMut(u64, u64),
     ) -> anyhow::Result<(Ledger, RebuildReport)> {
-        let mut report = None;
-        let ledger = Ledger::open_with(
+        Ledger::open_with(
             location,
             None,
             event_log::DEFAULT_LOG_CACHE_BYTES,
-            |dir, log, options| {
-                let (projection, rebuilt) = Projection::open_rebuilt(dir, log, options, progress)?;
-                report = Some(rebuilt);
-                Ok(projection)
-            },
-        )?;
-        let report = report.context("the projection opened without its rebuild")?;
-        Ok((ledger, report))
+            |dir, log, options| Projection::open_rebuilt(dir, log, options, progress),
+        )
     }
 
     /// [`Ledger::open`] for a command that writes the log in bulk and exits (`import`,
@@ -197,11 +191,14 @@ impl Ledger {
             location,
             None,
             event_log::BULK_WRITE_LOG_CACHE_BYTES,
-            Projection::open_with,
+            open_projection,
         )
+        .map(|(ledger, ())| ledger)
     }
 
-    fn open_with(
+    /// Opens the log, then the projection with `open_projection`, whose by-product (a rebuild's
+    /// report) comes back beside the ledger.
+    fn open_with<T>(
         location: &Location,
         config_durability: Option<Durability>,
         log_cache_bytes: u64,
@@ -209,8 +206,8 @@ impl Ledger {
             &Path,
             EventLog,
             ProjectionOptions,
-        ) -> Result<Projection, ProjectionError>,
-    ) -> anyhow::Result<Ledger> {
+        ) -> Result<(Projection, T), ProjectionError>,
+    ) -> anyhow::Result<(Ledger, T)> {
         let args = &location.data;
         let dir = args.dir();
         let durability = match args
@@ -273,16 +270,26 @@ impl Ledger {
         let options = ProjectionOptions {
             cache_bytes: projection_cache_bytes(args.projection_cache_mb)?,
         };
-        let projection = open_projection(&projection_dir(&dir), log.clone(), options)
+        let (projection, opened) = open_projection(&projection_dir(&dir), log.clone(), options)
             .with_context(|| format!("cannot open the projection in {}", dir.display()))?;
-        Ok(Ledger {
+        let ledger = Ledger {
             commands: CommandService::new(log.clone()),
             log,
             projection,
             dir,
             record,
-        })
+        };
+        Ok((ledger, opened))
     }
+}
+
+/// The projection opened as stored, with nothing beside it.
+fn open_projection(
+    dir: &Path,
+    log: EventLog,
+    options: ProjectionOptions,
+) -> Result<(Projection, ()), ProjectionError> {
+    Projection::open_with(dir, log, options).map(|projection| (projection, ()))
 }
 
 /// Where the event log lives inside the data directory.
