@@ -1461,6 +1461,22 @@ fn closing_writes_an_index_snapshot_that_the_next_open_reads() {
 }
 
 #[test]
+fn closing_with_the_process_writes_the_same_snapshot_and_only_leaves_the_indexes_unfreed() {
+    let mut ledger = varied_ledger(200);
+    let dir = projection_dir(ledger.dir.path());
+    let before = everything(&ledger.projection);
+    let projection = ledger.hand_over();
+    projection.close_with_process();
+    drop(projection);
+    assert!(crate::snapshot::path(&dir).exists(), "closing wrote it");
+
+    let reopened = reopen(&dir, &ledger.log);
+    assert_eq!(reopened.snapshot_read_at(), Some(ledger.log.head()));
+    assert_eq!(everything(&reopened), before);
+    assert_verified(&reopened, ledger.dir.path());
+}
+
+#[test]
 fn a_damaged_or_stale_snapshot_is_built_over_and_never_serves_wrong_data() {
     let mut ledger = varied_ledger(200);
     let dir = projection_dir(ledger.dir.path());

@@ -272,6 +272,8 @@ impl Ledger {
         };
         let (projection, opened) = open_projection(&projection_dir(&dir), log.clone(), options)
             .with_context(|| format!("cannot open the projection in {}", dir.display()))?;
+        // Every command opens one ledger and ends the process when it drops it.
+        projection.close_with_process();
         let ledger = Ledger {
             commands: CommandService::new(log.clone()),
             log,
