@@ -701,6 +701,49 @@ pub(crate) fn fold(
     })
 }
 
+/// How many threads the parallel maps use: the machine's cores, at most eight.
+fn threads() -> usize {
+    // Asked once: `available_parallelism` reads cgroup files on every call, and catch-up for a
+    // single write runs `par_map` on the hot path of every acknowledged command.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+}
+
+/// Maps a few costly `items` of unequal costs with `f` on the machine's cores, each thread
+/// taking the next item as soon as it is free (where [`par_map`] gives each thread an equal
+/// share of many cheap items).
+pub(crate) fn par_map_costly<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+    let threads = threads().min(items.len());
+    if threads < 2 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return done;
+            };
+            done.push((i, f(item)));
+        }
+    };
+    let mut out: Vec<(usize, U)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut out = work();
+        for handle in handles {
+            match handle.join() {
+                Ok(part) => out.extend(part),
+                // The closure panicked: a bug, not bad input. Keep its behaviour on one thread.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    });
+    out.sort_unstable_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, value)| value).collect()
+}
+
 /// Below this many items, threads cost more than they save.
 const PARALLEL_MIN: usize = 512;
 
@@ -709,11 +752,7 @@ pub(crate) fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync)
     if items.len() < PARALLEL_MIN {
         return items.iter().map(f).collect();
     }
-    // Asked once: `available_parallelism` reads cgroup files on every call, and catch-up for a
-    // single write runs this on the hot path of every acknowledged command.
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let threads =
-        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+    let threads = threads();
     if threads < 2 {
         return items.iter().map(f).collect();
     }
