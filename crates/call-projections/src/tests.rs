@@ -1116,14 +1116,21 @@ fn opening_rebuilt_replays_the_log_behind_the_view_and_keeps_nothing_of_the_old_
     ledger.create(json!({"attributes": {"direction": "inbound", "tags": ["late"]}}));
     ledger.delete(4);
     std::fs::write(Projection::snapshot_file(&dir), b"not a snapshot").unwrap();
+    // A file of the old database: the rebuild fills a new one, and removes the old one whole.
+    let stale = dir.join("blobs").join("stale");
+    std::fs::write(&stale, b"a page of the old view").unwrap();
     let mut reported = Vec::new();
-    let (rebuilt, report) = Projection::open_rebuilt(
-        &dir,
-        ledger.log.clone(),
-        ProjectionOptions::default(),
-        &mut |applied, head| reported.push((applied, head)),
-    )
-    .unwrap();
+    let (rebuilt, report) = when_unlocked(|| {
+        reported.clear();
+        Projection::open_rebuilt(
+            &dir,
+            ledger.log.clone(),
+            ProjectionOptions::default(),
+            &mut |applied, head| reported.push((applied, head)),
+        )
+    });
+    assert!(!stale.exists(), "the old database is removed");
+    assert!(!dir.with_extension("replaced").exists());
     let live = ledger.all();
     assert_eq!(report.events, ledger.log.head());
     assert_eq!(report.calls, live.len() as u64);
@@ -1636,23 +1643,52 @@ fn the_snapshot_decoder_never_panics_on_a_damaged_body() {
 }
 
 /// Opens the projection in `dir` again, once the last process-wide handle of its previous
-/// opening has let go of the database's file lock (sled releases it a moment after the
-/// projection is dropped, later still after a rebuild): a refusal for the lock is retried for
-/// up to ten seconds, anything else fails the test.
+/// opening has let go of the database's file lock (see [`when_unlocked`]).
 fn reopen(dir: &Path, log: &EventLog) -> Projection {
+    when_unlocked(|| Projection::open(dir, log.clone()))
+}
+
+/// Runs `open` until the database it opens is no longer locked by an earlier opening in this
+/// process (sled releases its lock a moment after the projection is dropped, later still after
+/// a rebuild): a refusal for the lock is retried for up to ten seconds, anything else fails the
+/// test.
+fn when_unlocked<T>(mut open: impl FnMut() -> Result<T, ProjectionError>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match Projection::open(dir, log.clone()) {
-            Ok(projection) => return projection,
+        match open() {
+            Ok(opened) => return opened,
             Err(error)
                 if error.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(error) => panic!("reopening {}: {error}", dir.display()),
+            Err(error) => panic!("opening: {error}"),
         }
     }
+}
+
+#[test]
+fn a_rebuild_leaves_a_projection_another_opening_holds_as_it_is() {
+    let ledger = varied_ledger(30);
+    let dir = projection_dir(ledger.dir.path());
+    let before = everything(&ledger.projection);
+    let refused = Projection::open_rebuilt(
+        &dir,
+        ledger.log.clone(),
+        ProjectionOptions::default(),
+        &mut |_, _| {},
+    )
+    .map(|_| ())
+    .expect_err("the open projection holds its database");
+    assert!(
+        refused
+            .to_string()
+            .contains("another process holds the projection"),
+        "{refused}"
+    );
+    assert_eq!(everything(&ledger.projection), before);
+    assert_verified(&ledger.projection, ledger.dir.path());
 }
 
 #[test]
