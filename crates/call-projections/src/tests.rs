@@ -1077,6 +1077,17 @@ fn catching_up_in_bulk_equals_catching_up_call_by_call() {
     assert_eq!(bulk.catch_up_in_bulk().unwrap(), ledger.log.head());
     assert_eq!(everything(&bulk), everything(&ledger.projection));
     assert_verified(&bulk, &bulk_dir);
+    // Behind by more than the threshold but less than a third of its calls: followed a chunk
+    // at a time, its indexes updated in place.
+    let live = bulk.stats().unwrap().live_calls;
+    let first = ledger.create(json!({"attributes": {"direction": "inbound"}}));
+    while ledger.log.head() - bulk.checkpoint() <= BULK_CATCH_UP {
+        ledger.update(first, json!({"attributes": {"note": "again"}}));
+    }
+    assert!(((ledger.log.head() - bulk.checkpoint()) as f64) < live as f64 / 3.0);
+    assert_eq!(bulk.catch_up_in_bulk().unwrap(), ledger.log.head());
+    assert_eq!(everything(&bulk), everything(&ledger.projection));
+    assert_verified(&bulk, &bulk_dir);
     // Close behind: a chunk at a time, as `catch_up` does.
     let id = ledger.create(json!({"attributes": {"note": "one more"}}));
     assert_eq!(bulk.catch_up_in_bulk().unwrap(), ledger.log.head());
