@@ -132,11 +132,11 @@ impl Drop for Inner {
     }
 }
 
-/// Where [`Projection::open_rebuilt`] moves the database it replaces, until it is removed.
+/// Where [`Projection::open_rebuilt`] moves the files of the database it replaces, until they
+/// are removed: a directory inside the projection's own, so that a projection directory that
+/// is a mount point or a symbolic link stays what it is.
 fn replaced_dir(dir: &Path) -> PathBuf {
-    let mut replaced = dir.as_os_str().to_owned();
-    replaced.push(".replaced");
-    PathBuf::from(replaced)
+    dir.join("replaced")
 }
 
 /// Removes a database [`Projection::open_rebuilt`] replaced, if one is left (a rebuild stopped
@@ -146,6 +146,19 @@ fn remove_replaced(dir: &Path) -> std::io::Result<()> {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
         _ => Ok(()),
     }
+}
+
+/// Moves every file of the database in `dir` into [`replaced_dir`], then removes them.
+fn replace_database(dir: &Path) -> std::io::Result<()> {
+    let replaced = replaced_dir(dir);
+    std::fs::create_dir(&replaced)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.path() != replaced {
+            std::fs::rename(entry.path(), replaced.join(entry.file_name()))?;
+        }
+    }
+    remove_replaced(dir)
 }
 
 /// The snapshot file of `view`'s indexes, unless `on_disk` (what the file holds) says it is
@@ -259,8 +272,9 @@ impl Projection {
     }
 
     /// Builds the projection in `dir` afresh from the log (`callledger rebuild`), with
-    /// `progress` as in [`Projection::rebuild`]. The database there is not opened at all: it
-    /// is set aside and removed, and the replay fills a new one in its place.
+    /// `progress` as in [`Projection::rebuild`]. The database there is not opened at all: its
+    /// files are moved aside (into `replaced/` within the directory) and removed, and the
+    /// replay fills a new database in their place.
     ///
     /// Replaying into a new view of the same database left the old view's pages on disk:
     /// sled removes the files of large pages (a pack's leaf is one) only once later writes
@@ -296,9 +310,8 @@ impl Projection {
                     ),
                 )));
             }
-            std::fs::rename(dir, replaced_dir(dir))?;
+            replace_database(dir)?;
             drop(db);
-            remove_replaced(dir)?;
         }
         let projection = Projection::open_as_stored(dir, log, options, Opening::ToRebuild)?;
         let report = projection.rebuild(progress)?;

@@ -1141,7 +1141,7 @@ fn opening_rebuilt_replays_the_log_behind_the_view_and_keeps_nothing_of_the_old_
         )
     });
     assert!(!stale.exists(), "the old database is removed");
-    assert!(!dir.with_extension("replaced").exists());
+    assert!(!dir.join("replaced").exists());
     let live = ledger.all();
     assert_eq!(report.events, ledger.log.head());
     assert_eq!(report.calls, live.len() as u64);
@@ -1677,6 +1677,32 @@ fn when_unlocked<T>(mut open: impl FnMut() -> Result<T, ProjectionError>) -> T {
             Err(error) => panic!("opening: {error}"),
         }
     }
+}
+
+#[test]
+fn a_rebuild_keeps_a_projection_directory_that_is_a_link_where_it_points() {
+    let mut ledger = varied_ledger(30);
+    let dir = projection_dir(ledger.dir.path());
+    drop(ledger.hand_over());
+    let elsewhere = ledger.dir.path().join("elsewhere");
+    std::fs::rename(&dir, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    let (rebuilt, report) = when_unlocked(|| {
+        Projection::open_rebuilt(
+            &dir,
+            ledger.log.clone(),
+            ProjectionOptions::default(),
+            &mut |_, _| {},
+        )
+    });
+    assert_eq!(report.events, ledger.log.head());
+    assert!(std::fs::symlink_metadata(&dir).unwrap().is_symlink());
+    assert!(
+        elsewhere.join("db").exists(),
+        "the new database is where the link points"
+    );
+    drop(std::mem::replace(&mut ledger.projection, rebuilt));
+    assert_verified(&ledger.projection, ledger.dir.path());
 }
 
 #[test]
