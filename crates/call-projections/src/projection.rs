@@ -489,10 +489,11 @@ impl Projection {
 
     /// [`Projection::catch_up`] for a caller that no reader waits on while it runs (the offline
     /// `import` and `restore`, which append a whole log before the view follows): far behind the
-    /// log ([`bulk_pays`]), it takes the rebuild's road, as opening does,
-    /// pipelined over threads with the indexes built once at the end, instead of a chunk at a time
-    /// with every index updated per call (half of a 100,000-call import's time on one core). Reads
-    /// meanwhile see the view as it was until it is swapped in whole.
+    /// log (by more than a threshold of events and a third of its calls, `bulk_pays`), it takes
+    /// the rebuild's road, as opening does, pipelined over threads with the indexes built once
+    /// at the end, instead of a chunk at a time with every index updated per call (half of a
+    /// 100,000-call import's time on one core). Reads meanwhile see the view as it was until it
+    /// is swapped in whole.
     pub fn catch_up_in_bulk(&self) -> Result<u64, ProjectionError> {
         let _writing = self.lock_apply();
         let (tree, meta) = {
