@@ -105,6 +105,7 @@ fn figures(
             subject_prefix: "bench.log".into(),
             replicas,
             timeout: Duration::from_secs(10),
+            replica_dir: None,
         },
     )
     .expect("open the JetStream engine")

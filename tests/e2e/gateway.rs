@@ -347,6 +347,7 @@ pub(crate) fn open_ledger_on_jetstream(
         subject_prefix: "calls.log".into(),
         replicas: 1,
         timeout: Duration::from_secs(10),
+        replica_dir: None,
     };
     let log = event_log_jetstream::JetStreamLog::open(url, options)
         .expect("the JetStream log opens")

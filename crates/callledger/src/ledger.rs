@@ -244,6 +244,7 @@ impl Ledger {
                     subject_prefix: format!("{subject_prefix}.log"),
                     replicas: *replicas,
                     timeout: std::time::Duration::from_secs(10),
+                    replica_dir: Some(replica_dir(&dir)),
                 };
                 let mut nats = location.nats.options("call-ledger-log");
                 nats.url = servers.clone();
@@ -292,6 +293,11 @@ fn open_projection(
     options: ProjectionOptions,
 ) -> Result<(Projection, ()), ProjectionError> {
     Projection::open_with(dir, log, options).map(|projection| (projection, ()))
+}
+
+/// Where the local replica of a JetStream log of record lives inside the data directory.
+pub fn replica_dir(dir: &Path) -> PathBuf {
+    dir.join("replica")
 }
 
 /// Where the event log lives inside the data directory.

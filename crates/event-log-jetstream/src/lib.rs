@@ -18,19 +18,21 @@
 //!
 //! # Replica
 //!
-//! A tail task reads the stream from the replica's head on and applies each message to the
-//! replica (an [`event_log::MemoryLog`]) at its sequence; the writer applies this instance's
-//! own records as their acks come, whichever is first (`replica.rs`). An append returns
-//! once the replica holds it, so a read on the same instance sees it; [`LogEngine::sync`] waits
-//! until the replica reaches the stream's last sequence, so a read on any instance after it sees
-//! every write acknowledged before it. A restarted instance folds the stream again from the
-//! start.
+//! A tail task reads the stream from the replica's head on and applies its messages to the
+//! replica at their sequences, as many at once as have arrived; the writer applies this
+//! instance's own records as their acks come, whichever is first (`replica.rs`). An append
+//! returns once the replica holds it, so a read on the same instance sees it;
+//! [`LogEngine::sync`] waits until the replica reaches the stream's last sequence, so a read on
+//! any instance after it sees every write acknowledged before it. The replica is kept on disk
+//! when [`JetStreamOptions::replica_dir`] names a directory (a restarted instance then reads only
+//! what the stream stored since), else in memory (folded from the whole stream at every open).
 //!
 //! The contract is blocking; the engine runs its own runtime, so it is called from plain or
 //! blocking threads (never from inside an async task).
 
 #![warn(missing_docs)]
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -39,14 +41,14 @@ use event_log::{
     Append, AppendError, Appended, EventLog, HeadWatch, Idempotency, LogEngine, LogError, LogStats,
     Position, Record, StreamId, Version,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod coalesce;
 mod replica;
 mod writer;
 
-use replica::{Applied, Replica};
+use replica::{Applied, Replica, Stored};
 
 /// A prefix no other engine's message ids share: the process, the time and a random value.
 fn unique_prefix() -> String {
@@ -66,6 +68,10 @@ const STREAM_HEADER: &str = "Call-Ledger-Stream";
 const KEY_HEADER: &str = "Call-Ledger-Idempotency-Key";
 /// The header holding the hex fingerprint of the request that used the key.
 const FINGERPRINT_HEADER: &str = "Call-Ledger-Idempotency-Fingerprint";
+/// How long dropping the engine waits for its tasks (and a replica's last write) to stop.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
+/// The most arrived messages the tail applies to the replica at once.
+const TAIL_BATCH: usize = 1024;
 /// The longest a read waits to learn the stream's head before it fails (to be retried).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// The stream's duplicate window: records carry unique message ids only to chain a batch's
@@ -83,6 +89,10 @@ pub struct JetStreamOptions {
     pub replicas: usize,
     /// How long one round trip to JetStream may take before the operation fails.
     pub timeout: Duration,
+    /// Where the local replica is kept: a directory of its own (a sled log; an open then reads
+    /// only what the stream stored beyond it), or `None` for memory (the whole stream folded at
+    /// every open, and held in memory).
+    pub replica_dir: Option<PathBuf>,
 }
 
 /// The JetStream engine. Cheap to clone; every clone is the same engine.
@@ -119,9 +129,14 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // The last handle may go away inside another runtime's task, where waiting for this
-        // one's tasks would panic: let them stop in the background.
+        // one's tasks would panic: there they stop in the background. Elsewhere they are waited
+        // for, so that the replica (its directory locked while it is open) is closed on return.
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(SHUTDOWN_PATIENCE);
+            }
         }
     }
 }
@@ -195,8 +210,17 @@ impl JetStreamLog {
             };
             Ok::<_, LogError>((js, stream))
         })?;
+        let identity = replica::identity(&options.stream, &stream.cached_info().created);
+        let mut replica = match &options.replica_dir {
+            Some(dir) => Replica::on_disk(dir, &identity)?,
+            None => Replica::in_memory(),
+        };
+        if let Some(problem) = runtime.block_on(disagreement(&stream, &replica))? {
+            tracing::warn!(%problem, stream = %options.stream, "the local replica is not a copy of the stream: folding it again");
+            replica = replica.reset(&identity)?;
+        }
         let (stop, stop_rx) = watch::channel(false);
-        let replica = Arc::new(Replica::default());
+        let replica = Arc::new(replica);
         let (jobs, queue) = mpsc::channel(writer::QUEUE);
         runtime.spawn(
             writer::Writer {
@@ -427,22 +451,48 @@ async fn tail(
                 break;
             };
             pause = Duration::from_millis(100);
-            let Ok(info) = message.info() else { break };
-            let sequence = info.stream_sequence;
-            if sequence <= replica.head() {
-                // This instance's writer applied it already (its own record): skip the copy.
-                continue;
+            // With it, the messages that have arrived already: applied as one batch (one write
+            // of a replica on disk rather than one per record).
+            let mut batch = Vec::new();
+            let mut ended = false;
+            let mut arrived = Some(message);
+            while let Some(message) = arrived.take() {
+                let Ok(info) = message.info() else {
+                    ended = true;
+                    break;
+                };
+                let sequence = info.stream_sequence;
+                // One this instance's writer applied already (its own record) is not copied.
+                if sequence > replica.head() {
+                    match stored(sequence, &message) {
+                        Ok(record) => batch.push(record),
+                        Err(problem) => {
+                            fail(&failure, problem, sequence);
+                            return;
+                        }
+                    }
+                }
+                if batch.len() < TAIL_BATCH {
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(message))) => arrived = Some(message),
+                        Some(_) => ended = true,
+                        None => {}
+                    }
+                }
             }
-            match apply(&replica, sequence, &message) {
+            let first = batch.first().map(|record| record.sequence);
+            match replica.apply(batch).await {
                 // Applied now, or already by this instance's writer.
                 Ok(Applied::Now | Applied::Before) => {}
                 // Skipped: follow again from the replica's head.
                 Ok(Applied::Gap) => break,
                 Err(problem) => {
-                    tracing::error!(%problem, sequence, "the stream of record cannot be folded");
-                    *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(problem);
+                    fail(&failure, problem, first.unwrap_or_default());
                     return;
                 }
+            }
+            if ended {
+                break;
             }
         }
         // The consumer ended, failed or skipped: follow again, after a pause that grows while
@@ -463,12 +513,14 @@ async fn pause_or_stop(pause: &mut Duration, stop: &mut watch::Receiver<bool>) -
     stopped
 }
 
-/// Applies one stored message to the replica at its sequence.
-fn apply(
-    replica: &Replica,
-    sequence: Position,
-    message: &jetstream::Message,
-) -> Result<Applied, String> {
+/// Records what stopped the tail: the stream cannot be folded into the replica.
+fn fail(failure: &Mutex<Option<String>>, problem: String, sequence: Position) {
+    tracing::error!(%problem, sequence, "the stream of record cannot be folded");
+    *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(problem);
+}
+
+/// The stored message at `sequence`, read for the replica.
+fn stored(sequence: Position, message: &jetstream::Message) -> Result<Stored, String> {
     let header = |name: &str| {
         message
             .headers
@@ -489,7 +541,47 @@ fn apply(
         }),
         None => None,
     };
-    replica.apply_at(sequence, stream, idempotency, message.payload.to_vec())
+    Ok(Stored {
+        sequence,
+        stream,
+        idempotency,
+        payload: message.payload.to_vec(),
+    })
+}
+
+/// Why `replica` (opened from disk) is not a copy of the start of `stream`, if it is not: it
+/// holds more records than the stream, or its last record is not the stream's at that sequence.
+async fn disagreement(
+    stream: &stream::Stream,
+    replica: &Replica,
+) -> Result<Option<String>, LogError> {
+    let head = replica.head();
+    if head == 0 {
+        return Ok(None);
+    }
+    let last = stream.cached_info().state.last_sequence;
+    if head > last {
+        return Ok(Some(format!(
+            "the replica holds {head} records, the stream {last}"
+        )));
+    }
+    let Some(held) = replica.read_from(head - 1, 1)?.pop() else {
+        return Ok(Some(format!(
+            "the replica cannot read its record at {head}"
+        )));
+    };
+    let found = stream
+        .get_raw_message(head)
+        .await
+        .map_err(|error| storage(&format!("reading the stream's record at {head}"), error))?;
+    let found_stream = found
+        .headers
+        .get(STREAM_HEADER)
+        .and_then(|value| value.as_str().parse::<StreamId>().ok());
+    if found.payload[..] != held.payload[..] || found_stream != Some(held.stream) {
+        return Ok(Some(format!("its record at {head} is not the stream's")));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

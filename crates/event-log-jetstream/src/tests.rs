@@ -1,6 +1,7 @@
 //! The engine against a real `nats-server -js` on a free port: the log's contract, and two
 //! engines (as two instances would) on one stream: fencing, ids, keys, replicas that agree,
-//! read-your-writes through `sync`, and a restart that folds the stream again.
+//! read-your-writes through `sync`, a restart that folds the stream again, and a replica kept on
+//! disk: reopened where it was, or folded again when it is not the stream's.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ fn options() -> JetStreamOptions {
         subject_prefix: "calls.log".into(),
         replicas: 1,
         timeout: Duration::from_secs(10),
+        replica_dir: None,
     }
 }
 
@@ -321,4 +323,152 @@ fn two_instances_on_one_stream_are_fenced_by_the_sequence() {
     let positions: Vec<u64> = a.iter().map(|r| r.position).collect();
     assert_eq!(positions, (1..=head).collect::<Vec<_>>(), "gap-free");
     let _: &EventLog = &log_a;
+}
+
+fn on_disk(dir: &std::path::Path) -> JetStreamOptions {
+    JetStreamOptions {
+        replica_dir: Some(dir.to_path_buf()),
+        ..options()
+    }
+}
+
+/// Runs `f` with a client of `nats` on a runtime of its own.
+fn with_client<T>(
+    nats: &NatsServer,
+    f: impl AsyncFnOnce(async_nats::jetstream::Context) -> T,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        f(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// Deletes the stream of record, as an operator replacing it would.
+fn delete_stream(nats: &NatsServer) {
+    with_client(nats, async |js| {
+        js.delete_stream(options().stream)
+            .await
+            .expect("the stream is deleted");
+    });
+}
+
+/// The identity a replica of the current stream of record records.
+fn stream_identity(nats: &NatsServer) -> String {
+    let created = with_client(nats, async |js| {
+        let mut stream = js.get_stream(options().stream).await.expect("the stream");
+        stream.info().await.expect("its info").created
+    });
+    super::replica::identity(&options().stream, &created)
+}
+
+/// Appends a new stream's first record and `extra` more to it, with a key on the first.
+fn fill(log: &JetStreamLog, tag: &str, extra: u64) {
+    let first = log
+        .append(append(
+            StreamTarget::New,
+            ExpectedVersion::NoStream,
+            &format!("{tag}1"),
+            Some((tag, 7)),
+        ))
+        .expect("a new stream");
+    for version in 1..=extra {
+        log.append(append(
+            StreamTarget::Existing(first.stream),
+            ExpectedVersion::Exact(version),
+            &format!("{tag}{}", version + 1),
+            None,
+        ))
+        .expect("the next version");
+    }
+}
+
+#[test]
+fn a_replica_on_disk_is_reopened_and_only_follows_what_the_stream_stored_since() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().expect("a directory");
+    let dir = data.path().join("replica");
+    let kept = JetStreamLog::open(&nats.url(), on_disk(&dir)).expect("the engine opens");
+    fill(&kept, "a", 2);
+    fill(&kept, "b", 0);
+    drop(kept);
+    // Left in the directory: gone if the replica were removed and folded again.
+    std::fs::write(dir.join("witness"), b"").expect("a file beside the replica");
+    // Another instance (its replica in memory) writes meanwhile.
+    let other = open(&nats);
+    fill(&other, "c", 1);
+    let reopened = JetStreamLog::open(&nats.url(), on_disk(&dir)).expect("the engine reopens");
+    assert!(
+        dir.join("witness").exists(),
+        "the replica was kept, not folded again"
+    );
+    assert_eq!(reopened.head(), 6);
+    assert_eq!(all(&reopened), all(&other));
+    assert_eq!(reopened.stream_version(1).expect("read"), Some(3));
+    assert_eq!(reopened.stream_version(3).expect("read"), Some(2));
+    let replayed = reopened
+        .idempotent_result("c")
+        .expect("read")
+        .expect("the other instance's key is in the replica");
+    assert_eq!((replayed.0.stream, replayed.0.first_position), (3, 5));
+    // It takes part in the fencing as before: a new stream gets the next id.
+    let next = reopened
+        .append(append(
+            StreamTarget::New,
+            ExpectedVersion::NoStream,
+            "d1",
+            None,
+        ))
+        .expect("a new stream");
+    assert_eq!((next.stream, next.first_position), (4, 7));
+    assert_eq!(other.sync().expect("sync"), 7);
+    assert_eq!(all(&other), all(&reopened));
+}
+
+#[test]
+fn a_replica_on_disk_that_is_not_the_streams_is_folded_again() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().expect("a directory");
+    let dir = data.path().join("replica");
+    let identity_file = dir.join("stream-of-record");
+    let reopen = || JetStreamLog::open(&nats.url(), on_disk(&dir)).expect("the engine opens");
+    fill(&reopen(), "a", 3);
+
+    // The stream replaced by another of the same name: the replica names the old one.
+    let old_identity = std::fs::read_to_string(&identity_file).expect("identity");
+    delete_stream(&nats);
+    let writer = open(&nats);
+    fill(&writer, "x", 0);
+    let reopened = reopen();
+    assert_eq!(reopened.head(), 1);
+    assert_eq!(all(&reopened), all(&writer));
+    assert_ne!(
+        std::fs::read_to_string(&identity_file).expect("identity"),
+        old_identity
+    );
+    drop(reopened);
+
+    // A replica that names the stream but holds more records than it: folded again.
+    fill(&writer, "y", 0);
+    assert_eq!(reopen().head(), 2);
+    delete_stream(&nats);
+    let writer = open(&nats);
+    fill(&writer, "z", 0);
+    std::fs::write(&identity_file, stream_identity(&nats)).expect("identity");
+    let reopened = reopen();
+    assert_eq!(reopened.head(), 1);
+    assert_eq!(all(&reopened), all(&writer));
+    drop(reopened);
+
+    // As many records as the stream, the last one another: folded again.
+    delete_stream(&nats);
+    let writer = open(&nats);
+    fill(&writer, "v", 0);
+    std::fs::write(&identity_file, stream_identity(&nats)).expect("identity");
+    let reopened = reopen();
+    assert_eq!(all(&reopened), all(&writer));
+    assert_eq!(all(&reopened)[0].payload, b"v1");
 }

@@ -25,12 +25,12 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use event_log::{
-    check_expected, check_restored, replay, Append, AppendError, Appended, LogEngine, LogError,
-    Position, StreamId, StreamTarget, Version,
+    check_expected, check_restored, replay, Append, AppendError, Appended, LogError, Position,
+    StreamId, StreamTarget, Version,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::replica::Replica;
+use crate::replica::{Replica, Stored};
 use crate::{storage, to_hex, FINGERPRINT_HEADER, KEY_HEADER, STREAM_HEADER};
 
 /// JetStream's fencing headers, and its message id.
@@ -181,12 +181,13 @@ impl Writer {
                             known = ack.sequence;
                             // Into the replica now rather than when the tail brings it back;
                             // behind (a gap) or already there, the tail has it.
-                            if let Err(problem) = self.replica.apply_at(
-                                ack.sequence,
-                                appended.stream,
-                                job.append.idempotency.clone(),
-                                job.append.payloads[0].clone(),
-                            ) {
+                            let own = Stored {
+                                sequence: ack.sequence,
+                                stream: appended.stream,
+                                idempotency: job.append.idempotency.clone(),
+                                payload: job.append.payloads[0].clone(),
+                            };
+                            if let Err(problem) = self.replica.apply(vec![own]).await {
                                 tracing::error!(%problem, sequence = ack.sequence, "an acknowledged record cannot be folded");
                             }
                             settled.append(&mut unconfirmed);

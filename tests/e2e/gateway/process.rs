@@ -691,8 +691,8 @@ async fn a_second_ledger_on_the_same_subjects_refuses_to_start() {
 /// Two `callledger serve --log jetstream` on one NATS and one subject prefix: both start (the
 /// log is shared, not split), creates through the queue group get unique, increasing ids,
 /// every get sent right after a create's reply finds the call whichever instance answers
-/// (read-your-writes across instances), and when one instance is killed the other serves on
-/// with the whole ledger.
+/// (read-your-writes across instances), when one instance is killed the other serves on with
+/// the whole ledger, and the killed one, restarted on its data directory, serves it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_the_jetstream_log_serve_one_ledger() {
     let bin = blocking(callledger_bin);
@@ -786,6 +786,30 @@ async fn two_instances_on_the_jetstream_log_serve_one_ledger() {
             "{status}; its log:\n{}",
             instances[1].logs()
         );
+
+        // The killed instance comes back on its data directory alone: its replica, kept there,
+        // is followed from where the kill left it to the whole ledger.
+        let data_a = dir.path().join("data-a");
+        assert!(data_a.join("replica").join("stream-of-record").exists());
+        let mut restarted = blocking(|| {
+            Serve::start(
+                &bin,
+                &data_a,
+                &nats.url(),
+                &args,
+                dir.path().join("serve-a-again.log"),
+            )
+        });
+        wait_until_serving(&caller, &restarted).await;
+        let listed = caller.request("calls.api.list", &[], "count=true").await;
+        assert_eq!(listed.json()["meta"]["count"], CREATES + 1, "{listed}");
+        let got = caller
+            .request(&format!("calls.api.get.{}", CREATES + 1), &[], "")
+            .await;
+        assert!(got.is_success(), "the call made after the kill: {got}");
+        restarted.terminate();
+        let status = blocking(|| restarted.wait(Duration::from_secs(30)));
+        assert!(status.success(), "{status}; its log:\n{}", restarted.logs());
     })
     .await;
 }

@@ -111,6 +111,9 @@ impl SledLog {
         let shared = Arc::new(Shared::default());
         shared.head.store(head, Ordering::Release);
         shared.streams.store(counters.streams, Ordering::Release);
+        shared
+            .allocated
+            .store(counters.next_stream - 1, Ordering::Release);
         let (head_tx, head_rx) = watch::channel(head);
         let (requests, queue) = mpsc::sync_channel(writer::QUEUE_CAPACITY);
         let writer = Writer {
@@ -145,6 +148,17 @@ impl SledLog {
                 _lock: lock,
             }),
         })
+    }
+
+    /// The directory the log was opened in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The highest stream id given so far among durable records: the next new stream's id is
+    /// one more.
+    pub fn streams_allocated(&self) -> StreamId {
+        self.inner.shared.allocated.load(Ordering::Acquire)
     }
 
     /// A benchmark baseline: iterates every stored record (key and value,

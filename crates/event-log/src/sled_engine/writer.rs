@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     pub(crate) head: AtomicU64,
     /// How many streams have durable records.
     pub(crate) streams: AtomicU64,
+    /// The highest stream id given: a new stream gets the next (restored streams may leave ids
+    /// below it unused).
+    pub(crate) allocated: AtomicU64,
 }
 
 /// The channel on which the writer answers one request.
@@ -290,6 +293,9 @@ impl Writer {
             self.shared
                 .streams
                 .store(self.counters.streams, Ordering::Release);
+            self.shared
+                .allocated
+                .store(self.counters.next_stream - 1, Ordering::Release);
             self.shared.head.store(applied, Ordering::Release);
             self.head_tx.send_replace(applied);
             if self.durability == Durability::Flush {
