@@ -105,7 +105,8 @@ fn figures(
             subject_prefix: "bench.log".into(),
             replicas,
             timeout: Duration::from_secs(10),
-            replica_dir: None,
+            // Kept on disk, as `callledger serve` keeps it.
+            replica_dir: Some(data.path().join("replica")),
         },
     )
     .expect("open the JetStream engine")

@@ -337,7 +337,8 @@ pub(crate) fn test_log_engine() -> TestLog {
     }
 }
 
-/// The log of record on the JetStream server at `url` (R1), and `<data>/projection` over it.
+/// The log of record on the JetStream server at `url` (R1), its replica in `<data>/replica`
+/// and `<data>/projection` over it, as the binary keeps them.
 pub(crate) fn open_ledger_on_jetstream(
     data: &Path,
     url: &str,
@@ -347,7 +348,7 @@ pub(crate) fn open_ledger_on_jetstream(
         subject_prefix: "calls.log".into(),
         replicas: 1,
         timeout: Duration::from_secs(10),
-        replica_dir: None,
+        replica_dir: Some(data.join("replica")),
     };
     let log = event_log_jetstream::JetStreamLog::open(url, options)
         .expect("the JetStream log opens")

@@ -96,7 +96,9 @@ impl Replica {
                 Replica::clear(dir, identity)?;
             }
         }
-        let log = SledLog::open(
+        // Its only writer applies one batch at a time and waits for it: committed on the
+        // applying thread, without a hop to a writer thread and back.
+        let log = SledLog::open_inline(
             dir,
             LogOptions {
                 // The stream is the log of record: what a crash loses here is folded again.

@@ -160,6 +160,8 @@ impl Writer {
         let mut refused = false;
         let mut uncertain = false;
         let mut known = head;
+        // This instance's records the stream acknowledged, in sequence order.
+        let mut own = Vec::new();
         for (job, plan) in sent {
             if refused {
                 again.push(job);
@@ -179,17 +181,12 @@ impl Writer {
                     match tokio::time::timeout(self.timeout, ack).await {
                         Ok(Ok(ack)) if ack.sequence == appended.last_position => {
                             known = ack.sequence;
-                            // Into the replica now rather than when the tail brings it back;
-                            // behind (a gap) or already there, the tail has it.
-                            let own = Stored {
+                            own.push(Stored {
                                 sequence: ack.sequence,
                                 stream: appended.stream,
                                 idempotency: job.append.idempotency.clone(),
                                 payload: job.append.payloads[0].clone(),
-                            };
-                            if let Err(problem) = self.replica.apply(vec![own]).await {
-                                tracing::error!(%problem, sequence = ack.sequence, "an acknowledged record cannot be folded");
-                            }
+                            });
                             settled.append(&mut unconfirmed);
                             settled.push((job, Ok(appended)));
                         }
@@ -247,6 +244,13 @@ impl Writer {
             }
         }
 
+        // The batch's acknowledged records into the replica now, at once, rather than when the
+        // tail brings them back; behind (a gap) or already there, the tail has them.
+        if let Some(first) = own.first().map(|record| record.sequence) {
+            if let Err(problem) = self.replica.apply(own).await {
+                tracing::error!(%problem, sequence = first, "an acknowledged record cannot be folded");
+            }
+        }
         // Reads on this instance see an append once it is answered: wait for the replica.
         let caught_up = self.wait_for_replica(known).await;
         for (job, answer) in settled {
