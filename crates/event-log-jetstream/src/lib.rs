@@ -44,6 +44,7 @@ use event_log::{
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod behind;
 mod coalesce;
 mod replica;
 mod writer;
@@ -252,8 +253,41 @@ impl JetStreamLog {
             Arc::clone(&engine.inner.failure),
             stop_rx,
         ));
-        engine.sync()?;
+        engine.catch_up_at_open()?;
         Ok(engine)
+    }
+
+    /// Waits until the replica holds what the stream held at open. Folding a large stream into a
+    /// new replica takes longer than one timeout, so the wait goes on while the replica moves
+    /// and fails only after a whole timeout without progress.
+    fn catch_up_at_open(&self) -> Result<(), LogError> {
+        let name = &self.inner.options.stream;
+        let timeout = self.inner.options.timeout;
+        let last = self.inner.runtime().block_on(async {
+            let stream = tokio::time::timeout(timeout, self.inner.js.get_stream(name))
+                .await
+                .map_err(|_| storage(&format!("reading the stream {name}"), "timed out"))?
+                .map_err(|e| storage(&format!("reading the stream {name}"), e))?;
+            Ok::<_, LogError>(stream.cached_info().state.last_sequence)
+        })?;
+        let mut reached = self.inner.replica.head();
+        loop {
+            match self.wait_for_replica(last) {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    let now = self.inner.replica.head();
+                    if now == reached {
+                        return Err(error);
+                    }
+                    tracing::info!(
+                        head = now,
+                        last,
+                        "folding the stream of record into the replica"
+                    );
+                    reached = now;
+                }
+            }
+        }
     }
 
     /// This engine as the log every caller holds.
@@ -481,6 +515,11 @@ async fn tail(
                 }
             }
             let first = batch.first().map(|record| record.sequence);
+            // A replica written behind that lags too far holds the fold back (or stop).
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = replica.wait_for_room() => {}
+            }
             match replica.apply(batch).await {
                 // Applied now, or already by this instance's writer.
                 Ok(Applied::Now | Applied::Before) => {}

@@ -4,8 +4,8 @@
 //! does not wait for its record to come back through the tail).
 //!
 //! It is kept in memory ([`MemoryLog`], folded from the whole stream at every open) or on disk
-//! (a [`SledLog`] in its own directory, so that an open reads only what the stream holds beyond
-//! it, and memory does not hold every record). A replica on disk is the stream's only if its
+//! (a [`SledLog`] in its own directory, written behind by `behind.rs`, so that an open reads
+//! only what the stream holds beyond it, and memory does not hold every record). A replica on disk is the stream's only if its
 //! directory names the stream it was folded from (`stream-of-record`: its name and creation
 //! time) and its last record is the stream's at that sequence; otherwise it is removed and
 //! folded again (`JetStreamLog::open_with`).
@@ -19,6 +19,8 @@ use event_log::{
     Position, SledLog, StreamId, StreamTarget,
 };
 
+use crate::behind::WriteBehind;
+
 /// The file in a replica's directory naming the stream it was folded from.
 const IDENTITY_FILE: &str = "stream-of-record";
 
@@ -29,7 +31,7 @@ const CACHE_BYTES: u64 = event_log::DEFAULT_LOG_CACHE_BYTES;
 /// Where the replica's records are kept.
 enum Store {
     Memory(MemoryLog),
-    Disk(SledLog),
+    Disk(WriteBehind),
 }
 
 /// The replica and the lock that keeps "is it the next record?" and "apply it" together.
@@ -96,8 +98,8 @@ impl Replica {
                 Replica::clear(dir, identity)?;
             }
         }
-        // Its only writer applies one batch at a time and waits for it: committed on the
-        // applying thread, without a hop to a writer thread and back.
+        // Its only writer is the write-behind thread, one batch at a time: committed on that
+        // thread, without a hop to the sled log's own writer thread and back.
         let log = SledLog::open_inline(
             dir,
             LogOptions {
@@ -108,7 +110,7 @@ impl Replica {
             },
         )?;
         Ok(Replica {
-            store: Store::Disk(log),
+            store: Store::Disk(WriteBehind::new(log)?),
             applying: Mutex::new(()),
         })
     }
@@ -130,7 +132,7 @@ impl Replica {
     fn dir(&self) -> Option<PathBuf> {
         match &self.store {
             Store::Memory(_) => None,
-            Store::Disk(log) => Some(log.dir().to_path_buf()),
+            Store::Disk(log) => Some(log.disk().dir().to_path_buf()),
         }
     }
 
@@ -155,22 +157,21 @@ impl Replica {
         }
     }
 
-    /// Applies `records` as [`Replica::apply_all`] does, from a task of the engine's runtime: a
-    /// replica on disk is written on a blocking thread (the sled engine's append waits for its
-    /// writer thread).
+    /// Waits while a replica on disk has too much not yet written (see `behind.rs`).
+    pub(crate) async fn wait_for_room(&self) {
+        if let Store::Disk(behind) = &self.store {
+            behind.wait_for_room().await;
+        }
+    }
+
+    /// Applies `records` as [`Replica::apply_all`] does, from a task of the engine's runtime.
+    /// Both stores take them in memory; one on disk may read its sled log's cache for a stream
+    /// or a key it holds no longer in memory, a point read, not a write.
     pub(crate) async fn apply(
         self: &Arc<Replica>,
         records: Vec<Stored>,
     ) -> Result<Applied, String> {
-        match self.store {
-            Store::Memory(_) => self.apply_all(records),
-            Store::Disk(_) => {
-                let replica = Arc::clone(self);
-                tokio::task::spawn_blocking(move || replica.apply_all(records))
-                    .await
-                    .map_err(|error| format!("the replica's write did not finish: {error}"))?
-            }
-        }
+        self.apply_all(records)
     }
 
     /// Applies `records` (in sequence order) from the replica's next one on, as one batch:
@@ -195,6 +196,21 @@ impl Replica {
         }
         if batch.is_empty() {
             return Ok(if gap { Applied::Gap } else { Applied::Before });
+        }
+        if let Store::Disk(behind) = &self.store {
+            let sequences: Vec<Position> = batch.iter().map(|record| record.sequence).collect();
+            let held = behind.apply(
+                batch
+                    .into_iter()
+                    .map(|record| (record.stream, record.idempotency, record.payload))
+                    .collect(),
+            )?;
+            if held != sequences {
+                return Err(format!(
+                    "the records stored at {sequences:?} fold at {held:?}"
+                ));
+            }
+            return Ok(if gap { Applied::Gap } else { Applied::Now });
         }
         // A stream the replica does not hold starts under the id the record carries (ids are
         // counted up here, but a log restored from another engine's keeps that engine's ids).
