@@ -171,14 +171,7 @@ impl WriteBehind {
             if current.is_none() {
                 started += 1;
             }
-            let appended = Appended {
-                stream,
-                first_version: version,
-                last_version: version,
-                first_position: position,
-                last_position: position,
-                duplicate: false,
-            };
+            let appended = Appended::one(stream, version, position);
             if let Some(key) = &idempotency {
                 let used = keys.contains_key(&key.key)
                     || front.keys.contains_key(&key.key)

@@ -331,14 +331,7 @@ impl Writer {
         };
         check_expected(append, current)?;
         let version = current.unwrap_or(0) + 1;
-        Ok(Decision::Publish(Appended {
-            stream,
-            first_version: version,
-            last_version: version,
-            first_position: position,
-            last_position: position,
-            duplicate: false,
-        }))
+        Ok(Decision::Publish(Appended::one(stream, version, position)))
     }
 
     /// The headers of one record: its stream, key and fingerprint, its message id, and the

@@ -194,6 +194,20 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+impl Appended {
+    /// A new append of one record: `version` of `stream`, at `position`.
+    pub fn one(stream: StreamId, version: Version, position: Position) -> Appended {
+        Appended {
+            stream,
+            first_version: version,
+            last_version: version,
+            first_position: position,
+            last_position: position,
+            duplicate: false,
+        }
+    }
+}
+
 /// One stored record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
