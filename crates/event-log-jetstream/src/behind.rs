@@ -380,7 +380,7 @@ mod tests {
             disk_reserve: 0,
             cache_bytes: event_log::DEFAULT_LOG_CACHE_BYTES,
         };
-        WriteBehind::new(SledLog::open_inline(dir, options).expect("the sled log opens"))
+        WriteBehind::new(SledLog::open(dir, options).expect("the sled log opens"))
             .expect("the replica opens")
     }
 

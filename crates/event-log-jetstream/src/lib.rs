@@ -257,33 +257,20 @@ impl JetStreamLog {
         Ok(engine)
     }
 
-    /// Waits until the replica holds what the stream held at open. Folding a large stream into a
-    /// new replica takes longer than one timeout, so the wait goes on while the replica moves
-    /// and fails only after a whole timeout without progress.
+    /// Waits until the replica holds what the stream holds ([`LogEngine::sync`]). Folding a
+    /// large stream into a new replica takes longer than one wait, so it goes on while the
+    /// replica moves and fails only after a whole wait without progress.
     fn catch_up_at_open(&self) -> Result<(), LogError> {
-        let name = &self.inner.options.stream;
-        let timeout = self.inner.options.timeout;
-        let last = self.inner.runtime().block_on(async {
-            let stream = tokio::time::timeout(timeout, self.inner.js.get_stream(name))
-                .await
-                .map_err(|_| storage(&format!("reading the stream {name}"), "timed out"))?
-                .map_err(|e| storage(&format!("reading the stream {name}"), e))?;
-            Ok::<_, LogError>(stream.cached_info().state.last_sequence)
-        })?;
         let mut reached = self.inner.replica.head();
         loop {
-            match self.wait_for_replica(last) {
-                Ok(()) => return Ok(()),
+            match self.sync() {
+                Ok(_) => return Ok(()),
                 Err(error) => {
                     let now = self.inner.replica.head();
                     if now == reached {
                         return Err(error);
                     }
-                    tracing::info!(
-                        head = now,
-                        last,
-                        "folding the stream of record into the replica"
-                    );
+                    tracing::info!(head = now, "folding the stream of record into the replica");
                     reached = now;
                 }
             }
@@ -520,7 +507,7 @@ async fn tail(
                 _ = stop.changed() => return,
                 () = replica.wait_for_room() => {}
             }
-            match replica.apply(batch).await {
+            match replica.apply_all(batch) {
                 // Applied now, or already by this instance's writer.
                 Ok(Applied::Now | Applied::Before) => {}
                 // Skipped: follow again from the replica's head.

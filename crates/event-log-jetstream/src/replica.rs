@@ -12,7 +12,7 @@
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use event_log::{
     Append, Durability, ExpectedVersion, Idempotency, LogEngine, LogError, LogOptions, MemoryLog,
@@ -98,9 +98,7 @@ impl Replica {
                 Replica::clear(dir, identity)?;
             }
         }
-        // Its only writer is the write-behind thread, one batch at a time: committed on that
-        // thread, without a hop to the sled log's own writer thread and back.
-        let log = SledLog::open_inline(
+        let log = SledLog::open(
             dir,
             LogOptions {
                 // The stream is the log of record: what a crash loses here is folded again.
@@ -164,19 +162,11 @@ impl Replica {
         }
     }
 
-    /// Applies `records` as [`Replica::apply_all`] does, from a task of the engine's runtime.
-    /// Both stores take them in memory; one on disk may read its sled log's cache for a stream
-    /// or a key it holds no longer in memory, a point read, not a write.
-    pub(crate) async fn apply(
-        self: &Arc<Replica>,
-        records: Vec<Stored>,
-    ) -> Result<Applied, String> {
-        self.apply_all(records)
-    }
-
     /// Applies `records` (in sequence order) from the replica's next one on, as one batch:
     /// those it holds already are skipped, and a gap stops the batch before it. An error means
-    /// the stream and the replica disagree.
+    /// the stream and the replica disagree. Both stores take them in memory (one on disk may read
+    /// its sled log for a stream or key it no longer holds in memory), so it is called from the
+    /// engine's tasks.
     pub(crate) fn apply_all(&self, records: Vec<Stored>) -> Result<Applied, String> {
         let _one_at_a_time = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
         let head = self.head();

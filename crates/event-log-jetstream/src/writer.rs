@@ -247,7 +247,7 @@ impl Writer {
         // The batch's acknowledged records into the replica now, at once, rather than when the
         // tail brings them back; behind (a gap) or already there, the tail has them.
         if let Some(first) = own.first().map(|record| record.sequence) {
-            if let Err(problem) = self.replica.apply(own).await {
+            if let Err(problem) = self.replica.apply_all(own) {
                 tracing::error!(%problem, sequence = first, "an acknowledged record cannot be folded");
             }
         }

@@ -19,16 +19,10 @@ fn open(dir: &Path) -> EventLog {
     EventLog::open(dir, LogOptions::durable()).expect("open the log")
 }
 
-/// The log on each engine, for the tests of the contract: the sled engine in `dir`, the same
-/// committing on its callers' threads (in `dir/inline`), then the in-memory one.
+/// The log on each engine, for the tests of the contract: the sled engine in `dir`, then the
+/// in-memory one.
 fn engines(dir: &Path) -> Vec<EventLog> {
-    let inline = SledLog::open_inline(&dir.join("inline"), LogOptions::durable())
-        .expect("open the log without a writer thread");
-    vec![
-        open(dir),
-        EventLog::from_engine(inline),
-        EventLog::from_engine(MemoryLog::new()),
-    ]
+    vec![open(dir), EventLog::from_engine(MemoryLog::new())]
 }
 
 fn request(stream: StreamTarget, expected: ExpectedVersion, payloads: &[&str]) -> Append {

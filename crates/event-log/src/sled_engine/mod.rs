@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ mod mark;
 mod space;
 mod writer;
 
-use writer::{Answer, Request, Shared, Writer};
+use writer::{Request, Shared, Writer};
 
 use crate::engine::{HeadWatch, LogEngine};
 use crate::{
@@ -47,17 +47,9 @@ pub struct SledLog {
     inner: Arc<Inner>,
 }
 
-/// Who commits the appends: the writer thread (group commit), or each caller on its own thread.
-enum Committer {
-    Thread {
-        requests: Option<SyncSender<Request>>,
-        writer: Option<JoinHandle<()>>,
-    },
-    Inline(Box<Mutex<Writer>>),
-}
-
 struct Inner {
-    committer: Committer,
+    requests: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     head_rx: watch::Receiver<Position>,
     dir: PathBuf,
@@ -69,20 +61,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        match &mut self.committer {
-            Committer::Thread { requests, writer } => {
-                // Closing the queue makes the writer finish and flush.
-                drop(requests.take());
-                if let Some(writer) = writer.take() {
-                    if writer.join().is_err() {
-                        tracing::error!(dir = %self.dir.display(), "event log writer panicked");
-                    }
-                }
+        // Closing the queue makes the writer finish and flush.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!(dir = %self.dir.display(), "event log writer panicked");
             }
-            Committer::Inline(writer) => writer
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner)
-                .finish(),
         }
     }
 }
@@ -97,54 +81,17 @@ impl fmt::Debug for SledLog {
 }
 
 impl SledLog {
-    /// Hands the appends to the writer thread (or commits them here, inline); each one's answer
-    /// arrives on its channel.
-    fn submit(&self, appends: Vec<Append>) -> Vec<Result<Answer, AppendError>> {
-        let mut answers = Vec::with_capacity(appends.len());
-        let mut requests = Vec::with_capacity(appends.len());
-        for append in appends {
-            if append.payloads.is_empty() {
-                answers.push(Err(AppendError::Empty));
-                continue;
-            }
-            let (reply, answer) = mpsc::sync_channel(1);
-            requests.push(Request { append, reply });
-            answers.push(Ok(answer));
-        }
-        match &self.inner.committer {
-            Committer::Thread {
-                requests: sender, ..
-            } => {
-                let Some(sender) = sender.as_ref() else {
-                    return answers
-                        .into_iter()
-                        .map(|_| Err(LogError::Closed.into()))
-                        .collect();
-                };
-                // A request the writer never takes drops its reply, which its answer reports.
-                for request in requests {
-                    if sender.send(request).is_err() {
-                        break;
-                    }
-                }
-            }
-            Committer::Inline(writer) => {
-                let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut requests = requests.into_iter().peekable();
-                while requests.peek().is_some() {
-                    writer.commit(requests.by_ref().take(writer::MAX_GROUP).collect());
-                }
-            }
-        }
-        answers
-    }
-
-    /// Opens the log in `dir` as [`SledLog::open`] does, but without a writer thread: each append
-    /// is committed on its caller's thread, one caller at a time. For a single writer that waits
-    /// for every answer (a replica applying what another log stored), where handing each append
-    /// to a thread and back costs more than grouping concurrent callers saves.
-    pub fn open_inline(dir: &Path, options: LogOptions) -> Result<SledLog, LogError> {
-        SledLog::open_with(dir, options, true)
+    /// Hands `append` to the writer; its answer arrives on the returned channel.
+    fn queue(
+        &self,
+        append: Append,
+    ) -> Result<mpsc::Receiver<Result<Appended, AppendError>>, LogError> {
+        let sender = self.inner.requests.as_ref().ok_or(LogError::Closed)?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        sender
+            .send(Request { append, reply })
+            .map_err(|_| LogError::Closed)?;
+        Ok(answer)
     }
 
     /// Opens (creating if missing) the log in `dir` and starts its writer.
@@ -152,10 +99,6 @@ impl SledLog {
     /// Fails with [`LogError::Locked`] when another log, in this or another
     /// process, has `dir` open.
     pub fn open(dir: &Path, options: LogOptions) -> Result<SledLog, LogError> {
-        SledLog::open_with(dir, options, false)
-    }
-
-    fn open_with(dir: &Path, options: LogOptions, inline: bool) -> Result<SledLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
         let (db, counters, open_run) = crate::error::unpanicked("opening the log", || {
@@ -172,6 +115,7 @@ impl SledLog {
             .allocated
             .store(counters.next_stream - 1, Ordering::Release);
         let (head_tx, head_rx) = watch::channel(head);
+        let (requests, queue) = mpsc::sync_channel(writer::QUEUE_CAPACITY);
         let writer = Writer {
             db: db.clone(),
             durability: options.durability,
@@ -183,18 +127,9 @@ impl SledLog {
             mark,
             space: space::SpaceGuard::new(dir.to_path_buf(), options.disk_reserve),
         };
-        let committer = if inline {
-            Committer::Inline(Box::new(Mutex::new(writer)))
-        } else {
-            let (requests, queue) = mpsc::sync_channel(writer::QUEUE_CAPACITY);
-            let writer = std::thread::Builder::new()
-                .name("event-log-writer".to_string())
-                .spawn(move || writer.run(queue))?;
-            Committer::Thread {
-                requests: Some(requests),
-                writer: Some(writer),
-            }
-        };
+        let writer = std::thread::Builder::new()
+            .name("event-log-writer".to_string())
+            .spawn(move || writer.run(queue))?;
         tracing::info!(
             dir = %dir.display(),
             head,
@@ -204,7 +139,8 @@ impl SledLog {
         );
         Ok(SledLog {
             inner: Arc::new(Inner {
-                committer,
+                requests: Some(requests),
+                writer: Some(writer),
                 shared,
                 head_rx,
                 dir: dir.to_path_buf(),
@@ -250,18 +186,27 @@ impl LogEngine for SledLog {
     /// visible to readers. Concurrent calls share one flush, so throughput
     /// grows with the number of concurrent callers.
     fn append(&self, append: Append) -> Result<Appended, AppendError> {
-        match self.submit(vec![append]).pop() {
-            Some(answer) => answer?.recv().map_err(|_| LogError::Closed)?,
-            None => Err(LogError::Closed.into()),
+        if append.payloads.is_empty() {
+            return Err(AppendError::Empty);
         }
+        self.queue(append)?.recv().map_err(|_| LogError::Closed)?
     }
 
     /// Queues every append before waiting for any, so that the writer takes them as groups of
     /// up to 1024 (one batch and one flush each) instead of one group per caller.
     fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Appended, AppendError>> {
-        self.submit(appends)
+        let queued: Vec<_> = appends
             .into_iter()
-            .map(|answer| answer?.recv().map_err(|_| LogError::Closed)?)
+            .map(|append| {
+                if append.payloads.is_empty() {
+                    return Err(AppendError::Empty);
+                }
+                Ok(self.queue(append)?)
+            })
+            .collect();
+        queued
+            .into_iter()
+            .map(|queued| queued?.recv().map_err(|_| LogError::Closed)?)
             .collect()
     }
 

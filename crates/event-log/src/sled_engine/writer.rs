@@ -21,7 +21,7 @@ use crate::{
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
 /// The most requests that share one batch and one flush.
-pub(crate) const MAX_GROUP: usize = 1024;
+const MAX_GROUP: usize = 1024;
 
 /// The most streams one `F` row places.
 const MAX_RUN: usize = 256;
@@ -67,9 +67,6 @@ pub(crate) struct Shared {
 
 /// The channel on which the writer answers one request.
 pub(crate) type Reply = SyncSender<Result<Appended, AppendError>>;
-
-/// Where a request's answer arrives.
-pub(crate) type Answer = Receiver<Result<Appended, AppendError>>;
 
 /// One queued append.
 pub(crate) struct Request {
@@ -194,11 +191,6 @@ impl Writer {
             }
             self.commit(group);
         }
-        self.finish();
-    }
-
-    /// The last flush, when the log closes.
-    pub(crate) fn finish(&mut self) {
         match self.db.flush() {
             Ok(_) => self.mark.record(self.counters.last_position()),
             Err(error) => tracing::error!(%error, "final flush of the event log failed"),
@@ -206,8 +198,7 @@ impl Writer {
         tracing::debug!("event log writer stopped");
     }
 
-    /// Checks, writes and answers one group of requests.
-    pub(crate) fn commit(&mut self, requests: Vec<Request>) {
+    fn commit(&mut self, requests: Vec<Request>) {
         if let Err(error) = self.space.check() {
             for request in requests {
                 let _ = request.reply.send(Err(error.duplicate().into()));
