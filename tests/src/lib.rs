@@ -425,3 +425,24 @@ fn build_callledger(profile_dir: &Path, profile: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Copies the files of the storage directory `healthy` into `into` (created if missing), then
+/// writes `len` garbled bytes (a pattern that `seed` varies) at `offset` of the copy's `file`:
+/// a damaged copy of a healthy database, for tests of what opening and reading it do.
+pub fn damaged_copy(healthy: &Path, into: &Path, file: &str, offset: u64, len: u32, seed: u32) {
+    use std::io::{Seek, SeekFrom, Write};
+    std::fs::create_dir_all(into).expect("the copy's directory");
+    for entry in std::fs::read_dir(healthy).expect("list the healthy directory") {
+        let entry = entry.expect("an entry");
+        if entry.file_type().expect("a type").is_file() {
+            std::fs::copy(entry.path(), into.join(entry.file_name())).expect("copy");
+        }
+    }
+    let mut copy = std::fs::OpenOptions::new()
+        .write(true)
+        .open(into.join(file))
+        .expect("open the copy");
+    copy.seek(SeekFrom::Start(offset)).expect("seek");
+    let garbage: Vec<u8> = (0..len).map(|i| (i * 7 + seed * 13) as u8).collect();
+    copy.write_all(&garbage).expect("garble");
+}

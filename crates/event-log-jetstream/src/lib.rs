@@ -26,6 +26,9 @@
 //! any instance after it sees every write acknowledged before it. The replica is kept on disk
 //! when [`JetStreamOptions::replica_dir`] names a directory (a restarted instance then reads only
 //! what the stream stored since), else in memory (folded from the whole stream at every open).
+//! A replica on disk that is not a copy of the stream's start (another stream's, longer than
+//! it, another last record) or whose files are damaged is folded again; a damaged one is first
+//! moved to `<replica_dir>.damaged`.
 //!
 //! The contract is blocking; the engine runs its own runtime, so it is called from plain or
 //! blocking threads (never from inside an async task).
@@ -591,7 +594,16 @@ async fn disagreement(
             "the replica holds {head} records, the stream {last}"
         )));
     }
-    let Some(held) = replica.read_from(head - 1, 1)?.pop() else {
+    let held = match replica.read_from(head - 1, 1) {
+        Ok(mut records) => records.pop(),
+        Err(error) if Replica::is_damage(&error) => {
+            return Ok(Some(format!(
+                "its record at {head} cannot be read: {error}"
+            )))
+        }
+        Err(error) => return Err(error),
+    };
+    let Some(held) = held else {
         return Ok(Some(format!(
             "the replica cannot read its record at {head}"
         )));

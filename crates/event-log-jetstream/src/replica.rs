@@ -98,15 +98,27 @@ impl Replica {
                 Replica::clear(dir, identity)?;
             }
         }
-        let log = SledLog::open(
-            dir,
-            LogOptions {
-                // The stream is the log of record: what a crash loses here is folded again.
-                durability: Durability::Buffered,
-                disk_reserve: event_log::DEFAULT_DISK_RESERVE,
-                cache_bytes: CACHE_BYTES,
-            },
-        )?;
+        let options = LogOptions {
+            // The stream is the log of record: what a crash loses here is folded again.
+            durability: Durability::Buffered,
+            disk_reserve: event_log::DEFAULT_DISK_RESERVE,
+            cache_bytes: CACHE_BYTES,
+        };
+        let log = match SledLog::open(dir, options.clone()) {
+            Err(error) if Replica::is_damage(&error) => {
+                // A copy, not the log of record: set aside for a look, and folded again.
+                let aside = set_aside(dir)?;
+                tracing::warn!(
+                    dir = %dir.display(),
+                    aside = %aside.display(),
+                    %error,
+                    "the local replica cannot be read: moving it aside and folding the stream again"
+                );
+                Replica::clear(dir, identity)?;
+                SledLog::open(dir, options)?
+            }
+            opened => opened?,
+        };
         Ok(Replica {
             store: Store::Disk(WriteBehind::new(log)?),
             applying: Mutex::new(()),
@@ -132,6 +144,12 @@ impl Replica {
             Store::Memory(_) => None,
             Store::Disk(log) => Some(log.disk().dir().to_path_buf()),
         }
+    }
+
+    /// Whether `error`, met reading the replica, says that its files are damaged: it is then
+    /// folded again from the stream rather than served or trusted.
+    pub(crate) fn is_damage(error: &LogError) -> bool {
+        matches!(error, LogError::Damaged(_) | LogError::Corrupt(_))
     }
 
     /// Empties `dir` and records `identity` in it before any record is applied, so that a
@@ -240,4 +258,19 @@ impl Replica {
         }
         Ok(if gap { Applied::Gap } else { Applied::Now })
     }
+}
+
+/// Moves the damaged replica in `dir` to `<dir>.damaged` (replacing an older one there), as
+/// the projection does with its damaged database; returns where it went.
+fn set_aside(dir: &Path) -> Result<PathBuf, LogError> {
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(".damaged");
+    let aside = PathBuf::from(aside);
+    match std::fs::remove_dir_all(&aside) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error.into()),
+    }
+    std::fs::rename(dir, &aside)?;
+    Ok(aside)
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use call_ledger_tests::NatsServer;
 use event_log::{
-    Append, AppendError, EventLog, ExpectedVersion, Idempotency, LogEngine, Record, StreamTarget,
+    Append, AppendError, EventLog, ExpectedVersion, Idempotency, LogEngine, LogError, Record,
+    StreamTarget,
 };
 
 use super::{JetStreamLog, JetStreamOptions};
@@ -505,4 +506,51 @@ fn a_replica_on_disk_that_is_not_the_streams_is_folded_again() {
     let reopened = reopen();
     assert_eq!(all(&reopened), all(&writer));
     assert_eq!(all(&reopened)[0].payload, b"v1");
+}
+
+/// A replica whose files are damaged is a copy, not the log of record: the engine still opens,
+/// folds the stream again where the damage shows at open, and never reads back anything but
+/// the stream's records (a damaged record it did not notice at open is refused when read, as
+/// the sled engine refuses it, rather than served).
+#[test]
+fn a_damaged_replica_on_disk_is_folded_again_not_a_failed_open() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().expect("a directory");
+    let dir = data.path().join("replica");
+    {
+        let writer = JetStreamLog::open(&nats.url(), on_disk(&dir)).expect("the engine opens");
+        for n in 0..200 {
+            fill(&writer, &format!("call{n}-{}-", "x".repeat(200)), 1);
+        }
+    }
+    let stream_records = all(&open(&nats));
+    let healthy = data.path().join("healthy");
+    std::fs::rename(&dir, &healthy).expect("keep the healthy replica");
+    let size = std::fs::metadata(healthy.join("db")).expect("the db").len();
+    let mut outcomes = BTreeMap::new();
+    for step in 1..12u64 {
+        let _ = std::fs::remove_dir_all(&dir);
+        let offset = size * step / 12;
+        call_ledger_tests::damaged_copy(&healthy, &dir, "db", offset, 4096, step as u32);
+        let reopened = JetStreamLog::open(&nats.url(), on_disk(&dir)).unwrap_or_else(|error| {
+            panic!("garbled at {offset}: the engine does not open: {error}")
+        });
+        let kind = match reopened.read_from(0, usize::MAX) {
+            Ok(records) => {
+                assert_eq!(
+                    records, stream_records,
+                    "garbled at {offset}: other records"
+                );
+                "the stream's records"
+            }
+            Err(LogError::Damaged(_) | LogError::Corrupt(_)) => "refused as damaged",
+            Err(other) => panic!("garbled at {offset}: an unclear error: {other}"),
+        };
+        *outcomes.entry(kind).or_insert(0) += 1;
+    }
+    eprintln!("11 garbled replicas: {outcomes:?}");
+    assert!(
+        data.path().join("replica.damaged").exists(),
+        "some damage showed at open, and that replica was set aside"
+    );
 }
