@@ -281,7 +281,8 @@ impl Tally {
     }
 
     /// Samples `resident` every ten seconds until `seconds` have passed, printing each sample
-    /// and each finished minute; then stops the workers. Returns whether the soak failed.
+    /// and each finished minute; then stops the workers. Returns whether resident memory grew
+    /// more after the warm-up than the criterion allows.
     fn watch(&self, seconds: u64, rss_at_start: u64, resident: impl Fn() -> u64) -> bool {
         let mut samples = Vec::new();
         let mut printed = 0;
