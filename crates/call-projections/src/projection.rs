@@ -343,19 +343,13 @@ impl Projection {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic inside sled".to_owned()),
         };
-        let mut aside = dir.as_os_str().to_owned();
-        aside.push(".damaged");
-        let aside = std::path::PathBuf::from(aside);
+        let aside = event_log::set_aside_damaged(dir)?;
         tracing::warn!(
             dir = %dir.display(),
             aside = %aside.display(),
             %reason,
-            "the projection's database cannot be read; moving it aside and rebuilding it from the log"
+            "the projection's database cannot be read; moved it aside to rebuild it from the log"
         );
-        if aside.exists() {
-            std::fs::remove_dir_all(&aside)?;
-        }
-        std::fs::rename(dir, &aside)?;
         Projection::open_as_stored(dir, log, options, opening)
     }
 

@@ -594,19 +594,22 @@ async fn disagreement(
             "the replica holds {head} records, the stream {last}"
         )));
     }
-    let held = match replica.read_from(head - 1, 1) {
-        Ok(mut records) => records.pop(),
+    let held = match replica
+        .read_from(head - 1, 1)
+        .map(|mut records| records.pop())
+    {
+        Ok(Some(held)) => held,
+        Ok(None) => {
+            return Ok(Some(format!(
+                "the replica cannot read its record at {head}"
+            )))
+        }
         Err(error) if Replica::is_damage(&error) => {
             return Ok(Some(format!(
                 "its record at {head} cannot be read: {error}"
             )))
         }
         Err(error) => return Err(error),
-    };
-    let Some(held) = held else {
-        return Ok(Some(format!(
-            "the replica cannot read its record at {head}"
-        )));
     };
     let found = stream
         .get_raw_message(head)

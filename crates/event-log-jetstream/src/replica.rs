@@ -5,10 +5,11 @@
 //!
 //! It is kept in memory ([`MemoryLog`], folded from the whole stream at every open) or on disk
 //! (a [`SledLog`] in its own directory, written behind by `behind.rs`, so that an open reads
-//! only what the stream holds beyond it, and memory does not hold every record). A replica on disk is the stream's only if its
-//! directory names the stream it was folded from (`stream-of-record`: its name and creation
-//! time) and its last record is the stream's at that sequence; otherwise it is removed and
-//! folded again (`JetStreamLog::open_with`).
+//! only what the stream holds beyond it, and memory does not hold every record). A replica on
+//! disk is the stream's only if its directory names the stream it was folded from
+//! (`stream-of-record`: its name and creation time) and its last record is the stream's at that
+//! sequence; otherwise it is removed and folded again (`JetStreamLog::open_with`), and first
+//! set aside where its files are damaged.
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -107,12 +108,12 @@ impl Replica {
         let log = match SledLog::open(dir, options.clone()) {
             Err(error) if Replica::is_damage(&error) => {
                 // A copy, not the log of record: set aside for a look, and folded again.
-                let aside = set_aside(dir)?;
+                let aside = event_log::set_aside_damaged(dir)?;
                 tracing::warn!(
                     dir = %dir.display(),
                     aside = %aside.display(),
                     %error,
-                    "the local replica cannot be read: moving it aside and folding the stream again"
+                    "the local replica cannot be read: moved it aside to fold the stream again"
                 );
                 Replica::clear(dir, identity)?;
                 SledLog::open(dir, options)?
@@ -258,19 +259,4 @@ impl Replica {
         }
         Ok(if gap { Applied::Gap } else { Applied::Now })
     }
-}
-
-/// Moves the damaged replica in `dir` to `<dir>.damaged` (replacing an older one there), as
-/// the projection does with its damaged database; returns where it went.
-fn set_aside(dir: &Path) -> Result<PathBuf, LogError> {
-    let mut aside = dir.as_os_str().to_owned();
-    aside.push(".damaged");
-    let aside = PathBuf::from(aside);
-    match std::fs::remove_dir_all(&aside) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error.into()),
-    }
-    std::fs::rename(dir, &aside)?;
-    Ok(aside)
 }

@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+mod damaged;
 mod engine;
 mod error;
 mod memory;
@@ -24,6 +25,7 @@ mod sled_engine;
 #[cfg(test)]
 mod tests;
 
+pub use damaged::set_aside_damaged;
 pub use engine::{check_expected, check_restored, replay, EventLog, HeadWatch, LogEngine};
 pub use error::{AppendError, LogError};
 pub use memory::MemoryLog;
