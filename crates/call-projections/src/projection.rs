@@ -16,7 +16,7 @@
 //! tree. A crash midway leaves the old view active and the half-built tree is dropped at the
 //! next open.
 
-use crate::bulk::{build_indexes, replay};
+use crate::bulk::{build_indexes, free_elsewhere, replay};
 use crate::diff;
 use crate::engine;
 use crate::error::{ProjectionError, QueryError};
@@ -665,12 +665,7 @@ impl Projection {
             indexes: old_indexes,
             ..
         } = old_view;
-        let freeing = std::thread::Builder::new()
-            .name("drop-old-indexes".into())
-            .spawn(move || drop(old_indexes));
-        if let Err(error) = freeing {
-            tracing::debug!(%error, "no thread to free the old indexes: freed them here");
-        }
+        free_elsewhere("old-indexes", old_indexes);
         db.flush()?;
         drop(old_view_tree);
         drop(old_tree);
