@@ -249,7 +249,7 @@ pub fn backup(
         _ => Box::new(Offline(Ledger::open(at, None)?)),
     };
     let report = run_backup(source.as_mut(), dir)?;
-    println!("{report}");
+    crate::out::line(report)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -409,12 +409,12 @@ pub fn restore(at: &Location, source: &Path) -> anyhow::Result<ExitCode> {
     restored += append_batch(&ledger, &mut batch)?;
     let checkpoint = ledger.projection.catch_up_in_bulk()?;
     let stats = ledger.projection.stats()?;
-    println!(
+    crate::out::line(format_args!(
         "restored {restored} events (positions 1 to {checkpoint}) into {}: {} live calls, {} deleted",
         data.display(),
         stats.live_calls,
         stats.deleted_calls
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,7 +5,7 @@ use crate::cli::{ClientAction, ClientArgs, NatsArgs, WriteArgs};
 use anyhow::Context;
 use call_api::Operation;
 use call_gateway::client::ApiCall;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -88,13 +88,7 @@ pub fn print_reply(ok: bool, body: &[u8]) -> anyhow::Result<ExitCode> {
         None => String::new(),
     };
     if !text.is_empty() {
-        // `println!` panics when stdout is closed (`callledger list | head`); a reader that
-        // stopped reading is not an error.
-        let mut stdout = std::io::stdout().lock();
-        match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
-            written => written?,
-        }
+        crate::out::line(&text)?;
     }
     if ok {
         return Ok(ExitCode::SUCCESS);

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod ledger;
 mod offline;
+mod out;
 mod serve;
 
 use clap::Parser;

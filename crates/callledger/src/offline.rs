@@ -4,6 +4,7 @@
 
 use crate::cli::ImportArgs;
 use crate::ledger::{now, Ledger, Location};
+use crate::out;
 use anyhow::Context;
 use call_api::{Api, ApiConfig, Operation, Request, Source};
 use call_commands::{CommandError, CommandRequest};
@@ -174,10 +175,10 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let seconds = started.elapsed().as_secs_f64();
     let imported = imported.into_inner();
     let skipped = skipped.into_inner();
-    println!(
+    out::line(format_args!(
         "imported {imported} calls, skipped {skipped} lines, in {seconds:.2} s ({:.0} calls/s); log position {checkpoint}",
         imported as f64 / seconds.max(1e-9)
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -221,13 +222,13 @@ pub fn rebuild(at: &Location) -> anyhow::Result<ExitCode> {
         bar.set_position(applied);
     })?;
     bar.finish_and_clear();
-    println!(
+    out::line(format_args!(
         "rebuilt: {} events, {} calls, {:.2} s, {:.0} events/s",
         report.events,
         report.calls,
         report.seconds,
         report.events as f64 / report.seconds.max(1e-9)
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -237,17 +238,17 @@ pub fn verify(at: &Location) -> anyhow::Result<ExitCode> {
         .context("cannot make scratch space in the data directory")?;
     let report = ledger.projection.verify(scratch.path())?;
     if report.differences.is_empty() {
-        println!(
+        out::line(format_args!(
             "verified: {} events, {} calls; the rebuilt projection equals the live one",
             report.events, report.calls
-        );
+        ))?;
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("MISMATCH: the rebuilt projection differs from the live one:");
+        out::line("MISMATCH: the rebuilt projection differs from the live one:")?;
         for difference in &report.differences {
-            println!("  {difference}");
+            out::line(format_args!("  {difference}"))?;
         }
-        println!("run `callledger rebuild` to replace the live projection with the rebuilt one");
+        out::line("run `callledger rebuild` to replace the live projection with the rebuilt one")?;
         Ok(ExitCode::FAILURE)
     }
 }
@@ -264,7 +265,7 @@ pub fn stats(at: &Location) -> anyhow::Result<ExitCode> {
         "projectionCheckpoint": projection.checkpoint,
         "sizeOnDisk": {"log": log.size_on_disk, "projection": projection.size_on_disk},
     });
-    println!("{}", serde_json::to_string_pretty(&stats)?);
+    out::line(serde_json::to_string_pretty(&stats)?)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1093,8 +1093,9 @@ async fn three_instances_on_a_three_node_cluster_lose_nothing() {
     .await;
 }
 
-/// `callledger list | head -c 1`: the reader stops reading, and callledger exits 0 without a
-/// panic (`println!` panics on a closed stdout).
+/// `callledger list | head -c 1`, and `stats`, `verify` and `rebuild` into a pipe nobody reads:
+/// the reader stops reading, and callledger exits 0 without a panic (`println!` panics on a
+/// closed stdout).
 #[test]
 fn an_offline_read_into_a_closed_pipe_exits_cleanly() {
     use std::io::Read;
@@ -1123,11 +1124,31 @@ fn an_offline_read_into_a_closed_pipe_exits_cleanly() {
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).expect("the first byte");
     drop(stdout);
-    let output = child.wait_with_output().expect("callledger list ends");
+    exited_cleanly("list", child);
+
+    for command in ["stats", "verify", "rebuild"] {
+        let mut child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("callledger starts");
+        // Closed before anything is written: the one line it prints meets a broken pipe.
+        drop(child.stdout.take());
+        exited_cleanly(command, child);
+    }
+}
+
+/// Waits for `child` (callledger running `command`) and asserts that it exited 0 without a panic.
+fn exited_cleanly(command: &str, child: std::process::Child) {
+    let output = child.wait_with_output().expect("callledger ends");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success() && !stderr.contains("panicked"),
-        "{}: {stderr}",
+        "{command}: {}: {stderr}",
         output.status
     );
 }
