@@ -3,7 +3,7 @@
 //! its stored views.
 
 use crate::error::ProjectionError;
-use crate::index::{Column, IndexRow, Indexes, SplitBuilder};
+use crate::index::{Column, IdMap, IdSet, IndexRow, Indexes, SplitBuilder};
 use crate::store::{decode_call, fold, par_map, Meta, Overlay, Views};
 use call_model::Call;
 use event_log::{EventLog, LogError, Record};
@@ -11,6 +11,22 @@ use std::sync::Arc;
 
 /// Records per batch while replaying, where nothing else writes.
 const REBUILD_CHUNK: usize = 16_384;
+
+#[cfg(test)]
+thread_local! {
+    /// The chunk size of replays started on this thread, in place of [`REBUILD_CHUNK`]: small,
+    /// so that a test's few hundred events change calls across chunks.
+    pub(crate) static TEST_CHUNK: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Records per batch of a replay started on this thread.
+fn rebuild_chunk() -> usize {
+    #[cfg(test)]
+    if let Some(chunk) = TEST_CHUNK.with(std::cell::Cell::get) {
+        return chunk;
+    }
+    REBUILD_CHUNK
+}
 
 /// Views decoded per step while building indexes: enough to share out over the cores, few
 /// enough that the raw rows of a step are a small buffer rather than a copy of the view.
@@ -37,16 +53,7 @@ pub(crate) fn build_indexes(tree: &sled::Tree, meta: &Meta) -> Result<Indexes, P
         }
     }
     add(&mut raw)?;
-    if builder.len() as u64 != meta.live {
-        return Err(ProjectionError::Corrupt {
-            key: "counters".to_owned(),
-            reason: format!(
-                "count {} live calls, the views {}",
-                meta.live,
-                builder.len()
-            ),
-        });
-    }
+    counted(&builder, meta, "the views")?;
     Ok(builder.finish())
 }
 
@@ -62,18 +69,31 @@ pub(crate) fn free_elsewhere<T: Send + 'static>(what: &str, value: T) {
     }
 }
 
+/// Checks that `builder` holds as many calls as `meta` counts live (`source` says where the
+/// builder's calls came from).
+fn counted(builder: &SplitBuilder, meta: &Meta, source: &str) -> Result<(), ProjectionError> {
+    if builder.len() as u64 == meta.live {
+        return Ok(());
+    }
+    Err(ProjectionError::Corrupt {
+        key: "counters".to_owned(),
+        reason: format!("count {} live calls, {source} {}", meta.live, builder.len()),
+    })
+}
+
 /// Sends the log's records after `after`, up to `upto` (or the head when it is reached), in
-/// chunks of [`REBUILD_CHUNK`], until the receiver is gone or a read fails (the error is sent).
+/// chunks of `chunk` records, until the receiver is gone or a read fails (the error is sent).
 fn read_ahead(
     log: &EventLog,
     mut after: u64,
     upto: Option<u64>,
+    chunk: usize,
     chunks: &std::sync::mpsc::SyncSender<Result<Vec<Record>, LogError>>,
 ) {
     loop {
         let limit = match upto {
-            Some(upto) => REBUILD_CHUNK.min(upto.saturating_sub(after) as usize),
-            None => REBUILD_CHUNK,
+            Some(upto) => chunk.min(upto.saturating_sub(after) as usize),
+            None => chunk,
         };
         if limit == 0 {
             return;
@@ -107,6 +127,59 @@ struct Spent {
     garbage: (Arc<Overlay>, Vec<Option<Call>>),
 }
 
+/// The indexes a replay from an empty view builds as it goes.
+struct Built {
+    builder: SplitBuilder,
+    /// The calls whose rows the builder holds.
+    added: Column<bool>,
+    /// The final rows of calls changed again after their rows were added (`None`: no longer
+    /// live).
+    changed_again: IdMap<Option<IndexRow>>,
+}
+
+impl Built {
+    /// Adds the rows of the calls a chunk left live for the first time, and keeps aside those
+    /// of calls it changed again.
+    fn add_chunk(&mut self, changed: &Overlay) {
+        let mut first = Vec::new();
+        for (id, call) in changed {
+            let row = call.as_ref().map(IndexRow::of);
+            if *self.added.get(*id) {
+                self.changed_again.insert(*id, row);
+            } else if let Some(row) = row {
+                self.added.set(*id, true);
+                first.push((*id, row));
+            }
+        }
+        self.builder
+            .add_all(|| first.iter().map(|(id, row)| (*id, row)));
+    }
+
+    /// The indexes of the calls live at `meta`: the calls changed again have their first rows
+    /// replaced by their final ones.
+    fn finish(self, meta: &Meta) -> Result<Indexes, ProjectionError> {
+        let Built {
+            mut builder,
+            changed_again,
+            added,
+        } = self;
+        drop(added);
+        let again: IdSet = changed_again.keys().copied().collect();
+        builder.forget(&again);
+        builder.add_all(|| {
+            changed_again
+                .iter()
+                .filter_map(|(id, row)| Some((*id, row.as_ref()?)))
+        });
+        counted(&builder, meta, "the replay")?;
+        // Building the sets once at the end, rather than following each chunk, bulk-loads each
+        // of them once.
+        let indexes = builder.finish();
+        free_elsewhere("changed-rows", changed_again);
+        Ok(indexes)
+    }
+}
+
 /// Replays the log into `tree`, up to `upto` (or the head), and builds the indexes of the
 /// result (from the replayed calls' final states, or from the tree when continuing a view).
 /// `from` is the tree's meta to continue from; `None` starts an empty tree from the beginning
@@ -115,7 +188,7 @@ struct Spent {
 /// Pipelined over three threads: while one applies chunk n to sled (which takes a process-wide
 /// lock and runs on one core), another folds chunk n+1, reading the calls chunk n changed from
 /// an overlay of its results rather than from the tree, which may not hold them yet, and a third
-/// makes and keeps the index rows and drops what each chunk leaves behind.
+/// builds the indexes from the calls each chunk changed and drops what the chunk leaves behind.
 pub(crate) fn replay(
     log: &EventLog,
     tree: &sled::Tree,
@@ -135,141 +208,122 @@ pub(crate) fn replay(
         }
     };
     // From an empty view every call's final state passes through the fold, so the indexes are
-    // built from these rows rather than by reading and decoding every view again after.
-    let rows = std::thread::scope(
-        |scope| -> Result<Option<Column<Option<IndexRow>>>, ProjectionError> {
-            let (batches, queue) = std::sync::mpsc::sync_channel::<sled::Batch>(0);
-            let (done, applied) = std::sync::mpsc::channel::<sled::Result<()>>();
-            std::thread::Builder::new()
-                .name("rebuild-apply".into())
-                .spawn_scoped(scope, move || {
-                    for batch in queue {
-                        let result = tree.apply_batch(batch);
-                        let failed = result.is_err();
-                        if done.send(result).is_err() || failed {
-                            break;
-                        }
-                    }
-                })
-                .map_err(ProjectionError::Io)?;
-            // The index rows and what a chunk leaves behind go to a thread of their own: keeping
-            // the rows by id and dropping a chunk's calls took a quarter of the folding thread.
-            let (spend, spent) = std::sync::mpsc::sync_channel::<Spent>(1);
-            let indexer = std::thread::Builder::new()
-                .name("rebuild-index".into())
-                .spawn_scoped(scope, move || {
-                    // Kept by id in chunks of consecutive ids (ids are dense), not in a hash
-                    // map: growing a map of a million rows moved every row at each doubling, and
-                    // its page faults were a tenth of a rebuild's replay.
-                    let mut rows = from_empty.then(|| Column::new(None));
-                    for Spent { changed, garbage } in spent {
-                        drop(garbage);
-                        // Made here rather than on the folding thread, which is the replay's
-                        // critical path: a sixth of its time at a hundred thousand events.
-                        if let Some(rows) = rows.as_mut() {
-                            for (id, call) in changed.iter() {
-                                rows.set(*id, call.as_ref().map(IndexRow::of));
-                            }
-                        }
-                    }
-                    rows
-                })
-                .map_err(ProjectionError::Io)?;
-            let wait_applied = || match applied.recv() {
-                Ok(result) => result.map_err(ProjectionError::from),
-                Err(_) => Err(ProjectionError::Corrupt {
-                    key: "view".to_owned(),
-                    reason: "the rebuild's writer thread stopped".to_owned(),
-                }),
-            };
-            // The log is read a chunk ahead, on a thread of its own: reading it (sled pulling
-            // the log's pages from disk) was most of the folding thread's time.
-            let (read, chunks) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, LogError>>(1);
-            let start = meta.checkpoint;
-            std::thread::Builder::new()
-                .name("rebuild-read".into())
-                .spawn_scoped(scope, move || read_ahead(log, start, upto, &read))
-                .map_err(ProjectionError::Io)?;
-            let mut overlay = Arc::new(Overlay::default());
-            let mut in_flight = false;
-            let replayed = loop {
-                let records = match chunks.recv() {
-                    Ok(Ok(records)) => records,
-                    Ok(Err(error)) => break Err(error.into()),
-                    // The reader is done: it sent every chunk up to `upto` or the head.
-                    Err(_) => break Ok(()),
-                };
-                let folded = match fold(tree, Some(&*overlay), &meta, &records, true) {
-                    Ok(folded) => folded,
-                    Err(error) => break Err(error),
-                };
-                drop(records);
-                // The previous batch must be in the tree before this one follows it (and before
-                // the next fold reads past this overlay).
-                if in_flight {
-                    if let Err(error) = wait_applied() {
-                        break Err(error);
+    // built from the folded calls rather than by reading and decoding every view again after.
+    let built = std::thread::scope(|scope| -> Result<Option<Built>, ProjectionError> {
+        let (batches, queue) = std::sync::mpsc::sync_channel::<sled::Batch>(0);
+        let (done, applied) = std::sync::mpsc::channel::<sled::Result<()>>();
+        std::thread::Builder::new()
+            .name("rebuild-apply".into())
+            .spawn_scoped(scope, move || {
+                for batch in queue {
+                    let result = tree.apply_batch(batch);
+                    let failed = result.is_err();
+                    if done.send(result).is_err() || failed {
+                        break;
                     }
                 }
-                if batches.send(folded.batch).is_err() {
-                    break wait_applied();
+            })
+            .map_err(ProjectionError::Io)?;
+        // The index rows, the indexes built from them and what a chunk leaves behind go to a
+        // thread of their own. Each call's row goes into the builder the first time a chunk
+        // leaves it live, rather than every call's final row being kept until the end: that
+        // was a row of a few hundred bytes per call held at once, 0.3 GB of a rebuild's peak
+        // at a million calls. A call a later chunk changes again has its final row kept
+        // aside, and replaces the first at the end.
+        let (spend, spent) = std::sync::mpsc::sync_channel::<Spent>(1);
+        let indexer = std::thread::Builder::new()
+            .name("rebuild-index".into())
+            .spawn_scoped(scope, move || {
+                let mut built = from_empty.then(|| Built {
+                    builder: SplitBuilder::default(),
+                    added: Column::new(false),
+                    changed_again: IdMap::default(),
+                });
+                for Spent { changed, garbage } in spent {
+                    drop(garbage);
+                    if let Some(built) = built.as_mut() {
+                        built.add_chunk(&changed);
+                    }
                 }
-                in_flight = true;
-                meta = folded.meta;
-                let (next, originals): (Overlay, Vec<Option<Call>>) = folded
-                    .changes
-                    .into_iter()
-                    .map(|(id, original, new)| ((id, new), original))
-                    .unzip();
-                let changed = Arc::new(next);
-                let garbage = (
-                    std::mem::replace(&mut overlay, Arc::clone(&changed)),
-                    originals,
-                );
-                if spend.send(Spent { changed, garbage }).is_err() {
-                    break Err(ProjectionError::Corrupt {
-                        key: "view".to_owned(),
-                        reason: "the rebuild's index thread stopped".to_owned(),
-                    });
-                }
-                progress(meta.checkpoint, log.head().max(meta.checkpoint));
+                built
+            })
+            .map_err(ProjectionError::Io)?;
+        let wait_applied = || match applied.recv() {
+            Ok(result) => result.map_err(ProjectionError::from),
+            Err(_) => Err(ProjectionError::Corrupt {
+                key: "view".to_owned(),
+                reason: "the rebuild's writer thread stopped".to_owned(),
+            }),
+        };
+        // The log is read a chunk ahead, on a thread of its own: reading it (sled pulling
+        // the log's pages from disk) was most of the folding thread's time.
+        let (read, chunks) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, LogError>>(1);
+        let start = meta.checkpoint;
+        let chunk = rebuild_chunk();
+        std::thread::Builder::new()
+            .name("rebuild-read".into())
+            .spawn_scoped(scope, move || read_ahead(log, start, upto, chunk, &read))
+            .map_err(ProjectionError::Io)?;
+        let mut overlay = Arc::new(Overlay::default());
+        let mut in_flight = false;
+        let replayed = loop {
+            let records = match chunks.recv() {
+                Ok(Ok(records)) => records,
+                Ok(Err(error)) => break Err(error.into()),
+                // The reader is done: it sent every chunk up to `upto` or the head.
+                Err(_) => break Ok(()),
             };
-            drop(spend);
-            // Stops the reader if the loop ended early (its next send fails).
-            drop(chunks);
-            let rows = match indexer.join() {
-                Ok(rows) => rows,
-                // A panic there is a bug, not bad input: keep its behaviour on one thread.
-                Err(panic) => std::panic::resume_unwind(panic),
+            let folded = match fold(tree, Some(&*overlay), &meta, &records, true) {
+                Ok(folded) => folded,
+                Err(error) => break Err(error),
             };
-            replayed?;
+            drop(records);
+            // The previous batch must be in the tree before this one follows it (and before
+            // the next fold reads past this overlay).
             if in_flight {
-                wait_applied()?;
+                if let Err(error) = wait_applied() {
+                    break Err(error);
+                }
             }
-            Ok(rows)
-        },
-    )?;
-    // Building the indexes once at the end, rather than following each chunk, bulk-loads every
-    // set once.
-    let indexes = match rows {
-        Some(rows) => {
-            let replayed = rows.count_non_null();
-            if replayed as u64 != meta.live {
-                return Err(ProjectionError::Corrupt {
-                    key: "counters".to_owned(),
-                    reason: format!("count {} live calls, the replay {replayed}", meta.live),
+            if batches.send(folded.batch).is_err() {
+                break wait_applied();
+            }
+            in_flight = true;
+            meta = folded.meta;
+            let (next, originals): (Overlay, Vec<Option<Call>>) = folded
+                .changes
+                .into_iter()
+                .map(|(id, original, new)| ((id, new), original))
+                .unzip();
+            let changed = Arc::new(next);
+            let garbage = (
+                std::mem::replace(&mut overlay, Arc::clone(&changed)),
+                originals,
+            );
+            if spend.send(Spent { changed, garbage }).is_err() {
+                break Err(ProjectionError::Corrupt {
+                    key: "view".to_owned(),
+                    reason: "the rebuild's index thread stopped".to_owned(),
                 });
             }
-            let mut builder = SplitBuilder::default();
-            builder.add_all(|| {
-                rows.non_null()
-                    .filter_map(|(id, row)| Some((id, row.as_ref()?)))
-            });
-            let indexes = builder.finish();
-            // A million rows take a sixth of a second to free.
-            free_elsewhere("index-rows", rows);
-            indexes
+            progress(meta.checkpoint, log.head().max(meta.checkpoint));
+        };
+        drop(spend);
+        // Stops the reader if the loop ended early (its next send fails).
+        drop(chunks);
+        let built = match indexer.join() {
+            Ok(built) => built,
+            // A panic there is a bug, not bad input: keep its behaviour on one thread.
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        replayed?;
+        if in_flight {
+            wait_applied()?;
         }
+        Ok(built)
+    })?;
+    let indexes = match built {
+        Some(built) => built.finish(&meta)?,
         None => build_indexes(tree, &meta)?,
     };
     Ok((meta, indexes))

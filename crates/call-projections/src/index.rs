@@ -397,6 +397,18 @@ impl<C: Numbering> Interner<C> {
             }
         }
     }
+
+    /// Forgets every string no entry holds any more ([`Interner::release`] for all at once).
+    fn sweep(&mut self) {
+        let free = &mut self.free;
+        self.strings.retain(|shared, number| {
+            let held = Arc::strong_count(shared) > 1;
+            if !held {
+                free.push(*number);
+            }
+            held
+        });
+    }
 }
 
 impl Interner<Code> {
@@ -486,11 +498,6 @@ impl<T: Clone + PartialEq> Column<T> {
                 .filter(move |(_, value)| **value != self.null)
                 .map(move |(i, value)| ((key << CHUNK_BITS) | i as u64, value))
         })
-    }
-
-    /// How many ids have a non-null value.
-    pub(crate) fn count_non_null(&self) -> usize {
-        self.chunks.values().map(|chunk| chunk.non_null).sum()
     }
 }
 
@@ -1085,6 +1092,24 @@ impl SplitBuilder {
         );
     }
 
+    /// Forgets the calls `ids` names, every entry and column value added for them, so that
+    /// their final rows can be added instead. A replay adds each call's row as a chunk leaves it,
+    /// and the rows of calls a later chunk changed again are replaced once, at the end.
+    pub(crate) fn forget(&mut self, ids: &IdSet) {
+        if ids.is_empty() {
+            return;
+        }
+        let Self {
+            times,
+            sort_texts: [head, tail],
+            filters,
+        } = self;
+        both(
+            || both(|| times.forget(ids), || head.forget(ids)),
+            || both(|| tail.forget(ids), || filters.forget(ids)),
+        );
+    }
+
     /// How many calls were added.
     pub(crate) fn len(&self) -> usize {
         self.times.len()
@@ -1215,6 +1240,46 @@ impl IndexBuilder {
         self.ids.len()
     }
 
+    /// [`SplitBuilder::forget`] for this builder's part of the sets.
+    fn forget(&mut self, ids: &IdSet) {
+        let kept = |id: &u64| !ids.contains(id);
+        self.ids.retain(kept);
+        self.changes.retain(|(_, id)| kept(id));
+        for entries in &mut self.times {
+            entries.retain(|(_, id)| kept(id));
+        }
+        for entries in &mut self.sort_texts {
+            entries.retain(|(_, id)| kept(id));
+        }
+        for entries in &mut self.texts {
+            entries.retain(|(_, id)| kept(id));
+        }
+        self.tags.retain(|(_, id)| kept(id));
+        self.flags.retain(|(_, id)| kept(id));
+        self.notes.retain(|(_, id)| kept(id));
+        for entries in &mut self.related {
+            entries.retain(|(_, id)| kept(id));
+        }
+        // The columns filled while adding: the other columns are derived from the sets at the
+        // end.
+        let indexes = &mut self.indexes;
+        for id in ids {
+            for index in &mut indexes.times {
+                index.col.set(*id, NULL_TIME);
+            }
+            for index in &mut indexes.sort_texts {
+                index.col.set(*id, None);
+            }
+        }
+        for index in &mut indexes.sort_texts {
+            index.strings.sweep();
+        }
+        for index in &mut indexes.texts {
+            index.strings.sweep();
+        }
+        indexes.tags.strings.sweep();
+    }
+
     /// The indexes of every call added.
     pub(crate) fn finish(self) -> Indexes {
         let mut indexes = self.indexes;
@@ -1295,6 +1360,9 @@ impl Hasher for IdHasher {
 
 /// A hash map keyed by call id.
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// A set of call ids.
+pub type IdSet = std::collections::HashSet<u64, BuildHasherDefault<IdHasher>>;
 
 /// A capped list of differences found by `verify`.
 pub(crate) struct Differences {
