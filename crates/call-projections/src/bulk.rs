@@ -137,9 +137,17 @@ struct Built {
     changed_again: IdMap<Option<IndexRow>>,
 }
 
+/// How many calls changed again [`Built`] keeps aside at least before it settles them. In this
+/// crate's tests few, so that their replays settle several times.
+const SETTLE_MIN: usize = if cfg!(test) { 4 } else { 65_536 };
+
 impl Built {
     /// Adds the rows of the calls a chunk left live for the first time, and keeps aside those
-    /// of calls it changed again.
+    /// of calls it changed again; settles those once they are a quarter of the calls added
+    /// (and at least [`SETTLE_MIN`]), so that the entries superseded and the rows kept aside
+    /// stay a fraction of the indexes however often a log changes its calls again. Each
+    /// settling walks every entry, and is due only once a quarter as many calls as the builder
+    /// holds were changed again since the last, so the walks cost in proportion to the changes.
     fn add_chunk(&mut self, changed: &Overlay) {
         let mut first = Vec::new();
         for (id, call) in changed {
@@ -153,30 +161,38 @@ impl Built {
         }
         self.builder
             .add_all(|| first.iter().map(|(id, row)| (*id, row)));
+        if self.changed_again.len() >= SETTLE_MIN.max(self.builder.len() / 4) {
+            self.settle();
+        }
     }
 
-    /// The indexes of the calls live at `meta`: the calls changed again have their first rows
-    /// replaced by their final ones.
-    fn finish(self, meta: &Meta) -> Result<Indexes, ProjectionError> {
-        let Built {
-            mut builder,
-            changed_again,
-            added,
-        } = self;
-        drop(added);
+    /// Replaces the rows of the calls changed again: their first rows are forgotten, and their
+    /// final ones (if they are still live) added.
+    fn settle(&mut self) {
+        let changed_again = std::mem::take(&mut self.changed_again);
         let again: IdSet = changed_again.keys().copied().collect();
-        builder.forget(&again);
-        builder.add_all(|| {
+        self.builder.forget(&again);
+        for (id, row) in &changed_again {
+            self.added.set(*id, row.is_some());
+        }
+        self.builder.add_all(|| {
             changed_again
                 .iter()
                 .filter_map(|(id, row)| Some((*id, row.as_ref()?)))
         });
+        free_elsewhere("changed-rows", changed_again);
+    }
+
+    /// The indexes of the calls live at `meta`: the calls changed again have their first rows
+    /// replaced by their final ones.
+    fn finish(mut self, meta: &Meta) -> Result<Indexes, ProjectionError> {
+        self.settle();
+        let Built { builder, added, .. } = self;
+        drop(added);
         counted(&builder, meta, "the replay")?;
         // Building the sets once at the end, rather than following each chunk, bulk-loads each
         // of them once.
-        let indexes = builder.finish();
-        free_elsewhere("changed-rows", changed_again);
-        Ok(indexes)
+        Ok(builder.finish())
     }
 }
 
