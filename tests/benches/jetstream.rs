@@ -242,12 +242,8 @@ fn api(log: &EventLog, dir: &std::path::Path, sync_reads: bool) -> (Api, Project
         CommandService::new(log.clone()),
         projection.clone(),
         ApiConfig {
-            tokens: None,
-            max_payload: 1024 * 1024,
-            self_prefix: "calls".into(),
             sync_reads,
-            rate_limiter: None,
-            rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
+            ..ApiConfig::open(1024 * 1024)
         },
         now,
     );

@@ -848,14 +848,7 @@ fn bench_gets(root: &Path, sizes: &Sizes) -> Vec<Row> {
     let api = Api::new(
         CommandService::new(log.clone()),
         projection,
-        ApiConfig {
-            tokens: None,
-            max_payload: 1 << 20,
-            self_prefix: "calls".into(),
-            sync_reads: false,
-            rate_limiter: None,
-            rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
-        },
+        ApiConfig::open(1 << 20),
         now,
     );
     let mut rng = Rng::new(0x6E75);

@@ -490,14 +490,7 @@ fn soak_in_process(seconds: u64, rate: u64, workers: u64, reads_only: bool) -> b
     let api = Arc::new(Api::new(
         call_commands::CommandService::new(log),
         projection,
-        ApiConfig {
-            tokens: None,
-            max_payload: 1 << 20,
-            self_prefix: "calls".into(),
-            sync_reads: false,
-            rate_limiter: None,
-            rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
-        },
+        ApiConfig::open(1 << 20),
         || call_model::Timestamp::from_datetime(chrono::Utc::now()),
     ));
     println!(

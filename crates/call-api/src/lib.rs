@@ -208,5 +208,25 @@ pub struct ApiConfig {
     pub rendered_gets_bytes: usize,
 }
 
+/// The subject prefix when none is configured: `links.self` is `calls.api.get.<id>`.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "calls";
+
+impl ApiConfig {
+    /// An API open to every caller (no tokens, no rate limit) on [`DEFAULT_SUBJECT_PREFIX`],
+    /// whose reads do not sync first and which keeps [`DEFAULT_RENDERED_GETS_BYTES`] of get
+    /// documents: what an offline command, a bench or a test serves. `max_payload` is
+    /// [`ApiConfig::max_payload`].
+    pub fn open(max_payload: usize) -> ApiConfig {
+        ApiConfig {
+            tokens: None,
+            max_payload,
+            self_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
+            sync_reads: false,
+            rate_limiter: None,
+            rendered_gets_bytes: DEFAULT_RENDERED_GETS_BYTES,
+        }
+    }
+}
+
 /// The clock the API stamps commands with; the edge supplies it so that tests can fix it.
 pub type Clock = fn() -> Timestamp;

@@ -65,11 +65,7 @@ fn ledger(tokens: Option<TokenStore>, max_payload: usize) -> Ledger {
         projection,
         ApiConfig {
             tokens,
-            max_payload,
-            self_prefix: "calls".into(),
-            sync_reads: false,
-            rate_limiter: None,
-            rendered_gets_bytes: crate::DEFAULT_RENDERED_GETS_BYTES,
+            ..ApiConfig::open(max_payload)
         },
         now,
     );

@@ -4,7 +4,7 @@
 
 /// The subject prefix whose JetStream names carry no prefix of their own: the names earlier
 /// releases used, kept so that existing deployments keep their streams.
-pub const DEFAULT_SUBJECT_PREFIX: &str = "calls";
+pub const DEFAULT_SUBJECT_PREFIX: &str = call_api::DEFAULT_SUBJECT_PREFIX;
 
 /// The JetStream names (streams, consumer, KV bucket) of one ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]

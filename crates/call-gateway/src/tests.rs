@@ -687,14 +687,7 @@ fn test_api(log: &EventLog, data_dir: &Path) -> call_api::Api {
     call_api::Api::new(
         CommandService::new(log.clone()),
         projection,
-        call_api::ApiConfig {
-            tokens: None,
-            max_payload: 1024 * 1024,
-            self_prefix: "calls".to_string(),
-            sync_reads: false,
-            rate_limiter: None,
-            rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
-        },
+        call_api::ApiConfig::open(1024 * 1024),
         || Timestamp::from_millis(1_750_000_000_000),
     )
 }

@@ -276,14 +276,7 @@ fn offline_read(
     query: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::open(at, None)?;
-    let config = ApiConfig {
-        tokens: None,
-        max_payload: usize::MAX,
-        self_prefix: "calls".into(),
-        sync_reads: false,
-        rate_limiter: None,
-        rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
-    };
+    let config = ApiConfig::open(usize::MAX);
     let api = Api::new(
         ledger.commands.clone(),
         ledger.projection.clone(),

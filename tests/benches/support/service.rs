@@ -22,7 +22,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 /// The subject prefix of the service under test.
-pub const PREFIX: &str = "calls";
+pub const PREFIX: &str = call_api::DEFAULT_SUBJECT_PREFIX;
 
 /// The current time as the ledger records it.
 pub fn now() -> Timestamp {
@@ -68,12 +68,9 @@ impl Gateway {
             CommandService::new(log.clone()),
             projection,
             ApiConfig {
-                tokens: None,
-                max_payload: client.server_info().max_payload,
                 self_prefix: PREFIX.into(),
-                sync_reads: false,
-                rate_limiter: None,
                 rendered_gets_bytes: rendered_gets_bytes(),
+                ..ApiConfig::open(client.server_info().max_payload)
             },
             now,
         );

@@ -437,19 +437,7 @@ async fn sigterm_drains_and_loses_no_acknowledged_write() {
             acked.len()
         );
         let (_log, commands, projection) = blocking(|| open_ledger_patiently(&data));
-        let api = Api::new(
-            commands,
-            projection,
-            ApiConfig {
-                tokens: None,
-                max_payload: 0,
-                self_prefix: "calls".to_string(),
-                sync_reads: false,
-                rate_limiter: None,
-                rendered_gets_bytes: call_api::DEFAULT_RENDERED_GETS_BYTES,
-            },
-            clock,
-        );
+        let api = Api::new(commands, projection, ApiConfig::open(0), clock);
         for (id, vendor) in &acked {
             let response = api.handle(Request {
                 operation: Operation::Get(id.to_string()),
