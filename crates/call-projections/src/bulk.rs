@@ -169,6 +169,9 @@ impl Built {
     /// Replaces the rows of the calls changed again: their first rows are forgotten, and their
     /// final ones (if they are still live) added.
     fn settle(&mut self) {
+        if self.changed_again.is_empty() {
+            return;
+        }
         let changed_again = std::mem::take(&mut self.changed_again);
         let again: IdSet = changed_again.keys().copied().collect();
         self.builder.forget(&again);
@@ -245,7 +248,7 @@ pub(crate) fn replay(
         // leaves it live, rather than every call's final row being kept until the end: that
         // was a row of a few hundred bytes per call held at once, 0.3 GB of a rebuild's peak
         // at a million calls. A call a later chunk changes again has its final row kept
-        // aside, and replaces the first at the end.
+        // aside, and replaces the first when `Built` settles them.
         let (spend, spent) = std::sync::mpsc::sync_channel::<Spent>(1);
         let indexer = std::thread::Builder::new()
             .name("rebuild-index".into())

@@ -185,7 +185,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
 pub fn export(at: &Location) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::open(at, None)?;
     let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
+    let mut writer = BufWriter::new(stdout.lock());
     let mut after = 0;
     loop {
         let records = ledger.log.read_from(after, 4096)?;
@@ -198,19 +198,17 @@ pub fn export(at: &Location) -> anyhow::Result<ExitCode> {
                 record.version,
                 &record.payload,
             )?;
-            let written = out
+            let written = writer
                 .write_all(&event.to_json_bytes())
-                .and_then(|()| out.write_all(b"\n"));
-            if let Err(error) = written {
-                if error.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                return Err(error.into());
+                .and_then(|()| writer.write_all(b"\n"));
+            match written {
+                Err(error) if out::reader_gone(&error) => return Ok(ExitCode::SUCCESS),
+                written => written?,
             }
         }
     }
-    match out.flush() {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+    match writer.flush() {
+        Err(error) if !out::reader_gone(&error) => Err(error.into()),
         _ => Ok(ExitCode::SUCCESS),
     }
 }

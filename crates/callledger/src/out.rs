@@ -10,7 +10,13 @@ use std::io::Write;
 pub fn line(text: impl Display) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
-        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) if reader_gone(&error) => Ok(()),
         written => written,
     }
+}
+
+/// Whether a write to stdout failed because its reader stopped reading: the end of the
+/// output, not an error.
+pub fn reader_gone(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::BrokenPipe
 }
