@@ -74,7 +74,9 @@ pub enum Durability {
 pub enum Command {
     /// Serve the Calls API over NATS until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Import calls from NDJSON (one call document or attributes object per line).
+    /// Import calls from NDJSON (one call document or attributes object per line, UTF-8; a
+    /// byte order mark and CRLF line ends are accepted). A bad line is skipped and reported on
+    /// stderr with its number and what was wrong; the others are imported.
     Import(ImportArgs),
     /// Write the event log to stdout as NDJSON, in position order.
     Export,

@@ -68,6 +68,27 @@ fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Comm
     })
 }
 
+/// The text of one input line (its bytes without the newline): without a `\r` before the
+/// newline, and on the first line without a UTF-8 byte order mark, which editors and
+/// spreadsheet exports on Windows put at the start of a file (RFC 8259 lets a parser ignore
+/// it). A line that is not UTF-8 is refused on its own, as any other bad line, rather than
+/// ending the import.
+fn line_text(mut bytes: Vec<u8>, first: bool) -> Result<String, String> {
+    const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+    if bytes.last() == Some(&b'\r') {
+        bytes.pop();
+    }
+    if first && bytes.starts_with(BYTE_ORDER_MARK) {
+        bytes.drain(..BYTE_ORDER_MARK.len());
+    }
+    String::from_utf8(bytes).map_err(|error| {
+        format!(
+            "not UTF-8 text: the byte at column {} is not valid UTF-8",
+            error.utf8_error().valid_up_to() + 1
+        )
+    })
+}
+
 pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::open_for_bulk_writes(at)?;
     let reader: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
@@ -141,13 +162,23 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
             });
         }
         let mut batch = Vec::with_capacity(batch_lines);
-        for (index, line) in reader.lines().enumerate() {
-            let line = line.context("cannot read the input")?;
+        for (index, line) in reader.split(b'\n').enumerate() {
+            let line =
+                line.with_context(|| format!("cannot read the input at line {}", index + 1))?;
             bar.inc(line.len() as u64 + 1);
+            let number = index as u64 + 1;
+            let line = match line_text(line, number == 1) {
+                Ok(line) => line,
+                Err(reason) => {
+                    bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
             if line.trim().is_empty() {
                 continue;
             }
-            batch.push((index as u64 + 1, line));
+            batch.push((number, line));
             if batch.len() < batch_lines {
                 continue;
             }

@@ -1142,20 +1142,26 @@ fn exited_cleanly(command: &str, child: std::process::Child) {
 }
 
 /// `callledger import` in batches: every good line becomes exactly one call, every bad one is
-/// skipped with its line number and what was wrong, across batch boundaries.
+/// skipped with its line number and what was wrong, across batch boundaries. A file as Windows
+/// tools write it (a byte order mark, CRLF line ends) reads as any other; a line that is not
+/// UTF-8 is skipped like any other bad line instead of ending the import.
 #[test]
 fn import_skips_bad_lines_by_number_and_imports_every_other_once() {
     let bin = callledger_bin();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
     let calls = dir.path().join("calls.ndjson");
-    let mut lines = String::new();
+    let mut lines: Vec<u8> = b"\xEF\xBB\xBF".to_vec();
     for n in 1..=25 {
         match n {
-            4 => lines.push_str("not json\n"),
-            11 => lines.push_str("{\"direction\":\"sideways\"}\n"),
-            12 => lines.push('\n'),
-            _ => lines.push_str(&format!("{{\"note\":\"line {n}\"}}\n")),
+            4 => lines.extend_from_slice(b"not json\n"),
+            11 => lines.extend_from_slice(b"{\"direction\":\"sideways\"}\n"),
+            12 => lines.push(b'\n'),
+            17 => lines.extend_from_slice(b"{\"note\":\"line \xFF\"}\n"),
+            n if n % 3 == 0 => {
+                lines.extend_from_slice(format!("{{\"note\":\"line {n}\"}}\r\n").as_bytes())
+            }
+            _ => lines.extend_from_slice(format!("{{\"note\":\"line {n}\"}}\n").as_bytes()),
         }
     }
     std::fs::write(&calls, lines).expect("the calls");
@@ -1170,12 +1176,16 @@ fn import_skips_bad_lines_by_number_and_imports_every_other_once() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.starts_with("imported 22 calls, skipped 2 lines"),
+        stdout.starts_with("imported 21 calls, skipped 3 lines"),
         "{stdout}"
     );
     assert!(stderr.contains("line 4: skipped: not JSON"), "{stderr}");
     assert!(
         stderr.contains("line 11: skipped: /data/attributes/direction"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 17: skipped: not UTF-8 text: the byte at column 15"),
         "{stderr}"
     );
     let listed: Value =
@@ -1193,7 +1203,7 @@ fn import_skips_bad_lines_by_number_and_imports_every_other_once() {
         .filter_map(|note| note.strip_prefix("line ")?.parse().ok())
         .collect();
     numbers.sort_unstable();
-    let expected: Vec<u32> = (1..=25).filter(|n| ![4, 11, 12].contains(n)).collect();
+    let expected: Vec<u32> = (1..=25).filter(|n| ![4, 11, 12, 17].contains(n)).collect();
     assert_eq!(numbers, expected);
 }
 
