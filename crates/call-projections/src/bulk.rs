@@ -216,6 +216,7 @@ pub(crate) fn replay(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Meta, Indexes), ProjectionError> {
     let from_empty = from.is_none();
+    let started = std::time::Instant::now();
     let mut meta = match from {
         Some(meta) => meta,
         None => {
@@ -341,9 +342,15 @@ pub(crate) fn replay(
         }
         Ok(built)
     })?;
+    let replayed = started.elapsed();
     let indexes = match built {
         Some(built) => built.finish(&meta)?,
         None => build_indexes(tree, &meta)?,
     };
+    tracing::debug!(
+        replay_seconds = replayed.as_secs_f64(),
+        index_seconds = (started.elapsed() - replayed).as_secs_f64(),
+        "log replayed and its indexes built"
+    );
     Ok((meta, indexes))
 }
