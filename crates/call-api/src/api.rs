@@ -778,6 +778,7 @@ fn depth(value: &Value) -> usize {
 }
 
 fn parse_json(payload: &[u8]) -> Result<Value, ApiError> {
+    let payload = crate::json::without_byte_order_mark(payload);
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "The request body is empty: expected a JSON:API document {\"data\":{\"type\":\"call\",...}}.",

@@ -1,10 +1,21 @@
-//! The one JSON writer of the API: objects written member by member in the order given, and
-//! the caps on how much of a request's own text a reply echoes.
+//! The one JSON writer of the API: objects written member by member in the order given, the
+//! caps on how much of a request's own text a reply echoes, and what JSON text the API and the
+//! importer read past (a byte order mark).
 
 use serde::Serialize;
 
 /// The most characters of a request's own text (a parameter name, a value) a reply echoes.
 pub const MAX_ECHO_CHARS: usize = 512;
+
+/// The UTF-8 byte order mark.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
+/// `text` without a UTF-8 byte order mark at its start. RFC 8259 (section 8.1) lets a parser
+/// ignore one, and Windows tools (editors, PowerShell, spreadsheet exports) write it: refused,
+/// such a document failed as "not valid JSON" at its first character, which looks like `{`.
+pub fn without_byte_order_mark(text: &[u8]) -> &[u8] {
+    text.strip_prefix(BYTE_ORDER_MARK).unwrap_or(text)
+}
 
 /// Writes a JSON object member by member, in the order given. (serde_json's own map sorts its
 /// keys; a document reads better as `{"type":"call","id":7,"attributes":...}`.)

@@ -601,6 +601,24 @@ fn bad_ids_payloads_and_queries_are_400_404_413() {
         "validationError",
     );
     assert!(first["detail"].as_str().unwrap().contains("not valid JSON"));
+    // A byte order mark before the document is read past (RFC 8259, section 8.1); only
+    // before it.
+    let created = ledger.as_(
+        "admin",
+        Operation::Create,
+        "\u{FEFF}{\"data\":{\"type\":\"call\",\"attributes\":{\"note\":\"marked\"}}}",
+    );
+    assert_eq!(created.status, 201, "{}", text(&created));
+    assert_eq!(body(&created)["data"]["attributes"]["note"], "marked");
+    error(
+        &ledger.as_(
+            "admin",
+            Operation::Create,
+            " \u{FEFF}{\"data\":{\"type\":\"call\"}}",
+        ),
+        400,
+        "validationError",
+    );
     error(
         &ledger.as_("admin", Operation::Create, ""),
         400,

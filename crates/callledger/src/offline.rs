@@ -69,17 +69,16 @@ fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Comm
 }
 
 /// The text of one input line (its bytes without the newline): without a `\r` before the
-/// newline, and on the first line without a UTF-8 byte order mark, which editors and
-/// spreadsheet exports on Windows put at the start of a file (RFC 8259 lets a parser ignore
-/// it). A line that is not UTF-8 is refused on its own, as any other bad line, rather than
-/// ending the import.
+/// newline, and on the first line without a byte order mark
+/// ([`call_api::json::without_byte_order_mark`]). A line that is not UTF-8 is refused on its
+/// own, as any other bad line, rather than ending the import.
 fn line_text(mut bytes: Vec<u8>, first: bool) -> Result<String, String> {
-    const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
     if bytes.last() == Some(&b'\r') {
         bytes.pop();
     }
-    if first && bytes.starts_with(BYTE_ORDER_MARK) {
-        bytes.drain(..BYTE_ORDER_MARK.len());
+    if first {
+        let mark = bytes.len() - call_api::json::without_byte_order_mark(&bytes).len();
+        bytes.drain(..mark);
     }
     String::from_utf8(bytes).map_err(|error| {
         format!(
