@@ -8,7 +8,7 @@ use async_nats::Client;
 use call_api::header_names::{AUTHORIZATION, IDEMPOTENCY_KEY, IF_MATCH};
 use call_api::Operation;
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, GatewayErrorKind};
 use crate::headers;
 
 /// One API operation as a person sends it.
@@ -45,7 +45,8 @@ impl ApiReply {
 }
 
 /// Sends `call` to the service on `<prefix>.api.*` and waits up to `timeout` for its reply.
-/// Only transport failures are errors ([`GatewayErrorKind::NoResponders`](crate::GatewayErrorKind)
+/// Only transport failures and an id that cannot be a subject token are errors
+/// ([`GatewayErrorKind::NoResponders`](crate::GatewayErrorKind)
 /// when no service listens); an error reply is a reply.
 pub async fn call(
     client: &Client,
@@ -63,6 +64,16 @@ pub async fn call(
     if let Some(version) = call.if_match {
         pairs.push((IF_MATCH.into(), version.to_string()));
     }
+    if let Operation::Get(id) | Operation::Update(id) | Operation::Delete(id) = &call.operation {
+        if !is_subject_token(id) {
+            // Sent as it is, such an id makes another subject (or none), and the reply was
+            // "no responders" from a service that is running.
+            return Err(GatewayError::new(
+                GatewayErrorKind::Request,
+                format!("{id:?} is not a call id: ids are positive integers, e.g. 42"),
+            ));
+        }
+    }
     let subject = crate::service::api_subject(prefix, &call.operation);
     let (reply_headers, body) =
         crate::connect::request(client, subject, pairs, call.payload, timeout).await?;
@@ -74,4 +85,28 @@ pub async fn call(
         headers: reply_headers,
         body,
     })
+}
+
+/// Whether `id` is one token of a NATS subject, as the service's endpoints take an id: not
+/// empty, and without the separator, the wildcards or white space.
+fn is_subject_token(id: &str) -> bool {
+    !id.is_empty()
+        && !id
+            .chars()
+            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_subject_token;
+
+    #[test]
+    fn an_id_must_be_one_subject_token() {
+        for id in ["42", "abc", "0", "-5"] {
+            assert!(is_subject_token(id), "{id}");
+        }
+        for id in ["", "1.2", "*", ">", "1 ", "a\tb", "4>"] {
+            assert!(!is_subject_token(id), "{id:?}");
+        }
+    }
 }
