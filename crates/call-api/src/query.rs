@@ -590,6 +590,14 @@ impl ValueKind {
         matches!(self, ValueKind::CallId | ValueKind::Time)
     }
 
+    /// A value of a rangeable kind, for the examples of an error.
+    fn example(self) -> &'static str {
+        match self {
+            ValueKind::Time => "2024-01-01",
+            _ => "100",
+        }
+    }
+
     fn parse(self, key: &str, text: &str) -> Result<FilterValue, ApiError> {
         if text.is_empty() {
             return Err(ApiError::parameter(key, "Expected a value, got nothing."));
@@ -850,10 +858,28 @@ fn old_whole(kind: ValueKind, key: &str, value: &str) -> Result<Condition, ApiEr
             }
             let lower = match low {
                 "neginf" => None,
+                "" => {
+                    return Err(ApiError::parameter(
+                        key,
+                        format!(
+                            "A range needs a lower bound before '..': a value, or neginf for none, e.g. neginf..{}.",
+                            kind.example()
+                        ),
+                    ))
+                }
                 low => Some(kind.parse(key, low)?),
             };
             let upper = match high {
                 "inf" => None,
+                "" => {
+                    return Err(ApiError::parameter(
+                        key,
+                        format!(
+                            "A range needs an upper bound after '..': a value, or inf for none, e.g. {}..inf.",
+                            kind.example()
+                        ),
+                    ))
+                }
                 high => Some(kind.parse(key, high)?),
             };
             return Ok(Condition::Range { lower, upper });
@@ -1189,6 +1215,18 @@ mod tests {
         assert_eq!(
             one("newFilterSyntax=false&filter[state]=a,b").condition,
             Condition::AnyOf(vec![text("a"), text("b")])
+        );
+    }
+
+    #[test]
+    fn a_range_without_a_bound_says_how_to_leave_it_open() {
+        assert_eq!(
+            refused("filter[dialedAt]=2024-01-01..", "filter[dialedAt]"),
+            "A range needs an upper bound after '..': a value, or inf for none, e.g. 2024-01-01..inf."
+        );
+        assert_eq!(
+            refused("filter[id]=..7", "filter[id]"),
+            "A range needs a lower bound before '..': a value, or neginf for none, e.g. neginf..100."
         );
     }
 
