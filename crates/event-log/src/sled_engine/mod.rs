@@ -9,7 +9,6 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,15 +20,26 @@ pub(crate) mod baseline;
 pub(crate) mod keys;
 mod mark;
 mod space;
+mod submissions;
 mod writer;
 
-use writer::{Request, Shared, Writer};
+use submissions::{Submissions, Ticket};
+use writer::{Shared, Writer};
 
 use crate::engine::{HeadWatch, LogEngine};
 use crate::{
     Append, AppendError, Appended, Durability, LogError, LogOptions, LogStats, Position, Record,
     StreamId, Version,
 };
+
+/// Answers every append still queued with [`LogError::Closed`] when dropped.
+struct FailTheRest<'a>(&'a Submissions);
+
+impl Drop for FailTheRest<'_> {
+    fn drop(&mut self) {
+        self.0.fail_all();
+    }
+}
 
 /// The name of the lock file in the data directory.
 const LOCK_FILE: &str = "LOCK";
@@ -48,7 +58,7 @@ pub struct SledLog {
 }
 
 struct Inner {
-    requests: Option<SyncSender<Request>>,
+    submissions: Arc<Submissions>,
     writer: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     head_rx: watch::Receiver<Position>,
@@ -62,7 +72,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue makes the writer finish and flush.
-        drop(self.requests.take());
+        self.submissions.close();
         if let Some(writer) = self.writer.take() {
             if writer.join().is_err() {
                 tracing::error!(dir = %self.dir.display(), "event log writer panicked");
@@ -81,17 +91,9 @@ impl fmt::Debug for SledLog {
 }
 
 impl SledLog {
-    /// Hands `append` to the writer; its answer arrives on the returned channel.
-    fn queue(
-        &self,
-        append: Append,
-    ) -> Result<mpsc::Receiver<Result<Appended, AppendError>>, LogError> {
-        let sender = self.inner.requests.as_ref().ok_or(LogError::Closed)?;
-        let (reply, answer) = mpsc::sync_channel(1);
-        sender
-            .send(Request { append, reply })
-            .map_err(|_| LogError::Closed)?;
-        Ok(answer)
+    /// Hands `append` to the writer; its answer is waited for with the returned ticket.
+    fn queue(&self, append: Append) -> Result<Ticket, LogError> {
+        self.inner.submissions.submit(append)
     }
 
     /// Opens (creating if missing) the log in `dir` and starts its writer.
@@ -115,7 +117,8 @@ impl SledLog {
             .allocated
             .store(counters.next_stream - 1, Ordering::Release);
         let (head_tx, head_rx) = watch::channel(head);
-        let (requests, queue) = mpsc::sync_channel(writer::QUEUE_CAPACITY);
+        let submissions = Arc::new(Submissions::new(writer::QUEUE_CAPACITY));
+        let queue = Arc::clone(&submissions);
         let writer = Writer {
             db: db.clone(),
             durability: options.durability,
@@ -129,7 +132,11 @@ impl SledLog {
         };
         let writer = std::thread::Builder::new()
             .name("event-log-writer".to_string())
-            .spawn(move || writer.run(queue))?;
+            .spawn(move || {
+                // Whatever is still queued when the writer stops (it panicked) is answered.
+                let _answer_the_rest = FailTheRest(&queue);
+                writer.run(&queue);
+            })?;
         tracing::info!(
             dir = %dir.display(),
             head,
@@ -139,7 +146,7 @@ impl SledLog {
         );
         Ok(SledLog {
             inner: Arc::new(Inner {
-                requests: Some(requests),
+                submissions,
                 writer: Some(writer),
                 shared,
                 head_rx,
@@ -189,7 +196,7 @@ impl LogEngine for SledLog {
         if append.payloads.is_empty() {
             return Err(AppendError::Empty);
         }
-        self.queue(append)?.recv().map_err(|_| LogError::Closed)?
+        self.queue(append)?.wait()
     }
 
     /// Queues every append before waiting for any, so that the writer takes them as groups of
@@ -204,10 +211,7 @@ impl LogEngine for SledLog {
                 Ok(self.queue(append)?)
             })
             .collect();
-        queued
-            .into_iter()
-            .map(|queued| queued?.recv().map_err(|_| LogError::Closed)?)
-            .collect()
+        queued.into_iter().map(|queued| queued?.wait()).collect()
     }
 
     /// The last durable position; 0 when the log is empty.

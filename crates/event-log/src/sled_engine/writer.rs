@@ -1,27 +1,24 @@
 //! The writer thread: the only code that writes to the tree. It takes the
-//! queued append requests as a group, checks each one in order, writes all
-//! accepted ones with one `apply_batch`, makes them durable with one
-//! `flush`, publishes the new head and only then replies (group commit).
+//! queued appends as a group (`submissions`), checks each one in order, writes
+//! all accepted ones with one `apply_batch`, makes them durable with one
+//! `flush`, publishes the new head and only then answers (group commit).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::keys;
+use super::submissions::{Answer, GroupAnswers, Submissions};
 use crate::engine::{check_expected, check_restored, replay};
 use crate::{
     Append, AppendError, Appended, Durability, LogError, Position, StreamId, StreamTarget, Version,
 };
 
-/// How many requests may wait for the writer before `append` blocks on
-/// sending.
+/// How many appends may wait for the writer before `append` waits to queue; also the most
+/// that share one batch and one flush.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
-
-/// The most requests that share one batch and one flush.
-const MAX_GROUP: usize = 1024;
 
 /// The most streams one `F` row places.
 const MAX_RUN: usize = 256;
@@ -63,15 +60,6 @@ pub(crate) struct Shared {
     /// The highest stream id given: a new stream gets the next (restored streams may leave ids
     /// below it unused).
     pub(crate) allocated: AtomicU64,
-}
-
-/// The channel on which the writer answers one request.
-pub(crate) type Reply = SyncSender<Result<Appended, AppendError>>;
-
-/// One queued append.
-pub(crate) struct Request {
-    pub(crate) append: Append,
-    pub(crate) reply: Reply,
 }
 
 /// The counters, as applied to the tree.
@@ -178,18 +166,15 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Serves requests until every sender is gone, then flushes.
-    pub(crate) fn run(mut self, requests: Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
-            let mut group = Vec::with_capacity(16);
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match requests.try_recv() {
-                    Ok(request) => group.push(request),
-                    Err(_) => break,
-                }
-            }
-            self.commit(group);
+    /// Serves appends until the queue is closed and empty, then flushes.
+    pub(crate) fn run(mut self, submissions: &Submissions) {
+        while let Some((appends, group)) = submissions.take() {
+            let unanswered = Unanswered {
+                group,
+                count: appends.len(),
+            };
+            let answers = self.commit(appends);
+            unanswered.answer(answers);
         }
         match self.db.flush() {
             Ok(_) => self.mark.record(self.counters.last_position()),
@@ -198,12 +183,11 @@ impl Writer {
         tracing::debug!("event log writer stopped");
     }
 
-    fn commit(&mut self, requests: Vec<Request>) {
+    /// The answers of `appends`, in order, once what they wrote is durable.
+    fn commit(&mut self, appends: Vec<Append>) -> Vec<Answer> {
+        let fail_all = |error: &LogError| -> Vec<Answer> { failed(appends.len(), error) };
         if let Err(error) = self.space.check() {
-            for request in requests {
-                let _ = request.reply.send(Err(error.duplicate().into()));
-            }
-            return;
+            return fail_all(&error);
         }
         if self.needs_reload {
             match recover(&self.db) {
@@ -214,10 +198,7 @@ impl Writer {
                 }
                 Err(error) => {
                     tracing::error!(%error, "cannot re-read the log counters");
-                    for request in requests {
-                        let _ = request.reply.send(Err(error.duplicate().into()));
-                    }
-                    return;
+                    return fail_all(&error);
                 }
             }
         }
@@ -230,11 +211,10 @@ impl Writer {
             batch: sled::Batch::default(),
             accepted: 0,
         };
-        let mut replies = Vec::with_capacity(requests.len());
-        for Request { append, reply } in requests {
-            let result = self.check_and_stage(&mut group, append);
-            replies.push((reply, result));
-        }
+        let answers: Vec<Answer> = appends
+            .into_iter()
+            .map(|append| self.check_and_stage(&mut group, append))
+            .collect();
         let accepted = group.accepted;
         for (first, positions) in &group.runs {
             group
@@ -255,11 +235,8 @@ impl Writer {
         match self.persist(group) {
             Ok(()) => {
                 self.open_run = open_run;
-                tracing::trace!(requests = replies.len(), accepted, "group committed");
-                for (reply, result) in replies {
-                    // A caller that went away no longer needs its answer.
-                    let _ = reply.send(result);
-                }
+                tracing::trace!(appends = answers.len(), accepted, "group committed");
+                answers
             }
             Err(error) => {
                 // The group's records may or may not be in the tree now (an
@@ -267,11 +244,9 @@ impl Writer {
                 // them applied). Re-read the counters before the next group so
                 // positions stay gap-free, and fail the whole group: its
                 // outcome is unknown to the callers.
-                tracing::error!(%error, requests = replies.len(), "group commit failed");
+                tracing::error!(%error, appends = answers.len(), "group commit failed");
                 self.needs_reload = true;
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(error.duplicate().into()));
-                }
+                failed(answers.len(), &error)
             }
         }
     }
@@ -433,6 +408,33 @@ impl Writer {
         match self.db.get(&stored_key).map_err(crate::error::storage)? {
             Some(value) => Ok(Some(keys::decode_idempotency_value(&stored_key, &value)?)),
             None => Ok(None),
+        }
+    }
+}
+
+/// `count` answers of `error`.
+fn failed(count: usize, error: &LogError) -> Vec<Answer> {
+    (0..count).map(|_| Err(error.duplicate().into())).collect()
+}
+
+/// A group taken from the queue and not answered yet: answered [`LogError::Closed`] if the
+/// writer unwinds before it answers, so that no caller waits for ever.
+struct Unanswered {
+    group: Arc<GroupAnswers>,
+    count: usize,
+}
+
+impl Unanswered {
+    fn answer(mut self, answers: Vec<Answer>) {
+        self.count = 0;
+        self.group.answer(answers);
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            self.group.answer(failed(self.count, &LogError::Closed));
         }
     }
 }
