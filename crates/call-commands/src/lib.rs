@@ -6,7 +6,7 @@
 //! run them on a blocking thread.
 
 use call_model::{
-    decide, evolve, replay_stream, Action, Call, CallId, CallState, Command, DecideError, Event,
+    decide, evolve_owned, replay_stream, Action, Call, CallId, CallState, Command, DecideError, Event,
     EventDecodeError, StoredEvent, Timestamp, Violation,
 };
 use event_log::{
@@ -384,7 +384,7 @@ impl CommandService {
                 version: appended.first_version + offset,
                 stored,
             };
-            state = evolve(state, &event);
+            state = evolve_owned(state, event);
         }
         Ok(Attempt::Done(CommandOutcome {
             call_id: appended.stream,
