@@ -246,7 +246,7 @@ pub fn backup(
 ) -> anyhow::Result<ExitCode> {
     let mut source: Box<dyn LogSource> = match (&at.data.data_dir, &nats.nats_url) {
         (None, Some(_)) => Box::new(Online::connect(nats, token)?),
-        _ => Box::new(Offline(Ledger::open(at, None)?)),
+        _ => Box::new(Offline(Ledger::open_existing(at)?)),
     };
     let report = run_backup(source.as_mut(), dir)?;
     crate::out::line(report)?;

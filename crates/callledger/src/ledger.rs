@@ -153,6 +153,31 @@ impl LogOfRecord {
     }
 }
 
+/// Refuses a data directory that is not there (or is not a directory), for the commands that
+/// read a ledger: run on a mistyped path they reported an empty ledger and left an empty data
+/// directory behind. On a JetStream log of record (`--log jetstream`) the directory holds only
+/// the local replica, which is made from the stream, so it may be new.
+fn require_existing(location: &Location) -> anyhow::Result<()> {
+    if location.log.engine == Some(LogEngineChoice::Jetstream) {
+        return Ok(());
+    }
+    let dir = location.data.dir();
+    match std::fs::metadata(&dir) {
+        Ok(found) if found.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!(
+            "{} is not a directory: --data-dir names a ledger's data directory",
+            dir.display()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "there is no ledger in {}: the directory does not exist (`callledger serve` and `callledger import` make one; --data-dir or CALLLEDGER_DATA_DIR names it)",
+            dir.display()
+        ),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot read the data directory {}", dir.display()))
+        }
+    }
+}
+
 impl Ledger {
     /// Opens (creating if needed) the data directory and its log of record; the projection
     /// catches up with the log. The local projection (and, on the embedded engine, the log)
@@ -170,12 +195,22 @@ impl Ledger {
         .map(|(ledger, ())| ledger)
     }
 
+    /// [`Ledger::open`] for a command that reads a ledger that must be there already (`stats`,
+    /// `verify`, `export`, `get`, `list`, an offline `backup`): a data directory that does not
+    /// exist is refused (see [`require_existing`]) rather than made.
+    pub fn open_existing(location: &Location) -> anyhow::Result<Ledger> {
+        require_existing(location)?;
+        Ledger::open(location, None)
+    }
+
     /// [`Ledger::open`] for `rebuild`: the projection is rebuilt from the log as it opens,
-    /// without reading its indexes first (see [`Projection::open_rebuilt`]).
+    /// without reading its indexes first (see [`Projection::open_rebuilt`]). The data directory
+    /// must be there already, as for [`Ledger::open_existing`].
     pub fn open_rebuilt(
         location: &Location,
         progress: &mut dyn FnMut(u64, u64),
     ) -> anyhow::Result<(Ledger, RebuildReport)> {
+        require_existing(location)?;
         Ledger::open_with(
             location,
             None,

@@ -213,7 +213,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn export(at: &Location) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(at, None)?;
+    let ledger = Ledger::open_existing(at)?;
     let stdout = std::io::stdout();
     let mut writer = BufWriter::new(stdout.lock());
     let mut after = 0;
@@ -261,7 +261,7 @@ pub fn rebuild(at: &Location) -> anyhow::Result<ExitCode> {
 }
 
 pub fn verify(at: &Location) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(at, None)?;
+    let ledger = Ledger::open_existing(at)?;
     let scratch = tempfile::tempdir_in(&ledger.dir)
         .context("cannot make scratch space in the data directory")?;
     let report = ledger.projection.verify(scratch.path())?;
@@ -282,7 +282,7 @@ pub fn verify(at: &Location) -> anyhow::Result<ExitCode> {
 }
 
 pub fn stats(at: &Location) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(at, None)?;
+    let ledger = Ledger::open_existing(at)?;
     let log = ledger.log.stats()?;
     let projection = ledger.projection.stats()?;
     let stats = serde_json::json!({
@@ -303,7 +303,7 @@ fn offline_read(
     operation: Operation,
     query: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open(at, None)?;
+    let ledger = Ledger::open_existing(at)?;
     let config = ApiConfig::open(usize::MAX);
     let api = Api::new(
         ledger.commands.clone(),

@@ -1141,6 +1141,37 @@ fn exited_cleanly(command: &str, child: std::process::Child) {
     );
 }
 
+/// The commands that read a ledger refuse a data directory that is not there, rather than
+/// report an empty ledger (a mistyped path) and leave a new directory behind.
+#[test]
+fn reading_commands_refuse_a_data_directory_that_does_not_exist() {
+    let bin = callledger_bin();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let missing = dir.path().join("mistyped");
+    for command in [
+        &["stats"][..],
+        &["verify"],
+        &["rebuild"],
+        &["export"],
+        &["list"],
+        &["get", "1"],
+    ] {
+        let output = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(&missing)
+            .args(command)
+            .output()
+            .expect("callledger runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("there is no ledger in") && stderr.contains("mistyped"),
+            "{command:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{command:?} made the directory");
+    }
+}
+
 /// `callledger import` in batches: every good line becomes exactly one call, every bad one is
 /// skipped with its line number and what was wrong, across batch boundaries. A file as Windows
 /// tools write it (a byte order mark, CRLF line ends) reads as any other; a line that is not
