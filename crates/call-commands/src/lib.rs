@@ -6,8 +6,8 @@
 //! run them on a blocking thread.
 
 use call_model::{
-    decide, evolve_owned, replay_stream, Action, Call, CallId, CallState, Command, DecideError, Event,
-    EventDecodeError, StoredEvent, Timestamp, Violation,
+    decide, evolve_owned, replay_stream, Action, Call, CallId, CallState, Command, DecideError,
+    Event, EventDecodeError, StoredEvent, Timestamp, Violation,
 };
 use event_log::{
     Append, AppendError, Appended, EventLog, ExpectedVersion, Idempotency, LogError, StreamTarget,
