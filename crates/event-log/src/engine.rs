@@ -29,7 +29,7 @@ pub trait LogEngine: Send + Sync + 'static {
     /// Appends each of `appends` as [`LogEngine::append`] would and answers in the same order.
     /// They are not atomic together: each is checked after the ones before it and succeeds or
     /// fails alone. An engine may let them share its round trips to storage (the sled engine
-    /// commits up to 1024 with one batch and one flush); this default appends them one by one.
+    /// commits up to 4096 with one batch and one flush); this default appends them one by one.
     fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Appended, AppendError>> {
         appends
             .into_iter()

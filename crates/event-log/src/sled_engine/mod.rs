@@ -199,8 +199,9 @@ impl LogEngine for SledLog {
         self.queue(append)?.wait()
     }
 
-    /// Queues every append before waiting for any, so that the writer takes them as groups of
-    /// up to 1024 (one batch and one flush each) instead of one group per caller.
+    /// Queues every append before waiting for any, so that the writer takes them as a few
+    /// groups (as many as are queued, up to `QUEUE_CAPACITY`, one batch and one flush each)
+    /// instead of one group per caller.
     fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Appended, AppendError>> {
         let queued: Vec<_> = appends
             .into_iter()
