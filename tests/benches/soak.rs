@@ -231,6 +231,8 @@ struct Tally {
     minutes: Mutex<BTreeMap<u64, Minute>>,
     sent: AtomicU64,
     stop: AtomicBool,
+    /// The first minute not printed yet.
+    unprinted: AtomicU64,
     /// The ids of the live calls.
     live: Mutex<Vec<u64>>,
 }
@@ -247,6 +249,7 @@ impl Tally {
             minutes: Mutex::default(),
             sent: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            unprinted: AtomicU64::new(0),
             live: Mutex::new(prefilled),
         })
     }
@@ -285,7 +288,6 @@ impl Tally {
     /// more after the warm-up than the criterion allows.
     fn watch(&self, seconds: u64, rss_at_start: u64, resident: impl Fn() -> u64) -> bool {
         let mut samples = Vec::new();
-        let mut printed = 0;
         while self.begin.elapsed() < Duration::from_secs(seconds) {
             std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs(seconds)));
             let bytes = resident();
@@ -296,8 +298,7 @@ impl Tally {
                 mib(bytes),
                 self.sent.load(Ordering::Relaxed)
             );
-            let done = self.begin.elapsed().as_secs() / 60;
-            printed = self.report_until(printed, done);
+            self.report_until(self.begin.elapsed().as_secs() / 60);
         }
         self.stop.store(true, Ordering::SeqCst);
         samples.push((self.begin.elapsed().as_secs(), resident()));
@@ -319,20 +320,23 @@ impl Tally {
         growth > MAX_GROWTH
     }
 
-    /// Prints the minutes from `printed` to before `done` and lets go of their latencies (the
-    /// in-process soak measures this process's memory); returns the next minute to print.
-    fn report_until(&self, printed: u64, done: u64) -> u64 {
+    /// Prints the minutes not printed yet before `done`, each once, and lets go of their
+    /// latencies (the in-process soak measures this process's memory).
+    fn report_until(&self, done: u64) {
         let mut minutes = self.minutes.lock().expect("minutes");
-        for (minute, stats) in minutes.range_mut(printed..done) {
+        let printed = self.unprinted.load(Ordering::Relaxed);
+        for (minute, stats) in minutes.range_mut(printed..done.max(printed)) {
             report(*minute, stats);
             stats.latencies = Vec::new();
         }
-        printed.max(done)
+        self.unprinted.store(printed.max(done), Ordering::Relaxed);
     }
 
     /// Prints what is left once the workers have stopped; returns whether any request failed.
     fn conclude(&self) -> bool {
-        self.report_until(0, u64::MAX);
+        // Only what `watch` has not printed: printed again, a minute whose latencies were let
+        // go read as a minute of no requests (the whole run was listed twice, as zeros).
+        self.report_until(u64::MAX);
         let minutes = self.minutes.lock().expect("minutes");
         let errors: u64 = minutes.values().flat_map(|m| m.errors.values()).sum();
         println!(
