@@ -23,7 +23,7 @@ mod space;
 mod submissions;
 mod writer;
 
-use submissions::{Submissions, Ticket};
+use submissions::{FailTheRest, Submissions, Ticket};
 use writer::{Shared, Writer};
 
 use crate::engine::{HeadWatch, LogEngine};
@@ -31,15 +31,6 @@ use crate::{
     Append, AppendError, Appended, Durability, LogError, LogOptions, LogStats, Position, Record,
     StreamId, Version,
 };
-
-/// Answers every append still queued with [`LogError::Closed`] when dropped.
-struct FailTheRest<'a>(&'a Submissions);
-
-impl Drop for FailTheRest<'_> {
-    fn drop(&mut self) {
-        self.0.fail_all();
-    }
-}
 
 /// The name of the lock file in the data directory.
 const LOCK_FILE: &str = "LOCK";
@@ -133,7 +124,6 @@ impl SledLog {
         let writer = std::thread::Builder::new()
             .name("event-log-writer".to_string())
             .spawn(move || {
-                // Whatever is still queued when the writer stops (it panicked) is answered.
                 let _answer_the_rest = FailTheRest(&queue);
                 writer.run(&queue);
             })?;

@@ -33,7 +33,7 @@ struct State {
 }
 
 /// The answers of one group, in the order its appends were queued, once the writer has them.
-pub(crate) struct GroupAnswers {
+struct GroupAnswers {
     answers: Mutex<Option<Vec<Option<Answer>>>>,
     ready: Condvar,
 }
@@ -86,7 +86,7 @@ impl Submissions {
 
     /// Every queued append, as one group, with where its answers go; waits while the queue is
     /// empty. `None` once the queue is closed and empty.
-    pub(crate) fn take(&self) -> Option<(Vec<Append>, Arc<GroupAnswers>)> {
+    pub(crate) fn take(&self) -> Option<(Vec<Append>, TakenGroup)> {
         let mut state = lock(&self.state);
         while state.queue.is_empty() && !state.closed {
             state = self
@@ -97,11 +97,20 @@ impl Submissions {
         if state.queue.is_empty() {
             return None;
         }
-        let appends = std::mem::take(&mut state.queue);
-        let group = std::mem::replace(&mut state.group, GroupAnswers::new());
+        let taken = Self::take_locked(&mut state);
         drop(state);
         self.taken.notify_all();
-        Some((appends, group))
+        Some(taken)
+    }
+
+    /// The queue and its group, leaving an empty queue with a new group.
+    fn take_locked(state: &mut State) -> (Vec<Append>, TakenGroup) {
+        let appends = std::mem::take(&mut state.queue);
+        let group = TakenGroup {
+            answers: std::mem::replace(&mut state.group, GroupAnswers::new()),
+            count: appends.len(),
+        };
+        (appends, group)
     }
 
     /// Refuses further appends; what is queued is still taken.
@@ -115,16 +124,48 @@ impl Submissions {
     pub(crate) fn fail_all(&self) {
         let mut state = lock(&self.state);
         state.closed = true;
-        let appends = std::mem::take(&mut state.queue);
-        let group = std::mem::replace(&mut state.group, GroupAnswers::new());
+        // Dropped unanswered: its callers are told the log is closed.
+        let _failed = Self::take_locked(&mut state);
         drop(state);
         self.taken.notify_all();
-        group.answer(
-            appends
-                .iter()
-                .map(|_| Err(LogError::Closed.into()))
-                .collect(),
-        );
+    }
+}
+
+/// A group taken from the queue, whose callers wait for its answers. Dropped without them (the
+/// writer unwinds, or the queue is failed), it answers every append [`LogError::Closed`], so
+/// that no caller waits for ever.
+pub(crate) struct TakenGroup {
+    answers: Arc<GroupAnswers>,
+    count: usize,
+}
+
+impl TakenGroup {
+    /// Hands the group its answers, one per append in queue order, and wakes its callers.
+    pub(crate) fn answer(mut self, answers: Vec<Answer>) {
+        self.count = 0;
+        self.answers.answer(answers);
+    }
+}
+
+impl Drop for TakenGroup {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            self.answers.answer(
+                (0..self.count)
+                    .map(|_| Err(LogError::Closed.into()))
+                    .collect(),
+            );
+        }
+    }
+}
+
+/// Answers every append still queued with [`LogError::Closed`] when dropped: held by the
+/// writer's thread, so that callers queued when it stops (it panicked) are not left waiting.
+pub(crate) struct FailTheRest<'a>(pub(crate) &'a Submissions);
+
+impl Drop for FailTheRest<'_> {
+    fn drop(&mut self) {
+        self.0.fail_all();
     }
 }
 
@@ -136,8 +177,7 @@ impl GroupAnswers {
         })
     }
 
-    /// Hands the group its answers, one per append in queue order, and wakes its callers.
-    pub(crate) fn answer(&self, answers: Vec<Answer>) {
+    fn answer(&self, answers: Vec<Answer>) {
         *lock(&self.answers) = Some(answers.into_iter().map(Some).collect());
         self.ready.notify_all();
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::keys;
-use super::submissions::{Answer, GroupAnswers, Submissions};
+use super::submissions::{Answer, Submissions};
 use crate::engine::{check_expected, check_restored, replay};
 use crate::{
     Append, AppendError, Appended, Durability, LogError, Position, StreamId, StreamTarget, Version,
@@ -169,12 +169,8 @@ impl Writer {
     /// Serves appends until the queue is closed and empty, then flushes.
     pub(crate) fn run(mut self, submissions: &Submissions) {
         while let Some((appends, group)) = submissions.take() {
-            let unanswered = Unanswered {
-                group,
-                count: appends.len(),
-            };
             let answers = self.commit(appends);
-            unanswered.answer(answers);
+            group.answer(answers);
         }
         match self.db.flush() {
             Ok(_) => self.mark.record(self.counters.last_position()),
@@ -415,26 +411,4 @@ impl Writer {
 /// `count` answers of `error`.
 fn failed(count: usize, error: &LogError) -> Vec<Answer> {
     (0..count).map(|_| Err(error.duplicate().into())).collect()
-}
-
-/// A group taken from the queue and not answered yet: answered [`LogError::Closed`] if the
-/// writer unwinds before it answers, so that no caller waits for ever.
-struct Unanswered {
-    group: Arc<GroupAnswers>,
-    count: usize,
-}
-
-impl Unanswered {
-    fn answer(mut self, answers: Vec<Answer>) {
-        self.count = 0;
-        self.group.answer(answers);
-    }
-}
-
-impl Drop for Unanswered {
-    fn drop(&mut self) {
-        if self.count > 0 {
-            self.group.answer(failed(self.count, &LogError::Closed));
-        }
-    }
 }
