@@ -842,6 +842,24 @@ fn resolve(key: &str, path: &[&str]) -> Result<(FilterTarget, Form), ApiError> {
     Ok((target, form))
 }
 
+/// A range `a..b` with an end left empty: which word leaves it open, with an example.
+fn missing_bound(key: &str, kind: ValueKind, upper: bool) -> ApiError {
+    let example = kind.example();
+    let (bound, open, range) = if upper {
+        ("an upper bound after", "inf", format!("{example}..inf"))
+    } else {
+        (
+            "a lower bound before",
+            "neginf",
+            format!("neginf..{example}"),
+        )
+    };
+    ApiError::parameter(
+        key,
+        format!("A range needs {bound} '..': a value, or {open} for none, e.g. {range}."),
+    )
+}
+
 /// `filter[x]=v` in the old syntax: `__null__`, `__notnull__`, a range `a..b` (ids and
 /// date-times; `neginf`/`inf` open an end), or a comma-separated any-of list.
 fn old_whole(kind: ValueKind, key: &str, value: &str) -> Result<Condition, ApiError> {
@@ -858,28 +876,12 @@ fn old_whole(kind: ValueKind, key: &str, value: &str) -> Result<Condition, ApiEr
             }
             let lower = match low {
                 "neginf" => None,
-                "" => {
-                    return Err(ApiError::parameter(
-                        key,
-                        format!(
-                            "A range needs a lower bound before '..': a value, or neginf for none, e.g. neginf..{}.",
-                            kind.example()
-                        ),
-                    ))
-                }
+                "" => return Err(missing_bound(key, kind, false)),
                 low => Some(kind.parse(key, low)?),
             };
             let upper = match high {
                 "inf" => None,
-                "" => {
-                    return Err(ApiError::parameter(
-                        key,
-                        format!(
-                            "A range needs an upper bound after '..': a value, or inf for none, e.g. {}..inf.",
-                            kind.example()
-                        ),
-                    ))
-                }
+                "" => return Err(missing_bound(key, kind, true)),
                 high => Some(kind.parse(key, high)?),
             };
             return Ok(Condition::Range { lower, upper });
