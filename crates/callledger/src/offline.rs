@@ -113,6 +113,10 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let batch_lines = args.batch.max(1);
     let (sender, receiver) = mpsc::sync_channel::<Vec<(u64, String)>>(args.parallel.max(1) * 2);
     let receiver = Mutex::new(receiver);
+    let skip_line = |number: u64, reason: &str| {
+        bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
+        skipped.fetch_add(1, Ordering::Relaxed);
+    };
     let note_failure = |reason: &str| {
         let _ = failure
             .lock()
@@ -135,10 +139,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                                 idempotency_key: None,
                             });
                         }
-                        Err(reason) => {
-                            bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
-                            skipped.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Err(reason) => skip_line(number, &reason),
                     }
                 }
                 let answers = ledger.commands.execute_all(&requests);
@@ -155,8 +156,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                         }
                         Err(other) => other.to_string(),
                     };
-                    bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
-                    skipped.fetch_add(1, Ordering::Relaxed);
+                    skip_line(number, &reason);
                 }
             });
         }
@@ -169,8 +169,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
             let line = match line_text(line, number == 1) {
                 Ok(line) => line,
                 Err(reason) => {
-                    bar.suspend(|| eprintln!("line {number}: skipped: {reason}"));
-                    skipped.fetch_add(1, Ordering::Relaxed);
+                    skip_line(number, &reason);
                     continue;
                 }
             };
