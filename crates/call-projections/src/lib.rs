@@ -39,7 +39,7 @@ pub use error::{ProjectionError, QueryError};
 pub use index::{IdHasher, IdMap};
 pub use projection::{
     Projection, ProjectionOptions, ProjectionStats, RebuildReport, VerifyReport,
-    DEFAULT_PROJECTION_CACHE_BYTES, MIN_PROJECTION_CACHE_BYTES,
+    BULK_PROJECTION_CACHE_BYTES, DEFAULT_PROJECTION_CACHE_BYTES, MIN_PROJECTION_CACHE_BYTES,
 };
 pub use query::{
     ChangesPage, Condition, Deletion, Filter, FilterTarget, FilterValue, ListPage, ListQuery,

@@ -31,8 +31,9 @@ pub struct DataArgs {
     /// free, and resume by themselves once space is freed (64; 0 turns it off).
     #[arg(long, global = true, env = "CALLLEDGER_DISK_RESERVE_MB")]
     pub disk_reserve_mb: Option<u64>,
-    /// MiB of the projection's stored views kept in memory (1024). Lists read their rows from
-    /// it: give it the size of `data/projection/db` when there is memory for it.
+    /// MiB of the projection's stored views kept in memory (1024; 64 for `rebuild`, `import`
+    /// and `restore`, which write the views without reading them back). Lists read their rows
+    /// from it: give it the size of `data/projection/db` when there is memory for it.
     #[arg(long, global = true, env = "CALLLEDGER_PROJECTION_CACHE_MB")]
     pub projection_cache_mb: Option<u64>,
 }

@@ -5,7 +5,8 @@ use anyhow::Context;
 use call_commands::CommandService;
 use call_model::Timestamp;
 use call_projections::{
-    Projection, ProjectionError, ProjectionOptions, RebuildReport, DEFAULT_PROJECTION_CACHE_BYTES,
+    Projection, ProjectionError, ProjectionOptions, RebuildReport, BULK_PROJECTION_CACHE_BYTES,
+    DEFAULT_PROJECTION_CACHE_BYTES,
 };
 use event_log::{EventLog, LogOptions};
 use serde::{Deserialize, Serialize};
@@ -189,7 +190,7 @@ impl Ledger {
         Ledger::open_with(
             location,
             config_durability,
-            event_log::DEFAULT_LOG_CACHE_BYTES,
+            Caches::SERVING,
             open_projection,
         )
         .map(|(ledger, ())| ledger)
@@ -211,24 +212,16 @@ impl Ledger {
         progress: &mut dyn FnMut(u64, u64),
     ) -> anyhow::Result<(Ledger, RebuildReport)> {
         require_existing(location)?;
-        Ledger::open_with(
-            location,
-            None,
-            event_log::DEFAULT_LOG_CACHE_BYTES,
-            |dir, log, options| Projection::open_rebuilt(dir, log, options, progress),
-        )
+        Ledger::open_with(location, None, Caches::REPLAY, |dir, log, options| {
+            Projection::open_rebuilt(dir, log, options, progress)
+        })
     }
 
     /// [`Ledger::open`] for a command that writes the log in bulk and exits (`import`,
-    /// `restore`): the sled log gets [`event_log::BULK_WRITE_LOG_CACHE_BYTES`] of page cache.
+    /// `restore`), with [`Caches::BULK_WRITE`].
     pub fn open_for_bulk_writes(location: &Location) -> anyhow::Result<Ledger> {
-        Ledger::open_with(
-            location,
-            None,
-            event_log::BULK_WRITE_LOG_CACHE_BYTES,
-            open_projection,
-        )
-        .map(|(ledger, ())| ledger)
+        Ledger::open_with(location, None, Caches::BULK_WRITE, open_projection)
+            .map(|(ledger, ())| ledger)
     }
 
     /// Opens the log, then the projection with `open_projection`, whose by-product (a rebuild's
@@ -236,7 +229,7 @@ impl Ledger {
     fn open_with<T>(
         location: &Location,
         config_durability: Option<Durability>,
-        log_cache_bytes: u64,
+        caches: Caches,
         open_projection: impl FnOnce(
             &Path,
             EventLog,
@@ -264,7 +257,7 @@ impl Ledger {
                     disk_reserve: args
                         .disk_reserve_mb
                         .map_or(event_log::DEFAULT_DISK_RESERVE, |mb| mb << 20),
-                    cache_bytes: log_cache_bytes,
+                    cache_bytes: caches.log,
                 },
             )
             .with_context(|| format!("cannot open the event log in {}", dir.display()))?,
@@ -304,7 +297,7 @@ impl Ledger {
         };
         record.save(&dir)?;
         let options = ProjectionOptions {
-            cache_bytes: projection_cache_bytes(args.projection_cache_mb)?,
+            cache_bytes: projection_cache_bytes(args.projection_cache_mb, caches.projection)?,
         };
         let (projection, opened) = open_projection(&projection_dir(&dir), log.clone(), options)
             .with_context(|| format!("cannot open the projection in {}", dir.display()))?;
@@ -350,11 +343,38 @@ pub fn now() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now())
 }
 
-/// The projection's cache from `--projection-cache-mb`: at least 1 MiB, and no more than can
-/// be counted in bytes.
-fn projection_cache_bytes(mb: Option<u64>) -> anyhow::Result<u64> {
+/// sled's page caches of a command's log and projection, by what the command does with them.
+#[derive(Clone, Copy, Debug)]
+struct Caches {
+    log: u64,
+    /// Unless `--projection-cache-mb` says otherwise.
+    projection: u64,
+}
+
+impl Caches {
+    /// A command that serves, or reads as a server does.
+    const SERVING: Caches = Caches {
+        log: event_log::DEFAULT_LOG_CACHE_BYTES,
+        projection: DEFAULT_PROJECTION_CACHE_BYTES,
+    };
+    /// `rebuild`: it reads the log once and replays it into a new view, then exits.
+    const REPLAY: Caches = Caches {
+        log: event_log::DEFAULT_LOG_CACHE_BYTES,
+        projection: BULK_PROJECTION_CACHE_BYTES,
+    };
+    /// `import` and `restore`: they write the log in bulk, replay it into the projection and
+    /// exit.
+    const BULK_WRITE: Caches = Caches {
+        log: event_log::BULK_WRITE_LOG_CACHE_BYTES,
+        projection: BULK_PROJECTION_CACHE_BYTES,
+    };
+}
+
+/// The projection's cache from `--projection-cache-mb` (`default` without it): at least 1 MiB,
+/// and no more than can be counted in bytes.
+fn projection_cache_bytes(mb: Option<u64>, default: u64) -> anyhow::Result<u64> {
     match mb {
-        None => Ok(DEFAULT_PROJECTION_CACHE_BYTES),
+        None => Ok(default),
         Some(0) => anyhow::bail!("--projection-cache-mb must be at least 1 (MiB), not 0"),
         Some(mb) => mb.checked_mul(1 << 20).ok_or_else(|| {
             anyhow::anyhow!("--projection-cache-mb {mb} is more memory than any machine has")
@@ -386,17 +406,24 @@ mod tests {
 
     #[test]
     fn the_projection_cache_setting_is_refused_when_sled_could_not_take_it() {
+        let default = Caches::SERVING.projection;
         assert_eq!(
-            projection_cache_bytes(None).unwrap(),
+            projection_cache_bytes(None, default).unwrap(),
             DEFAULT_PROJECTION_CACHE_BYTES
         );
-        assert_eq!(projection_cache_bytes(Some(64)).unwrap(), 64 << 20);
-        let zero = projection_cache_bytes(Some(0)).unwrap_err().to_string();
+        // A setting holds for every command, the replaying ones included.
+        let replay = Caches::REPLAY.projection;
+        assert_eq!(projection_cache_bytes(None, replay).unwrap(), replay);
+        assert_eq!(projection_cache_bytes(Some(2048), replay).unwrap(), 2 << 30);
+        assert_eq!(projection_cache_bytes(Some(64), default).unwrap(), 64 << 20);
+        let zero = projection_cache_bytes(Some(0), default)
+            .unwrap_err()
+            .to_string();
         assert!(
             zero.contains("--projection-cache-mb must be at least 1"),
             "{zero}"
         );
-        let huge = projection_cache_bytes(Some(u64::MAX))
+        let huge = projection_cache_bytes(Some(u64::MAX), default)
             .unwrap_err()
             .to_string();
         assert!(huge.contains("more memory than any machine has"), "{huge}");
