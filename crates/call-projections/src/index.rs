@@ -222,23 +222,29 @@ const _: () = assert!(ROW_TEXTS <= u32::BITS as usize);
 impl IndexRow {
     /// The indexed values of `call`.
     pub(crate) fn of(call: &Call) -> IndexRow {
-        let mut strings = String::new();
-        let mut ends = [0u32; ROW_TEXTS];
-        let mut nulls = 0u32;
-        let fields = TEXT_SORT.iter().chain(TEXT_FILTER.iter());
-        for (i, field) in fields.enumerate() {
-            match call.text(*field) {
-                Some(text) => strings.push_str(text),
-                None => nulls |= 1 << i,
-            }
-            ends[i] = offset(&strings);
-        }
+        let texts: [Option<&str>; ROW_TEXTS] = {
+            let mut fields = TEXT_SORT.iter().chain(TEXT_FILTER.iter());
+            std::array::from_fn(|_| fields.next().and_then(|field| call.text(*field)))
+        };
         let mut tags: Vec<&str> = match call.attribute(Field::Tags) {
             Some(AttrValue::Tags(tags)) => tags.iter().map(String::as_str).collect(),
             _ => Vec::new(),
         };
         tags.sort_unstable();
         tags.dedup();
+        // One allocation of the final size: growing the buffer string by string reallocated it
+        // several times per row, once per call in a rebuild.
+        let length = texts.iter().flatten().chain(&tags).map(|s| s.len()).sum();
+        let mut strings = String::with_capacity(length);
+        let mut ends = [0u32; ROW_TEXTS];
+        let mut nulls = 0u32;
+        for (i, text) in texts.iter().enumerate() {
+            match text {
+                Some(text) => strings.push_str(text),
+                None => nulls |= 1 << i,
+            }
+            ends[i] = offset(&strings);
+        }
         let tag_ends = tags
             .iter()
             .map(|tag| {
