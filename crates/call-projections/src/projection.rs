@@ -167,7 +167,7 @@ fn encode_snapshot(
     db: &sled::Db,
     view: &View,
     on_disk: Option<Stamp>,
-) -> Result<Option<(Stamp, Vec<u8>)>, ProjectionError> {
+) -> Result<Option<(Stamp, snapshot::EncodedFile)>, ProjectionError> {
     let stamp = Stamp::of(view.generation, &view.meta);
     if on_disk == Some(stamp) {
         return Ok(None);
@@ -185,7 +185,7 @@ fn encode_snapshot(
 /// Writes a snapshot file made by [`encode_snapshot`] into `dir` and notes it in `on_disk`.
 fn write_snapshot_file(
     dir: &Path,
-    (stamp, file): (Stamp, Vec<u8>),
+    (stamp, file): (Stamp, snapshot::EncodedFile),
     on_disk: &mut Option<Stamp>,
 ) -> Result<(), ProjectionError> {
     snapshot::write_file(dir, &file)?;
