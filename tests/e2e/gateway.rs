@@ -114,6 +114,38 @@ where
     }
 }
 
+/// Waits for the ack of a message published to JetStream with its `Nats-Msg-Id` in `headers`,
+/// publishing it again while it is refused, as a producer does: under load a single nats-server
+/// now and then answers a publish with no responders (`StreamNotFound`) although the stream is
+/// there. The message id makes a publish that was stored after all count once.
+pub(crate) async fn stored_with_retries(
+    js: &async_nats::jetstream::Context,
+    ack: async_nats::jetstream::context::PublishAckFuture,
+    subject: &str,
+    headers: &async_nats::HeaderMap,
+    payload: &str,
+) {
+    if ack.await.is_ok() {
+        return;
+    }
+    eventually(
+        &format!("{subject} to store the message"),
+        Duration::from_secs(30),
+        || async {
+            js.publish_with_headers(
+                subject.to_owned(),
+                headers.clone(),
+                payload.to_owned().into(),
+            )
+            .await
+            .ok()?
+            .await
+            .ok()
+        },
+    )
+    .await;
+}
+
 /// Runs blocking test scaffolding (starting or stopping a server, a child process) without
 /// stalling the runtime's other tasks.
 pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {

@@ -18,8 +18,8 @@ use call_ledger_tests::{callledger_bin, wait_until, NatsCluster, NatsServer};
 use serde_json::{json, Value};
 
 use super::{
-    blocking, bounded, call_document, clock, eventually, open_ledger_patiently, Caller,
-    TEST_TIMEOUT,
+    blocking, bounded, call_document, clock, eventually, open_ledger_patiently,
+    stored_with_retries, Caller, TEST_TIMEOUT,
 };
 
 /// A `callledger serve` child process, killed on drop.
@@ -247,19 +247,19 @@ async fn commands_survive_a_sigkill(instances: usize, args: &[&str]) {
         for n in 0..COMMANDS {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("cmd-{n}").as_str());
-            let document = call_document(json!({"vendorCallId": format!("cmd-{n}")}));
+            let document = call_document(json!({"vendorCallId": format!("cmd-{n}")})).to_string();
             let ack = js
                 .publish_with_headers(
                     "calls.commands.create",
-                    headers,
-                    document.to_string().into(),
+                    headers.clone(),
+                    document.clone().into(),
                 )
                 .await
                 .expect("publish a command");
-            acks.push(ack);
+            acks.push((ack, headers, document));
         }
-        for ack in acks {
-            ack.await.expect("CALL_COMMANDS stores the command");
+        for (ack, headers, document) in acks {
+            stored_with_retries(&js, ack, "calls.commands.create", &headers, &document).await;
         }
 
         // Kill an instance while they work through the commands.
@@ -505,20 +505,18 @@ async fn two_ledgers_on_one_nats_keep_their_own_streams_and_consumers() {
             for (prefix, _) in &ledgers {
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("{prefix}-{n}").as_str());
-                let document = call_document(json!({"vendorCallId": format!("{prefix}-{n}")}));
+                let document =
+                    call_document(json!({"vendorCallId": format!("{prefix}-{n}")})).to_string();
+                let subject = format!("{prefix}.commands.create");
                 let ack = js
-                    .publish_with_headers(
-                        format!("{prefix}.commands.create"),
-                        headers,
-                        document.to_string().into(),
-                    )
+                    .publish_with_headers(subject.clone(), headers.clone(), document.clone().into())
                     .await
                     .expect("publish a command");
-                acks.push(ack);
+                acks.push((ack, subject, headers, document));
             }
         }
-        for ack in acks {
-            ack.await.expect("the commands stream stores the command");
+        for (ack, subject, headers, document) in acks {
+            stored_with_retries(&js, ack, &subject, &headers, &document).await;
         }
         for (prefix, _) in &ledgers {
             let names = call_gateway::JetStreamNames::of(prefix);
