@@ -833,16 +833,21 @@ fn a_corrupt_record_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     let a = new_stream(&log, &["a1", "a2"]);
+    new_stream(&log, &["b1"]);
     drop(log);
     {
+        // a's two records share the row at 1: its last byte goes missing.
         let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
-        db.insert(keys::log_key(2), &b"short"[..]).unwrap();
+        let row = db.get(keys::log_key(1)).unwrap().unwrap();
+        db.insert(keys::log_key(1), &row[..row.len() - 1]).unwrap();
         db.flush().unwrap();
     }
     let log = open(dir.path());
-    assert_eq!(log.head(), 2);
+    assert_eq!(log.head(), 3);
     match log.read_from(0, 10) {
-        Err(LogError::Corrupt(what)) => assert!(what.starts_with("L/2"), "{what}"),
+        Err(LogError::Corrupt(what)) => {
+            assert!(what.starts_with("L/1: packed record cut short"), "{what}")
+        }
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert!(matches!(
@@ -850,6 +855,79 @@ fn a_corrupt_record_is_an_error_not_a_panic() {
         Err(LogError::Corrupt(_))
     ));
     assert_eq!(log.read_from(0, 1).unwrap().len(), 1);
+}
+
+#[test]
+fn records_share_rows_of_6_kib_and_read_back_from_any_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut payloads: Vec<String> = (0..40).map(|i| format!("{i:04}").repeat(250)).collect();
+    // Larger than a row: a row to itself, between packed ones.
+    payloads.insert(20, "x".repeat(10_000));
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    let a = new_stream(&log, &refs);
+    let b = new_stream(&log, &["b1"]);
+    assert_eq!((a.last_position, b.first_position), (41, 42));
+    drop(log);
+    let rows = {
+        let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
+        db.scan_prefix([keys::LOG]).count()
+    };
+    // Five records of 1,024 bytes with their frames to a row: 20 in 4 rows, the large one,
+    // 20 in 4, then b's.
+    assert_eq!(rows, 10);
+    let log = open(dir.path());
+    assert_eq!(log.head(), 42);
+    let records = all(&log);
+    assert_gap_free(&records);
+    let read: Vec<&[u8]> = records.iter().map(|r| &r.payload[..]).collect();
+    let mut written: Vec<&[u8]> = refs.iter().map(|p| p.as_bytes()).collect();
+    written.push(b"b1");
+    assert_eq!(read, written);
+    for after in 0..=42 {
+        for limit in [1, 5, 100] {
+            let got = log.read_from(after, limit).unwrap();
+            let want = &records[(after as usize).min(42)..];
+            assert_eq!(
+                got,
+                want[..limit.min(want.len())],
+                "after {after} limit {limit}"
+            );
+        }
+    }
+    assert_eq!(log.read_stream(a.stream).unwrap(), records[..41]);
+    assert_eq!(log.read_stream(b.stream).unwrap(), records[41..]);
+}
+
+#[test]
+fn a_flipped_bit_in_a_packed_record_is_refused_as_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = new_stream(&log, &["first", "second"]);
+    new_stream(&log, &["b1"]);
+    drop(log);
+    {
+        let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
+        let mut row = db.get(keys::log_key(1)).unwrap().unwrap().to_vec();
+        let last = row.len() - 1;
+        row[last] ^= 0x10;
+        db.insert(keys::log_key(1), row).unwrap();
+        db.flush().unwrap();
+    }
+    let log = open(dir.path());
+    match log.read_from(0, 10) {
+        Err(LogError::Damaged(what)) => assert!(
+            what.contains("the record at L/2 (in the row L/1) fails its checksum"),
+            "{what}"
+        ),
+        other => panic!("expected Damaged, got {other:?}"),
+    }
+    assert_eq!(log.read_from(0, 1).unwrap()[0].payload, b"first");
+    assert!(matches!(
+        log.read_stream(a.stream),
+        Err(LogError::Damaged(_))
+    ));
+    assert_eq!(log.read_from(2, 1).unwrap()[0].payload, b"b1");
 }
 
 #[test]

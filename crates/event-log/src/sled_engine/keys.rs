@@ -4,7 +4,7 @@
 //!
 //! | key                                  | value                                            |
 //! |--------------------------------------|--------------------------------------------------|
-//! | `L` position                         | stream, version (top bit set), CRC-32, payload   |
+//! | `L` position                         | packed records from that position (`rows`), or, in logs written before 2026-12-06, one record: stream, version (top bit set), CRC-32, payload |
 //! | `F` first stream id of a run         | the positions of the first records of the run's streams |
 //! | `S` stream version                   | position, for a record no `F` row places (below) |
 //! | `I` idempotency key (UTF-8)          | stream, first/last version, first/last position, fingerprint |
@@ -19,18 +19,18 @@
 //! run, gives the stream's first record. Every other record has an `S` row: the later versions of
 //! every stream, the first records of streams started before 2026-12-05 (when every record had
 //! one), and those of streams restored out of order. A stream's version is its last `S` row,
-//! else 1 if an `F` row places its first record. So a group of creates writes its records and
-//! rewrites one `F` row, where every create used to add two rows: a row per event was most of
-//! the log writer's time in sled (`apply_batch`) and of the memory sled keeps for the pages it
-//! wrote.
+//! else 1 if an `F` row places its first record. So a group of creates writes its records
+//! (packed several to a row, see `rows`) and rewrites one `F` row, where every create used to
+//! add two rows: a row per event was most of the log writer's time in sled (`apply_batch`) and
+//! of the memory sled keeps for the pages it wrote.
 //!
 //! `Mstreams` is rewritten by each batch that starts a stream. A log without it (written before
 //! 2026-12-05) counts its streams as its highest id, from `S`, `V` and `Mnext_stream`.
 //!
 //! All integers are big-endian `u64`, so sled's byte order is numeric order.
 //!
-//! A record's CRC-32 covers its key and the rest of its value, so a flipped bit in either (or a
-//! value under another key) is found when the record is read, and refused as
+//! A record's CRC-32 covers the key of its position, its stream and version and its payload, so
+//! a flipped bit in any of them (or a record under another position) is found when it is read, and refused as
 //! [`LogError::Damaged`] rather than returned: sled checks its own framing, not every byte a
 //! damaged file can hold. Records written before the checksum (top bit of the version clear)
 //! are still read, unchecked.
@@ -140,7 +140,9 @@ fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
 /// The top bit of a record's stored version: a CRC-32 follows the version.
 const CHECKSUMMED: u64 = 1 << 63;
 
-/// A record's value under `key`: stream, version (marked), the CRC-32, the payload.
+/// A record's value under `key` in a row of its own (as logs written before 2026-12-06 stored
+/// every record): stream, version (marked), the CRC-32, the payload.
+#[cfg(test)]
 pub(crate) fn log_value(key: &[u8], stream: StreamId, version: Version, payload: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(20 + payload.len());
     value.extend_from_slice(&stream.to_be_bytes());
@@ -151,7 +153,7 @@ pub(crate) fn log_value(key: &[u8], stream: StreamId, version: Version, payload:
 }
 
 /// The CRC-32 of a record: its key, its stream and version, its payload.
-fn record_checksum(key: &[u8], header: &[u8], payload: &[u8]) -> u32 {
+pub(crate) fn record_checksum(key: &[u8], header: &[u8], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(key);
     hasher.update(header);

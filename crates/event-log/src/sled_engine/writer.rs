@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::keys;
+use super::rows::{Pack, RowRecords};
 use super::submissions::{Answer, Submissions};
 use crate::engine::{check_expected, check_restored, replay};
 use crate::{
@@ -79,14 +80,17 @@ impl Counters {
     }
 }
 
-/// Reads the counters from the tree: the head from the last `L` key; the next stream id above
+/// Reads the counters from the tree: the head from the last `L` row's last record; the next stream id above
 /// the last `F` row's run, the highest stream in the `S` index and, in logs written before
 /// 2026-12, the `V` rows and the `Mnext_stream` counter; the stream count from the `Mstreams`
 /// row, or in a log written before 2026-12-05, which has none, the next stream id less one.
 /// Also the last `F` row's run if it can still grow, read from the same row.
 pub(crate) fn recover(tree: &sled::Tree) -> Result<(Counters, Option<Run>), LogError> {
     let last_position = match tree.scan_prefix([keys::LOG]).next_back() {
-        Some(entry) => keys::decode_log_key(&entry.map_err(crate::error::storage)?.0)?,
+        Some(entry) => {
+            let (key, value) = entry.map_err(crate::error::storage)?;
+            RowRecords::new(&key, &value)?.last_position()?
+        }
         None => 0,
     };
     let (after_runs, run) = match tree.scan_prefix([keys::FIRST]).next_back() {
@@ -142,7 +146,39 @@ struct Group {
     versions: HashMap<StreamId, Version>,
     idempotency: HashMap<String, (Appended, [u8; 32])>,
     batch: sled::Batch,
+    /// The row the group's next records go into (see `rows`).
+    pack: Option<Pack>,
     accepted: usize,
+}
+
+impl Group {
+    /// Stages the record at the group's next position (`position`, as the caller counts it).
+    fn stage_record(
+        &mut self,
+        position: Position,
+        stream: StreamId,
+        version: Version,
+        payload: &[u8],
+    ) {
+        if self
+            .pack
+            .as_ref()
+            .is_some_and(|pack| pack.is_full_for(payload.len()))
+        {
+            self.finish_pack();
+        }
+        let pack = self.pack.get_or_insert_with(|| Pack::new(position));
+        debug_assert_eq!(pack.next_position(), position);
+        pack.push(stream, version, payload);
+    }
+
+    /// Writes the row being filled, if any, into the batch.
+    fn finish_pack(&mut self) {
+        if let Some(pack) = self.pack.take() {
+            let (key, value) = pack.into_row();
+            self.batch.insert(&key[..], value);
+        }
+    }
 }
 
 /// The writer thread's state.
@@ -205,6 +241,7 @@ impl Writer {
             versions: HashMap::new(),
             idempotency: HashMap::new(),
             batch: sled::Batch::default(),
+            pack: None,
             accepted: 0,
         };
         let answers: Vec<Answer> = appends
@@ -212,6 +249,7 @@ impl Writer {
             .map(|append| self.check_and_stage(&mut group, append))
             .collect();
         let accepted = group.accepted;
+        group.finish_pack();
         for (first, positions) in &group.runs {
             group
                 .batch
@@ -337,10 +375,7 @@ impl Writer {
         for (offset, payload) in (0..).zip(&append.payloads) {
             let position = first_position + offset;
             let version = first_version + offset;
-            let key = keys::log_key(position);
-            group
-                .batch
-                .insert(&key[..], keys::log_value(&key, stream, version, payload));
+            group.stage_record(position, stream, version, payload);
             if !(in_run && version == 1) {
                 group.batch.insert(
                     &keys::stream_key(stream, version)[..],
