@@ -446,12 +446,12 @@ fn bench_rebuild(root: &Path, log: EventLog, sled: &SledLog, sizes: &Sizes) -> V
         });
         let events = report.map_or(0, |report| report.events);
         assert_eq!(events, head, "the rebuild replayed the whole log");
-        let mut rows = 0;
-        let scan_seconds = seconds(|| rows = sled.scan_raw().expect("raw scan"));
-        assert_eq!(rows, head, "the raw scan saw the whole log");
+        let mut records = 0;
+        let scan_seconds = seconds(|| records = sled.scan_raw().expect("raw scan"));
+        assert_eq!(records, head, "the raw scan saw the whole log");
         if round > 0 {
             rebuild_rates.push(events as f64 / rebuild_seconds);
-            scan_rates.push(rows as f64 / scan_seconds);
+            scan_rates.push(records as f64 / scan_seconds);
         }
     }
     let rebuild = Stats::new(rebuild_rates);
@@ -459,11 +459,13 @@ fn bench_rebuild(root: &Path, log: EventLog, sled: &SledLog, sizes: &Sizes) -> V
     println!(
         "rebuild of {head} events: {} | raw sled scan {}",
         rebuild.spread("events/s"),
-        scan.spread("rows/s")
+        scan.spread("records/s")
     );
     vec![
         Row {
-            metric: format!("rebuild events/s, {head} events (vs raw sled scan rows/s)"),
+            metric: format!(
+                "rebuild events/s, {head} events (vs raw sled scan of its rows, records/s)"
+            ),
             ours: rebuild.median(),
             baseline: Some(scan.median()),
             target: Target::None,
