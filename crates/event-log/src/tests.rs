@@ -270,8 +270,11 @@ fn a_log_with_an_index_row_per_record_reads_and_grows_alongside_runs() {
     append_any(&log, 3, &["c2"]);
     append_any(&log, 4, &["d2"]);
     append_any(&log, 2, &["b2"]);
+    // Stream 1's links reach its records from before links, past two of their `S` rows.
+    append_any(&log, 1, &["a3"]);
+    append_any(&log, 1, &["a4", "a5"]);
     let f = new_stream(&log, &["f1"]);
-    assert_eq!((f.first_position, f.stream), (10, 6));
+    assert_eq!((f.first_position, f.stream), (13, 6));
     drop(log);
     let log = open(dir.path());
     let payloads = |stream| -> Vec<String> {
@@ -281,7 +284,9 @@ fn a_log_with_an_index_row_per_record_reads_and_grows_alongside_runs() {
             .map(|record| String::from_utf8(record.payload.clone()).unwrap())
             .collect()
     };
-    assert_eq!(payloads(1), ["a1", "a2"]);
+    assert_eq!(payloads(1), ["a1", "a2", "a3", "a4", "a5"]);
+    assert_eq!(log.stream_version(1).unwrap(), Some(5));
+    assert_eq!(log.stream_version(3).unwrap(), Some(2));
     assert_eq!(payloads(2), ["b1", "b2"]);
     assert_eq!(payloads(3), ["c1", "c2"]);
     assert_eq!(payloads(4), ["d1", "d2"]);
@@ -301,12 +306,24 @@ fn a_log_with_an_index_row_per_record_reads_and_grows_alongside_runs() {
     assert_eq!(log.stats().unwrap().streams, 6);
     assert_eq!(new_stream(&log, &["g1"]).stream, 7);
     assert_gap_free(&all(&log));
-    // The first records of the new streams have no index row, only the run's.
+    // The first records of the new streams have no index row, only the run's; their later
+    // records no index row either, only their stream's tail.
     drop(log);
     let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
     assert!(db.get(keys::stream_key(4, 1)).unwrap().is_none());
-    assert!(db.get(keys::stream_key(4, 2)).unwrap().is_some());
+    assert!(db.get(keys::stream_key(4, 2)).unwrap().is_none());
     assert!(db.get(keys::first_key(4)).unwrap().is_some());
+    assert!(db.get(keys::tail_key(5)).unwrap().is_none());
+    let tail = db.get(keys::tail_key(4)).unwrap().unwrap();
+    assert_eq!(
+        keys::decode_tail_value(&keys::tail_key(4), &tail).unwrap(),
+        (2, 8)
+    );
+    assert_eq!(
+        db.scan_prefix([keys::STREAM]).count(),
+        4,
+        "the legacy rows only"
+    );
 }
 
 #[test]
@@ -928,6 +945,42 @@ fn a_flipped_bit_in_a_packed_record_is_refused_as_damaged() {
         Err(LogError::Damaged(_))
     ));
     assert_eq!(log.read_from(2, 1).unwrap()[0].payload, b"b1");
+}
+
+#[test]
+fn a_stream_is_read_back_along_its_links_and_a_wrong_tail_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = new_stream(&log, &["a1"]);
+    let b = new_stream(&log, &["b1"]);
+    append_any(&log, a.stream, &["a2"]);
+    append_any(&log, b.stream, &["b2", "b3"]);
+    append_any(&log, a.stream, &["a3"]);
+    let payloads = |log: &EventLog, stream| -> Vec<Vec<u8>> {
+        let records = log.read_stream(stream).unwrap();
+        assert!(records.windows(2).all(|w| w[0].version + 1 == w[1].version));
+        records.into_iter().map(|r| r.payload).collect()
+    };
+    assert_eq!(payloads(&log, a.stream), [b"a1", b"a2", b"a3"]);
+    assert_eq!(payloads(&log, b.stream), [b"b1", b"b2", b"b3"]);
+    assert_eq!(log.stream_version(b.stream).unwrap(), Some(3));
+    drop(log);
+    {
+        // a's tail points at b's last record.
+        let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
+        db.insert(keys::tail_key(a.stream), &keys::tail_value(3, 5)[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let log = open(dir.path());
+    match log.read_stream(a.stream) {
+        Err(LogError::Corrupt(what)) => assert!(
+            what.starts_with("T/1: the stream's version 3 is at 5, which holds stream 2 version 3"),
+            "{what}"
+        ),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(payloads(&log, b.stream), [b"b1", b"b2", b"b3"]);
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //!
 //! | key                                  | value                                            |
 //! |--------------------------------------|--------------------------------------------------|
-//! | `L` position                         | packed records from that position (`rows`), or, in logs written before 2026-12-06, one record: stream, version (top bit set), CRC-32, payload |
+//! | `L` position                         | packed records from that position, each linked to its stream's record before it (`rows`), or, in logs written before 2026-12-06, one record: stream, version (top bit set), CRC-32, payload |
 //! | `F` first stream id of a run         | the positions of the first records of the run's streams |
-//! | `S` stream version                   | position, for a record no `F` row places (below) |
+//! | `T` stream                           | its last version and the position of its last record |
+//! | `S` stream version                   | position, in logs written before 2026-12-06: no longer written |
 //! | `I` idempotency key (UTF-8)          | stream, first/last version, first/last position, fingerprint |
 //! | `Mstreams`                           | how many streams there are                       |
 //! | `V` stream (logs written before 2026-12) | last version, no longer written              |
@@ -16,13 +17,22 @@
 //! and the positions of their first records are written as one `F` row per run, keyed by its
 //! first id (a group's run holds up to 256; the next group extends the last run, rewriting its
 //! row, while it holds fewer than 64): the `F` row at or below an id, if the id falls in its
-//! run, gives the stream's first record. Every other record has an `S` row: the later versions of
-//! every stream, the first records of streams started before 2026-12-05 (when every record had
-//! one), and those of streams restored out of order. A stream's version is its last `S` row,
-//! else 1 if an `F` row places its first record. So a group of creates writes its records
-//! (packed several to a row, see `rows`) and rewrites one `F` row, where every create used to
-//! add two rows: a row per event was most of the log writer's time in sled (`apply_batch`) and
-//! of the memory sled keeps for the pages it wrote.
+//! run, gives the stream's first record. Every append that leaves its stream at a version an
+//! `F` row does not tell (a later version, or the first of a stream restored out of order)
+//! rewrites the stream's `T` row; each record links to the stream's record before it, so a
+//! stream is read from its `T` row back along the links. A stream's version is its `T` row,
+//! else 1 if an `F` row places its first record.
+//!
+//! So a group of creates writes its records (packed several to a row, see `rows`) and rewrites
+//! one `F` row, and an update rewrites its stream's `T` row. Every event used to add two rows:
+//! a row per event was most of the log writer's time in sled (`apply_batch`) and of the memory
+//! sled keeps for the pages it wrote, which grows with every key a tree ever held.
+//!
+//! Logs written before 2026-12-06 hold an `S` row for every record no `F` row places: the
+//! later versions of every stream, the first records of streams started before 2026-12-05
+//! (when every record had one), and those of streams restored out of order. Their streams
+//! are read from the `S` rows, and where a stream's links reach one of their records (a row of
+//! one record, which has no link), the rest of it is read from its `S` rows.
 //!
 //! `Mstreams` is rewritten by each batch that starts a stream. A log without it (written before
 //! 2026-12-05) counts its streams as its highest id, from `S`, `V` and `Mnext_stream`.
@@ -43,8 +53,10 @@ pub(crate) const LOG: u8 = b'L';
 pub(crate) const FIRST: u8 = b'F';
 /// Prefix of the per-stream index, by stream and version.
 pub(crate) const STREAM: u8 = b'S';
-/// Prefix of each stream's last version.
+/// Prefix of each stream's last version, in logs written before 2026-12.
 pub(crate) const VERSION: u8 = b'V';
+/// Prefix of each stream's tail: its last version and the position of its last record.
+pub(crate) const TAIL: u8 = b'T';
 /// Prefix of the idempotency keys.
 pub(crate) const IDEMPOTENCY: u8 = b'I';
 /// The persisted stream-id counter of logs written before 2026-12.
@@ -116,6 +128,36 @@ pub(crate) fn stream_key(stream: StreamId, version: Version) -> [u8; 17] {
     key[1..9].copy_from_slice(&stream.to_be_bytes());
     key[9..].copy_from_slice(&version.to_be_bytes());
     key
+}
+
+/// The key of `stream`'s tail row.
+pub(crate) fn tail_key(stream: StreamId) -> [u8; 9] {
+    prefixed(TAIL, stream)
+}
+
+/// A tail row's value: the stream's last version and its last record's position.
+pub(crate) fn tail_value(version: Version, position: Position) -> [u8; 16] {
+    let mut value = [0; 16];
+    value[..8].copy_from_slice(&version.to_be_bytes());
+    value[8..].copy_from_slice(&position.to_be_bytes());
+    value
+}
+
+/// The last version and position in the tail row `key`, `value`.
+pub(crate) fn decode_tail_value(key: &[u8], value: &[u8]) -> Result<(Version, Position), LogError> {
+    const WHAT: &str = "tail value is not 16 bytes";
+    if value.len() != 16 {
+        return Err(corrupt(key, WHAT));
+    }
+    Ok((u64_at(value, 0, key, WHAT)?, u64_at(value, 8, key, WHAT)?))
+}
+
+/// The stream id in a `T` key.
+pub(crate) fn decode_tail_key(key: &[u8]) -> Result<StreamId, LogError> {
+    if key.len() != 9 || key[0] != TAIL {
+        return Err(corrupt(key, "not a tail key"));
+    }
+    u64_at(key, 1, key, "not a tail key")
 }
 
 #[cfg(test)]
@@ -281,7 +323,7 @@ pub(crate) fn decode_idempotency_value(
     Ok((appended, fingerprint))
 }
 
-/// A readable name for a key, for error messages: `L/42`, `F/40`, `S/3/7`, `V/3`,
+/// A readable name for a key, for error messages: `L/42`, `F/40`, `S/3/7`, `V/3`, `T/3`,
 /// `I/"key"`, `M/next_stream`, `M/streams`, or hex for anything else.
 pub(crate) fn describe(key: &[u8]) -> String {
     let n = |at: usize| {
@@ -293,6 +335,7 @@ pub(crate) fn describe(key: &[u8]) -> String {
         (Some(&LOG), 9) => format!("L/{}", n(1).unwrap_or_default()),
         (Some(&FIRST), 9) => format!("F/{}", n(1).unwrap_or_default()),
         (Some(&VERSION), 9) => format!("V/{}", n(1).unwrap_or_default()),
+        (Some(&TAIL), 9) => format!("T/{}", n(1).unwrap_or_default()),
         (Some(&STREAM), 17) => format!(
             "S/{}/{}",
             n(1).unwrap_or_default(),

@@ -295,27 +295,55 @@ fn first_record_in_runs(
     if position > head {
         return Ok(None);
     }
-    let (found_stream, version, payload) = rows::record_at(tree, position)?.ok_or_else(|| {
+    let record = rows::record_at(tree, position)?.ok_or_else(|| {
         keys::corrupt(
             &run_key,
             &format!("the first record of stream {stream} is missing"),
         )
     })?;
-    if (found_stream, version) != (stream, 1) {
+    if (record.stream, record.version) != (stream, 1) {
         return Err(keys::corrupt(
             &run_key,
             &format!(
-                "places stream {stream}'s first record at {position}, which is stream \
-                 {found_stream} version {version}"
+                "places stream {stream}'s first record at {position}, which is stream {} \
+                 version {}",
+                record.stream, record.version
             ),
         ));
     }
     Ok(Some(Record {
         position,
         stream,
-        version,
-        payload,
+        version: 1,
+        payload: record.payload,
     }))
+}
+
+/// The stream's last version and the position of its last record, from its `T` row.
+fn tail_row(tree: &sled::Tree, stream: StreamId) -> Result<Option<(Version, Position)>, LogError> {
+    let key = keys::tail_key(stream);
+    match tree.get(key).map_err(crate::error::storage)? {
+        Some(value) => keys::decode_tail_value(&key, &value).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The stream's last version and the position of its last record as the tree holds them,
+/// durable or not (the writer's view): its `T` row; in a log written before 2026-12-06, its
+/// last `S` row; else its first record, if its run's `F` row places one.
+pub(crate) fn stored_tail(
+    tree: &sled::Tree,
+    stream: StreamId,
+) -> Result<Option<(Version, Position)>, LogError> {
+    if let Some(tail) = tail_row(tree, stream)? {
+        return Ok(Some(tail));
+    }
+    if let Some(entry) = tree.scan_prefix(keys::stream_prefix(stream)).next_back() {
+        let (key, value) = entry.map_err(crate::error::storage)?;
+        let version = keys::decode_stream_key_version(&key)?;
+        return Ok(Some((version, keys::decode_u64_value(&key, &value)?)));
+    }
+    Ok(first_record_in_runs(tree, stream, Position::MAX)?.map(|record| (1, record.position)))
 }
 
 /// Takes the exclusive lock on `dir/LOCK`, held until the file is closed.
@@ -412,15 +440,15 @@ impl SledLog {
             }
             row.skip_to(first)?;
             for record in row.by_ref() {
-                let (position, stream, version, payload) = record?;
-                if position > head {
+                let record = record?;
+                if record.position > head {
                     return Ok(records);
                 }
                 records.push(Record {
-                    position,
-                    stream,
-                    version,
-                    payload: payload.to_vec(),
+                    position: record.position,
+                    stream: record.stream,
+                    version: record.version,
+                    payload: record.payload.to_vec(),
                 });
                 if records.len() == wanted {
                     return Ok(records);
@@ -431,9 +459,91 @@ impl SledLog {
         Ok(records)
     }
 
+    /// The stream's durable records, read from its `T` row back along their links (see
+    /// [`keys`]); where the links reach a record written before them, the rest from the `S`
+    /// rows.
     fn read_stream_unguarded(&self, stream: StreamId) -> Result<Vec<Record>, LogError> {
         let head = self.head();
+        let tree = &self.inner.db;
+        let Some((mut version, mut position)) = tail_row(tree, stream)? else {
+            return self.read_indexed_stream(stream, Version::MAX);
+        };
+        let tail_key = keys::tail_key(stream);
+        let mut newest_first = Vec::new();
+        loop {
+            let record = rows::record_at(tree, position)?.ok_or_else(|| {
+                keys::corrupt(
+                    &tail_key,
+                    &format!("the stream's version {version} at {position} is missing"),
+                )
+            })?;
+            if (record.stream, record.version) != (stream, version) {
+                return Err(keys::corrupt(
+                    &tail_key,
+                    &format!(
+                        "the stream's version {version} is at {position}, which holds stream \
+                         {} version {}",
+                        record.stream, record.version
+                    ),
+                ));
+            }
+            if position <= head {
+                newest_first.push(Record {
+                    position,
+                    stream,
+                    version,
+                    payload: record.payload,
+                });
+            }
+            match record.link {
+                Some(0) if version == 1 => break,
+                Some(link) if link < position && version > 1 => {
+                    position = link;
+                    version -= 1;
+                }
+                Some(link) => {
+                    return Err(keys::corrupt(
+                        &keys::log_key(position),
+                        &format!(
+                            "stream {stream} version {version} links to position {link}, not to \
+                             its version before"
+                        ),
+                    ))
+                }
+                // Written before links: the versions below it are in the `S` rows.
+                None => {
+                    let mut records = self.read_indexed_stream(stream, version)?;
+                    if records.len() as u64 != version - 1 {
+                        return Err(keys::corrupt(
+                            &keys::stream_key(stream, version),
+                            &format!(
+                                "the stream index holds {} of the {} versions before {version}",
+                                records.len(),
+                                version - 1
+                            ),
+                        ));
+                    }
+                    records.extend(newest_first.into_iter().rev());
+                    return Ok(records);
+                }
+            }
+        }
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
+    /// The stream's durable records below version `below`, as logs written before 2026-12-06
+    /// index them: the first from its run's `F` row or an `S` row, the rest from `S` rows.
+    fn read_indexed_stream(
+        &self,
+        stream: StreamId,
+        below: Version,
+    ) -> Result<Vec<Record>, LogError> {
+        let head = self.head();
         let mut records = Vec::new();
+        if below <= 1 {
+            return Ok(records);
+        }
         let mut indexed = self
             .inner
             .db
@@ -467,17 +577,18 @@ impl SledLog {
             let version = keys::decode_stream_key_version(&index_key)?;
             let position = keys::decode_u64_value(&index_key, &value)?;
             // Positions grow with versions, so the rest is not durable yet.
-            if position > head {
+            if position > head || version >= below {
                 break;
             }
-            let (found_stream, found_version, payload) = rows::record_at(&self.inner.db, position)?
+            let record = rows::record_at(&self.inner.db, position)?
                 .ok_or_else(|| keys::corrupt(&index_key, "indexed record is missing"))?;
-            if (found_stream, found_version) != (stream, version) {
+            if (record.stream, record.version) != (stream, version) {
                 return Err(keys::corrupt(
                     &keys::log_key(position),
                     &format!(
-                        "record is stream {found_stream} version {found_version}, \
-                         the index says stream {stream} version {version}"
+                        "record is stream {} version {}, the index says stream {stream} version \
+                         {version}",
+                        record.stream, record.version
                     ),
                 ));
             }
@@ -485,7 +596,7 @@ impl SledLog {
                 position,
                 stream,
                 version,
-                payload,
+                payload: record.payload,
             });
         }
         Ok(records)
@@ -493,6 +604,17 @@ impl SledLog {
 
     fn stream_version_unguarded(&self, stream: StreamId) -> Result<Option<Version>, LogError> {
         let head = self.head();
+        match tail_row(&self.inner.db, stream)? {
+            Some((version, position)) if position <= head => return Ok(Some(version)),
+            // Its last append is not durable yet: the last record that is.
+            Some(_) => {
+                return Ok(self
+                    .read_stream_unguarded(stream)?
+                    .last()
+                    .map(|record| record.version))
+            }
+            None => {}
+        }
         for entry in self.inner.db.scan_prefix(keys::stream_prefix(stream)).rev() {
             let (key, value) = entry.map_err(crate::error::storage)?;
             if keys::decode_u64_value(&key, &value)? <= head {

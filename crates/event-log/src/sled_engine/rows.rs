@@ -3,11 +3,11 @@
 //! one record. [`RowRecords`] reads either kind back, checking each record it returns.
 //!
 //! A packed value is the mark [`PACKED`] (eight `0xff` bytes, which no stream id is: ids are
-//! handed out from 1 without gaps) followed by its records, each `stream`, `version`, CRC-32,
-//! payload length (`u32`) and payload. A record's CRC-32 is computed as for a row of its own
-//! (over the key of its position, its stream and version, its payload), so a flipped bit in a
-//! pack is found in the record it hit; a flipped length makes the walk fail its next checksum or
-//! run off the row, which is refused as well.
+//! handed out from 1 without gaps) followed by its records, each `stream`, `version`, `link`
+//! (the position of the stream's record before it, 0 for none), CRC-32, payload length (`u32`)
+//! and payload. A record's CRC-32 covers the key of its position, its stream, version and link
+//! and its payload, so a flipped bit in a pack is found in the record it hit; a flipped length
+//! makes the walk fail its next checksum or run off the row, which is refused as well.
 //!
 //! Why packs: sled's cost is per row. With one row per record, a group of 64 appends spent
 //! most of its `apply_batch` on 64 inserts, and sled kept the state of every page they made
@@ -29,15 +29,23 @@ const PACKED: [u8; 8] = [0xff; 8];
 /// own (a record larger than this has a row to itself).
 pub(crate) const PACK_BYTES: usize = 6 * 1024;
 
-/// A record's bytes in a pack besides its payload: stream, version, CRC-32, payload length.
-const FRAME_BYTES: usize = 8 + 8 + 4 + 4;
+/// A packed record's header: stream, version and link, as its checksum covers them.
+const HEADER_BYTES: usize = 8 + 8 + 8;
 
-/// A packed record's stream and version, as its checksum covers them.
-fn header(stream: StreamId, version: Version) -> [u8; 16] {
-    let mut header = [0; 16];
+/// A record's bytes in a pack besides its payload: the header, CRC-32, payload length.
+const FRAME_BYTES: usize = HEADER_BYTES + 4 + 4;
+
+fn header(stream: StreamId, version: Version, link: Position) -> [u8; HEADER_BYTES] {
+    let mut header = [0; HEADER_BYTES];
     header[..8].copy_from_slice(&stream.to_be_bytes());
-    header[8..].copy_from_slice(&version.to_be_bytes());
+    header[8..16].copy_from_slice(&version.to_be_bytes());
+    header[16..].copy_from_slice(&link.to_be_bytes());
     header
+}
+
+/// The big-endian number in `bytes` (at most eight of them).
+fn be(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |n, b| (n << 8) | u64::from(*b))
 }
 
 /// The records of one row being filled, from `first`.
@@ -70,10 +78,17 @@ impl Pack {
         self.count > 0 && self.value.len() + FRAME_BYTES + payload_len > PACK_BYTES
     }
 
-    /// Adds the record at [`Pack::next_position`].
-    pub(crate) fn push(&mut self, stream: StreamId, version: Version, payload: &[u8]) {
+    /// Adds the record at [`Pack::next_position`], linked to its stream's record at `link`
+    /// (0: none, the stream's first record).
+    pub(crate) fn push(
+        &mut self,
+        stream: StreamId,
+        version: Version,
+        link: Position,
+        payload: &[u8],
+    ) {
         let key = keys::log_key(self.next_position());
-        let header = header(stream, version);
+        let header = header(stream, version, link);
         let crc = keys::record_checksum(&key, &header, payload);
         self.value.extend_from_slice(&header);
         self.value.extend_from_slice(&crc.to_be_bytes());
@@ -91,8 +106,26 @@ impl Pack {
     }
 }
 
-/// One record read from a row: position, stream, version, payload.
-pub(crate) type RowRecord<'v> = (Position, StreamId, Version, &'v [u8]);
+/// One record read from a row.
+#[derive(Debug)]
+pub(crate) struct RowRecord<'v> {
+    pub(crate) position: Position,
+    pub(crate) stream: StreamId,
+    pub(crate) version: Version,
+    /// The position of the stream's record before it (0: none); `None` for a row of one record,
+    /// written before records were linked.
+    pub(crate) link: Option<Position>,
+    pub(crate) payload: &'v [u8],
+}
+
+/// A packed record as stored: its header, stored CRC-32 and payload, and where the next record
+/// starts.
+struct Frame<'v> {
+    header: &'v [u8],
+    crc: u32,
+    payload: &'v [u8],
+    next_at: usize,
+}
 
 /// The records of one `L` row, in position order, each checked against its checksum as it is
 /// returned (and only then: [`RowRecords::skip_to`] passes over the ones before it unchecked).
@@ -122,22 +155,20 @@ impl<'v> RowRecords<'v> {
         })
     }
 
-    /// The record's frame at `at` in a pack: stream, version, stored CRC-32, payload, and where
-    /// the next record starts.
-    fn frame(&self, at: usize) -> Result<(StreamId, Version, u32, &'v [u8], usize), LogError> {
+    /// The record's frame at `at` in a pack.
+    fn frame(&self, at: usize) -> Result<Frame<'v>, LogError> {
         let cut_short = || keys::corrupt(self.key, "packed record cut short");
-        let header = self.value.get(at..at + FRAME_BYTES).ok_or_else(cut_short)?;
-        let be = |range: std::ops::Range<usize>| -> u64 {
-            header[range]
-                .iter()
-                .fold(0, |n, b| (n << 8) | u64::from(*b))
-        };
-        let (stream, version) = (be(0..8), be(8..16));
-        let crc = be(16..20) as u32;
-        let len = usize::try_from(be(20..24)).map_err(|_| cut_short())?;
+        let frame = self.value.get(at..at + FRAME_BYTES).ok_or_else(cut_short)?;
+        let crc = be(&frame[HEADER_BYTES..HEADER_BYTES + 4]) as u32;
+        let len = usize::try_from(be(&frame[HEADER_BYTES + 4..])).map_err(|_| cut_short())?;
         let start = at + FRAME_BYTES;
         let payload = self.value.get(start..start + len).ok_or_else(cut_short)?;
-        Ok((stream, version, crc, payload, start + len))
+        Ok(Frame {
+            header: &frame[..HEADER_BYTES],
+            crc,
+            payload,
+            next_at: start + len,
+        })
     }
 
     /// Passes over the records before `position` without checking them; false when the row
@@ -150,7 +181,7 @@ impl<'v> RowRecords<'v> {
                     self.done = true;
                 }
                 Some(at) => {
-                    let (.., next_at) = self.frame(at)?;
+                    let next_at = self.frame(at)?.next_at;
                     self.advance(next_at);
                 }
             }
@@ -188,25 +219,40 @@ impl<'v> Iterator for RowRecords<'v> {
         let Some(at) = self.at else {
             self.next += 1;
             self.done = true;
-            return Some(
-                keys::decode_log_value(self.key, self.value)
-                    .map(|(stream, version, payload)| (position, stream, version, payload)),
-            );
+            return Some(keys::decode_log_value(self.key, self.value).map(
+                |(stream, version, payload)| RowRecord {
+                    position,
+                    stream,
+                    version,
+                    link: None,
+                    payload,
+                },
+            ));
         };
-        let checked = self
-            .frame(at)
-            .and_then(|(stream, version, crc, payload, next_at)| {
-                let key = keys::log_key(position);
-                if keys::record_checksum(&key, &header(stream, version), payload) != crc {
-                    return Err(LogError::Damaged(format!(
-                        "the record at {} (in the row {}) fails its checksum",
-                        keys::describe(&key),
-                        keys::describe(self.key)
-                    )));
-                }
-                self.advance(next_at);
-                Ok((position, stream, version, payload))
-            });
+        let checked = self.frame(at).and_then(|frame| {
+            let Frame {
+                header,
+                crc,
+                payload,
+                next_at,
+            } = frame;
+            let key = keys::log_key(position);
+            if keys::record_checksum(&key, header, payload) != crc {
+                return Err(LogError::Damaged(format!(
+                    "the record at {} (in the row {}) fails its checksum",
+                    keys::describe(&key),
+                    keys::describe(self.key)
+                )));
+            }
+            self.advance(next_at);
+            Ok(RowRecord {
+                position,
+                stream: be(&header[..8]),
+                version: be(&header[8..16]),
+                link: Some(be(&header[16..])),
+                payload,
+            })
+        });
         if checked.is_err() {
             self.done = true;
         }
@@ -225,12 +271,19 @@ pub(crate) fn row_at_or_below(
         .map_err(crate::error::storage)
 }
 
-/// The record at `position` in `tree` (stream, version, payload), checked; `None` when no row
-/// holds it.
+/// A record read on its own: stream, version, link (see [`RowRecord`]), payload.
+pub(crate) struct OwnedRecord {
+    pub(crate) stream: StreamId,
+    pub(crate) version: Version,
+    pub(crate) link: Option<Position>,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// The record at `position` in `tree`, checked; `None` when no row holds it.
 pub(crate) fn record_at(
     tree: &sled::Tree,
     position: Position,
-) -> Result<Option<(StreamId, Version, Vec<u8>)>, LogError> {
+) -> Result<Option<OwnedRecord>, LogError> {
     let Some((key, value)) = row_at_or_below(tree, position)? else {
         return Ok(None);
     };
@@ -238,11 +291,12 @@ pub(crate) fn record_at(
     if !records.skip_to(position)? {
         return Ok(None);
     }
-    match records.next() {
-        Some(record) => {
-            let (_, stream, version, payload) = record?;
-            Ok(Some((stream, version, payload.to_vec())))
-        }
-        None => Ok(None),
-    }
+    records.next().transpose().map(|record| {
+        record.map(|record| OwnedRecord {
+            stream: record.stream,
+            version: record.version,
+            link: record.link,
+            payload: record.payload.to_vec(),
+        })
+    })
 }

@@ -80,9 +80,9 @@ impl Counters {
     }
 }
 
-/// Reads the counters from the tree: the head from the last `L` row's last record; the next stream id above
-/// the last `F` row's run, the highest stream in the `S` index and, in logs written before
-/// 2026-12, the `V` rows and the `Mnext_stream` counter; the stream count from the `Mstreams`
+/// Reads the counters from the tree: the head from the last `L` row's last record; the next
+/// stream id above the last `F` row's run, the highest stream with a `T` row and, in logs
+/// written before, the highest in the `S` index, the `V` rows and the `Mnext_stream` counter; the stream count from the `Mstreams`
 /// row, or in a log written before 2026-12-05, which has none, the next stream id less one.
 /// Also the last `F` row's run if it can still grow, read from the same row.
 pub(crate) fn recover(tree: &sled::Tree) -> Result<(Counters, Option<Run>), LogError> {
@@ -107,6 +107,10 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<(Counters, Option<Run>), LogE
         Some(entry) => keys::decode_stream_key_stream(&entry.map_err(crate::error::storage)?.0)?,
         None => 0,
     };
+    let highest_tailed = match tree.scan_prefix([keys::TAIL]).next_back() {
+        Some(entry) => keys::decode_tail_key(&entry.map_err(crate::error::storage)?.0)?,
+        None => 0,
+    };
     let highest_versioned = match tree.scan_prefix([keys::VERSION]).next_back() {
         Some(entry) => keys::decode_version_key(&entry.map_err(crate::error::storage)?.0)?,
         None => 0,
@@ -120,7 +124,7 @@ pub(crate) fn recover(tree: &sled::Tree) -> Result<(Counters, Option<Run>), LogE
     }
     let next_stream = stored
         .max(after_runs)
-        .max(highest_indexed.max(highest_versioned) + 1);
+        .max(highest_indexed.max(highest_versioned).max(highest_tailed) + 1);
     let streams = match tree
         .get(keys::STREAM_COUNT)
         .map_err(crate::error::storage)?
@@ -143,7 +147,8 @@ struct Group {
     /// The runs of consecutive new stream ids the group starts or extends, with the positions
     /// of their first records: one `F` row each.
     runs: Vec<Run>,
-    versions: HashMap<StreamId, Version>,
+    /// The last version and position of each stream the group appended to.
+    tails: HashMap<StreamId, (Version, Position)>,
     idempotency: HashMap<String, (Appended, [u8; 32])>,
     batch: sled::Batch,
     /// The row the group's next records go into (see `rows`).
@@ -152,12 +157,14 @@ struct Group {
 }
 
 impl Group {
-    /// Stages the record at the group's next position (`position`, as the caller counts it).
+    /// Stages the record at the group's next position (`position`, as the caller counts it),
+    /// linked to its stream's record at `link` (0: none).
     fn stage_record(
         &mut self,
         position: Position,
         stream: StreamId,
         version: Version,
+        link: Position,
         payload: &[u8],
     ) {
         if self
@@ -169,7 +176,7 @@ impl Group {
         }
         let pack = self.pack.get_or_insert_with(|| Pack::new(position));
         debug_assert_eq!(pack.next_position(), position);
-        pack.push(stream, version, payload);
+        pack.push(stream, version, link, payload);
     }
 
     /// Writes the row being filled, if any, into the batch.
@@ -238,7 +245,7 @@ impl Writer {
         let mut group = Group {
             counters: self.counters,
             runs: Vec::new(),
-            versions: HashMap::new(),
+            tails: HashMap::new(),
             idempotency: HashMap::new(),
             batch: sled::Batch::default(),
             pack: None,
@@ -331,19 +338,20 @@ impl Writer {
             StreamTarget::Existing(id) if id == 0 || id >= group.counters.next_stream => {
                 return Err(AppendError::StreamNotFound(id))
             }
-            StreamTarget::Existing(id) => match self.stream_version(group, id)? {
-                Some(current) => (id, Some(current)),
+            StreamTarget::Existing(id) => match self.stream_tail(group, id)? {
+                Some(tail) => (id, Some(tail)),
                 None => return Err(AppendError::StreamNotFound(id)),
             },
             StreamTarget::Restored(id) => {
-                check_restored(&append, id, self.stream_version(group, id)?)?;
+                let version = self.stream_tail(group, id)?.map(|(version, _)| version);
+                check_restored(&append, id, version)?;
                 (id, None)
             }
         };
-        check_expected(&append, current)?;
+        check_expected(&append, current.map(|(version, _)| version))?;
 
         // A new stream whose id is above every id given joins the group's runs: its first
-        // record needs no `S` row. (Only a restore, of streams out of order, gives one below.)
+        // record needs no `T` row. (Only a restore, of streams out of order, gives one below.)
         let mut in_run = false;
         if current.is_none() {
             group.counters.streams += 1;
@@ -370,32 +378,33 @@ impl Writer {
                 in_run = true;
             }
         }
-        let first_version = current.unwrap_or(0) + 1;
+        let (current_version, mut link) = current.unwrap_or((0, 0));
+        let first_version = current_version + 1;
         let count = append.payloads.len() as u64;
         for (offset, payload) in (0..).zip(&append.payloads) {
             let position = first_position + offset;
-            let version = first_version + offset;
-            group.stage_record(position, stream, version, payload);
-            if !(in_run && version == 1) {
-                group.batch.insert(
-                    &keys::stream_key(stream, version)[..],
-                    &position.to_be_bytes()[..],
-                );
-            }
+            group.stage_record(position, stream, first_version + offset, link, payload);
+            link = position;
         }
-        // Nothing else is written per append: the stream's version is its last `S` row or its
-        // derived first record (see `stream_version`), and the stream count is one row per
-        // group (see `commit`).
         let last_version = first_version + count - 1;
+        let last_position = first_position + count - 1;
+        // Nothing else is written per append: the stream's tail, unless its run's `F` row
+        // tells it (version 1), and the stream count, one row per group (see `commit`).
+        if !(in_run && last_version == 1) {
+            group.batch.insert(
+                &keys::tail_key(stream)[..],
+                &keys::tail_value(last_version, last_position)[..],
+            );
+        }
         group.counters.next_position += count;
-        group.versions.insert(stream, last_version);
+        group.tails.insert(stream, (last_version, last_position));
 
         let appended = Appended {
             stream,
             first_version,
             last_version,
             first_position,
-            last_position: first_position + count - 1,
+            last_position,
             duplicate: false,
         };
         if let Some(idempotency) = append.idempotency {
@@ -411,18 +420,16 @@ impl Writer {
         Ok(appended)
     }
 
-    /// The stream's last version as applied (group first, then the tree).
-    fn stream_version(&self, group: &Group, stream: StreamId) -> Result<Option<Version>, LogError> {
-        if let Some(version) = group.versions.get(&stream) {
-            return Ok(Some(*version));
+    /// The stream's last version and position as applied (group first, then the tree).
+    fn stream_tail(
+        &self,
+        group: &Group,
+        stream: StreamId,
+    ) -> Result<Option<(Version, Position)>, LogError> {
+        if let Some(tail) = group.tails.get(&stream) {
+            return Ok(Some(*tail));
         }
-        match self.db.scan_prefix(keys::stream_prefix(stream)).next_back() {
-            Some(entry) => {
-                let (key, _) = entry.map_err(crate::error::storage)?;
-                keys::decode_stream_key_version(&key).map(Some)
-            }
-            None => Ok(super::first_record_in_runs(&self.db, stream, Position::MAX)?.map(|_| 1)),
-        }
+        super::stored_tail(&self.db, stream)
     }
 
     /// The original result for an idempotency key (group first, then the
