@@ -845,6 +845,15 @@ fn stats_and_scan_raw_count_records() {
     assert_eq!(sled.scan_raw().unwrap(), 4);
 }
 
+/// Rewrites the stored row under `key` in the closed log in `dir` as `edit` changes it.
+fn edit_row(dir: &Path, key: &[u8], edit: impl FnOnce(&mut Vec<u8>)) {
+    let db = open_sled(dir, Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
+    let mut row = db.get(key).unwrap().expect("the row to edit").to_vec();
+    edit(&mut row);
+    db.insert(key, row).unwrap();
+    db.flush().unwrap();
+}
+
 #[test]
 fn a_corrupt_record_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
@@ -852,13 +861,10 @@ fn a_corrupt_record_is_an_error_not_a_panic() {
     let a = new_stream(&log, &["a1", "a2"]);
     new_stream(&log, &["b1"]);
     drop(log);
-    {
-        // a's two records share the row at 1: its last byte goes missing.
-        let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
-        let row = db.get(keys::log_key(1)).unwrap().unwrap();
-        db.insert(keys::log_key(1), &row[..row.len() - 1]).unwrap();
-        db.flush().unwrap();
-    }
+    // a's two records share the row at 1: its last byte goes missing.
+    edit_row(dir.path(), &keys::log_key(1), |row| {
+        row.pop();
+    });
     let log = open(dir.path());
     assert_eq!(log.head(), 3);
     match log.read_from(0, 10) {
@@ -923,14 +929,11 @@ fn a_flipped_bit_in_a_packed_record_is_refused_as_damaged() {
     let a = new_stream(&log, &["first", "second"]);
     new_stream(&log, &["b1"]);
     drop(log);
-    {
-        let db = open_sled(dir.path(), Durability::Flush, DEFAULT_LOG_CACHE_BYTES).unwrap();
-        let mut row = db.get(keys::log_key(1)).unwrap().unwrap().to_vec();
-        let last = row.len() - 1;
-        row[last] ^= 0x10;
-        db.insert(keys::log_key(1), row).unwrap();
-        db.flush().unwrap();
-    }
+    edit_row(dir.path(), &keys::log_key(1), |row| {
+        if let Some(last) = row.last_mut() {
+            *last ^= 0x10;
+        }
+    });
     let log = open(dir.path());
     match log.read_from(0, 10) {
         Err(LogError::Damaged(what)) => assert!(

@@ -168,8 +168,9 @@ impl SledLog {
         let mut last = 0;
         for entry in self.inner.db.scan_prefix([keys::LOG]) {
             let (key, value) = entry.map_err(crate::error::storage)?;
-            let first = keys::decode_log_key(&key)?;
-            last = rows::RowRecords::new(&key, &value)?.last_position()?;
+            let row = rows::RowRecords::new(&key, &value)?;
+            let first = row.next_position();
+            last = row.last_position()?;
             count += last + 1 - first;
         }
         std::hint::black_box(last);
@@ -428,13 +429,13 @@ impl SledLog {
         for entry in self.inner.db.range(start..=keys::log_key(head)[..].into()) {
             let (key, value) = entry.map_err(crate::error::storage)?;
             let mut row = rows::RowRecords::new(&key, &value)?;
-            let row_first = keys::decode_log_key(&key)?;
-            if expected.is_some_and(|expected| expected != row_first) {
+            let row_first = row.next_position();
+            if let Some(expected) = expected.filter(|expected| *expected != row_first) {
                 return Err(keys::corrupt(
                     &key,
                     &format!(
                         "the row starts at {row_first} where the row before it ended at {}",
-                        expected.unwrap_or_default() - 1
+                        expected - 1
                     ),
                 ));
             }
