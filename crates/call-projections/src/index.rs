@@ -12,9 +12,11 @@
 //! strings are interned per index, so a value shared by many calls (a state, an outcome, a
 //! vendor) is stored once.
 
+use crate::nulls_first::NullsFirst;
+use crate::sorted_set::SortedSet;
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -359,7 +361,30 @@ impl<C: Numbering> Default for Interner<C> {
     }
 }
 
+/// The bytes a hash table of `capacity` entries of `T` takes (a control byte per bucket, buckets
+/// a power of two above the capacity at seven eighths full).
+fn table_bytes<T>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    buckets * (std::mem::size_of::<T>() + 1)
+}
+
+/// The bytes a shared string's allocation takes: its two counts and its text, in 16-byte steps.
+fn arc_str_bytes(text: &str) -> usize {
+    (16 + text.len()).next_multiple_of(16)
+}
+
 impl<C: Numbering> Interner<C> {
+    /// The bytes of the table and of the strings held.
+    fn heap_bytes(&self) -> usize {
+        let texts: usize = self.strings.keys().map(|text| arc_str_bytes(text)).sum();
+        table_bytes::<(Arc<str>, C)>(self.strings.capacity())
+            + texts
+            + self.free.capacity() * std::mem::size_of::<C>()
+    }
+
     pub(crate) fn intern(&mut self, text: &str) -> Arc<str> {
         match self.strings.get_key_value(text) {
             Some((shared, _)) => Arc::clone(shared),
@@ -460,6 +485,12 @@ impl<T: Clone + PartialEq> Column<T> {
         }
     }
 
+    /// The bytes of the chunks and of the table that finds them.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.chunks.len() * CHUNK_LEN * std::mem::size_of::<T>()
+            + table_bytes::<(u64, Chunk<T>)>(self.chunks.capacity())
+    }
+
     /// The value of call `id` (null for a call that is not live).
     pub(crate) fn get(&self, id: u64) -> &T {
         match self.chunks.get(&(id >> CHUNK_BITS)) {
@@ -510,18 +541,20 @@ impl<T: Clone + PartialEq> Column<T> {
 /// A sortable date-time attribute: every live call, nulls included (as [`NULL_TIME`]).
 pub(crate) struct TimeIndex {
     /// `(millis, id)` in value order.
-    pub(crate) set: BTreeSet<(i64, u64)>,
+    pub(crate) set: NullsFirst<i64>,
     /// id -> millis.
     pub(crate) col: Column<i64>,
 }
 
 /// A sortable string attribute: every live call, nulls (`None`, first) included.
+///
+/// Its strings are shared by the entries and the column that hold them; a value's shared copy is
+/// found in the set itself, which orders the values, so it needs no table of its strings.
 pub(crate) struct SortTextIndex {
     /// `(value, id)` in value order.
-    pub(crate) set: BTreeSet<(Option<Arc<str>>, u64)>,
+    pub(crate) set: NullsFirst<Option<Arc<str>>>,
     /// id -> value.
     pub(crate) col: Column<Option<Arc<str>>>,
-    pub(crate) strings: Interner,
 }
 
 /// A filter-only string attribute (or the tags): the calls with a value, one entry per value,
@@ -529,7 +562,7 @@ pub(crate) struct SortTextIndex {
 #[derive(Default)]
 pub(crate) struct TextIndex {
     /// `(value, id)` in value order.
-    pub(crate) set: BTreeSet<(Arc<str>, u64)>,
+    pub(crate) set: SortedSet<(Arc<str>, u64)>,
     /// id -> value, for an attribute; `None` for the tags, which a call holds several of.
     ///
     /// A filter on such an attribute checks each candidate of another index against it: in the
@@ -559,7 +592,7 @@ impl TextIndex {
     /// gathers them), with what is derived from the set: the column, for an attribute, and the
     /// counts. `strings` holds every value of the set, shared with its entries.
     pub(crate) fn from_set(
-        set: BTreeSet<(Arc<str>, u64)>,
+        set: SortedSet<(Arc<str>, u64)>,
         strings: Interner<Code>,
         attribute: bool,
     ) -> TextIndex {
@@ -604,6 +637,14 @@ impl TextIndex {
             }
         }
         self.shared_counts = counts;
+    }
+
+    /// The bytes of the set, the column, the counts and the strings.
+    fn heap_bytes(&self) -> usize {
+        self.set.heap_bytes()
+            + self.col.as_ref().map_or(0, Column::heap_bytes)
+            + table_bytes::<(Arc<str>, usize)>(self.shared_counts.capacity())
+            + self.strings.heap_bytes()
     }
 
     /// How many entries hold `text`.
@@ -670,22 +711,25 @@ impl TextIndex {
 impl SortTextIndex {
     fn set_value(&mut self, id: u64, old: Option<Option<&str>>, new: Option<Option<&str>>) {
         if let Some(old) = old {
-            let shared = old.and_then(|text| self.strings.get(text));
+            let shared = old.and_then(|text| self.shared(text));
             self.set.remove(&(shared, id));
         }
-        let new_shared = new.flatten().map(|text| self.strings.intern(text));
+        let new_shared = new
+            .flatten()
+            .map(|text| self.shared(text).unwrap_or_else(|| Arc::from(text)));
         if new.is_some() {
             self.set.insert((new_shared.clone(), id));
         }
         self.col.set(id, new_shared);
-        if let Some(Some(old)) = old {
-            self.strings.release(old);
-        }
     }
 
     /// The shared copy of `text`, to build range bounds from; `None` when no call holds it.
     pub(crate) fn shared(&self, text: &str) -> Option<Arc<str>> {
-        self.strings.get(text)
+        let values = self.set.values();
+        values
+            .first_from(|(value, _)| value.as_deref() < Some(text))
+            .and_then(|(value, _)| value.clone())
+            .filter(|value| &**value == text)
     }
 }
 
@@ -727,6 +771,11 @@ impl std::ops::Deref for Feed {
 }
 
 impl Feed {
+    /// The bytes of the feed's tree (as a `BTreeMap` packs eleven entries a node) and column.
+    fn heap_bytes(&self) -> usize {
+        self.by_position.len() * 16 * 12 / 11 + self.latest.heap_bytes()
+    }
+
     /// Moves call `id` from position `before` to `after` (`None`: not live).
     fn move_call(&mut self, id: u64, before: Option<u64>, after: Option<u64>) {
         if let Some(position) = before {
@@ -747,7 +796,7 @@ impl Feed {
 /// Every secondary index of the live calls.
 pub(crate) struct Indexes {
     /// The live call ids.
-    pub(crate) ids: BTreeSet<u64>,
+    pub(crate) ids: SortedSet<u64>,
     /// The change feed: each live call under the position of its latest event.
     pub(crate) changes: Feed,
     /// The sortable date-times, in [`TIME_SORT`] order.
@@ -759,32 +808,31 @@ pub(crate) struct Indexes {
     /// One entry per tag of each call.
     pub(crate) tags: TextIndex,
     /// `shouldRecordCall`.
-    pub(crate) flags: BTreeSet<(bool, u64)>,
+    pub(crate) flags: SortedSet<(bool, u64)>,
     /// `note`, by [`note_hash`].
-    pub(crate) notes: BTreeSet<(u64, u64)>,
+    pub(crate) notes: SortedSet<(u64, u64)>,
     /// The filterable relationships' ids, in [`FILTER_RELATIONS`] order.
-    pub(crate) related: [BTreeSet<(i64, u64)>; FILTER_RELATIONS.len()],
+    pub(crate) related: [SortedSet<(i64, u64)>; FILTER_RELATIONS.len()],
 }
 
 impl Indexes {
     /// Empty indexes.
     pub(crate) fn new() -> Indexes {
         Indexes {
-            ids: BTreeSet::new(),
+            ids: SortedSet::new(),
             changes: Feed::default(),
             times: std::array::from_fn(|_| TimeIndex {
-                set: BTreeSet::new(),
+                set: NullsFirst::new(),
                 col: Column::new(NULL_TIME),
             }),
             sort_texts: std::array::from_fn(|_| SortTextIndex {
-                set: BTreeSet::new(),
+                set: NullsFirst::new(),
                 col: Column::new(None),
-                strings: Interner::default(),
             }),
             texts: std::array::from_fn(|_| TextIndex::attribute()),
             tags: TextIndex::default(),
-            flags: BTreeSet::new(),
-            notes: BTreeSet::new(),
+            flags: SortedSet::new(),
+            notes: SortedSet::new(),
             related: Default::default(),
         }
     }
@@ -806,6 +854,45 @@ impl Indexes {
             builder.add(id, &row);
         }
         builder.finish()
+    }
+
+    /// The heap memory each index takes, estimated from what it holds (entries, columns' chunks,
+    /// distinct strings and the tables that find them), by name.
+    pub(crate) fn memory(&self) -> Vec<(String, usize)> {
+        let mut out = vec![
+            ("id".to_owned(), self.ids.heap_bytes()),
+            ("changes".to_owned(), self.changes.heap_bytes()),
+        ];
+        for (field, index) in TIME_SORT.iter().zip(&self.times) {
+            out.push((
+                field.to_string(),
+                index.set.heap_bytes() + index.col.heap_bytes(),
+            ));
+        }
+        for (field, index) in TEXT_SORT.iter().zip(&self.sort_texts) {
+            // Each distinct value's shared string, once.
+            let mut texts = 0;
+            let mut last: Option<&Arc<str>> = None;
+            for (text, _) in index.set.values() {
+                let text = text.as_ref().expect("the values are not null");
+                if !last.is_some_and(|last| Arc::ptr_eq(last, text)) {
+                    texts += arc_str_bytes(text);
+                }
+                last = Some(text);
+            }
+            let bytes = index.set.heap_bytes() + index.col.heap_bytes() + texts;
+            out.push((field.to_string(), bytes));
+        }
+        for (field, index) in TEXT_FILTER.iter().zip(&self.texts) {
+            out.push((field.to_string(), index.heap_bytes()));
+        }
+        out.push(("tags".to_owned(), self.tags.heap_bytes()));
+        out.push(("shouldRecordCall".to_owned(), self.flags.heap_bytes()));
+        out.push(("note".to_owned(), self.notes.heap_bytes()));
+        for (relation, set) in FILTER_RELATIONS.iter().zip(&self.related) {
+            out.push((relation.to_string(), set.heap_bytes()));
+        }
+        out
     }
 
     /// How many calls are live.
@@ -910,7 +997,7 @@ impl Indexes {
         diff_sets("live call ids", &self.ids, &rebuilt.ids, out, |id| {
             format!("call {id}")
         });
-        let feed = |changes: &BTreeMap<u64, u64>| -> BTreeSet<(u64, u64)> {
+        let feed = |changes: &BTreeMap<u64, u64>| -> SortedSet<(u64, u64)> {
             changes.iter().map(|(p, id)| (*p, *id)).collect()
         };
         diff_sets(
@@ -930,9 +1017,13 @@ impl Indexes {
         for (i, field) in TIME_SORT.iter().enumerate() {
             let (live, fresh) = (&self.times[i], &rebuilt.times[i]);
             let name = format!("{field} index");
-            diff_sets(&name, &live.set, &fresh.set, out, |(millis, id)| {
-                format!("call {id} at {}", Millis(*millis))
-            });
+            diff_sets(
+                &name,
+                live.set.iter(),
+                fresh.set.iter(),
+                out,
+                |(millis, id)| format!("call {id} at {}", Millis(**millis)),
+            );
             diff_columns(
                 &format!("{field} column"),
                 &live.col,
@@ -944,9 +1035,13 @@ impl Indexes {
         for (i, field) in TEXT_SORT.iter().enumerate() {
             let (live, fresh) = (&self.sort_texts[i], &rebuilt.sort_texts[i]);
             let name = format!("{field} index");
-            diff_sets(&name, &live.set, &fresh.set, out, |(text, id)| {
-                format!("call {id} at {}", Text(text.as_deref()))
-            });
+            diff_sets(
+                &name,
+                live.set.iter(),
+                fresh.set.iter(),
+                out,
+                |(text, id)| format!("call {id} at {}", Text(text.as_deref())),
+            );
             diff_columns(
                 &format!("{field} column"),
                 &live.col,
@@ -1022,6 +1117,9 @@ pub(crate) struct IndexBuilder {
     changes: Vec<(u64, u64)>,
     times: [Vec<(i64, u64)>; TIME_SORT.len()],
     sort_texts: [Vec<(Option<Arc<str>>, u64)>; TEXT_SORT.len()],
+    /// The sortable strings' shared copies while the sets are gathered (a finished
+    /// [`SortTextIndex`] finds them in its set).
+    sort_strings: [Interner; TEXT_SORT.len()],
     texts: [Vec<(Arc<str>, u64)>; TEXT_FILTER.len()],
     tags: Vec<(Arc<str>, u64)>,
     flags: Vec<(bool, u64)>,
@@ -1172,6 +1270,7 @@ impl IndexBuilder {
             changes: Vec::new(),
             times: Default::default(),
             sort_texts: Default::default(),
+            sort_strings: Default::default(),
             texts: Default::default(),
             tags: Vec::new(),
             flags: Vec::new(),
@@ -1214,7 +1313,7 @@ impl IndexBuilder {
             if half.is_some_and(|half| sort_text_half(i) != half) {
                 continue;
             }
-            let shared = row.sort_text(i).map(|t| index.strings.intern(t));
+            let shared = row.sort_text(i).map(|t| self.sort_strings[i].intern(t));
             index.col.set(id, shared.clone());
             self.sort_texts[i].push((shared, id));
         }
@@ -1277,8 +1376,8 @@ impl IndexBuilder {
                 index.col.set(*id, None);
             }
         }
-        for index in &mut indexes.sort_texts {
-            index.strings.sweep();
+        for strings in &mut self.sort_strings {
+            strings.sweep();
         }
         for index in &mut indexes.texts {
             index.strings.sweep();
@@ -1407,12 +1506,12 @@ impl Differences {
 /// Reports the entries only one of two ordered sets holds.
 fn diff_sets<T: Ord>(
     name: &str,
-    live: &BTreeSet<T>,
-    rebuilt: &BTreeSet<T>,
+    live: impl IntoIterator<Item = T>,
+    rebuilt: impl IntoIterator<Item = T>,
     out: &mut Differences,
     show: impl Fn(&T) -> String,
 ) {
-    let (mut a, mut b) = (live.iter().peekable(), rebuilt.iter().peekable());
+    let (mut a, mut b) = (live.into_iter().peekable(), rebuilt.into_iter().peekable());
     loop {
         let order = match (a.peek(), b.peek()) {
             (None, None) => break,
@@ -1429,7 +1528,7 @@ fn diff_sets<T: Ord>(
                 if let Some(x) = a.next() {
                     out.push(format!(
                         "{name}: {} is in the live index but not in the rebuilt one",
-                        show(x)
+                        show(&x)
                     ));
                 }
             }
@@ -1437,7 +1536,7 @@ fn diff_sets<T: Ord>(
                 if let Some(y) = b.next() {
                     out.push(format!(
                         "{name}: {} is in the rebuilt index but not in the live one",
-                        show(y)
+                        show(&y)
                     ));
                 }
             }

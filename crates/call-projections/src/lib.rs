@@ -27,9 +27,11 @@ mod diff;
 mod engine;
 mod error;
 mod index;
+mod nulls_first;
 mod projection;
 pub mod query;
 mod snapshot;
+mod sorted_set;
 mod store;
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ const SCRATCH_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 const ACTIVE: &[u8] = b"active";
 
 /// The counts and sizes of a projection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProjectionStats {
     /// Calls that exist.
     pub live_calls: u64,
@@ -53,6 +53,9 @@ pub struct ProjectionStats {
     pub checkpoint: u64,
     /// Bytes the projection's sled database uses on disk.
     pub size_on_disk: u64,
+    /// The heap memory each in-memory index takes, estimated from what it holds, by the name
+    /// of what it indexes (an attribute, a relationship, `id` or `changes`).
+    pub index_memory: Vec<(String, usize)>,
 }
 
 /// What a rebuild did.
@@ -617,12 +620,16 @@ impl Projection {
 
     /// Live and deleted calls, the checkpoint and the size on disk.
     pub fn stats(&self) -> Result<ProjectionStats, ProjectionError> {
-        let meta = self.read_view()?.meta;
+        let (meta, index_memory) = {
+            let view = self.read_view()?;
+            (view.meta, view.indexes.memory())
+        };
         Ok(ProjectionStats {
             live_calls: meta.live,
             deleted_calls: meta.deleted,
             checkpoint: meta.checkpoint,
             size_on_disk: self.inner.db.size_on_disk()?,
+            index_memory,
         })
     }
 

@@ -21,8 +21,9 @@ use crate::index::{
     Column, Indexes, Interner, SortTextIndex, TextIndex, TimeIndex, NULL_TIME, TEXT_FILTER,
     TEXT_SORT, TIME_SORT,
 };
+use crate::sorted_set::SortedSet;
 use crate::store::{par_map_costly, Meta};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -304,25 +305,35 @@ fn encode_section(indexes: &Indexes, kind: Kind) -> Vec<u8> {
                 section.u64(*id);
             }
         }
-        Kind::Time(i) => section.runs(&indexes.times[i].set, put_i64),
+        Kind::Time(i) => section.runs(indexes.times[i].set.iter(), put_i64),
         Kind::SortText(i) => {
-            section.runs(&indexes.sort_texts[i].set, |out, _, value| match value {
-                None => out.u64(0),
-                Some(text) => {
-                    out.u64(1);
-                    out.text(text);
-                }
-            })
+            section.runs(
+                indexes.sort_texts[i].set.iter(),
+                |out, _, value| match value {
+                    None => out.u64(0),
+                    Some(text) => {
+                        out.u64(1);
+                        out.text(text);
+                    }
+                },
+            )
         }
-        Kind::Text(i) => section.runs(&indexes.texts[i].set, put_text),
-        Kind::Tags => section.runs(&indexes.tags.set, put_text),
-        Kind::Flags => section.runs(&indexes.flags, |out, _, flag| out.u64(u64::from(*flag))),
-        Kind::Notes => section.runs(&indexes.notes, |out, prev, hash| {
+        Kind::Text(i) => section.runs(pairs(&indexes.texts[i].set), put_text),
+        Kind::Tags => section.runs(pairs(&indexes.tags.set), put_text),
+        Kind::Flags => section.runs(pairs(&indexes.flags), |out, _, flag| {
+            out.u64(u64::from(*flag))
+        }),
+        Kind::Notes => section.runs(pairs(&indexes.notes), |out, prev, hash| {
             out.u64(hash.wrapping_sub(prev.copied().unwrap_or(0)))
         }),
-        Kind::Related(i) => section.runs(&indexes.related[i], put_i64),
+        Kind::Related(i) => section.runs(pairs(&indexes.related[i]), put_i64),
     }
     section.0
+}
+
+/// A set's entries as a [`NullsFirst`] walks them: `(&value, id)`.
+fn pairs<V>(set: &SortedSet<(V, u64)>) -> impl ExactSizeIterator<Item = (&V, u64)> {
+    set.iter().map(|(value, id)| (value, *id))
 }
 
 fn put_i64(out: &mut Encoder, prev: Option<&i64>, value: &i64) {
@@ -362,20 +373,20 @@ impl Encoder {
     }
 
     /// An ordered set of `(value, id)` as runs of one value (see the module's opening).
-    fn runs<V: PartialEq>(
+    fn runs<'a, V: PartialEq + 'a>(
         &mut self,
-        set: &BTreeSet<(V, u64)>,
+        entries: impl ExactSizeIterator<Item = (&'a V, u64)>,
         put_value: impl Fn(&mut Encoder, Option<&V>, &V),
     ) {
-        self.u64(set.len() as u64);
-        let mut entries = set.iter().peekable();
+        self.u64(entries.len() as u64);
+        let mut entries = entries.peekable();
         let mut prev: Option<&V> = None;
         let mut ids = Vec::new();
         while let Some((value, id)) = entries.next() {
             ids.clear();
-            ids.push(*id);
-            while let Some((_, id)) = entries.next_if(|(next, _)| next == value) {
-                ids.push(*id);
+            ids.push(id);
+            while let Some((_, id)) = entries.next_if(|(next, _)| *next == value) {
+                ids.push(id);
             }
             put_value(self, prev, value);
             self.u64(ids.len() as u64);
@@ -387,14 +398,14 @@ impl Encoder {
 
 /// A section decoded.
 enum Section {
-    Ids(BTreeSet<u64>),
+    Ids(SortedSet<u64>),
     Changes(BTreeMap<u64, u64>),
     Time(TimeIndex),
     SortText(SortTextIndex),
     Text(TextIndex),
-    Related(BTreeSet<(i64, u64)>),
-    Flags(BTreeSet<(bool, u64)>),
-    Notes(BTreeSet<(u64, u64)>),
+    Related(SortedSet<(i64, u64)>),
+    Flags(SortedSet<(bool, u64)>),
+    Notes(SortedSet<(u64, u64)>),
 }
 
 /// The indexes a body of `length` bytes holds, read from `input` and fed to `crc`. A section
@@ -548,21 +559,24 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
             Section::Changes(changes.into_iter().collect())
         }
         Kind::Time(_) => {
-            let set = reader.runs(get_i64)?;
+            let entries = reader.runs(get_i64)?;
             // Filled here, on this section's thread: a column holds its set's pairs by id.
             let mut col = Column::new(NULL_TIME);
-            for (millis, id) in &set {
+            for (millis, id) in &entries {
                 col.set(*id, *millis);
             }
-            Section::Time(TimeIndex { set, col })
+            Section::Time(TimeIndex {
+                set: entries.into_iter().collect(),
+                col,
+            })
         }
-        Kind::Related(_) => Section::Related(reader.runs(get_i64)?),
+        Kind::Related(_) => Section::Related(reader.runs(get_i64)?.into_iter().collect()),
         Kind::SortText(_) => {
-            let mut strings = Interner::default();
+            // Each value is one run, so one shared copy each.
             let set = reader.runs(|reader, prev: Option<&Option<Arc<str>>>| {
                 let value = match reader.u64()? {
                     0 => None,
-                    1 => Some(strings.insert_new(reader.text()?)),
+                    1 => Some(Arc::from(reader.text()?)),
                     other => return Err(damaged(format!("a null marker is {other}"))),
                 };
                 ascending_values(prev, &value)?;
@@ -572,7 +586,10 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
             for (text, id) in &set {
                 col.set(*id, text.clone());
             }
-            Section::SortText(SortTextIndex { set, col, strings })
+            Section::SortText(SortTextIndex {
+                set: set.into_iter().collect(),
+                col,
+            })
         }
         Kind::Text(_) | Kind::Tags => {
             let mut strings = Interner::default();
@@ -582,25 +599,35 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
                 Ok(value)
             })?;
             Section::Text(TextIndex::from_set(
-                set,
+                set.into_iter().collect(),
                 strings,
                 !matches!(kind, Kind::Tags),
             ))
         }
-        Kind::Flags => Section::Flags(reader.runs(|reader, prev: Option<&bool>| {
-            let value = match reader.u64()? {
-                0 => false,
-                1 => true,
-                other => return Err(damaged(format!("a flag is {other}"))),
-            };
-            ascending_values(prev, &value)?;
-            Ok(value)
-        })?),
-        Kind::Notes => Section::Notes(reader.runs(|reader, prev: Option<&u64>| {
-            let value = reader.u64()?.wrapping_add(prev.copied().unwrap_or(0));
-            ascending_values(prev, &value)?;
-            Ok(value)
-        })?),
+        Kind::Flags => Section::Flags(
+            reader
+                .runs(|reader, prev: Option<&bool>| {
+                    let value = match reader.u64()? {
+                        0 => false,
+                        1 => true,
+                        other => return Err(damaged(format!("a flag is {other}"))),
+                    };
+                    ascending_values(prev, &value)?;
+                    Ok(value)
+                })?
+                .into_iter()
+                .collect(),
+        ),
+        Kind::Notes => Section::Notes(
+            reader
+                .runs(|reader, prev: Option<&u64>| {
+                    let value = reader.u64()?.wrapping_add(prev.copied().unwrap_or(0));
+                    ascending_values(prev, &value)?;
+                    Ok(value)
+                })?
+                .into_iter()
+                .collect(),
+        ),
     };
     if !reader.0.is_empty() {
         return Err(damaged(format!("bytes follow the {kind:?} section")));
@@ -694,7 +721,7 @@ impl<'a> Decoder<'a> {
     fn runs<V: Ord + Clone>(
         &mut self,
         mut get_value: impl FnMut(&mut Self, Option<&V>) -> Result<V, Unused>,
-    ) -> Result<BTreeSet<(V, u64)>, Unused> {
+    ) -> Result<Vec<(V, u64)>, Unused> {
         let total = self.count()?;
         let mut entries = Vec::with_capacity(total);
         let mut prev: Option<V> = None;
@@ -709,8 +736,8 @@ impl<'a> Decoder<'a> {
             }
             prev = Some(value);
         }
-        // In order already, which `from_iter` checks in one pass before it bulk-loads.
-        Ok(entries.into_iter().collect())
+        // In order already, which a set's `from_iter` checks in one pass before it packs them.
+        Ok(entries)
     }
 }
 

@@ -335,6 +335,12 @@ async fn commands_survive_a_sigkill(instances: usize, args: &[&str]) {
         let stats = blocking(|| offline_stats(&bin, &data[survivor]));
         assert_eq!(stats["events"], json!(COMMANDS), "{stats}");
         assert_eq!(stats["liveCalls"], json!(COMMANDS), "{stats}");
+        // The indexes' memory, in all and by index, adds up.
+        let memory = &stats["indexMemory"];
+        let by_index = memory["byIndex"].as_object().expect("indexMemory.byIndex");
+        let sum: u64 = by_index.values().filter_map(|bytes| bytes.as_u64()).sum();
+        assert!(sum > 0 && memory["totalBytes"] == json!(sum), "{stats}");
+        assert!(by_index.contains_key("createdAt") && by_index.contains_key("id"), "{stats}");
     })
     .await;
 }

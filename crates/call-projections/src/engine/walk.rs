@@ -3,8 +3,9 @@
 
 use super::order::{column_value, directed, Order, RowKey, SortVal};
 use crate::index::{Indexes, SortCol, NULL_TIME};
+use crate::nulls_first::EntryRange;
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
 use std::sync::Arc;
 
@@ -14,17 +15,19 @@ pub(crate) type EntryBound = Bound<(SortVal, u64)>;
 pub(crate) type EntryIter<'a> = Box<dyn Iterator<Item = (SortVal, u64)> + 'a>;
 
 /// The ids stored under `key` within `lo..=hi`, in id order.
-pub(crate) fn ids_of<K: Ord + Clone>(
-    set: &BTreeSet<(K, u64)>,
+pub(crate) fn ids_of<'a, K: Ord + Clone + 'a>(
+    set: &'a impl EntryRange<K>,
     key: K,
     lo: u64,
     hi: u64,
     descending: bool,
-) -> IdIter<'_> {
+) -> IdIter<'a> {
     if lo > hi {
         return Box::new(std::iter::empty());
     }
-    let range = set.range((key.clone(), lo)..=(key, hi)).map(|(_, id)| *id);
+    let range = set
+        .entry_range(Included((key.clone(), lo)), Included((key, hi)))
+        .map(|(_, id)| id);
     if descending {
         Box::new(range.rev())
     } else {
@@ -33,24 +36,24 @@ pub(crate) fn ids_of<K: Ord + Clone>(
 }
 
 /// The ids of the entries within bounds, in entry order.
-pub(crate) fn ids_in<K: Ord>(
-    set: &BTreeSet<(K, u64)>,
+pub(crate) fn ids_in<'a, K: Ord + 'a>(
+    set: &'a impl EntryRange<K>,
     lower: Bound<(K, u64)>,
     upper: Bound<(K, u64)>,
     descending: bool,
-) -> IdIter<'_> {
+) -> IdIter<'a> {
     Box::new(entries_in(set, lower, upper, descending, |_| SortVal::Null).map(|(_, id)| id))
 }
 
 /// The entries within bounds, in entry order (or reversed), with their values shown as
-/// [`SortVal`]. Empty when the bounds are crossed (which `BTreeSet::range` would panic on).
-pub(crate) fn entries_in<K: Ord>(
-    set: &BTreeSet<(K, u64)>,
+/// [`SortVal`]. Empty when the bounds are crossed.
+pub(crate) fn entries_in<'a, K: Ord + 'a>(
+    set: &'a impl EntryRange<K>,
     lower: Bound<(K, u64)>,
     upper: Bound<(K, u64)>,
     descending: bool,
     show: impl Fn(&K) -> SortVal + 'static,
-) -> EntryIter<'_> {
+) -> EntryIter<'a> {
     let crossed = match (&lower, &upper) {
         (Included(a), Included(b)) => a > b,
         (Included(a) | Excluded(a), Included(b) | Excluded(b)) => a >= b,
@@ -60,8 +63,8 @@ pub(crate) fn entries_in<K: Ord>(
         return Box::new(std::iter::empty());
     }
     let range = set
-        .range((lower, upper))
-        .map(move |(key, id)| (show(key), *id));
+        .entry_range(lower, upper)
+        .map(move |(key, id)| (show(key), id));
     if descending {
         Box::new(range.rev())
     } else {

@@ -1,0 +1,498 @@
+//! An ordered set kept as sorted chunks of up to [`CHUNK`] entries, one allocation each: the
+//! lookups and ordered walks of a B-tree at the memory of a vector.
+//!
+//! The indexes hold a million calls' entries in a few dozen sets. `BTreeSet` spends a parent
+//! pointer and lengths per node of eleven entries, child pointers per internal node and, filled by
+//! random inserts, a third of its leaves empty: 19 to 38 bytes per 16- or 24-byte entry. Here a
+//! set read back from its snapshot or built in bulk is packed full, chunks are split in two only
+//! when an insert lands inside a full one, and entries appended past the end (positions, ids and
+//! creation times only grow) open a new chunk rather than splitting, so such sets stay full too.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::ops::{Bound, RangeBounds};
+
+/// The most entries a chunk holds. Finding an entry is a binary search over the chunks' last
+/// entries, then one within its chunk; inserting moves at most a chunk's entries.
+pub(crate) const CHUNK: usize = 512;
+
+/// A set of `K` in order; see the module's notes.
+#[derive(Clone)]
+pub(crate) struct SortedSet<K> {
+    /// Non-empty, each sorted, each at most [`CHUNK`] long, every entry of one below every entry
+    /// of the next.
+    chunks: Vec<Vec<K>>,
+    len: usize,
+}
+
+impl<K> Default for SortedSet<K> {
+    fn default() -> Self {
+        SortedSet {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+/// Where an entry is, or would go: a chunk and a slot in it. `chunk == chunks.len()` is past
+/// the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct At {
+    chunk: usize,
+    slot: usize,
+}
+
+impl<K> SortedSet<K> {
+    pub(crate) fn new() -> Self {
+        SortedSet::default()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn end(&self) -> At {
+        At {
+            chunk: self.chunks.len(),
+            slot: 0,
+        }
+    }
+
+    /// A walk of no entries.
+    pub(crate) fn nothing(&self) -> Iter<'_, K> {
+        Iter::empty(self)
+    }
+
+    /// Every entry, in order.
+    pub(crate) fn iter(&self) -> Iter<'_, K> {
+        Iter {
+            set: self,
+            front: At { chunk: 0, slot: 0 },
+            back: self.end(),
+            left: self.len,
+        }
+    }
+
+    /// The bytes the entries and the chunks' headers take (`size_of::<K>()` per slot allocated),
+    /// not what the entries point at.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let slots: usize = self.chunks.iter().map(Vec::capacity).sum();
+        slots * std::mem::size_of::<K>() + self.chunks.capacity() * std::mem::size_of::<Vec<K>>()
+    }
+}
+
+impl<K: Ord> SortedSet<K> {
+    /// The place of the first entry not below `key` (`inclusive`) or above it (not).
+    fn seek(&self, key: &K, inclusive: bool) -> At {
+        let before = |entry: &K| match entry.cmp(key) {
+            Ordering::Less => true,
+            Ordering::Equal => !inclusive,
+            Ordering::Greater => false,
+        };
+        let chunk = self
+            .chunks
+            .partition_point(|chunk| chunk.last().is_some_and(before));
+        match self.chunks.get(chunk) {
+            Some(entries) => At {
+                chunk,
+                slot: entries.partition_point(before),
+            },
+            None => self.end(),
+        }
+    }
+
+    /// The place of the first entry at or after `bound`, as a lower bound.
+    fn lower(&self, bound: Bound<&K>) -> At {
+        match bound {
+            Bound::Unbounded => At { chunk: 0, slot: 0 },
+            Bound::Included(key) => self.seek(key, true),
+            Bound::Excluded(key) => self.seek(key, false),
+        }
+    }
+
+    /// The place just past the last entry within `bound`, as an upper bound.
+    fn upper(&self, bound: Bound<&K>) -> At {
+        match bound {
+            Bound::Unbounded => self.end(),
+            Bound::Included(key) => self.seek(key, false),
+            Bound::Excluded(key) => self.seek(key, true),
+        }
+    }
+
+    /// The first entry `before` is false of, where it is true of every entry before it and
+    /// of none after.
+    pub(crate) fn first_from(&self, before: impl Fn(&K) -> bool) -> Option<&K> {
+        let chunk = self
+            .chunks
+            .partition_point(|chunk| chunk.last().is_some_and(&before));
+        let entries = self.chunks.get(chunk)?;
+        entries.get(entries.partition_point(&before))
+    }
+
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        let at = self.seek(key, true);
+        self.chunks
+            .get(at.chunk)
+            .and_then(|chunk| chunk.get(at.slot))
+            .is_some_and(|entry| entry == key)
+    }
+
+    /// Adds `key`; false when it was there already.
+    pub(crate) fn insert(&mut self, key: K) -> bool {
+        let at = self.seek(&key, true);
+        if at.chunk == self.chunks.len() {
+            // Past every entry: onto the last chunk, or a new one once that is full.
+            match self.chunks.last_mut() {
+                Some(last) if last.len() < CHUNK => push_within(last, key),
+                _ => {
+                    let mut chunk = Vec::with_capacity(CHUNK);
+                    chunk.push(key);
+                    self.chunks.push(chunk);
+                }
+            }
+            self.len += 1;
+            return true;
+        }
+        if self.chunks[at.chunk][at.slot] == key {
+            return false;
+        }
+        if at.slot == 0 && at.chunk > 0 && self.chunks[at.chunk - 1].len() < CHUNK {
+            // Between two chunks: onto the end of the one before, where there is room.
+            push_within(&mut self.chunks[at.chunk - 1], key);
+            self.len += 1;
+            return true;
+        }
+        let chunk = &mut self.chunks[at.chunk];
+        if chunk.len() < CHUNK {
+            chunk.insert(at.slot, key);
+        } else {
+            // A full chunk splits in two halves, each with room for a chunk's entries.
+            let mut upper = Vec::with_capacity(CHUNK);
+            upper.extend(chunk.drain(CHUNK / 2..));
+            if at.slot <= CHUNK / 2 {
+                chunk.insert(at.slot, key);
+            } else {
+                upper.insert(at.slot - CHUNK / 2, key);
+            }
+            self.chunks.insert(at.chunk + 1, upper);
+        }
+        self.len += 1;
+        true
+    }
+
+    /// Removes `key`; false when it was not there.
+    pub(crate) fn remove(&mut self, key: &K) -> bool {
+        let at = self.seek(key, true);
+        let Some(chunk) = self.chunks.get_mut(at.chunk) else {
+            return false;
+        };
+        if chunk.get(at.slot) != Some(key) {
+            return false;
+        }
+        chunk.remove(at.slot);
+        self.len -= 1;
+        if chunk.is_empty() {
+            self.chunks.remove(at.chunk);
+        } else if chunk.len() < CHUNK / 4 {
+            self.merge_around(at.chunk);
+        }
+        true
+    }
+
+    /// Joins a chunk that deletions have left nearly empty to a neighbour it fits in with (the
+    /// one before first), so that deleting many calls does not leave a long run of nearly empty
+    /// chunks.
+    fn merge_around(&mut self, chunk: usize) {
+        let len = self.chunks[chunk].len();
+        if chunk > 0 && self.chunks[chunk - 1].len() + len <= CHUNK {
+            let emptied = self.chunks.remove(chunk);
+            extend_within(&mut self.chunks[chunk - 1], emptied);
+        } else if self
+            .chunks
+            .get(chunk + 1)
+            .is_some_and(|next| next.len() + len <= CHUNK)
+        {
+            let next = self.chunks.remove(chunk + 1);
+            extend_within(&mut self.chunks[chunk], next);
+        }
+    }
+
+    /// The set of entries already in strictly ascending order, packed full.
+    fn from_sorted(entries: impl Iterator<Item = K>) -> Self {
+        let mut set = SortedSet::new();
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for key in entries {
+            if chunk.len() == CHUNK {
+                set.chunks
+                    .push(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+            }
+            chunk.push(key);
+            set.len += 1;
+        }
+        if !chunk.is_empty() {
+            chunk.shrink_to_fit();
+            set.chunks.push(chunk);
+        }
+        set
+    }
+
+    /// The entries within `range`, in order; empty where its bounds are crossed.
+    pub(crate) fn range<R: RangeBounds<K>>(&self, range: R) -> Iter<'_, K> {
+        let front = self.lower(range.start_bound());
+        let back = self.upper(range.end_bound());
+        if (front.chunk, front.slot) >= (back.chunk, back.slot) {
+            return Iter::empty(self);
+        }
+        Iter {
+            set: self,
+            front,
+            back,
+            left: usize::MAX,
+        }
+        .counted()
+    }
+}
+
+/// Pushes onto a chunk with room for it, growing its allocation to a whole chunk's at most
+/// (a packed set's last chunk is allocated to its length, and doubling would pass [`CHUNK`]).
+fn push_within<K>(chunk: &mut Vec<K>, key: K) {
+    if chunk.len() == chunk.capacity() {
+        chunk.reserve_exact(CHUNK - chunk.len());
+    }
+    chunk.push(key);
+}
+
+/// Appends `more` to a chunk they fit in, within a whole chunk's allocation.
+fn extend_within<K>(chunk: &mut Vec<K>, more: Vec<K>) {
+    if chunk.len() + more.len() > chunk.capacity() {
+        chunk.reserve_exact(CHUNK - chunk.len());
+    }
+    chunk.extend(more);
+}
+
+impl<K: Ord> FromIterator<K> for SortedSet<K> {
+    /// Sorts and deduplicates unless the entries come in strictly ascending order already, as a
+    /// snapshot and a builder's sorted entries do.
+    fn from_iter<I: IntoIterator<Item = K>>(entries: I) -> Self {
+        let mut entries: Vec<K> = entries.into_iter().collect();
+        if !entries.windows(2).all(|pair| pair[0] < pair[1]) {
+            entries.sort_unstable();
+            entries.dedup();
+        }
+        SortedSet::from_sorted(entries.into_iter())
+    }
+}
+
+impl<K> IntoIterator for SortedSet<K> {
+    type Item = K;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<K>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.chunks.into_iter().flatten()
+    }
+}
+
+impl<'a, K> IntoIterator for &'a SortedSet<K> {
+    type Item = &'a K;
+    type IntoIter = Iter<'a, K>;
+
+    fn into_iter(self) -> Iter<'a, K> {
+        self.iter()
+    }
+}
+
+impl<K: Ord> PartialEq for SortedSet<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl<K: Ord + fmt::Debug> fmt::Debug for SortedSet<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// The entries between two places, walked from either end.
+pub(crate) struct Iter<'a, K> {
+    set: &'a SortedSet<K>,
+    /// The next entry from the front.
+    front: At,
+    /// Just past the next entry from the back.
+    back: At,
+    /// How many entries are left, where known (`usize::MAX` until counted).
+    left: usize,
+}
+
+impl<'a, K> Iter<'a, K> {
+    fn empty(set: &'a SortedSet<K>) -> Self {
+        Iter {
+            set,
+            front: At { chunk: 0, slot: 0 },
+            back: At { chunk: 0, slot: 0 },
+            left: 0,
+        }
+    }
+
+    /// Counts the entries between the two places: the chunks between them are whole.
+    fn counted(mut self) -> Self {
+        let chunks = &self.set.chunks;
+        self.left = if self.front.chunk == self.back.chunk {
+            self.back.slot - self.front.slot
+        } else {
+            let whole: usize = chunks[self.front.chunk + 1..self.back.chunk.min(chunks.len())]
+                .iter()
+                .map(Vec::len)
+                .sum();
+            chunks[self.front.chunk].len() - self.front.slot + whole + self.back.slot
+        };
+        self
+    }
+}
+
+impl<'a, K> Iterator for Iter<'a, K> {
+    type Item = &'a K;
+
+    fn next(&mut self) -> Option<&'a K> {
+        if self.left == 0 {
+            return None;
+        }
+        let chunk = &self.set.chunks[self.front.chunk];
+        let entry = &chunk[self.front.slot];
+        self.front.slot += 1;
+        if self.front.slot == chunk.len() {
+            self.front = At {
+                chunk: self.front.chunk + 1,
+                slot: 0,
+            };
+        }
+        self.left -= 1;
+        Some(entry)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<K> DoubleEndedIterator for Iter<'_, K> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        if self.back.slot == 0 {
+            let chunk = self.back.chunk - 1;
+            self.back = At {
+                chunk,
+                slot: self.set.chunks[chunk].len(),
+            };
+        }
+        self.back.slot -= 1;
+        self.left -= 1;
+        Some(&self.set.chunks[self.back.chunk][self.back.slot])
+    }
+}
+
+impl<K> ExactSizeIterator for Iter<'_, K> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// A small xorshift, so that the sequence is the same every run.
+    fn numbers(seed: u64) -> impl Iterator<Item = u64> {
+        let mut state = seed;
+        std::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        })
+    }
+
+    fn check(set: &SortedSet<u64>, model: &BTreeSet<u64>) {
+        assert_eq!(set.len(), model.len());
+        assert!(set.iter().eq(model.iter()));
+        assert!(set.iter().rev().eq(model.iter().rev()));
+        for chunk in &set.chunks {
+            assert!(!chunk.is_empty() && chunk.len() <= CHUNK);
+        }
+    }
+
+    #[test]
+    fn inserts_and_removes_agree_with_a_btree_set() {
+        let mut set = SortedSet::new();
+        let mut model = BTreeSet::new();
+        for (step, n) in numbers(7).take(40_000).enumerate() {
+            let key = n % 5_000;
+            if step % 3 == 2 {
+                assert_eq!(set.remove(&key), model.remove(&key), "remove {key}");
+            } else {
+                assert_eq!(set.insert(key), model.insert(key), "insert {key}");
+            }
+            assert_eq!(set.contains(&(n % 5_000)), model.contains(&(n % 5_000)));
+        }
+        check(&set, &model);
+        for n in numbers(11).take(20_000) {
+            let key = n % 5_000;
+            assert_eq!(set.remove(&key), model.remove(&key));
+        }
+        check(&set, &model);
+    }
+
+    #[test]
+    fn ranges_agree_with_a_btree_set_from_either_end() {
+        let model: BTreeSet<u64> = numbers(3).take(3_000).map(|n| n % 10_000).collect();
+        let set: SortedSet<u64> = model.iter().copied().collect();
+        check(&set, &model);
+        for (a, b) in numbers(5)
+            .map(|n| (n % 10_100, (n >> 20) % 10_100))
+            .take(300)
+        {
+            let (lo, hi) = (a.min(b), a.max(b));
+            assert!(set.range(lo..=hi).eq(model.range(lo..=hi)), "{lo}..={hi}");
+            assert!(set.range(lo..hi).rev().eq(model.range(lo..hi).rev()));
+            assert!(set.range(lo..).eq(model.range(lo..)));
+            assert!(set.range(..hi).rev().eq(model.range(..hi).rev()));
+            assert_eq!(set.range(lo..=hi).len(), model.range(lo..=hi).count());
+            let mut both = set.range(lo..=hi);
+            let mut model_both = model.range(lo..=hi);
+            loop {
+                let (a, b) = (both.next(), model_both.next());
+                assert_eq!(a, b);
+                let (c, d) = (both.next_back(), model_both.next_back());
+                assert_eq!(c, d);
+                if a.is_none() || c.is_none() {
+                    break;
+                }
+            }
+        }
+        // Crossed bounds are an empty range, not a panic.
+        assert_eq!(set.range((Bound::Included(5), Bound::Included(4))).count(), 0);
+    }
+
+    #[test]
+    fn entries_appended_in_order_fill_their_chunks() {
+        let mut set = SortedSet::new();
+        for key in 0..(10 * CHUNK as u64) {
+            set.insert(key);
+        }
+        assert_eq!(set.chunks.len(), 10);
+        let built: SortedSet<u64> = (0..(10 * CHUNK as u64)).rev().collect();
+        assert!(built.iter().eq(set.iter()));
+        assert_eq!(built.chunks.len(), 10);
+    }
+
+    #[test]
+    fn deletions_merge_emptied_chunks() {
+        let mut set: SortedSet<u64> = (0..(8 * CHUNK as u64)).collect();
+        for key in 0..(8 * CHUNK as u64) {
+            if key % 16 != 0 {
+                set.remove(&key);
+            }
+        }
+        assert_eq!(set.len(), CHUNK / 2);
+        assert!(set.chunks.len() <= 2, "{} chunks", set.chunks.len());
+    }
+}
