@@ -19,7 +19,11 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+
+/// A string the indexes share between the entries and columns holding it: one word (the length
+/// lives with the count in its allocation), where `Arc<str>` takes two, in every entry and
+/// column slot of a string index.
+pub(crate) type Shared = arcstr::ArcStr;
 
 /// The value a time column and a time index hold for null. Real timestamps are parsed from
 /// RFC 3339, whose range (chrono's, about +-262,000 years) is far from `i64::MIN` milliseconds,
@@ -320,7 +324,7 @@ fn offset(strings: &str) -> u32 {
 /// on purpose. `C` is what else each string is given: nothing (`()`), or a [`Code`] that names it
 /// in a column in four bytes instead of the sixteen of a shared string.
 pub(crate) struct Interner<C: Numbering = ()> {
-    strings: HashMap<Arc<str>, C, foldhash::fast::RandomState>,
+    strings: HashMap<Shared, C, foldhash::fast::RandomState>,
     /// Codes of strings no entry holds any more, handed out again first.
     free: Vec<C>,
 }
@@ -380,49 +384,49 @@ impl<C: Numbering> Interner<C> {
     /// The bytes of the table and of the strings held.
     fn heap_bytes(&self) -> usize {
         let texts: usize = self.strings.keys().map(|text| arc_str_bytes(text)).sum();
-        table_bytes::<(Arc<str>, C)>(self.strings.capacity())
+        table_bytes::<(Shared, C)>(self.strings.capacity())
             + texts
             + self.free.capacity() * std::mem::size_of::<C>()
     }
 
-    pub(crate) fn intern(&mut self, text: &str) -> Arc<str> {
+    pub(crate) fn intern(&mut self, text: &str) -> Shared {
         match self.strings.get_key_value(text) {
-            Some((shared, _)) => Arc::clone(shared),
+            Some((shared, _)) => Shared::clone(shared),
             None => self.insert_new(text),
         }
     }
 
     /// The shared copy of `text`, which no entry holds yet (a set read back in order meets each
     /// value once): one hash, where [`Interner::intern`] takes two for a new value.
-    pub(crate) fn insert_new(&mut self, text: &str) -> Arc<str> {
+    pub(crate) fn insert_new(&mut self, text: &str) -> Shared {
         self.insert_numbered(text).0
     }
 
     /// [`Interner::insert_new`], with the number the string is given.
-    fn insert_numbered(&mut self, text: &str) -> (Arc<str>, C) {
-        let shared: Arc<str> = Arc::from(text);
+    fn insert_numbered(&mut self, text: &str) -> (Shared, C) {
+        let shared: Shared = Shared::from(text);
         let number = C::next(self.strings.len(), &mut self.free);
-        self.strings.insert(Arc::clone(&shared), number);
+        self.strings.insert(Shared::clone(&shared), number);
         (shared, number)
     }
 
     /// The shared copy of `text` and its number, if any entry holds it.
-    fn get_numbered(&self, text: &str) -> Option<(&Arc<str>, C)> {
+    fn get_numbered(&self, text: &str) -> Option<(&Shared, C)> {
         self.strings
             .get_key_value(text)
             .map(|(shared, number)| (shared, *number))
     }
 
     /// The shared copy of `text`, if any entry holds it.
-    fn get(&self, text: &str) -> Option<Arc<str>> {
+    fn get(&self, text: &str) -> Option<Shared> {
         self.get_numbered(text)
-            .map(|(shared, _)| Arc::clone(shared))
+            .map(|(shared, _)| Shared::clone(shared))
     }
 
     /// Forgets `text` once no entry holds it any more.
     fn release(&mut self, text: &str) {
         if let Some((shared, number)) = self.get_numbered(text) {
-            if Arc::strong_count(shared) == 1 {
+            if Shared::strong_count(shared) == Some(1) {
                 self.strings.remove(text);
                 self.free.push(number);
             }
@@ -433,7 +437,7 @@ impl<C: Numbering> Interner<C> {
     fn sweep(&mut self) {
         let free = &mut self.free;
         self.strings.retain(|shared, number| {
-            let held = Arc::strong_count(shared) > 1;
+            let held = Shared::strong_count(shared) != Some(1);
             if !held {
                 free.push(*number);
             }
@@ -552,9 +556,9 @@ pub(crate) struct TimeIndex {
 /// found in the set itself, which orders the values, so it needs no table of its strings.
 pub(crate) struct SortTextIndex {
     /// `(value, id)` in value order.
-    pub(crate) set: NullsFirst<Option<Arc<str>>>,
+    pub(crate) set: NullsFirst<Option<Shared>>,
     /// id -> value.
-    pub(crate) col: Column<Option<Arc<str>>>,
+    pub(crate) col: Column<Option<Shared>>,
 }
 
 /// A filter-only string attribute (or the tags): the calls with a value, one entry per value,
@@ -562,7 +566,7 @@ pub(crate) struct SortTextIndex {
 #[derive(Default)]
 pub(crate) struct TextIndex {
     /// `(value, id)` in value order.
-    pub(crate) set: SortedSet<(Arc<str>, u64)>,
+    pub(crate) set: SortedSet<(Shared, u64)>,
     /// id -> value, for an attribute; `None` for the tags, which a call holds several of.
     ///
     /// A filter on such an attribute checks each candidate of another index against it: in the
@@ -575,7 +579,7 @@ pub(crate) struct TextIndex {
     /// `strings`), so that the planner can tell a value too common to collect without walking
     /// its entries (a walk of up to ten thousand at a million calls per list). Values held once,
     /// most of them where values are nearly unique (uid, vendorCallId), cost nothing here.
-    pub(crate) shared_counts: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
+    pub(crate) shared_counts: HashMap<Shared, usize, foldhash::fast::RandomState>,
     pub(crate) strings: Interner<Code>,
 }
 
@@ -592,17 +596,17 @@ impl TextIndex {
     /// gathers them), with what is derived from the set: the column, for an attribute, and the
     /// counts. `strings` holds every value of the set, shared with its entries.
     pub(crate) fn from_set(
-        set: SortedSet<(Arc<str>, u64)>,
+        set: SortedSet<(Shared, u64)>,
         strings: Interner<Code>,
         attribute: bool,
     ) -> TextIndex {
         let col = attribute.then(|| {
             let mut col = Column::new(NO_CODE);
             // The set holds each value's entries together: one lookup per value.
-            let mut last: Option<(&Arc<str>, Code)> = None;
+            let mut last: Option<(&Shared, Code)> = None;
             for (text, id) in &set {
                 let code = match last {
-                    Some((shared, code)) if Arc::ptr_eq(shared, text) => code,
+                    Some((shared, code)) if Shared::ptr_eq(shared, text) => code,
                     _ => strings.code_of(text).unwrap_or(NO_CODE),
                 };
                 last = Some((text, code));
@@ -627,13 +631,13 @@ impl TextIndex {
         while let Some((text, _)) = entries.next() {
             let mut count = 1;
             while entries
-                .next_if(|(next, _)| Arc::ptr_eq(next, text) || next == text)
+                .next_if(|(next, _)| Shared::ptr_eq(next, text) || next == text)
                 .is_some()
             {
                 count += 1;
             }
             if count > 1 {
-                counts.insert(Arc::clone(text), count);
+                counts.insert(Shared::clone(text), count);
             }
         }
         self.shared_counts = counts;
@@ -643,7 +647,7 @@ impl TextIndex {
     fn heap_bytes(&self) -> usize {
         self.set.heap_bytes()
             + self.col.as_ref().map_or(0, Column::heap_bytes)
-            + table_bytes::<(Arc<str>, usize)>(self.shared_counts.capacity())
+            + table_bytes::<(Shared, usize)>(self.shared_counts.capacity())
             + self.strings.heap_bytes()
     }
 
@@ -658,8 +662,11 @@ impl TextIndex {
     fn insert(&mut self, text: &str, id: u64) {
         let (shared, code) = match self.strings.get_numbered(text) {
             Some((shared, code)) => {
-                let shared = Arc::clone(shared);
-                *self.shared_counts.entry(Arc::clone(&shared)).or_insert(1) += 1;
+                let shared = Shared::clone(shared);
+                *self
+                    .shared_counts
+                    .entry(Shared::clone(&shared))
+                    .or_insert(1) += 1;
                 (shared, code)
             }
             None => self.strings.insert_numbered(text),
@@ -703,7 +710,7 @@ impl TextIndex {
     }
 
     /// The shared copy of `text`, to build range bounds from; `None` when no call holds it.
-    pub(crate) fn shared(&self, text: &str) -> Option<Arc<str>> {
+    pub(crate) fn shared(&self, text: &str) -> Option<Shared> {
         self.strings.get(text)
     }
 }
@@ -716,7 +723,7 @@ impl SortTextIndex {
         }
         let new_shared = new
             .flatten()
-            .map(|text| self.shared(text).unwrap_or_else(|| Arc::from(text)));
+            .map(|text| self.shared(text).unwrap_or_else(|| Shared::from(text)));
         if new.is_some() {
             self.set.insert((new_shared.clone(), id));
         }
@@ -724,7 +731,7 @@ impl SortTextIndex {
     }
 
     /// The shared copy of `text`, to build range bounds from; `None` when no call holds it.
-    pub(crate) fn shared(&self, text: &str) -> Option<Arc<str>> {
+    pub(crate) fn shared(&self, text: &str) -> Option<Shared> {
         let values = self.set.values();
         values
             .first_from(|(value, _)| value.as_deref() < Some(text))
@@ -872,10 +879,10 @@ impl Indexes {
         for (field, index) in TEXT_SORT.iter().zip(&self.sort_texts) {
             // Each distinct value's shared string, once.
             let mut texts = 0;
-            let mut last: Option<&Arc<str>> = None;
+            let mut last: Option<&Shared> = None;
             for (text, _) in index.set.values() {
                 let text = text.as_ref().expect("the values are not null");
-                if !last.is_some_and(|last| Arc::ptr_eq(last, text)) {
+                if !last.is_some_and(|last| Shared::ptr_eq(last, text)) {
                     texts += arc_str_bytes(text);
                 }
                 last = Some(text);
@@ -1116,12 +1123,12 @@ pub(crate) struct IndexBuilder {
     ids: Vec<u64>,
     changes: Vec<(u64, u64)>,
     times: [Vec<(i64, u64)>; TIME_SORT.len()],
-    sort_texts: [Vec<(Option<Arc<str>>, u64)>; TEXT_SORT.len()],
+    sort_texts: [Vec<(Option<Shared>, u64)>; TEXT_SORT.len()],
     /// The sortable strings' shared copies while the sets are gathered (a finished
     /// [`SortTextIndex`] finds them in its set).
     sort_strings: [Interner; TEXT_SORT.len()],
-    texts: [Vec<(Arc<str>, u64)>; TEXT_FILTER.len()],
-    tags: Vec<(Arc<str>, u64)>,
+    texts: [Vec<(Shared, u64)>; TEXT_FILTER.len()],
+    tags: Vec<(Shared, u64)>,
     flags: Vec<(bool, u64)>,
     notes: Vec<(u64, u64)>,
     related: [Vec<(i64, u64)>; FILTER_RELATIONS.len()],
@@ -1404,7 +1411,7 @@ impl IndexBuilder {
             index.set = entries.into_iter().collect();
         }
         // The column and the counts are derived from each set, as when the snapshot is read.
-        let from = |index: &mut TextIndex, mut entries: Vec<(Arc<str>, u64)>, attribute: bool| {
+        let from = |index: &mut TextIndex, mut entries: Vec<(Shared, u64)>, attribute: bool| {
             sort_shared(&mut entries);
             let strings = std::mem::take(&mut index.strings);
             *index = TextIndex::from_set(entries.into_iter().collect(), strings, attribute);
@@ -1424,8 +1431,8 @@ impl IndexBuilder {
 
 /// Orders two interned strings: one shared copy is one value, so equal values compare by
 /// pointer, without reading the bytes (most neighbours in a set share their value).
-fn compare_shared(a: &Arc<str>, b: &Arc<str>) -> Ordering {
-    if Arc::ptr_eq(a, b) {
+fn compare_shared(a: &Shared, b: &Shared) -> Ordering {
+    if Shared::ptr_eq(a, b) {
         Ordering::Equal
     } else {
         a.cmp(b)
@@ -1435,7 +1442,7 @@ fn compare_shared(a: &Arc<str>, b: &Arc<str>) -> Ordering {
 /// Sorts `(value, id)` entries as their set orders them, before the set is built from them
 /// (`BTreeSet::from_iter` sorts again, which is one pass over input already in order): the
 /// sort of the set's own bulk load compares every pair by its bytes.
-fn sort_shared(entries: &mut [(Arc<str>, u64)]) {
+fn sort_shared(entries: &mut [(Shared, u64)]) {
     entries.sort_unstable_by(|(a, x), (b, y)| compare_shared(a, b).then(x.cmp(y)));
 }
 

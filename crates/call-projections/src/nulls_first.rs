@@ -6,10 +6,10 @@
 //! `recordingUrl`), an entry of a null and an id took 16 or 24 bytes for what an id says in 8.
 //! Walks see one sequence of `(&value, id)`, the nulls (all equal, below every value) first.
 
+use crate::index::Shared;
 use crate::index::NULL_TIME;
-use crate::sorted_set::{self, SortedSet};
+use crate::sorted_set::{self, Packer, SortedSet};
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
-use std::sync::Arc;
 
 /// A value type with a null that orders below every other value.
 pub(crate) trait NullValue: Ord + Clone {
@@ -28,8 +28,8 @@ impl NullValue for i64 {
     }
 }
 
-impl NullValue for Option<Arc<str>> {
-    fn null() -> Option<Arc<str>> {
+impl NullValue for Option<Shared> {
+    fn null() -> Option<Shared> {
         None
     }
 
@@ -174,11 +174,17 @@ impl<V: NullValue> NullsFirst<V> {
 
 impl<V: NullValue> FromIterator<(V, u64)> for NullsFirst<V> {
     fn from_iter<I: IntoIterator<Item = (V, u64)>>(entries: I) -> Self {
-        let (nulls, values): (Vec<_>, Vec<_>) =
-            entries.into_iter().partition(|(value, _)| value.is_null());
+        let (mut nulls, mut values) = (Packer::default(), Packer::default());
+        for (value, id) in entries {
+            if value.is_null() {
+                nulls.push(id);
+            } else {
+                values.push((value, id));
+            }
+        }
         NullsFirst {
-            nulls: nulls.into_iter().map(|(_, id)| id).collect(),
-            values: values.into_iter().collect(),
+            nulls: nulls.finish(),
+            values: values.finish(),
             null: V::null(),
         }
     }
@@ -278,13 +284,13 @@ mod tests {
 
     #[test]
     fn nulls_are_kept_as_ids() {
-        let mut set = NullsFirst::<Option<Arc<str>>>::new();
+        let mut set = NullsFirst::<Option<Shared>>::new();
         assert!(set.insert((None, 3)));
-        assert!(set.insert((Some(Arc::from("a")), 2)));
+        assert!(set.insert((Some(Shared::from("a")), 2)));
         assert!(!set.insert((None, 3)));
         assert_eq!(set.values().len(), 1);
         let all: Vec<_> = set.iter().map(|(v, id)| (v.clone(), id)).collect();
-        assert_eq!(all, [(None, 3), (Some(Arc::from("a")), 2)]);
+        assert_eq!(all, [(None, 3), (Some(Shared::from("a")), 2)]);
         assert!(set.remove(&(None, 3)));
         assert!(!set.remove(&(None, 3)));
         assert_eq!(set.len(), 1);

@@ -18,16 +18,17 @@
 //! not written: they hold the same pairs as their sets and are filled from them on load.
 
 use crate::index::{
-    Column, Indexes, Interner, SortTextIndex, TextIndex, TimeIndex, NULL_TIME, TEXT_FILTER,
+    Column, Indexes, Interner, Shared, SortTextIndex, TextIndex, TimeIndex, NULL_TIME, TEXT_FILTER,
     TEXT_SORT, TIME_SORT,
 };
+use crate::nulls_first::NullsFirst;
 use crate::sorted_set::SortedSet;
 use crate::store::{par_map_costly, Meta};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// The snapshot's file, in the projection's directory.
 const FILE_NAME: &str = "indexes.snapshot";
@@ -341,7 +342,7 @@ fn put_i64(out: &mut Encoder, prev: Option<&i64>, value: &i64) {
     out.u64(((delta << 1) ^ (delta >> 63)) as u64);
 }
 
-fn put_text(out: &mut Encoder, _: Option<&Arc<str>>, text: &Arc<str>) {
+fn put_text(out: &mut Encoder, _: Option<&Shared>, text: &Shared) {
     out.text(text);
 }
 
@@ -559,75 +560,60 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
             Section::Changes(changes.into_iter().collect())
         }
         Kind::Time(_) => {
-            let entries = reader.runs(get_i64)?;
+            let set: NullsFirst<i64> = reader.runs(get_i64)?;
             // Filled here, on this section's thread: a column holds its set's pairs by id.
             let mut col = Column::new(NULL_TIME);
-            for (millis, id) in &entries {
+            for (millis, id) in set.values() {
                 col.set(*id, *millis);
             }
-            Section::Time(TimeIndex {
-                set: entries.into_iter().collect(),
-                col,
-            })
+            Section::Time(TimeIndex { set, col })
         }
-        Kind::Related(_) => Section::Related(reader.runs(get_i64)?.into_iter().collect()),
+        Kind::Related(_) => Section::Related(reader.runs(get_i64)?),
         Kind::SortText(_) => {
             // Each value is one run, so one shared copy each.
-            let set = reader.runs(|reader, prev: Option<&Option<Arc<str>>>| {
-                let value = match reader.u64()? {
-                    0 => None,
-                    1 => Some(Arc::from(reader.text()?)),
-                    other => return Err(damaged(format!("a null marker is {other}"))),
-                };
-                ascending_values(prev, &value)?;
-                Ok(value)
-            })?;
+            let set: NullsFirst<Option<Shared>> =
+                reader.runs(|reader, prev: Option<&Option<Shared>>| {
+                    let value = match reader.u64()? {
+                        0 => None,
+                        1 => Some(Shared::from(reader.text()?)),
+                        other => return Err(damaged(format!("a null marker is {other}"))),
+                    };
+                    ascending_values(prev, &value)?;
+                    Ok(value)
+                })?;
             let mut col = Column::new(None);
-            for (text, id) in &set {
+            for (text, id) in set.values() {
                 col.set(*id, text.clone());
             }
-            Section::SortText(SortTextIndex {
-                set: set.into_iter().collect(),
-                col,
-            })
+            Section::SortText(SortTextIndex { set, col })
         }
         Kind::Text(_) | Kind::Tags => {
             let mut strings = Interner::default();
-            let set = reader.runs(|reader, prev: Option<&Arc<str>>| {
+            let set = reader.runs(|reader, prev: Option<&Shared>| {
                 let value = strings.insert_new(reader.text()?);
                 ascending_values(prev, &value)?;
                 Ok(value)
             })?;
             Section::Text(TextIndex::from_set(
-                set.into_iter().collect(),
+                set,
                 strings,
                 !matches!(kind, Kind::Tags),
             ))
         }
-        Kind::Flags => Section::Flags(
-            reader
-                .runs(|reader, prev: Option<&bool>| {
-                    let value = match reader.u64()? {
-                        0 => false,
-                        1 => true,
-                        other => return Err(damaged(format!("a flag is {other}"))),
-                    };
-                    ascending_values(prev, &value)?;
-                    Ok(value)
-                })?
-                .into_iter()
-                .collect(),
-        ),
-        Kind::Notes => Section::Notes(
-            reader
-                .runs(|reader, prev: Option<&u64>| {
-                    let value = reader.u64()?.wrapping_add(prev.copied().unwrap_or(0));
-                    ascending_values(prev, &value)?;
-                    Ok(value)
-                })?
-                .into_iter()
-                .collect(),
-        ),
+        Kind::Flags => Section::Flags(reader.runs(|reader, prev: Option<&bool>| {
+            let value = match reader.u64()? {
+                0 => false,
+                1 => true,
+                other => return Err(damaged(format!("a flag is {other}"))),
+            };
+            ascending_values(prev, &value)?;
+            Ok(value)
+        })?),
+        Kind::Notes => Section::Notes(reader.runs(|reader, prev: Option<&u64>| {
+            let value = reader.u64()?.wrapping_add(prev.copied().unwrap_or(0));
+            ascending_values(prev, &value)?;
+            Ok(value)
+        })?),
     };
     if !reader.0.is_empty() {
         return Err(damaged(format!("bytes follow the {kind:?} section")));
@@ -703,41 +689,66 @@ impl<'a> Decoder<'a> {
     /// `count` ascending numbers.
     fn ascending(&mut self, count: usize) -> Result<Vec<u64>, Unused> {
         let mut numbers = Vec::with_capacity(count);
-        let mut prev = 0u64;
-        for i in 0..count {
-            let delta = self.u64()?;
-            if i > 0 && delta == 0 {
-                return Err(damaged("numbers that should ascend repeat"));
-            }
-            prev = prev
-                .checked_add(delta)
-                .ok_or_else(|| damaged("a number overflows"))?;
-            numbers.push(prev);
+        let mut prev = None;
+        for _ in 0..count {
+            let number = self.next_ascending(prev)?;
+            numbers.push(number);
+            prev = Some(number);
         }
         Ok(numbers)
     }
 
-    /// An ordered set written by [`Encoder::runs`].
-    fn runs<V: Ord + Clone>(
+    /// The number after `prev` (`None`: the first) in a list of ascending numbers.
+    fn next_ascending(&mut self, prev: Option<u64>) -> Result<u64, Unused> {
+        let delta = self.u64()?;
+        if prev.is_some() && delta == 0 {
+            return Err(damaged("numbers that should ascend repeat"));
+        }
+        prev.unwrap_or(0)
+            .checked_add(delta)
+            .ok_or_else(|| damaged("a number overflows"))
+    }
+
+    /// An ordered set written by [`Encoder::runs`], collected as it is decoded (a set packs
+    /// entries that come in order without a second copy of them).
+    fn runs<V: Ord + Clone, C: FromIterator<(V, u64)>>(
         &mut self,
         mut get_value: impl FnMut(&mut Self, Option<&V>) -> Result<V, Unused>,
-    ) -> Result<Vec<(V, u64)>, Unused> {
+    ) -> Result<C, Unused> {
         let total = self.count()?;
-        let mut entries = Vec::with_capacity(total);
-        let mut prev: Option<V> = None;
-        while entries.len() < total {
-            let value = get_value(self, prev.as_ref())?;
-            let length = self.count()?;
-            if length == 0 || length > total - entries.len() {
-                return Err(damaged(format!("a run of {length} entries")));
-            }
-            for id in self.ascending(length)? {
-                entries.push((value.clone(), id));
-            }
-            prev = Some(value);
+        let mut produced = 0;
+        let mut value: Option<V> = None;
+        // The ids of the current value's run still to read, and the last one read.
+        let (mut run_left, mut run_id) = (0usize, None);
+        let mut failed = None;
+        let collected = std::iter::from_fn(|| {
+            let next = (|| {
+                if run_left == 0 {
+                    if produced == total {
+                        return Ok(None);
+                    }
+                    let next = get_value(self, value.as_ref())?;
+                    let length = self.count()?;
+                    if length == 0 || length > total - produced {
+                        return Err(damaged(format!("a run of {length} entries")));
+                    }
+                    (value, run_left, run_id) = (Some(next), length, None);
+                }
+                let id = self.next_ascending(run_id)?;
+                (run_left, run_id) = (run_left - 1, Some(id));
+                produced += 1;
+                Ok(value.clone().map(|value| (value, id)))
+            })();
+            next.unwrap_or_else(|error| {
+                failed = Some(error);
+                None
+            })
+        })
+        .collect();
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(collected),
         }
-        // In order already, which a set's `from_iter` checks in one pass before it packs them.
-        Ok(entries)
     }
 }
 

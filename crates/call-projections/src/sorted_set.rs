@@ -271,15 +271,65 @@ fn extend_within<K>(chunk: &mut Vec<K>, more: Vec<K>) {
 }
 
 impl<K: Ord> FromIterator<K> for SortedSet<K> {
-    /// Sorts and deduplicates unless the entries come in strictly ascending order already, as a
-    /// snapshot and a builder's sorted entries do.
     fn from_iter<I: IntoIterator<Item = K>>(entries: I) -> Self {
-        let mut entries: Vec<K> = entries.into_iter().collect();
-        if !entries.windows(2).all(|pair| pair[0] < pair[1]) {
+        let mut packer = Packer::default();
+        for key in entries {
+            packer.push(key);
+        }
+        packer.finish()
+    }
+}
+
+/// Packs entries into full chunks as they come, so that a set read back in order (a snapshot,
+/// a builder's sorted entries) takes no second copy of its entries while it is made; entries
+/// out of order are sorted and deduplicated at the end.
+pub(crate) struct Packer<K> {
+    set: SortedSet<K>,
+    chunk: Vec<K>,
+    ascending: bool,
+}
+
+impl<K> Default for Packer<K> {
+    fn default() -> Self {
+        Packer {
+            set: SortedSet::new(),
+            chunk: Vec::new(),
+            ascending: true,
+        }
+    }
+}
+
+impl<K: Ord> Packer<K> {
+    pub(crate) fn push(&mut self, key: K) {
+        let last = self.chunk.last().or_else(|| self.set.chunks.last()?.last());
+        if last.is_some_and(|last| *last >= key) {
+            self.ascending = false;
+        }
+        if self.chunk.len() == CHUNK {
+            let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+            self.set.chunks.push(full);
+        } else if self.chunk.capacity() == 0 {
+            self.chunk.reserve_exact(CHUNK);
+        }
+        self.chunk.push(key);
+        self.set.len += 1;
+    }
+
+    pub(crate) fn finish(mut self) -> SortedSet<K> {
+        if !self.ascending {
+            let mut entries: Vec<K> = std::mem::take(&mut self.set)
+                .into_iter()
+                .chain(self.chunk)
+                .collect();
             entries.sort_unstable();
             entries.dedup();
+            return SortedSet::from_sorted(entries.into_iter());
         }
-        SortedSet::from_sorted(entries.into_iter())
+        if !self.chunk.is_empty() {
+            self.chunk.shrink_to_fit();
+            self.set.chunks.push(self.chunk);
+        }
+        self.set
     }
 }
 
@@ -469,7 +519,10 @@ mod tests {
             }
         }
         // Crossed bounds are an empty range, not a panic.
-        assert_eq!(set.range((Bound::Included(5), Bound::Included(4))).count(), 0);
+        assert_eq!(
+            set.range((Bound::Included(5), Bound::Included(4))).count(),
+            0
+        );
     }
 
     #[test]

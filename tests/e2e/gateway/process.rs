@@ -340,7 +340,10 @@ async fn commands_survive_a_sigkill(instances: usize, args: &[&str]) {
         let by_index = memory["byIndex"].as_object().expect("indexMemory.byIndex");
         let sum: u64 = by_index.values().filter_map(|bytes| bytes.as_u64()).sum();
         assert!(sum > 0 && memory["totalBytes"] == json!(sum), "{stats}");
-        assert!(by_index.contains_key("createdAt") && by_index.contains_key("id"), "{stats}");
+        assert!(
+            by_index.contains_key("createdAt") && by_index.contains_key("id"),
+            "{stats}"
+        );
     })
     .await;
 }

@@ -8,6 +8,7 @@
 
 use super::order::{Order, RowKey, SortVal};
 use crate::error::QueryError;
+use crate::index::Shared;
 use crate::index::SortCol;
 use crate::query::{Condition, Filter, FilterTarget, FilterValue};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 /// Longer cursors are refused before decoding: sort values are at most a few hundred
 /// characters, so a real cursor is far shorter.
@@ -136,7 +136,7 @@ pub(crate) fn decode(text: &str, fingerprint: &str, order: &Order) -> Result<Row
                 .as_i64()
                 .map(SortVal::Int)
                 .ok_or(QueryError::InvalidCursor),
-            (Value::String(text), SortCol::Text(_)) => Ok(SortVal::Text(Arc::from(text))),
+            (Value::String(text), SortCol::Text(_)) => Ok(SortVal::Text(Shared::from(text))),
             _ => Err(QueryError::InvalidCursor),
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -3,18 +3,18 @@
 
 use super::walk::{ids_in, ids_of, IdIter};
 use crate::error::QueryError;
+use crate::index::Shared;
 use crate::index::{note_hash, relation_slot, slot, Indexes, Slot, SortCol, NULL_TIME};
 use crate::query::{Condition, Filter, FilterTarget, FilterValue};
 use call_model::{AttrValue, Call, Field};
 use std::cmp::Ordering;
 use std::ops::Bound::{Excluded, Included, Unbounded};
-use std::sync::Arc;
 
 /// A filter value, typed as the indexes hold it (date-times as milliseconds).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Val {
     Int(i64),
-    Text(Arc<str>),
+    Text(Shared),
     Bool(bool),
 }
 
@@ -135,7 +135,7 @@ impl Resolved {
         let convert = |value: &FilterValue| match (kind, value) {
             (Kind::Int, FilterValue::Int(n)) => Ok(Val::Int(*n)),
             (Kind::Time, FilterValue::Time(at)) => Ok(Val::Int(at.millis())),
-            (Kind::Text, FilterValue::Text(text)) => Ok(Val::Text(Arc::from(text.as_str()))),
+            (Kind::Text, FilterValue::Text(text)) => Ok(Val::Text(Shared::from(text.as_str()))),
             (Kind::Bool, FilterValue::Bool(flag)) => Ok(Val::Bool(*flag)),
             (Kind::Int, _) => Err(invalid("expected an integer id")),
             (Kind::Time, _) => Err(invalid("expected an RFC 3339 date-time")),
@@ -418,22 +418,22 @@ impl Resolved {
             }
             Slot::Sort(SortCol::Text(i)) => {
                 let lower = match lower {
-                    Some(Val::Text(t)) => Included((Some(Arc::clone(t)), 0)),
+                    Some(Val::Text(t)) => Included((Some(Shared::clone(t)), 0)),
                     _ => Excluded((None, u64::MAX)),
                 };
                 let upper = match upper {
-                    Some(Val::Text(t)) => Included((Some(Arc::clone(t)), u64::MAX)),
+                    Some(Val::Text(t)) => Included((Some(Shared::clone(t)), u64::MAX)),
                     _ => Unbounded,
                 };
                 ids_in(&indexes.sort_texts[i].set, lower, upper, false)
             }
             Slot::Text(i) => {
                 let lower = match lower {
-                    Some(Val::Text(t)) => Included((Arc::clone(t), 0)),
+                    Some(Val::Text(t)) => Included((Shared::clone(t), 0)),
                     _ => Unbounded,
                 };
                 let upper = match upper {
-                    Some(Val::Text(t)) => Included((Arc::clone(t), u64::MAX)),
+                    Some(Val::Text(t)) => Included((Shared::clone(t), u64::MAX)),
                     _ => Unbounded,
                 };
                 ids_in(&indexes.texts[i].set, lower, upper, false)

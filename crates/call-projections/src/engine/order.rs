@@ -2,11 +2,11 @@
 //! two places compare.
 
 use crate::error::QueryError;
+use crate::index::Shared;
 use crate::index::{slot, Indexes, Slot, SortCol, NULL_TIME};
 use crate::query::{SortField, SortKey};
 use call_model::{Call, Field};
 use std::cmp::Ordering;
-use std::sync::Arc;
 
 /// A sort value as the order compares it: null first, then the value. One sort key only ever
 /// holds nulls and one of the other variants.
@@ -17,7 +17,7 @@ pub(crate) enum SortVal {
     /// A date-time, in milliseconds.
     Int(i64),
     /// A string.
-    Text(Arc<str>),
+    Text(Shared),
 }
 
 /// One sort key before the final `id`.
@@ -130,7 +130,7 @@ impl Order {
                         .map_or(SortVal::Null, |at| SortVal::Int(at.millis())),
                     SortCol::Text(_) => call
                         .text(key.field)
-                        .map_or(SortVal::Null, |text| SortVal::Text(Arc::from(text))),
+                        .map_or(SortVal::Null, |text| SortVal::Text(Shared::from(text))),
                 })
                 .collect(),
             id: call.id,
@@ -145,7 +145,7 @@ pub(crate) fn column_value(indexes: &Indexes, col: SortCol, id: u64) -> SortVal 
             millis => SortVal::Int(millis),
         },
         SortCol::Text(i) => match indexes.sort_texts[i].col.get(id) {
-            Some(text) => SortVal::Text(Arc::clone(text)),
+            Some(text) => SortVal::Text(Shared::clone(text)),
             None => SortVal::Null,
         },
     }

@@ -3,9 +3,9 @@
 use super::filter::{Cond, Resolved, Val};
 use super::order::{Order, SortVal};
 use super::walk::{max_lower, min_upper};
+use crate::index::Shared;
 use crate::index::{Indexes, Slot, SortCol};
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
-use std::sync::Arc;
 
 /// How a list reads its candidates.
 pub(crate) enum Plan<'f> {
@@ -80,7 +80,7 @@ pub(crate) fn id_bounds(filters: &[Resolved]) -> (u64, u64) {
 pub(crate) fn value_bounds(filters: &[Resolved], col: SortCol) -> (Bound<SortVal>, Bound<SortVal>) {
     let as_sort = |v: &Val| match v {
         Val::Int(n) => SortVal::Int(*n),
-        Val::Text(text) => SortVal::Text(Arc::clone(text)),
+        Val::Text(text) => SortVal::Text(Shared::clone(text)),
         Val::Bool(_) => SortVal::Null,
     };
     let (mut lower, mut upper) = (Unbounded, Unbounded);

@@ -2,12 +2,12 @@
 //! a k-way merge in id order, and the group-by-group walk of a multi-key order.
 
 use super::order::{column_value, directed, Order, RowKey, SortVal};
+use crate::index::Shared;
 use crate::index::{Indexes, SortCol, NULL_TIME};
 use crate::nulls_first::EntryRange;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
-use std::sync::Arc;
 
 pub(crate) type IdIter<'a> = Box<dyn Iterator<Item = u64> + 'a>;
 /// A bound on index entries `(value, id)`.
@@ -323,8 +323,8 @@ pub(crate) fn sorted_entries(
                     lower,
                     upper,
                     descending,
-                    |text: &Option<Arc<str>>| match text {
-                        Some(text) => SortVal::Text(Arc::clone(text)),
+                    |text: &Option<Shared>| match text {
+                        Some(text) => SortVal::Text(Shared::clone(text)),
                         None => SortVal::Null,
                     },
                 ),
