@@ -12,7 +12,7 @@
 //! strings are interned per index, so a value shared by many calls (a state, an outcome, a
 //! vendor) is stored once.
 
-use crate::nulls_first::NullsFirst;
+use crate::grouped::Grouped;
 use crate::sorted_set::SortedSet;
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
@@ -545,7 +545,7 @@ impl<T: Clone + PartialEq> Column<T> {
 /// A sortable date-time attribute: every live call, nulls included (as [`NULL_TIME`]).
 pub(crate) struct TimeIndex {
     /// `(millis, id)` in value order.
-    pub(crate) set: NullsFirst<i64>,
+    pub(crate) set: Grouped<i64>,
     /// id -> millis.
     pub(crate) col: Column<i64>,
 }
@@ -556,7 +556,7 @@ pub(crate) struct TimeIndex {
 /// found in the set itself, which orders the values, so it needs no table of its strings.
 pub(crate) struct SortTextIndex {
     /// `(value, id)` in value order.
-    pub(crate) set: NullsFirst<Option<Shared>>,
+    pub(crate) set: Grouped<Option<Shared>>,
     /// id -> value.
     pub(crate) col: Column<Option<Shared>>,
 }
@@ -566,7 +566,7 @@ pub(crate) struct SortTextIndex {
 #[derive(Default)]
 pub(crate) struct TextIndex {
     /// `(value, id)` in value order.
-    pub(crate) set: SortedSet<(Shared, u64)>,
+    pub(crate) set: Grouped<Shared>,
     /// id -> value, for an attribute; `None` for the tags, which a call holds several of.
     ///
     /// A filter on such an attribute checks each candidate of another index against it: in the
@@ -596,7 +596,7 @@ impl TextIndex {
     /// gathers them), with what is derived from the set: the column, for an attribute, and the
     /// counts. `strings` holds every value of the set, shared with its entries.
     pub(crate) fn from_set(
-        set: SortedSet<(Shared, u64)>,
+        set: Grouped<Shared>,
         strings: Interner<Code>,
         attribute: bool,
     ) -> TextIndex {
@@ -610,7 +610,7 @@ impl TextIndex {
                     _ => strings.code_of(text).unwrap_or(NO_CODE),
                 };
                 last = Some((text, code));
-                col.set(*id, code);
+                col.set(id, code);
             }
             col
         });
@@ -631,7 +631,7 @@ impl TextIndex {
         while let Some((text, _)) = entries.next() {
             let mut count = 1;
             while entries
-                .next_if(|(next, _)| Shared::ptr_eq(next, text) || next == text)
+                .next_if(|(next, _)| Shared::ptr_eq(next, text) || *next == text)
                 .is_some()
             {
                 count += 1;
@@ -732,11 +732,18 @@ impl SortTextIndex {
 
     /// The shared copy of `text`, to build range bounds from; `None` when no call holds it.
     pub(crate) fn shared(&self, text: &str) -> Option<Shared> {
-        let values = self.set.values();
-        values
+        let sparse = self
+            .set
+            .sparse()
             .first_from(|(value, _)| value.as_deref() < Some(text))
             .and_then(|(value, _)| value.clone())
-            .filter(|value| &**value == text)
+            .filter(|value| &**value == text);
+        sparse.or_else(|| {
+            self.set
+                .group_values()
+                .find(|value| value.as_deref() == Some(text))
+                .and_then(Clone::clone)
+        })
     }
 }
 
@@ -815,11 +822,11 @@ pub(crate) struct Indexes {
     /// One entry per tag of each call.
     pub(crate) tags: TextIndex,
     /// `shouldRecordCall`.
-    pub(crate) flags: SortedSet<(bool, u64)>,
+    pub(crate) flags: Grouped<bool>,
     /// `note`, by [`note_hash`].
-    pub(crate) notes: SortedSet<(u64, u64)>,
+    pub(crate) notes: Grouped<u64>,
     /// The filterable relationships' ids, in [`FILTER_RELATIONS`] order.
-    pub(crate) related: [SortedSet<(i64, u64)>; FILTER_RELATIONS.len()],
+    pub(crate) related: [Grouped<i64>; FILTER_RELATIONS.len()],
 }
 
 impl Indexes {
@@ -829,17 +836,17 @@ impl Indexes {
             ids: SortedSet::new(),
             changes: Feed::default(),
             times: std::array::from_fn(|_| TimeIndex {
-                set: NullsFirst::new(),
+                set: Grouped::new(),
                 col: Column::new(NULL_TIME),
             }),
             sort_texts: std::array::from_fn(|_| SortTextIndex {
-                set: NullsFirst::new(),
+                set: Grouped::new(),
                 col: Column::new(None),
             }),
             texts: std::array::from_fn(|_| TextIndex::attribute()),
             tags: TextIndex::default(),
-            flags: SortedSet::new(),
-            notes: SortedSet::new(),
+            flags: Grouped::new(),
+            notes: Grouped::new(),
             related: Default::default(),
         }
     }
@@ -880,8 +887,8 @@ impl Indexes {
             // Each distinct value's shared string, once.
             let mut texts = 0;
             let mut last: Option<&Shared> = None;
-            for (text, _) in index.set.values() {
-                let text = text.as_ref().expect("the values are not null");
+            for (text, _) in &index.set {
+                let Some(text) = text else { continue };
                 if !last.is_some_and(|last| Shared::ptr_eq(last, text)) {
                     texts += arc_str_bytes(text);
                 }
@@ -1707,7 +1714,7 @@ mod tests {
         let set = index
             .set
             .iter()
-            .map(|(text, id)| (strings.intern(text), *id))
+            .map(|(text, id)| (strings.intern(text), id))
             .collect();
         TextIndex::from_set(set, strings, true)
     }

@@ -17,11 +17,11 @@
 //! string), the run's length, and its ids in ascending order as LEB128 deltas. The columns are
 //! not written: they hold the same pairs as their sets and are filled from them on load.
 
+use crate::grouped::Grouped;
 use crate::index::{
     Column, Indexes, Interner, Shared, SortTextIndex, TextIndex, TimeIndex, NULL_TIME, TEXT_FILTER,
     TEXT_SORT, TIME_SORT,
 };
-use crate::nulls_first::NullsFirst;
 use crate::sorted_set::SortedSet;
 use crate::store::{par_map_costly, Meta};
 use std::collections::BTreeMap;
@@ -319,22 +319,17 @@ fn encode_section(indexes: &Indexes, kind: Kind) -> Vec<u8> {
                 },
             )
         }
-        Kind::Text(i) => section.runs(pairs(&indexes.texts[i].set), put_text),
-        Kind::Tags => section.runs(pairs(&indexes.tags.set), put_text),
-        Kind::Flags => section.runs(pairs(&indexes.flags), |out, _, flag| {
+        Kind::Text(i) => section.runs(indexes.texts[i].set.iter(), put_text),
+        Kind::Tags => section.runs(indexes.tags.set.iter(), put_text),
+        Kind::Flags => section.runs(indexes.flags.iter(), |out, _, flag| {
             out.u64(u64::from(*flag))
         }),
-        Kind::Notes => section.runs(pairs(&indexes.notes), |out, prev, hash| {
+        Kind::Notes => section.runs(indexes.notes.iter(), |out, prev, hash| {
             out.u64(hash.wrapping_sub(prev.copied().unwrap_or(0)))
         }),
-        Kind::Related(i) => section.runs(pairs(&indexes.related[i]), put_i64),
+        Kind::Related(i) => section.runs(indexes.related[i].iter(), put_i64),
     }
     section.0
-}
-
-/// A set's entries as a [`NullsFirst`] walks them: `(&value, id)`.
-fn pairs<V>(set: &SortedSet<(V, u64)>) -> impl ExactSizeIterator<Item = (&V, u64)> {
-    set.iter().map(|(value, id)| (value, *id))
 }
 
 fn put_i64(out: &mut Encoder, prev: Option<&i64>, value: &i64) {
@@ -404,9 +399,9 @@ enum Section {
     Time(TimeIndex),
     SortText(SortTextIndex),
     Text(TextIndex),
-    Related(SortedSet<(i64, u64)>),
-    Flags(SortedSet<(bool, u64)>),
-    Notes(SortedSet<(u64, u64)>),
+    Related(Grouped<i64>),
+    Flags(Grouped<bool>),
+    Notes(Grouped<u64>),
 }
 
 /// The indexes a body of `length` bytes holds, read from `input` and fed to `crc`. A section
@@ -560,18 +555,18 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
             Section::Changes(changes.into_iter().collect())
         }
         Kind::Time(_) => {
-            let set: NullsFirst<i64> = reader.runs(get_i64)?;
+            let set: Grouped<i64> = reader.runs(get_i64)?;
             // Filled here, on this section's thread: a column holds its set's pairs by id.
             let mut col = Column::new(NULL_TIME);
-            for (millis, id) in set.values() {
-                col.set(*id, *millis);
+            for (millis, id) in &set {
+                col.set(id, *millis);
             }
             Section::Time(TimeIndex { set, col })
         }
         Kind::Related(_) => Section::Related(reader.runs(get_i64)?),
         Kind::SortText(_) => {
             // Each value is one run, so one shared copy each.
-            let set: NullsFirst<Option<Shared>> =
+            let set: Grouped<Option<Shared>> =
                 reader.runs(|reader, prev: Option<&Option<Shared>>| {
                     let value = match reader.u64()? {
                         0 => None,
@@ -582,8 +577,8 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
                     Ok(value)
                 })?;
             let mut col = Column::new(None);
-            for (text, id) in set.values() {
-                col.set(*id, text.clone());
+            for (text, id) in &set {
+                col.set(id, text.clone());
             }
             Section::SortText(SortTextIndex { set, col })
         }

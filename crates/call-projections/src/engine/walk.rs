@@ -2,9 +2,9 @@
 //! a k-way merge in id order, and the group-by-group walk of a multi-key order.
 
 use super::order::{column_value, directed, Order, RowKey, SortVal};
+use crate::grouped::EntryRange;
 use crate::index::Shared;
 use crate::index::{Indexes, SortCol, NULL_TIME};
-use crate::nulls_first::EntryRange;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
