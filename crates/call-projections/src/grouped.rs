@@ -142,10 +142,13 @@ impl<V: Ord + Clone> Grouped<V> {
             return false;
         }
         self.len += 1;
+        // One search: the walk to the end of the set is made without finding its end.
         let held = self
             .sparse
-            .range((value.clone(), 0)..=(value.clone(), u64::MAX))
-            .len();
+            .range((value.clone(), 0)..)
+            .take_while(|(held, _)| *held == value)
+            .take(GROUP_AT)
+            .count();
         if held >= GROUP_AT {
             let ids: Vec<u64> = self
                 .sparse
@@ -359,7 +362,7 @@ impl<'a, V: Ord> Entries<'a, V> {
                 .map(|(value, id)| (value, *id))
                 .or_else(|| self.back.take());
         }
-        while self.first_group < self.end_group && self.groups[self.first_group].1.len() == 0 {
+        while self.first_group < self.end_group && self.groups[self.first_group].1.is_over() {
             self.first_group += 1;
         }
     }
@@ -372,7 +375,7 @@ impl<'a, V: Ord> Entries<'a, V> {
                 .map(|(value, id)| (value, *id))
                 .or_else(|| self.front.take());
         }
-        while self.end_group > self.first_group && self.groups[self.end_group - 1].1.len() == 0 {
+        while self.end_group > self.first_group && self.groups[self.end_group - 1].1.is_over() {
             self.end_group -= 1;
         }
     }

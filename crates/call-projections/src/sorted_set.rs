@@ -69,7 +69,6 @@ impl<K> SortedSet<K> {
             set: self,
             front: At { chunk: 0, slot: 0 },
             back: self.end(),
-            left: self.len,
         }
     }
 
@@ -247,9 +246,7 @@ impl<K: Ord> SortedSet<K> {
             set: self,
             front,
             back,
-            left: usize::MAX,
         }
-        .counted()
     }
 }
 
@@ -364,14 +361,16 @@ impl<K: Ord + fmt::Debug> fmt::Debug for SortedSet<K> {
 }
 
 /// The entries between two places, walked from either end.
+///
+/// Both places are kept in one form (a slot within its chunk, or the start of the chunk after),
+/// so that the walk is over when they meet; how many entries are left is counted only when
+/// asked, so that making a walk of a large set is two searches whatever its length.
 pub(crate) struct Iter<'a, K> {
     set: &'a SortedSet<K>,
     /// The next entry from the front.
     front: At,
     /// Just past the next entry from the back.
     back: At,
-    /// How many entries are left, where known (`usize::MAX` until counted).
-    left: usize,
 }
 
 impl<'a, K> Iter<'a, K> {
@@ -380,23 +379,29 @@ impl<'a, K> Iter<'a, K> {
             set,
             front: At { chunk: 0, slot: 0 },
             back: At { chunk: 0, slot: 0 },
-            left: 0,
         }
     }
 
-    /// Counts the entries between the two places: the chunks between them are whole.
-    fn counted(mut self) -> Self {
+    /// Whether the walk is over (without counting what is left).
+    pub(crate) fn is_over(&self) -> bool {
+        self.front == self.back
+    }
+
+    /// The entries between the two places: the chunks between them are whole.
+    fn left(&self) -> usize {
+        let (front, back) = (self.front, self.back);
+        if front == back {
+            return 0;
+        }
         let chunks = &self.set.chunks;
-        self.left = if self.front.chunk == self.back.chunk {
-            self.back.slot - self.front.slot
-        } else {
-            let whole: usize = chunks[self.front.chunk + 1..self.back.chunk.min(chunks.len())]
-                .iter()
-                .map(Vec::len)
-                .sum();
-            chunks[self.front.chunk].len() - self.front.slot + whole + self.back.slot
-        };
-        self
+        if front.chunk == back.chunk {
+            return back.slot - front.slot;
+        }
+        let whole: usize = chunks[front.chunk + 1..back.chunk.min(chunks.len())]
+            .iter()
+            .map(Vec::len)
+            .sum();
+        chunks[front.chunk].len() - front.slot + whole + back.slot
     }
 }
 
@@ -404,7 +409,7 @@ impl<'a, K> Iterator for Iter<'a, K> {
     type Item = &'a K;
 
     fn next(&mut self) -> Option<&'a K> {
-        if self.left == 0 {
+        if self.front == self.back {
             return None;
         }
         let chunk = &self.set.chunks[self.front.chunk];
@@ -416,30 +421,29 @@ impl<'a, K> Iterator for Iter<'a, K> {
                 slot: 0,
             };
         }
-        self.left -= 1;
         Some(entry)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
+        let left = self.left();
+        (left, Some(left))
     }
 }
 
 impl<K> DoubleEndedIterator for Iter<'_, K> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
+        if self.front == self.back {
             return None;
         }
-        if self.back.slot == 0 {
-            let chunk = self.back.chunk - 1;
-            self.back = At {
-                chunk,
-                slot: self.set.chunks[chunk].len(),
-            };
+        let mut back = self.back;
+        if back.slot == 0 {
+            back.chunk -= 1;
+            back.slot = self.set.chunks[back.chunk].len();
         }
-        self.back.slot -= 1;
-        self.left -= 1;
-        Some(&self.set.chunks[self.back.chunk][self.back.slot])
+        back.slot -= 1;
+        let entry = &self.set.chunks[back.chunk][back.slot];
+        self.back = back;
+        Some(entry)
     }
 }
 
