@@ -520,6 +520,54 @@ mod tests {
     }
 
     #[test]
+    fn random_inserts_and_removes_agree_with_one_set_of_every_entry() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut model = BTreeSet::new();
+        let mut set = Grouped::new();
+        for step in 0..60_000 {
+            let n = next();
+            // A few values many calls hold, and many values few do.
+            let value = if n % 3 == 0 {
+                (n >> 8) % 4
+            } else {
+                10 + (n >> 8) % 5_000
+            } as i64;
+            let entry = (value, (n >> 24) % 2_000);
+            if step % 5 < 3 {
+                assert_eq!(set.insert(entry), model.insert(entry), "insert {entry:?}");
+            } else {
+                assert_eq!(set.remove(&entry), model.remove(&entry), "remove {entry:?}");
+            }
+            if step % 10_000 == 0 {
+                check(&set, &model);
+            }
+        }
+        check(&set, &model);
+        for _ in 0..200 {
+            let (a, b) = (next(), next());
+            let lower = ((a % 5_010) as i64, (a >> 32) % 2_000);
+            let upper = ((b % 5_010) as i64, (b >> 32) % 2_000);
+            if lower > upper {
+                continue;
+            }
+            let got: Vec<_> = set
+                .range(Included(lower), Excluded(upper))
+                .rev()
+                .map(|(v, id)| (*v, id))
+                .collect();
+            let expected: Vec<_> = model.range(lower..upper).rev().copied().collect();
+            assert_eq!(got, expected, "{lower:?}..{upper:?}");
+            assert!(set.contains(&lower) == model.contains(&lower));
+        }
+    }
+
+    #[test]
     fn values_become_groups_and_back_as_calls_come_and_go() {
         let mut model = BTreeSet::new();
         let mut set = Grouped::new();
