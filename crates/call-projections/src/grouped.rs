@@ -3,10 +3,12 @@
 //!
 //! Most indexed attributes hold a few values over many calls (a direction, an outcome, a flag, a
 //! note's template, and null wherever an attribute is unset), where an entry of value and id
-//! took 16 bytes for what an id says in 8. A value held by [`GROUP_AT`] calls or more moves to
+//! took 16 bytes for what an id says in 4. A value held by [`GROUP_AT`] calls or more moves to
 //! a group of its own; one held by fewer stays as entries, so that values nearly every call
-//! holds alone (a time, a phone number, a recording's address) pay no group's overhead. Walks
-//! see one sequence of `(&value, id)` in order, whichever way each value is kept.
+//! holds alone (a time, a phone number, a recording's address) pay no group's overhead. A group
+//! holds its ids in 4 bytes each: the log hands ids out from 1, so a ledger's first four billion
+//! calls fit, and an id past that stays an entry beside its value's group. Walks see one
+//! sequence of `(&value, id)` in order, whichever way each entry is kept.
 
 use crate::sorted_set::{self, Packer, SortedSet};
 use std::collections::BTreeMap;
@@ -24,10 +26,13 @@ const UNGROUP_BELOW: usize = GROUP_AT / 4;
 pub(crate) struct Grouped<V> {
     /// The entries of values held by few calls.
     sparse: SortedSet<(V, u64)>,
-    /// The ids of each value held by many.
-    groups: BTreeMap<V, SortedSet<u64>>,
+    /// The ids of each value held by many (those that fit in 4 bytes; see the module's notes).
+    groups: BTreeMap<V, SortedSet<GroupId>>,
     len: usize,
 }
+
+/// An id in a group.
+type GroupId = u32;
 
 impl<V> Default for Grouped<V> {
     fn default() -> Self {
@@ -72,19 +77,29 @@ impl<V: Ord + Clone> EntryRange<V> for Grouped<V> {
 
 /// The ids of a group within the bounds on entries, where the group's value is `value`.
 fn ids_within<'a, V: Ord>(
-    ids: &'a SortedSet<u64>,
+    ids: &'a SortedSet<GroupId>,
     value: &V,
     lower: &Bound<(V, u64)>,
     upper: &Bound<(V, u64)>,
-) -> sorted_set::Iter<'a, u64> {
+) -> sorted_set::Iter<'a, GroupId> {
+    // An id past a group id's range: nothing in the group is above it, everything below it.
     let low = match lower {
-        Included((v, id)) if v == value => Included(*id),
-        Excluded((v, id)) if v == value => Excluded(*id),
+        Included((v, id)) if v == value => match GroupId::try_from(*id) {
+            Ok(id) => Included(id),
+            Err(_) => return ids.nothing(),
+        },
+        Excluded((v, id)) if v == value => match GroupId::try_from(*id) {
+            Ok(id) => Excluded(id),
+            Err(_) => return ids.nothing(),
+        },
         _ => Unbounded,
     };
     let high = match upper {
-        Included((v, id)) if v == value => Included(*id),
-        Excluded((v, id)) if v == value => Excluded(*id),
+        Included((v, id)) | Excluded((v, id)) if v == value && *id > u64::from(GroupId::MAX) => {
+            Unbounded
+        }
+        Included((v, id)) if v == value => Included(*id as GroupId),
+        Excluded((v, id)) if v == value => Excluded(*id as GroupId),
         _ => Unbounded,
     };
     ids.range((low, high))
@@ -110,7 +125,7 @@ impl<V: Ord + Clone> Grouped<V> {
 
     /// The ids of `value` where it is a group; `None` where its calls are few (or none).
     #[cfg(test)]
-    fn group(&self, value: &V) -> Option<&SortedSet<u64>> {
+    fn group(&self, value: &V) -> Option<&SortedSet<GroupId>> {
         self.groups.get(value)
     }
 
@@ -125,16 +140,16 @@ impl<V: Ord + Clone> Grouped<V> {
     }
 
     pub(crate) fn contains(&self, entry: &(V, u64)) -> bool {
-        match self.groups.get(&entry.0) {
-            Some(ids) => ids.contains(&entry.1),
-            None => self.sparse.contains(entry),
+        match (self.groups.get(&entry.0), GroupId::try_from(entry.1)) {
+            (Some(ids), Ok(id)) => ids.contains(&id),
+            _ => self.sparse.contains(entry),
         }
     }
 
     /// Adds an entry; false when it was there already.
     pub(crate) fn insert(&mut self, (value, id): (V, u64)) -> bool {
-        if let Some(ids) = self.groups.get_mut(&value) {
-            let added = ids.insert(id);
+        if let (Some(ids), Ok(small)) = (self.groups.get_mut(&value), GroupId::try_from(id)) {
+            let added = ids.insert(small);
             self.len += usize::from(added);
             return added;
         }
@@ -142,21 +157,23 @@ impl<V: Ord + Clone> Grouped<V> {
             return false;
         }
         self.len += 1;
+        if self.groups.contains_key(&value) {
+            return true;
+        }
         // One search: the walk to the end of the set is made without finding its end.
         let held = self
             .sparse
-            .range((value.clone(), 0)..)
-            .take_while(|(held, _)| *held == value)
+            .range((value.clone(), 0)..=(value.clone(), u64::from(GroupId::MAX)))
             .take(GROUP_AT)
             .count();
         if held >= GROUP_AT {
-            let ids: Vec<u64> = self
+            let ids: Vec<GroupId> = self
                 .sparse
-                .range((value.clone(), 0)..=(value.clone(), u64::MAX))
-                .map(|(_, id)| *id)
+                .range((value.clone(), 0)..=(value.clone(), u64::from(GroupId::MAX)))
+                .map(|(_, id)| *id as GroupId)
                 .collect();
             for id in &ids {
-                self.sparse.remove(&(value.clone(), *id));
+                self.sparse.remove(&(value.clone(), u64::from(*id)));
             }
             self.groups.insert(value, ids.into_iter().collect());
         }
@@ -166,19 +183,19 @@ impl<V: Ord + Clone> Grouped<V> {
     /// Removes an entry; false when it was not there.
     pub(crate) fn remove(&mut self, entry: &(V, u64)) -> bool {
         let (value, id) = entry;
-        let removed = match self.groups.get_mut(value) {
-            Some(ids) => {
-                let removed = ids.remove(id);
+        let removed = match (self.groups.get_mut(value), GroupId::try_from(*id)) {
+            (Some(ids), Ok(small)) => {
+                let removed = ids.remove(&small);
                 if ids.len() < UNGROUP_BELOW {
                     if let Some(ids) = self.groups.remove(value) {
                         for id in ids {
-                            self.sparse.insert((value.clone(), id));
+                            self.sparse.insert((value.clone(), u64::from(id)));
                         }
                     }
                 }
                 removed
             }
-            None => self.sparse.remove(entry),
+            _ => self.sparse.remove(entry),
         };
         self.len -= usize::from(removed);
         removed
@@ -206,7 +223,7 @@ impl<V: Ord + Clone> Grouped<V> {
                 end_group: 0,
             };
         }
-        let groups: Vec<(&V, sorted_set::Iter<'_, u64>)> = self
+        let groups: Vec<(&V, sorted_set::Iter<'_, GroupId>)> = self
             .groups
             .range((value_bound(&lower), value_bound(&upper)))
             .map(|(value, ids)| (value, ids_within(ids, value, &lower, &upper)))
@@ -225,7 +242,7 @@ impl<V: Ord + Clone> Grouped<V> {
     /// The bytes of the entries and the groups (not of what the values point at).
     pub(crate) fn heap_bytes(&self) -> usize {
         // A B-tree node holds up to eleven values and sets, with a parent link and lengths.
-        let group_slot = std::mem::size_of::<(V, SortedSet<u64>)>() + 8;
+        let group_slot = std::mem::size_of::<(V, SortedSet<GroupId>)>() + 8;
         self.sparse.heap_bytes()
             + self
                 .groups
@@ -281,7 +298,7 @@ impl<'a, V: Ord + Clone> IntoIterator for &'a Grouped<V> {
 /// is held until the value changes, then kept as a group or as entries.
 struct Building<V> {
     sparse: Packer<(V, u64)>,
-    groups: BTreeMap<V, SortedSet<u64>>,
+    groups: BTreeMap<V, SortedSet<GroupId>>,
     run: Option<(V, Vec<u64>)>,
     len: usize,
 }
@@ -319,12 +336,17 @@ impl<V: Ord + Clone> Building<V> {
 
     fn end_run(&mut self) {
         if let Some((value, ids)) = self.run.take() {
-            if ids.len() >= GROUP_AT {
-                self.groups.insert(value, ids.into_iter().collect());
+            // The ids come in order: those that fit a group first.
+            let fit = ids.partition_point(|id| GroupId::try_from(*id).is_ok());
+            let rest = if fit >= GROUP_AT {
+                let group = ids[..fit].iter().map(|id| *id as GroupId).collect();
+                self.groups.insert(value.clone(), group);
+                &ids[fit..]
             } else {
-                for id in ids {
-                    self.sparse.push((value.clone(), id));
-                }
+                &ids[..]
+            };
+            for id in rest {
+                self.sparse.push((value.clone(), *id));
             }
         }
     }
@@ -347,7 +369,7 @@ pub(crate) struct Entries<'a, V> {
     front: Option<(&'a V, u64)>,
     back: Option<(&'a V, u64)>,
     /// The groups within the bounds, in value order, each with its ids within them.
-    groups: Vec<(&'a V, sorted_set::Iter<'a, u64>)>,
+    groups: Vec<(&'a V, sorted_set::Iter<'a, GroupId>)>,
     /// The groups not yet walked from either end: `first_group..end_group`.
     first_group: usize,
     end_group: usize,
@@ -381,24 +403,43 @@ impl<'a, V: Ord> Entries<'a, V> {
     }
 }
 
+impl<'a, V: Ord> Entries<'a, V> {
+    /// The next entry of the first group not walked, without taking it.
+    fn group_front(&self) -> Option<(&'a V, u64)> {
+        let (value, ids) = self.groups.get(self.first_group)?;
+        (self.first_group < self.end_group)
+            .then(|| ids.peek().map(|id| (*value, u64::from(*id))))
+            .flatten()
+    }
+
+    /// The last entry of the last group not walked, without taking it.
+    fn group_back(&self) -> Option<(&'a V, u64)> {
+        let (value, ids) = self.groups.get(self.end_group.checked_sub(1)?)?;
+        (self.end_group > self.first_group)
+            .then(|| ids.peek_back().map(|id| (*value, u64::from(*id))))
+            .flatten()
+    }
+}
+
 impl<'a, V: Ord> Iterator for Entries<'a, V> {
     type Item = (&'a V, u64);
 
     fn next(&mut self) -> Option<(&'a V, u64)> {
         self.fill_front();
-        let group = (self.first_group < self.end_group).then(|| self.groups[self.first_group].0);
-        match (self.front, group) {
-            (Some((value, _)), Some(grouped)) if grouped < value => {
-                let (value, ids) = &mut self.groups[self.first_group];
-                ids.next().map(|id| (*value, *id))
+        // A value's group and its entries past a group id's range both come in (value, id)
+        // order: the smaller of the two is next.
+        match (self.front, self.group_front()) {
+            (Some(entry), Some(grouped)) if grouped < entry => {
+                self.groups[self.first_group].1.next();
+                Some(grouped)
             }
             (Some(entry), _) => {
                 self.front = None;
                 Some(entry)
             }
-            (None, Some(_)) => {
-                let (value, ids) = &mut self.groups[self.first_group];
-                ids.next().map(|id| (*value, *id))
+            (None, Some(grouped)) => {
+                self.groups[self.first_group].1.next();
+                Some(grouped)
             }
             (None, None) => None,
         }
@@ -420,19 +461,18 @@ impl<'a, V: Ord> Iterator for Entries<'a, V> {
 impl<V: Ord> DoubleEndedIterator for Entries<'_, V> {
     fn next_back(&mut self) -> Option<Self::Item> {
         self.fill_back();
-        let group = (self.end_group > self.first_group).then(|| self.groups[self.end_group - 1].0);
-        match (self.back, group) {
-            (Some((value, _)), Some(grouped)) if grouped > value => {
-                let (value, ids) = &mut self.groups[self.end_group - 1];
-                ids.next_back().map(|id| (*value, *id))
+        match (self.back, self.group_back()) {
+            (Some(entry), Some(grouped)) if grouped > entry => {
+                self.groups[self.end_group - 1].1.next_back();
+                Some(grouped)
             }
             (Some(entry), _) => {
                 self.back = None;
                 Some(entry)
             }
-            (None, Some(_)) => {
-                let (value, ids) = &mut self.groups[self.end_group - 1];
-                ids.next_back().map(|id| (*value, *id))
+            (None, Some(grouped)) => {
+                self.groups[self.end_group - 1].1.next_back();
+                Some(grouped)
             }
             (None, None) => None,
         }
@@ -538,7 +578,13 @@ mod tests {
             } else {
                 10 + (n >> 8) % 5_000
             } as i64;
-            let entry = (value, (n >> 24) % 2_000);
+            // Some ids straddle the end of a group id's range.
+            let past = if n % 7 == 0 {
+                u64::from(GroupId::MAX) - 1_000
+            } else {
+                0
+            };
+            let entry = (value, past + (n >> 24) % 2_000);
             if step % 5 < 3 {
                 assert_eq!(set.insert(entry), model.insert(entry), "insert {entry:?}");
             } else {
@@ -551,8 +597,16 @@ mod tests {
         check(&set, &model);
         for _ in 0..200 {
             let (a, b) = (next(), next());
-            let lower = ((a % 5_010) as i64, (a >> 32) % 2_000);
-            let upper = ((b % 5_010) as i64, (b >> 32) % 2_000);
+            let id = |n: u64| {
+                let past = if n % 3 == 0 {
+                    u64::from(GroupId::MAX) - 1_000
+                } else {
+                    0
+                };
+                past + (n >> 32) % 2_000
+            };
+            let lower = ((a % 5_010) as i64, id(a));
+            let upper = ((b % 5_010) as i64, id(b));
             if lower > upper {
                 continue;
             }
@@ -564,6 +618,15 @@ mod tests {
             let expected: Vec<_> = model.range(lower..upper).rev().copied().collect();
             assert_eq!(got, expected, "{lower:?}..{upper:?}");
             assert!(set.contains(&lower) == model.contains(&lower));
+            let forward: Vec<_> = set
+                .range(Excluded(lower), Included(upper))
+                .map(|(v, id)| (*v, id))
+                .collect();
+            let expected: Vec<_> = model
+                .range((Excluded(lower), Included(upper)))
+                .copied()
+                .collect();
+            assert_eq!(forward, expected, "({lower:?})..={upper:?}");
         }
     }
 

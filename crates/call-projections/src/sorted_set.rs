@@ -382,6 +382,24 @@ impl<'a, K> Iter<'a, K> {
         }
     }
 
+    /// The next entry from the front, without taking it.
+    pub(crate) fn peek(&self) -> Option<&'a K> {
+        (self.front != self.back).then(|| &self.set.chunks[self.front.chunk][self.front.slot])
+    }
+
+    /// The next entry from the back, without taking it.
+    pub(crate) fn peek_back(&self) -> Option<&'a K> {
+        if self.front == self.back {
+            return None;
+        }
+        let mut back = self.back;
+        if back.slot == 0 {
+            back.chunk -= 1;
+            back.slot = self.set.chunks[back.chunk].len();
+        }
+        Some(&self.set.chunks[back.chunk][back.slot - 1])
+    }
+
     /// Whether the walk is over (without counting what is left).
     pub(crate) fn is_over(&self) -> bool {
         self.front == self.back
