@@ -579,7 +579,7 @@ mod tests {
                 10 + (n >> 8) % 5_000
             } as i64;
             // Some ids straddle the end of a group id's range.
-            let past = if n % 7 == 0 {
+            let past = if n.is_multiple_of(7) {
                 u64::from(GroupId::MAX) - 1_000
             } else {
                 0
@@ -598,7 +598,7 @@ mod tests {
         for _ in 0..200 {
             let (a, b) = (next(), next());
             let id = |n: u64| {
-                let past = if n % 3 == 0 {
+                let past = if n.is_multiple_of(3) {
                     u64::from(GroupId::MAX) - 1_000
                 } else {
                     0

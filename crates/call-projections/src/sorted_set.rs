@@ -389,6 +389,12 @@ impl<'a, K> Iter<'a, K> {
 
     /// The next entry from the back, without taking it.
     pub(crate) fn peek_back(&self) -> Option<&'a K> {
+        let at = self.back_place()?;
+        Some(&self.set.chunks[at.chunk][at.slot])
+    }
+
+    /// The place of the next entry from the back, if any is left.
+    fn back_place(&self) -> Option<At> {
         if self.front == self.back {
             return None;
         }
@@ -397,7 +403,8 @@ impl<'a, K> Iter<'a, K> {
             back.chunk -= 1;
             back.slot = self.set.chunks[back.chunk].len();
         }
-        Some(&self.set.chunks[back.chunk][back.slot - 1])
+        back.slot -= 1;
+        Some(back)
     }
 
     /// Whether the walk is over (without counting what is left).
@@ -450,18 +457,9 @@ impl<'a, K> Iterator for Iter<'a, K> {
 
 impl<K> DoubleEndedIterator for Iter<'_, K> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        if self.front == self.back {
-            return None;
-        }
-        let mut back = self.back;
-        if back.slot == 0 {
-            back.chunk -= 1;
-            back.slot = self.set.chunks[back.chunk].len();
-        }
-        back.slot -= 1;
-        let entry = &self.set.chunks[back.chunk][back.slot];
-        self.back = back;
-        Some(entry)
+        let at = self.back_place()?;
+        self.back = at;
+        Some(&self.set.chunks[at.chunk][at.slot])
     }
 }
 
