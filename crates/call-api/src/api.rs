@@ -88,6 +88,12 @@ impl Api {
         self.inner.rendered.stats()
     }
 
+    /// The projection's live calls and its indexes' estimated memory by index (see
+    /// [`Projection::index_memory`]).
+    pub fn index_memory(&self) -> Result<(u64, Vec<(String, usize)>), ProjectionError> {
+        self.inner.projection.index_memory()
+    }
+
     /// The configuration it was built with.
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config

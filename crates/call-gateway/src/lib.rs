@@ -44,6 +44,7 @@ pub use async_nats::Client;
 pub use connect::{connect, connect_now, NatsOptions};
 pub use error::{GatewayError, GatewayErrorKind};
 pub use names::{JetStreamNames, DEFAULT_SUBJECT_PREFIX};
+pub use service::index_memory;
 
 /// How the gateway runs; built by the binary and passed to [`run`].
 #[derive(Clone, Debug)]

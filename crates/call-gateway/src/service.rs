@@ -139,8 +139,18 @@ pub(crate) async fn start(
 }
 
 /// The `data` of an endpoint in `$SRV.STATS`: for `get`, what its kept documents did
-/// (`renderedGets`: hits, misses, entries, bytes and the budget in bytes); `{}` for the others.
+/// (`renderedGets`: hits, misses, entries, bytes and the budget in bytes); for `list`, the
+/// indexes it reads (`indexes`: the live calls and [`index_memory`]); `{}` for the others.
 fn endpoint_data(endpoint: &str, api: &Api) -> serde_json::Value {
+    if endpoint == "list" {
+        return match api.index_memory() {
+            Ok((live, by_index)) => serde_json::json!({"indexes": {
+                "liveCalls": live,
+                "memory": index_memory(&by_index),
+            }}),
+            Err(error) => serde_json::json!({"indexes": {"error": error.to_string()}}),
+        };
+    }
     if endpoint != "get" {
         return serde_json::json!({});
     }
@@ -152,6 +162,21 @@ fn endpoint_data(endpoint: &str, api: &Api) -> serde_json::Value {
         "bytes": rendered.bytes,
         "budgetBytes": rendered.budget,
     }})
+}
+
+/// The estimated heap memory of the indexes as `stats` and `$SRV.STATS` show it: the total,
+/// then each index's, largest first.
+pub fn index_memory(by_index: &[(String, usize)]) -> serde_json::Value {
+    let mut sorted: Vec<&(String, usize)> = by_index.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut each = serde_json::Map::new();
+    for (name, bytes) in sorted {
+        each.insert(name.clone(), (*bytes).into());
+    }
+    serde_json::json!({
+        "totalBytes": by_index.iter().map(|(_, bytes)| bytes).sum::<usize>(),
+        "byIndex": each,
+    })
 }
 
 /// Receives and answers requests until `stop`, then drains: stops the endpoints, answers what

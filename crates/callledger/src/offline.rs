@@ -291,24 +291,10 @@ pub fn stats(at: &Location) -> anyhow::Result<ExitCode> {
         "lastPosition": log.head,
         "projectionCheckpoint": projection.checkpoint,
         "sizeOnDisk": {"log": log.size_on_disk, "projection": projection.size_on_disk},
-        "indexMemory": index_memory(&projection.index_memory),
+        "indexMemory": call_gateway::index_memory(&projection.index_memory),
     });
     out::line(serde_json::to_string_pretty(&stats)?)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The estimated heap memory of the indexes: the total, then each index's, largest first.
-fn index_memory(by_index: &[(String, usize)]) -> serde_json::Value {
-    let mut sorted: Vec<&(String, usize)> = by_index.iter().collect();
-    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let mut each = serde_json::Map::new();
-    for (name, bytes) in sorted {
-        each.insert(name.clone(), (*bytes).into());
-    }
-    serde_json::json!({
-        "totalBytes": by_index.iter().map(|(_, bytes)| bytes).sum::<usize>(),
-        "byIndex": each,
-    })
 }
 
 /// Runs one read through the same code the API serves, and prints the document.

@@ -726,7 +726,14 @@ async fn srv_ping_info_and_stats_describe_the_service() {
             json!(call_api::DEFAULT_RENDERED_GETS_BYTES),
             "{stats}"
         );
-        assert_eq!(by_name("list")["data"], json!({}), "{stats}");
+        // The list endpoint reports the indexes it reads: the live call, and their memory.
+        let indexes = &by_name("list")["data"]["indexes"];
+        assert_eq!(indexes["liveCalls"], json!(1), "{stats}");
+        let memory = &indexes["memory"];
+        let by_index = memory["byIndex"].as_object().expect("byIndex");
+        let sum: u64 = by_index.values().filter_map(|bytes| bytes.as_u64()).sum();
+        assert!(sum > 0 && memory["totalBytes"] == json!(sum), "{stats}");
+        assert!(by_index.contains_key("to"), "{stats}");
         gateway.shutdown().await;
     })
     .await;
