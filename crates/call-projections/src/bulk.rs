@@ -193,8 +193,8 @@ impl Built {
         let Built { builder, added, .. } = self;
         drop(added);
         counted(&builder, meta, "the replay")?;
-        // Building the sets once at the end, rather than following each chunk, bulk-loads each
-        // of them once.
+        // Building the sets once at the end, rather than following each chunk, sorts and packs
+        // each of them once.
         Ok(builder.finish())
     }
 }

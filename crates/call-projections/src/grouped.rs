@@ -241,7 +241,8 @@ impl<V: Ord + Clone> Grouped<V> {
 
     /// The bytes of the entries and the groups (not of what the values point at).
     pub(crate) fn heap_bytes(&self) -> usize {
-        // A B-tree node holds up to eleven values and sets, with a parent link and lengths.
+        // The map of groups: a B-tree node holds up to eleven values and sets, with a parent
+        // link and lengths.
         let group_slot = std::mem::size_of::<(V, SortedSet<GroupId>)>() + 8;
         self.sparse.heap_bytes()
             + self

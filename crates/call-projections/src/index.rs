@@ -8,9 +8,10 @@
 //! without reading and decoding its stored row, which is what lets the query engine order and
 //! pre-filter candidates cheaply and read only the rows it returns.
 //!
-//! Memory per live call is about a dozen 16-24 byte set entries plus 8-16 bytes per column;
-//! strings are interned per index, so a value shared by many calls (a state, an outcome, a
-//! vendor) is stored once.
+//! The sets are [`Grouped`] entries over [`SortedSet`]s: a value many calls hold costs 4 bytes a
+//! call, one held by few a 16-byte entry; a column slot is 4 or 8 bytes; strings are shared per
+//! index, so a value shared by many calls (a state, an outcome, a vendor) is stored once.
+//! [`Indexes::memory`] estimates what each index holds.
 
 use crate::grouped::Grouped;
 use crate::sorted_set::SortedSet;
@@ -1122,8 +1123,8 @@ impl Indexes {
 }
 
 /// Builds indexes from many calls at once: entries are gathered per set, and each set is sorted
-/// once and bulk-loaded at the end, which is several times faster than inserting entry by entry
-/// and packs the trees' nodes full.
+/// once and packed at the end, which is several times faster than inserting entry by entry and
+/// fills the sets' chunks.
 pub(crate) struct IndexBuilder {
     part: Part,
     indexes: Indexes,
@@ -1447,8 +1448,8 @@ fn compare_shared(a: &Shared, b: &Shared) -> Ordering {
 }
 
 /// Sorts `(value, id)` entries as their set orders them, before the set is built from them
-/// (`BTreeSet::from_iter` sorts again, which is one pass over input already in order): the
-/// sort of the set's own bulk load compares every pair by its bytes.
+/// (a set built from entries in order only checks that they are): a plain sort compares every
+/// pair by its bytes.
 fn sort_shared(entries: &mut [(Shared, u64)]) {
     entries.sort_unstable_by(|(a, x), (b, y)| compare_shared(a, b).then(x.cmp(y)));
 }

@@ -677,7 +677,7 @@ impl Projection {
                 .store(meta.checkpoint, Ordering::Release);
             old
         };
-        // Freeing the old indexes (a million calls' B-trees: about half a second) holds neither
+        // Freeing the old indexes (a million calls' sets and strings: a fraction of a second) holds neither
         // the view's lock, which readers wait on, nor the rebuild: a thread of its own does it.
         // The tree's handle stays here: it goes before its tree is dropped, as before.
         let View {
