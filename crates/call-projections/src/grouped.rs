@@ -134,9 +134,18 @@ impl<V: Ord + Clone> Grouped<V> {
         &self.sparse
     }
 
-    /// The values held by many calls.
-    pub(crate) fn group_values(&self) -> impl Iterator<Item = &V> {
-        self.groups.keys()
+    /// The value held by many calls that `is` names, if any: a walk of the groups where they are
+    /// few, else one lookup of the value `probe` makes.
+    pub(crate) fn group_value(
+        &self,
+        is: impl Fn(&V) -> bool,
+        probe: impl FnOnce() -> V,
+    ) -> Option<&V> {
+        if self.groups.len() <= 8 {
+            self.groups.keys().find(|value| is(value))
+        } else {
+            self.groups.get_key_value(&probe()).map(|(value, _)| value)
+        }
     }
 
     pub(crate) fn contains(&self, entry: &(V, u64)) -> bool {
@@ -148,28 +157,39 @@ impl<V: Ord + Clone> Grouped<V> {
 
     /// Adds an entry; false when it was there already.
     pub(crate) fn insert(&mut self, (value, id): (V, u64)) -> bool {
-        if let (Some(ids), Ok(small)) = (self.groups.get_mut(&value), GroupId::try_from(id)) {
-            let added = ids.insert(small);
-            self.len += usize::from(added);
-            return added;
+        let small = GroupId::try_from(id);
+        match (self.groups.get_mut(&value), small) {
+            (Some(ids), Ok(small)) => {
+                let added = ids.insert(small);
+                self.len += usize::from(added);
+                return added;
+            }
+            // An id past a group id's range, beside its value's group.
+            (Some(_), Err(_)) => {
+                let added = self.sparse.insert((value, id));
+                self.len += usize::from(added);
+                return added;
+            }
+            (None, _) => {}
         }
         if !self.sparse.insert((value.clone(), id)) {
             return false;
         }
         self.len += 1;
-        if self.groups.contains_key(&value) {
-            return true;
-        }
         // One search: the walk to the end of the set is made without finding its end.
+        let in_group_range =
+            |(held, id): &&(V, u64)| *held == value && *id <= u64::from(GroupId::MAX);
         let held = self
             .sparse
-            .range((value.clone(), 0)..=(value.clone(), u64::from(GroupId::MAX)))
+            .range((value.clone(), 0)..)
+            .take_while(in_group_range)
             .take(GROUP_AT)
             .count();
         if held >= GROUP_AT {
             let ids: Vec<GroupId> = self
                 .sparse
-                .range((value.clone(), 0)..=(value.clone(), u64::from(GroupId::MAX)))
+                .range((value.clone(), 0)..)
+                .take_while(in_group_range)
                 .map(|(_, id)| *id as GroupId)
                 .collect();
             for id in &ids {

@@ -741,8 +741,10 @@ impl SortTextIndex {
             .filter(|value| &**value == text);
         sparse.or_else(|| {
             self.set
-                .group_values()
-                .find(|value| value.as_deref() == Some(text))
+                .group_value(
+                    |value| value.as_deref() == Some(text),
+                    || Some(Shared::from(text)),
+                )
                 .and_then(Clone::clone)
         })
     }
@@ -1666,9 +1668,46 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Column, IndexRow, Interner, TextIndex, CHUNK_LEN, NO_CODE, TEXT_FILTER, TEXT_SORT,
+        Column, Grouped, IndexRow, Interner, Shared, SortTextIndex, TextIndex, CHUNK_LEN, NO_CODE,
+        TEXT_FILTER, TEXT_SORT,
     };
     use call_model::{AttrValue, Call, Field};
+
+    #[test]
+    fn a_sortable_strings_values_are_found_in_its_groups_and_entries() {
+        let mut index = SortTextIndex {
+            set: Grouped::new(),
+            col: Column::new(None),
+        };
+        // Twelve values held by 70 calls each (groups, more than a walk of them takes), one
+        // held by a single call (an entry), and calls with none.
+        let values: Vec<String> = (0..12).map(|n| format!("value {n}")).collect();
+        let mut id = 0;
+        for value in &values {
+            for _ in 0..70 {
+                id += 1;
+                index.set_value(id, None, Some(Some(value)));
+            }
+        }
+        index.set_value(id + 1, None, Some(Some("alone")));
+        index.set_value(id + 2, None, Some(None));
+        for value in &values {
+            let shared = index.shared(value).expect("a grouped value is found");
+            assert_eq!(&*shared, value);
+            // The one shared copy: the column holds it too.
+            assert!(index
+                .col
+                .get(1 + 70 * values.iter().position(|v| v == value).unwrap() as u64)
+                .as_ref()
+                .is_some_and(|held| Shared::ptr_eq(held, &shared)));
+        }
+        assert_eq!(index.shared("alone").as_deref(), Some("alone"));
+        assert_eq!(index.shared("value 99"), None);
+        // Moving a call from one value to another keeps both found.
+        index.set_value(1, Some(Some("value 0")), Some(Some("alone")));
+        assert!(index.shared("value 0").is_some() && index.shared("alone").is_some());
+        assert_eq!(index.set.len() as u64, id + 2);
+    }
 
     #[test]
     fn a_rows_strings_read_back_as_the_calls_values_nulls_and_empty_strings_apart() {

@@ -628,8 +628,10 @@ impl Projection {
 
     /// Live and deleted calls, the checkpoint and the size on disk.
     pub fn stats(&self) -> Result<ProjectionStats, ProjectionError> {
-        let meta = self.read_view()?.meta;
-        let (_, index_memory) = self.index_memory()?;
+        let (meta, index_memory) = {
+            let view = self.read_view()?;
+            (view.meta, view.indexes.memory())
+        };
         Ok(ProjectionStats {
             live_calls: meta.live,
             deleted_calls: meta.deleted,
