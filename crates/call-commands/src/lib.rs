@@ -233,6 +233,15 @@ impl CommandService {
             key: scoped_key(&request.command.actor, key),
             fingerprint: fingerprint(request),
         };
+        if matches!(request.command.action, Action::Create(_)) {
+            // A create is decided alike however often it is retried (on no call, and a time
+            // that was not in the future stays so), so its key is checked only where every
+            // append's is, in the log's writer, whose answer for a retry (the original append)
+            // `finish` replays. Looking it up here too read the log for every keyed create, on
+            // the request's thread and under sled's lock that every batch takes, to save a
+            // decision for the rare retry.
+            return Ok(Keyed::Fresh(Some(idempotency)));
+        }
         if let Some((original, stored)) = self.log.idempotent_result(&idempotency.key)? {
             return self
                 .replay(original, stored, &idempotency)
