@@ -129,25 +129,6 @@ impl<V: Ord + Clone> Grouped<V> {
         self.groups.get(value)
     }
 
-    /// The entries of values held by few calls.
-    pub(crate) fn sparse(&self) -> &SortedSet<(V, u64)> {
-        &self.sparse
-    }
-
-    /// The value held by many calls that `is` names, if any: a walk of the groups where they are
-    /// few, else one lookup of the value `probe` makes.
-    pub(crate) fn group_value(
-        &self,
-        is: impl Fn(&V) -> bool,
-        probe: impl FnOnce() -> V,
-    ) -> Option<&V> {
-        if self.groups.len() <= 8 {
-            self.groups.keys().find(|value| is(value))
-        } else {
-            self.groups.get_key_value(&probe()).map(|(value, _)| value)
-        }
-    }
-
     pub(crate) fn contains(&self, entry: &(V, u64)) -> bool {
         match (self.groups.get(&entry.0), GroupId::try_from(entry.1)) {
             (Some(ids), Ok(id)) => ids.contains(&id),

@@ -13,6 +13,7 @@
 //! index, so a value shared by many calls (a state, an outcome, a vendor) is stored once.
 //! [`Indexes::memory`] estimates what each index holds.
 
+use crate::column_order::{ColumnOrder, Null};
 use crate::grouped::Grouped;
 use crate::sorted_set::SortedSet;
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
@@ -496,6 +497,11 @@ impl<T: Clone + PartialEq> Column<T> {
             + table_bytes::<(u64, Chunk<T>)>(self.chunks.capacity())
     }
 
+    /// The value a call without one, or not live, has.
+    pub(crate) fn null(&self) -> &T {
+        &self.null
+    }
+
     /// The value of call `id` (null for a call that is not live).
     pub(crate) fn get(&self, id: u64) -> &T {
         match self.chunks.get(&(id >> CHUNK_BITS)) {
@@ -544,22 +550,25 @@ impl<T: Clone + PartialEq> Column<T> {
 }
 
 /// A sortable date-time attribute: every live call, nulls included (as [`NULL_TIME`]).
-pub(crate) struct TimeIndex {
-    /// `(millis, id)` in value order.
-    pub(crate) set: Grouped<i64>,
-    /// id -> millis.
-    pub(crate) col: Column<i64>,
+pub(crate) type TimeIndex = ColumnOrder<i64>;
+
+impl Null for i64 {
+    fn null() -> i64 {
+        NULL_TIME
+    }
 }
 
 /// A sortable string attribute: every live call, nulls (`None`, first) included.
 ///
-/// Its strings are shared by the entries and the column that hold them; a value's shared copy is
-/// found in the set itself, which orders the values, so it needs no table of its strings.
-pub(crate) struct SortTextIndex {
-    /// `(value, id)` in value order.
-    pub(crate) set: Grouped<Option<Shared>>,
-    /// id -> value.
-    pub(crate) col: Column<Option<Shared>>,
+/// Its column holds each call's value as a string shared by every call that holds it; a value's
+/// shared copy is found through the order, which orders the values, so it needs no table of its
+/// strings.
+pub(crate) type SortTextIndex = ColumnOrder<Option<Shared>>;
+
+impl Null for Option<Shared> {
+    fn null() -> Self {
+        None
+    }
 }
 
 /// A filter-only string attribute (or the tags): the calls with a value, one entry per value,
@@ -717,36 +726,28 @@ impl TextIndex {
 }
 
 impl SortTextIndex {
-    fn set_value(&mut self, id: u64, old: Option<Option<&str>>, new: Option<Option<&str>>) {
-        if let Some(old) = old {
-            let shared = old.and_then(|text| self.shared(text));
-            self.set.remove(&(shared, id));
-        }
-        let new_shared = new
-            .flatten()
-            .map(|text| self.shared(text).unwrap_or_else(|| Shared::from(text)));
-        if new.is_some() {
-            self.set.insert((new_shared.clone(), id));
-        }
-        self.col.set(id, new_shared);
+    /// Moves call `id` from `old` to `new` (`None`: not live; `Some(None)`: live without a
+    /// value), sharing the new string with the calls that hold it already.
+    fn set_text(&mut self, id: u64, old: Option<Option<&str>>, new: Option<Option<&str>>) {
+        let new = new.map(|text| text.map(|text| self.copy_of(text)));
+        self.set_value(id, old.is_some(), new);
     }
 
-    /// The shared copy of `text`, to build range bounds from; `None` when no call holds it.
+    /// The shared copy of `text`, to build range bounds from; `None` when no call holds it
+    /// where it is looked for (see [`ColumnOrder::held_value`]: a filter then compares a
+    /// copy of its own).
     pub(crate) fn shared(&self, text: &str) -> Option<Shared> {
-        let sparse = self
-            .set
-            .sparse()
-            .first_from(|(value, _)| value.as_deref() < Some(text))
-            .and_then(|(value, _)| value.clone())
-            .filter(|value| &**value == text);
-        sparse.or_else(|| {
-            self.set
-                .group_value(
-                    |value| value.as_deref() == Some(text),
-                    || Some(Shared::from(text)),
-                )
-                .and_then(Clone::clone)
-        })
+        self.held_value(
+            |value| value.as_deref() < Some(text),
+            |value| value.as_deref() == Some(text),
+        )
+        .cloned()
+        .flatten()
+    }
+
+    /// The shared copy of `text`, or a new one where no call holds it.
+    fn copy_of(&self, text: &str) -> Shared {
+        self.shared(text).unwrap_or_else(|| Shared::from(text))
     }
 }
 
@@ -838,14 +839,8 @@ impl Indexes {
         Indexes {
             ids: SortedSet::new(),
             changes: Feed::default(),
-            times: std::array::from_fn(|_| TimeIndex {
-                set: Grouped::new(),
-                col: Column::new(NULL_TIME),
-            }),
-            sort_texts: std::array::from_fn(|_| SortTextIndex {
-                set: Grouped::new(),
-                col: Column::new(None),
-            }),
+            times: std::array::from_fn(|_| TimeIndex::new()),
+            sort_texts: std::array::from_fn(|_| SortTextIndex::new()),
             texts: std::array::from_fn(|_| TextIndex::attribute()),
             tags: TextIndex::default(),
             flags: Grouped::new(),
@@ -881,23 +876,20 @@ impl Indexes {
             ("changes".to_owned(), self.changes.heap_bytes()),
         ];
         for (field, index) in TIME_SORT.iter().zip(&self.times) {
-            out.push((
-                field.to_string(),
-                index.set.heap_bytes() + index.col.heap_bytes(),
-            ));
+            out.push((field.to_string(), index.heap_bytes()));
         }
         for (field, index) in TEXT_SORT.iter().zip(&self.sort_texts) {
             // Each distinct value's shared string, once.
             let mut texts = 0;
             let mut last: Option<&Shared> = None;
-            for (text, _) in &index.set {
+            for (text, _) in index.entries() {
                 let Some(text) = text else { continue };
                 if !last.is_some_and(|last| Shared::ptr_eq(last, text)) {
                     texts += arc_str_bytes(text);
                 }
                 last = Some(text);
             }
-            let bytes = index.set.heap_bytes() + index.col.heap_bytes() + texts;
+            let bytes = index.heap_bytes() + texts;
             out.push((field.to_string(), bytes));
         }
         for (field, index) in TEXT_FILTER.iter().zip(&self.texts) {
@@ -939,20 +931,14 @@ impl Indexes {
         for (i, index) in self.times.iter_mut().enumerate() {
             let (before, after) = (old.map(|r| r.times[i]), new.map(|r| r.times[i]));
             if before != after {
-                if let Some(millis) = before {
-                    index.set.remove(&(millis, id));
-                }
-                if let Some(millis) = after {
-                    index.set.insert((millis, id));
-                }
-                index.col.set(id, after.unwrap_or(NULL_TIME));
+                index.set_value(id, before.is_some(), after);
             }
         }
         for (i, index) in self.sort_texts.iter_mut().enumerate() {
             let before = old.map(|r| r.sort_text(i));
             let after = new.map(|r| r.sort_text(i));
             if before != after {
-                index.set_value(id, before, after);
+                index.set_text(id, before, after);
             }
         }
         for (i, index) in self.texts.iter_mut().enumerate() {
@@ -1036,8 +1022,8 @@ impl Indexes {
             let name = format!("{field} index");
             diff_sets(
                 &name,
-                live.set.iter(),
-                fresh.set.iter(),
+                live.entries(),
+                fresh.entries(),
                 out,
                 |(millis, id)| format!("call {id} at {}", Millis(**millis)),
             );
@@ -1052,13 +1038,9 @@ impl Indexes {
         for (i, field) in TEXT_SORT.iter().enumerate() {
             let (live, fresh) = (&self.sort_texts[i], &rebuilt.sort_texts[i]);
             let name = format!("{field} index");
-            diff_sets(
-                &name,
-                live.set.iter(),
-                fresh.set.iter(),
-                out,
-                |(text, id)| format!("call {id} at {}", Text(text.as_deref())),
-            );
+            diff_sets(&name, live.entries(), fresh.entries(), out, |(text, id)| {
+                format!("call {id} at {}", Text(text.as_deref()))
+            });
             diff_columns(
                 &format!("{field} column"),
                 &live.col,
@@ -1407,8 +1389,9 @@ impl IndexBuilder {
         let mut indexes = self.indexes;
         indexes.ids = self.ids.into_iter().collect();
         indexes.changes = Feed::from(self.changes.into_iter().collect::<BTreeMap<_, _>>());
-        for (index, entries) in indexes.times.iter_mut().zip(self.times) {
-            index.set = entries.into_iter().collect();
+        for (index, mut entries) in indexes.times.iter_mut().zip(self.times) {
+            entries.sort_unstable();
+            index.order_from(entries);
         }
         for (index, mut entries) in indexes.sort_texts.iter_mut().zip(self.sort_texts) {
             entries.sort_unstable_by(|(a, x), (b, y)| {
@@ -1418,7 +1401,7 @@ impl IndexBuilder {
                 };
                 values.then(x.cmp(y))
             });
-            index.set = entries.into_iter().collect();
+            index.order_from(entries);
         }
         // The column and the counts are derived from each set, as when the snapshot is read.
         let from = |index: &mut TextIndex, mut entries: Vec<(Shared, u64)>, attribute: bool| {
@@ -1668,31 +1651,27 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Column, Grouped, IndexRow, Interner, Shared, SortTextIndex, TextIndex, CHUNK_LEN, NO_CODE,
+        Column, IndexRow, Interner, Shared, SortTextIndex, TextIndex, CHUNK_LEN, NO_CODE,
         TEXT_FILTER, TEXT_SORT,
     };
     use call_model::{AttrValue, Call, Field};
 
     #[test]
-    fn a_sortable_strings_values_are_found_in_its_groups_and_entries() {
-        let mut index = SortTextIndex {
-            set: Grouped::new(),
-            col: Column::new(None),
-        };
-        // Twelve values held by 70 calls each (groups, more than a walk of them takes), one
-        // held by a single call (an entry), and calls with none.
+    fn a_sortable_strings_values_are_found_and_shared() {
+        let mut index = SortTextIndex::new();
+        // Twelve values held by 70 calls each, one held by a single call, and calls with none.
         let values: Vec<String> = (0..12).map(|n| format!("value {n}")).collect();
         let mut id = 0;
         for value in &values {
             for _ in 0..70 {
                 id += 1;
-                index.set_value(id, None, Some(Some(value)));
+                index.set_text(id, None, Some(Some(value)));
             }
         }
-        index.set_value(id + 1, None, Some(Some("alone")));
-        index.set_value(id + 2, None, Some(None));
+        index.set_text(id + 1, None, Some(Some("alone")));
+        index.set_text(id + 2, None, Some(None));
         for value in &values {
-            let shared = index.shared(value).expect("a grouped value is found");
+            let shared = index.shared(value).expect("a held value is found");
             assert_eq!(&*shared, value);
             // The one shared copy: the column holds it too.
             assert!(index
@@ -1704,9 +1683,9 @@ mod tests {
         assert_eq!(index.shared("alone").as_deref(), Some("alone"));
         assert_eq!(index.shared("value 99"), None);
         // Moving a call from one value to another keeps both found.
-        index.set_value(1, Some(Some("value 0")), Some(Some("alone")));
+        index.set_text(1, Some(Some("value 0")), Some(Some("alone")));
         assert!(index.shared("value 0").is_some() && index.shared("alone").is_some());
-        assert_eq!(index.set.len() as u64, id + 2);
+        assert_eq!(index.len() as u64, id + 2);
     }
 
     #[test]

@@ -19,8 +19,8 @@
 
 use crate::grouped::Grouped;
 use crate::index::{
-    Column, Indexes, Interner, Shared, SortTextIndex, TextIndex, TimeIndex, NULL_TIME, TEXT_FILTER,
-    TEXT_SORT, TIME_SORT,
+    Indexes, Interner, Shared, SortTextIndex, TextIndex, TimeIndex, TEXT_FILTER, TEXT_SORT,
+    TIME_SORT,
 };
 use crate::sorted_set::SortedSet;
 use crate::store::{par_map_costly, Meta};
@@ -306,10 +306,10 @@ fn encode_section(indexes: &Indexes, kind: Kind) -> Vec<u8> {
                 section.u64(*id);
             }
         }
-        Kind::Time(i) => section.runs(indexes.times[i].set.iter(), put_i64),
+        Kind::Time(i) => section.runs(indexes.times[i].entries(), put_i64),
         Kind::SortText(i) => {
             section.runs(
-                indexes.sort_texts[i].set.iter(),
+                indexes.sort_texts[i].entries(),
                 |out, _, value| match value {
                     None => out.u64(0),
                     Some(text) => {
@@ -455,13 +455,10 @@ fn read_body(
     };
     complete("the change feed", indexes.changes.len())?;
     for (i, field) in TIME_SORT.iter().enumerate() {
-        complete(&format!("the {field} index"), indexes.times[i].set.len())?;
+        complete(&format!("the {field} index"), indexes.times[i].len())?;
     }
     for (i, field) in TEXT_SORT.iter().enumerate() {
-        complete(
-            &format!("the {field} index"),
-            indexes.sort_texts[i].set.len(),
-        )?;
+        complete(&format!("the {field} index"), indexes.sort_texts[i].len())?;
     }
     Ok(indexes)
 }
@@ -554,33 +551,20 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
             }
             Section::Changes(changes.into_iter().collect())
         }
-        Kind::Time(_) => {
-            let set: Grouped<i64> = reader.runs(get_i64)?;
-            // Filled here, on this section's thread: a column holds its set's pairs by id.
-            let mut col = Column::new(NULL_TIME);
-            for (millis, id) in &set {
-                col.set(id, *millis);
-            }
-            Section::Time(TimeIndex { set, col })
-        }
+        // The column and the order at once, on this section's thread.
+        Kind::Time(_) => Section::Time(reader.runs(get_i64)?),
         Kind::Related(_) => Section::Related(reader.runs(get_i64)?),
+        // Each value is one run, so one shared copy each; the column and the order at once.
         Kind::SortText(_) => {
-            // Each value is one run, so one shared copy each.
-            let set: Grouped<Option<Shared>> =
-                reader.runs(|reader, prev: Option<&Option<Shared>>| {
-                    let value = match reader.u64()? {
-                        0 => None,
-                        1 => Some(Shared::from(reader.text()?)),
-                        other => return Err(damaged(format!("a null marker is {other}"))),
-                    };
-                    ascending_values(prev, &value)?;
-                    Ok(value)
-                })?;
-            let mut col = Column::new(None);
-            for (text, id) in &set {
-                col.set(id, text.clone());
-            }
-            Section::SortText(SortTextIndex { set, col })
+            Section::SortText(reader.runs(|reader, prev: Option<&Option<Shared>>| {
+                let value = match reader.u64()? {
+                    0 => None,
+                    1 => Some(Shared::from(reader.text()?)),
+                    other => return Err(damaged(format!("a null marker is {other}"))),
+                };
+                ascending_values(prev, &value)?;
+                Ok(value)
+            })?)
         }
         Kind::Text(_) | Kind::Tags => {
             let mut strings = Interner::default();

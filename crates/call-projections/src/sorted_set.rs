@@ -64,6 +64,41 @@ impl<K> SortedSet<K> {
         }
     }
 
+    /// The place of the first entry `before` is false of, where it is true of every entry
+    /// before it and of none after.
+    fn place(&self, before: impl Fn(&K) -> bool) -> At {
+        let chunk = self.lasts.partition_point(&before);
+        match self.chunks.get(chunk) {
+            Some(entries) => At {
+                chunk,
+                slot: entries.partition_point(before),
+            },
+            None => self.end(),
+        }
+    }
+
+    /// The entries from the first `before_start` is false of to just before the first
+    /// `before_end` is false of, in an order the caller keeps (as [`SortedSet::insert_by`]'s):
+    /// a range of a set ordered by something other than its entries' own order.
+    pub(crate) fn range_where(
+        &self,
+        before_start: impl Fn(&K) -> bool,
+        before_end: impl Fn(&K) -> bool,
+    ) -> Iter<'_, K> {
+        self.between(self.place(before_start), self.place(before_end))
+    }
+
+    fn between(&self, front: At, back: At) -> Iter<'_, K> {
+        if (front.chunk, front.slot) >= (back.chunk, back.slot) {
+            return Iter::empty(self);
+        }
+        Iter {
+            set: self,
+            front,
+            back,
+        }
+    }
+
     /// A walk of no entries.
     pub(crate) fn nothing(&self) -> Iter<'_, K> {
         Iter::empty(self)
@@ -90,19 +125,11 @@ impl<K> SortedSet<K> {
 impl<K: Ord> SortedSet<K> {
     /// The place of the first entry not below `key` (`inclusive`) or above it (not).
     fn seek(&self, key: &K, inclusive: bool) -> At {
-        let before = |entry: &K| match entry.cmp(key) {
+        self.place(|entry: &K| match entry.cmp(key) {
             Ordering::Less => true,
             Ordering::Equal => !inclusive,
             Ordering::Greater => false,
-        };
-        let chunk = self.lasts.partition_point(before);
-        match self.chunks.get(chunk) {
-            Some(entries) => At {
-                chunk,
-                slot: entries.partition_point(before),
-            },
-            None => self.end(),
-        }
+        })
     }
 
     /// The place of the first entry at or after `bound`, as a lower bound.
@@ -126,9 +153,8 @@ impl<K: Ord> SortedSet<K> {
     /// The first entry `before` is false of, where it is true of every entry before it and
     /// of none after.
     pub(crate) fn first_from(&self, before: impl Fn(&K) -> bool) -> Option<&K> {
-        let chunk = self.lasts.partition_point(&before);
-        let entries = self.chunks.get(chunk)?;
-        entries.get(entries.partition_point(&before))
+        let at = self.place(before);
+        self.chunks.get(at.chunk)?.get(at.slot)
     }
 
     pub(crate) fn contains(&self, key: &K) -> bool {
@@ -141,23 +167,30 @@ impl<K: Ord> SortedSet<K> {
 
     /// The entries within `range`, in order; empty where its bounds are crossed.
     pub(crate) fn range<R: RangeBounds<K>>(&self, range: R) -> Iter<'_, K> {
-        let front = self.lower(range.start_bound());
-        let back = self.upper(range.end_bound());
-        if (front.chunk, front.slot) >= (back.chunk, back.slot) {
-            return Iter::empty(self);
-        }
-        Iter {
-            set: self,
-            front,
-            back,
-        }
+        self.between(
+            self.lower(range.start_bound()),
+            self.upper(range.end_bound()),
+        )
     }
 }
 
 impl<K: Ord + Clone> SortedSet<K> {
     /// Adds `key`; false when it was there already.
     pub(crate) fn insert(&mut self, key: K) -> bool {
-        let at = self.seek(&key, true);
+        self.insert_by(key, K::cmp)
+    }
+
+    /// Removes `key`; false when it was not there.
+    pub(crate) fn remove(&mut self, key: &K) -> bool {
+        self.remove_by(key, K::cmp)
+    }
+}
+
+impl<K: Clone> SortedSet<K> {
+    /// Adds `key` where `order` places it; false when an entry `order` finds equal is there
+    /// already. A set is kept in one order for its whole life.
+    pub(crate) fn insert_by(&mut self, key: K, order: impl Fn(&K, &K) -> Ordering) -> bool {
+        let at = self.place(|entry| order(entry, &key) == Ordering::Less);
         if at.chunk == self.chunks.len() {
             // Past every entry: onto the last chunk, or a new one once that is full.
             match self.chunks.last_mut() {
@@ -177,7 +210,7 @@ impl<K: Ord + Clone> SortedSet<K> {
             self.len += 1;
             return true;
         }
-        if self.chunks[at.chunk][at.slot] == key {
+        if order(&self.chunks[at.chunk][at.slot], &key) == Ordering::Equal {
             return false;
         }
         if at.slot == 0 && at.chunk > 0 && self.chunks[at.chunk - 1].len() < CHUNK {
@@ -210,13 +243,16 @@ impl<K: Ord + Clone> SortedSet<K> {
         true
     }
 
-    /// Removes `key`; false when it was not there.
-    pub(crate) fn remove(&mut self, key: &K) -> bool {
-        let at = self.seek(key, true);
+    /// Removes the entry `order` finds equal to `key`; false when there is none.
+    pub(crate) fn remove_by(&mut self, key: &K, order: impl Fn(&K, &K) -> Ordering) -> bool {
+        let at = self.place(|entry| order(entry, key) == Ordering::Less);
         let Some(chunk) = self.chunks.get_mut(at.chunk) else {
             return false;
         };
-        if chunk.get(at.slot) != Some(key) {
+        if chunk
+            .get(at.slot)
+            .is_none_or(|entry| order(entry, key) != Ordering::Equal)
+        {
             return false;
         }
         chunk.remove(at.slot);
@@ -259,8 +295,9 @@ impl<K: Ord + Clone> SortedSet<K> {
         }
     }
 
-    /// The set of entries already in strictly ascending order, packed full.
-    fn from_sorted(entries: impl Iterator<Item = K>) -> Self {
+    /// The set of entries already in the order the set is kept in (strictly ascending), packed
+    /// full.
+    pub(crate) fn from_ordered(entries: impl Iterator<Item = K>) -> Self {
         let mut set = SortedSet::new();
         let mut chunk = Vec::with_capacity(CHUNK);
         for key in entries {
@@ -357,7 +394,7 @@ impl<K: Ord + Clone> Packer<K> {
                 .collect();
             entries.sort_unstable();
             entries.dedup();
-            return SortedSet::from_sorted(entries.into_iter());
+            return SortedSet::from_ordered(entries.into_iter());
         }
         if !self.chunk.is_empty() {
             self.chunk.shrink_to_fit();
@@ -504,12 +541,12 @@ impl<K> DoubleEndedIterator for Iter<'_, K> {
 impl<K> ExactSizeIterator for Iter<'_, K> {}
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
     /// A small xorshift, so that the sequence is the same every run.
-    fn numbers(seed: u64) -> impl Iterator<Item = u64> {
+    pub(crate) fn numbers(seed: u64) -> impl Iterator<Item = u64> {
         let mut state = seed;
         std::iter::repeat_with(move || {
             state ^= state << 13;

@@ -328,30 +328,22 @@ impl Resolved {
         let mut out = Vec::new();
         let mut add = |iter: IdIter<'a>| out.push(iter);
         match (&self.target, &self.cond) {
-            (Slot::Sort(SortCol::Time(i)), Cond::Null) => add(ids_of(
-                &indexes.times[*i].set,
-                NULL_TIME,
-                lo,
-                hi,
-                descending,
-            )),
-            (Slot::Sort(SortCol::Text(i)), Cond::Null) => add(ids_of(
-                &indexes.sort_texts[*i].set,
-                None,
-                lo,
-                hi,
-                descending,
-            )),
+            (Slot::Sort(SortCol::Time(i)), Cond::Null) => {
+                add(ids_of(&indexes.times[*i], NULL_TIME, lo, hi, descending))
+            }
+            (Slot::Sort(SortCol::Text(i)), Cond::Null) => {
+                add(ids_of(&indexes.sort_texts[*i], None, lo, hi, descending))
+            }
             (_, Cond::AnyOf(values)) => {
                 for value in values {
                     match (&self.target, value) {
                         (Slot::Sort(SortCol::Time(i)), Val::Int(millis)) => {
-                            add(ids_of(&indexes.times[*i].set, *millis, lo, hi, descending))
+                            add(ids_of(&indexes.times[*i], *millis, lo, hi, descending))
                         }
                         (Slot::Sort(SortCol::Text(i)), Val::Text(text)) => {
                             if let Some(shared) = indexes.sort_texts[*i].shared(text) {
                                 add(ids_of(
-                                    &indexes.sort_texts[*i].set,
+                                    &indexes.sort_texts[*i],
                                     Some(shared),
                                     lo,
                                     hi,
@@ -410,9 +402,7 @@ impl Resolved {
                     None => Some(Unbounded),
                 };
                 match (lower, upper) {
-                    (Some(lower), Some(upper)) => {
-                        ids_in(&indexes.times[i].set, lower, upper, false)
-                    }
+                    (Some(lower), Some(upper)) => ids_in(&indexes.times[i], lower, upper, false),
                     _ => Box::new(std::iter::empty()),
                 }
             }
@@ -425,7 +415,7 @@ impl Resolved {
                     Some(Val::Text(t)) => Included((Some(Shared::clone(t)), u64::MAX)),
                     _ => Unbounded,
                 };
-                ids_in(&indexes.sort_texts[i].set, lower, upper, false)
+                ids_in(&indexes.sort_texts[i], lower, upper, false)
             }
             Slot::Text(i) => {
                 let lower = match lower {

@@ -298,16 +298,12 @@ pub(crate) fn sorted_entries(
                 SortVal::Text(_) => None,
             };
             match (map_bound(lower, key), map_bound(upper, key)) {
-                (Some(lower), Some(upper)) => entries_in(
-                    &indexes.times[i].set,
-                    lower,
-                    upper,
-                    descending,
-                    |m| match *m {
+                (Some(lower), Some(upper)) => {
+                    entries_in(&indexes.times[i], lower, upper, descending, |m| match *m {
                         NULL_TIME => SortVal::Null,
                         millis => SortVal::Int(millis),
-                    },
-                ),
+                    })
+                }
                 _ => Box::new(std::iter::empty()),
             }
         }
@@ -319,7 +315,7 @@ pub(crate) fn sorted_entries(
             };
             match (map_bound(lower, key), map_bound(upper, key)) {
                 (Some(lower), Some(upper)) => entries_in(
-                    &indexes.sort_texts[i].set,
+                    &indexes.sort_texts[i],
                     lower,
                     upper,
                     descending,
