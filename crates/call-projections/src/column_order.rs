@@ -140,10 +140,15 @@ impl<V: Ord + Clone + PartialEq> ColumnOrder<V> {
 
     /// Every entry, in order.
     pub(crate) fn entries(&self) -> Entries<'_, V> {
-        self.entry_range_of(Unbounded, Unbounded)
+        self.entries_within(Unbounded, Unbounded)
     }
 
-    fn entry_range_of(&self, lower: Bound<(V, u64)>, upper: Bound<(V, u64)>) -> Entries<'_, V> {
+    /// The entries within the bounds, in order; empty where they cross.
+    pub(crate) fn entries_within(
+        &self,
+        lower: Bound<(V, u64)>,
+        upper: Bound<(V, u64)>,
+    ) -> Entries<'_, V> {
         match &self.order {
             Order::Ids(ids) => {
                 let col = &self.col;
@@ -228,7 +233,7 @@ impl<V: Ord + Clone + PartialEq> EntryRange<V> for ColumnOrder<V> {
         lower: Bound<(V, u64)>,
         upper: Bound<(V, u64)>,
     ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_> {
-        Box::new(self.entry_range_of(lower, upper))
+        Box::new(self.entries_within(lower, upper))
     }
 }
 

@@ -18,9 +18,10 @@ use crate::grouped::Grouped;
 use crate::sorted_set::SortedSet;
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Bound::{Included, Unbounded};
 
 /// A string the indexes share between the entries and columns holding it: one word (the length
 /// lives with the count in its allocation), where `Arc<str>` takes two, in every entry and
@@ -756,58 +757,65 @@ impl SortTextIndex {
 /// is its call's latest state is one read, where a search of the feed took a tenth of a list
 /// at a million calls). Positions start at 1, so 0 is a call that is not live.
 pub(crate) struct Feed {
-    by_position: BTreeMap<u64, u64>,
-    latest: Column<u64>,
+    /// The latest positions, and the calls in their order: positions are unique, so the order
+    /// is the positions'.
+    order: ColumnOrder<u64>,
+}
+
+/// A call that is not live has no latest position.
+impl Null for u64 {
+    fn null() -> u64 {
+        0
+    }
 }
 
 impl Default for Feed {
     fn default() -> Feed {
-        Feed::from(BTreeMap::new())
-    }
-}
-
-impl From<BTreeMap<u64, u64>> for Feed {
-    fn from(by_position: BTreeMap<u64, u64>) -> Feed {
-        let mut latest = Column::new(0);
-        for (position, id) in &by_position {
-            latest.set(*id, *position);
-        }
         Feed {
-            by_position,
-            latest,
+            order: ColumnOrder::new(),
         }
     }
 }
 
-impl std::ops::Deref for Feed {
-    type Target = BTreeMap<u64, u64>;
-
-    /// The feed in position order.
-    fn deref(&self) -> &BTreeMap<u64, u64> {
-        &self.by_position
+/// Read back or built in position order: the column and the order at once.
+impl FromIterator<(u64, u64)> for Feed {
+    fn from_iter<I: IntoIterator<Item = (u64, u64)>>(by_position: I) -> Feed {
+        Feed {
+            order: by_position.into_iter().collect(),
+        }
     }
 }
 
 impl Feed {
-    /// The bytes of the feed's tree (as a `BTreeMap` packs eleven entries a node) and column.
+    /// How many calls it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The bytes of the column and the order.
     fn heap_bytes(&self) -> usize {
-        self.by_position.len() * 16 * 12 / 11 + self.latest.heap_bytes()
+        self.order.heap_bytes()
     }
 
     /// Moves call `id` from position `before` to `after` (`None`: not live).
     fn move_call(&mut self, id: u64, before: Option<u64>, after: Option<u64>) {
-        if let Some(position) = before {
-            self.by_position.remove(&position);
-        }
-        if let Some(position) = after {
-            self.by_position.insert(position, id);
-        }
-        self.latest.set(id, after.unwrap_or(0));
+        self.order.set_value(id, before.is_some(), after);
     }
 
     /// The position of live call `id`'s latest event.
     pub(crate) fn latest(&self, id: u64) -> Option<u64> {
-        Some(*self.latest.get(id)).filter(|position| *position != 0)
+        Some(*self.order.col.get(id)).filter(|position| *position != 0)
+    }
+
+    /// `(position, id)` of every live call whose latest event is at `first` or after, in
+    /// position order.
+    pub(crate) fn since(&self, first: u64) -> impl Iterator<Item = (&u64, u64)> + '_ {
+        self.order.entries_within(Included((first, 0)), Unbounded)
+    }
+
+    /// `(position, id)` of every live call, in position order.
+    pub(crate) fn entries(&self) -> impl ExactSizeIterator<Item = (&u64, u64)> + '_ {
+        self.order.entries()
     }
 }
 
@@ -1000,20 +1008,17 @@ impl Indexes {
         diff_sets("live call ids", &self.ids, &rebuilt.ids, out, |id| {
             format!("call {id}")
         });
-        let feed = |changes: &BTreeMap<u64, u64>| -> SortedSet<(u64, u64)> {
-            changes.iter().map(|(p, id)| (*p, *id)).collect()
-        };
         diff_sets(
             "change feed",
-            &feed(&self.changes),
-            &feed(&rebuilt.changes),
+            self.changes.entries(),
+            rebuilt.changes.entries(),
             out,
             |(position, id)| format!("call {id} at position {position}"),
         );
         diff_columns(
             "change feed's latest positions",
-            &self.changes.latest,
-            &rebuilt.changes.latest,
+            &self.changes.order.col,
+            &rebuilt.changes.order.col,
             out,
             |position| position.to_string(),
         );
@@ -1388,7 +1393,9 @@ impl IndexBuilder {
     pub(crate) fn finish(self) -> Indexes {
         let mut indexes = self.indexes;
         indexes.ids = self.ids.into_iter().collect();
-        indexes.changes = Feed::from(self.changes.into_iter().collect::<BTreeMap<_, _>>());
+        let mut changes = self.changes;
+        changes.sort_unstable();
+        indexes.changes = changes.into_iter().collect();
         for (index, mut entries) in indexes.times.iter_mut().zip(self.times) {
             entries.sort_unstable();
             index.order_from(entries);

@@ -19,12 +19,11 @@
 
 use crate::grouped::Grouped;
 use crate::index::{
-    Indexes, Interner, Shared, SortTextIndex, TextIndex, TimeIndex, TEXT_FILTER, TEXT_SORT,
+    Feed, Indexes, Interner, Shared, SortTextIndex, TextIndex, TimeIndex, TEXT_FILTER, TEXT_SORT,
     TIME_SORT,
 };
 use crate::sorted_set::SortedSet;
 use crate::store::{par_map_costly, Meta};
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -301,9 +300,9 @@ fn encode_section(indexes: &Indexes, kind: Kind) -> Vec<u8> {
         }
         Kind::Changes => {
             section.u64(indexes.changes.len() as u64);
-            section.ascending(indexes.changes.keys().copied());
-            for id in indexes.changes.values() {
-                section.u64(*id);
+            section.ascending(indexes.changes.entries().map(|(position, _)| *position));
+            for (_, id) in indexes.changes.entries() {
+                section.u64(id);
             }
         }
         Kind::Time(i) => section.runs(indexes.times[i].entries(), put_i64),
@@ -395,7 +394,7 @@ impl Encoder {
 /// A section decoded.
 enum Section {
     Ids(SortedSet<u64>),
-    Changes(BTreeMap<u64, u64>),
+    Changes(Feed),
     Time(TimeIndex),
     SortText(SortTextIndex),
     Text(TextIndex),
@@ -434,7 +433,7 @@ fn read_body(
     for (kind, section) in kinds.iter().zip(decoded) {
         match (*kind, section) {
             (Kind::Ids, Section::Ids(ids)) => indexes.ids = ids,
-            (Kind::Changes, Section::Changes(changes)) => indexes.changes = changes.into(),
+            (Kind::Changes, Section::Changes(feed)) => indexes.changes = feed,
             (Kind::Time(i), Section::Time(index)) => indexes.times[i] = index,
             (Kind::SortText(i), Section::SortText(index)) => indexes.sort_texts[i] = index,
             (Kind::Text(i), Section::Text(index)) => indexes.texts[i] = index,
@@ -545,11 +544,12 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
         Kind::Changes => {
             let count = reader.count()?;
             let positions = reader.ascending(count)?;
-            let mut changes = Vec::with_capacity(count);
-            for position in positions {
-                changes.push((position, reader.u64()?));
-            }
-            Section::Changes(changes.into_iter().collect())
+            // The ids follow in the positions' order: the feed is read into place.
+            let feed = positions
+                .into_iter()
+                .map(|position| reader.u64().map(|id| (position, id)))
+                .collect::<Result<Feed, Unused>>()?;
+            Section::Changes(feed)
         }
         // The column and the order at once, on this section's thread.
         Kind::Time(_) => Section::Time(reader.runs(get_i64)?),

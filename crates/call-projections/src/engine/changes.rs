@@ -25,7 +25,7 @@ pub(crate) fn changes(
     };
     // Live calls come from the in-memory feed, deletions from their stored rows; both are in
     // position order, and merged.
-    let mut changed = view.indexes.changes.range(first..).peekable();
+    let mut changed = view.indexes.changes.since(first).peekable();
     let mut deleted = view
         .tree
         .range(store::key(DELETION, first).to_vec()..vec![DELETION + 1])
@@ -53,7 +53,7 @@ pub(crate) fn changes(
                 break;
             };
             let call = view
-                .load_call(*id)?
+                .load_call(id)?
                 .ok_or_else(|| ProjectionError::Corrupt {
                     key: format!("view of call {id}"),
                     reason: format!(
