@@ -150,29 +150,37 @@ impl<V: Ord + Clone + PartialEq> ColumnOrder<V> {
         upper: Bound<(V, u64)>,
     ) -> Entries<'_, V> {
         match &self.order {
-            Order::Ids(ids) => {
-                let col = &self.col;
-                let below = |id: &u32, bound: &(V, u64)| {
-                    let id = u64::from(*id);
-                    col.get(id).cmp(&bound.0).then(id.cmp(&bound.1))
-                };
-                let before_start = |id: &u32| match &lower {
-                    Included(bound) => below(id, bound) == Ordering::Less,
-                    Excluded(bound) => below(id, bound) != Ordering::Greater,
-                    Unbounded => false,
-                };
-                let before_end = |id: &u32| match &upper {
-                    Included(bound) => below(id, bound) != Ordering::Greater,
-                    Excluded(bound) => below(id, bound) == Ordering::Less,
-                    Unbounded => true,
-                };
-                Entries::Ids {
-                    ids: ids.range_where(before_start, before_end),
-                    col,
-                }
-            }
+            Order::Ids(ids) => Entries::Ids {
+                ids: self.ids_within(ids, &lower, &upper),
+                col: &self.col,
+            },
             Order::Entries(entries) => Entries::Entries(entries.range(lower, upper)),
         }
+    }
+
+    /// The ids of the ids form within the bounds.
+    fn ids_within<'a>(
+        &'a self,
+        ids: &'a SortedSet<u32>,
+        lower: &Bound<(V, u64)>,
+        upper: &Bound<(V, u64)>,
+    ) -> sorted_set::Iter<'a, u32> {
+        let col = &self.col;
+        let below = |id: &u32, bound: &(V, u64)| {
+            let id = u64::from(*id);
+            col.get(id).cmp(&bound.0).then(id.cmp(&bound.1))
+        };
+        let before_start = |id: &u32| match lower {
+            Included(bound) => below(id, bound) == Ordering::Less,
+            Excluded(bound) => below(id, bound) != Ordering::Greater,
+            Unbounded => false,
+        };
+        let before_end = |id: &u32| match upper {
+            Included(bound) => below(id, bound) != Ordering::Greater,
+            Excluded(bound) => below(id, bound) == Ordering::Less,
+            Unbounded => true,
+        };
+        ids.range_where(before_start, before_end)
     }
 
     /// The bytes the order and the column take (not what the values point at).
@@ -234,6 +242,20 @@ impl<V: Ord + Clone + PartialEq> EntryRange<V> for ColumnOrder<V> {
         upper: Bound<(V, u64)>,
     ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_> {
         Box::new(self.entries_within(lower, upper))
+    }
+
+    fn id_range(
+        &self,
+        lower: Bound<(V, u64)>,
+        upper: Bound<(V, u64)>,
+    ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_> {
+        match &self.order {
+            Order::Ids(ids) => Box::new(
+                self.ids_within(ids, &lower, &upper)
+                    .map(|id| u64::from(*id)),
+            ),
+            Order::Entries(entries) => Box::new(entries.range(lower, upper).map(|(_, id)| id)),
+        }
     }
 }
 

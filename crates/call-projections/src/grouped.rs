@@ -53,6 +53,14 @@ pub(crate) trait EntryRange<V> {
         lower: Bound<(V, u64)>,
         upper: Bound<(V, u64)>,
     ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_>;
+
+    /// The ids of the entries within the bounds: where the values are kept apart from the ids
+    /// (a [`crate::column_order::ColumnOrder`]), a walk that needs only the ids reads no value.
+    fn id_range(
+        &self,
+        lower: Bound<(V, u64)>,
+        upper: Bound<(V, u64)>,
+    ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_>;
 }
 
 impl<V: Ord> EntryRange<V> for SortedSet<(V, u64)> {
@@ -63,6 +71,14 @@ impl<V: Ord> EntryRange<V> for SortedSet<(V, u64)> {
     ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_> {
         Box::new(self.range((lower, upper)).map(|(value, id)| (value, *id)))
     }
+
+    fn id_range(
+        &self,
+        lower: Bound<(V, u64)>,
+        upper: Bound<(V, u64)>,
+    ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_> {
+        Box::new(self.range((lower, upper)).map(|(_, id)| *id))
+    }
 }
 
 impl<V: Ord + Clone> EntryRange<V> for Grouped<V> {
@@ -72,6 +88,14 @@ impl<V: Ord + Clone> EntryRange<V> for Grouped<V> {
         upper: Bound<(V, u64)>,
     ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_> {
         Box::new(self.range(lower, upper))
+    }
+
+    fn id_range(
+        &self,
+        lower: Bound<(V, u64)>,
+        upper: Bound<(V, u64)>,
+    ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_> {
+        Box::new(self.range(lower, upper).map(|(_, id)| id))
     }
 }
 

@@ -25,9 +25,7 @@ pub(crate) fn ids_of<'a, K: Ord + Clone + 'a>(
     if lo > hi {
         return Box::new(std::iter::empty());
     }
-    let range = set
-        .entry_range(Included((key.clone(), lo)), Included((key, hi)))
-        .map(|(_, id)| id);
+    let range = set.id_range(Included((key.clone(), lo)), Included((key, hi)));
     if descending {
         Box::new(range.rev())
     } else {
@@ -42,7 +40,24 @@ pub(crate) fn ids_in<'a, K: Ord + 'a>(
     upper: Bound<(K, u64)>,
     descending: bool,
 ) -> IdIter<'a> {
-    Box::new(entries_in(set, lower, upper, descending, |_| SortVal::Null).map(|(_, id)| id))
+    if crossed(&lower, &upper) {
+        return Box::new(std::iter::empty());
+    }
+    let range = set.id_range(lower, upper);
+    if descending {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    }
+}
+
+/// Whether the bounds cross, so that nothing is within them.
+fn crossed<K: Ord>(lower: &Bound<(K, u64)>, upper: &Bound<(K, u64)>) -> bool {
+    match (lower, upper) {
+        (Included(a), Included(b)) => a > b,
+        (Included(a) | Excluded(a), Included(b) | Excluded(b)) => a >= b,
+        _ => false,
+    }
 }
 
 /// The entries within bounds, in entry order (or reversed), with their values shown as
@@ -54,12 +69,7 @@ pub(crate) fn entries_in<'a, K: Ord + 'a>(
     descending: bool,
     show: impl Fn(&K) -> SortVal + 'static,
 ) -> EntryIter<'a> {
-    let crossed = match (&lower, &upper) {
-        (Included(a), Included(b)) => a > b,
-        (Included(a) | Excluded(a), Included(b) | Excluded(b)) => a >= b,
-        _ => false,
-    };
-    if crossed {
+    if crossed(&lower, &upper) {
         return Box::new(std::iter::empty());
     }
     let range = set
