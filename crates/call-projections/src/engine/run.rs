@@ -5,9 +5,7 @@ use super::cursor;
 use super::filter::{Check, Resolved};
 use super::order::{directed, Order, RowKey};
 use super::plan::{fixed_limit, plan, value_bounds, Plan};
-use super::walk::{
-    entry_bounds, max_lower, min_upper, sorted_entries, GroupWalk, IdIter, MergeIds,
-};
+use super::walk::{entry_bounds, max_lower, min_upper, sorted_ids, GroupWalk, IdIter, MergeIds};
 use crate::error::{ProjectionError, QueryError};
 use crate::query::{ListPage, ListQuery, PageCursor, MAX_PAGE_SIZE};
 use crate::store::View;
@@ -93,10 +91,7 @@ impl<'a> Run<'a> {
                         Some(from) => (lower, min_upper(upper, Included(from))),
                         None => (lower, upper),
                     };
-                    return Box::new(
-                        sorted_entries(indexes, first.col, lower, upper, !ascending)
-                            .map(|(_, id)| id),
-                    );
+                    return sorted_ids(indexes, first.col, lower, upper, !ascending);
                 }
                 // Start at the cursor's group.
                 let (lower, upper) = match start.and_then(|s| s.key.vals.first().cloned()) {

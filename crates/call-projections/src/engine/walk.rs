@@ -208,7 +208,7 @@ impl<'a> GroupWalk<'a> {
             self.upper = Excluded((value.clone(), 0));
         }
         let start = self.start.take().filter(|s| s.vals.first() == Some(&value));
-        let members: Vec<u64> = sorted_entries(
+        let members: Vec<u64> = sorted_ids(
             self.indexes,
             first.col,
             Included((value.clone(), 0)),
@@ -216,7 +216,6 @@ impl<'a> GroupWalk<'a> {
             false,
         )
         .take(self.sort_limit + 1)
-        .map(|(_, id)| id)
         .collect();
         let second_exact =
             self.order.keys.len() == 2 && self.order.keys[1].desc == self.order.id_desc;
@@ -232,21 +231,19 @@ impl<'a> GroupWalk<'a> {
             };
             let (indexes, col) = (self.indexes, first.col);
             return Some(Box::new(
-                sorted_entries(indexes, second.col, lower, upper, !ascending)
-                    .map(|(_, id)| id)
+                sorted_ids(indexes, second.col, lower, upper, !ascending)
                     .filter(move |id| column_value(indexes, col, *id) == value),
             ));
         }
         let members = if members.len() > self.sort_limit {
             // No index gives this order: the whole group is sorted.
-            sorted_entries(
+            sorted_ids(
                 self.indexes,
                 first.col,
                 Included((value.clone(), 0)),
                 Included((value, u64::MAX)),
                 false,
             )
-            .map(|(_, id)| id)
             .collect()
         } else {
             members
@@ -292,6 +289,24 @@ pub(crate) fn entry_bounds(
     (lower, upper)
 }
 
+/// A date-time sort index's bound from a sort value's; `None` for a value of another type.
+fn time_key(v: SortVal) -> Option<i64> {
+    match v {
+        SortVal::Null => Some(NULL_TIME),
+        SortVal::Int(n) => Some(n),
+        SortVal::Text(_) => None,
+    }
+}
+
+/// A string sort index's bound from a sort value's; `None` for a value of another type.
+fn text_key(v: SortVal) -> Option<Option<Shared>> {
+    match v {
+        SortVal::Null => Some(None),
+        SortVal::Text(text) => Some(Some(text)),
+        SortVal::Int(_) => None,
+    }
+}
+
 /// A sort index's entries within entry bounds, ascending or descending.
 pub(crate) fn sorted_entries(
     indexes: &Indexes,
@@ -301,42 +316,48 @@ pub(crate) fn sorted_entries(
     descending: bool,
 ) -> EntryIter<'_> {
     match col {
-        SortCol::Time(i) => {
-            let key = |v: SortVal| match v {
-                SortVal::Null => Some(NULL_TIME),
-                SortVal::Int(n) => Some(n),
-                SortVal::Text(_) => None,
-            };
-            match (map_bound(lower, key), map_bound(upper, key)) {
-                (Some(lower), Some(upper)) => {
-                    entries_in(&indexes.times[i], lower, upper, descending, |m| match *m {
-                        NULL_TIME => SortVal::Null,
-                        millis => SortVal::Int(millis),
-                    })
-                }
-                _ => Box::new(std::iter::empty()),
+        SortCol::Time(i) => match (map_bound(lower, time_key), map_bound(upper, time_key)) {
+            (Some(lower), Some(upper)) => {
+                entries_in(&indexes.times[i], lower, upper, descending, |m| match *m {
+                    NULL_TIME => SortVal::Null,
+                    millis => SortVal::Int(millis),
+                })
             }
-        }
-        SortCol::Text(i) => {
-            let key = |v: SortVal| match v {
-                SortVal::Null => Some(None),
-                SortVal::Text(text) => Some(Some(text)),
-                SortVal::Int(_) => None,
-            };
-            match (map_bound(lower, key), map_bound(upper, key)) {
-                (Some(lower), Some(upper)) => entries_in(
-                    &indexes.sort_texts[i],
-                    lower,
-                    upper,
-                    descending,
-                    |text: &Option<Shared>| match text {
-                        Some(text) => SortVal::Text(Shared::clone(text)),
-                        None => SortVal::Null,
-                    },
-                ),
-                _ => Box::new(std::iter::empty()),
-            }
-        }
+            _ => Box::new(std::iter::empty()),
+        },
+        SortCol::Text(i) => match (map_bound(lower, text_key), map_bound(upper, text_key)) {
+            (Some(lower), Some(upper)) => entries_in(
+                &indexes.sort_texts[i],
+                lower,
+                upper,
+                descending,
+                |text: &Option<Shared>| match text {
+                    Some(text) => SortVal::Text(Shared::clone(text)),
+                    None => SortVal::Null,
+                },
+            ),
+            _ => Box::new(std::iter::empty()),
+        },
+    }
+}
+
+/// The ids of [`sorted_entries`], without reading their values.
+pub(crate) fn sorted_ids(
+    indexes: &Indexes,
+    col: SortCol,
+    lower: Bound<(SortVal, u64)>,
+    upper: Bound<(SortVal, u64)>,
+    descending: bool,
+) -> IdIter<'_> {
+    match col {
+        SortCol::Time(i) => match (map_bound(lower, time_key), map_bound(upper, time_key)) {
+            (Some(lower), Some(upper)) => ids_in(&indexes.times[i], lower, upper, descending),
+            _ => Box::new(std::iter::empty()),
+        },
+        SortCol::Text(i) => match (map_bound(lower, text_key), map_bound(upper, text_key)) {
+            (Some(lower), Some(upper)) => ids_in(&indexes.sort_texts[i], lower, upper, descending),
+            _ => Box::new(std::iter::empty()),
+        },
     }
 }
 
