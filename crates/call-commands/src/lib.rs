@@ -167,7 +167,9 @@ impl CommandService {
             Keyed::Replayed(outcome) => return Ok(outcome),
             Keyed::Fresh(idempotency) => idempotency,
         };
+        let late = idempotency.clone().filter(|_| looked_up_late(&request));
         self.execute_keyed(&request, idempotency, seen.as_ref())
+            .or_else(|error| self.answer_late(late, error))
     }
 
     /// Executes each request as [`CommandService::execute`] would and answers in the same
@@ -190,6 +192,15 @@ impl CommandService {
                 Keyed::Fresh(idempotency) => self
                     .prepare(request, idempotency.clone(), None)
                     .map(|prepared| (prepared, idempotency)),
+            });
+            let prepared = prepared.or_else(|error| {
+                let late = request.idempotency_key.is_some() && looked_up_late(request);
+                match self.idempotency(request) {
+                    Ok(Keyed::Fresh(idempotency)) if late => self
+                        .answer_late(idempotency, error)
+                        .map(|outcome| (Prepared::Done(outcome), None)),
+                    _ => Err(error),
+                }
             });
             answers.push(match prepared {
                 Ok((Prepared::Done(outcome), _)) => Some(Ok(outcome)),
@@ -233,21 +244,39 @@ impl CommandService {
             key: scoped_key(&request.command.actor, key),
             fingerprint: fingerprint(request),
         };
-        if matches!(request.command.action, Action::Create(_)) {
-            // A create is decided alike however often it is retried (on no call, and a time
-            // that was not in the future stays so), so its key is checked only where every
-            // append's is, in the log's writer, whose answer for a retry (the original append)
-            // `finish` replays. Looking it up here too read the log for every keyed create, on
-            // the request's thread and under sled's lock that every batch takes, to save a
-            // decision for the rare retry.
+        if looked_up_late(request) {
             return Ok(Keyed::Fresh(Some(idempotency)));
         }
+        self.look_up(idempotency)
+    }
+
+    /// The answer of a key's earlier use, if it has one: the replay of a retry, or the refusal
+    /// of a key reused for another request.
+    fn look_up(&self, idempotency: Idempotency) -> Result<Keyed, CommandError> {
         if let Some((original, stored)) = self.log.idempotent_result(&idempotency.key)? {
             return self
                 .replay(original, stored, &idempotency)
                 .map(Keyed::Replayed);
         }
         Ok(Keyed::Fresh(Some(idempotency)))
+    }
+
+    /// `error`, the answer of a request whose key was not looked up before it was decided
+    /// ([`looked_up_late`]), unless the key's earlier use answers first, as it would have had
+    /// it been looked up: a retry is replayed, a key reused for another request is refused.
+    fn answer_late(
+        &self,
+        idempotency: Option<Idempotency>,
+        error: CommandError,
+    ) -> Result<CommandOutcome, CommandError> {
+        let Some(idempotency) = idempotency else {
+            return Err(error);
+        };
+        match self.look_up(idempotency) {
+            Ok(Keyed::Replayed(outcome)) => Ok(outcome),
+            Err(reused @ CommandError::Conflict(Conflict::IdempotencyKeyReused)) => Err(reused),
+            _ => Err(error),
+        }
     }
 
     /// Decides and appends, again while another writer changes the call in between (from the
@@ -424,6 +453,18 @@ impl CommandService {
             replayed: true,
         })
     }
+}
+
+/// Whether a request's idempotency key is checked only where every append's is, in the log's
+/// writer (whose answer for a retry, the original append, `finish` replays), rather than looked
+/// up before the request is decided: a create's. A create is decided alike however often it is
+/// retried (on no call, and a time that was not in the future stays so); looking its key up
+/// first read the log for every keyed create, on the request's thread and under the lock sled
+/// takes for every batch, to save a decision for the rare retry. Where its decision fails, the
+/// key is looked up then ([`CommandService::answer_late`]), so that a retry or a reused key
+/// is answered as before.
+fn looked_up_late(request: &CommandRequest) -> bool {
+    matches!(request.command.action, Action::Create(_))
 }
 
 enum Attempt {

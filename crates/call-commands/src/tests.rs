@@ -150,6 +150,25 @@ fn a_retry_with_the_same_key_returns_the_original_result() {
         reused,
         CommandError::Conflict(Conflict::IdempotencyKeyReused)
     ));
+    // A create's key is checked after it is decided; a reused key still answers before the
+    // decision's own refusal (a time in the future), in one command and in a batch.
+    let mut future = request(
+        Action::Create(changes(json!({"note": "other"}))),
+        Some("k1"),
+        None,
+    );
+    future.command.occurred_at = Some(at(3_600_000));
+    let reused = service.execute(future.clone()).unwrap_err();
+    assert!(matches!(
+        reused,
+        CommandError::Conflict(Conflict::IdempotencyKeyReused)
+    ));
+    let batch = service.execute_all(&[future]);
+    assert!(matches!(
+        batch.as_slice(),
+        [Err(CommandError::Conflict(Conflict::IdempotencyKeyReused))]
+    ));
+    assert_eq!(service.log().head(), 2);
 }
 
 #[test]
