@@ -167,7 +167,7 @@ impl CommandService {
             Keyed::Replayed(outcome) => return Ok(outcome),
             Keyed::Fresh(idempotency) => idempotency,
         };
-        let late = idempotency.clone().filter(|_| looked_up_late(&request));
+        let late = late_key(&idempotency, &request);
         self.execute_keyed(&request, idempotency, seen.as_ref())
             .or_else(|error| self.answer_late(late, error))
     }
@@ -189,17 +189,14 @@ impl CommandService {
         for (index, request) in requests.iter().enumerate() {
             let prepared = self.idempotency(request).and_then(|keyed| match keyed {
                 Keyed::Replayed(outcome) => Ok((Prepared::Done(outcome), None)),
-                Keyed::Fresh(idempotency) => self
-                    .prepare(request, idempotency.clone(), None)
-                    .map(|prepared| (prepared, idempotency)),
-            });
-            let prepared = prepared.or_else(|error| {
-                let late = request.idempotency_key.is_some() && looked_up_late(request);
-                match self.idempotency(request) {
-                    Ok(Keyed::Fresh(idempotency)) if late => self
-                        .answer_late(idempotency, error)
-                        .map(|outcome| (Prepared::Done(outcome), None)),
-                    _ => Err(error),
+                Keyed::Fresh(idempotency) => {
+                    let late = late_key(&idempotency, request);
+                    self.prepare(request, idempotency.clone(), None)
+                        .map(|prepared| (prepared, idempotency))
+                        .or_else(|error| {
+                            let outcome = self.answer_late(late, error)?;
+                            Ok((Prepared::Done(outcome), None))
+                        })
                 }
             });
             answers.push(match prepared {
@@ -465,6 +462,12 @@ impl CommandService {
 /// is answered as before.
 fn looked_up_late(request: &CommandRequest) -> bool {
     matches!(request.command.action, Action::Create(_))
+}
+
+/// The key to look up should `request`'s decision fail: its key where it was not looked up
+/// before ([`looked_up_late`]).
+fn late_key(idempotency: &Option<Idempotency>, request: &CommandRequest) -> Option<Idempotency> {
+    idempotency.clone().filter(|_| looked_up_late(request))
 }
 
 enum Attempt {
