@@ -2,8 +2,9 @@
 //! catch-up of a view far behind at open), pipelined over threads, and its indexes built from
 //! its stored views.
 
+use crate::column::Column;
 use crate::error::ProjectionError;
-use crate::index::{Column, IdMap, IdSet, IndexRow, Indexes, SplitBuilder};
+use crate::index::{IdMap, IdSet, IndexRow, Indexes, SplitBuilder};
 use crate::store::{decode_call, fold, par_map, Meta, Overlay, Views};
 use call_model::Call;
 use event_log::{EventLog, LogError, Record};

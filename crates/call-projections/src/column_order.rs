@@ -8,8 +8,8 @@
 //! column lookup per comparison: a search of a million calls reads about twenty values from the
 //! column instead of from its entries.
 
+use crate::column::{Cell, Column};
 use crate::grouped::{EntryRange, Grouped};
-use crate::index::Column;
 use crate::sorted_set::{self, SortedSet};
 use std::cmp::Ordering;
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
@@ -20,7 +20,7 @@ pub(crate) trait Null {
 }
 
 /// A column and its calls in `(value, id)` order: every live call, nulls included.
-pub(crate) struct ColumnOrder<V> {
+pub(crate) struct ColumnOrder<V: Cell> {
     order: Order<V>,
     /// id -> value, [`Null::null`] for a live call without a value and for an id not live.
     pub(crate) col: Column<V>,
@@ -37,14 +37,14 @@ enum Order<V> {
 }
 
 /// The place of `id` in an [`Order::Ids`]: by its value in `col`, then by id.
-fn by_value<V: Ord + Clone + PartialEq>(col: &Column<V>) -> impl Fn(&u32, &u32) -> Ordering + '_ {
+fn by_value<V: Ord + Cell>(col: &Column<V>) -> impl Fn(&u32, &u32) -> Ordering + '_ {
     move |a, b| {
         let (a, b) = (u64::from(*a), u64::from(*b));
-        col.get(a).cmp(col.get(b)).then(a.cmp(&b))
+        col.get(a).cmp(&col.get(b)).then(a.cmp(&b))
     }
 }
 
-impl<V: Ord + Clone + PartialEq + Null> ColumnOrder<V> {
+impl<V: Ord + Cell + Null> ColumnOrder<V> {
     pub(crate) fn new() -> Self {
         ColumnOrder {
             order: Order::Ids(SortedSet::new()),
@@ -53,7 +53,7 @@ impl<V: Ord + Clone + PartialEq + Null> ColumnOrder<V> {
     }
 }
 
-impl<V: Ord + Clone + PartialEq> ColumnOrder<V> {
+impl<V: Ord + Cell> ColumnOrder<V> {
     /// How many calls it holds.
     pub(crate) fn len(&self) -> usize {
         match &self.order {
@@ -86,7 +86,7 @@ impl<V: Ord + Clone + PartialEq> ColumnOrder<V> {
             }
             (Order::Entries(entries), _) => {
                 if was_live {
-                    entries.remove(&(col.get(id).clone(), id));
+                    entries.remove(&(V::owned(col.get(id)), id));
                 }
                 col.set(id, new.clone().unwrap_or(null));
                 if let Some(value) = new {
@@ -102,7 +102,7 @@ impl<V: Ord + Clone + PartialEq> ColumnOrder<V> {
         if let Order::Ids(_) = self.order {
             let entries = self
                 .entries()
-                .map(|(value, id)| (value.clone(), id))
+                .map(|(value, id)| (V::owned(value), id))
                 .collect();
             self.order = Order::Entries(entries);
         }
@@ -126,14 +126,14 @@ impl<V: Ord + Clone + PartialEq> ColumnOrder<V> {
     /// general form, which does not look.
     pub(crate) fn held_value(
         &self,
-        before: impl Fn(&V) -> bool,
-        wanted: impl Fn(&V) -> bool,
-    ) -> Option<&V> {
+        before: impl Fn(V::Read<'_>) -> bool,
+        wanted: impl Fn(V::Read<'_>) -> bool,
+    ) -> Option<V::Read<'_>> {
         match &self.order {
             Order::Ids(ids) => ids
                 .first_from(|id| before(self.col.get(u64::from(*id))))
                 .map(|id| self.col.get(u64::from(*id)))
-                .filter(|value| wanted(value)),
+                .filter(|value| wanted(*value)),
             Order::Entries(_) => None,
         }
     }
@@ -168,7 +168,7 @@ impl<V: Ord + Clone + PartialEq> ColumnOrder<V> {
         let col = &self.col;
         let below = |id: &u32, bound: &(V, u64)| {
             let id = u64::from(*id);
-            col.get(id).cmp(&bound.0).then(id.cmp(&bound.1))
+            col.get(id).cmp(&bound.0.as_read()).then(id.cmp(&bound.1))
         };
         let before_start = |id: &u32| match lower {
             Included(bound) => below(id, bound) == Ordering::Less,
@@ -195,37 +195,43 @@ impl<V: Ord + Clone + PartialEq> ColumnOrder<V> {
 
 /// Entries read back in `(value, id)` order (the snapshot's), column and order at once; any
 /// other order is sorted.
-impl<V: Ord + Clone + PartialEq + Null> FromIterator<(V, u64)> for ColumnOrder<V> {
+impl<V: Ord + Cell + Null> FromIterator<(V, u64)> for ColumnOrder<V> {
     fn from_iter<I: IntoIterator<Item = (V, u64)>>(entries: I) -> Self {
         let mut index = ColumnOrder::new();
-        let mut ids = Vec::new();
+        let mut entries = entries.into_iter();
+        // The ids are packed as they come while they come in order (no list of a million ids
+        // beside the packed set); the first entry out of order, or too wide for the ids form,
+        // stops the packing, and everything is then gathered as pairs and ordered at the end.
         let mut last: Option<u64> = None;
-        let mut pairs: Option<Vec<(V, u64)>> = None;
-        for (value, id) in entries {
-            let narrow = u32::try_from(id).ok();
-            let in_order = last.is_none_or(|last| {
-                let previous = index.col.get(last);
-                (previous, last) < (&value, id)
-            });
-            index.col.set(id, value.clone());
-            last = Some(id);
-            match (&mut pairs, narrow) {
-                (None, Some(narrow)) if in_order => ids.push(narrow),
-                (None, _) => {
-                    // Out of order or wide: gathered as pairs and ordered at the end.
-                    let mut all: Vec<(V, u64)> = ids
-                        .drain(..)
-                        .map(|id| (index.col.get(u64::from(id)).clone(), u64::from(id)))
-                        .collect();
-                    all.push((value, id));
-                    pairs = Some(all);
+        let mut stopped_at: Option<(V, u64)> = None;
+        let col = &mut index.col;
+        let packed = SortedSet::from_ordered(std::iter::from_fn(|| {
+            let (value, id) = entries.next()?;
+            let in_order = last.is_none_or(|last| (col.get(last), last) < (value.as_read(), id));
+            match u32::try_from(id) {
+                Ok(narrow) if in_order => {
+                    col.set(id, value);
+                    last = Some(id);
+                    Some(narrow)
                 }
-                (Some(all), _) => all.push((value, id)),
+                _ => {
+                    stopped_at = Some((value, id));
+                    None
+                }
             }
-        }
-        match pairs {
-            None => index.order = Order::Ids(SortedSet::from_ordered(ids.into_iter())),
-            Some(mut all) => {
+        }));
+        match stopped_at {
+            None => index.order = Order::Ids(packed),
+            Some(first) => {
+                let mut all: Vec<(V, u64)> = packed
+                    .iter()
+                    .map(|id| (V::owned(index.col.get(u64::from(*id))), u64::from(*id)))
+                    .collect();
+                drop(packed);
+                for (value, id) in std::iter::once(first).chain(entries) {
+                    index.col.set(id, value.clone());
+                    all.push((value, id));
+                }
                 all.sort_unstable();
                 all.dedup();
                 index.order_from(all);
@@ -235,13 +241,17 @@ impl<V: Ord + Clone + PartialEq + Null> FromIterator<(V, u64)> for ColumnOrder<V
     }
 }
 
-impl<V: Ord + Clone + PartialEq> EntryRange<V> for ColumnOrder<V> {
-    fn entry_range(
-        &self,
+impl<V: Ord + Cell> EntryRange<V> for ColumnOrder<V> {
+    fn entry_range<'s, T: 's>(
+        &'s self,
         lower: Bound<(V, u64)>,
         upper: Bound<(V, u64)>,
-    ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_> {
-        Box::new(self.entries_within(lower, upper))
+        show: impl Fn(&V) -> T + 's,
+    ) -> Box<dyn DoubleEndedIterator<Item = (T, u64)> + 's> {
+        Box::new(
+            self.entries_within(lower, upper)
+                .map(move |(value, id)| (V::lend(value, &show), id)),
+        )
     }
 
     fn id_range(
@@ -260,7 +270,7 @@ impl<V: Ord + Clone + PartialEq> EntryRange<V> for ColumnOrder<V> {
 }
 
 /// A walk of a [`ColumnOrder`]'s entries, from either end.
-pub(crate) enum Entries<'a, V> {
+pub(crate) enum Entries<'a, V: Cell> {
     Ids {
         ids: sorted_set::Iter<'a, u32>,
         col: &'a Column<V>,
@@ -269,18 +279,18 @@ pub(crate) enum Entries<'a, V> {
 }
 
 /// Call `id`'s entry: its value in the column, and the id.
-fn entry<'a, V: Clone + PartialEq>(col: &'a Column<V>, id: &u32) -> (&'a V, u64) {
+fn entry<'a, V: Cell>(col: &'a Column<V>, id: &u32) -> (V::Read<'a>, u64) {
     let id = u64::from(*id);
     (col.get(id), id)
 }
 
-impl<'a, V: Ord + Clone + PartialEq> Iterator for Entries<'a, V> {
-    type Item = (&'a V, u64);
+impl<'a, V: Ord + Cell> Iterator for Entries<'a, V> {
+    type Item = (V::Read<'a>, u64);
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Entries::Ids { ids, col } => ids.next().map(|id| entry(col, id)),
-            Entries::Entries(entries) => entries.next(),
+            Entries::Entries(entries) => entries.next().map(|(value, id)| (value.as_read(), id)),
         }
     }
 
@@ -292,16 +302,18 @@ impl<'a, V: Ord + Clone + PartialEq> Iterator for Entries<'a, V> {
     }
 }
 
-impl<V: Ord + Clone + PartialEq> DoubleEndedIterator for Entries<'_, V> {
+impl<V: Ord + Cell> DoubleEndedIterator for Entries<'_, V> {
     fn next_back(&mut self) -> Option<Self::Item> {
         match self {
             Entries::Ids { ids, col } => ids.next_back().map(|id| entry(col, id)),
-            Entries::Entries(entries) => entries.next_back(),
+            Entries::Entries(entries) => {
+                entries.next_back().map(|(value, id)| (value.as_read(), id))
+            }
         }
     }
 }
 
-impl<V: Ord + Clone + PartialEq> ExactSizeIterator for Entries<'_, V> {}
+impl<V: Ord + Cell> ExactSizeIterator for Entries<'_, V> {}
 
 #[cfg(test)]
 mod tests {
@@ -312,17 +324,10 @@ mod tests {
 
     fn check(index: &ColumnOrder<i64>, model: &BTreeSet<(i64, u64)>) {
         assert_eq!(index.len(), model.len());
-        assert!(index
-            .entries()
-            .map(|(m, id)| (*m, id))
-            .eq(model.iter().copied()));
-        assert!(index
-            .entries()
-            .rev()
-            .map(|(m, id)| (*m, id))
-            .eq(model.iter().rev().copied()));
+        assert!(index.entries().eq(model.iter().copied()));
+        assert!(index.entries().rev().eq(model.iter().rev().copied()));
         for (millis, id) in model {
-            assert_eq!(index.col.get(*id), millis);
+            assert_eq!(index.col.get(*id), *millis);
         }
         for (a, b) in numbers(9)
             .map(|n| ((n % 120) as i64, ((n >> 32) % 120) as i64))
@@ -330,8 +335,7 @@ mod tests {
         {
             let (lo, hi) = ((a.min(b), 0), (a.max(b), u64::MAX));
             let got: Vec<(i64, u64)> = index
-                .entry_range(Included(lo), Excluded(hi))
-                .map(|(m, id)| (*m, id))
+                .entry_range(Included(lo), Excluded(hi), |m| *m)
                 .collect();
             let want: Vec<(i64, u64)> = model.range(lo..hi).copied().collect();
             assert_eq!(got, want, "{lo:?}..{hi:?}");

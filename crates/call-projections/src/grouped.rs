@@ -47,12 +47,15 @@ impl<V> Default for Grouped<V> {
 /// Something that lists its `(value, id)` entries between two bounds, in order: a set of
 /// entries or a [`Grouped`].
 pub(crate) trait EntryRange<V> {
-    /// The entries within the bounds, walkable from either end; empty where the bounds cross.
-    fn entry_range(
-        &self,
+    /// The entries within the bounds, each value shown by `show`, walkable from either end;
+    /// empty where the bounds cross. (A value is shown where it is read: a packed column does
+    /// not hold its values as such, so it lends each to `show` rather than a reference.)
+    fn entry_range<'s, T: 's>(
+        &'s self,
         lower: Bound<(V, u64)>,
         upper: Bound<(V, u64)>,
-    ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_>;
+        show: impl Fn(&V) -> T + 's,
+    ) -> Box<dyn DoubleEndedIterator<Item = (T, u64)> + 's>;
 
     /// The ids of the entries within the bounds: where the values are kept apart from the ids
     /// (a [`crate::column_order::ColumnOrder`]), a walk that needs only the ids reads no value.
@@ -64,12 +67,16 @@ pub(crate) trait EntryRange<V> {
 }
 
 impl<V: Ord> EntryRange<V> for SortedSet<(V, u64)> {
-    fn entry_range(
-        &self,
+    fn entry_range<'s, T: 's>(
+        &'s self,
         lower: Bound<(V, u64)>,
         upper: Bound<(V, u64)>,
-    ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_> {
-        Box::new(self.range((lower, upper)).map(|(value, id)| (value, *id)))
+        show: impl Fn(&V) -> T + 's,
+    ) -> Box<dyn DoubleEndedIterator<Item = (T, u64)> + 's> {
+        Box::new(
+            self.range((lower, upper))
+                .map(move |(value, id)| (show(value), *id)),
+        )
     }
 
     fn id_range(
@@ -82,12 +89,16 @@ impl<V: Ord> EntryRange<V> for SortedSet<(V, u64)> {
 }
 
 impl<V: Ord + Clone> EntryRange<V> for Grouped<V> {
-    fn entry_range(
-        &self,
+    fn entry_range<'s, T: 's>(
+        &'s self,
         lower: Bound<(V, u64)>,
         upper: Bound<(V, u64)>,
-    ) -> Box<dyn DoubleEndedIterator<Item = (&V, u64)> + '_> {
-        Box::new(self.range(lower, upper))
+        show: impl Fn(&V) -> T + 's,
+    ) -> Box<dyn DoubleEndedIterator<Item = (T, u64)> + 's> {
+        Box::new(
+            self.range(lower, upper)
+                .map(move |(value, id)| (show(value), id)),
+        )
     }
 
     fn id_range(

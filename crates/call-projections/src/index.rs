@@ -9,10 +9,12 @@
 //! pre-filter candidates cheaply and read only the rows it returns.
 //!
 //! The sets are [`Grouped`] entries over [`SortedSet`]s: a value many calls hold costs 4 bytes a
-//! call, one held by few a 16-byte entry; a column slot is 4 or 8 bytes; strings are shared per
+//! call, one held by few a 16-byte entry; a column slot is 4 or 8 bytes (a date-time 4 where its
+//! chunk of ids allows, see [`Column`]); strings are shared per
 //! index, so a value shared by many calls (a state, an outcome, a vendor) is stored once.
 //! [`Indexes::memory`] estimates what each index holds.
 
+use crate::column::{Cell, Column};
 use crate::column_order::{ColumnOrder, Null};
 use crate::grouped::Grouped;
 use crate::sorted_set::SortedSet;
@@ -370,7 +372,7 @@ impl<C: Numbering> Default for Interner<C> {
 
 /// The bytes a hash table of `capacity` entries of `T` takes (a control byte per bucket, buckets
 /// a power of two above the capacity at seven eighths full).
-fn table_bytes<T>(capacity: usize) -> usize {
+pub(crate) fn table_bytes<T>(capacity: usize) -> usize {
     if capacity == 0 {
         return 0;
     }
@@ -462,91 +464,6 @@ impl Interner<Code> {
             texts[*code as usize] = Some(&**text);
         }
         texts
-    }
-}
-
-const CHUNK_BITS: u32 = 10;
-const CHUNK_LEN: usize = 1 << CHUNK_BITS;
-
-/// A value per call id. Call ids are dense (the log hands them out from 1 without gaps), so the
-/// values live in fixed chunks of consecutive ids; a hash map of chunks keeps an odd sparse id
-/// from allocating everything below it, and a chunk whose calls are all gone (deleted) is
-/// dropped, so that a ledger whose live calls stay few does not grow with every id it handed
-/// out.
-pub(crate) struct Column<T> {
-    null: T,
-    chunks: IdMap<Chunk<T>>,
-}
-
-/// The values of `CHUNK_LEN` consecutive ids, and how many of them are not null.
-struct Chunk<T> {
-    values: Box<[T]>,
-    non_null: usize,
-}
-
-impl<T: Clone + PartialEq> Column<T> {
-    pub(crate) fn new(null: T) -> Column<T> {
-        Column {
-            null,
-            chunks: IdMap::default(),
-        }
-    }
-
-    /// The bytes of the chunks and of the table that finds them.
-    pub(crate) fn heap_bytes(&self) -> usize {
-        self.chunks.len() * CHUNK_LEN * std::mem::size_of::<T>()
-            + table_bytes::<(u64, Chunk<T>)>(self.chunks.capacity())
-    }
-
-    /// The value a call without one, or not live, has.
-    pub(crate) fn null(&self) -> &T {
-        &self.null
-    }
-
-    /// The value of call `id` (null for a call that is not live).
-    pub(crate) fn get(&self, id: u64) -> &T {
-        match self.chunks.get(&(id >> CHUNK_BITS)) {
-            Some(chunk) => &chunk.values[(id as usize) & (CHUNK_LEN - 1)],
-            None => &self.null,
-        }
-    }
-
-    pub(crate) fn set(&mut self, id: u64, value: T) {
-        let key = id >> CHUNK_BITS;
-        let is_null = value == self.null;
-        let chunk = match self.chunks.get_mut(&key) {
-            Some(chunk) => chunk,
-            None if is_null => return,
-            None => self.chunks.entry(key).or_insert_with(|| Chunk {
-                values: vec![self.null.clone(); CHUNK_LEN].into_boxed_slice(),
-                non_null: 0,
-            }),
-        };
-        let slot = &mut chunk.values[(id as usize) & (CHUNK_LEN - 1)];
-        let was_null = *slot == self.null;
-        *slot = value;
-        match (was_null, is_null) {
-            (true, false) => chunk.non_null += 1,
-            (false, true) => chunk.non_null -= 1,
-            _ => {}
-        }
-        if chunk.non_null == 0 {
-            self.chunks.remove(&key);
-        }
-    }
-
-    /// Every id with a non-null value, in id order.
-    pub(crate) fn non_null(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
-        let mut keys: Vec<u64> = self.chunks.keys().copied().collect();
-        keys.sort_unstable();
-        keys.into_iter().flat_map(move |key| {
-            self.chunks[&key]
-                .values
-                .iter()
-                .enumerate()
-                .filter(move |(_, value)| **value != self.null)
-                .map(move |(i, value)| ((key << CHUNK_BITS) | i as u64, value))
-        })
     }
 }
 
@@ -804,17 +721,17 @@ impl Feed {
 
     /// The position of live call `id`'s latest event.
     pub(crate) fn latest(&self, id: u64) -> Option<u64> {
-        Some(*self.order.col.get(id)).filter(|position| *position != 0)
+        Some(self.order.col.get(id)).filter(|position| *position != 0)
     }
 
     /// `(position, id)` of every live call whose latest event is at `first` or after, in
     /// position order.
-    pub(crate) fn since(&self, first: u64) -> impl Iterator<Item = (&u64, u64)> + '_ {
+    pub(crate) fn since(&self, first: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.order.entries_within(Included((first, 0)), Unbounded)
     }
 
     /// `(position, id)` of every live call, in position order.
-    pub(crate) fn entries(&self) -> impl ExactSizeIterator<Item = (&u64, u64)> + '_ {
+    pub(crate) fn entries(&self) -> impl ExactSizeIterator<Item = (u64, u64)> + '_ {
         self.order.entries()
     }
 }
@@ -1030,7 +947,7 @@ impl Indexes {
                 live.entries(),
                 fresh.entries(),
                 out,
-                |(millis, id)| format!("call {id} at {}", Millis(**millis)),
+                |(millis, id)| format!("call {id} at {}", Millis(*millis)),
             );
             diff_columns(
                 &format!("{field} column"),
@@ -1574,7 +1491,7 @@ fn diff_counts(name: &str, live: &TextIndex, rebuilt: &TextIndex, out: &mut Diff
 }
 
 /// Reports the ids whose column values differ.
-fn diff_columns<T: Clone + PartialEq>(
+fn diff_columns<T: Cell>(
     name: &str,
     live: &Column<T>,
     rebuilt: &Column<T>,
@@ -1586,7 +1503,7 @@ fn diff_columns<T: Clone + PartialEq>(
 
 /// Reports the ids whose column values differ once each side's are read as `V` (a coded
 /// column's codes as the strings they name in its own index).
-fn diff_columns_as<T: Clone + PartialEq, V: PartialEq>(
+fn diff_columns_as<T: Cell, V: PartialEq>(
     name: &str,
     (live, live_value): (&Column<T>, impl Fn(&T) -> V),
     (rebuilt, rebuilt_value): (&Column<T>, impl Fn(&T) -> V),
@@ -1598,7 +1515,10 @@ fn diff_columns_as<T: Clone + PartialEq, V: PartialEq>(
         rebuilt.non_null().map(|(id, _)| id),
     );
     for id in ids {
-        let (a, b) = (live_value(live.get(id)), rebuilt_value(rebuilt.get(id)));
+        let (a, b) = (
+            T::lend(live.get(id), &live_value),
+            T::lend(rebuilt.get(id), &rebuilt_value),
+        );
         if a != b {
             out.push(format!(
                 "{name}: call {id} is {} live but {} when rebuilt",
@@ -1658,8 +1578,7 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Column, IndexRow, Interner, Shared, SortTextIndex, TextIndex, CHUNK_LEN, NO_CODE,
-        TEXT_FILTER, TEXT_SORT,
+        IndexRow, Interner, Shared, SortTextIndex, TextIndex, NO_CODE, TEXT_FILTER, TEXT_SORT,
     };
     use call_model::{AttrValue, Call, Field};
 
@@ -1787,28 +1706,5 @@ mod tests {
         let code = *rebuilt.col.as_ref().expect("column").get(1);
         assert_eq!(rebuilt.strings.by_code()[code as usize], Some("outbound"));
         assert_eq!(rebuilt.col.as_ref().expect("column").non_null().count(), 1);
-    }
-
-    #[test]
-    fn a_column_drops_a_chunk_once_every_call_in_it_is_gone() {
-        let mut column = Column::new(0i64);
-        let ids = (1..=3 * CHUNK_LEN as u64).collect::<Vec<_>>();
-        for id in &ids {
-            column.set(*id, *id as i64);
-        }
-        assert_eq!(column.chunks.len(), 4, "ids 1 to 3072 span four chunks");
-        // Setting a value again, or to another non-null value, does not change the count.
-        column.set(5, 7);
-        column.set(5, 5);
-        for id in ids.iter().filter(|id| **id < CHUNK_LEN as u64) {
-            column.set(*id, 0);
-        }
-        assert_eq!(column.chunks.len(), 3, "the first chunk is dropped");
-        assert_eq!(*column.get(5), 0);
-        assert_eq!(*column.get(CHUNK_LEN as u64), CHUNK_LEN as i64);
-        // A null set where no chunk is allocates nothing.
-        column.set(1, 0);
-        assert_eq!(column.chunks.len(), 3);
-        assert_eq!(column.non_null().count(), ids.len() - (CHUNK_LEN - 1));
     }
 }

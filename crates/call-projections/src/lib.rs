@@ -23,6 +23,7 @@
 
 mod bulk;
 mod codec;
+mod column;
 mod column_order;
 mod diff;
 mod engine;

@@ -27,7 +27,11 @@ use crate::store::{par_map_costly, Meta};
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Mutex;
+
+mod decoder;
+use decoder::{Decoder, Source};
 
 /// The snapshot's file, in the projection's directory.
 const FILE_NAME: &str = "indexes.snapshot";
@@ -172,10 +176,10 @@ pub(crate) fn write_file(dir: &Path, file: &EncodedFile) -> std::io::Result<()> 
 /// checkpoint or at an earlier one of the same view generation (which the caller brings up to
 /// the view from the log); returns the snapshot's own stamp with them.
 ///
-/// The file is read section by section while earlier sections decode, so that no more than a
-/// few sections' bytes are held at once (the whole file was a tenth of the peak memory of an
-/// open at a million calls); the checksum is computed as it is read and checked at the end,
-/// before anything decoded is used.
+/// Each section is read where it lies by the thread decoding it, a buffer at a time, so that no
+/// section's bytes are held whole (the whole file was a tenth of the peak memory of an open at a
+/// million calls, and whole sections in flight still a seventh); the checksum is computed as it
+/// is read and checked at the end, before anything decoded is used.
 pub(crate) fn load(dir: &Path, view: Stamp) -> Result<(Stamp, Indexes), Unused> {
     let file = match std::fs::File::open(path(dir)) {
         Ok(file) => file,
@@ -186,9 +190,8 @@ pub(crate) fn load(dir: &Path, view: Stamp) -> Result<(Stamp, Indexes), Unused> 
         .metadata()
         .map_err(|error| damaged(format!("reading it failed: {error}")))?
         .len();
-    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
     let mut header = [0; HEADER_LEN];
-    input
+    (&file)
         .read_exact(&mut header)
         .map_err(|_| damaged("cut short in its header"))?;
     let found = stamp_from(&header)?;
@@ -205,7 +208,7 @@ pub(crate) fn load(dir: &Path, view: Stamp) -> Result<(Stamp, Indexes), Unused> 
         return Err(Unused::Stale(found));
     }
     let mut crc = header_checksum(&header);
-    let decoded = read_body(&mut input, length, &mut crc);
+    let decoded = read_body(&file, HEADER_LEN as u64, length, &mut crc);
     // A garbled body is refused for its checksum, whatever its decoding made of it.
     if crc.finalize() != u32::from_le_bytes(field(&header, 12)) {
         return Err(damaged("its checksum does not match"));
@@ -300,12 +303,14 @@ fn encode_section(indexes: &Indexes, kind: Kind) -> Vec<u8> {
         }
         Kind::Changes => {
             section.u64(indexes.changes.len() as u64);
-            section.ascending(indexes.changes.entries().map(|(position, _)| *position));
+            section.ascending(indexes.changes.entries().map(|(position, _)| position));
             for (_, id) in indexes.changes.entries() {
                 section.u64(id);
             }
         }
-        Kind::Time(i) => section.runs(indexes.times[i].entries(), put_i64),
+        Kind::Time(i) => section.runs(indexes.times[i].entries(), |out, prev, value| {
+            put_i64(out, prev.as_ref(), &value)
+        }),
         Kind::SortText(i) => {
             section.runs(
                 indexes.sort_texts[i].entries(),
@@ -368,14 +373,14 @@ impl Encoder {
     }
 
     /// An ordered set of `(value, id)` as runs of one value (see the module's opening).
-    fn runs<'a, V: PartialEq + 'a>(
+    fn runs<V: PartialEq + Copy>(
         &mut self,
-        entries: impl ExactSizeIterator<Item = (&'a V, u64)>,
-        put_value: impl Fn(&mut Encoder, Option<&V>, &V),
+        entries: impl ExactSizeIterator<Item = (V, u64)>,
+        put_value: impl Fn(&mut Encoder, Option<V>, V),
     ) {
         self.u64(entries.len() as u64);
         let mut entries = entries.peekable();
-        let mut prev: Option<&V> = None;
+        let mut prev: Option<V> = None;
         let mut ids = Vec::new();
         while let Some((value, id)) = entries.next() {
             ids.clear();
@@ -403,35 +408,53 @@ enum Section {
     Notes(Grouped<u64>),
 }
 
-/// The indexes a body of `length` bytes holds, read from `input` and fed to `crc`. A section
-/// that does not decode does not stop the reading, so that the checksum of the whole body is
-/// known whatever the decoders made of it.
-fn read_body(
-    input: &mut impl std::io::Read,
+/// The indexes a body of `length` bytes at `start` of `source` holds, its bytes fed to `crc`.
+///
+/// Each section's length is read here; its bytes are read and decoded by a thread of its own
+/// where it lies in the file, checksummed as they are read, and the checksums are joined in
+/// the file's order. A section that does not decode is still read to its end, so that the
+/// checksum of the whole body is known whatever the decoders made of it.
+fn read_body<S: Source + ?Sized>(
+    source: &S,
+    start: u64,
     length: u64,
     crc: &mut crc32fast::Hasher,
 ) -> Result<Indexes, Unused> {
     let kinds = kinds();
-    let decoded = decode_streamed(kinds.len(), |send| {
-        let mut left = length;
-        for (i, kind) in kinds.iter().enumerate() {
-            let section_length = read_length(input, crc, &mut left)?;
-            let mut bytes = vec![0; section_length];
-            input
-                .read_exact(&mut bytes)
-                .map_err(|_| damaged("cut short"))?;
-            crc.update(&bytes);
-            left -= section_length as u64;
-            send(i, *kind, bytes);
+    let end = start.saturating_add(length);
+    // Each section's kind, where its bytes start and how many there are; and the bytes of
+    // every section's length, for the checksum.
+    let mut places = Vec::with_capacity(kinds.len());
+    let mut lengths = Vec::with_capacity(kinds.len());
+    let mut at = start;
+    for kind in &kinds {
+        let mut head = [0; 10];
+        let head = &mut head[..(end - at).min(10) as usize];
+        read_exact_at(source, head, at)?;
+        let mut prefix = Decoder::new(&head[..], 0, head.len() as u64);
+        let section_length = prefix.u64()?;
+        let used = prefix.position() as usize;
+        let section_start = at + used as u64;
+        if section_length > end - section_start {
+            return Err(damaged(format!(
+                "a length of {section_length} runs past its end"
+            )));
         }
-        if left != 0 {
-            return Err(damaged("bytes follow its last section"));
-        }
-        Ok(())
-    })?;
+        lengths.push(head[..used].to_vec());
+        places.push((*kind, section_start, section_length));
+        at = section_start + section_length;
+    }
+    if at != end {
+        return Err(damaged("bytes follow its last section"));
+    }
+    let decoded = decode_sections(source, &places);
+    for (length, (_, section_crc)) in lengths.iter().zip(&decoded) {
+        crc.update(length);
+        crc.combine(section_crc);
+    }
     let mut indexes = Indexes::new();
-    for (kind, section) in kinds.iter().zip(decoded) {
-        match (*kind, section) {
+    for (kind, (section, _)) in kinds.iter().zip(decoded) {
+        match (*kind, section?) {
             (Kind::Ids, Section::Ids(ids)) => indexes.ids = ids,
             (Kind::Changes, Section::Changes(feed)) => indexes.changes = feed,
             (Kind::Time(i), Section::Time(index)) => indexes.times[i] = index,
@@ -462,80 +485,68 @@ fn read_body(
     Ok(indexes)
 }
 
-/// A section's byte length, a number as [`Decoder::u64`] reads it, within the `left` bytes of
-/// the body.
-fn read_length(
-    input: &mut impl std::io::Read,
-    crc: &mut crc32fast::Hasher,
-    left: &mut u64,
-) -> Result<usize, Unused> {
-    let mut bytes = Vec::with_capacity(10);
-    loop {
-        let mut byte = [0];
-        if *left == 0 || bytes.len() == 10 || input.read_exact(&mut byte).is_err() {
-            return Err(damaged("a number is cut short or too long"));
-        }
-        crc.update(&byte);
-        *left -= 1;
-        bytes.push(byte[0]);
-        if byte[0] & 0x80 == 0 {
-            break;
+/// Fills `buf` from `offset` of `source`.
+fn read_exact_at<S: Source + ?Sized>(
+    source: &S,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), Unused> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => return Err(damaged("cut short")),
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(damaged(format!("reading it failed: {error}"))),
         }
     }
-    let length = Decoder(&bytes).u64()?;
-    usize::try_from(length)
-        .ok()
-        .filter(|length| *length as u64 <= *left)
-        .ok_or_else(|| damaged(format!("a length of {length} runs past its end")))
+    Ok(())
 }
 
-/// Decodes `count` sections on the machine's cores as `read` hands them over (through a queue
-/// of two, so that only a few sections' bytes are held at once), each dropped once decoded.
-fn decode_streamed(
-    count: usize,
-    read: impl FnOnce(&mut dyn FnMut(usize, Kind, Vec<u8>)) -> Result<(), Unused>,
-) -> Result<Vec<Section>, Unused> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let results: Mutex<Vec<Option<Result<Section, Unused>>>> =
-        Mutex::new((0..count).map(|_| None).collect());
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<(usize, Kind, Vec<u8>)>(2);
-    let receiver = Mutex::new(receiver);
-    let read_result = std::thread::scope(|scope| {
-        // Dropped when this closure returns, before the scope waits for the decoders.
-        let sender = sender;
+/// A section decoded (or not), with the checksum of its bytes.
+type Decoded = (Result<Section, Unused>, crc32fast::Hasher);
+
+/// Decodes the sections at `places` on the machine's cores, each thread taking the next
+/// section not yet taken, and returns each section with the checksum of its bytes.
+fn decode_sections<S: Source + ?Sized>(source: &S, places: &[(Kind, u64, u64)]) -> Vec<Decoded> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get().min(8))
+        .min(places.len());
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Decoded>>> = places.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
-                let next = match receiver.lock() {
-                    Ok(receiver) => receiver.recv(),
-                    Err(_) => return,
-                };
-                let Ok((i, kind, bytes)) = next else {
+                let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                let Some((kind, start, length)) = places.get(i) else {
                     return;
                 };
-                let section = decode_section(kind, &bytes);
-                drop(bytes);
-                if let Ok(mut results) = results.lock() {
-                    results[i] = Some(section);
+                let mut decoder = Decoder::new(source, *start, *length);
+                let section = decode_section(*kind, &mut decoder);
+                let crc = decoder.finish();
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some((section, crc));
                 }
             });
         }
-        read(&mut |i, kind, bytes| {
-            // A send fails only when every decoder has stopped, which leaves its section
-            // undecoded: reported below.
-            let _ = sender.send((i, kind, bytes));
-        })
     });
-    read_result?;
     results
-        .into_inner()
-        .map_err(|_| damaged("a section's decoder stopped"))?
         .into_iter()
-        .map(|section| section.unwrap_or_else(|| Err(damaged("a section was not decoded"))))
+        .map(|slot| {
+            slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                (
+                    Err(damaged("a section was not decoded")),
+                    crc32fast::Hasher::new(),
+                )
+            })
+        })
         .collect()
 }
 
-fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
-    let mut reader = Decoder(bytes);
+fn decode_section<S: Source + ?Sized>(
+    kind: Kind,
+    reader: &mut Decoder<'_, S>,
+) -> Result<Section, Unused> {
     let section = match kind {
         Kind::Ids => {
             let count = reader.count()?;
@@ -594,13 +605,16 @@ fn decode_section(kind: Kind, bytes: &[u8]) -> Result<Section, Unused> {
             Ok(value)
         })?),
     };
-    if !reader.0.is_empty() {
+    if !reader.is_done() {
         return Err(damaged(format!("bytes follow the {kind:?} section")));
     }
     Ok(section)
 }
 
-fn get_i64(reader: &mut Decoder<'_>, prev: Option<&i64>) -> Result<i64, Unused> {
+fn get_i64<S: Source + ?Sized>(
+    reader: &mut Decoder<'_, S>,
+    prev: Option<&i64>,
+) -> Result<i64, Unused> {
     let zigzag = reader.u64()?;
     let delta = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
     let value = prev.copied().unwrap_or(0).wrapping_add(delta);
@@ -613,121 +627,6 @@ fn ascending_values<V: Ord>(prev: Option<&V>, value: &V) -> Result<(), Unused> {
     match prev {
         Some(prev) if prev >= value => Err(damaged("a set's values are out of order")),
         _ => Ok(()),
-    }
-}
-
-/// A bounds-checked reader of a body.
-struct Decoder<'a>(&'a [u8]);
-
-impl<'a> Decoder<'a> {
-    fn u64(&mut self) -> Result<u64, Unused> {
-        let mut value = 0u64;
-        for (i, byte) in self.0.iter().enumerate().take(10) {
-            let bits = u64::from(byte & 0x7f);
-            if i == 9 && bits > 1 {
-                break;
-            }
-            value |= bits << (7 * i);
-            if byte & 0x80 == 0 {
-                self.0 = &self.0[i + 1..];
-                return Ok(value);
-            }
-        }
-        Err(damaged("a number is cut short or too long"))
-    }
-
-    /// A byte length within what is left.
-    fn length(&mut self) -> Result<usize, Unused> {
-        let length = self.u64()?;
-        usize::try_from(length)
-            .ok()
-            .filter(|length| *length <= self.0.len())
-            .ok_or_else(|| damaged(format!("a length of {length} runs past its end")))
-    }
-
-    /// A count of entries, each of which takes a byte at least: never more than what is left,
-    /// so that a garbled count cannot ask for a huge allocation.
-    fn count(&mut self) -> Result<usize, Unused> {
-        self.length()
-    }
-
-    fn take(&mut self, length: usize) -> Result<&'a [u8], Unused> {
-        if length > self.0.len() {
-            return Err(damaged("cut short"));
-        }
-        let (taken, rest) = self.0.split_at(length);
-        self.0 = rest;
-        Ok(taken)
-    }
-
-    fn text(&mut self) -> Result<&'a str, Unused> {
-        let length = self.length()?;
-        std::str::from_utf8(self.take(length)?).map_err(|_| damaged("a string is not UTF-8"))
-    }
-
-    /// `count` ascending numbers.
-    fn ascending(&mut self, count: usize) -> Result<Vec<u64>, Unused> {
-        let mut numbers = Vec::with_capacity(count);
-        let mut prev = None;
-        for _ in 0..count {
-            let number = self.next_ascending(prev)?;
-            numbers.push(number);
-            prev = Some(number);
-        }
-        Ok(numbers)
-    }
-
-    /// The number after `prev` (`None`: the first) in a list of ascending numbers.
-    fn next_ascending(&mut self, prev: Option<u64>) -> Result<u64, Unused> {
-        let delta = self.u64()?;
-        if prev.is_some() && delta == 0 {
-            return Err(damaged("numbers that should ascend repeat"));
-        }
-        prev.unwrap_or(0)
-            .checked_add(delta)
-            .ok_or_else(|| damaged("a number overflows"))
-    }
-
-    /// An ordered set written by [`Encoder::runs`], collected as it is decoded (a set packs
-    /// entries that come in order without a second copy of them).
-    fn runs<V: Ord + Clone, C: FromIterator<(V, u64)>>(
-        &mut self,
-        mut get_value: impl FnMut(&mut Self, Option<&V>) -> Result<V, Unused>,
-    ) -> Result<C, Unused> {
-        let total = self.count()?;
-        let mut produced = 0;
-        let mut value: Option<V> = None;
-        // The ids of the current value's run still to read, and the last one read.
-        let (mut run_left, mut run_id) = (0usize, None);
-        let mut failed = None;
-        let collected = std::iter::from_fn(|| {
-            let next = (|| {
-                if run_left == 0 {
-                    if produced == total {
-                        return Ok(None);
-                    }
-                    let next = get_value(self, value.as_ref())?;
-                    let length = self.count()?;
-                    if length == 0 || length > total - produced {
-                        return Err(damaged(format!("a run of {length} entries")));
-                    }
-                    (value, run_left, run_id) = (Some(next), length, None);
-                }
-                let id = self.next_ascending(run_id)?;
-                (run_left, run_id) = (run_left - 1, Some(id));
-                produced += 1;
-                Ok(value.clone().map(|value| (value, id)))
-            })();
-            next.unwrap_or_else(|error| {
-                failed = Some(error);
-                None
-            })
-        })
-        .collect();
-        match failed {
-            Some(error) => Err(error),
-            None => Ok(collected),
-        }
     }
 }
 
@@ -744,9 +643,5 @@ pub(crate) fn encode_body(indexes: &Indexes) -> Vec<u8> {
 /// Decodes a body, for the same tests.
 #[cfg(test)]
 pub(crate) fn decode_body(body: &[u8]) -> Result<Indexes, Unused> {
-    read_body(
-        &mut &body[..],
-        body.len() as u64,
-        &mut crc32fast::Hasher::new(),
-    )
+    read_body(body, 0, body.len() as u64, &mut crc32fast::Hasher::new())
 }

@@ -40,7 +40,7 @@ pub(crate) fn changes(
         };
         let take_change = match (changed.peek(), next_deletion) {
             (None, None) => break,
-            (Some((c, _)), Some(d)) => **c <= d,
+            (Some((c, _)), Some(d)) => *c <= d,
             (Some(_), None) => true,
             (None, Some(_)) => false,
         };
@@ -60,7 +60,7 @@ pub(crate) fn changes(
                         "the change feed names it at position {position}, but it is not stored"
                     ),
                 })?;
-            page.next_after = *position;
+            page.next_after = position;
             page.calls.push(call);
         } else {
             let Some(entry) = deleted.next() else { break };

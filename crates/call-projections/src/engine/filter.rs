@@ -199,7 +199,7 @@ impl Resolved {
         match self.target {
             Slot::Id => yes_if(self.cond.holds(Some(id_value(id)))),
             Slot::Sort(SortCol::Time(i)) => {
-                let millis = *indexes.times[i].col.get(id);
+                let millis = indexes.times[i].col.get(id);
                 yes_if(
                     self.cond
                         .holds((millis != NULL_TIME).then_some(ValRef::Int(millis))),

@@ -140,7 +140,7 @@ impl Order {
 
 pub(crate) fn column_value(indexes: &Indexes, col: SortCol, id: u64) -> SortVal {
     match col {
-        SortCol::Time(i) => match *indexes.times[i].col.get(id) {
+        SortCol::Time(i) => match indexes.times[i].col.get(id) {
             NULL_TIME => SortVal::Null,
             millis => SortVal::Int(millis),
         },

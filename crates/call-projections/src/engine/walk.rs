@@ -72,9 +72,7 @@ pub(crate) fn entries_in<'a, K: Ord + 'a>(
     if crossed(&lower, &upper) {
         return Box::new(std::iter::empty());
     }
-    let range = set
-        .entry_range(lower, upper)
-        .map(move |(key, id)| (show(key), id));
+    let range = set.entry_range(lower, upper, show);
     if descending {
         Box::new(range.rev())
     } else {

@@ -1,0 +1,589 @@
+//! A column of the indexes: one value per call id, in chunks of consecutive ids, each chunk kept
+//! in the form its values allow: a date-time or a position in four bytes where its chunk's
+//! values fit (eight where they do not), a string in one byte where its chunk holds few
+//! distinct ones (eight where it holds many).
+
+use crate::index::{IdMap, Shared};
+use std::hash::Hash;
+
+const CHUNK_BITS: u32 = 10;
+/// How many consecutive ids a chunk holds.
+pub(crate) const CHUNK_LEN: usize = 1 << CHUNK_BITS;
+
+/// A value per call id. Call ids are dense (the log hands them out from 1 without gaps), so the
+/// values live in fixed chunks of consecutive ids; a hash map of chunks keeps an odd sparse id
+/// from allocating everything below it, and a chunk whose calls are all gone (deleted) is
+/// dropped, so that a ledger whose live calls stay few does not grow with every id it handed
+/// out.
+pub(crate) struct Column<T: Cell> {
+    null: T,
+    chunks: IdMap<Chunk<T>>,
+}
+
+/// The values of `CHUNK_LEN` consecutive ids, and how many of them are not null.
+struct Chunk<T: Cell> {
+    slots: T::Slots,
+    non_null: usize,
+}
+
+/// How a column keeps one chunk's values, and what reading one gives.
+pub(crate) trait Cell: Clone + PartialEq {
+    /// The values of [`CHUNK_LEN`] consecutive ids.
+    type Slots;
+    /// A value as read: the value itself where it is a number (which a packed chunk does not
+    /// hold as such), a reference where it is not.
+    type Read<'a>: Copy + Ord
+    where
+        Self: 'a;
+
+    /// A chunk of nulls.
+    fn slots(null: &Self) -> Self::Slots;
+    fn read<'a>(slots: &'a Self::Slots, i: usize, null: &'a Self) -> Self::Read<'a>;
+    fn write(slots: &mut Self::Slots, i: usize, value: Self, null: &Self);
+    /// A value as a read of it would give it.
+    fn as_read(&self) -> Self::Read<'_>;
+    /// A read value as a value of its own.
+    fn owned(read: Self::Read<'_>) -> Self;
+    /// Lends a read value to `f` as a reference.
+    fn lend<R>(read: Self::Read<'_>, f: impl FnOnce(&Self) -> R) -> R;
+    /// The bytes a chunk takes.
+    fn slots_bytes(slots: &Self::Slots) -> usize;
+}
+
+/// Values kept as they are, one slot each.
+macro_rules! plain_cells {
+    ($($plain:ty),*) => {$(
+        impl Cell for $plain {
+            type Slots = Box<[$plain]>;
+            type Read<'a> = &'a $plain;
+
+            fn slots(null: &$plain) -> Box<[$plain]> {
+                vec![null.clone(); CHUNK_LEN].into_boxed_slice()
+            }
+
+            fn read<'a>(slots: &'a Box<[$plain]>, i: usize, _: &'a $plain) -> &'a $plain {
+                &slots[i]
+            }
+
+            fn write(slots: &mut Box<[$plain]>, i: usize, value: $plain, _: &$plain) {
+                slots[i] = value;
+            }
+
+            fn as_read(&self) -> &$plain {
+                self
+            }
+
+            fn owned(read: &$plain) -> $plain {
+                read.clone()
+            }
+
+            fn lend<R>(read: &$plain, f: impl FnOnce(&$plain) -> R) -> R {
+                f(read)
+            }
+
+            fn slots_bytes(_: &Box<[$plain]>) -> usize {
+                CHUNK_LEN * std::mem::size_of::<$plain>()
+            }
+        }
+    )*};
+}
+
+plain_cells!(bool, u32);
+
+/// The most values a chunk of strings keeps as one-byte codes. Few enough that finding a
+/// value's code is a short scan (mostly a pointer comparison: an index shares one copy of each
+/// value), where a chunk of nearly unique strings (numbers, recording URLs) would scan and compare
+/// far more before it gives up on codes.
+const DICTIONARY_MAX: usize = 64;
+
+/// A chunk of strings: each call's value as a one-byte code into the chunk's own list of the
+/// values it holds, while it holds few (a state, an outcome, a call type: a byte a call where a
+/// shared string takes eight), else the values themselves.
+pub(crate) enum Dictionary {
+    Coded {
+        /// Code 0 is null; a value no call holds any more stays until the list fills.
+        values: Vec<Option<Shared>>,
+        codes: Box<[u8]>,
+    },
+    Plain(Box<[Option<Shared>]>),
+}
+
+impl Dictionary {
+    fn get(&self, i: usize) -> &Option<Shared> {
+        match self {
+            Dictionary::Coded { values, codes } => &values[usize::from(codes[i])],
+            Dictionary::Plain(values) => &values[i],
+        }
+    }
+
+    fn set(&mut self, i: usize, value: Option<Shared>) {
+        match self {
+            Dictionary::Plain(values) => values[i] = value,
+            Dictionary::Coded { values, codes } => {
+                // The index's own copy first, by address; then by content.
+                let same = |held: &Option<Shared>| match (held, &value) {
+                    (Some(held), Some(value)) => Shared::ptr_eq(held, value),
+                    (None, None) => true,
+                    _ => false,
+                };
+                let known = values
+                    .iter()
+                    .position(same)
+                    .or_else(|| values.iter().position(|held| *held == value));
+                match known {
+                    Some(code) => codes[i] = code as u8,
+                    None if values.len() < DICTIONARY_MAX => {
+                        codes[i] = values.len() as u8;
+                        values.push(value);
+                    }
+                    None => {
+                        // The list is full: drop the values no call holds any more, or, where
+                        // every one is held, keep the values themselves.
+                        let mut held = [false; DICTIONARY_MAX];
+                        held[0] = true;
+                        for code in codes.iter() {
+                            held[usize::from(*code)] = true;
+                        }
+                        if held.iter().all(|held| *held) {
+                            let mut all: Vec<Option<Shared>> = codes
+                                .iter()
+                                .map(|code| values[usize::from(*code)].clone())
+                                .collect();
+                            all[i] = value;
+                            *self = Dictionary::Plain(all.into_boxed_slice());
+                            return;
+                        }
+                        let mut renumbered = [0u8; DICTIONARY_MAX];
+                        let mut kept = Vec::with_capacity(DICTIONARY_MAX);
+                        for (code, value) in values.drain(..).enumerate() {
+                            if held[code] {
+                                renumbered[code] = kept.len() as u8;
+                                kept.push(value);
+                            }
+                        }
+                        for code in codes.iter_mut() {
+                            *code = renumbered[usize::from(*code)];
+                        }
+                        *values = kept;
+                        codes[i] = values.len() as u8;
+                        values.push(value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// A one-byte code names every value of a full list.
+const _: () = assert!(DICTIONARY_MAX <= u8::MAX as usize + 1);
+
+impl Cell for Option<Shared> {
+    type Slots = Dictionary;
+    type Read<'a> = &'a Option<Shared>;
+
+    fn slots(null: &Option<Shared>) -> Dictionary {
+        Dictionary::Coded {
+            values: vec![null.clone()],
+            codes: vec![0; CHUNK_LEN].into_boxed_slice(),
+        }
+    }
+
+    fn read<'a>(slots: &'a Dictionary, i: usize, _: &'a Option<Shared>) -> &'a Option<Shared> {
+        slots.get(i)
+    }
+
+    fn write(slots: &mut Dictionary, i: usize, value: Option<Shared>, _: &Option<Shared>) {
+        slots.set(i, value);
+    }
+
+    fn as_read(&self) -> &Option<Shared> {
+        self
+    }
+
+    fn owned(read: &Option<Shared>) -> Option<Shared> {
+        read.clone()
+    }
+
+    fn lend<R>(read: &Option<Shared>, f: impl FnOnce(&Option<Shared>) -> R) -> R {
+        f(read)
+    }
+
+    fn slots_bytes(slots: &Dictionary) -> usize {
+        match slots {
+            Dictionary::Coded { values, .. } => {
+                CHUNK_LEN + values.capacity() * std::mem::size_of::<Option<Shared>>()
+            }
+            Dictionary::Plain(_) => CHUNK_LEN * std::mem::size_of::<Option<Shared>>(),
+        }
+    }
+}
+
+/// A number a chunk can keep as a four-byte offset from a base, in whole seconds or in units:
+/// a date-time in milliseconds (calls made together are minutes apart, calls imported together
+/// at most a few years, mostly at whole seconds), a position.
+pub(crate) trait Packable: Copy + Ord + Hash {
+    fn to_i128(self) -> i128;
+    fn from_i128(value: i128) -> Self;
+    /// The units a chunk may count in, coarsest first: a chunk takes the first that every value
+    /// of it is a whole number of.
+    const UNITS: &'static [i128];
+}
+
+impl Packable for i64 {
+    fn to_i128(self) -> i128 {
+        i128::from(self)
+    }
+    fn from_i128(value: i128) -> i64 {
+        value as i64
+    }
+    // Whole seconds, then milliseconds.
+    const UNITS: &'static [i128] = &[1000, 1];
+}
+
+impl Packable for u64 {
+    fn to_i128(self) -> i128 {
+        i128::from(self)
+    }
+    fn from_i128(value: i128) -> u64 {
+        value as u64
+    }
+    const UNITS: &'static [i128] = &[1];
+}
+
+/// The offset that stands for null in a packed chunk.
+const NULL_OFFSET: u32 = u32::MAX;
+
+/// A chunk of numbers: offsets from a base in a unit while every value allows it (half the
+/// bytes), else the numbers themselves.
+pub(crate) enum Packed<N> {
+    Offsets {
+        base: N,
+        unit: u32,
+        offsets: Box<[u32]>,
+    },
+    Wide(Box<[N]>),
+}
+
+impl<N: Packable> Packed<N> {
+    fn get(&self, i: usize, null: N) -> N {
+        match self {
+            Packed::Offsets {
+                base,
+                unit,
+                offsets,
+            } => match offsets[i] {
+                NULL_OFFSET => null,
+                offset => N::from_i128(base.to_i128() + i128::from(offset) * i128::from(*unit)),
+            },
+            Packed::Wide(values) => values[i],
+        }
+    }
+
+    /// The offset of `value` in this chunk's base and unit, where it has one.
+    fn offset_of(base: N, unit: u32, value: N) -> Option<u32> {
+        let delta = value.to_i128() - base.to_i128();
+        let unit = i128::from(unit);
+        if delta < 0 || delta % unit != 0 {
+            return None;
+        }
+        u32::try_from(delta / unit)
+            .ok()
+            .filter(|offset| *offset != NULL_OFFSET)
+    }
+
+    /// Sets value `i`, packing the chunk again where the value does not fit its base and unit.
+    fn set(&mut self, i: usize, value: N, null: N) {
+        let offset = match self {
+            Packed::Wide(values) => {
+                values[i] = value;
+                return;
+            }
+            Packed::Offsets { base, unit, .. } => {
+                if value == null {
+                    Some(NULL_OFFSET)
+                } else if *base == null {
+                    // A chunk's first value is its base: later values (later times, later
+                    // positions) are mostly above it.
+                    *base = value;
+                    Some(0)
+                } else {
+                    Self::offset_of(*base, *unit, value)
+                }
+            }
+        };
+        match (offset, &mut *self) {
+            (Some(offset), Packed::Offsets { offsets, .. }) => offsets[i] = offset,
+            _ => {
+                let mut values: Vec<N> = (0..CHUNK_LEN).map(|at| self.get(at, null)).collect();
+                values[i] = value;
+                *self = Self::pack(&values, null);
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Packed::Offsets { .. } => CHUNK_LEN * 4,
+            Packed::Wide(_) => CHUNK_LEN * std::mem::size_of::<N>(),
+        }
+    }
+
+    /// Keeps `values` in the narrowest form they allow.
+    fn pack(values: &[N], null: N) -> Packed<N> {
+        let held = || values.iter().copied().filter(|value| *value != null);
+        let Some(base) = held().min() else {
+            return Packed::Offsets {
+                base: null,
+                unit: 1,
+                offsets: vec![NULL_OFFSET; values.len()].into_boxed_slice(),
+            };
+        };
+        for unit in N::UNITS {
+            let Ok(unit) = u32::try_from(*unit) else {
+                continue;
+            };
+            let offsets: Option<Vec<u32>> = values
+                .iter()
+                .map(|value| match *value == null {
+                    true => Some(NULL_OFFSET),
+                    false => Self::offset_of(base, unit, *value),
+                })
+                .collect();
+            if let Some(offsets) = offsets {
+                return Packed::Offsets {
+                    base,
+                    unit,
+                    offsets: offsets.into_boxed_slice(),
+                };
+            }
+        }
+        Packed::Wide(values.to_vec().into_boxed_slice())
+    }
+}
+
+/// Numbers kept [`Packed`].
+macro_rules! packed_cells {
+    ($($number:ty),*) => {$(
+        impl Cell for $number {
+            type Slots = Packed<$number>;
+            type Read<'a> = $number;
+
+            fn slots(null: &$number) -> Packed<$number> {
+                Packed::pack(&[*null; CHUNK_LEN], *null)
+            }
+
+            fn read<'a>(slots: &'a Packed<$number>, i: usize, null: &'a $number) -> $number {
+                slots.get(i, *null)
+            }
+
+            fn write(slots: &mut Packed<$number>, i: usize, value: $number, null: &$number) {
+                slots.set(i, value, *null);
+            }
+
+            fn as_read(&self) -> $number {
+                *self
+            }
+
+            fn owned(read: $number) -> $number {
+                read
+            }
+
+            fn lend<R>(read: $number, f: impl FnOnce(&$number) -> R) -> R {
+                f(&read)
+            }
+
+            fn slots_bytes(slots: &Packed<$number>) -> usize {
+                slots.bytes()
+            }
+        }
+    )*};
+}
+
+packed_cells!(i64, u64);
+
+impl<T: Cell> Column<T> {
+    pub(crate) fn new(null: T) -> Column<T> {
+        Column {
+            null,
+            chunks: IdMap::default(),
+        }
+    }
+
+    /// The bytes of the chunks and of the table that finds them.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.chunks
+            .values()
+            .map(|chunk| T::slots_bytes(&chunk.slots))
+            .sum::<usize>()
+            + crate::index::table_bytes::<(u64, Chunk<T>)>(self.chunks.capacity())
+    }
+
+    /// The value a call without one, or not live, has.
+    pub(crate) fn null(&self) -> &T {
+        &self.null
+    }
+
+    /// The value of call `id` (null for a call that is not live).
+    pub(crate) fn get(&self, id: u64) -> T::Read<'_> {
+        match self.chunks.get(&(id >> CHUNK_BITS)) {
+            Some(chunk) => T::read(&chunk.slots, (id as usize) & (CHUNK_LEN - 1), &self.null),
+            None => self.null.as_read(),
+        }
+    }
+
+    pub(crate) fn set(&mut self, id: u64, value: T) {
+        let key = id >> CHUNK_BITS;
+        let is_null = value == self.null;
+        let Column { null, chunks } = self;
+        let chunk = match chunks.get_mut(&key) {
+            Some(chunk) => chunk,
+            None if is_null => return,
+            None => chunks.entry(key).or_insert_with(|| Chunk {
+                slots: T::slots(null),
+                non_null: 0,
+            }),
+        };
+        let slot = (id as usize) & (CHUNK_LEN - 1);
+        let was_null = T::read(&chunk.slots, slot, null) == null.as_read();
+        T::write(&mut chunk.slots, slot, value, null);
+        match (was_null, is_null) {
+            (true, false) => chunk.non_null += 1,
+            (false, true) => chunk.non_null -= 1,
+            _ => {}
+        }
+        if chunk.non_null == 0 {
+            chunks.remove(&key);
+        }
+    }
+
+    /// Every id with a non-null value, in id order.
+    pub(crate) fn non_null(&self) -> impl Iterator<Item = (u64, T::Read<'_>)> + '_ {
+        let mut keys: Vec<u64> = self.chunks.keys().copied().collect();
+        keys.sort_unstable();
+        let null = self.null.as_read();
+        keys.into_iter().flat_map(move |key| {
+            let chunk = &self.chunks[&key];
+            (0..CHUNK_LEN)
+                .map(move |i| (i, T::read(&chunk.slots, i, &self.null)))
+                .filter(move |(_, value)| *value != null)
+                .map(move |(i, value)| ((key << CHUNK_BITS) | i as u64, value))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sorted_set::tests::numbers;
+
+    #[test]
+    fn a_column_drops_a_chunk_once_every_call_in_it_is_gone() {
+        let mut column = Column::new(0i64);
+        let ids = (1..=3 * CHUNK_LEN as u64).collect::<Vec<_>>();
+        for id in &ids {
+            column.set(*id, *id as i64);
+        }
+        assert_eq!(column.chunks.len(), 4, "ids 1 to 3072 span four chunks");
+        // Setting a value again, or to another non-null value, does not change the count.
+        column.set(5, 7);
+        column.set(5, 5);
+        for id in ids.iter().filter(|id| **id < CHUNK_LEN as u64) {
+            column.set(*id, 0);
+        }
+        assert_eq!(column.chunks.len(), 3, "the first chunk is dropped");
+        assert_eq!(column.get(5), 0);
+        assert_eq!(column.get(CHUNK_LEN as u64), CHUNK_LEN as i64);
+        // A null set where no chunk is allocates nothing.
+        column.set(1, 0);
+        assert_eq!(column.chunks.len(), 3);
+        assert_eq!(column.non_null().count(), ids.len() - (CHUNK_LEN - 1));
+    }
+
+    #[test]
+    fn packed_chunks_read_back_every_value_in_whatever_form_they_need() {
+        const NULL: i64 = i64::MIN;
+        // A fixed xorshift sequence: whole seconds close together, milliseconds, values far
+        // apart, nulls and the extremes, written over two chunks in random order.
+        let mut numbers = numbers(0x2545_f491_4f6c_dd1d);
+        let mut next = move || numbers.next().unwrap_or_default();
+        for round in 0..200 {
+            let mut column = Column::new(NULL);
+            let mut model = std::collections::BTreeMap::new();
+            for _ in 0..(1 + round * 2) {
+                let id = next() % (2 * CHUNK_LEN as u64);
+                let value = match next() % 6 {
+                    0 => NULL,
+                    1 => 1_700_000_000_000 + (next() % 100_000) as i64 * 1000,
+                    2 => 1_700_000_000_000 + (next() % 100_000_000) as i64,
+                    3 => next() as i64,
+                    4 => i64::MAX,
+                    _ => i64::MIN + 1,
+                };
+                column.set(id, value);
+                if value == NULL {
+                    model.remove(&id);
+                } else {
+                    model.insert(id, value);
+                }
+                for (id, value) in &model {
+                    assert_eq!(column.get(*id), *value, "round {round}, call {id}");
+                }
+            }
+            let read: Vec<(u64, i64)> = column.non_null().collect();
+            let expected: Vec<(u64, i64)> = model.into_iter().collect();
+            assert_eq!(read, expected, "round {round}");
+        }
+    }
+
+    #[test]
+    fn close_whole_seconds_take_four_bytes_a_call_and_far_ones_eight() {
+        let mut column = Column::new(i64::MIN);
+        for id in 0..CHUNK_LEN as u64 {
+            // A year of whole seconds within one chunk.
+            column.set(id, 1_700_000_000_000 + (id as i64) * 30_000_000);
+        }
+        assert_eq!(i64::slots_bytes(&column.chunks[&0].slots), CHUNK_LEN * 4);
+        column.set(3, 1_700_000_000_001);
+        assert_eq!(column.get(3), 1_700_000_000_001);
+        assert_eq!(i64::slots_bytes(&column.chunks[&0].slots), CHUNK_LEN * 8);
+    }
+
+    #[test]
+    fn string_chunks_read_back_every_value_as_codes_or_as_themselves() {
+        let mut numbers = numbers(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || numbers.next().unwrap_or_default();
+        for (round, distinct) in [3u64, 40, 64, 65, 500, 5000].into_iter().enumerate() {
+            let mut column: Column<Option<Shared>> = Column::new(None);
+            let mut model = std::collections::BTreeMap::new();
+            for _ in 0..3000 {
+                let id = next() % (2 * CHUNK_LEN as u64);
+                // Equal values in separate copies too, as a caller may hand them.
+                let value = match next() % distinct {
+                    0 => None,
+                    n => Some(Shared::from(format!("value {n}"))),
+                };
+                column.set(id, value.clone());
+                match value {
+                    None => model.remove(&id),
+                    Some(value) => model.insert(id, value),
+                };
+            }
+            for id in 0..2 * CHUNK_LEN as u64 {
+                assert_eq!(
+                    column.get(id).as_ref(),
+                    model.get(&id),
+                    "round {round}, call {id}"
+                );
+            }
+            let coded = column
+                .chunks
+                .values()
+                .all(|chunk| matches!(chunk.slots, Dictionary::Coded { .. }));
+            assert_eq!(
+                coded,
+                distinct <= DICTIONARY_MAX as u64,
+                "{distinct} values"
+            );
+        }
+    }
+}
