@@ -1,6 +1,6 @@
 //! A column of the indexes: one value per call id, in chunks of consecutive ids, each chunk kept
-//! in the form its values allow: a date-time or a position in four bytes where its chunk's
-//! values fit (eight where they do not), a string in one byte where its chunk holds few
+//! in the form its values allow: a date-time or a position in four or five bytes where its
+//! chunk's values fit (eight where they do not), a string in one byte where its chunk holds few
 //! distinct ones (eight where it holds many).
 
 use crate::index::{IdMap, Shared};
@@ -250,18 +250,28 @@ impl Packable for u64 {
     const UNITS: &'static [i128] = &[1];
 }
 
-/// The offset that stands for null in a packed chunk.
-const NULL_OFFSET: u32 = u32::MAX;
-
-/// A chunk of numbers: offsets from a base in a unit while every value allows it (half the
-/// bytes), else the numbers themselves.
+/// A chunk of numbers: offsets from a base in a unit while every value allows it, in four
+/// bytes (half a number's) or in five (a byte more of each offset beside them: a year of
+/// milliseconds needs 35 bits), else the numbers themselves.
 pub(crate) enum Packed<N> {
     Offsets {
         base: N,
         unit: u32,
-        offsets: Box<[u32]>,
+        /// Each offset's low 32 bits.
+        low: Box<[u32]>,
+        /// Each offset's next 8 bits, where the chunk needs them.
+        high: Option<Box<[u8]>>,
     },
     Wide(Box<[N]>),
+}
+
+/// The offset that stands for null: the largest of its width.
+fn null_offset(wide: bool) -> u64 {
+    if wide {
+        (1 << 40) - 1
+    } else {
+        u64::from(u32::MAX)
+    }
 }
 
 impl<N: Packable> Packed<N> {
@@ -270,25 +280,31 @@ impl<N: Packable> Packed<N> {
             Packed::Offsets {
                 base,
                 unit,
-                offsets,
-            } => match offsets[i] {
-                NULL_OFFSET => null,
-                offset => N::from_i128(base.to_i128() + i128::from(offset) * i128::from(*unit)),
-            },
+                low,
+                high,
+            } => {
+                let offset =
+                    u64::from(low[i]) | high.as_ref().map_or(0, |high| u64::from(high[i]) << 32);
+                if offset == null_offset(high.is_some()) {
+                    null
+                } else {
+                    N::from_i128(base.to_i128() + i128::from(offset) * i128::from(*unit))
+                }
+            }
             Packed::Wide(values) => values[i],
         }
     }
 
-    /// The offset of `value` in this chunk's base and unit, where it has one.
-    fn offset_of(base: N, unit: u32, value: N) -> Option<u32> {
+    /// The offset of `value` from `base` in `unit`, where it has one of that width.
+    fn offset_of(base: N, unit: u32, wide: bool, value: N) -> Option<u64> {
         let delta = value.to_i128() - base.to_i128();
         let unit = i128::from(unit);
         if delta < 0 || delta % unit != 0 {
             return None;
         }
-        u32::try_from(delta / unit)
+        u64::try_from(delta / unit)
             .ok()
-            .filter(|offset| *offset != NULL_OFFSET)
+            .filter(|offset| *offset < null_offset(wide))
     }
 
     /// Sets value `i`, packing the chunk again where the value does not fit its base and unit.
@@ -298,21 +314,29 @@ impl<N: Packable> Packed<N> {
                 values[i] = value;
                 return;
             }
-            Packed::Offsets { base, unit, .. } => {
+            Packed::Offsets {
+                base, unit, high, ..
+            } => {
+                let wide = high.is_some();
                 if value == null {
-                    Some(NULL_OFFSET)
+                    Some(null_offset(wide))
                 } else if *base == null {
                     // A chunk's first value is its base: later values (later times, later
                     // positions) are mostly above it.
                     *base = value;
                     Some(0)
                 } else {
-                    Self::offset_of(*base, *unit, value)
+                    Self::offset_of(*base, *unit, wide, value)
                 }
             }
         };
         match (offset, &mut *self) {
-            (Some(offset), Packed::Offsets { offsets, .. }) => offsets[i] = offset,
+            (Some(offset), Packed::Offsets { low, high, .. }) => {
+                low[i] = offset as u32;
+                if let Some(high) = high {
+                    high[i] = (offset >> 32) as u8;
+                }
+            }
             _ => {
                 let mut values: Vec<N> = (0..CHUNK_LEN).map(|at| self.get(at, null)).collect();
                 values[i] = value;
@@ -323,7 +347,8 @@ impl<N: Packable> Packed<N> {
 
     fn bytes(&self) -> usize {
         match self {
-            Packed::Offsets { .. } => CHUNK_LEN * 4,
+            Packed::Offsets { high: None, .. } => CHUNK_LEN * 4,
+            Packed::Offsets { high: Some(_), .. } => CHUNK_LEN * 5,
             Packed::Wide(_) => CHUNK_LEN * std::mem::size_of::<N>(),
         }
     }
@@ -332,29 +357,37 @@ impl<N: Packable> Packed<N> {
     fn pack(values: &[N], null: N) -> Packed<N> {
         let held = || values.iter().copied().filter(|value| *value != null);
         let Some(base) = held().min() else {
+            // The coarsest unit: a chunk of whole seconds then never packs again.
             return Packed::Offsets {
                 base: null,
-                unit: 1,
-                offsets: vec![NULL_OFFSET; values.len()].into_boxed_slice(),
+                unit: N::UNITS
+                    .first()
+                    .map_or(1, |unit| u32::try_from(*unit).unwrap_or(1)),
+                low: vec![u32::MAX; values.len()].into_boxed_slice(),
+                high: None,
             };
         };
-        for unit in N::UNITS {
-            let Ok(unit) = u32::try_from(*unit) else {
-                continue;
-            };
-            let offsets: Option<Vec<u32>> = values
-                .iter()
-                .map(|value| match *value == null {
-                    true => Some(NULL_OFFSET),
-                    false => Self::offset_of(base, unit, *value),
-                })
-                .collect();
-            if let Some(offsets) = offsets {
-                return Packed::Offsets {
-                    base,
-                    unit,
-                    offsets: offsets.into_boxed_slice(),
+        for wide in [false, true] {
+            for unit in N::UNITS {
+                let Ok(unit) = u32::try_from(*unit) else {
+                    continue;
                 };
+                let offsets: Option<Vec<u64>> = values
+                    .iter()
+                    .map(|value| match *value == null {
+                        true => Some(null_offset(wide)),
+                        false => Self::offset_of(base, unit, wide, *value),
+                    })
+                    .collect();
+                if let Some(offsets) = offsets {
+                    return Packed::Offsets {
+                        base,
+                        unit,
+                        low: offsets.iter().map(|offset| *offset as u32).collect(),
+                        high: wide
+                            .then(|| offsets.iter().map(|offset| (offset >> 32) as u8).collect()),
+                    };
+                }
             }
         }
         Packed::Wide(values.to_vec().into_boxed_slice())
@@ -502,8 +535,8 @@ mod tests {
     #[test]
     fn packed_chunks_read_back_every_value_in_whatever_form_they_need() {
         const NULL: i64 = i64::MIN;
-        // A fixed xorshift sequence: whole seconds close together, milliseconds, values far
-        // apart, nulls and the extremes, written over two chunks in random order.
+        // A fixed xorshift sequence: whole seconds close together, milliseconds near and over a
+        // year, values far apart, nulls and the extremes, written over two chunks in random order.
         let mut numbers = numbers(0x2545_f491_4f6c_dd1d);
         let mut next = move || numbers.next().unwrap_or_default();
         for round in 0..200 {
@@ -511,12 +544,14 @@ mod tests {
             let mut model = std::collections::BTreeMap::new();
             for _ in 0..(1 + round * 2) {
                 let id = next() % (2 * CHUNK_LEN as u64);
-                let value = match next() % 6 {
+                let value = match next() % 7 {
                     0 => NULL,
                     1 => 1_700_000_000_000 + (next() % 100_000) as i64 * 1000,
                     2 => 1_700_000_000_000 + (next() % 100_000_000) as i64,
-                    3 => next() as i64,
-                    4 => i64::MAX,
+                    // A year of milliseconds.
+                    3 => 1_700_000_000_000 + (next() % 31_536_000_000) as i64,
+                    4 => next() as i64,
+                    5 => i64::MAX,
                     _ => i64::MIN + 1,
                 };
                 column.set(id, value);
@@ -536,16 +571,22 @@ mod tests {
     }
 
     #[test]
-    fn close_whole_seconds_take_four_bytes_a_call_and_far_ones_eight() {
+    fn a_year_takes_four_bytes_a_call_in_seconds_five_in_milliseconds_and_more_eight() {
         let mut column = Column::new(i64::MIN);
+        let bytes = |column: &Column<i64>| i64::slots_bytes(&column.chunks[&0].slots);
         for id in 0..CHUNK_LEN as u64 {
             // A year of whole seconds within one chunk.
             column.set(id, 1_700_000_000_000 + (id as i64) * 30_000_000);
         }
-        assert_eq!(i64::slots_bytes(&column.chunks[&0].slots), CHUNK_LEN * 4);
+        assert_eq!(bytes(&column), CHUNK_LEN * 4);
         column.set(3, 1_700_000_000_001);
         assert_eq!(column.get(3), 1_700_000_000_001);
-        assert_eq!(i64::slots_bytes(&column.chunks[&0].slots), CHUNK_LEN * 8);
+        assert_eq!(bytes(&column), CHUNK_LEN * 5);
+        // Forty years of milliseconds.
+        column.set(4, 1_700_000_000_000 + 40 * 365 * 86_400_000);
+        assert_eq!(bytes(&column), CHUNK_LEN * 8);
+        assert_eq!(column.get(3), 1_700_000_000_001);
+        assert_eq!(column.get(4), 1_700_000_000_000 + 40 * 365 * 86_400_000);
     }
 
     #[test]
