@@ -8,16 +8,16 @@
 //! without reading and decoding its stored row, which is what lets the query engine order and
 //! pre-filter candidates cheaply and read only the rows it returns.
 //!
-//! The sets are [`Grouped`] entries over [`SortedSet`]s: a value many calls hold costs 4 bytes a
-//! call, one held by few a 16-byte entry; a column slot is 4 or 8 bytes (a date-time 4 where its
-//! chunk of ids allows, see [`Column`]); strings are shared per
-//! index, so a value shared by many calls (a state, an outcome, a vendor) is stored once.
+//! The sets are [`Grouped`] entries over sorted sets (`sorted_set`): a value many calls hold
+//! costs 4 bytes a call, one held by few a 16-byte entry; a column slot is 1 to 8 bytes (see
+//! [`Column`]); the live ids are 4 bytes each ([`LiveIds`]); strings are shared per index, so a
+//! value shared by many calls (a state, an outcome, a vendor) is stored once.
 //! [`Indexes::memory`] estimates what each index holds.
 
 use crate::column::{Cell, Column};
 use crate::column_order::{ColumnOrder, Null};
 use crate::grouped::Grouped;
-use crate::sorted_set::SortedSet;
+use crate::live_ids::LiveIds;
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -739,7 +739,7 @@ impl Feed {
 /// Every secondary index of the live calls.
 pub(crate) struct Indexes {
     /// The live call ids.
-    pub(crate) ids: SortedSet<u64>,
+    pub(crate) ids: LiveIds,
     /// The change feed: each live call under the position of its latest event.
     pub(crate) changes: Feed,
     /// The sortable date-times, in [`TIME_SORT`] order.
@@ -762,7 +762,7 @@ impl Indexes {
     /// Empty indexes.
     pub(crate) fn new() -> Indexes {
         Indexes {
-            ids: SortedSet::new(),
+            ids: LiveIds::default(),
             changes: Feed::default(),
             times: std::array::from_fn(|_| TimeIndex::new()),
             sort_texts: std::array::from_fn(|_| SortTextIndex::new()),
@@ -845,7 +845,7 @@ impl Indexes {
                 self.ids.insert(id);
             }
             (true, false) => {
-                self.ids.remove(&id);
+                self.ids.remove(id);
             }
             _ => {}
         }
@@ -922,9 +922,13 @@ impl Indexes {
     /// Adds a line to `out` for every entry that differs between these indexes (`live`) and
     /// `rebuilt`.
     pub(crate) fn diff(&self, rebuilt: &Indexes, out: &mut Differences) {
-        diff_sets("live call ids", &self.ids, &rebuilt.ids, out, |id| {
-            format!("call {id}")
-        });
+        diff_sets(
+            "live call ids",
+            self.ids.iter(),
+            rebuilt.ids.iter(),
+            out,
+            |id| format!("call {id}"),
+        );
         diff_sets(
             "change feed",
             self.changes.entries(),

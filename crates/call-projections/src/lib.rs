@@ -30,6 +30,7 @@ mod engine;
 mod error;
 mod grouped;
 mod index;
+mod live_ids;
 mod projection;
 pub mod query;
 mod snapshot;

@@ -22,7 +22,7 @@ use crate::index::{
     Feed, Indexes, Interner, Shared, SortTextIndex, TextIndex, TimeIndex, TEXT_FILTER, TEXT_SORT,
     TIME_SORT,
 };
-use crate::sorted_set::SortedSet;
+use crate::live_ids::LiveIds;
 use crate::store::{par_map_costly, Meta};
 use std::fmt;
 use std::io::{Read, Write};
@@ -299,7 +299,7 @@ fn encode_section(indexes: &Indexes, kind: Kind) -> Vec<u8> {
     match kind {
         Kind::Ids => {
             section.u64(indexes.ids.len() as u64);
-            section.ascending(indexes.ids.iter().copied());
+            section.ascending(indexes.ids.iter());
         }
         Kind::Changes => {
             section.u64(indexes.changes.len() as u64);
@@ -398,7 +398,7 @@ impl Encoder {
 
 /// A section decoded.
 enum Section {
-    Ids(SortedSet<u64>),
+    Ids(LiveIds),
     Changes(Feed),
     Time(TimeIndex),
     SortText(SortTextIndex),

@@ -505,7 +505,7 @@ impl Resolved {
                     Val::Int(n) => u64::try_from(*n).ok(),
                     _ => None,
                 })
-                .filter(|id| (lo..=hi).contains(id) && indexes.ids.contains(id))
+                .filter(|id| (lo..=hi).contains(id) && indexes.ids.contains(*id))
                 .collect(),
             _ if self.streams() => self
                 .value_streams(indexes, lo, hi, false)

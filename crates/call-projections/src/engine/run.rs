@@ -52,7 +52,7 @@ impl<'a> Run<'a> {
                 if lo > hi {
                     return Box::new(std::iter::empty());
                 }
-                let range = indexes.ids.range(lo..=hi).copied();
+                let range = indexes.ids.range(lo, hi);
                 if id_descending {
                     Box::new(range.rev())
                 } else {
