@@ -57,13 +57,16 @@ pub(crate) trait EntryRange<V> {
         show: impl Fn(&V) -> T + 's,
     ) -> Box<dyn DoubleEndedIterator<Item = (T, u64)> + 's>;
 
-    /// The ids of the entries within the bounds: where the values are kept apart from the ids
-    /// (a [`crate::column_order::ColumnOrder`]), a walk that needs only the ids reads no value.
+    /// The ids of the entries within the bounds. Where the values are kept apart from the ids
+    /// (a [`crate::column_order::ColumnOrder`]) it reads no value; elsewhere the values are at
+    /// hand and shown as nothing.
     fn id_range(
         &self,
         lower: Bound<(V, u64)>,
         upper: Bound<(V, u64)>,
-    ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_>;
+    ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_> {
+        Box::new(self.entry_range(lower, upper, |_| ()).map(|((), id)| id))
+    }
 }
 
 impl<V: Ord> EntryRange<V> for SortedSet<(V, u64)> {
@@ -78,14 +81,6 @@ impl<V: Ord> EntryRange<V> for SortedSet<(V, u64)> {
                 .map(move |(value, id)| (show(value), *id)),
         )
     }
-
-    fn id_range(
-        &self,
-        lower: Bound<(V, u64)>,
-        upper: Bound<(V, u64)>,
-    ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_> {
-        Box::new(self.range((lower, upper)).map(|(_, id)| *id))
-    }
 }
 
 impl<V: Ord + Clone> EntryRange<V> for Grouped<V> {
@@ -99,14 +94,6 @@ impl<V: Ord + Clone> EntryRange<V> for Grouped<V> {
             self.range(lower, upper)
                 .map(move |(value, id)| (show(value), id)),
         )
-    }
-
-    fn id_range(
-        &self,
-        lower: Bound<(V, u64)>,
-        upper: Bound<(V, u64)>,
-    ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_> {
-        Box::new(self.range(lower, upper).map(|(_, id)| id))
     }
 }
 

@@ -2,7 +2,7 @@
 //! first four billion calls, as the log hands ids out from 1), 8 from the first that does not
 //! (a restored call can carry any id).
 
-use crate::sorted_set::SortedSet;
+use crate::sorted_set::{Packer, SortedSet};
 
 /// The live call ids.
 pub(crate) enum LiveIds {
@@ -91,16 +91,27 @@ impl LiveIds {
 }
 
 impl FromIterator<u64> for LiveIds {
+    /// Packs the ids as they come, in four bytes until one does not fit.
     fn from_iter<I: IntoIterator<Item = u64>>(ids: I) -> Self {
-        let ids: Vec<u64> = ids.into_iter().collect();
-        match ids
-            .iter()
-            .map(|id| u32::try_from(*id).ok())
-            .collect::<Option<Vec<u32>>>()
-        {
-            Some(narrow) => LiveIds::Narrow(narrow.into_iter().collect()),
-            None => LiveIds::Wide(ids.into_iter().collect()),
+        let mut ids = ids.into_iter();
+        let mut narrow = Packer::default();
+        for id in ids.by_ref() {
+            match u32::try_from(id) {
+                Ok(id) => narrow.push(id),
+                Err(_) => {
+                    let mut wide = Packer::default();
+                    for id in narrow.finish() {
+                        wide.push(u64::from(id));
+                    }
+                    wide.push(id);
+                    for id in ids {
+                        wide.push(id);
+                    }
+                    return LiveIds::Wide(wide.finish());
+                }
+            }
         }
+        LiveIds::Narrow(narrow.finish())
     }
 }
 

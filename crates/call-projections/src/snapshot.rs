@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Mutex;
 
 mod decoder;
-use decoder::{Decoder, Source};
+use decoder::{read_exact_at, Decoder, Source};
 
 /// The snapshot's file, in the projection's directory.
 const FILE_NAME: &str = "indexes.snapshot";
@@ -483,24 +483,6 @@ fn read_body<S: Source + ?Sized>(
         complete(&format!("the {field} index"), indexes.sort_texts[i].len())?;
     }
     Ok(indexes)
-}
-
-/// Fills `buf` from `offset` of `source`.
-fn read_exact_at<S: Source + ?Sized>(
-    source: &S,
-    buf: &mut [u8],
-    offset: u64,
-) -> Result<(), Unused> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => return Err(damaged("cut short")),
-            Ok(read) => filled += read,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(damaged(format!("reading it failed: {error}"))),
-        }
-    }
-    Ok(())
 }
 
 /// A section decoded (or not), with the checksum of its bytes.

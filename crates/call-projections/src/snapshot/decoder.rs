@@ -33,6 +33,24 @@ impl Source for [u8] {
     }
 }
 
+/// Fills `buf` from `offset` of `source`.
+pub(super) fn read_exact_at<S: Source + ?Sized>(
+    source: &S,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), Unused> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => return Err(damaged("cut short")),
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(damaged(format!("reading it failed: {error}"))),
+        }
+    }
+    Ok(())
+}
+
 /// How much of a section a decoder reads at once (more when one string is longer).
 const BUFFER: usize = 64 * 1024;
 
@@ -93,25 +111,12 @@ impl<'s, S: Source + ?Sized> Decoder<'s, S> {
             .min(BUFFER.max(want - buffered));
         let from = self.buf.len();
         self.buf.resize(from + more, 0);
-        let mut filled = from;
-        while filled < self.buf.len() {
-            match self.source.read_at(&mut self.buf[filled..], self.next) {
-                Ok(0) => {
-                    self.buf.truncate(filled);
-                    return Err(damaged("cut short"));
-                }
-                Ok(read) => {
-                    self.crc.update(&self.buf[filled..filled + read]);
-                    filled += read;
-                    self.next += read as u64;
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => {
-                    self.buf.truncate(filled);
-                    return Err(damaged(format!("reading it failed: {error}")));
-                }
-            }
+        if let Err(error) = read_exact_at(self.source, &mut self.buf[from..], self.next) {
+            self.buf.truncate(from);
+            return Err(error);
         }
+        self.crc.update(&self.buf[from..]);
+        self.next += more as u64;
         if self.buf.len() - self.pos < want {
             return Err(damaged("cut short"));
         }
