@@ -1,9 +1,8 @@
 //! A column of the indexes: one value per call id, in chunks of consecutive ids, each chunk kept
 //! in the form its values allow: a date-time or a position in four or five bytes where its
-//! chunk's values fit (eight where they do not), a string in one byte where its chunk holds few
-//! distinct ones (eight where it holds many).
+//! chunk's values fit (eight where they do not); strings as `text_cells` keeps them.
 
-use crate::index::{IdMap, Shared};
+use crate::index::IdMap;
 use std::hash::Hash;
 
 const CHUNK_BITS: u32 = 10;
@@ -89,134 +88,6 @@ macro_rules! plain_cells {
 }
 
 plain_cells!(bool, u32);
-
-/// The most values a chunk of strings keeps as one-byte codes. Few enough that finding a
-/// value's code is a short scan (mostly a pointer comparison: an index shares one copy of each
-/// value), where a chunk of nearly unique strings (numbers, recording URLs) would scan and compare
-/// far more before it gives up on codes.
-const DICTIONARY_MAX: usize = 64;
-
-/// A chunk of strings: each call's value as a one-byte code into the chunk's own list of the
-/// values it holds, while it holds few (a state, an outcome, a call type: a byte a call where a
-/// shared string takes eight), else the values themselves.
-pub(crate) enum Dictionary {
-    Coded {
-        /// Code 0 is null; a value no call holds any more stays until the list fills.
-        values: Vec<Option<Shared>>,
-        codes: Box<[u8]>,
-    },
-    Plain(Box<[Option<Shared>]>),
-}
-
-impl Dictionary {
-    fn get(&self, i: usize) -> &Option<Shared> {
-        match self {
-            Dictionary::Coded { values, codes } => &values[usize::from(codes[i])],
-            Dictionary::Plain(values) => &values[i],
-        }
-    }
-
-    fn set(&mut self, i: usize, value: Option<Shared>) {
-        match self {
-            Dictionary::Plain(values) => values[i] = value,
-            Dictionary::Coded { values, codes } => {
-                // The index's own copy first, by address; then by content.
-                let same = |held: &Option<Shared>| match (held, &value) {
-                    (Some(held), Some(value)) => Shared::ptr_eq(held, value),
-                    (None, None) => true,
-                    _ => false,
-                };
-                let known = values
-                    .iter()
-                    .position(same)
-                    .or_else(|| values.iter().position(|held| *held == value));
-                match known {
-                    Some(code) => codes[i] = code as u8,
-                    None if values.len() < DICTIONARY_MAX => {
-                        codes[i] = values.len() as u8;
-                        values.push(value);
-                    }
-                    None => {
-                        // The list is full: drop the values no call holds any more, or, where
-                        // every one is held, keep the values themselves.
-                        let mut held = [false; DICTIONARY_MAX];
-                        held[0] = true;
-                        for code in codes.iter() {
-                            held[usize::from(*code)] = true;
-                        }
-                        if held.iter().all(|held| *held) {
-                            let mut all: Vec<Option<Shared>> = codes
-                                .iter()
-                                .map(|code| values[usize::from(*code)].clone())
-                                .collect();
-                            all[i] = value;
-                            *self = Dictionary::Plain(all.into_boxed_slice());
-                            return;
-                        }
-                        let mut renumbered = [0u8; DICTIONARY_MAX];
-                        let mut kept = Vec::with_capacity(DICTIONARY_MAX);
-                        for (code, value) in values.drain(..).enumerate() {
-                            if held[code] {
-                                renumbered[code] = kept.len() as u8;
-                                kept.push(value);
-                            }
-                        }
-                        for code in codes.iter_mut() {
-                            *code = renumbered[usize::from(*code)];
-                        }
-                        *values = kept;
-                        codes[i] = values.len() as u8;
-                        values.push(value);
-                    }
-                }
-            }
-        }
-    }
-}
-
-// A one-byte code names every value of a full list.
-const _: () = assert!(DICTIONARY_MAX <= u8::MAX as usize + 1);
-
-impl Cell for Option<Shared> {
-    type Slots = Dictionary;
-    type Read<'a> = &'a Option<Shared>;
-
-    fn slots(null: &Option<Shared>) -> Dictionary {
-        Dictionary::Coded {
-            values: vec![null.clone()],
-            codes: vec![0; CHUNK_LEN].into_boxed_slice(),
-        }
-    }
-
-    fn read<'a>(slots: &'a Dictionary, i: usize, _: &'a Option<Shared>) -> &'a Option<Shared> {
-        slots.get(i)
-    }
-
-    fn write(slots: &mut Dictionary, i: usize, value: Option<Shared>, _: &Option<Shared>) {
-        slots.set(i, value);
-    }
-
-    fn as_read(&self) -> &Option<Shared> {
-        self
-    }
-
-    fn owned(read: &Option<Shared>) -> Option<Shared> {
-        read.clone()
-    }
-
-    fn lend<R>(read: &Option<Shared>, f: impl FnOnce(&Option<Shared>) -> R) -> R {
-        f(read)
-    }
-
-    fn slots_bytes(slots: &Dictionary) -> usize {
-        match slots {
-            Dictionary::Coded { values, .. } => {
-                CHUNK_LEN + values.capacity() * std::mem::size_of::<Option<Shared>>()
-            }
-            Dictionary::Plain(_) => CHUNK_LEN * std::mem::size_of::<Option<Shared>>(),
-        }
-    }
-}
 
 /// A number a chunk can keep as a four-byte offset from a base, in whole seconds or in units:
 /// a date-time in milliseconds (calls made together are minutes apart, calls imported together
@@ -489,6 +360,12 @@ impl<T: Cell> Column<T> {
         }
     }
 
+    /// Each chunk's slots, in no order.
+    #[cfg(test)]
+    pub(crate) fn chunk_slots(&self) -> impl Iterator<Item = &T::Slots> {
+        self.chunks.values().map(|chunk| &chunk.slots)
+    }
+
     /// Every id with a non-null value, in id order.
     pub(crate) fn non_null(&self) -> impl Iterator<Item = (u64, T::Read<'_>)> + '_ {
         let mut keys: Vec<u64> = self.chunks.keys().copied().collect();
@@ -587,44 +464,5 @@ mod tests {
         assert_eq!(bytes(&column), CHUNK_LEN * 8);
         assert_eq!(column.get(3), 1_700_000_000_001);
         assert_eq!(column.get(4), 1_700_000_000_000 + 40 * 365 * 86_400_000);
-    }
-
-    #[test]
-    fn string_chunks_read_back_every_value_as_codes_or_as_themselves() {
-        let mut numbers = numbers(0x9e37_79b9_7f4a_7c15);
-        let mut next = move || numbers.next().unwrap_or_default();
-        for (round, distinct) in [3u64, 40, 64, 65, 500, 5000].into_iter().enumerate() {
-            let mut column: Column<Option<Shared>> = Column::new(None);
-            let mut model = std::collections::BTreeMap::new();
-            for _ in 0..3000 {
-                let id = next() % (2 * CHUNK_LEN as u64);
-                // Equal values in separate copies too, as a caller may hand them.
-                let value = match next() % distinct {
-                    0 => None,
-                    n => Some(Shared::from(format!("value {n}"))),
-                };
-                column.set(id, value.clone());
-                match value {
-                    None => model.remove(&id),
-                    Some(value) => model.insert(id, value),
-                };
-            }
-            for id in 0..2 * CHUNK_LEN as u64 {
-                assert_eq!(
-                    column.get(id).as_ref(),
-                    model.get(&id),
-                    "round {round}, call {id}"
-                );
-            }
-            let coded = column
-                .chunks
-                .values()
-                .all(|chunk| matches!(chunk.slots, Dictionary::Coded { .. }));
-            assert_eq!(
-                coded,
-                distinct <= DICTIONARY_MAX as u64,
-                "{distinct} values"
-            );
-        }
     }
 }

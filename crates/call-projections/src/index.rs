@@ -18,6 +18,7 @@ use crate::column::{Cell, Column};
 use crate::column_order::{ColumnOrder, Null};
 use crate::grouped::Grouped;
 use crate::live_ids::LiveIds;
+use crate::text_cells::TextRef;
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -651,16 +652,16 @@ impl SortTextIndex {
         self.set_value(id, old.is_some(), new);
     }
 
-    /// The shared copy of `text`, to build range bounds from; `None` when no call holds it
-    /// where it is looked for (see [`ColumnOrder::held_value`]: a filter then compares a
-    /// copy of its own).
+    /// A copy of `text`, to build range bounds from: the index's own where it shares one (a
+    /// chunk that keeps its values' bytes has none to share, so a new one); `None` when no call
+    /// holds it where it is looked for (see [`ColumnOrder::held_value`]: a filter then compares
+    /// a copy of its own).
     pub(crate) fn shared(&self, text: &str) -> Option<Shared> {
         self.held_value(
-            |value| value.as_deref() < Some(text),
-            |value| value.as_deref() == Some(text),
+            |value| value < TextRef::whole(text),
+            |value| value == TextRef::whole(text),
         )
-        .cloned()
-        .flatten()
+        .and_then(TextRef::to_shared)
     }
 
     /// The shared copy of `text`, or a new one where no call holds it.
@@ -808,7 +809,8 @@ impl Indexes {
             let mut texts = 0;
             let mut last: Option<&Shared> = None;
             for (text, _) in index.entries() {
-                let Some(text) = text else { continue };
+                // A value kept in its chunk's bytes is counted with the column.
+                let TextRef::Held(text) = text else { continue };
                 if !last.is_some_and(|last| Shared::ptr_eq(last, text)) {
                     texts += arc_str_bytes(text);
                 }
@@ -965,7 +967,7 @@ impl Indexes {
             let (live, fresh) = (&self.sort_texts[i], &rebuilt.sort_texts[i]);
             let name = format!("{field} index");
             diff_sets(&name, live.entries(), fresh.entries(), out, |(text, id)| {
-                format!("call {id} at {}", Text(text.as_deref()))
+                format!("call {id} at {text}")
             });
             diff_columns(
                 &format!("{field} column"),
@@ -1582,7 +1584,8 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        IndexRow, Interner, Shared, SortTextIndex, TextIndex, NO_CODE, TEXT_FILTER, TEXT_SORT,
+        IndexRow, Interner, Shared, SortTextIndex, TextIndex, TextRef, NO_CODE, TEXT_FILTER,
+        TEXT_SORT,
     };
     use call_model::{AttrValue, Call, Field};
 
@@ -1604,11 +1607,10 @@ mod tests {
             let shared = index.shared(value).expect("a held value is found");
             assert_eq!(&*shared, value);
             // The one shared copy: the column holds it too.
-            assert!(index
-                .col
-                .get(1 + 70 * values.iter().position(|v| v == value).unwrap() as u64)
-                .as_ref()
-                .is_some_and(|held| Shared::ptr_eq(held, &shared)));
+            let id = 1 + 70 * values.iter().position(|v| v == value).unwrap() as u64;
+            assert!(
+                matches!(index.col.get(id), TextRef::Held(held) if Shared::ptr_eq(held, &shared))
+            );
         }
         assert_eq!(index.shared("alone").as_deref(), Some("alone"));
         assert_eq!(index.shared("value 99"), None);

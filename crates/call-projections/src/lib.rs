@@ -36,6 +36,7 @@ pub mod query;
 mod snapshot;
 mod sorted_set;
 mod store;
+mod text_cells;
 
 #[cfg(test)]
 mod tests;

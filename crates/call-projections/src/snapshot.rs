@@ -314,11 +314,11 @@ fn encode_section(indexes: &Indexes, kind: Kind) -> Vec<u8> {
         Kind::SortText(i) => {
             section.runs(
                 indexes.sort_texts[i].entries(),
-                |out, _, value| match value {
+                |out, _, value| match value.parts() {
                     None => out.u64(0),
-                    Some(text) => {
+                    Some((head, tail)) => {
                         out.u64(1);
-                        out.text(text);
+                        out.text_in_parts(head, tail);
                     }
                 },
             )
@@ -359,8 +359,14 @@ impl Encoder {
     }
 
     fn text(&mut self, text: &str) {
-        self.u64(text.len() as u64);
-        self.0.extend_from_slice(text.as_bytes());
+        self.text_in_parts(text, "");
+    }
+
+    /// A string given as its head and its tail, written as the one string they make.
+    fn text_in_parts(&mut self, head: &str, tail: &str) {
+        self.u64((head.len() + tail.len()) as u64);
+        self.0.extend_from_slice(head.as_bytes());
+        self.0.extend_from_slice(tail.as_bytes());
     }
 
     /// Ascending numbers: the first, then the differences.

@@ -6,6 +6,7 @@ use crate::error::QueryError;
 use crate::index::Shared;
 use crate::index::{note_hash, relation_slot, slot, Indexes, Slot, SortCol, NULL_TIME};
 use crate::query::{Condition, Filter, FilterTarget, FilterValue};
+use crate::text_cells::TextRef;
 use call_model::{AttrValue, Call, Field};
 use std::cmp::Ordering;
 use std::ops::Bound::{Excluded, Included, Unbounded};
@@ -22,7 +23,7 @@ pub(crate) enum Val {
 #[derive(Clone, Copy)]
 pub(crate) enum ValRef<'a> {
     Int(i64),
-    Text(&'a str),
+    Text(TextRef<'a>),
     Bool(bool),
 }
 
@@ -30,7 +31,7 @@ impl ValRef<'_> {
     fn cmp_val(self, other: &Val) -> Option<Ordering> {
         match (self, other) {
             (ValRef::Int(a), Val::Int(b)) => Some(a.cmp(b)),
-            (ValRef::Text(a), Val::Text(b)) => Some(a.cmp(&**b)),
+            (ValRef::Text(a), Val::Text(b)) => Some(a.cmp(&TextRef::whole(b))),
             (ValRef::Bool(a), Val::Bool(b)) => Some(a.cmp(b)),
             _ => None,
         }
@@ -205,15 +206,13 @@ impl Resolved {
                         .holds((millis != NULL_TIME).then_some(ValRef::Int(millis))),
                 )
             }
-            Slot::Sort(SortCol::Text(i)) => yes_if(
-                self.cond.holds(
-                    indexes.sort_texts[i]
-                        .col
-                        .get(id)
-                        .as_deref()
-                        .map(ValRef::Text),
-                ),
-            ),
+            Slot::Sort(SortCol::Text(i)) => {
+                let text = indexes.sort_texts[i].col.get(id);
+                yes_if(
+                    self.cond
+                        .holds((!text.is_null()).then_some(ValRef::Text(text))),
+                )
+            }
             Slot::Text(i) => any_text(&|text| indexes.texts[i].contains(text, id)),
             Slot::Tags => any_text(&|text| indexes.tags.contains(text, id)),
             Slot::Flag => match &self.cond {
@@ -265,13 +264,13 @@ impl Resolved {
                     Cond::NotNull => !tags.is_empty(),
                     _ => tags
                         .iter()
-                        .any(|tag| self.cond.holds(Some(ValRef::Text(tag)))),
+                        .any(|tag| self.cond.holds(Some(ValRef::Text(TextRef::whole(tag))))),
                 }
             }
             FilterTarget::Attr(field) => {
                 self.cond
                     .holds(call.attribute(field).and_then(|value| match value {
-                        AttrValue::Text(text) => Some(ValRef::Text(text)),
+                        AttrValue::Text(text) => Some(ValRef::Text(TextRef::whole(text))),
                         AttrValue::Time(at) => Some(ValRef::Int(at.millis())),
                         AttrValue::Bool(flag) => Some(ValRef::Bool(*flag)),
                         AttrValue::Tags(_) => None,

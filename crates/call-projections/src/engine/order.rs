@@ -144,8 +144,8 @@ pub(crate) fn column_value(indexes: &Indexes, col: SortCol, id: u64) -> SortVal 
             NULL_TIME => SortVal::Null,
             millis => SortVal::Int(millis),
         },
-        SortCol::Text(i) => match indexes.sort_texts[i].col.get(id) {
-            Some(text) => SortVal::Text(Shared::clone(text)),
+        SortCol::Text(i) => match indexes.sort_texts[i].col.get(id).to_shared() {
+            Some(text) => SortVal::Text(text),
             None => SortVal::Null,
         },
     }
