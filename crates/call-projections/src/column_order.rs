@@ -1,5 +1,5 @@
-//! An index of a column's values: every live call in `(value, id)` order, kept as the calls'
-//! ids alone, each compared by its value in the index's column.
+//! An index of a column's values: its calls in `(value, id)` order, kept as the calls' ids
+//! alone, each compared by its value in the index's column.
 //!
 //! The column (id -> value) is needed anyway: a filter on the attribute checks another index's
 //! candidates against it, and a sort by it orders them. An ordered set of `(value, id)` entries
@@ -19,7 +19,8 @@ pub(crate) trait Null {
     fn null() -> Self;
 }
 
-/// A column and its calls in `(value, id)` order: every live call, nulls included.
+/// A column and its calls in `(value, id)` order: every call given a value (a sort index gives
+/// every live call one, null included; a relationship's index only the calls that have one).
 pub(crate) struct ColumnOrder<V: Cell> {
     order: Order<V>,
     /// id -> value, [`Null::null`] for a live call without a value and for an id not live.

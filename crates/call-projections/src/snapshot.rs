@@ -19,8 +19,8 @@
 
 use crate::grouped::Grouped;
 use crate::index::{
-    Feed, Indexes, Interner, Shared, SortTextIndex, TextIndex, TimeIndex, TEXT_FILTER, TEXT_SORT,
-    TIME_SORT,
+    Feed, Indexes, Interner, RelatedIndex, Shared, SortTextIndex, TextIndex, TimeIndex,
+    TEXT_FILTER, TEXT_SORT, TIME_SORT,
 };
 use crate::live_ids::LiveIds;
 use crate::store::{par_map_costly, Meta};
@@ -331,7 +331,9 @@ fn encode_section(indexes: &Indexes, kind: Kind) -> Vec<u8> {
         Kind::Notes => section.runs(indexes.notes.iter(), |out, prev, hash| {
             out.u64(hash.wrapping_sub(prev.copied().unwrap_or(0)))
         }),
-        Kind::Related(i) => section.runs(indexes.related[i].iter(), put_i64),
+        Kind::Related(i) => section.runs(indexes.related[i].entries(), |out, prev, value| {
+            put_i64(out, prev.as_ref(), &value)
+        }),
     }
     section.0
 }
@@ -409,7 +411,7 @@ enum Section {
     Time(TimeIndex),
     SortText(SortTextIndex),
     Text(TextIndex),
-    Related(Grouped<i64>),
+    Related(RelatedIndex),
     Flags(Grouped<bool>),
     Notes(Grouped<u64>),
 }

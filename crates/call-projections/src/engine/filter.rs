@@ -239,7 +239,7 @@ impl Resolved {
             },
             Slot::Related(i) => match &self.cond {
                 Cond::AnyOf(values) => yes_if(values.iter().any(|v| match v {
-                    Val::Int(target) => indexes.related[i].contains(&(*target, id)),
+                    Val::Int(target) => indexes.related[i].col.get(id) == *target,
                     _ => false,
                 })),
                 _ => Check::Maybe,
