@@ -1,6 +1,7 @@
 //! A column of the indexes: one value per call id, in chunks of consecutive ids, each chunk kept
 //! in the form its values allow: a date-time or a position in four or five bytes where its
-//! chunk's values fit (eight where they do not); strings as `text_cells` keeps them.
+//! chunk's values fit (eight where they do not); a filter-only string's code in one byte where
+//! its chunk holds few (four where it holds many); sortable strings as `text_cells` keeps them.
 
 use crate::index::IdMap;
 use std::hash::Hash;
@@ -87,7 +88,93 @@ macro_rules! plain_cells {
     )*};
 }
 
-plain_cells!(bool, u32);
+plain_cells!(bool);
+
+/// The most numbers a chunk keeps as one-byte indexes into its own list (the list's first is
+/// null).
+const SMALL_MAX: usize = u8::MAX as usize + 1;
+
+/// A chunk of numbers that name strings (a filter-only attribute's codes): each call's number as
+/// a one-byte index into the chunk's own list while the chunk holds at most [`SMALL_MAX`] (a
+/// direction, a vendor, a sequence action: a byte a call where the number takes four), else the
+/// numbers themselves.
+pub(crate) enum Numbers {
+    /// A number no call of the chunk holds any more stays in the list: an attribute's values
+    /// change seldom, and a chunk that has seen more than the list holds keeps its numbers
+    /// plain from then on.
+    Small {
+        numbers: Vec<u32>,
+        at: Box<[u8]>,
+    },
+    Plain(Box<[u32]>),
+}
+
+impl Numbers {
+    fn get(&self, i: usize) -> u32 {
+        match self {
+            Numbers::Small { numbers, at } => numbers[usize::from(at[i])],
+            Numbers::Plain(numbers) => numbers[i],
+        }
+    }
+
+    fn set(&mut self, i: usize, number: u32) {
+        let Numbers::Small { numbers, at } = self else {
+            if let Numbers::Plain(numbers) = self {
+                numbers[i] = number;
+            }
+            return;
+        };
+        if let Some(known) = numbers.iter().position(|held| *held == number) {
+            at[i] = known as u8;
+        } else if numbers.len() < SMALL_MAX {
+            at[i] = numbers.len() as u8;
+            numbers.push(number);
+        } else {
+            let mut all: Vec<u32> = at.iter().map(|at| numbers[usize::from(*at)]).collect();
+            all[i] = number;
+            *self = Numbers::Plain(all.into_boxed_slice());
+        }
+    }
+}
+
+impl Cell for u32 {
+    type Slots = Numbers;
+    type Read<'a> = u32;
+
+    fn slots(null: &u32) -> Numbers {
+        Numbers::Small {
+            numbers: vec![*null],
+            at: vec![0; CHUNK_LEN].into_boxed_slice(),
+        }
+    }
+
+    fn read<'a>(slots: &'a Numbers, i: usize, _: &'a u32) -> u32 {
+        slots.get(i)
+    }
+
+    fn write(slots: &mut Numbers, i: usize, value: u32, _: &u32) {
+        slots.set(i, value);
+    }
+
+    fn as_read(&self) -> u32 {
+        *self
+    }
+
+    fn owned(read: u32) -> u32 {
+        read
+    }
+
+    fn lend<R>(read: u32, f: impl FnOnce(&u32) -> R) -> R {
+        f(&read)
+    }
+
+    fn slots_bytes(slots: &Numbers) -> usize {
+        match slots {
+            Numbers::Small { numbers, .. } => CHUNK_LEN + numbers.capacity() * 4,
+            Numbers::Plain(_) => CHUNK_LEN * 4,
+        }
+    }
+}
 
 /// A number a chunk can keep as a four-byte offset from a base, in whole seconds or in units:
 /// a date-time in milliseconds (calls made together are minutes apart, calls imported together
@@ -464,5 +551,36 @@ mod tests {
         assert_eq!(bytes(&column), CHUNK_LEN * 8);
         assert_eq!(column.get(3), 1_700_000_000_001);
         assert_eq!(column.get(4), 1_700_000_000_000 + 40 * 365 * 86_400_000);
+    }
+
+    #[test]
+    fn number_chunks_read_back_every_number_as_an_index_or_as_itself() {
+        let mut numbers = numbers(0x5851_f42d_4c95_7f2d);
+        let mut next = move || numbers.next().unwrap_or_default();
+        for distinct in [2u64, 255, 256, 257, 5000] {
+            let mut column = Column::new(0u32);
+            let mut model = std::collections::BTreeMap::new();
+            for _ in 0..4000 {
+                let id = next() % (2 * CHUNK_LEN as u64);
+                let number = (next() % (distinct + 1)) as u32;
+                column.set(id, number);
+                if number == 0 {
+                    model.remove(&id);
+                } else {
+                    model.insert(id, number);
+                }
+            }
+            for id in 0..2 * CHUNK_LEN as u64 {
+                assert_eq!(
+                    column.get(id),
+                    model.get(&id).copied().unwrap_or(0),
+                    "call {id}"
+                );
+            }
+            let small = column
+                .chunk_slots()
+                .all(|slots| matches!(slots, Numbers::Small { .. }));
+            assert_eq!(small, distinct < SMALL_MAX as u64, "{distinct} numbers");
+        }
     }
 }
