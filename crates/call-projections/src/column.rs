@@ -48,6 +48,11 @@ pub(crate) trait Cell: Clone + PartialEq {
     fn lend<R>(read: Self::Read<'_>, f: impl FnOnce(&Self) -> R) -> R;
     /// The bytes a chunk takes.
     fn slots_bytes(slots: &Self::Slots) -> usize;
+    /// Whether value `i` is null: a read compared with null, unless the chunk can tell for
+    /// less.
+    fn is_null(slots: &Self::Slots, i: usize, null: &Self) -> bool {
+        Self::read(slots, i, null) == null.as_read()
+    }
 }
 
 /// Values kept as they are, one slot each.
@@ -435,7 +440,7 @@ impl<T: Cell> Column<T> {
             }),
         };
         let slot = (id as usize) & (CHUNK_LEN - 1);
-        let was_null = T::read(&chunk.slots, slot, null) == null.as_read();
+        let was_null = T::is_null(&chunk.slots, slot, null);
         T::write(&mut chunk.slots, slot, value, null);
         match (was_null, is_null) {
             (true, false) => chunk.non_null += 1,
@@ -448,7 +453,6 @@ impl<T: Cell> Column<T> {
     }
 
     /// Each chunk's slots, in no order.
-    #[cfg(test)]
     pub(crate) fn chunk_slots(&self) -> impl Iterator<Item = &T::Slots> {
         self.chunks.values().map(|chunk| &chunk.slots)
     }

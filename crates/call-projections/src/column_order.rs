@@ -203,16 +203,20 @@ impl<V: Ord + Cell + Null> FromIterator<(V, u64)> for ColumnOrder<V> {
         // The ids are packed as they come while they come in order (no list of a million ids
         // beside the packed set); the first entry out of order, or too wide for the ids form,
         // stops the packing, and everything is then gathered as pairs and ordered at the end.
-        let mut last: Option<u64> = None;
+        // The last entry is kept to compare the next with (reading it back from the column
+        // would be a lookup in a chunk far from the next one's).
+        let mut last: Option<(V, u64)> = None;
         let mut stopped_at: Option<(V, u64)> = None;
         let col = &mut index.col;
         let packed = SortedSet::from_ordered(std::iter::from_fn(|| {
             let (value, id) = entries.next()?;
-            let in_order = last.is_none_or(|last| (col.get(last), last) < (value.as_read(), id));
+            let in_order = last.as_ref().is_none_or(|(last_value, last)| {
+                (last_value.as_read(), *last) < (value.as_read(), id)
+            });
             match u32::try_from(id) {
                 Ok(narrow) if in_order => {
-                    col.set(id, value);
-                    last = Some(id);
+                    col.set(id, value.clone());
+                    last = Some((value, id));
                     Some(narrow)
                 }
                 _ => {

@@ -18,7 +18,7 @@ use crate::column::{Cell, Column};
 use crate::column_order::{ColumnOrder, Null};
 use crate::grouped::Grouped;
 use crate::live_ids::LiveIds;
-use crate::text_cells::TextRef;
+use crate::text_cells::{Dictionary, TextRef};
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -818,17 +818,17 @@ impl Indexes {
             out.push((field.to_string(), index.heap_bytes()));
         }
         for (field, index) in TEXT_SORT.iter().zip(&self.sort_texts) {
-            // Each distinct value's shared string, once.
-            let mut texts = 0;
-            let mut last: Option<&Shared> = None;
-            for (text, _) in index.entries() {
-                // A value kept in its chunk's bytes is counted with the column.
-                let TextRef::Held(text) = text else { continue };
-                if !last.is_some_and(|last| Shared::ptr_eq(last, text)) {
-                    texts += arc_str_bytes(text);
-                }
-                last = Some(text);
-            }
+            // Each distinct value's shared string, once (by address: a string is shared by
+            // the chunks holding it), found in the chunks' lists rather than by a walk of every
+            // call.
+            let mut seen = std::collections::HashSet::new();
+            let texts: usize = index
+                .col
+                .chunk_slots()
+                .flat_map(Dictionary::held)
+                .filter(|text| seen.insert(text.as_ptr()))
+                .map(|text| arc_str_bytes(text))
+                .sum();
             let bytes = index.heap_bytes() + texts;
             out.push((field.to_string(), bytes));
         }

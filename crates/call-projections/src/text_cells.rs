@@ -142,67 +142,77 @@ impl fmt::Display for TextRef<'_> {
 
 /// A chunk of many distinct strings, kept as their bytes: the prefix every value of the chunk
 /// starts with once (a recording URL's scheme, host and path, a number's country code), then
-/// each value's rest, one after another in slot order. A call whose value would be a shared
+/// each value's rest in one buffer, found by its span. A call whose value would be a shared
 /// string of its own (an allocation of its bytes and a header, and an eight-byte slot) costs the
-/// bytes of its rest and a two- or four-byte end.
+/// bytes of its rest and a three-byte span (six in a chunk past 64 KiB or with a rest past 255
+/// bytes).
+///
+/// A value is written at the buffer's end, so that a chunk filled in any order (a snapshot is
+/// read in value order, not id order) costs a copy of each value once; a value replaced leaves
+/// its old bytes behind until they are as many as the live ones, when the chunk is laid out
+/// again.
 pub(crate) struct Inline {
     prefix: Box<str>,
-    /// Each slot's rest, in slot order; a slot's rest ends where `ends` says and starts where
-    /// the slot before ends.
+    /// The slots' rests, each where its span says; bytes no span covers are `stale`.
     rest: String,
-    ends: Ends,
+    spans: Spans,
+    stale: usize,
     /// One bit per slot: null.
     nulls: [u64; CHUNK_LEN / 64],
 }
 
-/// Where each slot's rest ends: in two bytes while the chunk's rests fit in 64 KiB.
-enum Ends {
-    Narrow(Box<[u16]>),
-    Wide(Box<[u32]>),
+/// Where each slot's rest lies in [`Inline::rest`]: start and length.
+enum Spans {
+    /// While every start fits in 16 bits and every length in 8.
+    Narrow { starts: Box<[u16]>, lens: Box<[u8]> },
+    Wide {
+        starts: Box<[u32]>,
+        lens: Box<[u16]>,
+    },
 }
 
-impl Ends {
-    /// These ends, in the narrowest form they fit.
-    fn of(ends: &[usize]) -> Ends {
-        match ends.iter().map(|end| u16::try_from(*end)).collect() {
-            Ok(narrow) => Ends::Narrow(narrow),
-            Err(_) => Ends::Wide(ends.iter().map(|end| *end as u32).collect()),
+impl Spans {
+    fn narrow() -> Spans {
+        Spans::Narrow {
+            starts: vec![0; CHUNK_LEN].into_boxed_slice(),
+            lens: vec![0; CHUNK_LEN].into_boxed_slice(),
         }
     }
 
-    fn get(&self, i: usize) -> usize {
-        match self {
-            Ends::Narrow(ends) => usize::from(ends[i]),
-            Ends::Wide(ends) => ends[i] as usize,
-        }
+    fn get(&self, i: usize) -> std::ops::Range<usize> {
+        let (start, len) = match self {
+            Spans::Narrow { starts, lens } => (usize::from(starts[i]), usize::from(lens[i])),
+            Spans::Wide { starts, lens } => (starts[i] as usize, usize::from(lens[i])),
+        };
+        start..start + len
     }
 
-    /// Moves the ends of slots `from..` by `delta` bytes; `total` is the new length of the
-    /// rests, which the last end then is.
-    fn shift(&mut self, from: usize, delta: isize, total: usize) {
-        if let Ends::Narrow(ends) = self {
-            if total > usize::from(u16::MAX) {
-                *self = Ends::Wide(ends.iter().map(|end| u32::from(*end)).collect());
+    fn set(&mut self, i: usize, span: std::ops::Range<usize>) {
+        if let Spans::Narrow { starts, lens } = self {
+            match (u16::try_from(span.start), u8::try_from(span.len())) {
+                (Ok(start), Ok(len)) => {
+                    (starts[i], lens[i]) = (start, len);
+                    return;
+                }
+                _ => {
+                    *self = Spans::Wide {
+                        starts: starts.iter().map(|start| u32::from(*start)).collect(),
+                        lens: lens.iter().map(|len| u16::from(*len)).collect(),
+                    };
+                }
             }
         }
-        match self {
-            Ends::Narrow(ends) => {
-                for end in &mut ends[from..] {
-                    *end = (*end as isize + delta) as u16;
-                }
-            }
-            Ends::Wide(ends) => {
-                for end in &mut ends[from..] {
-                    *end = (*end as isize + delta) as u32;
-                }
-            }
+        if let Spans::Wide { starts, lens } = self {
+            // A rest is at most a text attribute's 255 characters of 4 bytes, and a chunk's
+            // bytes at most twice its 1,024 such rests (stale bytes are laid out again before).
+            (starts[i], lens[i]) = (span.start as u32, span.len() as u16);
         }
     }
 
     fn bytes(&self) -> usize {
         match self {
-            Ends::Narrow(ends) => ends.len() * 2,
-            Ends::Wide(ends) => ends.len() * 4,
+            Spans::Narrow { .. } => CHUNK_LEN * 3,
+            Spans::Wide { .. } => CHUNK_LEN * 6,
         }
     }
 }
@@ -227,94 +237,120 @@ impl Inline {
             });
         }
         let prefix = prefix.unwrap_or("");
-        let mut rest = String::new();
-        let mut ends = Vec::with_capacity(values.len());
-        let mut nulls = [0u64; CHUNK_LEN / 64];
+        let bytes = values
+            .iter()
+            .flatten()
+            .map(|text| text.len() - prefix.len())
+            .sum();
+        let mut chunk = Inline {
+            prefix: prefix.into(),
+            rest: String::with_capacity(bytes),
+            spans: Spans::narrow(),
+            stale: 0,
+            nulls: [0; CHUNK_LEN / 64],
+        };
         for (i, value) in values.iter().enumerate() {
             match value {
-                Some(text) => rest.push_str(&text[prefix.len()..]),
-                None => nulls[i / 64] |= 1 << (i % 64),
+                Some(text) => chunk.push(i, &text[prefix.len()..]),
+                None => chunk.nulls[i / 64] |= 1 << (i % 64),
             }
-            ends.push(rest.len());
         }
-        rest.shrink_to_fit();
-        Inline {
-            prefix: prefix.into(),
-            rest,
-            ends: Ends::of(&ends),
-            nulls,
-        }
+        chunk
     }
 
     fn is_null(&self, i: usize) -> bool {
         self.nulls[i / 64] & (1 << (i % 64)) != 0
     }
 
-    /// Where slot `i`'s rest lies in `rest`.
-    fn span(&self, i: usize) -> std::ops::Range<usize> {
-        let start = if i == 0 { 0 } else { self.ends.get(i - 1) };
-        start..self.ends.get(i)
-    }
-
     fn get(&self, i: usize) -> TextRef<'_> {
         if self.is_null(i) {
             TextRef::Null
         } else {
-            TextRef::Split(&self.prefix, &self.rest[self.span(i)])
+            TextRef::Split(&self.prefix, &self.rest[self.spans.get(i)])
         }
+    }
+
+    /// Lays the live values out again one after another, with only the first `keep` bytes of
+    /// the prefix kept as the prefix (the rest of it moves into every value).
+    fn lay_out(&mut self, keep: usize) {
+        let moved = &self.prefix[keep..];
+        let live = (0..CHUNK_LEN).filter(|at| !self.is_null(*at));
+        let bytes = live
+            .clone()
+            .map(|at| moved.len() + self.spans.get(at).len())
+            .sum();
+        let mut rest = String::with_capacity(bytes);
+        let mut spans = Spans::narrow();
+        for at in live {
+            let start = rest.len();
+            rest.push_str(moved);
+            rest.push_str(&self.rest[self.spans.get(at)]);
+            spans.set(at, start..rest.len());
+        }
+        self.prefix = self.prefix[..keep].into();
+        (self.rest, self.spans, self.stale) = (rest, spans, 0);
     }
 
     fn set(&mut self, i: usize, value: Option<&str>) {
         let Some(text) = value else {
-            self.nulls[i / 64] |= 1 << (i % 64);
-            self.replace(i, "");
+            if !self.is_null(i) {
+                self.stale += self.spans.get(i).len();
+                self.spans.set(i, 0..0);
+                self.nulls[i / 64] |= 1 << (i % 64);
+            }
             return;
         };
         if !text.starts_with(&*self.prefix) {
-            // Every value gets back the part of the prefix this one does not share: the chunk
-            // is laid out again, which a prefix can go through at most once per byte it had.
-            let values: Vec<Option<String>> = (0..CHUNK_LEN)
-                .map(|at| {
-                    self.get(at)
-                        .parts()
-                        .map(|(head, tail)| format!("{head}{tail}"))
-                })
-                .collect();
-            let mut again: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
-            again[i] = Some(text);
-            *self = Inline::of(&again);
+            // Every value gets back the part of the prefix this one does not share, which a
+            // prefix can go through at most once per byte it had.
+            self.lay_out(common_prefix(&self.prefix, text));
+        }
+        let rest = &text[self.prefix.len()..];
+        let old = self.spans.get(i);
+        if !self.is_null(i) && old.len() == rest.len() {
+            self.rest.replace_range(old, rest);
             return;
         }
+        if !self.is_null(i) {
+            self.stale += old.len();
+            self.nulls[i / 64] |= 1 << (i % 64);
+            if self.stale >= self.rest.len() - self.stale {
+                self.lay_out(self.prefix.len());
+            }
+        }
         self.nulls[i / 64] &= !(1 << (i % 64));
-        let rest = &text[self.prefix.len()..];
-        self.replace(i, rest);
+        self.push(i, rest);
     }
 
-    /// Puts `rest` in slot `i`'s place, growing the bytes by an eighth at a time where they
-    /// must grow (doubling would leave a chunk up to half empty, and chunks are many).
-    fn replace(&mut self, i: usize, rest: &str) {
-        let span = self.span(i);
-        let delta = rest.len() as isize - span.len() as isize;
-        let total = (self.rest.len() as isize + delta) as usize;
-        if total > self.rest.capacity() {
-            self.rest
-                .reserve_exact((total - self.rest.len()).max(self.rest.len() / 8));
+    /// Writes `rest` at the end of the bytes as slot `i`'s, growing them by an eighth at a time
+    /// where they must grow (doubling would leave a chunk up to half empty, and chunks are many).
+    fn push(&mut self, i: usize, rest: &str) {
+        let start = self.rest.len();
+        if start + rest.len() > self.rest.capacity() {
+            self.rest.reserve_exact(rest.len().max(start / 8));
         }
-        self.rest.replace_range(span, rest);
-        if delta != 0 {
-            self.ends.shift(i, delta, total);
-        }
+        self.rest.push_str(rest);
+        self.spans.set(i, start..start + rest.len());
     }
 
     fn bytes(&self) -> usize {
         self.prefix.len()
             + self.rest.capacity()
-            + self.ends.bytes()
+            + self.spans.bytes()
             + std::mem::size_of_val(&self.nulls)
     }
 }
 
 impl Dictionary {
+    /// The shared strings a coded chunk's list holds (an inline chunk's bytes are its own).
+    pub(crate) fn held(&self) -> impl Iterator<Item = &Shared> {
+        let values = match self {
+            Dictionary::Coded { values, .. } => &values[..],
+            Dictionary::Inline(_) => &[],
+        };
+        values.iter().flatten()
+    }
+
     fn get(&self, i: usize) -> TextRef<'_> {
         match self {
             Dictionary::Coded { values, codes } => TextRef::from(&values[usize::from(codes[i])]),
@@ -412,6 +448,15 @@ impl Cell for Option<Shared> {
         f(&read.to_shared())
     }
 
+    /// Code 0 names null in a coded chunk (its list starts with null and keeps it first); an
+    /// inline chunk has a bit for it.
+    fn is_null(slots: &Dictionary, i: usize, _: &Option<Shared>) -> bool {
+        match slots {
+            Dictionary::Coded { codes, .. } => codes[i] == 0,
+            Dictionary::Inline(inline) => inline.is_null(i),
+        }
+    }
+
     /// A coded chunk's strings are shared with the index's other chunks and entries, and are
     /// counted with the index; an inline chunk's bytes are its own.
     fn slots_bytes(slots: &Dictionary) -> usize {
@@ -477,6 +522,15 @@ mod tests {
                     .map_or(TextRef::Null, |text| TextRef::whole(text));
                 assert_eq!(read, whole, "round {round}, call {id}");
             }
+            // Replaced values' bytes are laid out again before they outgrow the live ones.
+            for slots in column.chunk_slots() {
+                if let Dictionary::Inline(inline) = slots {
+                    assert!(
+                        inline.stale <= inline.rest.len() - inline.stale,
+                        "round {round}"
+                    );
+                }
+            }
             let coded = column
                 .chunk_slots()
                 .all(|slots| matches!(slots, Dictionary::Coded { .. }));
@@ -508,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_past_64_kib_of_bytes_keeps_its_ends_in_four_bytes() {
+    fn a_chunk_past_64_kib_of_bytes_keeps_its_spans_wide() {
         let long = |n: usize| Some(Shared::from(format!("{n:x}{}", "-".repeat(100))));
         let mut column: Column<Option<Shared>> = Column::new(None);
         for id in 0..CHUNK_LEN as u64 {
@@ -518,7 +572,7 @@ mod tests {
         assert!(matches!(
             slots,
             Dictionary::Inline(Inline {
-                ends: Ends::Wide(_),
+                spans: Spans::Wide { .. },
                 ..
             })
         ));
