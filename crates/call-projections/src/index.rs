@@ -1609,8 +1609,8 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        IndexRow, Interner, Shared, SortTextIndex, TextIndex, TextRef, NO_CODE, TEXT_FILTER,
-        TEXT_SORT,
+        Dictionary, IndexRow, Interner, Shared, SortTextIndex, TextIndex, TextRef, NO_CODE,
+        TEXT_FILTER, TEXT_SORT,
     };
     use call_model::{AttrValue, Call, Field};
 
@@ -1643,6 +1643,95 @@ mod tests {
         index.set_text(1, Some(Some("value 0")), Some(Some("alone")));
         assert!(index.shared("value 0").is_some() && index.shared("alone").is_some());
         assert_eq!(index.len() as u64, id + 2);
+    }
+
+    /// Calls moved at random between nearly unique strings, shared ones and null (chunks that
+    /// keep their values' bytes and coded ones) agree with a set of `(value, id)`: the walk in
+    /// order from either end, ranges by value, and the shared copy of a held value.
+    #[test]
+    fn a_sortable_strings_moves_agree_with_a_set_of_entries_whatever_its_chunks_keep() {
+        use std::collections::{BTreeMap, BTreeSet};
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let mut index = SortTextIndex::new();
+        let mut model: BTreeSet<(Option<String>, u64)> = BTreeSet::new();
+        let mut held: BTreeMap<u64, Option<String>> = BTreeMap::new();
+        let text = |n: u64| match n % 9 {
+            0 => None,
+            1 => Some("Answered".to_owned()),
+            2 => Some(format!("+1415555{:04}", n % 10_000)),
+            3 => Some(format!("https://réc.example.com/{}", n % 5_000)),
+            _ => Some(format!("https://rec.example.com/calls/{}.mp3", n % 50_000)),
+        };
+        for (step, n) in crate::sorted_set::tests::numbers(21)
+            .take(30_000)
+            .enumerate()
+        {
+            let id = 1 + (n >> 40) % 3_000;
+            let new = (n % 13 != 0).then(|| text(n >> 8));
+            let old = held.get(&id).cloned();
+            index.set_text(
+                id,
+                old.as_ref().map(|text| text.as_deref()),
+                new.as_ref().map(|text| text.as_deref()),
+            );
+            if let Some(old) = old {
+                model.remove(&(old, id));
+            }
+            match new {
+                Some(text) => {
+                    model.insert((text.clone(), id));
+                    held.insert(id, text);
+                }
+                None => {
+                    held.remove(&id);
+                }
+            }
+            if step % 5_000 != 4_999 {
+                continue;
+            }
+            let owned =
+                |(text, id): (TextRef<'_>, u64)| (text.to_shared().map(|t| t.to_string()), id);
+            assert!(index.entries().map(owned).eq(model.iter().cloned()));
+            assert!(index
+                .entries()
+                .rev()
+                .map(owned)
+                .eq(model.iter().rev().cloned()));
+            for (id, text) in &held {
+                let want = text.as_deref().map_or(TextRef::Null, TextRef::whole);
+                assert_eq!(index.col.get(*id), want, "call {id}");
+                if let Some(text) = text {
+                    assert_eq!(index.shared(text).as_deref(), Some(text.as_str()));
+                }
+            }
+            let (lo, hi) = (
+                "https://rec.example.com/calls/2",
+                "https://rec.example.com/calls/4",
+            );
+            let got: Vec<_> = index
+                .entries_within(
+                    Included((Some(Shared::from(lo)), 0)),
+                    Excluded((Some(Shared::from(hi)), 0)),
+                )
+                .map(owned)
+                .collect();
+            let want: Vec<_> = model
+                .range((Some(lo.to_owned()), 0)..(Some(hi.to_owned()), 0))
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "step {step}");
+            let nulls = index
+                .entries_within(Unbounded, Included((None, u64::MAX)))
+                .count();
+            assert_eq!(
+                nulls,
+                model.iter().take_while(|(text, _)| text.is_none()).count()
+            );
+        }
+        assert!(index
+            .col
+            .chunk_slots()
+            .all(|slots| matches!(slots, Dictionary::Inline(_))));
     }
 
     #[test]
