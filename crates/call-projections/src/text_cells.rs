@@ -144,8 +144,8 @@ impl fmt::Display for TextRef<'_> {
 /// starts with once (a recording URL's scheme, host and path, a number's country code), then
 /// each value's rest in one buffer, found by its span. A call whose value would be a shared
 /// string of its own (an allocation of its bytes and a header, and an eight-byte slot) costs the
-/// bytes of its rest and a three-byte span (six in a chunk past 64 KiB or with a rest past 255
-/// bytes).
+/// bytes of its rest and a three-byte span (eight in a chunk past 64 KiB or with a rest past
+/// 255 bytes).
 ///
 /// A value is written at the buffer's end, so that a chunk filled in any order (a snapshot is
 /// read in value order, not id order) costs a copy of each value once; a value replaced leaves
@@ -167,7 +167,7 @@ enum Spans {
     Narrow { starts: Box<[u16]>, lens: Box<[u8]> },
     Wide {
         starts: Box<[u32]>,
-        lens: Box<[u16]>,
+        lens: Box<[u32]>,
     },
 }
 
@@ -182,7 +182,7 @@ impl Spans {
     fn get(&self, i: usize) -> std::ops::Range<usize> {
         let (start, len) = match self {
             Spans::Narrow { starts, lens } => (usize::from(starts[i]), usize::from(lens[i])),
-            Spans::Wide { starts, lens } => (starts[i] as usize, usize::from(lens[i])),
+            Spans::Wide { starts, lens } => (starts[i] as usize, lens[i] as usize),
         };
         start..start + len
     }
@@ -197,22 +197,22 @@ impl Spans {
                 _ => {
                     *self = Spans::Wide {
                         starts: starts.iter().map(|start| u32::from(*start)).collect(),
-                        lens: lens.iter().map(|len| u16::from(*len)).collect(),
+                        lens: lens.iter().map(|len| u32::from(*len)).collect(),
                     };
                 }
             }
         }
         if let Spans::Wide { starts, lens } = self {
-            // A rest is at most a text attribute's 255 characters of 4 bytes, and a chunk's
-            // bytes at most twice its 1,024 such rests (stale bytes are laid out again before).
-            (starts[i], lens[i]) = (span.start as u32, span.len() as u16);
+            // A sortable string is at most 255 characters, and a chunk's bytes at most twice
+            // its 1,024 values' (stale bytes are laid out again before): far below 4 GiB.
+            (starts[i], lens[i]) = (span.start as u32, span.len() as u32);
         }
     }
 
     fn bytes(&self) -> usize {
         match self {
             Spans::Narrow { .. } => CHUNK_LEN * 3,
-            Spans::Wide { .. } => CHUNK_LEN * 6,
+            Spans::Wide { .. } => CHUNK_LEN * 8,
         }
     }
 }
