@@ -8,6 +8,7 @@ use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
 
 /// The most tags one call may carry.
 pub const MAX_TAGS: usize = 100;
@@ -152,7 +153,7 @@ impl<'c> Checker<'c> {
 
     /// Whether a guarded attribute's value, as sent, is the current call's (so it changes
     /// nothing and passes). A value that does not even parse is reported as such.
-    fn echoes_attribute(&mut self, pointer: &str, field: Field, value: &Value) -> bool {
+    fn echoes_attribute(&mut self, pointer: Pointer<'_>, field: Field, value: &Value) -> bool {
         let Some(current) = self.current else {
             return false;
         };
@@ -169,17 +170,17 @@ impl<'c> Checker<'c> {
         sent.as_ref() == current.attributes.get(&field)
     }
 
-    fn invalid(&mut self, pointer: impl Into<String>, detail: impl Into<String>) {
+    fn invalid(&mut self, pointer: impl fmt::Display, detail: impl Into<String>) {
         self.violations.push(Violation {
-            pointer: pointer.into(),
+            pointer: pointer.to_string(),
             kind: ViolationKind::Invalid,
             detail: detail.into(),
         });
     }
 
-    fn too_long(&mut self, pointer: impl Into<String>, max: usize, got: usize) {
+    fn too_long(&mut self, pointer: impl fmt::Display, max: usize, got: usize) {
         self.violations.push(Violation {
-            pointer: pointer.into(),
+            pointer: pointer.to_string(),
             kind: ViolationKind::TooLong,
             detail: format!("Data provided is too long: at most {max} characters, got {got}."),
         });
@@ -199,7 +200,7 @@ impl<'c> Checker<'c> {
                 "data" | "jsonapi" => {}
                 "meta" => self.document_meta(value),
                 _ => self.invalid(
-                    format!("/{}", escape(key)),
+                    Pointer::Member(&Pointer::At(""), key),
                     format!("unknown member '{key}'"),
                 ),
             }
@@ -225,7 +226,7 @@ impl<'c> Checker<'c> {
                 "meta" => self.meta(value, &mut input),
                 "links" => {}
                 _ => self.invalid(
-                    format!("/data/{}", escape(key)),
+                    Pointer::Member(&Pointer::At("/data"), key),
                     format!("unknown member '{key}'"),
                 ),
             }
@@ -263,8 +264,9 @@ impl<'c> Checker<'c> {
             self.invalid("/data/attributes", "expected an object");
             return;
         };
+        let attributes_at = Pointer::At("/data/attributes");
         for (name, value) in attributes {
-            let pointer = format!("/data/attributes/{}", escape(name));
+            let pointer = Pointer::Member(&attributes_at, name);
             let Some(field) = Field::from_name(name) else {
                 self.invalid(pointer, format!("unknown attribute '{name}'"));
                 continue;
@@ -274,7 +276,7 @@ impl<'c> Checker<'c> {
                 Ownership::Telephony => !rights.voice,
                 Ownership::Writable => false,
             };
-            if guarded && self.echoes_attribute(&pointer, field, value) {
+            if guarded && self.echoes_attribute(pointer, field, value) {
                 continue;
             }
             match field.ownership() {
@@ -296,13 +298,18 @@ impl<'c> Checker<'c> {
             }
             if value.is_null() {
                 changes.attributes.insert(field, None);
-            } else if let Some(parsed) = self.attribute(&pointer, field, value) {
+            } else if let Some(parsed) = self.attribute(pointer, field, value) {
                 changes.attributes.insert(field, Some(parsed));
             }
         }
     }
 
-    fn attribute(&mut self, pointer: &str, field: Field, value: &Value) -> Option<AttrValue> {
+    fn attribute(
+        &mut self,
+        pointer: Pointer<'_>,
+        field: Field,
+        value: &Value,
+    ) -> Option<AttrValue> {
         match field.kind() {
             AttrKind::Time => match value.as_str().map(Timestamp::parse) {
                 Some(Ok(at)) => Some(AttrValue::Time(at)),
@@ -365,7 +372,7 @@ impl<'c> Checker<'c> {
                 let mut tags = Vec::with_capacity(items.len());
                 let before = self.violations.len();
                 for (index, item) in items.iter().enumerate() {
-                    let item_pointer = format!("{pointer}/{index}");
+                    let item_pointer = Pointer::Item(&pointer, index);
                     match item.as_str() {
                         Some(tag) if tag.chars().count() > MAX_TAG_CHARS => {
                             self.too_long(item_pointer, MAX_TAG_CHARS, tag.chars().count())
@@ -384,8 +391,9 @@ impl<'c> Checker<'c> {
             self.invalid("/data/relationships", "expected an object");
             return;
         };
+        let relationships_at = Pointer::At("/data/relationships");
         for (name, value) in relationships {
-            let pointer = format!("/data/relationships/{}", escape(name));
+            let pointer = Pointer::Member(&relationships_at, name);
             let Some(relation) = Relation::from_name(name) else {
                 self.invalid(pointer, format!("unknown relationship '{name}'"));
                 continue;
@@ -395,7 +403,7 @@ impl<'c> Checker<'c> {
                     // Parsed as if writable, then compared with the call's current value.
                     let before = self.violations.len();
                     let mut sent = Changes::default();
-                    self.relationship(&pointer, relation, value, &mut sent);
+                    self.relationship(pointer, relation, value, &mut sent);
                     if self.violations.len() > before {
                         continue;
                     }
@@ -407,14 +415,14 @@ impl<'c> Checker<'c> {
                 self.invalid(pointer, format!("'{name}' is a read-only relationship"));
                 continue;
             }
-            self.relationship(&pointer, relation, value, changes);
+            self.relationship(pointer, relation, value, changes);
         }
     }
 
     /// One relationship's linkage, well-formed, into `changes`.
     fn relationship(
         &mut self,
-        pointer: &str,
+        pointer: Pointer<'_>,
         relation: Relation,
         value: &Value,
         changes: &mut Changes,
@@ -426,7 +434,7 @@ impl<'c> Checker<'c> {
                 return;
             }
         };
-        let pointer = format!("{pointer}/data");
+        let pointer = Pointer::Member(&pointer, "data");
         if data.is_null() {
             changes.relationships.insert(relation, None);
             return;
@@ -441,7 +449,7 @@ impl<'c> Checker<'c> {
                 .iter()
                 .enumerate()
                 .filter_map(|(index, item)| {
-                    self.linkage(&format!("{pointer}/{index}"), relation, item)
+                    self.linkage(Pointer::Item(&pointer, index), relation, item)
                 })
                 .collect();
             if self.violations.len() == before {
@@ -450,14 +458,19 @@ impl<'c> Checker<'c> {
                 let value = (!targets.is_empty()).then_some(RelValue::Many(targets));
                 changes.relationships.insert(relation, value);
             }
-        } else if let Some(target) = self.linkage(&pointer, relation, data) {
+        } else if let Some(target) = self.linkage(pointer, relation, data) {
             changes
                 .relationships
                 .insert(relation, Some(RelValue::One(target)));
         }
     }
 
-    fn linkage(&mut self, pointer: &str, relation: Relation, value: &Value) -> Option<ResourceRef> {
+    fn linkage(
+        &mut self,
+        pointer: Pointer<'_>,
+        relation: Relation,
+        value: &Value,
+    ) -> Option<ResourceRef> {
         let types = relation.target_types();
         let Some(object) = value.as_object() else {
             self.invalid(
@@ -493,7 +506,7 @@ impl<'c> Checker<'c> {
                 },
                 _ => {
                     self.invalid(
-                        format!("{pointer}/{}", escape(key)),
+                        Pointer::Member(&pointer, key),
                         format!("unknown member '{key}'"),
                     );
                     ok = false;
@@ -529,8 +542,9 @@ impl<'c> Checker<'c> {
             self.invalid("/meta", "expected an object");
             return;
         };
+        let meta_at = Pointer::At("/meta");
         for key in meta.keys() {
-            let pointer = format!("/meta/{}", escape(key));
+            let pointer = Pointer::Member(&meta_at, key);
             match key.as_str() {
                 "occurredAt" | "dataConnections" => self.invalid(
                     pointer,
@@ -546,8 +560,9 @@ impl<'c> Checker<'c> {
             self.invalid("/data/meta", "expected an object");
             return;
         };
+        let meta_at = Pointer::At("/data/meta");
         for (key, value) in meta {
-            let pointer = format!("/data/meta/{}", escape(key));
+            let pointer = Pointer::Member(&meta_at, key);
             match key.as_str() {
                 "occurredAt" => match value {
                     Value::Null => {}
@@ -560,7 +575,7 @@ impl<'c> Checker<'c> {
                     },
                 },
                 "dataConnections" => {
-                    input.changes.data_connections = Some(self.data_connections(&pointer, value))
+                    input.changes.data_connections = Some(self.data_connections(pointer, value))
                 }
                 // What `get` says of the reader's rights, sent back with the rest: it
                 // describes the token, not the call, so an update ignores it.
@@ -574,7 +589,7 @@ impl<'c> Checker<'c> {
         }
     }
 
-    fn data_connections(&mut self, pointer: &str, value: &Value) -> Vec<DataConnection> {
+    fn data_connections(&mut self, pointer: Pointer<'_>, value: &Value) -> Vec<DataConnection> {
         if value.is_null() {
             return Vec::new();
         }
@@ -591,7 +606,7 @@ impl<'c> Checker<'c> {
         }
         let mut connections = Vec::new();
         for (index, item) in items.iter().enumerate() {
-            let item_pointer = format!("{pointer}/{index}");
+            let item_pointer = Pointer::Item(&pointer, index);
             let Some(object) = item.as_object() else {
                 self.invalid(
                     item_pointer,
@@ -606,7 +621,7 @@ impl<'c> Checker<'c> {
                 url: None,
             };
             for (key, member) in object {
-                let member_pointer = format!("{item_pointer}/{}", escape(key));
+                let member_pointer = Pointer::Member(&item_pointer, key);
                 // The member's name is checked first: an unknown member is reported as such,
                 // whatever its value.
                 let slot = match key.as_str() {
@@ -641,10 +656,10 @@ impl<'c> Checker<'c> {
                 if let Some(text) = &text {
                     let chars = text.chars().count();
                     if chars > MAX_DATA_CONNECTION_CHARS {
-                        self.too_long(&member_pointer, MAX_DATA_CONNECTION_CHARS, chars);
+                        self.too_long(member_pointer, MAX_DATA_CONNECTION_CHARS, chars);
                     }
                     if key == "url" && !is_http_url(text) {
-                        self.invalid(&member_pointer, "expected an http or https URL");
+                        self.invalid(member_pointer, "expected an http or https URL");
                     }
                 }
                 *slot = text;
@@ -712,7 +727,36 @@ fn is_http_url(text: &str) -> bool {
     host_ok && port_ok
 }
 
-/// Escapes a member name for use in a JSON pointer (RFC 6901).
-fn escape(name: &str) -> String {
-    name.replace('~', "~0").replace('/', "~1")
+/// Where a member sits in the document, as a JSON pointer (RFC 6901), written out only when a
+/// violation names it: formatting one for every member of every document was a large part of
+/// validating a valid one.
+#[derive(Clone, Copy)]
+enum Pointer<'a> {
+    /// A fixed path, such as `/data/attributes` (`""` is the document).
+    At(&'static str),
+    /// The member of this name of the object at the pointer.
+    Member(&'a Pointer<'a>, &'a str),
+    /// The item at this index of the array at the pointer.
+    Item(&'a Pointer<'a>, usize),
+}
+
+impl fmt::Display for Pointer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pointer::At(path) => f.write_str(path),
+            Pointer::Member(object, name) => {
+                write!(f, "{object}/")?;
+                // A member name's `~` and `/` are escaped, `~` first (RFC 6901).
+                for c in name.chars() {
+                    match c {
+                        '~' => f.write_str("~0")?,
+                        '/' => f.write_str("~1")?,
+                        c => f.write_char(c)?,
+                    }
+                }
+                Ok(())
+            }
+            Pointer::Item(array, index) => write!(f, "{array}/{index}"),
+        }
+    }
 }
