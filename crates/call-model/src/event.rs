@@ -354,10 +354,19 @@ impl StoredEvent {
     /// The bytes the log stores: the event JSON without the members the log assigns (position,
     /// callId, version), in the documented member order.
     pub fn encode(&self) -> Vec<u8> {
+        // A created call's event is some 600 bytes: starting there saves the buffer's seven
+        // doublings (each a copy) from serde_json's empty `Vec`.
+        let mut bytes = Vec::with_capacity(ENCODED_EVENT_BYTES);
         // Serialising these types into a Vec cannot fail: every map key is a string.
-        serde_json::to_vec(&self.envelope(None)).unwrap_or_default()
+        match serde_json::to_writer(&mut bytes, &self.envelope(None)) {
+            Ok(()) => bytes,
+            Err(_) => Vec::new(),
+        }
     }
 }
+
+/// What [`StoredEvent::encode`] reserves for an event's bytes.
+const ENCODED_EVENT_BYTES: usize = 768;
 
 impl Event {
     /// Reads an event from the log's record: the bytes [`StoredEvent::encode`] wrote (or those of
