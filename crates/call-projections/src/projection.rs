@@ -16,7 +16,7 @@
 //! tree. A crash midway leaves the old view active and the half-built tree is dropped at the
 //! next open.
 
-use crate::bulk::{build_indexes, free_elsewhere, replay};
+use crate::bulk::{build_indexes, free_elsewhere, replay, Appending};
 use crate::diff;
 use crate::engine;
 use crate::error::{ProjectionError, QueryError};
@@ -492,26 +492,57 @@ impl Projection {
     }
 
     /// [`Projection::catch_up`] for a caller that no reader waits on while it runs (the offline
-    /// `import` and `restore`, which append a whole log before the view follows): far behind the
+    /// `restore`, which appends a whole log before the view follows; `import` follows its
+    /// appends with [`Projection::catch_up_beside`]): far behind the
     /// log (by more than a threshold of events and a third of its calls, `bulk_pays`), it takes
     /// the rebuild's road, as opening does, pipelined over threads with the indexes built once
     /// at the end, instead of a chunk at a time with every index updated per call (half of a
     /// 100,000-call import's time on one core). Reads meanwhile see the view as it was until it
     /// is swapped in whole.
     pub fn catch_up_in_bulk(&self) -> Result<u64, ProjectionError> {
+        self.catch_up_in_bulk_beside(None)
+    }
+
+    /// [`Projection::catch_up_in_bulk`] started while appends are still being made (`import`'s
+    /// workers), returning once they have ended and the view holds them all. A view with
+    /// nothing applied follows the appends, a chunk at a time, so that its replay shares the
+    /// import's time instead of following it; any other view waits for the appends to end and
+    /// catches up in bulk as [`Projection::catch_up_in_bulk`] does (its indexes are built from
+    /// every stored view at the end, which pays only once the whole import is there).
+    pub fn catch_up_beside(&self, appending: &Appending) -> Result<u64, ProjectionError> {
+        self.catch_up_in_bulk_beside(Some(appending))
+    }
+
+    fn catch_up_in_bulk_beside(
+        &self,
+        appending: Option<&Appending>,
+    ) -> Result<u64, ProjectionError> {
         let _writing = self.lock_apply();
         let (tree, meta) = {
             let view = self.read_view()?;
             (view.tree.clone(), view.meta)
         };
-        if !bulk_pays(self.inner.log.head(), &meta) {
-            return self.catch_up_locked();
+        let following = appending.filter(|_| meta.checkpoint == 0);
+        if following.is_none() {
+            if let Some(appending) = appending {
+                appending.wait_until_ended();
+            }
+            if !bulk_pays(self.inner.log.head(), &meta) {
+                return self.catch_up_locked();
+            }
         }
         tracing::info!(from = meta.checkpoint, "catching up in bulk");
         // A view with nothing applied is replayed as a new one: its indexes are then built from
         // the replayed calls rather than by reading every view back.
         let from = (meta.checkpoint > 0).then_some(meta);
-        let (meta, indexes) = replay(&self.inner.log, &tree, from, None, &mut |_, _| {})?;
+        let (meta, indexes) = replay(
+            &self.inner.log,
+            &tree,
+            from,
+            None,
+            following,
+            &mut |_, _| {},
+        )?;
         {
             let mut view = self.write_view()?;
             view.meta = meta;
@@ -659,7 +690,7 @@ impl Projection {
         let name = view_name(generation);
         db.drop_tree(&name)?;
         let tree = db.open_tree(&name)?;
-        let (meta, indexes) = replay(&self.inner.log, &tree, None, None, progress)?;
+        let (meta, indexes) = replay(&self.inner.log, &tree, None, None, None, progress)?;
         // The new view must be on disk before the pointer to it can be.
         db.flush()?;
         let old_view = {
@@ -723,6 +754,7 @@ impl Projection {
             &tree,
             None,
             Some(checkpoint),
+            None,
             &mut |_, _| {},
         )?;
         let mut differences = Differences::new(MAX_DIFFERENCES);
@@ -893,7 +925,7 @@ fn open_view(
     }
     if bulk_pays(head, &meta) {
         tracing::info!(from = meta.checkpoint, head, "catching up in bulk");
-        let (meta, indexes) = replay(log, &tree, Some(meta), None, &mut |_, _| {})?;
+        let (meta, indexes) = replay(log, &tree, Some(meta), None, None, &mut |_, _| {})?;
         let view = View {
             generation,
             tree,

@@ -3,7 +3,7 @@
 
 use crate::projection::BULK_CATCH_UP;
 use crate::query::*;
-use crate::{Projection, ProjectionError, ProjectionOptions, QueryError};
+use crate::{Appending, Projection, ProjectionError, ProjectionOptions, QueryError};
 use call_model::{
     AttrValue, Call, Changes, Event, EventBody, Field, Relation, StoredEvent, Timestamp,
 };
@@ -1093,6 +1093,44 @@ fn catching_up_in_bulk_equals_catching_up_call_by_call() {
     assert_eq!(bulk.catch_up_in_bulk().unwrap(), ledger.log.head());
     assert_eq!(bulk.get(id).unwrap(), ledger.projection.get(id).unwrap());
     assert_eq!(everything(&bulk), everything(&ledger.projection));
+}
+
+/// A view following appends as they are made (`import`'s) waits for a whole chunk past what it
+/// read, reads up to the head once told the appends ended, and ends equal to a view caught up
+/// call by call: from nothing applied (replayed beside the appends, its indexes built from the
+/// replayed calls), and again from a view that holds calls (caught up once the appends end).
+#[test]
+fn a_view_following_appends_equals_one_caught_up_call_by_call() {
+    let mut ledger = Ledger::new();
+    let following_dir = ledger.dir.path().join("following");
+    let following = Projection::open(&following_dir, ledger.log.clone()).expect("a second view");
+    for round in 0..2 {
+        let appending = Appending::default();
+        let caught = std::thread::scope(|scope| {
+            let follower = scope.spawn(|| {
+                crate::bulk::TEST_CHUNK.with(|chunk| chunk.set(Some(5)));
+                following.catch_up_beside(&appending)
+            });
+            for _ in 0..4 {
+                fill_varied(&mut ledger, 12);
+                appending.appended();
+            }
+            // Nothing past what the appends made is read before they end: a view with calls
+            // has not moved, and a following one is at most a chunk and a part behind.
+            if round == 1 {
+                assert!(following.checkpoint() < ledger.log.head());
+            }
+            appending.end();
+            follower.join().expect("the follower")
+        });
+        assert_eq!(
+            caught.expect("followed"),
+            ledger.log.head(),
+            "round {round}"
+        );
+        assert_eq!(everything(&following), everything(&ledger.projection));
+        assert_verified(&following, &following_dir);
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use anyhow::Context;
 use call_api::{Api, ApiConfig, Operation, Request, Source};
 use call_commands::{CommandError, CommandRequest};
 use call_model::{parse_write, Action, Command, Rights, Violation, WriteMode};
+use call_projections::Appending;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
@@ -41,6 +42,60 @@ fn on_one_line(violations: &[Violation]) -> String {
         .map(|v| format!("{}: {}", v.pointer, v.detail))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Ends the appends a projection follows ([`Appending::end`]) when dropped, however the import's
+/// reading ended.
+struct EndAppends<'a>(&'a Appending);
+
+impl Drop for EndAppends<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Sends `reader`'s lines to the import's workers in batches of `batch_lines` (numbered from
+/// 1), skipping those that are not text, until the input ends or a `failure` is noted.
+fn send_lines(
+    reader: Box<dyn BufRead>,
+    batch_lines: usize,
+    bar: &ProgressBar,
+    failure: &Mutex<Option<String>>,
+    skip_line: &dyn Fn(u64, &str),
+    sender: mpsc::SyncSender<Vec<(u64, String)>>,
+) -> anyhow::Result<()> {
+    let failed = || failure.lock().map(|f| f.is_some()).unwrap_or(true);
+    let mut batch = Vec::with_capacity(batch_lines);
+    for (index, line) in reader.split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("cannot read the input at line {}", index + 1))?;
+        bar.inc(line.len() as u64 + 1);
+        let number = index as u64 + 1;
+        let line = match line_text(line, number == 1) {
+            Ok(line) => line,
+            Err(reason) => {
+                skip_line(number, &reason);
+                continue;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        batch.push((number, line));
+        if batch.len() < batch_lines {
+            continue;
+        }
+        if failed() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_lines));
+        if sender.send(full).is_err() {
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() && !failed() {
+        let _ = sender.send(batch);
+    }
+    Ok(())
 }
 
 /// One NDJSON line turned into a create command, or why it cannot be.
@@ -122,9 +177,24 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
             .lock()
             .map(|mut f| f.get_or_insert_with(|| reason.to_owned()).clone());
     };
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    // The projection follows the appends as they are made (a new ledger's replays them beside
+    // the workers), and is caught up once they end.
+    let appending = Appending::default();
+    let (read, caught) = std::thread::scope(|scope| {
+        // However the reading below ends, the follower is told that the appends did.
+        let ended = EndAppends(&appending);
+        let follower = scope.spawn(|| {
+            let caught = ledger.projection.catch_up_beside(&appending);
+            if let Err(error) = &caught {
+                note_failure(&format!(
+                    "the projection could not follow the import: {error}"
+                ));
+            }
+            caught
+        });
+        let mut workers = Vec::new();
         for _ in 0..args.parallel.max(1) {
-            scope.spawn(|| loop {
+            workers.push(scope.spawn(|| loop {
                 let next = receiver.lock().map(|r| r.recv());
                 let Ok(Ok(lines)) = next else { break };
                 let mut numbers = Vec::with_capacity(lines.len());
@@ -143,6 +213,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 let answers = ledger.commands.execute_all(&requests);
+                appending.appended();
                 for (number, answer) in numbers.into_iter().zip(answers) {
                     let reason = match answer {
                         Ok(_) => {
@@ -158,49 +229,30 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                     };
                     skip_line(number, &reason);
                 }
-            });
+            }));
         }
-        let mut batch = Vec::with_capacity(batch_lines);
-        for (index, line) in reader.split(b'\n').enumerate() {
-            let line =
-                line.with_context(|| format!("cannot read the input at line {}", index + 1))?;
-            bar.inc(line.len() as u64 + 1);
-            let number = index as u64 + 1;
-            let line = match line_text(line, number == 1) {
-                Ok(line) => line,
-                Err(reason) => {
-                    skip_line(number, &reason);
-                    continue;
-                }
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            batch.push((number, line));
-            if batch.len() < batch_lines {
-                continue;
-            }
-            if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                break;
-            }
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_lines));
-            if sender.send(full).is_err() {
-                break;
+        let read = send_lines(reader, batch_lines, &bar, &failure, &skip_line, sender);
+        // The workers end once every line is sent (the sender is gone with `send_lines`), and
+        // with them the appends.
+        for worker in workers {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
             }
         }
-        if !batch.is_empty() && failure.lock().map(|f| f.is_none()).unwrap_or(false) {
-            let _ = sender.send(batch);
+        drop(ended);
+        match follower.join() {
+            Ok(caught) => (read, caught),
+            Err(panic) => std::panic::resume_unwind(panic),
         }
-        drop(sender);
-        Ok(())
-    })?;
+    });
+    read?;
     bar.finish_and_clear();
     if let Some(reason) = failure.lock().ok().and_then(|f| f.clone()) {
         anyhow::bail!(
             "the ledger failed while importing (everything acknowledged before is kept): {reason}"
         );
     }
-    let checkpoint = ledger.projection.catch_up_in_bulk()?;
+    let checkpoint = caught?;
     let seconds = started.elapsed().as_secs_f64();
     let imported = imported.into_inner();
     let skipped = skipped.into_inner();
