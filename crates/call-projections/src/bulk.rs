@@ -116,6 +116,13 @@ impl Appending {
         self.moved.notify_all();
     }
 
+    /// A guard that ends the appends ([`Appending::end`]) when it is dropped, however the code
+    /// that makes them returns (an error, a panic), so that the replay never waits for appends
+    /// that will not come.
+    pub fn ending(&self) -> EndsAppending<'_> {
+        EndsAppending(self)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
         self.ended
             .lock()
@@ -142,6 +149,16 @@ impl Appending {
                 .wait(ended)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+    }
+}
+
+/// Ends its [`Appending`] when dropped ([`Appending::ending`]).
+#[derive(Debug)]
+pub struct EndsAppending<'a>(&'a Appending);
+
+impl Drop for EndsAppending<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use call_model::Event;
+use call_projections::Appending;
 use event_log::{Append, ExpectedVersion, StreamTarget};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -357,6 +358,34 @@ fn event_id(line: &[u8]) -> anyhow::Result<String> {
         .context("an event line of the log has no eventId")
 }
 
+/// Appends the events of `lines` (an export's, one event a line) to the new ledger's log in
+/// batches, telling `appending` of each; returns how many it appended.
+fn append_lines(
+    ledger: &Ledger,
+    lines: Box<dyn Iterator<Item = anyhow::Result<Vec<u8>>> + '_>,
+    appending: &Appending,
+) -> anyhow::Result<u64> {
+    let mut batch: Vec<Event> = Vec::with_capacity(PAGE);
+    let mut restored = 0u64;
+    for (number, line) in lines.enumerate() {
+        let line = line?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_slice(&line)
+            .with_context(|| format!("line {}: not JSON", number + 1))?;
+        let event = Event::from_json(&value)
+            .with_context(|| format!("line {}: not an event", number + 1))?;
+        batch.push(event);
+        if batch.len() == PAGE {
+            restored += append_batch(ledger, &mut batch)?;
+            appending.appended();
+        }
+    }
+    restored += append_batch(ledger, &mut batch)?;
+    Ok(restored)
+}
+
 /// `callledger restore --data-dir NEW SOURCE`: SOURCE is a backup directory, or `-` for an
 /// export stream on stdin.
 pub fn restore(at: &Location, source: &Path) -> anyhow::Result<ExitCode> {
@@ -385,29 +414,27 @@ pub fn restore(at: &Location, source: &Path) -> anyhow::Result<ExitCode> {
         check_segments(source, &manifest)?;
         Box::new(segment_lines(source.to_path_buf(), manifest))
     };
-    // Like `import`, restore writes the log in bulk, then catches the projection up in bulk.
+    // Like `import`, restore writes the log in bulk while the new ledger's projection follows
+    // it, replaying it beside the appends.
     let ledger = Ledger::open_for_bulk_writes(at)?;
     if ledger.log.head() > 0 {
         bail!("the log of record of {} is not empty", data.display());
     }
-    let mut batch: Vec<Event> = Vec::with_capacity(PAGE);
-    let mut restored = 0u64;
-    for (number, line) in lines.enumerate() {
-        let line = line?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    let appending = Appending::default();
+    let (restored, caught) = std::thread::scope(|scope| {
+        let follower = scope.spawn(|| ledger.projection.catch_up_beside(&appending));
+        let restored = {
+            // However the appends end, the follower is told that they did.
+            let _ended = appending.ending();
+            append_lines(&ledger, lines, &appending)
+        };
+        match follower.join() {
+            Ok(caught) => (restored, caught),
+            Err(panic) => std::panic::resume_unwind(panic),
         }
-        let value: serde_json::Value = serde_json::from_slice(&line)
-            .with_context(|| format!("line {}: not JSON", number + 1))?;
-        let event = Event::from_json(&value)
-            .with_context(|| format!("line {}: not an event", number + 1))?;
-        batch.push(event);
-        if batch.len() == PAGE {
-            restored += append_batch(&ledger, &mut batch)?;
-        }
-    }
-    restored += append_batch(&ledger, &mut batch)?;
-    let checkpoint = ledger.projection.catch_up_in_bulk()?;
+    });
+    let restored = restored?;
+    let checkpoint = caught?;
     let stats = ledger.projection.stats()?;
     crate::out::line(format_args!(
         "restored {restored} events (positions 1 to {checkpoint}) into {}: {} live calls, {} deleted",

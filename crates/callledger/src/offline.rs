@@ -44,16 +44,6 @@ fn on_one_line(violations: &[Violation]) -> String {
         .join("; ")
 }
 
-/// Ends the appends a projection follows ([`Appending::end`]) when dropped, however the import's
-/// reading ended.
-struct EndAppends<'a>(&'a Appending);
-
-impl Drop for EndAppends<'_> {
-    fn drop(&mut self) {
-        self.0.end();
-    }
-}
-
 /// Sends `reader`'s lines to the import's workers in batches of `batch_lines` (numbered from
 /// 1), skipping those that are not text, until the input ends or a `failure` is noted.
 fn send_lines(
@@ -182,7 +172,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let appending = Appending::default();
     let (read, caught) = std::thread::scope(|scope| {
         // However the reading below ends, the follower is told that the appends did.
-        let ended = EndAppends(&appending);
+        let ended = appending.ending();
         let follower = scope.spawn(|| {
             let caught = ledger.projection.catch_up_beside(&appending);
             if let Err(error) = &caught {
