@@ -111,7 +111,7 @@ impl Appending {
     }
 
     /// Tells the replay that no more appends will be made: it reads up to the head and ends.
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         *self.lock() = true;
         self.moved.notify_all();
     }
@@ -119,7 +119,7 @@ impl Appending {
     /// A guard that ends the appends ([`Appending::end`]) when it is dropped, however the code
     /// that makes them returns (an error, a panic), so that the replay never waits for appends
     /// that will not come.
-    pub fn ending(&self) -> EndsAppending<'_> {
+    pub(crate) fn ending(&self) -> EndsAppending<'_> {
         EndsAppending(self)
     }
 
@@ -154,7 +154,7 @@ impl Appending {
 
 /// Ends its [`Appending`] when dropped ([`Appending::ending`]).
 #[derive(Debug)]
-pub struct EndsAppending<'a>(&'a Appending);
+pub(crate) struct EndsAppending<'a>(&'a Appending);
 
 impl Drop for EndsAppending<'_> {
     fn drop(&mut self) {

@@ -41,7 +41,7 @@ mod text_cells;
 #[cfg(test)]
 mod tests;
 
-pub use bulk::{Appending, EndsAppending};
+pub use bulk::Appending;
 pub use error::{ProjectionError, QueryError};
 pub use index::{IdHasher, IdMap};
 pub use projection::{

@@ -491,9 +491,9 @@ impl Projection {
         self.catch_up_locked()
     }
 
-    /// [`Projection::catch_up`] for a caller that no reader waits on while it runs (the offline
-    /// `restore`, which appends a whole log before the view follows; `import` follows its
-    /// appends with [`Projection::catch_up_beside`]): far behind the
+    /// [`Projection::catch_up`] for a caller that no reader waits on while it runs (`import`
+    /// and `restore` reach it through [`Projection::follow_appends`] once their appends end,
+    /// for a view that already held calls): far behind the
     /// log (by more than a threshold of events and a third of its calls, `bulk_pays`), it takes
     /// the rebuild's road, as opening does, pipelined over threads with the indexes built once
     /// at the end, instead of a chunk at a time with every index updated per call (half of a
@@ -504,13 +504,46 @@ impl Projection {
     }
 
     /// [`Projection::catch_up_in_bulk`] started while appends are still being made (`import`'s
-    /// workers), returning once they have ended and the view holds them all. A view with
+    /// workers, through [`Projection::follow_appends`]), returning once they have ended and the view holds them all. A view with
     /// nothing applied follows the appends, a chunk at a time, so that its replay shares the
     /// import's time instead of following it; any other view waits for the appends to end and
     /// catches up in bulk as [`Projection::catch_up_in_bulk`] does (its indexes are built from
     /// every stored view at the end, which pays only once the whole import is there).
-    pub fn catch_up_beside(&self, appending: &Appending) -> Result<u64, ProjectionError> {
+    pub(crate) fn catch_up_beside(&self, appending: &Appending) -> Result<u64, ProjectionError> {
         self.catch_up_in_bulk_beside(Some(appending))
+    }
+
+    /// Runs `append`, which appends to the log and tells [`Appending::appended`] of each
+    /// append, while this view follows the appends on a thread of its own (a view with nothing
+    /// applied replays them beside `append`; any other catches up once they end); returns what `append` returned and the view's
+    /// checkpoint once it holds every append. However `append` returns (an error, a panic,
+    /// resumed once the follower is joined), the follower is told that the appends ended.
+    /// `on_failure` hears of the follower's failure when it happens, so that the appends can
+    /// stop early.
+    pub fn follow_appends<T>(
+        &self,
+        on_failure: impl Fn(&ProjectionError) + Sync,
+        append: impl FnOnce(&Appending) -> T,
+    ) -> (T, Result<u64, ProjectionError>) {
+        let appending = Appending::default();
+        std::thread::scope(|scope| {
+            let follower = scope.spawn(|| {
+                let caught = self.catch_up_beside(&appending);
+                if let Err(error) = &caught {
+                    on_failure(error);
+                }
+                caught
+            });
+            let appended = {
+                let _ended = appending.ending();
+                append(&appending)
+            };
+            match follower.join() {
+                Ok(caught) => (appended, caught),
+                // A panic there is a bug, not bad input: keep its behaviour on one thread.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
     fn catch_up_in_bulk_beside(

@@ -420,19 +420,9 @@ pub fn restore(at: &Location, source: &Path) -> anyhow::Result<ExitCode> {
     if ledger.log.head() > 0 {
         bail!("the log of record of {} is not empty", data.display());
     }
-    let appending = Appending::default();
-    let (restored, caught) = std::thread::scope(|scope| {
-        let follower = scope.spawn(|| ledger.projection.catch_up_beside(&appending));
-        let restored = {
-            // However the appends end, the follower is told that they did.
-            let _ended = appending.ending();
-            append_lines(&ledger, lines, &appending)
-        };
-        match follower.join() {
-            Ok(caught) => (restored, caught),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    });
+    let (restored, caught) = ledger
+        .projection
+        .follow_appends(|_| {}, |appending| append_lines(&ledger, lines, appending));
     let restored = restored?;
     let checkpoint = caught?;
     let stats = ledger.projection.stats()?;

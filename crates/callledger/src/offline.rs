@@ -9,7 +9,6 @@ use anyhow::Context;
 use call_api::{Api, ApiConfig, Operation, Request, Source};
 use call_commands::{CommandError, CommandRequest};
 use call_model::{parse_write, Action, Command, Rights, Violation, WriteMode};
-use call_projections::Appending;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
@@ -169,72 +168,58 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
     };
     // The projection follows the appends as they are made (a new ledger's replays them beside
     // the workers), and is caught up once they end.
-    let appending = Appending::default();
-    let (read, caught) = std::thread::scope(|scope| {
-        // However the reading below ends, the follower is told that the appends did.
-        let ended = appending.ending();
-        let follower = scope.spawn(|| {
-            let caught = ledger.projection.catch_up_beside(&appending);
-            if let Err(error) = &caught {
-                note_failure(&format!(
-                    "the projection could not follow the import: {error}"
-                ));
-            }
-            caught
-        });
-        let mut workers = Vec::new();
-        for _ in 0..args.parallel.max(1) {
-            workers.push(scope.spawn(|| loop {
-                let next = receiver.lock().map(|r| r.recv());
-                let Ok(Ok(lines)) = next else { break };
-                let mut numbers = Vec::with_capacity(lines.len());
-                let mut requests = Vec::with_capacity(lines.len());
-                for (number, line) in lines {
-                    match create_command(&line, now()) {
-                        Ok(command) => {
-                            numbers.push(number);
-                            requests.push(CommandRequest {
-                                command,
-                                expected_version: None,
-                                idempotency_key: None,
-                            });
+    let (read, caught) = ledger.projection.follow_appends(
+        |error| {
+            note_failure(&format!(
+                "the projection could not follow the import: {error}"
+            ))
+        },
+        |appending| {
+            std::thread::scope(|scope| {
+                for _ in 0..args.parallel.max(1) {
+                    scope.spawn(|| loop {
+                        let next = receiver.lock().map(|r| r.recv());
+                        let Ok(Ok(lines)) = next else { break };
+                        let mut numbers = Vec::with_capacity(lines.len());
+                        let mut requests = Vec::with_capacity(lines.len());
+                        for (number, line) in lines {
+                            match create_command(&line, now()) {
+                                Ok(command) => {
+                                    numbers.push(number);
+                                    requests.push(CommandRequest {
+                                        command,
+                                        expected_version: None,
+                                        idempotency_key: None,
+                                    });
+                                }
+                                Err(reason) => skip_line(number, &reason),
+                            }
                         }
-                        Err(reason) => skip_line(number, &reason),
-                    }
+                        let answers = ledger.commands.execute_all(&requests);
+                        appending.appended();
+                        for (number, answer) in numbers.into_iter().zip(answers) {
+                            let reason = match answer {
+                                Ok(_) => {
+                                    imported.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(CommandError::Invalid(violations)) => on_one_line(&violations),
+                                Err(CommandError::Unavailable(reason)) => {
+                                    note_failure(&reason);
+                                    reason
+                                }
+                                Err(other) => other.to_string(),
+                            };
+                            skip_line(number, &reason);
+                        }
+                    });
                 }
-                let answers = ledger.commands.execute_all(&requests);
-                appending.appended();
-                for (number, answer) in numbers.into_iter().zip(answers) {
-                    let reason = match answer {
-                        Ok(_) => {
-                            imported.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        Err(CommandError::Invalid(violations)) => on_one_line(&violations),
-                        Err(CommandError::Unavailable(reason)) => {
-                            note_failure(&reason);
-                            reason
-                        }
-                        Err(other) => other.to_string(),
-                    };
-                    skip_line(number, &reason);
-                }
-            }));
-        }
-        let read = send_lines(reader, batch_lines, &bar, &failure, &skip_line, sender);
-        // The workers end once every line is sent (the sender is gone with `send_lines`), and
-        // with them the appends.
-        for worker in workers {
-            if let Err(panic) = worker.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        drop(ended);
-        match follower.join() {
-            Ok(caught) => (read, caught),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    });
+                // The workers end once every line is sent (the sender is gone with
+                // `send_lines`), and the scope waits for them: then the appends have ended.
+                send_lines(reader, batch_lines, &bar, &failure, &skip_line, sender)
+            })
+        },
+    );
     read?;
     bar.finish_and_clear();
     if let Some(reason) = failure.lock().ok().and_then(|f| f.clone()) {
