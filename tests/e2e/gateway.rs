@@ -10,7 +10,8 @@
 //! (`endpoints`); filters, sort, paging, sparse fieldsets and the meta flags (`queries`);
 //! idempotency keys, `If-Match`, concurrent writers and the concurrency bound (`writes`);
 //! producers' commands, `CALL_REJECTED` and `CALL_EVENTS` across a NATS restart (`jetstream`);
-//! redelivery after SIGKILL and the drain on SIGTERM of the binary (`process`). This file holds
+//! redelivery after SIGKILL and the drain on SIGTERM of the binary (`process`); a full disk and a
+//! disk that stops answering under the binary (`storage`). This file holds
 //! what they share: the in-process gateway, a client that speaks the contract, the tokens, and
 //! bounded waiting.
 
@@ -20,6 +21,7 @@ mod jetstream;
 mod limits;
 mod process;
 mod queries;
+mod storage;
 mod writes;
 
 use std::future::Future;

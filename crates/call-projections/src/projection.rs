@@ -25,11 +25,11 @@ use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::snapshot::{self, Stamp, Unused};
 use crate::store::{decode_call_ref, fold, load_call, par_map, read_u64, view_name, Meta, View};
 use call_model::{replay_stream, Call, CallRef, CallState};
-use event_log::EventLog;
+use event_log::{EventLog, StallClock};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Records read and applied per batch while catching up: small enough that a batch holds sled's
 /// process-wide batch lock (which the log's appends share) only briefly.
@@ -102,6 +102,8 @@ struct Inner {
     snapshot: Mutex<Option<Stamp>>,
     /// Set by [`Projection::close_with_process`]: the process exits once this closes.
     exiting: AtomicBool,
+    /// Counts while the view catches up with the log, from the last chunk applied.
+    stall: StallClock,
 }
 
 /// Closing writes the index snapshot that the next open reads instead of decoding every call,
@@ -413,6 +415,7 @@ impl Projection {
                 view: RwLock::new(view),
                 snapshot: Mutex::new(snapshot),
                 exiting: AtomicBool::new(false),
+                stall: StallClock::default(),
             }),
         };
         if opening == Opening::ToRebuild {
@@ -805,7 +808,15 @@ impl Projection {
         })
     }
 
+    /// How long the view's catch-up with the log has gone without applying a chunk; `None`
+    /// while it is not catching up. A watchdog reads it to tell storage that stopped answering
+    /// from a quiet view ([`StallClock`]).
+    pub fn busy_for(&self) -> Option<Duration> {
+        self.inner.stall.busy_for()
+    }
+
     fn catch_up_locked(&self) -> Result<u64, ProjectionError> {
+        let busy = self.inner.stall.start();
         loop {
             let (tree, meta) = {
                 let view = self.read_view()?;
@@ -838,6 +849,7 @@ impl Projection {
             self.inner
                 .checkpoint
                 .store(folded.meta.checkpoint, Ordering::Release);
+            busy.stepped();
         }
     }
 

@@ -213,6 +213,11 @@ pub struct ServeArgs {
     /// keeps none). Bounded whatever the ledger's size.
     #[arg(long, env = "CALLLEDGER_RENDERED_GETS_MB")]
     pub rendered_gets_mb: Option<u64>,
+    /// Seconds the log's writer or the view's catch-up may go without progress before the
+    /// service exits with status 75, for its supervisor to restart it: storage that stopped
+    /// answering, such as a deadlock inside sled (60; 0: never).
+    #[arg(long, env = "CALLLEDGER_STALL_EXIT_SECS")]
+    pub stall_exit_secs: Option<u64>,
 }
 
 /// A `--rate-limit`: a budget, or `off`.

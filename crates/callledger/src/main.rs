@@ -8,6 +8,7 @@ mod ledger;
 mod offline;
 mod out;
 mod serve;
+mod watchdog;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -6,6 +6,7 @@ use crate::cli::{
     RateLimitSetting, ServeArgs,
 };
 use crate::ledger::{now, Ledger, Location, LogOfRecord};
+use crate::watchdog::{self, Watched};
 use anyhow::Context;
 use call_api::rate::{RateLimit, RateLimiter};
 use call_api::{Api, ApiConfig, TokenStore};
@@ -40,6 +41,7 @@ struct ConfigFile {
     disk_reserve_mb: Option<u64>,
     projection_cache_mb: Option<u64>,
     rendered_gets_mb: Option<u64>,
+    stall_exit_secs: Option<u64>,
 }
 
 pub fn run(
@@ -134,6 +136,12 @@ pub fn run(
         checkpoint = ledger.projection.checkpoint(),
         "ledger open"
     );
+    let _watchdog = watchdog::spawn(
+        stall_limit(args.stall_exit_secs.or(file.stall_exit_secs)),
+        watched_storage(&ledger),
+        watchdog::exit_stalled,
+    )
+    .context("cannot start the storage watchdog")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -203,11 +211,38 @@ fn install_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: not as escape codes in a log file or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// The watchdog's limit from `--stall-exit-secs`: 0 watches nothing.
+fn stall_limit(secs: Option<u64>) -> Option<Duration> {
+    match secs {
+        None => Some(watchdog::DEFAULT_STALL_LIMIT),
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs)),
+    }
+}
+
+/// What the watchdog watches in a served ledger: the log's writer and the view's catch-up.
+fn watched_storage(ledger: &Ledger) -> Vec<Watched> {
+    let log = ledger.log.clone();
+    let projection = ledger.projection.clone();
+    vec![
+        Watched {
+            what: "the event log's writer",
+            busy_for: Box::new(move || log.busy_for()),
+        },
+        Watched {
+            what: "the projection's catch-up",
+            busy_for: Box::new(move || projection.busy_for()),
+        },
+    ]
 }
 
 /// The budget of kept get documents from `--rendered-gets-mb`: 0 keeps none; no more than this
@@ -238,5 +273,12 @@ mod tests {
         assert_eq!(rendered_gets_bytes(Some(16)).unwrap(), 16 << 20);
         let huge = rendered_gets_bytes(Some(u64::MAX)).unwrap_err().to_string();
         assert!(huge.contains("--rendered-gets-mb"), "{huge}");
+    }
+
+    #[test]
+    fn the_stall_limit_is_seconds_and_zero_turns_the_watchdog_off() {
+        assert_eq!(stall_limit(None), Some(watchdog::DEFAULT_STALL_LIMIT));
+        assert_eq!(stall_limit(Some(0)), None);
+        assert_eq!(stall_limit(Some(5)), Some(Duration::from_secs(5)));
     }
 }

@@ -367,6 +367,11 @@ impl LogEngine for WriteBehind {
     fn flush(&self) -> Result<(), LogError> {
         self.shared.disk.flush()
     }
+
+    /// How long the sled log under the replica has been writing its current batch.
+    fn busy_for(&self) -> Option<Duration> {
+        self.shared.disk.busy_for()
+    }
 }
 
 #[cfg(test)]

@@ -386,6 +386,12 @@ impl LogEngine for JetStreamLog {
         Ok(())
     }
 
+    /// The replica's storage, where it is on disk: the stream's own appends are bounded by
+    /// their timeouts.
+    fn busy_for(&self) -> Option<Duration> {
+        self.inner.replica.busy_for()
+    }
+
     fn sync(&self) -> Result<Position, LogError> {
         // Short: a read that cannot learn the head now (a stream leader being elected) fails
         // fast and is retried by its client, rather than holding the request.

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -69,6 +70,14 @@ pub trait LogEngine: Send + Sync + 'static {
     /// reads are the log itself answers its head.
     fn sync(&self) -> Result<Position, LogError> {
         Ok(self.head())
+    }
+
+    /// How long the engine's storage work in progress (a group being written and flushed) has
+    /// gone without finishing; `None` while it is idle, or for an engine that does not tell.
+    /// A watchdog reads it to tell storage that stopped answering from a quiet log
+    /// ([`crate::StallClock`]).
+    fn busy_for(&self) -> Option<Duration> {
+        None
     }
 }
 
@@ -199,6 +208,11 @@ impl EventLog {
     /// See [`LogEngine::flush`].
     pub fn flush(&self) -> Result<(), LogError> {
         self.engine.flush()
+    }
+
+    /// See [`LogEngine::busy_for`].
+    pub fn busy_for(&self) -> Option<Duration> {
+        self.engine.busy_for()
     }
 
     /// See [`LogEngine::sync`].

@@ -21,6 +21,7 @@ mod error;
 mod memory;
 mod position_file;
 mod sled_engine;
+mod stall;
 
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,7 @@ pub use error::{AppendError, LogError};
 pub use memory::MemoryLog;
 pub use position_file::{read_position, PositionFile, PositionFileError};
 pub use sled_engine::SledLog;
+pub use stall::{Busy, StallClock};
 
 /// Benchmark baselines of the sled engine, beside which the benches print the log's own
 /// figures. Not part of the contract: behind the `bench` feature.

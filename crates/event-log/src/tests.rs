@@ -1160,3 +1160,42 @@ fn a_damaged_log_file_is_refused_with_an_error_not_a_panic() {
     }
     eprintln!("39 garbled copies: {outcomes:?}");
 }
+
+#[test]
+fn the_writer_shows_how_long_a_group_has_gone_unanswered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = open(dir.path());
+    new_stream(&log, &["before"]);
+    assert_eq!(log.busy_for(), None, "an idle writer is not busy");
+
+    // Hold the writer at the start of its next group, as storage that stopped answering would.
+    let held = crate::sled_engine::writer::hold::HOLD_COMMITS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let appender = {
+        let log = log.clone();
+        std::thread::spawn(move || new_stream(&log, &["held"]))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log
+        .busy_for()
+        .is_none_or(|busy| busy < Duration::from_millis(50))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held group never showed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!appender.is_finished(), "a held group is not answered");
+    drop(held);
+
+    let appended = appender.join().expect("the appender");
+    assert_eq!(appended.first_position, 2);
+    assert_eq!(log.busy_for(), None, "answered: idle again");
+    assert_eq!(
+        EventLog::from_engine(MemoryLog::new()).busy_for(),
+        None,
+        "an engine that does not tell"
+    );
+}

@@ -907,7 +907,7 @@ async fn get_from_every_instance(caller: &Caller, id: u64, instances: usize) {
 
 /// `callledger --data-dir DATA ARGS...` (an offline subcommand), its stdout; fails the test on
 /// a non-zero exit.
-fn offline(bin: &Path, data: &Path, args: &[&str]) -> String {
+pub(super) fn offline(bin: &Path, data: &Path, args: &[&str]) -> String {
     let output = Command::new(bin)
         .arg("--data-dir")
         .arg(data)
@@ -1283,7 +1283,7 @@ fn cli(bin: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// A path as a command-line argument.
-fn arg(path: &Path) -> &str {
+pub(super) fn arg(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
 
@@ -1887,156 +1887,4 @@ async fn ten_sigkill_rounds_under_mixed_load_lose_nothing_and_apply_nothing_twic
         assert!(verified.contains("equals the live one"), "{verified}");
     })
     .await;
-}
-
-/// A tmpfs of `size` mounted on `at`, unmounted on drop; `None` where mounting is not allowed
-/// (not root, or no mount namespace of our own).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
-        let output = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                arg(at),
-            ])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if output.status.success() {
-            Ok(Tmpfs(at.to_path_buf()))
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
-        }
-    }
-
-    /// Bytes free, as df sees them.
-    fn available(&self) -> u64 {
-        let output = Command::new("df")
-            .args(["--output=avail", "-B1", arg(&self.0)])
-            .output()
-            .expect("df runs");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .last()
-            .and_then(|line| line.trim().parse().ok())
-            .expect("df prints the free bytes")
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").args(["-l", arg(&self.0)]).status();
-    }
-}
-
-/// The data directory on a small tmpfs that is then filled up: creates are answered 503 with a
-/// log line saying the disk is full, reads go on, nothing acknowledged is lost, and once the
-/// space is freed writes resume by themselves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_writes_keeps_reads_and_resumes_once_space_is_freed() {
-    let bin = blocking(callledger_bin);
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let disk = match Tmpfs::mount(&dir.path().join("disk"), "48m") {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("skipped: cannot mount a tmpfs here ({why})");
-            return;
-        }
-    };
-    bounded("the test", TEST_TIMEOUT, async {
-        let nats = blocking(NatsServer::start);
-        let data = disk.0.join("data");
-        let mut serve = blocking(|| {
-            Serve::start(
-                &bin,
-                &data,
-                &nats.url(),
-                &["--disk-reserve-mb", "8"],
-                dir.path().join("serve.log"),
-            )
-        });
-        let client = async_nats::connect(nats.url()).await.expect("a client");
-        let caller = Caller::new(client, None);
-        wait_until_serving(&caller, &serve).await;
-        let mut acknowledged = Vec::new();
-        for n in 0..20 {
-            let call = caller
-                .create_call(json!({"note": format!("before {n}")}))
-                .await;
-            acknowledged.push(call["id"].as_u64().expect("an id"));
-        }
-
-        // Fill the disk to 4 MiB short of full, inside the reserve.
-        let filler = disk.0.join("filler");
-        let size = disk.available().saturating_sub(4 << 20);
-        let filled = Command::new("fallocate")
-            .args(["-l", &size.to_string(), arg(&filler)])
-            .status()
-            .expect("fallocate runs");
-        assert!(filled.success());
-        let refused = eventually("a create refused", Duration::from_secs(20), || {
-            let caller = caller.clone();
-            async move {
-                let reply = caller
-                    .create(&[], &call_document(json!({"note": "while full"})))
-                    .await;
-                (!reply.is_success()).then_some(reply)
-            }
-        })
-        .await;
-        refused.assert_error(503, "Service Unavailable");
-        assert!(
-            serve.logs().contains("disk full: refusing writes"),
-            "a clear log line; the log:\n{}",
-            serve.logs()
-        );
-        for _ in 0..5 {
-            let reply = caller.create(&[], &call_document(json!({}))).await;
-            reply.assert_error(503, "Service Unavailable");
-        }
-        // Reads go on.
-        for id in &acknowledged {
-            assert!(caller.get(*id, "").await.is_success(), "call {id}");
-        }
-        assert!(caller.list("page[size]=5").await.is_success());
-
-        // Space freed: writes resume by themselves.
-        std::fs::remove_file(&filler).expect("the filler goes");
-        let resumed = eventually(
-            "a create after the space is freed",
-            Duration::from_secs(20),
-            || {
-                let caller = caller.clone();
-                async move {
-                    let reply = caller
-                        .create(&[], &call_document(json!({"note": "after"})))
-                        .await;
-                    reply
-                        .is_success()
-                        .then(|| reply.data()["id"].as_u64().expect("an id"))
-                }
-            },
-        )
-        .await;
-        acknowledged.push(resumed);
-        assert!(
-            serve.logs().contains("disk space freed"),
-            "{}",
-            serve.logs()
-        );
-        serve.stop_cleanly();
-        let verified = offline(&bin, &data, &["verify"]);
-        assert!(verified.contains("equals the live one"), "{verified}");
-        for id in &acknowledged {
-            let call = offline(&bin, &data, &["get", &id.to_string()]);
-            assert!(call.contains("\"type\":\"call\""), "call {id}: {call}");
-        }
-    })
-    .await;
-    drop(disk);
 }

@@ -22,7 +22,7 @@ mod mark;
 mod rows;
 mod space;
 mod submissions;
-mod writer;
+pub(crate) mod writer;
 
 use submissions::{FailTheRest, Submissions, Ticket};
 use writer::{Shared, Writer};
@@ -271,6 +271,11 @@ impl LogEngine for SledLog {
     fn flush(&self) -> Result<(), LogError> {
         self.inner.db.flush().map_err(crate::error::storage)?;
         Ok(())
+    }
+
+    /// How long the writer has been writing and flushing its current group.
+    fn busy_for(&self) -> Option<Duration> {
+        self.inner.shared.stall.busy_for()
     }
 }
 

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     /// The highest stream id given: a new stream gets the next (restored streams may leave ids
     /// below it unused).
     pub(crate) allocated: AtomicU64,
+    /// Counts while a group is checked, written and flushed, and the final flush.
+    pub(crate) stall: crate::StallClock,
 }
 
 /// The counters, as applied to the tree.
@@ -211,10 +213,15 @@ pub(crate) struct Writer {
 impl Writer {
     /// Serves appends until the queue is closed and empty, then flushes.
     pub(crate) fn run(mut self, submissions: &Submissions) {
+        let shared = Arc::clone(&self.shared);
         while let Some((appends, group)) = submissions.take() {
+            let _busy = shared.stall.start();
+            #[cfg(test)]
+            hold::pause_point();
             let answers = self.commit(appends);
             group.answer(answers);
         }
+        let _busy = shared.stall.start();
         match self.db.flush() {
             Ok(_) => self.mark.record(self.counters.last_position()),
             Err(error) => tracing::error!(%error, "final flush of the event log failed"),
@@ -453,4 +460,17 @@ impl Writer {
 /// `count` answers of `error`.
 fn failed(count: usize, error: &LogError) -> Vec<Answer> {
     (0..count).map(|_| Err(error.duplicate().into())).collect()
+}
+
+/// A pause inside a group's commit that tests hold to see the writer busy.
+#[cfg(test)]
+pub(crate) mod hold {
+    use std::sync::{Mutex, PoisonError};
+
+    /// Held by a test: every group waits at the start of its commit until it is released.
+    pub(crate) static HOLD_COMMITS: Mutex<()> = Mutex::new(());
+
+    pub(super) fn pause_point() {
+        drop(HOLD_COMMITS.lock().unwrap_or_else(PoisonError::into_inner));
+    }
 }
