@@ -195,7 +195,9 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                                 Err(reason) => skip_line(number, &reason),
                             }
                         }
-                        let answers = ledger.commands.execute_all(&requests);
+                        let answers = ledger
+                            .commands
+                            .execute_all_handing(&requests, &|event| appending.hand(event));
                         appending.appended();
                         for (number, answer) in numbers.into_iter().zip(answers) {
                             let reason = match answer {
