@@ -551,17 +551,24 @@ fn fingerprint(request: &CommandRequest) -> [u8; 32] {
     // The JSON array `[kind, id, changes, actor, occurredAt millis, expected version]`, written
     // straight into the hash: the stored fingerprints of keys already used are of this text, so
     // it never changes (`the_fingerprint_text_is_pinned`).
-    let canonical = (
-        kind,
-        id,
-        changes,
-        &command.actor,
-        command.occurred_at.map(|at| at.millis()),
-        request.expected_version,
-    );
     let mut hasher = Hashing(Sha256::new());
     // Neither the hash nor these values' `Serialize` can fail.
-    let _ = serde_json::to_writer(&mut hasher, &canonical);
+    hasher.0.update(b"[");
+    let _ = serde_json::to_writer(&mut hasher, kind);
+    hasher.0.update(b",");
+    let _ = serde_json::to_writer(&mut hasher, &id);
+    hasher.0.update(b",");
+    match changes {
+        Some(changes) => hasher.0.update(changes.to_json_bytes()),
+        None => hasher.0.update(b"null"),
+    }
+    hasher.0.update(b",");
+    let _ = serde_json::to_writer(&mut hasher, &command.actor);
+    hasher.0.update(b",");
+    let _ = serde_json::to_writer(&mut hasher, &command.occurred_at.map(|at| at.millis()));
+    hasher.0.update(b",");
+    let _ = serde_json::to_writer(&mut hasher, &request.expected_version);
+    hasher.0.update(b"]");
     hasher.0.finalize().into()
 }
 

@@ -3,14 +3,10 @@
 
 use crate::call::CallId;
 use crate::event_data::{DataIn, PreviousState};
-use crate::field_map::FieldMap;
-use crate::fields::{AttrValue, RelValue, Relation};
 use crate::input::Changes;
 use crate::time::Timestamp;
-use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// The version of the event JSON this crate writes. Readers accept every version from 1 up to
@@ -136,31 +132,6 @@ pub struct EventDecodeError {
     pub reason: String,
 }
 
-/// The documented JSON form as written, members in the documented order.
-///
-/// Written through `Serialize` rather than built as a `serde_json::Value`: a `Value`'s member
-/// order depends on whether some crate in the build enables serde_json's `preserve_order`, and
-/// the record must not change with the build.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EnvelopeOut<'a> {
-    schema_version: u32,
-    #[serde(rename = "type")]
-    event_type: EventType,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    position: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    call_id: Option<CallId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<u64>,
-    event_id: Uuid,
-    idempotency_key: &'a Option<String>,
-    occurred_at: Timestamp,
-    recorded_at: Timestamp,
-    actor: &'a str,
-    data: DataOut<'a>,
-}
-
 /// The documented JSON form as read: members in any order; members this version does not know
 /// are ignored, because adding an optional member is a compatible change (docs/events.md).
 #[derive(Deserialize)]
@@ -178,87 +149,6 @@ struct EnvelopeIn {
     recorded_at: Timestamp,
     actor: String,
     data: DataIn,
-}
-
-/// An event's `data`: `previousState` (CallStateChanged only), then the changed members.
-struct DataOut<'a>(&'a EventBody);
-
-impl Serialize for DataOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        match self.0 {
-            EventBody::CallCreated(changes) | EventBody::CallUpdated(changes) => {
-                write_changes(&mut map, changes)?;
-            }
-            EventBody::CallStateChanged {
-                previous_state,
-                changes,
-            } => {
-                map.serialize_entry("previousState", previous_state)?;
-                write_changes(&mut map, changes)?;
-            }
-            EventBody::CallDeleted => {}
-        }
-        map.end()
-    }
-}
-
-/// `Changes` as the events write them: only the named members, `null` where cleared.
-pub(crate) struct ChangesOut<'a>(pub(crate) &'a Changes);
-
-/// A `Changes` serializes as the events write it, the text of [`Changes::to_json`] (which
-/// builds a `Value` first); straight to a writer it costs no allocation per member.
-impl Serialize for Changes {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        ChangesOut(self).serialize(serializer)
-    }
-}
-
-impl Serialize for ChangesOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        write_changes(&mut map, self.0)?;
-        map.end()
-    }
-}
-
-fn write_changes<M: SerializeMap>(map: &mut M, changes: &Changes) -> Result<(), M::Error> {
-    if !changes.attributes.is_empty() {
-        map.serialize_entry("attributes", &AttributesOut(&changes.attributes))?;
-    }
-    if !changes.relationships.is_empty() {
-        map.serialize_entry("relationships", &RelationshipsOut(&changes.relationships))?;
-    }
-    if let Some(connections) = &changes.data_connections {
-        map.serialize_entry("dataConnections", connections)?;
-    }
-    Ok(())
-}
-
-/// Attributes in the order of [`Field`] (alphabetical).
-struct AttributesOut<'a>(&'a FieldMap<Option<AttrValue>>);
-
-impl Serialize for AttributesOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(
-            self.0
-                .iter()
-                .map(|(field, value)| (field.name(), value.as_ref())),
-        )
-    }
-}
-
-/// Relationships in the order of [`Relation`] (alphabetical).
-struct RelationshipsOut<'a>(&'a BTreeMap<Relation, Option<RelValue>>);
-
-impl Serialize for RelationshipsOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(
-            self.0
-                .iter()
-                .map(|(relation, value)| (relation.name(), value)),
-        )
-    }
 }
 
 /// Brings an older event's JSON up to [`SCHEMA_VERSION`], one version at a time.
@@ -335,33 +225,14 @@ impl EnvelopeIn {
 }
 
 impl StoredEvent {
-    fn envelope(&self, place: Option<(u64, CallId, u64)>) -> EnvelopeOut<'_> {
-        EnvelopeOut {
-            schema_version: SCHEMA_VERSION,
-            event_type: self.body.event_type(),
-            position: place.map(|p| p.0),
-            call_id: place.map(|p| p.1),
-            version: place.map(|p| p.2),
-            event_id: self.event_id,
-            idempotency_key: &self.idempotency_key,
-            occurred_at: self.occurred_at,
-            recorded_at: self.recorded_at,
-            actor: &self.actor,
-            data: DataOut(&self.body),
-        }
-    }
-
     /// The bytes the log stores: the event JSON without the members the log assigns (position,
     /// callId, version), in the documented member order.
     pub fn encode(&self) -> Vec<u8> {
-        // A created call's event is some 600 bytes: starting there saves the buffer's seven
-        // doublings (each a copy) from serde_json's empty `Vec`.
+        // A created call's event is some 600 bytes: starting there saves the buffer's doublings
+        // (each a copy).
         let mut bytes = Vec::with_capacity(ENCODED_EVENT_BYTES);
-        // Serialising these types into a Vec cannot fail: every map key is a string.
-        match serde_json::to_writer(&mut bytes, &self.envelope(None)) {
-            Ok(()) => bytes,
-            Err(_) => Vec::new(),
-        }
+        crate::event_out::write_event(&mut bytes, self, None);
+        bytes
     }
 }
 
@@ -403,33 +274,33 @@ impl Event {
             .map_err(fail)
     }
 
-    /// The documented JSON form as a value: what `export` writes and what is published on NATS.
-    ///
-    /// A `Value` does not keep member order; write [`Event::to_json_bytes`] or
-    /// [`Event::to_json_pretty`] where the text matters.
+    /// The documented JSON form as a value: what `export` writes and what is published on NATS,
+    /// read back from [`Event::to_json_bytes`] (members in the documented order: the workspace
+    /// builds serde_json with `preserve_order`).
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(self.envelope()).unwrap_or(Value::Null)
+        serde_json::from_slice(&self.to_json_bytes()).unwrap_or(Value::Null)
     }
 
     /// The documented JSON form as compact text, members in the documented order: one line of
     /// `callledger export`, the payload published on NATS.
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.envelope()).unwrap_or_default()
+        let mut bytes = Vec::with_capacity(ENCODED_EVENT_BYTES + 64);
+        crate::event_out::write_event(
+            &mut bytes,
+            &self.stored,
+            Some((self.position, self.call_id, self.version)),
+        );
+        bytes
     }
 
     /// The documented JSON form pretty-printed (two-space indent), as in the golden files and
     /// docs/events.md.
     pub fn to_json_pretty(&self) -> String {
-        serde_json::to_string_pretty(&self.envelope()).unwrap_or_default()
+        serde_json::to_string_pretty(&self.to_json()).unwrap_or_default()
     }
 
     /// Its type.
     pub fn event_type(&self) -> EventType {
         self.stored.body.event_type()
-    }
-
-    fn envelope(&self) -> EnvelopeOut<'_> {
-        self.stored
-            .envelope(Some((self.position, self.call_id, self.version)))
     }
 }

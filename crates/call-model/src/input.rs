@@ -86,7 +86,14 @@ impl Changes {
 
     /// The JSON the events store: only the named members, `null` where cleared.
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(crate::event::ChangesOut(self)).unwrap_or(Value::Null)
+        serde_json::from_slice(&self.to_json_bytes()).unwrap_or(Value::Null)
+    }
+
+    /// The changes as the events write them, as compact text.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        crate::event_out::write_changes(&mut bytes, self);
+        bytes
     }
 
     /// Reads what [`Changes::to_json`] wrote; `None` when it is not of that form.

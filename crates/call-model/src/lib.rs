@@ -9,6 +9,7 @@ mod call_ref;
 mod command;
 mod event;
 mod event_data;
+mod event_out;
 mod field_map;
 mod fields;
 mod input;

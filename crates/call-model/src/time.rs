@@ -18,6 +18,12 @@ pub struct Timestamp(i64);
 pub struct TimestampError;
 
 impl Timestamp {
+    /// The canonical text (UTC, milliseconds, `Z`) of a timestamp that has one: every stored
+    /// and written one; `None` for one chrono must write (its `Display`).
+    pub(crate) fn canonical_bytes(self) -> Option<[u8; 24]> {
+        canonical::write(self)
+    }
+
     /// Milliseconds since the Unix epoch.
     pub fn from_millis(millis: i64) -> Timestamp {
         Timestamp(millis)

@@ -1182,7 +1182,12 @@ fn a_following_view_folds_the_events_handed_and_verify_tells_them_from_the_log()
     let (caught, id) = caught;
     assert_eq!(caught.expect("followed"), ledger.log.head());
     assert_eq!(
-        following.get(id).unwrap().expect("the call").attributes.get(&Field::Note),
+        following
+            .get(id)
+            .unwrap()
+            .expect("the call")
+            .attributes
+            .get(&Field::Note),
         Some(&AttrValue::Text("handed, not logged".into()))
     );
     let report = following
