@@ -168,7 +168,7 @@ impl CommandService {
             Keyed::Fresh(idempotency) => idempotency,
         };
         let late = late_key(&idempotency, &request);
-        self.execute_keyed(&request, idempotency, seen.as_ref(), &|_| {})
+        self.execute_keyed(&request, idempotency, seen.as_ref())
             .or_else(|error| self.answer_late(late, error))
     }
 
@@ -181,18 +181,6 @@ impl CommandService {
     pub fn execute_all(
         &self,
         requests: &[CommandRequest],
-    ) -> Vec<Result<CommandOutcome, CommandError>> {
-        self.execute_all_handing(requests, &|_| {})
-    }
-
-    /// As [`CommandService::execute_all`], handing `hand` each event it appended, once
-    /// durable, with the place the log gave it: a caller that folds the same events elsewhere
-    /// (the importer's projection, following the appends) need not decode them from the log
-    /// again.
-    pub fn execute_all_handing(
-        &self,
-        requests: &[CommandRequest],
-        hand: &(dyn Fn(&Event) + Sync),
     ) -> Vec<Result<CommandOutcome, CommandError>> {
         let mut answers: Vec<Option<Result<CommandOutcome, CommandError>>> =
             Vec::with_capacity(requests.len());
@@ -224,9 +212,9 @@ impl CommandService {
         let appended = self.log.append_all(appends);
         for ((index, staged, idempotency), result) in pending.into_iter().zip(appended) {
             let request = &requests[index];
-            let answer = match self.finish(request, staged, idempotency.clone(), result, hand) {
+            let answer = match self.finish(request, staged, idempotency.clone(), result) {
                 Ok(Attempt::Done(outcome)) => Ok(outcome),
-                Ok(Attempt::Raced) => self.execute_keyed(request, idempotency, None, hand),
+                Ok(Attempt::Raced) => self.execute_keyed(request, idempotency, None),
                 Err(error) => Err(error),
             };
             answers[index] = Some(answer);
@@ -295,14 +283,13 @@ impl CommandService {
         request: &CommandRequest,
         idempotency: Option<Idempotency>,
         mut seen: Option<&Call>,
-        hand: &(dyn Fn(&Event) + Sync),
     ) -> Result<CommandOutcome, CommandError> {
         for _ in 0..MAX_ATTEMPTS {
             let attempt = match self.prepare(request, idempotency.clone(), seen.take())? {
                 Prepared::Done(outcome) => Attempt::Done(outcome),
                 Prepared::Append(append, staged) => {
                     let result = self.log.append(append);
-                    self.finish(request, staged, idempotency.clone(), result, hand)?
+                    self.finish(request, staged, idempotency.clone(), result)?
                 }
             };
             match attempt {
@@ -396,7 +383,6 @@ impl CommandService {
         staged: Staged,
         idempotency: Option<Idempotency>,
         result: Result<Appended, AppendError>,
-        hand: &(dyn Fn(&Event) + Sync),
     ) -> Result<Attempt, CommandError> {
         let appended = match result {
             Ok(appended) => appended,
@@ -433,7 +419,6 @@ impl CommandService {
                 version: appended.first_version + offset,
                 stored,
             };
-            hand(&event);
             state = evolve_owned(state, event);
         }
         Ok(Attempt::Done(CommandOutcome {

@@ -5,12 +5,9 @@
 use crate::column::Column;
 use crate::error::ProjectionError;
 use crate::index::{IdMap, IdSet, IndexRow, Indexes, SplitBuilder};
-use crate::store::{
-    decode_call, decode_record, decode_records, fold, par_map, Meta, Overlay, Views,
-};
-use call_model::{Call, Event};
+use crate::store::{decode_call, fold, par_map, Meta, Overlay, Views};
+use call_model::Call;
 use event_log::{EventLog, LogError, Record};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Records per batch while replaying, where nothing else writes.
@@ -98,79 +95,13 @@ fn counted(builder: &SplitBuilder, meta: &Meta, source: &str) -> Result<(), Proj
 /// instead of after it; reading whole chunks keeps its cost per event what a replay's is (a
 /// replay that took whatever the head held, a few hundred records at a time, spent a fifth
 /// more of the import's CPU on the extra chunks' fixed costs).
-///
-/// The code appending may also hand the replay the events it appended ([`Appending::hand`]),
-/// which the replay then folds instead of decoding them again from the log's records (decoding
-/// was an eighth of an import's CPU).
 #[derive(Debug, Default)]
 pub struct Appending {
     ended: std::sync::Mutex<bool>,
     moved: std::sync::Condvar,
-    /// Events handed by position, until the replay reads their records.
-    handed: std::sync::Mutex<BTreeMap<u64, Event>>,
 }
 
-/// The most events [`Appending`] holds for the replay: past it, events are not kept and the
-/// replay decodes them from the log (a replay that falls behind costs no more memory).
-const HANDED_MAX: usize = 4 * FOLLOWING_CHUNK;
-
 impl Appending {
-    /// Hands the replay an appended event, durable at its position, so that it need not decode
-    /// it from the log's record (it still reads the record, and uses the event only where the
-    /// record's place is the event's).
-    pub fn hand(&self, event: &Event) {
-        let mut handed = self.handed();
-        if handed.len() < HANDED_MAX {
-            handed.insert(event.position, event.clone());
-        }
-    }
-
-    fn handed(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Event>> {
-        self.handed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The events of `records`: those handed where the record is the event's (its position,
-    /// call and version), decoded from the record otherwise. Events handed for positions up to
-    /// the last record's are let go: their records have been read.
-    fn events_of(&self, records: &[Record]) -> Result<Vec<Event>, ProjectionError> {
-        let Some(last) = records.last() else {
-            return Ok(Vec::new());
-        };
-        let mut taken = {
-            let mut handed = self.handed();
-            let after = handed.split_off(&(last.position + 1));
-            std::mem::replace(&mut *handed, after)
-        };
-        let events: Vec<Option<Event>> = records
-            .iter()
-            .map(|record| {
-                taken.remove(&record.position).filter(|event| {
-                    event.call_id == record.stream && event.version == record.version
-                })
-            })
-            .collect();
-        free_elsewhere("handed-events", taken);
-        let decoded = par_map(&records_missing(records, &events), |record| {
-            decode_record(record)
-        });
-        let mut decoded = decoded.into_iter();
-        events
-            .into_iter()
-            .map(|event| match event {
-                Some(event) => Ok(event),
-                None => match decoded.next() {
-                    Some(decoded) => decoded.map_err(ProjectionError::from),
-                    None => Err(ProjectionError::Corrupt {
-                        key: "view".to_owned(),
-                        reason: "a record was neither handed nor decoded".to_owned(),
-                    }),
-                },
-            })
-            .collect()
-    }
-
     /// Tells the replay that appends were made (call it after they are acknowledged).
     pub fn appended(&self) {
         // Taking the lock orders this with a reader between its look at the head and its wait,
@@ -219,16 +150,6 @@ impl Appending {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
-}
-
-/// The records of `records` whose events were not handed (`None` in `events`), in order.
-fn records_missing<'a>(records: &'a [Record], events: &[Option<Event>]) -> Vec<&'a Record> {
-    records
-        .iter()
-        .zip(events)
-        .filter(|(_, event)| event.is_none())
-        .map(|(record, _)| record)
-        .collect()
 }
 
 /// Ends its [`Appending`] when dropped ([`Appending::ending`]).
@@ -465,15 +386,10 @@ pub(crate) fn replay(
                 // The reader is done: it sent every chunk up to `upto` or the head.
                 Err(_) => break Ok(()),
             };
-            let events = match appending {
-                Some(appending) => appending.events_of(&records),
-                None => decode_records(&records),
+            let folded = match fold(tree, Some(&*overlay), &meta, &records, true) {
+                Ok(folded) => folded,
+                Err(error) => break Err(error),
             };
-            let folded =
-                match events.and_then(|events| fold(tree, Some(&*overlay), &meta, events, true)) {
-                    Ok(folded) => folded,
-                    Err(error) => break Err(error),
-                };
             drop(records);
             // The previous batch must be in the tree before this one follows it (and before
             // the next fold reads past this overlay).

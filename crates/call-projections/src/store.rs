@@ -563,43 +563,29 @@ pub(crate) struct Folded {
 /// Calls changed by a batch that may not be applied yet: their state after it (`None`: not live).
 pub(crate) type Overlay = IdMap<Option<Call>>;
 
-/// The events of `records`, decoded (over the machine's cores for a large chunk: decoding is
-/// one of a fold's two expensive steps).
-pub(crate) fn decode_records(records: &[Record]) -> Result<Vec<Event>, ProjectionError> {
-    par_map(records, decode_record)
-        .into_iter()
-        .collect::<Result<Vec<Event>, _>>()
-        .map_err(ProjectionError::from)
-}
-
-/// The event of one record.
-pub(crate) fn decode_record(record: &Record) -> Result<Event, call_model::EventDecodeError> {
-    Event::decode(
-        record.position,
-        record.stream,
-        record.version,
-        &record.payload,
-    )
-}
-
-/// Folds `events` (which must continue the log right after `meta.checkpoint`) into one batch.
+/// Folds `records` (which must continue the log right after `meta.checkpoint`) into one batch.
 /// With `pack`, the calls the chunk creates (above every packed id) are written as packs.
 ///
 /// Each call's state is read once per chunk (from `overlay` when it is there, else from the
 /// tree) and evolved in memory through all of its events, so a call changed many times in a
-/// chunk is written once. Encoding is the expensive step and is spread over the machine's
-/// cores for large chunks.
+/// chunk is written once. Decoding and encoding are the expensive steps and are spread over the
+/// machine's cores for large chunks.
 pub(crate) fn fold(
     tree: &sled::Tree,
     overlay: Option<&Overlay>,
     meta: &Meta,
-    events: Vec<Event>,
+    records: &[Record],
     pack: bool,
 ) -> Result<Folded, ProjectionError> {
     struct Slot {
         original: Option<Call>,
         state: CallState,
     }
+    let events = par_map(records, |r| {
+        Event::decode(r.position, r.stream, r.version, &r.payload)
+    })
+    .into_iter()
+    .collect::<Result<Vec<Event>, _>>()?;
     let mut slots: IdMap<Slot> = IdMap::default();
     // First-touch order, so that the batch (and so the stored bytes) do not depend on hashing.
     let mut touched = Vec::new();

@@ -378,11 +378,11 @@ fn append_lines(
             .with_context(|| format!("line {}: not an event", number + 1))?;
         batch.push(event);
         if batch.len() == PAGE {
-            restored += append_batch(ledger, &mut batch, appending)?;
+            restored += append_batch(ledger, &mut batch)?;
             appending.appended();
         }
     }
-    restored += append_batch(ledger, &mut batch, appending)?;
+    restored += append_batch(ledger, &mut batch)?;
     Ok(restored)
 }
 
@@ -436,11 +436,7 @@ pub fn restore(at: &Location, source: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Appends the events at their own positions, calls and versions, or says where they differ.
-fn append_batch(
-    ledger: &Ledger,
-    batch: &mut Vec<Event>,
-    appending: &Appending,
-) -> anyhow::Result<u64> {
+fn append_batch(ledger: &Ledger, batch: &mut Vec<Event>) -> anyhow::Result<u64> {
     let events = std::mem::take(batch);
     let appends = events
         .iter()
@@ -484,8 +480,6 @@ fn append_batch(
                 appended.first_version
             );
         }
-        // At its own place in the new log: the projection folds it without decoding it again.
-        appending.hand(event);
     }
     Ok(events.len() as u64)
 }

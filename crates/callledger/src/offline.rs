@@ -195,9 +195,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                                 Err(reason) => skip_line(number, &reason),
                             }
                         }
-                        let answers = ledger
-                            .commands
-                            .execute_all_handing(&requests, &|event| appending.hand(event));
+                        let answers = ledger.commands.execute_all(&requests);
                         appending.appended();
                         for (number, answer) in numbers.into_iter().zip(answers) {
                             let reason = match answer {
