@@ -22,6 +22,7 @@ use call_projections::{PageCursor, Projection, ProjectionError, QueryError};
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Room left in a reply for the headers and the envelope when a page is fitted to the max
 /// payload (NATS counts headers and payload together).
@@ -92,6 +93,16 @@ impl Api {
     /// [`Projection::index_memory`]).
     pub fn index_memory(&self) -> Result<(u64, Vec<(String, usize)>), ProjectionError> {
         self.inner.projection.index_memory()
+    }
+
+    /// How long the log's writer has been on its current group, and the projection's catch-up
+    /// without applying a chunk; `None` for each while it is idle (see
+    /// `event_log::StallClock`).
+    pub fn storage_busy(&self) -> (Option<Duration>, Option<Duration>) {
+        (
+            self.inner.commands.log().busy_for(),
+            self.inner.projection.busy_for(),
+        )
     }
 
     /// The configuration it was built with.

@@ -140,8 +140,20 @@ pub(crate) async fn start(
 
 /// The `data` of an endpoint in `$SRV.STATS`: for `get`, what its kept documents did
 /// (`renderedGets`: hits, misses, entries, bytes and the budget in bytes); for `list`, the
-/// indexes it reads (`indexes`: the live calls and [`index_memory`]); `{}` for the others.
+/// indexes it reads (`indexes`: the live calls and [`index_memory`]); for `create`, how long
+/// the storage under every write has been busy (`storage`: `logWriterBusyMs`, the log's writer
+/// on its current group, and `catchUpBusyMs`, the projection's catch-up since its last chunk;
+/// `null` while idle), which grows without bound when storage stops answering; `{}` for the
+/// others.
 fn endpoint_data(endpoint: &str, api: &Api) -> serde_json::Value {
+    if endpoint == "create" {
+        let (log, catch_up) = api.storage_busy();
+        let millis = |busy: Option<std::time::Duration>| busy.map(|busy| busy.as_millis() as u64);
+        return serde_json::json!({"storage": {
+            "logWriterBusyMs": millis(log),
+            "catchUpBusyMs": millis(catch_up),
+        }});
+    }
     if endpoint == "list" {
         return match api.index_memory() {
             Ok((live, by_index)) => serde_json::json!({"indexes": {

@@ -609,6 +609,19 @@ async fn stats_count_errors_and_replies_carry_bodies() {
                 .is_some_and(|e| code.is_some_and(|code| e.starts_with(&code))),
             "{stats}"
         );
+        // Storage idle: neither the log's writer nor the catch-up is busy.
+        let create = stats["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "create")
+            .cloned()
+            .unwrap_or(Value::Null);
+        assert_eq!(
+            create["data"]["storage"],
+            serde_json::json!({"logWriterBusyMs": null, "catchUpBusyMs": null}),
+            "{stats}"
+        );
 
         gateway.stop().await;
         // After the drain nobody answers any more.
