@@ -587,13 +587,16 @@ async fn stats_count_errors_and_replies_carry_bodies() {
             .await
             .expect("$SRV.STATS");
         let stats: Value = serde_json::from_slice(&stats.payload).expect("stats JSON");
-        let get = stats["endpoints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["name"] == "get")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let endpoint = |name: &str| {
+            stats["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == name)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let get = endpoint("get");
         assert_eq!(get["num_requests"], 1, "{stats}");
         assert_eq!(get["num_errors"], 1, "{stats}");
         // No live call was got: nothing kept, nothing missed.
@@ -610,15 +613,8 @@ async fn stats_count_errors_and_replies_carry_bodies() {
             "{stats}"
         );
         // Storage idle: neither the log's writer nor the catch-up is busy.
-        let create = stats["endpoints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["name"] == "create")
-            .cloned()
-            .unwrap_or(Value::Null);
         assert_eq!(
-            create["data"]["storage"],
+            endpoint("create")["data"]["storage"],
             serde_json::json!({"logWriterBusyMs": null, "catchUpBusyMs": null}),
             "{stats}"
         );
