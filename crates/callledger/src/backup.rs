@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use call_model::Event;
 use call_projections::Appending;
-use event_log::{Append, ExpectedVersion, StreamTarget};
+use event_log::{Append, EventLog, ExpectedVersion, StreamTarget};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -125,16 +125,15 @@ trait LogSource {
 }
 
 /// The log of a data directory.
-struct Offline(Ledger);
+struct Offline(EventLog);
 
 impl LogSource for Offline {
     fn head(&mut self) -> anyhow::Result<u64> {
-        Ok(self.0.log.head())
+        Ok(self.0.head())
     }
 
     fn page(&mut self, after: u64) -> anyhow::Result<Vec<Vec<u8>>> {
         self.0
-            .log
             .read_from(after, PAGE)?
             .into_iter()
             .map(|record| {
@@ -247,7 +246,7 @@ pub fn backup(
 ) -> anyhow::Result<ExitCode> {
     let mut source: Box<dyn LogSource> = match (&at.data.data_dir, &nats.nats_url) {
         (None, Some(_)) => Box::new(Online::connect(nats, token)?),
-        _ => Box::new(Offline(Ledger::open_existing(at)?)),
+        _ => Box::new(Offline(Ledger::open_log_existing(at)?)),
     };
     let report = run_backup(source.as_mut(), dir)?;
     crate::out::line(report)?;

@@ -239,12 +239,12 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn export(at: &Location) -> anyhow::Result<ExitCode> {
-    let ledger = Ledger::open_existing(at)?;
+    let log = Ledger::open_log_existing(at)?;
     let stdout = std::io::stdout();
     let mut writer = BufWriter::new(stdout.lock());
     let mut after = 0;
     loop {
-        let records = ledger.log.read_from(after, 4096)?;
+        let records = log.read_from(after, 4096)?;
         let Some(last) = records.last() else { break };
         after = last.position;
         for record in records {
