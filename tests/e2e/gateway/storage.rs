@@ -303,3 +303,40 @@ async fn a_disk_that_stops_answering_ends_the_service_and_loses_nothing_acknowle
     .await;
     drop(disk);
 }
+
+/// `export` and an offline `backup` read the log alone: with the projection's database garbled,
+/// they copy the whole log as before, and leave the projection's files as they found them
+/// (opening the projection would have rebuilt it first).
+#[test]
+fn export_and_an_offline_backup_read_the_log_alone() {
+    let bin = callledger_bin();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let calls = dir.path().join("calls.ndjson");
+    let lines: String = (0..50)
+        .map(|n| format!("{{\"note\":\"call {n}\"}}\n"))
+        .collect();
+    std::fs::write(&calls, lines).expect("the calls");
+    let imported = offline(&bin, &data, &["import", arg(&calls)]);
+    assert!(imported.starts_with("imported 50 calls"), "{imported}");
+    let exported = offline(&bin, &data, &["export"]);
+    assert_eq!(exported.lines().count(), 50);
+
+    let projection = data.join("projection").join("db");
+    let mut bytes = std::fs::read(&projection).expect("the projection's database");
+    let middle = bytes.len() / 2;
+    for (offset, byte) in bytes[middle..].iter_mut().take(256).enumerate() {
+        *byte = (offset as u8).wrapping_mul(7).wrapping_add(13);
+    }
+    std::fs::write(&projection, &bytes).expect("garble it");
+
+    assert_eq!(offline(&bin, &data, &["export"]), exported);
+    let backup = dir.path().join("backup");
+    let backed_up = offline(&bin, &data, &["backup", arg(&backup)]);
+    assert!(backed_up.starts_with("backed up 50 events"), "{backed_up}");
+    assert_eq!(
+        std::fs::read(&projection).expect("the projection's database"),
+        bytes,
+        "the projection is left as it was"
+    );
+}
