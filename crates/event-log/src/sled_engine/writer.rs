@@ -215,10 +215,13 @@ impl Writer {
     pub(crate) fn run(mut self, submissions: &Submissions) {
         let shared = Arc::clone(&self.shared);
         while let Some((appends, group)) = submissions.take() {
-            let _busy = shared.stall.start();
-            #[cfg(test)]
-            hold::pause_point();
-            let answers = self.commit(appends);
+            let answers = {
+                // Idle again before the answers go: a caller answered sees the writer idle.
+                let _busy = shared.stall.start();
+                #[cfg(test)]
+                hold::pause_point();
+                self.commit(appends)
+            };
             group.answer(answers);
         }
         let _busy = shared.stall.start();
