@@ -106,11 +106,7 @@ fn changes_members(out: &mut Vec<u8>, changes: &Changes, mut first: bool) {
 
 /// Attributes in the order of [`crate::Field`] (alphabetical).
 fn attributes(out: &mut Vec<u8>, attributes: &FieldMap<Option<AttrValue>>) {
-    out.push(b'{');
-    for (index, (field, value)) in attributes.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
+    separated(out, b"{}", attributes.iter(), |out, (field, value)| {
         string(out, field.name());
         out.push(b':');
         match value {
@@ -120,35 +116,39 @@ fn attributes(out: &mut Vec<u8>, attributes: &FieldMap<Option<AttrValue>>) {
             Some(AttrValue::Bool(true)) => out.extend_from_slice(b"true"),
             Some(AttrValue::Bool(false)) => out.extend_from_slice(b"false"),
             Some(AttrValue::Tags(tags)) => {
-                out.push(b'[');
-                for (index, tag) in tags.iter().enumerate() {
-                    if index > 0 {
-                        out.push(b',');
-                    }
-                    string(out, tag);
-                }
-                out.push(b']');
+                separated(out, b"[]", tags, |out, tag| string(out, tag));
             }
         }
+    });
+}
+
+/// `items` between the two bytes of `brackets`, each written by `item`, with commas between.
+fn separated<T>(
+    out: &mut Vec<u8>,
+    brackets: &[u8; 2],
+    items: impl IntoIterator<Item = T>,
+    mut item: impl FnMut(&mut Vec<u8>, T),
+) {
+    out.push(brackets[0]);
+    for (index, each) in items.into_iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        item(out, each);
     }
-    out.push(b'}');
+    out.push(brackets[1]);
 }
 
 /// Relationships in the order of [`Relation`] (alphabetical); each value in its serde form.
 fn relationships(out: &mut Vec<u8>, relationships: &BTreeMap<Relation, Option<RelValue>>) {
-    out.push(b'{');
-    for (index, (relation, value)) in relationships.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
+    separated(out, b"{}", relationships, |out, (relation, value)| {
         string(out, relation.name());
         out.push(b':');
         match value {
             Some(value) => serde_value(out, value),
             None => out.extend_from_slice(b"null"),
         }
-    }
-    out.push(b'}');
+    });
 }
 
 /// A rarer member, written by serde_json (writing into a `Vec` cannot fail: every map key in
