@@ -12,6 +12,30 @@ use serde_json::json;
 use super::process::{arg, offline, wait_until_serving, Serve};
 use super::{blocking, bounded, call_document, eventually, Caller, TEST_TIMEOUT};
 
+/// `callledger serve` on `data` with `extra` flags, once it answers, and the ids of `calls`
+/// calls it acknowledged.
+async fn serve_with_calls(
+    bin: &Path,
+    data: &Path,
+    nats: &NatsServer,
+    extra: &[&str],
+    log: PathBuf,
+    calls: usize,
+) -> (Serve, Caller, Vec<u64>) {
+    let serve = blocking(|| Serve::start(bin, data, &nats.url(), extra, log));
+    let client = async_nats::connect(nats.url()).await.expect("a client");
+    let caller = Caller::new(client, None);
+    wait_until_serving(&caller, &serve).await;
+    let mut acknowledged = Vec::with_capacity(calls);
+    for n in 0..calls {
+        let call = caller
+            .create_call(json!({"note": format!("before {n}")}))
+            .await;
+        acknowledged.push(call["id"].as_u64().expect("an id"));
+    }
+    (serve, caller, acknowledged)
+}
+
 /// A tmpfs of `size` mounted on `at`, unmounted on drop; `None` where mounting is not allowed
 /// (not root, or no mount namespace of our own).
 struct Tmpfs(PathBuf);
@@ -74,25 +98,15 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_resumes_once_space_is_freed(
     bounded("the test", TEST_TIMEOUT, async {
         let nats = blocking(NatsServer::start);
         let data = disk.0.join("data");
-        let mut serve = blocking(|| {
-            Serve::start(
-                &bin,
-                &data,
-                &nats.url(),
-                &["--disk-reserve-mb", "8"],
-                dir.path().join("serve.log"),
-            )
-        });
-        let client = async_nats::connect(nats.url()).await.expect("a client");
-        let caller = Caller::new(client, None);
-        wait_until_serving(&caller, &serve).await;
-        let mut acknowledged = Vec::new();
-        for n in 0..20 {
-            let call = caller
-                .create_call(json!({"note": format!("before {n}")}))
-                .await;
-            acknowledged.push(call["id"].as_u64().expect("an id"));
-        }
+        let (mut serve, caller, mut acknowledged) = serve_with_calls(
+            &bin,
+            &data,
+            &nats,
+            &["--disk-reserve-mb", "8"],
+            dir.path().join("serve.log"),
+            20,
+        )
+        .await;
 
         // Fill the disk to 4 MiB short of full, inside the reserve.
         let filler = disk.0.join("filler");
@@ -241,25 +255,15 @@ async fn a_disk_that_stops_answering_ends_the_service_and_loses_nothing_acknowle
     let data = disk.at.join("data");
     bounded("the test", TEST_TIMEOUT, async {
         let nats = blocking(NatsServer::start);
-        let mut serve = blocking(|| {
-            Serve::start(
-                &bin,
-                &data,
-                &nats.url(),
-                &["--stall-exit-secs", "2", "--disk-reserve-mb", "8"],
-                dir.path().join("serve.log"),
-            )
-        });
-        let client = async_nats::connect(nats.url()).await.expect("a client");
-        let caller = Caller::new(client, None);
-        wait_until_serving(&caller, &serve).await;
-        let mut acknowledged = Vec::new();
-        for n in 0..10 {
-            let call = caller
-                .create_call(json!({"note": format!("before {n}")}))
-                .await;
-            acknowledged.push(call["id"].as_u64().expect("an id"));
-        }
+        let (mut serve, caller, acknowledged) = serve_with_calls(
+            &bin,
+            &data,
+            &nats,
+            &["--stall-exit-secs", "2", "--disk-reserve-mb", "8"],
+            dir.path().join("serve.log"),
+            10,
+        )
+        .await;
 
         disk.fsfreeze("-f");
         // Not acknowledged: its append waits on the frozen disk until the process ends.
