@@ -15,11 +15,10 @@ use crate::rendered::RenderedGets;
 use crate::{header, ApiConfig, Clock, Operation, Request, Response, Source, CONTENT_TYPE};
 use call_commands::{CommandError, CommandRequest, CommandService, Conflict};
 use call_model::{
-    parse_update, parse_write, Action, Call, CallId, CallRef, CallState, Command, Relation, Rights,
-    Timestamp, WriteMode,
+    check_update, check_write, Action, Call, CallId, CallRef, CallState, Command, JsonIn, Relation,
+    Rights, Timestamp, WriteMode,
 };
 use call_projections::{PageCursor, Projection, ProjectionError, QueryError};
-use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -610,8 +609,8 @@ impl Inner {
                     None => WriteMode::Create,
                 };
                 let input = match &current {
-                    Some(call) => parse_update(&document, call, rights),
-                    None => parse_write(&document, mode, rights),
+                    Some(call) => check_update(&document, call, rights),
+                    None => check_write(&document, mode, rights),
                 }
                 .map_err(|violations| ApiError::violations(&violations))?;
                 let action = match (operation, target) {
@@ -785,16 +784,7 @@ fn check_headers(headers: &[(String, String)]) -> Result<(), ApiError> {
     }
 }
 
-/// How deeply `value` nests: 0 for a scalar, 1 for an array or object of scalars.
-fn depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn parse_json(payload: &[u8]) -> Result<Value, ApiError> {
+fn parse_json(payload: &[u8]) -> Result<JsonIn<'_>, ApiError> {
     let payload = crate::json::without_byte_order_mark(payload);
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
@@ -802,13 +792,13 @@ fn parse_json(payload: &[u8]) -> Result<Value, ApiError> {
             Some(crate::ErrorSource::Pointer(String::new())),
         ));
     }
-    let value: Value = serde_json::from_slice(payload).map_err(|error| {
+    let value = JsonIn::from_slice(payload).map_err(|error| {
         ApiError::bad_request(
             format!("The request body is not valid JSON: {error}."),
             Some(crate::ErrorSource::Pointer(String::new())),
         )
     })?;
-    if depth(&value) > MAX_JSON_DEPTH {
+    if value.depth() > MAX_JSON_DEPTH {
         return Err(ApiError::bad_request(
             format!("The document nests deeper than {MAX_JSON_DEPTH} levels."),
             Some(crate::ErrorSource::Pointer(String::new())),

@@ -77,7 +77,7 @@ impl<'de> Visitor<'de> for DataVisitor {
 /// A member's name, or a string read only to be parsed: borrowed from the bytes where it can
 /// be (one with an escape cannot), so that reading it allocates nothing. Allocating every name
 /// was a sixth of decoding an event.
-struct Text<'de>(Cow<'de, str>);
+pub(crate) struct Text<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Text<'de>, D::Error> {

@@ -4,6 +4,7 @@
 use crate::call::{Call, CallId, DataConnection, ResourceRef};
 use crate::field_map::FieldMap;
 use crate::fields::{AttrKind, AttrValue, Field, Ownership, RelValue, Relation};
+use crate::json_in::JsonIn;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -109,25 +110,43 @@ impl Changes {
 
 /// Validates a JSON:API write document (`{"data":{"type":"call",...}}`) for a writer with
 /// `rights`. Every violation is reported, not only the first; nothing is partially accepted.
-pub fn parse_write(
-    document: &Value,
+pub fn check_write(
+    document: &JsonIn<'_>,
     mode: WriteMode,
     rights: Rights,
 ) -> Result<WriteInput, Vec<Violation>> {
     Checker::new(None).run(document, mode, rights)
 }
 
-/// Validates an update of `current` as [`parse_write`] does, except that members the writer may
+/// Validates an update of `current` as [`check_write`] does, except that members the writer may
 /// not change (server-set, telephony-owned without the voice right, read-only relationships,
 /// `meta.canWrite`/`canDelete`) are accepted and ignored when they hold the call's current
 /// values: a document fetched with `get` and sent back with one member changed is the change
-/// of that member. A guarded member whose value differs is refused as in [`parse_write`].
+/// of that member. A guarded member whose value differs is refused as in [`check_write`].
+pub fn check_update(
+    document: &JsonIn<'_>,
+    current: &Call,
+    rights: Rights,
+) -> Result<WriteInput, Vec<Violation>> {
+    Checker::new(Some(current)).run(document, WriteMode::Update(current.id), rights)
+}
+
+/// [`check_write`] of a document already read into a `serde_json::Value`.
+pub fn parse_write(
+    document: &Value,
+    mode: WriteMode,
+    rights: Rights,
+) -> Result<WriteInput, Vec<Violation>> {
+    check_write(&JsonIn::from_value(document), mode, rights)
+}
+
+/// [`check_update`] of a document already read into a `serde_json::Value`.
 pub fn parse_update(
     document: &Value,
     current: &Call,
     rights: Rights,
 ) -> Result<WriteInput, Vec<Violation>> {
-    Checker::new(Some(current)).run(document, WriteMode::Update(current.id), rights)
+    check_update(&JsonIn::from_value(document), current, rights)
 }
 
 struct Checker<'c> {
@@ -146,7 +165,7 @@ impl<'c> Checker<'c> {
 
     fn run(
         mut self,
-        document: &Value,
+        document: &JsonIn<'_>,
         mode: WriteMode,
         rights: Rights,
     ) -> Result<WriteInput, Vec<Violation>> {
@@ -160,7 +179,7 @@ impl<'c> Checker<'c> {
 
     /// Whether a guarded attribute's value, as sent, is the current call's (so it changes
     /// nothing and passes). A value that does not even parse is reported as such.
-    fn echoes_attribute(&mut self, pointer: Pointer<'_>, field: Field, value: &Value) -> bool {
+    fn echoes_attribute(&mut self, pointer: Pointer<'_>, field: Field, value: &JsonIn<'_>) -> bool {
         let Some(current) = self.current else {
             return false;
         };
@@ -193,7 +212,7 @@ impl<'c> Checker<'c> {
         });
     }
 
-    fn document(&mut self, document: &Value, mode: WriteMode, rights: Rights) -> WriteInput {
+    fn document(&mut self, document: &JsonIn<'_>, mode: WriteMode, rights: Rights) -> WriteInput {
         let mut input = WriteInput {
             changes: Changes::default(),
             occurred_at: None,
@@ -202,8 +221,8 @@ impl<'c> Checker<'c> {
             self.invalid("", "expected a JSON object with a `data` member");
             return input;
         };
-        for (key, value) in top {
-            match key.as_str() {
+        for (key, value) in top.iter() {
+            match key {
                 "data" | "jsonapi" => {}
                 "meta" => self.document_meta(value),
                 _ => self.invalid(
@@ -220,8 +239,8 @@ impl<'c> Checker<'c> {
             self.invalid("/data", "expected an object");
             return input;
         };
-        for (key, value) in data {
-            match key.as_str() {
+        for (key, value) in data.iter() {
+            match key {
                 "type" => {
                     if value.as_str() != Some("call") {
                         self.invalid("/data/type", "expected \"call\"");
@@ -244,7 +263,7 @@ impl<'c> Checker<'c> {
         input
     }
 
-    fn id(&mut self, value: &Value, mode: WriteMode) {
+    fn id(&mut self, value: &JsonIn<'_>, mode: WriteMode) {
         match mode {
             WriteMode::Create => self.invalid(
                 "/data/id",
@@ -252,8 +271,8 @@ impl<'c> Checker<'c> {
             ),
             WriteMode::Update(id) => {
                 let named = match value {
-                    Value::Number(number) => number.as_u64(),
-                    Value::String(text) if is_digits(text) => text.parse().ok(),
+                    JsonIn::Number(number) => number.as_u64(),
+                    JsonIn::String(text) if is_digits(text) => text.parse().ok(),
                     _ => None,
                 };
                 if named != Some(id) {
@@ -266,13 +285,13 @@ impl<'c> Checker<'c> {
         }
     }
 
-    fn attributes(&mut self, value: &Value, rights: Rights, changes: &mut Changes) {
+    fn attributes(&mut self, value: &JsonIn<'_>, rights: Rights, changes: &mut Changes) {
         let Some(attributes) = value.as_object() else {
             self.invalid("/data/attributes", "expected an object");
             return;
         };
         let attributes_at = Pointer::At("/data/attributes");
-        for (name, value) in attributes {
+        for (name, value) in attributes.iter() {
             let pointer = Pointer::Member(&attributes_at, name);
             let Some(field) = Field::from_name(name) else {
                 self.invalid(pointer, format!("unknown attribute '{name}'"));
@@ -315,7 +334,7 @@ impl<'c> Checker<'c> {
         &mut self,
         pointer: Pointer<'_>,
         field: Field,
-        value: &Value,
+        value: &JsonIn<'_>,
     ) -> Option<AttrValue> {
         match field.kind() {
             AttrKind::Time => match value.as_str().map(Timestamp::parse) {
@@ -393,13 +412,13 @@ impl<'c> Checker<'c> {
         }
     }
 
-    fn relationships(&mut self, value: &Value, rights: Rights, changes: &mut Changes) {
+    fn relationships(&mut self, value: &JsonIn<'_>, rights: Rights, changes: &mut Changes) {
         let Some(relationships) = value.as_object() else {
             self.invalid("/data/relationships", "expected an object");
             return;
         };
         let relationships_at = Pointer::At("/data/relationships");
-        for (name, value) in relationships {
+        for (name, value) in relationships.iter() {
             let pointer = Pointer::Member(&relationships_at, name);
             let Some(relation) = Relation::from_name(name) else {
                 self.invalid(pointer, format!("unknown relationship '{name}'"));
@@ -431,11 +450,17 @@ impl<'c> Checker<'c> {
         &mut self,
         pointer: Pointer<'_>,
         relation: Relation,
-        value: &Value,
+        value: &JsonIn<'_>,
         changes: &mut Changes,
     ) {
         let data = match value.as_object() {
-            Some(object) if object.len() == 1 && object.contains_key("data") => &object["data"],
+            Some(object) if object.len() == 1 => match object.get("data") {
+                Some(data) => data,
+                None => {
+                    self.invalid(pointer, "expected an object with only a `data` member");
+                    return;
+                }
+            },
             _ => {
                 self.invalid(pointer, "expected an object with only a `data` member");
                 return;
@@ -476,7 +501,7 @@ impl<'c> Checker<'c> {
         &mut self,
         pointer: Pointer<'_>,
         relation: Relation,
-        value: &Value,
+        value: &JsonIn<'_>,
     ) -> Option<ResourceRef> {
         let types = relation.target_types();
         let Some(object) = value.as_object() else {
@@ -491,8 +516,8 @@ impl<'c> Checker<'c> {
             id: 0,
         };
         let mut ok = true;
-        for (key, member) in object {
-            match key.as_str() {
+        for (key, member) in object.iter() {
+            match key {
                 "type" => match member.as_str() {
                     Some(kind) if types.contains(&kind) => target.kind = kind.to_owned(),
                     _ => {
@@ -544,7 +569,7 @@ impl<'c> Checker<'c> {
 
     /// The document's own `meta` carries nothing the ledger reads; writers putting the call's
     /// meta members there by mistake are told where they belong rather than silently ignored.
-    fn document_meta(&mut self, value: &Value) {
+    fn document_meta(&mut self, value: &JsonIn<'_>) {
         let Some(meta) = value.as_object() else {
             self.invalid("/meta", "expected an object");
             return;
@@ -552,7 +577,7 @@ impl<'c> Checker<'c> {
         let meta_at = Pointer::At("/meta");
         for key in meta.keys() {
             let pointer = Pointer::Member(&meta_at, key);
-            match key.as_str() {
+            match key {
                 "occurredAt" | "dataConnections" => self.invalid(
                     pointer,
                     format!("'{key}' belongs in the call's meta, at /data/meta/{key}"),
@@ -562,17 +587,17 @@ impl<'c> Checker<'c> {
         }
     }
 
-    fn meta(&mut self, value: &Value, input: &mut WriteInput) {
+    fn meta(&mut self, value: &JsonIn<'_>, input: &mut WriteInput) {
         let Some(meta) = value.as_object() else {
             self.invalid("/data/meta", "expected an object");
             return;
         };
         let meta_at = Pointer::At("/data/meta");
-        for (key, value) in meta {
+        for (key, value) in meta.iter() {
             let pointer = Pointer::Member(&meta_at, key);
-            match key.as_str() {
+            match key {
                 "occurredAt" => match value {
-                    Value::Null => {}
+                    JsonIn::Null => {}
                     value => match value.as_str().map(Timestamp::parse) {
                         Some(Ok(at)) => input.occurred_at = Some(at),
                         _ => self.invalid(
@@ -596,7 +621,11 @@ impl<'c> Checker<'c> {
         }
     }
 
-    fn data_connections(&mut self, pointer: Pointer<'_>, value: &Value) -> Vec<DataConnection> {
+    fn data_connections(
+        &mut self,
+        pointer: Pointer<'_>,
+        value: &JsonIn<'_>,
+    ) -> Vec<DataConnection> {
         if value.is_null() {
             return Vec::new();
         }
@@ -627,11 +656,11 @@ impl<'c> Checker<'c> {
                 id: None,
                 url: None,
             };
-            for (key, member) in object {
+            for (key, member) in object.iter() {
                 let member_pointer = Pointer::Member(&item_pointer, key);
                 // The member's name is checked first: an unknown member is reported as such,
                 // whatever its value.
-                let slot = match key.as_str() {
+                let slot = match key {
                     "connection" => &mut connection.connection,
                     "type" => &mut connection.kind,
                     "id" => &mut connection.id,
@@ -642,10 +671,10 @@ impl<'c> Checker<'c> {
                     }
                 };
                 let text = match member {
-                    Value::Null => None,
-                    Value::String(text) => Some(text.clone()),
+                    JsonIn::Null => None,
+                    JsonIn::String(text) => Some(text.clone().into_owned()),
                     // External ids are often numeric; an integer is kept as its decimal string.
-                    Value::Number(number)
+                    JsonIn::Number(number)
                         if key == "id" && (number.is_i64() || number.is_u64()) =>
                     {
                         Some(number.to_string())
@@ -678,10 +707,10 @@ impl<'c> Checker<'c> {
 }
 
 /// An integer id as JSON:API clients send it: a JSON integer or a string of digits.
-fn integer_id(value: &Value) -> Option<i64> {
+fn integer_id(value: &JsonIn<'_>) -> Option<i64> {
     let id = match value {
-        Value::Number(number) => number.as_i64()?,
-        Value::String(text) if is_digits(text) => text.parse().ok()?,
+        JsonIn::Number(number) => number.as_i64()?,
+        JsonIn::String(text) if is_digits(text) => text.parse().ok()?,
         _ => return None,
     };
     (id > 0).then_some(id)

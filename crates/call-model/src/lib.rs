@@ -13,6 +13,7 @@ mod event_out;
 mod field_map;
 mod fields;
 mod input;
+mod json_in;
 mod time;
 
 #[cfg(test)]
@@ -25,7 +26,8 @@ pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHE
 pub use field_map::FieldMap;
 pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation};
 pub use input::{
-    parse_update, parse_write, Changes, Rights, Violation, ViolationKind, WriteInput, WriteMode,
-    MAX_DATA_CONNECTIONS, MAX_TAGS,
+    check_update, check_write, parse_update, parse_write, Changes, Rights, Violation,
+    ViolationKind, WriteInput, WriteMode, MAX_DATA_CONNECTIONS, MAX_TAGS,
 };
+pub use json_in::{JsonIn, Members};
 pub use time::{Timestamp, TimestampError};

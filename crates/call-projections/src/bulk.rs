@@ -5,7 +5,7 @@
 use crate::column::Column;
 use crate::error::ProjectionError;
 use crate::index::{IdMap, IdSet, IndexRow, Indexes, SplitBuilder};
-use crate::store::{decode_call, fold, par_map, Meta, Overlay, Views};
+use crate::store::{decode_call, fold, par_map, Handed, Meta, Overlay, Views};
 use call_model::Call;
 use event_log::{EventLog, LogError, Record};
 use std::sync::Arc;
@@ -95,13 +95,50 @@ fn counted(builder: &SplitBuilder, meta: &Meta, source: &str) -> Result<(), Proj
 /// instead of after it; reading whole chunks keeps its cost per event what a replay's is (a
 /// replay that took whatever the head held, a few hundred records at a time, spent a fifth
 /// more of the import's CPU on the extra chunks' fixed costs).
+///
+/// The code appending may also hand the replay the calls its creates made ([`Appending::hand`]),
+/// which the replay then folds as they are instead of decoding their records again: decoding
+/// was an eighth of an import's CPU.
 #[derive(Debug, Default)]
 pub struct Appending {
     ended: std::sync::Mutex<bool>,
     moved: std::sync::Condvar,
+    /// Calls handed, by the position of their create, until the replay reads its record.
+    handed: std::sync::Mutex<Handed>,
 }
 
+/// The most calls [`Appending`] holds for the replay: past it, calls handed are let go and the
+/// replay decodes their records (a replay that falls behind holds no more memory).
+const HANDED_MAX: usize = 4 * FOLLOWING_CHUNK;
+
 impl Appending {
+    /// Hands the replay calls as the durable creates at their positions made them (the state
+    /// `evolve` gives of each create's event, as `CommandService` answers it). The replay
+    /// still reads each record, and takes the call only where the record is its create: the
+    /// record at the call's position, its stream's first version, the call's id its stream.
+    pub fn hand(&self, calls: impl IntoIterator<Item = Call>) {
+        let mut handed = self.handed();
+        for call in calls {
+            if handed.len() >= HANDED_MAX {
+                break;
+            }
+            handed.insert(call.position, call);
+        }
+    }
+
+    fn handed(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The calls handed for positions up to `last`; those handed for positions past it stay.
+    fn take_handed(&self, last: u64) -> Handed {
+        let mut handed = self.handed();
+        let later = handed.split_off(&(last + 1));
+        std::mem::replace(&mut *handed, later)
+    }
+
     /// Tells the replay that appends were made (call it after they are acknowledged).
     pub fn appended(&self) {
         // Taking the lock orders this with a reader between its look at the head and its wait,
@@ -386,11 +423,17 @@ pub(crate) fn replay(
                 // The reader is done: it sent every chunk up to `upto` or the head.
                 Err(_) => break Ok(()),
             };
-            let folded = match fold(tree, Some(&*overlay), &meta, &records, true) {
+            let mut handed = match (appending, records.last()) {
+                (Some(appending), Some(last)) => appending.take_handed(last.position),
+                _ => Handed::new(),
+            };
+            let folded = match fold(tree, Some(&*overlay), &meta, &records, true, &mut handed) {
                 Ok(folded) => folded,
                 Err(error) => break Err(error),
             };
             drop(records);
+            // Calls handed whose records said otherwise.
+            drop(handed);
             // The previous batch must be in the tree before this one follows it (and before
             // the next fold reads past this overlay).
             if in_flight {

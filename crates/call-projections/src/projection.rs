@@ -23,7 +23,9 @@ use crate::error::{ProjectionError, QueryError};
 use crate::index::{Differences, IndexRow, Indexes};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::snapshot::{self, Stamp, Unused};
-use crate::store::{decode_call_ref, fold, load_call, par_map, read_u64, view_name, Meta, View};
+use crate::store::{
+    decode_call_ref, fold, load_call, par_map, read_u64, view_name, Handed, Meta, View,
+};
 use call_model::{replay_stream, Call, CallRef, CallState};
 use event_log::{EventLog, StallClock};
 use std::path::{Path, PathBuf};
@@ -826,7 +828,7 @@ impl Projection {
             if records.is_empty() {
                 return Ok(meta.checkpoint);
             }
-            let folded = fold(&tree, None, &meta, &records, false)?;
+            let folded = fold(&tree, None, &meta, &records, false, &mut Handed::new())?;
             let rows: Vec<(u64, Option<IndexRow>, Option<IndexRow>)> = folded
                 .changes
                 .iter()

@@ -36,6 +36,7 @@ use crate::query::Deletion;
 use call_model::{evolve_owned, Call, CallRef, CallState, Event, EventBody, Timestamp};
 use event_log::Record;
 use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
 
 /// Prefix of the live calls' views, by id.
 pub(crate) const CALL: u8 = b'c';
@@ -563,8 +564,59 @@ pub(crate) struct Folded {
 /// Calls changed by a batch that may not be applied yet: their state after it (`None`: not live).
 pub(crate) type Overlay = IdMap<Option<Call>>;
 
+/// Calls made by the code appending their creates, by the log position of each create: what
+/// the replay folding those records would make of them, so that it need not decode them
+/// ([`crate::Appending::hand`]).
+pub(crate) type Handed = BTreeMap<u64, Call>;
+
+/// What a record folds as: its decoded event, or the call its create made, handed.
+enum Folding {
+    Event(Event),
+    Created(Call),
+}
+
+/// The events of `records`, each decoded unless `handed` holds the call its record creates
+/// (the record at the call's position, its stream's first version, the call's id its stream),
+/// which is taken instead. Decoding is one of a fold's two expensive steps, and is spread over
+/// the machine's cores for a large chunk.
+fn folding(records: &[Record], handed: &mut Handed) -> Result<Vec<Folding>, ProjectionError> {
+    let mut created: Vec<Option<Call>> = records
+        .iter()
+        .map(|record| {
+            let call = handed.remove(&record.position)?;
+            (record.version == 1 && call.id == record.stream && call.version == 1).then_some(call)
+        })
+        .collect();
+    let undecoded: Vec<&Record> = records
+        .iter()
+        .zip(&created)
+        .filter(|(_, call)| call.is_none())
+        .map(|(record, _)| record)
+        .collect();
+    let mut decoded = par_map(&undecoded, |r| {
+        Event::decode(r.position, r.stream, r.version, &r.payload)
+    })
+    .into_iter();
+    records
+        .iter()
+        .zip(created.iter_mut())
+        .map(|(record, call)| match call.take() {
+            Some(call) => Ok(Folding::Created(call)),
+            None => match decoded.next() {
+                Some(event) => Ok(Folding::Event(event?)),
+                None => Err(corrupt(
+                    CHECKPOINT,
+                    format!("the record at position {} was not decoded", record.position),
+                )),
+            },
+        })
+        .collect()
+}
+
 /// Folds `records` (which must continue the log right after `meta.checkpoint`) into one batch.
 /// With `pack`, the calls the chunk creates (above every packed id) are written as packs.
+/// `handed` are calls the chunk's creates made, by position, folded as they are instead of
+/// decoding their records (an import's); those of the chunk are taken from it.
 ///
 /// Each call's state is read once per chunk (from `overlay` when it is there, else from the
 /// tree) and evolved in memory through all of its events, so a call changed many times in a
@@ -576,49 +628,64 @@ pub(crate) fn fold(
     meta: &Meta,
     records: &[Record],
     pack: bool,
+    handed: &mut Handed,
 ) -> Result<Folded, ProjectionError> {
     struct Slot {
         original: Option<Call>,
         state: CallState,
     }
-    let events = par_map(records, |r| {
-        Event::decode(r.position, r.stream, r.version, &r.payload)
-    })
-    .into_iter()
-    .collect::<Result<Vec<Event>, _>>()?;
-    let mut slots: IdMap<Slot> = IdMap::default();
+    let events = folding(records, handed)?;
+    // Sized for a chunk of calls touched once each (an import's, a rebuild's of creates):
+    // growing the table as it fills was a seventh of the folding thread's time.
+    let mut slots: IdMap<Slot> = IdMap::with_capacity_and_hasher(records.len(), Default::default());
     // First-touch order, so that the batch (and so the stored bytes) do not depend on hashing.
-    let mut touched = Vec::new();
+    let mut touched = Vec::with_capacity(records.len());
     let mut deletions = Vec::new();
     let mut expected = meta.checkpoint + 1;
-    for event in events {
-        if event.position != expected {
+    for (record, folding) in records.iter().zip(events) {
+        if record.position != expected {
             return Err(corrupt(
                 CHECKPOINT,
                 format!(
                     "the log continues at position {} where {expected} was expected",
-                    event.position
+                    record.position
                 ),
             ));
         }
         expected += 1;
-        let slot = match slots.entry(event.call_id) {
+        let call_id = record.stream;
+        let slot = match slots.entry(call_id) {
             Entry::Occupied(slot) => slot.into_mut(),
             Entry::Vacant(slot) => {
-                let original = match overlay.and_then(|o| o.get(&event.call_id)) {
+                let original = match overlay.and_then(|o| o.get(&call_id)) {
                     Some(state) => state.clone(),
                     // The first event of a call's stream: the log has nothing of it before this
                     // position, so neither has the view (whose checkpoint is behind it); not
                     // reading saves a lookup per created call, in a rebuild one per call.
-                    None if event.version == 1 => None,
-                    None => load_call(tree, event.call_id)?,
+                    None if record.version == 1 => None,
+                    None => load_call(tree, call_id)?,
                 };
-                touched.push(event.call_id);
+                touched.push(call_id);
                 slot.insert(Slot {
                     state: original.clone().map_or(CallState::Absent, CallState::Live),
                     original,
                 })
             }
+        };
+        let event = match folding {
+            // A handed create folds to its call from nothing; from anything else (a log that
+            // holds a stream's first version twice), as its record says.
+            Folding::Created(call) if matches!(slot.state, CallState::Absent) => {
+                slot.state = CallState::Live(call);
+                continue;
+            }
+            Folding::Created(_) => Event::decode(
+                record.position,
+                record.stream,
+                record.version,
+                &record.payload,
+            )?,
+            Folding::Event(event) => event,
         };
         let was_live = matches!(slot.state, CallState::Live(_));
         if was_live && matches!(event.stored.body, EventBody::CallDeleted) {

@@ -1133,6 +1133,65 @@ fn a_view_following_appends_equals_one_caught_up_call_by_call() {
     }
 }
 
+/// A view following appends folds the calls handed to it for their creates instead of decoding
+/// those records: a call handed as the create made it gives the view the log gives; one that is
+/// not its record's create (another version, another position) is let go and the record decoded;
+/// and one that says otherwise than its record is what the view then holds, which `verify`
+/// reports: the handed call is what is folded.
+#[test]
+fn a_view_following_appends_folds_the_calls_handed_for_their_creates() {
+    let mut ledger = Ledger::new();
+    let following_dir = ledger.dir.path().join("following");
+    let following = Projection::open(&following_dir, ledger.log.clone()).expect("a second view");
+    let appending = Appending::default();
+    let (honest, misplaced, late, poisoned) = std::thread::scope(|scope| {
+        let follower = scope.spawn(|| {
+            crate::bulk::TEST_CHUNK.with(|chunk| chunk.set(Some(5)));
+            following.catch_up_beside(&appending)
+        });
+        let honest = ledger.create(json!({"attributes": {"direction": "inbound"}}));
+        let misplaced = ledger.create(json!({"attributes": {"direction": "outbound"}}));
+        let late = ledger.create(json!({"attributes": {"note": "as logged"}}));
+        let poisoned = ledger.create(json!({"attributes": {"note": "as logged"}}));
+        let mut wrong_version = ledger.call(misplaced);
+        wrong_version.version = 2;
+        wrong_version
+            .attributes
+            .insert(Field::Note, AttrValue::Text("never logged".into()));
+        let mut wrong_position = ledger.call(late);
+        // The position of a create of another call, made below.
+        wrong_position.position += 3;
+        wrong_position
+            .attributes
+            .insert(Field::Note, AttrValue::Text("never logged".into()));
+        let mut poison = ledger.call(poisoned);
+        poison
+            .attributes
+            .insert(Field::Note, AttrValue::Text("handed, not logged".into()));
+        appending.hand([ledger.call(honest), wrong_version, wrong_position, poison]);
+        fill_varied(&mut ledger, 12);
+        appending.appended();
+        appending.end();
+        let caught = follower.join().expect("the follower");
+        assert_eq!(caught.expect("followed"), ledger.log.head());
+        (honest, misplaced, late, poisoned)
+    });
+    for id in [honest, misplaced, late] {
+        assert_eq!(
+            following.get(id).unwrap(),
+            ledger.projection.get(id).unwrap(),
+            "call {id}"
+        );
+    }
+    let held = following.get(poisoned).unwrap().expect("live");
+    assert_eq!(held.text(Field::Note), Some("handed, not logged"));
+    let report = following
+        .verify(&following_dir.join("scratch"))
+        .expect("verify");
+    let text = report.differences.join("\n");
+    assert!(text.contains(&format!("call {poisoned}")), "{text}");
+}
+
 #[test]
 fn verify_reports_in_memory_index_drift() {
     let ledger = varied_ledger(30);

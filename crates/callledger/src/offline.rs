@@ -8,9 +8,10 @@ use crate::out;
 use anyhow::Context;
 use call_api::{Api, ApiConfig, Operation, Request, Source};
 use call_commands::{CommandError, CommandRequest};
-use call_model::{parse_write, Action, Command, Rights, Violation, WriteMode};
+use call_model::{
+    check_write, Action, CallState, Command, JsonIn, Members, Rights, Violation, WriteMode,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,12 +90,16 @@ fn send_lines(
 
 /// One NDJSON line turned into a create command, or why it cannot be.
 fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Command, String> {
-    let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let value = JsonIn::from_slice(line.as_bytes()).map_err(|e| format!("not JSON: {e}"))?;
     let document = match value {
-        Value::Object(object) if object.contains_key("data") => Value::Object(object),
-        Value::Object(attributes) => {
-            serde_json::json!({"data": {"type": "call", "attributes": attributes}})
-        }
+        JsonIn::Object(object) if object.contains_key("data") => JsonIn::Object(object),
+        JsonIn::Object(attributes) => JsonIn::Object(Members::from([(
+            "data",
+            JsonIn::Object(Members::from([
+                ("type", JsonIn::String("call".into())),
+                ("attributes", JsonIn::Object(attributes)),
+            ])),
+        )])),
         _ => {
             return Err(
                 "expected a JSON object: a {\"data\":...} document or an attributes object".into(),
@@ -102,7 +107,7 @@ fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Comm
         }
     };
     // The importer is an operator's tool: it may carry telephony-owned attributes.
-    let input = parse_write(&document, WriteMode::Create, Rights { voice: true })
+    let input = check_write(&document, WriteMode::Create, Rights { voice: true })
         .map_err(|violations| on_one_line(&violations))?;
     Ok(Command {
         action: Action::Create(input.changes),
@@ -196,11 +201,14 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                             }
                         }
                         let answers = ledger.commands.execute_all(&requests);
-                        appending.appended();
+                        let mut made = Vec::with_capacity(answers.len());
                         for (number, answer) in numbers.into_iter().zip(answers) {
                             let reason = match answer {
-                                Ok(_) => {
+                                Ok(outcome) => {
                                     imported.fetch_add(1, Ordering::Relaxed);
+                                    if let CallState::Live(call) = outcome.state {
+                                        made.push(call);
+                                    }
                                     continue;
                                 }
                                 Err(CommandError::Invalid(violations)) => on_one_line(&violations),
@@ -212,6 +220,10 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                             };
                             skip_line(number, &reason);
                         }
+                        // The projection folds the calls the creates made instead of decoding
+                        // their records again.
+                        appending.hand(made);
+                        appending.appended();
                     });
                 }
                 // The workers end once every line is sent (the sender is gone with
