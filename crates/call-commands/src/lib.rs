@@ -6,8 +6,8 @@
 //! run them on a blocking thread.
 
 use call_model::{
-    decide, evolve_owned, replay_stream, Action, Call, CallId, CallState, Command, DecideError,
-    Event, EventDecodeError, StoredEvent, Timestamp, Violation,
+    decide_taking, evolve_owned, replay_stream, Action, Call, CallId, CallState, Command,
+    DecideError, Event, EventBody, EventDecodeError, StoredEvent, Timestamp, Violation,
 };
 use event_log::{
     Append, AppendError, Appended, EventLog, ExpectedVersion, Idempotency, LogError, StreamTarget,
@@ -160,7 +160,7 @@ impl CommandService {
     /// event of the call. The append checks the version as always.
     pub fn execute_seen(
         &self,
-        request: CommandRequest,
+        mut request: CommandRequest,
         seen: Option<Call>,
     ) -> Result<CommandOutcome, CommandError> {
         let idempotency = match self.idempotency(&request)? {
@@ -168,7 +168,7 @@ impl CommandService {
             Keyed::Fresh(idempotency) => idempotency,
         };
         let late = late_key(&idempotency, &request);
-        self.execute_keyed(&request, idempotency, seen.as_ref())
+        self.execute_keyed(&mut request, idempotency, seen.as_ref())
             .or_else(|error| self.answer_late(late, error))
     }
 
@@ -180,13 +180,13 @@ impl CommandService {
     /// finds the call changed and is decided again alone, as `execute` does.
     pub fn execute_all(
         &self,
-        requests: &[CommandRequest],
+        mut requests: Vec<CommandRequest>,
     ) -> Vec<Result<CommandOutcome, CommandError>> {
         let mut answers: Vec<Option<Result<CommandOutcome, CommandError>>> =
             Vec::with_capacity(requests.len());
         let mut pending = Vec::new();
         let mut appends = Vec::new();
-        for (index, request) in requests.iter().enumerate() {
+        for (index, request) in requests.iter_mut().enumerate() {
             let prepared = self.idempotency(request).and_then(|keyed| match keyed {
                 Keyed::Replayed(outcome) => Ok((Prepared::Done(outcome), None)),
                 Keyed::Fresh(idempotency) => {
@@ -211,10 +211,13 @@ impl CommandService {
         }
         let appended = self.log.append_all(appends);
         for ((index, staged, idempotency), result) in pending.into_iter().zip(appended) {
-            let request = &requests[index];
+            let request = &mut requests[index];
             let answer = match self.finish(request, staged, idempotency.clone(), result) {
                 Ok(Attempt::Done(outcome)) => Ok(outcome),
-                Ok(Attempt::Raced) => self.execute_keyed(request, idempotency, None),
+                Ok(Attempt::Raced(decided)) => {
+                    request.command.restore(decided);
+                    self.execute_keyed(request, idempotency, None)
+                }
                 Err(error) => Err(error),
             };
             answers[index] = Some(answer);
@@ -280,7 +283,7 @@ impl CommandService {
     /// log then: `seen` is older than the change).
     fn execute_keyed(
         &self,
-        request: &CommandRequest,
+        request: &mut CommandRequest,
         idempotency: Option<Idempotency>,
         mut seen: Option<&Call>,
     ) -> Result<CommandOutcome, CommandError> {
@@ -294,7 +297,7 @@ impl CommandService {
             };
             match attempt {
                 Attempt::Done(outcome) => return Ok(outcome),
-                Attempt::Raced => continue,
+                Attempt::Raced(decided) => request.command.restore(decided),
             }
         }
         Err(CommandError::Unavailable(
@@ -303,10 +306,11 @@ impl CommandService {
     }
 
     /// Loads the call (see [`CommandService::execute_seen`] for `seen`), checks `If-Match`
-    /// and decides: either the answer already (a no-op) or the append to make.
+    /// and decides: either the answer already (a no-op) or the append to make. A create's
+    /// changes move into its event ([`decide_taking`]); an attempt that races puts them back.
     fn prepare(
         &self,
-        request: &CommandRequest,
+        request: &mut CommandRequest,
         idempotency: Option<Idempotency>,
         seen: Option<&Call>,
     ) -> Result<Prepared, CommandError> {
@@ -328,7 +332,7 @@ impl CommandService {
                 }));
             }
         }
-        let bodies = decide(&state, command).map_err(|error| match error {
+        let bodies = decide_taking(&state, &mut request.command).map_err(|error| match error {
             DecideError::NotFound(id) => CommandError::NotFound(id),
             DecideError::StaleStateChange {
                 current,
@@ -357,9 +361,9 @@ impl CommandService {
             .map(|body| StoredEvent {
                 event_id: uuid::Uuid::now_v7(),
                 idempotency_key: request.idempotency_key.clone(),
-                occurred_at: command.occurred_at(),
-                recorded_at: command.recorded_at,
-                actor: command.actor.clone(),
+                occurred_at: request.command.occurred_at(),
+                recorded_at: request.command.recorded_at,
+                actor: request.command.actor.clone(),
                 body,
             })
             .collect();
@@ -393,7 +397,13 @@ impl CommandService {
                         actual: actual.unwrap_or(0),
                     }));
                 }
-                return Ok(Attempt::Raced);
+                return Ok(Attempt::Raced(
+                    staged
+                        .stored
+                        .into_iter()
+                        .map(|stored| stored.body)
+                        .collect(),
+                ));
             }
             Err(AppendError::IdempotencyKeyReused { .. }) => {
                 return Err(CommandError::Conflict(Conflict::IdempotencyKeyReused))
@@ -472,7 +482,8 @@ fn late_key(idempotency: &Option<Idempotency>, request: &CommandRequest) -> Opti
 
 enum Attempt {
     Done(CommandOutcome),
-    Raced,
+    /// Another writer changed the call first: decide again, from the events decided here.
+    Raced(Vec<EventBody>),
 }
 
 /// A request after its idempotency key was looked up.

@@ -163,7 +163,7 @@ fn a_retry_with_the_same_key_returns_the_original_result() {
         reused,
         CommandError::Conflict(Conflict::IdempotencyKeyReused)
     ));
-    let batch = service.execute_all(&[future]);
+    let batch = service.execute_all(vec![future]);
     assert!(matches!(
         batch.as_slice(),
         [Err(CommandError::Conflict(Conflict::IdempotencyKeyReused))]
@@ -298,7 +298,7 @@ fn execute_all_answers_each_request_in_order_as_execute_would() {
                 None,
             ),
         ];
-        let answers = service.execute_all(&batch);
+        let answers = service.execute_all(batch.to_vec());
         assert_eq!(answers.len(), batch.len());
         let created = answers[0].as_ref().unwrap();
         assert_eq!((created.call_id, created.appended), (2, 1));

@@ -21,7 +21,9 @@ mod tests;
 
 pub use call::{Call, CallId, CallState, DataConnection, ResourceRef};
 pub use call_ref::{AttrRef, CallRef, ConnectionRef, RelRef, TargetRef};
-pub use command::{decide, evolve, evolve_owned, replay_stream, Action, Command, DecideError};
+pub use command::{
+    decide, decide_taking, evolve, evolve_owned, replay_stream, Action, Command, DecideError,
+};
 pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHEMA_VERSION};
 pub use field_map::FieldMap;
 pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation};

@@ -43,12 +43,12 @@ pub(crate) fn build_indexes(tree: &sled::Tree, meta: &Meta) -> Result<Indexes, P
     let mut builder = SplitBuilder::default();
     let mut raw = Vec::with_capacity(INDEX_SCAN_CHUNK);
     let mut add = |raw: &mut Vec<(u64, sled::IVec)>| -> Result<(), ProjectionError> {
-        let rows = par_map(raw, |(id, value)| {
-            decode_call(*id, value).map(|call| (*id, IndexRow::of(&call)))
+        let calls = par_map(raw, |(id, value)| {
+            decode_call(*id, value).map(|call| (*id, call))
         })
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-        builder.add_all(|| rows.iter().map(|(id, row)| (*id, row)));
+        builder.add_all(|| calls.iter().map(|(id, call)| (*id, call)));
         raw.clear();
         Ok(())
     };
@@ -274,16 +274,16 @@ impl Built {
     fn add_chunk(&mut self, changed: &Overlay) {
         let mut first = Vec::new();
         for (id, call) in changed {
-            let row = call.as_ref().map(IndexRow::of);
             if *self.added.get(*id) {
-                self.changed_again.insert(*id, row);
-            } else if let Some(row) = row {
+                self.changed_again
+                    .insert(*id, call.as_ref().map(IndexRow::of));
+            } else if let Some(call) = call {
                 self.added.set(*id, true);
-                first.push((*id, row));
+                first.push((*id, call));
             }
         }
         self.builder
-            .add_all(|| first.iter().map(|(id, row)| (*id, row)));
+            .add_all(|| first.iter().map(|(id, call)| (*id, *call)));
         if self.changed_again.len() >= SETTLE_MIN.max(self.builder.len() / 4) {
             self.settle();
         }

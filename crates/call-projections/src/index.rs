@@ -231,22 +231,96 @@ pub(crate) struct IndexRow {
 // One bit per string in `IndexRow::nulls`.
 const _: () = assert!(ROW_TEXTS <= u32::BITS as usize);
 
-impl IndexRow {
-    /// The indexed values of `call`.
-    pub(crate) fn of(call: &Call) -> IndexRow {
-        let texts: [Option<&str>; ROW_TEXTS] = {
-            let mut fields = TEXT_SORT.iter().chain(TEXT_FILTER.iter());
-            std::array::from_fn(|_| fields.next().and_then(|field| call.text(*field)))
-        };
-        let mut tags: Vec<&str> = match call.attribute(Field::Tags) {
+/// What the index builder reads of one call: an [`IndexRow`], or the call itself. A replay
+/// adds most calls once, straight from the calls it folded: building a row for each, only to
+/// read it once, was a quarter of an import's index thread. The call's side is where the
+/// indexed values are chosen; a row holds what it reads.
+pub(crate) trait Indexed {
+    /// The position of the call's latest event, for the change feed.
+    fn position(&self) -> u64;
+    /// Date-time `i` ([`TIME_SORT`] order) in milliseconds, [`NULL_TIME`] where it has none.
+    fn time(&self, i: usize) -> i64;
+    /// Sortable string `i` ([`TEXT_SORT`] order).
+    fn sort_text(&self, i: usize) -> Option<&str>;
+    /// Filter-only string `i` ([`TEXT_FILTER`] order).
+    fn text(&self, i: usize) -> Option<&str>;
+    /// The tags, sorted, without duplicates.
+    fn tags(&self) -> impl Iterator<Item = &str> + Clone + '_;
+    /// `shouldRecordCall`.
+    fn flag(&self) -> Option<bool>;
+    /// The note's [`note_hash`].
+    fn note(&self) -> Option<u64>;
+    /// `(slot in FILTER_RELATIONS, id)`, in slot order.
+    fn related(&self) -> impl Iterator<Item = (u8, i64)> + '_;
+}
+
+impl Indexed for Call {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn time(&self, i: usize) -> i64 {
+        Call::time(self, TIME_SORT[i]).map_or(NULL_TIME, Timestamp::millis)
+    }
+
+    fn sort_text(&self, i: usize) -> Option<&str> {
+        Call::text(self, TEXT_SORT[i])
+    }
+
+    fn text(&self, i: usize) -> Option<&str> {
+        Call::text(self, TEXT_FILTER[i])
+    }
+
+    fn tags(&self) -> impl Iterator<Item = &str> + Clone + '_ {
+        let mut tags: Vec<&str> = match self.attribute(Field::Tags) {
             Some(AttrValue::Tags(tags)) => tags.iter().map(String::as_str).collect(),
             _ => Vec::new(),
         };
         tags.sort_unstable();
         tags.dedup();
+        tags.into_iter()
+    }
+
+    fn flag(&self) -> Option<bool> {
+        match self.attribute(Field::ShouldRecordCall) {
+            Some(AttrValue::Bool(flag)) => Some(*flag),
+            _ => None,
+        }
+    }
+
+    fn note(&self) -> Option<u64> {
+        Call::text(self, Field::Note).map(note_hash)
+    }
+
+    fn related(&self) -> impl Iterator<Item = (u8, i64)> + '_ {
+        FILTER_RELATIONS
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, relation)| match self.relationships.get(relation) {
+                Some(RelValue::One(target)) => Some((slot as u8, target.id)),
+                _ => None,
+            })
+    }
+}
+
+impl IndexRow {
+    /// The indexed values of `call`.
+    pub(crate) fn of(call: &Call) -> IndexRow {
+        let texts: [Option<&str>; ROW_TEXTS] =
+            std::array::from_fn(|i| match i.checked_sub(TEXT_SORT.len()) {
+                None => call.sort_text(i),
+                Some(filter) => Indexed::text(call, filter),
+            });
+        let tags = Indexed::tags(call);
         // One allocation of the final size: growing the buffer string by string reallocated it
         // several times per row, once per call in a rebuild.
-        let length = texts.iter().flatten().chain(&tags).map(|s| s.len()).sum();
+        let length = texts
+            .iter()
+            .flatten()
+            .copied()
+            .chain(tags.clone())
+            .map(str::len)
+            .sum();
         let mut strings = String::with_capacity(length);
         let mut ends = [0u32; ROW_TEXTS];
         let mut nulls = 0u32;
@@ -258,33 +332,21 @@ impl IndexRow {
             ends[i] = offset(&strings);
         }
         let tag_ends = tags
-            .iter()
             .map(|tag| {
                 strings.push_str(tag);
                 offset(&strings)
             })
             .collect();
-        let related = FILTER_RELATIONS
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, relation)| match call.relationships.get(relation) {
-                Some(RelValue::One(target)) => Some((slot as u8, target.id)),
-                _ => None,
-            })
-            .collect();
         IndexRow {
             position: call.position,
-            times: TIME_SORT.map(|f| call.time(f).map_or(NULL_TIME, Timestamp::millis)),
+            times: std::array::from_fn(|i| Indexed::time(call, i)),
             strings: strings.into_boxed_str(),
             ends,
             nulls,
             tag_ends,
-            flag: match call.attribute(Field::ShouldRecordCall) {
-                Some(AttrValue::Bool(flag)) => Some(*flag),
-                _ => None,
-            },
-            note: call.text(Field::Note).map(note_hash),
-            related,
+            flag: Indexed::flag(call),
+            note: Indexed::note(call),
+            related: Indexed::related(call).collect(),
         }
     }
 
@@ -296,24 +358,43 @@ impl IndexRow {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         Some(&self.strings[start as usize..self.ends[i] as usize])
     }
+}
 
-    /// Sortable string `i` ([`TEXT_SORT`] order).
+impl Indexed for IndexRow {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn time(&self, i: usize) -> i64 {
+        self.times[i]
+    }
+
     fn sort_text(&self, i: usize) -> Option<&str> {
         self.string(i)
     }
 
-    /// Filter-only string `i` ([`TEXT_FILTER`] order).
     fn text(&self, i: usize) -> Option<&str> {
         self.string(TEXT_SORT.len() + i)
     }
 
-    /// The tags, sorted, without duplicates.
     fn tags(&self) -> impl Iterator<Item = &str> + Clone + '_ {
         let first = self.ends.last().copied().unwrap_or(0);
         let starts = std::iter::once(first).chain(self.tag_ends.iter().copied());
         starts
             .zip(self.tag_ends.iter().copied())
             .map(|(start, end)| &self.strings[start as usize..end as usize])
+    }
+
+    fn flag(&self) -> Option<bool> {
+        self.flag
+    }
+
+    fn note(&self) -> Option<u64> {
+        self.note
+    }
+
+    fn related(&self) -> impl Iterator<Item = (u8, i64)> + '_ {
+        self.related.iter().copied()
     }
 }
 
@@ -1117,9 +1198,10 @@ impl Default for SplitBuilder {
 
 impl SplitBuilder {
     /// Adds the live calls `rows()` yields (each id once, over all calls added).
-    pub(crate) fn add_all<'a, I>(&mut self, rows: impl Fn() -> I + Sync)
+    pub(crate) fn add_all<'a, I, R>(&mut self, rows: impl Fn() -> I + Sync)
     where
-        I: Iterator<Item = (u64, &'a IndexRow)>,
+        I: Iterator<Item = (u64, &'a R)>,
+        R: Indexed + Sync + 'a,
     {
         let Self {
             times,
@@ -1229,7 +1311,7 @@ impl IndexBuilder {
 
 impl IndexBuilder {
     /// Adds a live call (each id once).
-    pub(crate) fn add(&mut self, id: u64, row: &IndexRow) {
+    pub(crate) fn add(&mut self, id: u64, row: &impl Indexed) {
         if matches!(self.part, Part::All | Part::Times) {
             self.add_times(id, row);
         }
@@ -1243,18 +1325,19 @@ impl IndexBuilder {
         }
     }
 
-    fn add_times(&mut self, id: u64, row: &IndexRow) {
+    fn add_times(&mut self, id: u64, row: &impl Indexed) {
         let indexes = &mut self.indexes;
         self.ids.push(id);
-        self.changes.push((row.position, id));
-        for (i, millis) in row.times.iter().enumerate() {
-            self.times[i].push((*millis, id));
-            indexes.times[i].col.set(id, *millis);
+        self.changes.push((row.position(), id));
+        for (i, times) in self.times.iter_mut().enumerate() {
+            let millis = row.time(i);
+            times.push((millis, id));
+            indexes.times[i].col.set(id, millis);
         }
     }
 
     /// Adds the sortable strings, of one half (`Some`) or all.
-    fn add_sort_texts(&mut self, id: u64, row: &IndexRow, half: Option<u8>) {
+    fn add_sort_texts(&mut self, id: u64, row: &impl Indexed, half: Option<u8>) {
         let indexes = &mut self.indexes;
         for (i, index) in indexes.sort_texts.iter_mut().enumerate() {
             if half.is_some_and(|half| sort_text_half(i) != half) {
@@ -1266,7 +1349,7 @@ impl IndexBuilder {
         }
     }
 
-    fn add_filters(&mut self, id: u64, row: &IndexRow) {
+    fn add_filters(&mut self, id: u64, row: &impl Indexed) {
         let indexes = &mut self.indexes;
         for (i, index) in indexes.texts.iter_mut().enumerate() {
             if let Some(text) = row.text(i) {
@@ -1276,15 +1359,15 @@ impl IndexBuilder {
         for tag in row.tags() {
             self.tags.push((indexes.tags.strings.intern(tag), id));
         }
-        if let Some(flag) = row.flag {
+        if let Some(flag) = row.flag() {
             self.flags.push((flag, id));
         }
-        if let Some(note) = row.note {
+        if let Some(note) = row.note() {
             self.notes.push((note, id));
         }
-        for (slot, target) in row.related.iter() {
-            self.related[*slot as usize].push((*target, id));
-            indexes.related[*slot as usize].col.set(id, *target);
+        for (slot, target) in row.related() {
+            self.related[slot as usize].push((target, id));
+            indexes.related[slot as usize].col.set(id, target);
         }
     }
 
@@ -1609,10 +1692,10 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Dictionary, IndexRow, Interner, Shared, SortTextIndex, TextIndex, TextRef, NO_CODE,
-        TEXT_FILTER, TEXT_SORT,
+        Dictionary, IndexRow, Indexed, Interner, Shared, SortTextIndex, TextIndex, TextRef,
+        FILTER_RELATIONS, NO_CODE, TEXT_FILTER, TEXT_SORT, TIME_SORT,
     };
-    use call_model::{AttrValue, Call, Field};
+    use call_model::{AttrValue, Call, Field, RelValue, ResourceRef, Timestamp};
 
     #[test]
     fn a_sortable_strings_values_are_found_and_shared() {
@@ -1758,6 +1841,20 @@ mod tests {
         }
         let tags = ["b", "", "a", "b"].map(String::from).to_vec();
         call.attributes.insert(Field::Tags, AttrValue::Tags(tags));
+        call.attributes.insert(
+            TIME_SORT[1],
+            AttrValue::Time(Timestamp::from_millis(86_400_000)),
+        );
+        call.attributes
+            .insert(Field::ShouldRecordCall, AttrValue::Bool(false));
+        call.attributes
+            .insert(Field::Note, AttrValue::Text("a note".into()));
+        let target = ResourceRef {
+            kind: "prospect".into(),
+            id: 42,
+        };
+        call.relationships
+            .insert(FILTER_RELATIONS[0], RelValue::One(target));
         let row = IndexRow::of(&call);
         for (i, field) in TEXT_SORT.iter().enumerate() {
             assert_eq!(row.sort_text(i), call.text(*field), "{field:?}");
@@ -1771,6 +1868,23 @@ mod tests {
         assert_eq!(row.tags().collect::<Vec<_>>(), ["", "a", "b"]);
         assert_eq!(bare.tags().count(), 0);
         assert_ne!(row, bare);
+        // The builder reads a call as it reads the call's row.
+        for (row, call) in [(&row, &call)] {
+            assert_eq!(Indexed::position(row), Indexed::position(call));
+            for i in 0..TIME_SORT.len() {
+                assert_eq!(Indexed::time(row, i), Indexed::time(call, i));
+            }
+            for i in 0..TEXT_SORT.len() {
+                assert_eq!(Indexed::sort_text(row, i), Indexed::sort_text(call, i));
+            }
+            for i in 0..TEXT_FILTER.len() {
+                assert_eq!(Indexed::text(row, i), Indexed::text(call, i));
+            }
+            assert!(Indexed::tags(row).eq(Indexed::tags(call)));
+            assert_eq!(Indexed::flag(row), Indexed::flag(call));
+            assert_eq!(Indexed::note(row), Indexed::note(call));
+            assert!(Indexed::related(row).eq(Indexed::related(call)));
+        }
     }
 
     /// `index` built back from its set, as the snapshot reads it.

@@ -200,7 +200,7 @@ pub fn import(at: &Location, args: ImportArgs) -> anyhow::Result<ExitCode> {
                                 Err(reason) => skip_line(number, &reason),
                             }
                         }
-                        let answers = ledger.commands.execute_all(&requests);
+                        let answers = ledger.commands.execute_all(requests);
                         let mut made = Vec::with_capacity(answers.len());
                         for (number, answer) in numbers.into_iter().zip(answers) {
                             let reason = match answer {

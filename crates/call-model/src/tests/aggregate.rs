@@ -5,9 +5,9 @@
 use super::{attributes, changes, ts};
 use crate::command::OCCURRED_AT_SKEW_MILLIS;
 use crate::{
-    decide, evolve, evolve_owned, Action, AttrValue, Call, CallId, CallState, Changes, Command,
-    DecideError, Event, EventBody, Field, RelValue, Relation, ResourceRef, StoredEvent, Timestamp,
-    Violation, ViolationKind,
+    decide, decide_taking, evolve, evolve_owned, Action, AttrValue, Call, CallId, CallState,
+    Changes, Command, DecideError, Event, EventBody, Field, RelValue, Relation, ResourceRef,
+    StoredEvent, Timestamp, Violation, ViolationKind,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -102,6 +102,19 @@ impl Given {
 
     fn when(self, command: Command) -> Then {
         let result = decide(&self.state, &command);
+        // Every command goes through both ways of deciding, which must agree; a command whose
+        // changes were taken, once restored from its events, is decided alike again.
+        let mut taken = command.clone();
+        let taking = decide_taking(&self.state, &mut taken);
+        assert_eq!(taking, result, "decide_taking and decide disagree");
+        if let Ok(decided) = taking {
+            taken.restore(decided);
+            assert_eq!(
+                decide(&self.state, &taken),
+                result,
+                "a restored command decides otherwise"
+            );
+        }
         Then {
             given: self,
             command,
