@@ -19,6 +19,7 @@ use crate::column_order::{ColumnOrder, Null};
 use crate::grouped::Grouped;
 use crate::live_ids::LiveIds;
 use crate::text_cells::{Dictionary, TextRef};
+use crate::text_sort::sort_text_entries;
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -1463,13 +1464,7 @@ impl IndexBuilder {
             index.order_from(entries);
         }
         for (index, mut entries) in indexes.sort_texts.iter_mut().zip(self.sort_texts) {
-            entries.sort_unstable_by(|(a, x), (b, y)| {
-                let values = match (a, b) {
-                    (Some(a), Some(b)) => compare_shared(a, b),
-                    (a, b) => a.is_some().cmp(&b.is_some()),
-                };
-                values.then(x.cmp(y))
-            });
+            sort_text_entries(&mut entries);
             index.order_from(entries);
         }
         // The column and the counts are derived from each set, as when the snapshot is read.
@@ -1494,7 +1489,7 @@ impl IndexBuilder {
 
 /// Orders two interned strings: one shared copy is one value, so equal values compare by
 /// pointer, without reading the bytes (most neighbours in a set share their value).
-fn compare_shared(a: &Shared, b: &Shared) -> Ordering {
+pub(crate) fn compare_shared(a: &Shared, b: &Shared) -> Ordering {
     if Shared::ptr_eq(a, b) {
         Ordering::Equal
     } else {

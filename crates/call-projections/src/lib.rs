@@ -37,6 +37,7 @@ mod snapshot;
 mod sorted_set;
 mod store;
 mod text_cells;
+mod text_sort;
 
 #[cfg(test)]
 mod tests;
