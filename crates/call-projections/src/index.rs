@@ -776,9 +776,12 @@ impl TextIndex {
 
 impl SortTextIndex {
     /// Moves call `id` from `old` to `new` (`None`: not live; `Some(None)`: live without a
-    /// value), sharing the new string with the calls that hold it already.
+    /// value). The new string is a copy of its own: a chunk that codes its few values keeps the
+    /// copy it already holds of an equal one, and a chunk of many values keeps the bytes. Looking
+    /// for the index's own copy first was a second search of the order, each step a column read,
+    /// to save one small allocation: a third of a create's index update.
     fn set_text(&mut self, id: u64, old: Option<Option<&str>>, new: Option<Option<&str>>) {
-        let new = new.map(|text| text.map(|text| self.copy_of(text)));
+        let new = new.map(|text| text.map(Shared::from));
         self.set_value(id, old.is_some(), new);
     }
 
@@ -792,11 +795,6 @@ impl SortTextIndex {
             |value| value == TextRef::whole(text),
         )
         .and_then(TextRef::to_shared)
-    }
-
-    /// The shared copy of `text`, or a new one where no call holds it.
-    fn copy_of(&self, text: &str) -> Shared {
-        self.shared(text).unwrap_or_else(|| Shared::from(text))
     }
 }
 
