@@ -184,8 +184,8 @@ impl CommandService {
     ) -> Vec<Result<CommandOutcome, CommandError>> {
         let mut answers: Vec<Option<Result<CommandOutcome, CommandError>>> =
             Vec::with_capacity(requests.len());
-        let mut pending = Vec::new();
-        let mut appends = Vec::new();
+        let mut pending = Vec::with_capacity(requests.len());
+        let mut appends = Vec::with_capacity(requests.len());
         for (index, request) in requests.iter_mut().enumerate() {
             let prepared = self.idempotency(request).and_then(|keyed| match keyed {
                 Keyed::Replayed(outcome) => Ok((Prepared::Done(outcome), None)),
