@@ -168,8 +168,11 @@ fn table_slot(id: u64) -> std::ops::Range<usize> {
 ///
 /// The table lets a read go straight to its entry: walking the entries to it touched a cache
 /// line per view before it, a tenth of a list's time on a ledger of a million packed calls.
-pub(crate) fn encode_pack<'a>(views: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
-    let mut out = vec![0xff; PACK_TABLE];
+pub(crate) fn encode_pack<'a>(views: impl IntoIterator<Item = (u64, &'a [u8])> + Clone) -> Vec<u8> {
+    // Sized at once: grown view by view, a pack was copied five or six times.
+    let size = views.clone().into_iter().map(|(_, bytes)| 12 + bytes.len());
+    let mut out = Vec::with_capacity(PACK_TABLE + size.sum::<usize>());
+    out.resize(PACK_TABLE, 0xff);
     for (id, bytes) in views {
         // A pack is 32 views of a few hundred bytes, far below 4 GiB.
         let at = u32::try_from(out.len()).unwrap_or(ABSENT);
