@@ -417,41 +417,6 @@ pub(crate) struct Interner<C: Numbering = ()> {
     free: Vec<C>,
 }
 
-/// Copies of the strings an [`IndexBuilder`] gathers for its sortable sets, shared among calls
-/// that hold the same value where the value was met recently: a string of a few values
-/// (`state`, `outcome`) is one copy per slot, a nearly unique one (`recordingUrl`, the numbers)
-/// a copy per call, as it would be anyway. An [`Interner`] found every repeat, at the price of a
-/// table of every value, whose lookups missed the cache at a million calls: a third of a
-/// rebuild's index thread, for copies the finished index does not keep. A collision costs a
-/// copy, never a wrong value.
-pub(crate) struct RecentStrings {
-    slots: Box<[Option<Shared>]>,
-    hasher: foldhash::fast::FixedState,
-}
-
-/// The slots of a [`RecentStrings`]: a few kilobytes, so that they stay in the cache.
-const RECENT_SLOTS: usize = 512;
-
-impl Default for RecentStrings {
-    fn default() -> RecentStrings {
-        RecentStrings {
-            slots: vec![None; RECENT_SLOTS].into_boxed_slice(),
-            hasher: foldhash::fast::FixedState::default(),
-        }
-    }
-}
-
-impl RecentStrings {
-    /// A shared copy of `text`: the slot's where it holds `text`, else a new one put there.
-    pub(crate) fn share(&mut self, text: &str) -> Shared {
-        let slot = std::hash::BuildHasher::hash_one(&self.hasher, text) as usize % RECENT_SLOTS;
-        match &mut self.slots[slot] {
-            Some(held) if held.as_str() == text => Shared::clone(held),
-            other => Shared::clone(other.insert(Shared::from(text))),
-        }
-    }
-}
-
 /// What an [`Interner`] gives each string besides its shared copy.
 pub(crate) trait Numbering: Copy {
     /// The number of a new string, where `held` strings are held and `free` numbers are free.
@@ -1179,9 +1144,10 @@ pub(crate) struct IndexBuilder {
     changes: Vec<(u64, u64)>,
     times: [Vec<(i64, u64)>; TIME_SORT.len()],
     sort_texts: [Vec<(Option<Shared>, u64)>; TEXT_SORT.len()],
-    /// The sortable strings' shared copies while the sets are gathered (a finished
-    /// [`SortTextIndex`] keeps their bytes in its column, not these copies).
-    sort_strings: [RecentStrings; TEXT_SORT.len()],
+    /// The sortable strings' shared copies while the sets are gathered, one per value, so that
+    /// a rebuild holds a number many calls share once (a finished [`SortTextIndex`] keeps the
+    /// bytes, or a coded chunk's copy, in its column).
+    sort_strings: [Interner; TEXT_SORT.len()],
     texts: [Vec<(Shared, u64)>; TEXT_FILTER.len()],
     tags: Vec<(Shared, u64)>,
     flags: Vec<(bool, u64)>,
@@ -1377,7 +1343,7 @@ impl IndexBuilder {
             if half.is_some_and(|half| sort_text_half(i) != half) {
                 continue;
             }
-            let shared = row.sort_text(i).map(|t| self.sort_strings[i].share(t));
+            let shared = row.sort_text(i).map(|t| self.sort_strings[i].intern(t));
             index.col.set(id, shared.clone());
             self.sort_texts[i].push((shared, id));
         }
@@ -1443,6 +1409,9 @@ impl IndexBuilder {
             for index in &mut indexes.related {
                 index.col.set(*id, NULL_RELATED);
             }
+        }
+        for strings in &mut self.sort_strings {
+            strings.sweep();
         }
         for index in &mut indexes.texts {
             index.strings.sweep();
@@ -1717,8 +1686,8 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Dictionary, IndexRow, Indexed, Interner, RecentStrings, Shared, SortTextIndex, TextIndex,
-        TextRef, FILTER_RELATIONS, NO_CODE, RECENT_SLOTS, TEXT_FILTER, TEXT_SORT, TIME_SORT,
+        Dictionary, IndexRow, Indexed, Interner, Shared, SortTextIndex, TextIndex, TextRef,
+        FILTER_RELATIONS, NO_CODE, TEXT_FILTER, TEXT_SORT, TIME_SORT,
     };
     use call_model::{AttrValue, Call, Field, RelValue, ResourceRef, Timestamp};
 
@@ -1910,25 +1879,6 @@ mod tests {
             assert_eq!(Indexed::note(row), Indexed::note(call));
             assert!(Indexed::related(row).eq(Indexed::related(call)));
         }
-    }
-
-    #[test]
-    fn recent_strings_share_a_repeated_value_and_never_mix_up_two() {
-        let mut recent = RecentStrings::default();
-        let first = recent.share("Answered");
-        let again = recent.share("Answered");
-        assert!(Shared::ptr_eq(&first, &again));
-        // More values than slots: some collide, and each still gets its own value back.
-        let values: Vec<String> = (0..4 * RECENT_SLOTS)
-            .map(|i| format!("+1206555{i:04}"))
-            .collect();
-        for value in &values {
-            assert_eq!(recent.share(value).as_str(), value);
-        }
-        for value in values.iter().rev() {
-            assert_eq!(recent.share(value).as_str(), value);
-        }
-        assert_eq!(recent.share("Answered").as_str(), "Answered");
     }
 
     /// `index` built back from its set, as the snapshot reads it.

@@ -1,13 +1,14 @@
 //! Sorting a sortable string's gathered `(value, id)` entries into its set's order (no value
-//! first, then by value, then by id), comparing a window of each value's bytes held beside it
+//! first, then by value, then by id), comparing a key of each value's bytes held beside it
 //! before the values themselves.
 //!
 //! A million entries sorted by comparing the strings read each string's bytes behind its
 //! pointer, a cache miss, about twenty times an entry: three quarters of building a rebuild's
-//! indexes once its replay ended. The window is the sixteen bytes after the prefix that every
-//! value shares (a recording's address differs only past its forty bytes of host and path; a
-//! phone number is a dozen bytes), so most comparisons end on it; only equal windows compare
-//! the strings.
+//! indexes once its replay ended. The key is the fifteen bytes after the prefix every value
+//! shares, then how many bytes follow that prefix (up to 15): a recording's address differs
+//! only past its forty bytes of host and path, and a phone number, a state or an outcome ends
+//! within its key, so equal keys of a short value are equal values. Only values longer than
+//! their key, with equal keys, compare the strings.
 
 use std::cmp::Ordering;
 
@@ -20,12 +21,12 @@ pub(crate) fn sort_text_entries(entries: &mut Vec<(Option<Shared>, u64)>) {
         .drain(..)
         .map(|(value, id)| (window(value.as_deref(), shared_prefix), value, id))
         .collect();
-    keyed.sort_unstable_by(|(window_a, a, id_a), (window_b, b, id_b)| {
+    keyed.sort_unstable_by(|(key_a, a, id_a), (key_b, b, id_b)| {
         a.is_some()
             .cmp(&b.is_some())
-            .then(window_a.cmp(window_b))
+            .then(key_a.cmp(key_b))
             .then_with(|| match (a, b) {
-                (Some(a), Some(b)) => compare_shared(a, b),
+                (Some(a), Some(b)) if longer_than_key(*key_a) => compare_shared(a, b),
                 _ => Ordering::Equal,
             })
             .then(id_a.cmp(id_b))
@@ -53,16 +54,27 @@ fn shared_prefix(entries: &[(Option<Shared>, u64)]) -> usize {
     shared
 }
 
-/// The sixteen bytes of `value` after `skip`, big-endian, zeros past its end: where two
-/// windows differ, the values differ in the same order (a value that ends first is a prefix of
-/// the other, and sorts first, as its zeros do); equal windows say nothing.
+/// The bytes of a key that are the value's.
+const KEY_BYTES: usize = 15;
+
+/// The [`KEY_BYTES`] bytes of `value` after `skip`, zeros past its end, then how many bytes it
+/// has after `skip` (at most [`KEY_BYTES`]), big-endian. Where two keys differ, the values differ
+/// in the same order: by a byte, or one ends first within its key (its zeros matched the other's
+/// bytes, so it is a prefix of the other, and sorts first, as its smaller count does). Equal keys
+/// whose count is below [`KEY_BYTES`] are equal values; others say nothing.
 fn window(value: Option<&str>, skip: usize) -> u128 {
     let mut bytes = [0u8; 16];
     if let Some(rest) = value.and_then(|value| value.as_bytes().get(skip..)) {
-        let n = rest.len().min(16);
+        let n = rest.len().min(KEY_BYTES);
         bytes[..n].copy_from_slice(&rest[..n]);
+        bytes[KEY_BYTES] = n as u8;
     }
     u128::from_be_bytes(bytes)
+}
+
+/// Whether a value's key leaves bytes of it out, so that equal keys must compare the values.
+fn longer_than_key(key: u128) -> bool {
+    key as u8 as usize == KEY_BYTES
 }
 
 #[cfg(test)]
@@ -80,8 +92,12 @@ mod tests {
             Some("https://recordings.example.com/calls/2024/05/09/a.mp"),
             Some("https://recordings.example.com/calls/2024/05/09/a.mp3"),
             Some("https://recordings.example.com/"),
+            Some("https://recordings.example.com/calls/2024/05/09/a.mp3zzz"),
+            Some("https://recordings.example.com/calls/2024/05/09/a.mp4"),
             Some("é"),
             Some(""),
+            Some("\0"),
+            Some("\0\0"),
             None,
         ];
         let mut entries: Vec<(Option<Shared>, u64)> = values
@@ -95,13 +111,59 @@ mod tests {
         sort_text_entries(&mut entries);
         assert_eq!(entries, expected);
         // Every value sharing a long prefix, and one value alone.
-        for values in [vec!["+12065550001", "+12065550000", "+1206555"], vec!["x"]] {
+        for values in [
+            vec!["+12065550001", "+12065550000", "+1206555", "+12065550001"],
+            vec!["x"],
+            vec![
+                "0123456789abcdefA",
+                "0123456789abcdeB",
+                "0123456789abcdef",
+                "0123456789abcde",
+            ],
+            vec![
+                "ab",
+                "ab\0",
+                "ab\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0z",
+                "ab\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            ],
+        ] {
             let mut entries: Vec<(Option<Shared>, u64)> = values
                 .iter()
                 .map(|value| (Some(Shared::from(*value)), 1))
                 .collect();
             let mut expected = entries.clone();
             expected.sort();
+            sort_text_entries(&mut entries);
+            assert_eq!(entries, expected);
+        }
+    }
+
+    #[test]
+    fn random_entries_sort_as_their_values_do() {
+        // Few letters, NULs among them, lengths around the key's: every kind of tie.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..500 {
+            let prefix = "p".repeat((next() % 3) as usize);
+            let mut entries: Vec<(Option<Shared>, u64)> = (0..40)
+                .map(|id| {
+                    let len = (next() % 20) as usize;
+                    let text: String = (0..len)
+                        .map(|_| ['a', 'b', '\0'][(next() % 3) as usize])
+                        .collect();
+                    let value = (next() % 8 != 0).then(|| Shared::from(format!("{prefix}{text}")));
+                    (value, next() % 5 + id % 2)
+                })
+                .collect();
+            let mut expected = entries.clone();
+            expected.sort_by(|(a, x), (b, y)| {
+                a.is_some().cmp(&b.is_some()).then(a.cmp(b)).then(x.cmp(y))
+            });
             sort_text_entries(&mut entries);
             assert_eq!(entries, expected);
         }
