@@ -585,13 +585,8 @@ mod tests {
 
     #[test]
     fn random_inserts_and_removes_agree_with_one_set_of_every_entry() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut numbers = crate::sorted_set::tests::numbers(0x2545_f491_4f6c_dd1d);
+        let mut next = move || numbers.next().unwrap_or_default();
         let mut model = BTreeSet::new();
         let mut set = Grouped::new();
         for step in 0..60_000 {

@@ -1719,13 +1719,8 @@ fn the_snapshot_decoder_never_panics_on_a_damaged_body() {
         whole.live(),
         ledger.projection.stats().unwrap().live_calls as usize
     );
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move |n: usize| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % n as u64) as usize
-    };
+    let mut numbers = crate::sorted_set::tests::numbers(0x2545_f491_4f6c_dd1d);
+    let mut next = move |n: usize| (numbers.next().unwrap_or_default() % n as u64) as usize;
     let (mut decoded, mut refused) = (0, 0);
     for round in 0..3000 {
         let mut damaged = body.clone();

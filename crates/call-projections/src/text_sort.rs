@@ -141,13 +141,8 @@ mod tests {
     #[test]
     fn random_entries_sort_as_their_values_do() {
         // Few letters, NULs among them, lengths around the key's: every kind of tie.
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut numbers = crate::sorted_set::tests::numbers(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || numbers.next().unwrap_or_default();
         for _ in 0..500 {
             let prefix = "p".repeat((next() % 3) as usize);
             let mut entries: Vec<(Option<Shared>, u64)> = (0..40)

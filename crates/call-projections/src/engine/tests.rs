@@ -24,13 +24,8 @@ const PAGE: usize = 200;
 fn view() -> (View, Vec<Call>) {
     let db = sled::Config::new().temporary(true).open().expect("sled");
     let tree = db.open_tree("view-1").expect("tree");
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut next = |modulo: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % modulo
-    };
+    let mut numbers = crate::sorted_set::tests::numbers(0x2545_f491_4f6c_dd1d);
+    let mut next = |modulo: u64| numbers.next().unwrap_or_default() % modulo;
     let mut calls = Vec::new();
     for id in 1..=CALLS {
         let mut attributes = FieldMap::new();
