@@ -76,10 +76,7 @@ pub fn decide(state: &CallState, command: &Command) -> Result<Vec<EventBody>, De
     match &command.action {
         Action::Create(changes) => Ok(vec![created(changes.clone())]),
         Action::Update { id, changes } => updated(state, *id, changes, command.occurred_at()),
-        Action::Delete { id } => match state {
-            CallState::Live(_) => Ok(vec![EventBody::CallDeleted]),
-            _ => Err(DecideError::NotFound(*id)),
-        },
+        Action::Delete { id } => deleted(state, *id),
     }
 }
 
@@ -92,9 +89,11 @@ pub fn decide_taking(
     command: &mut Command,
 ) -> Result<Vec<EventBody>, DecideError> {
     check_command(command)?;
+    let occurred_at = command.occurred_at();
     match &mut command.action {
         Action::Create(changes) => Ok(vec![created(std::mem::take(changes))]),
-        _ => decide(state, command),
+        Action::Update { id, changes } => updated(state, *id, changes, occurred_at),
+        Action::Delete { id } => deleted(state, *id),
     }
 }
 
@@ -147,6 +146,14 @@ fn created(mut initial: Changes) -> EventBody {
         initial.data_connections = None;
     }
     EventBody::CallCreated(initial)
+}
+
+/// A delete's event: a call that is not live cannot be deleted.
+fn deleted(state: &CallState, id: CallId) -> Result<Vec<EventBody>, DecideError> {
+    match state {
+        CallState::Live(_) => Ok(vec![EventBody::CallDeleted]),
+        _ => Err(DecideError::NotFound(id)),
+    }
 }
 
 /// An update's events: none where it changes nothing.
