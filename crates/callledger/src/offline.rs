@@ -134,7 +134,7 @@ fn send_lines(
 
 /// One NDJSON line turned into a create command, or why it cannot be.
 fn create_command(line: &str, recorded_at: call_model::Timestamp) -> Result<Command, String> {
-    let value = JsonIn::from_slice(line.as_bytes()).map_err(|e| format!("not JSON: {e}"))?;
+    let value = JsonIn::from_text(line).map_err(|e| format!("not JSON: {e}"))?;
     let document = match value {
         JsonIn::Object(object) if object.contains_key("data") => JsonIn::Object(object),
         JsonIn::Object(attributes) => JsonIn::Object(Members::from([(
