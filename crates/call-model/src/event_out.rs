@@ -25,7 +25,7 @@ pub(crate) fn write_event(
     out.extend_from_slice(b"{\"schemaVersion\":");
     number(out, u64::from(SCHEMA_VERSION));
     out.extend_from_slice(b",\"type\":");
-    string(out, stored.body.event_type().name());
+    name(out, stored.body.event_type().name());
     if let Some((position, call_id, version)) = place {
         out.extend_from_slice(b",\"position\":");
         number(out, position);
@@ -83,11 +83,11 @@ pub(crate) fn write_changes(out: &mut Vec<u8>, changes: &Changes) {
 
 /// The members of `changes` inside an object (`first`: nothing written in it before them).
 fn changes_members(out: &mut Vec<u8>, changes: &Changes, mut first: bool) {
-    let mut member = |out: &mut Vec<u8>, name: &str| {
+    let mut member = |out: &mut Vec<u8>, member: &'static str| {
         if !std::mem::take(&mut first) {
             out.push(b',');
         }
-        string(out, name);
+        name(out, member);
         out.push(b':');
     };
     if !changes.attributes.is_empty() {
@@ -107,7 +107,7 @@ fn changes_members(out: &mut Vec<u8>, changes: &Changes, mut first: bool) {
 /// Attributes in the order of [`crate::Field`] (alphabetical).
 fn attributes(out: &mut Vec<u8>, attributes: &FieldMap<Option<AttrValue>>) {
     separated(out, b"{}", attributes.iter(), |out, (field, value)| {
-        string(out, field.name());
+        name(out, field.name());
         out.push(b':');
         match value {
             None => out.extend_from_slice(b"null"),
@@ -142,7 +142,7 @@ fn separated<T>(
 /// Relationships in the order of [`Relation`] (alphabetical); each value in its serde form.
 fn relationships(out: &mut Vec<u8>, relationships: &BTreeMap<Relation, Option<RelValue>>) {
     separated(out, b"{}", relationships, |out, (relation, value)| {
-        string(out, relation.name());
+        name(out, relation.name());
         out.push(b':');
         match value {
             Some(value) => serde_value(out, value),
@@ -176,29 +176,37 @@ fn timestamp(out: &mut Vec<u8>, at: Timestamp) {
     }
 }
 
+/// A name of the event's schema (a member, a field, a relation, an event type) as a JSON
+/// string: ASCII letters, nothing to escape, so copied as it is (each event writes a dozen).
+fn name(out: &mut Vec<u8>, name: &'static str) {
+    debug_assert!(name.bytes().all(|byte| escape_of(byte).is_none()), "{name}");
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'"');
+}
+
 /// `text` as a JSON string, escaped as serde_json escapes.
 pub(crate) fn string(out: &mut Vec<u8>, text: &str) {
     out.reserve(text.len() + 2);
     out.push(b'"');
     let bytes = text.as_bytes();
     let mut copied = 0;
-    let mut at = 0;
-    while at < bytes.len() {
-        // Eight bytes at a time while none of them needs escaping.
-        if let Some(word) = bytes.get(at..at + 8) {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(word);
-            if !any_to_escape(u64::from_le_bytes(eight)) {
-                at += 8;
-                continue;
+    for (index, word) in bytes.chunks(8).enumerate() {
+        // Eight bytes at a time; the last few padded with spaces, which need no escaping (a
+        // string's last bytes went one by one, most of a short string's cost).
+        let mut eight = [b' '; 8];
+        eight[..word.len()].copy_from_slice(word);
+        if !any_to_escape(u64::from_le_bytes(eight)) {
+            continue;
+        }
+        let start = index * 8;
+        for (at, byte) in word.iter().enumerate() {
+            if let Some(escape) = escape_of(*byte) {
+                out.extend_from_slice(&bytes[copied..start + at]);
+                escape.write(out);
+                copied = start + at + 1;
             }
         }
-        if let Some(escape) = escape_of(bytes[at]) {
-            out.extend_from_slice(&bytes[copied..at]);
-            escape.write(out);
-            copied = at + 1;
-        }
-        at += 1;
     }
     out.extend_from_slice(&bytes[copied..]);
     out.push(b'"');
