@@ -18,6 +18,7 @@ use crate::column::{Cell, Column};
 use crate::column_order::{ColumnOrder, Null};
 use crate::grouped::Grouped;
 use crate::live_ids::LiveIds;
+use crate::radix::sort_entries;
 use crate::text_cells::{Dictionary, TextRef};
 use crate::text_sort::sort_text_entries;
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
@@ -1424,10 +1425,10 @@ impl IndexBuilder {
         let mut indexes = self.indexes;
         indexes.ids = self.ids.into_iter().collect();
         let mut changes = self.changes;
-        changes.sort_unstable();
+        sort_entries(&mut changes);
         indexes.changes = changes.into_iter().collect();
         for (index, mut entries) in indexes.times.iter_mut().zip(self.times) {
-            entries.sort_unstable();
+            sort_entries(&mut entries);
             index.order_from(entries);
         }
         for (index, mut entries) in indexes.sort_texts.iter_mut().zip(self.sort_texts) {
@@ -1447,7 +1448,7 @@ impl IndexBuilder {
         indexes.flags = self.flags.into_iter().collect();
         indexes.notes = self.notes.into_iter().collect();
         for (index, mut entries) in indexes.related.iter_mut().zip(self.related) {
-            entries.sort_unstable();
+            sort_entries(&mut entries);
             index.order_from(entries);
         }
         indexes

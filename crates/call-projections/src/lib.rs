@@ -33,6 +33,7 @@ mod index;
 mod live_ids;
 mod projection;
 pub mod query;
+mod radix;
 mod snapshot;
 mod sorted_set;
 mod store;
