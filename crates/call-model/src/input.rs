@@ -724,7 +724,10 @@ fn is_digits(text: &str) -> bool {
 /// An absolute http(s) URL with a host name (or IP literal), an optional numeric port, and no
 /// whitespace or control characters anywhere.
 fn is_http_url(text: &str) -> bool {
-    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // Printable ASCII has neither; only other text is read char by char (a URL's chars were
+    // 1.6% of an import's instructions).
+    let printable_ascii = text.bytes().all(|byte| (b'!'..=b'~').contains(&byte));
+    if !printable_ascii && text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
     let Some((scheme, rest)) = text.split_once("://") else {

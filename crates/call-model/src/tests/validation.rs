@@ -522,6 +522,10 @@ fn urls_must_be_http_or_https() {
         "https://example.com/\n",
         " https://example.com",
         "https://exa<mple.com/",
+        "https://example.com/\u{7f}",
+        "https://example.com/\u{a0}x",
+        "https://example.com/\u{85}",
+        "https://example.com/\u{2028}",
     ];
     for field in [Field::RecordingUrl, Field::VoicemailRecordingUrl] {
         for url in good {
