@@ -187,6 +187,8 @@ impl Cell for u32 {
 pub(crate) trait Packable: Copy + Ord + Hash {
     fn to_i128(self) -> i128;
     fn from_i128(value: i128) -> Self;
+    /// The smallest value of the type, as an `i128`.
+    const MIN: i128;
     /// The units a chunk may count in, coarsest first: a chunk takes the first that every value
     /// of it is a whole number of.
     const UNITS: &'static [i128];
@@ -199,6 +201,7 @@ impl Packable for i64 {
     fn from_i128(value: i128) -> i64 {
         value as i64
     }
+    const MIN: i128 = i64::MIN as i128;
     // Whole seconds, then milliseconds.
     const UNITS: &'static [i128] = &[1000, 1];
 }
@@ -210,6 +213,7 @@ impl Packable for u64 {
     fn from_i128(value: i128) -> u64 {
         value as u64
     }
+    const MIN: i128 = 0;
     const UNITS: &'static [i128] = &[1];
 }
 
@@ -235,6 +239,23 @@ fn null_offset(wide: bool) -> u64 {
     } else {
         u64::from(u32::MAX)
     }
+}
+
+/// A chunk's base for values from `lowest` that span `span` units: half the room the offsets
+/// leave is kept below `lowest`, so that a later value below every earlier one (a call dialed
+/// before those of the ids beside it, most of a bulk build's) still fits. A base at the least
+/// value made every such value pack the chunk's 1,024 values again, most of what setting a
+/// date-time cost. Returns the base and the offset of `lowest` from it; the base is never `null`
+/// (a chunk whose base is null holds no value) and never below the type's least value.
+fn base_below<N: Packable>(lowest: N, span: u64, unit: u32, wide: bool, null: N) -> (N, u64) {
+    let room = (null_offset(wide) - 1).saturating_sub(span) / 2;
+    let unit = i128::from(unit);
+    let lowest = lowest.to_i128();
+    let mut below = i128::from(room).min((lowest - N::MIN) / unit);
+    if below > 0 && lowest - below * unit == null.to_i128() {
+        below -= 1;
+    }
+    (N::from_i128(lowest - below * unit), below as u64)
 }
 
 impl<N: Packable> Packed<N> {
@@ -284,10 +305,9 @@ impl<N: Packable> Packed<N> {
                 if value == null {
                     Some(null_offset(wide))
                 } else if *base == null {
-                    // A chunk's first value is its base: later values (later times, later
-                    // positions) are mostly above it.
-                    *base = value;
-                    Some(0)
+                    let (below, offset) = base_below(value, 0, *unit, wide, null);
+                    *base = below;
+                    Some(offset)
                 } else {
                     Self::offset_of(*base, *unit, wide, value)
                 }
@@ -342,7 +362,19 @@ impl<N: Packable> Packed<N> {
                         false => Self::offset_of(base, unit, wide, *value),
                     })
                     .collect();
-                if let Some(offsets) = offsets {
+                if let Some(mut offsets) = offsets {
+                    let span = offsets
+                        .iter()
+                        .filter(|offset| **offset != null_offset(wide))
+                        .max()
+                        .copied()
+                        .unwrap_or(0);
+                    let (base, below) = base_below(base, span, unit, wide, null);
+                    for offset in &mut offsets {
+                        if *offset != null_offset(wide) {
+                            *offset += below;
+                        }
+                    }
                     return Packed::Offsets {
                         base,
                         unit,
@@ -535,6 +567,44 @@ mod tests {
             let read: Vec<(u64, i64)> = column.non_null().collect();
             let expected: Vec<(u64, i64)> = model.into_iter().collect();
             assert_eq!(read, expected, "round {round}");
+        }
+    }
+
+    #[test]
+    fn values_below_every_earlier_one_keep_their_chunk_packed() {
+        let mut column = Column::new(i64::MIN);
+        let bytes = |column: &Column<i64>| i64::slots_bytes(&column.chunks[&0].slots);
+        // Whole seconds, each an hour before the one before: ten weeks below the first.
+        for id in 0..CHUNK_LEN as u64 {
+            column.set(id, 1_700_000_000_000 - (id as i64) * 3_600_000);
+        }
+        assert_eq!(bytes(&column), CHUNK_LEN * 4);
+        for id in 0..CHUNK_LEN as u64 {
+            assert_eq!(column.get(id), 1_700_000_000_000 - (id as i64) * 3_600_000);
+        }
+    }
+
+    #[test]
+    fn values_next_to_null_or_to_the_least_value_read_back() {
+        // A base kept below the least value would be null itself here, or below the type.
+        let mut positions = Column::new(0u64);
+        for (id, position) in [(5, 1), (6, 3), (7, 2), (8, u64::MAX), (9, 1)] {
+            positions.set(id, position);
+        }
+        assert_eq!(
+            positions.non_null().collect::<Vec<_>>(),
+            [(5, 1), (6, 3), (7, 2), (8, u64::MAX), (9, 1)]
+        );
+        for null in [i64::MIN, i64::MIN + 1000, 0] {
+            let mut times = Column::new(null);
+            let values = [null + 1000, null + 1, null + 2000, 5, -5];
+            for (id, value) in values.iter().enumerate() {
+                times.set(id as u64, *value);
+            }
+            for (id, value) in values.iter().enumerate() {
+                let expected = if *value == null { null } else { *value };
+                assert_eq!(times.get(id as u64), expected, "null {null}, call {id}");
+            }
         }
     }
 
