@@ -47,7 +47,6 @@ fn on_one_line(violations: &[Violation]) -> String {
 /// A batch of input lines for the import's workers: their text in one string, and each line's
 /// number (from 1) and place in it. One allocation a batch, freed by the worker that takes it:
 /// a string a line was allocated here and freed on another thread, 100,000 times an import.
-#[derive(Default)]
 struct Lines {
     text: String,
     lines: Vec<(u64, std::ops::Range<usize>)>,
@@ -69,6 +68,10 @@ impl Lines {
 
     fn len(&self) -> usize {
         self.lines.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
     }
 
     fn iter(&self) -> impl Iterator<Item = (u64, &str)> {
@@ -126,7 +129,7 @@ fn send_lines(
             return Ok(());
         }
     }
-    if batch.len() > 0 && !failed() {
+    if !batch.is_empty() && !failed() {
         let _ = sender.send(batch);
     }
     Ok(())
