@@ -1145,15 +1145,56 @@ pub(crate) struct IndexBuilder {
     changes: Vec<(u64, u64)>,
     times: [Vec<(i64, u64)>; TIME_SORT.len()],
     sort_texts: [Vec<(Option<Shared>, u64)>; TEXT_SORT.len()],
-    /// The sortable strings' shared copies while the sets are gathered, one per value, so that
-    /// a rebuild holds a number many calls share once (a finished [`SortTextIndex`] keeps the
-    /// bytes, or a coded chunk's copy, in its column).
-    sort_strings: [Interner; TEXT_SORT.len()],
+    /// The sortable strings' shared copies while the sets are gathered (a finished
+    /// [`SortTextIndex`] keeps the bytes, or a coded chunk's copy, in its column).
+    sort_strings: [SortStrings; TEXT_SORT.len()],
     texts: [Vec<(Shared, u64)>; TEXT_FILTER.len()],
     tags: Vec<(Shared, u64)>,
     flags: Vec<(bool, u64)>,
     notes: Vec<(u64, u64)>,
     related: [Vec<(i64, u64)>; FILTER_RELATIONS.len()],
+}
+
+/// A sortable string's shared copies while an [`IndexBuilder`] gathers its set: one per value
+/// while its values repeat (a state, an outcome), so that a value many calls hold is held once;
+/// a copy per call once most of its first [`SortStrings::SAMPLE`] values were new (numbers,
+/// recording URLs), which a table of every value would only make slower to gather (a lookup
+/// that misses the caches, then an insert, per call: 7% of a rebuild's CPU at a million calls)
+/// and larger at its peak. Equal values in copies of their own are still one value to the set,
+/// which compares bytes where pointers differ.
+#[derive(Default)]
+struct SortStrings {
+    interner: Interner,
+    /// Values looked up, and of those new, until the choice is made.
+    looked_up: u32,
+    new: u32,
+    /// Each value gets its own copy.
+    distinct: bool,
+}
+
+impl SortStrings {
+    /// Values looked up before choosing whether to go on interning. In this crate's tests few,
+    /// so that their builds take both ways.
+    const SAMPLE: u32 = if cfg!(test) { 8 } else { 4096 };
+
+    fn shared(&mut self, text: &str) -> Shared {
+        if self.distinct {
+            return Shared::from(text);
+        }
+        if self.looked_up == Self::SAMPLE {
+            return self.interner.intern(text);
+        }
+        let held = self.interner.strings.len();
+        let shared = self.interner.intern(text);
+        self.looked_up += 1;
+        self.new += u32::from(self.interner.strings.len() > held);
+        if self.looked_up == Self::SAMPLE && self.new > Self::SAMPLE / 2 {
+            self.distinct = true;
+            // The copies handed out stay; the table of them is let go.
+            self.interner = Interner::default();
+        }
+        shared
+    }
 }
 
 /// The sets an [`IndexBuilder`] fills, so that several threads can build one `Indexes` over the
@@ -1344,7 +1385,7 @@ impl IndexBuilder {
             if half.is_some_and(|half| sort_text_half(i) != half) {
                 continue;
             }
-            let shared = row.sort_text(i).map(|t| self.sort_strings[i].intern(t));
+            let shared = row.sort_text(i).map(|t| self.sort_strings[i].shared(t));
             index.col.set(id, shared.clone());
             self.sort_texts[i].push((shared, id));
         }
@@ -1412,7 +1453,7 @@ impl IndexBuilder {
             }
         }
         for strings in &mut self.sort_strings {
-            strings.sweep();
+            strings.interner.sweep();
         }
         for index in &mut indexes.texts {
             index.strings.sweep();
@@ -1687,8 +1728,8 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Dictionary, IndexRow, Indexed, Interner, Shared, SortTextIndex, TextIndex, TextRef,
-        FILTER_RELATIONS, NO_CODE, TEXT_FILTER, TEXT_SORT, TIME_SORT,
+        Dictionary, Differences, IndexRow, Indexed, Indexes, Interner, Shared, SortTextIndex,
+        TextIndex, TextRef, FILTER_RELATIONS, NO_CODE, TEXT_FILTER, TEXT_SORT, TIME_SORT,
     };
     use call_model::{AttrValue, Call, Field, RelValue, ResourceRef, Timestamp};
 
@@ -1880,6 +1921,46 @@ mod tests {
             assert_eq!(Indexed::note(row), Indexed::note(call));
             assert!(Indexed::related(row).eq(Indexed::related(call)));
         }
+    }
+
+    #[test]
+    fn a_build_that_stops_interning_nearly_unique_strings_equals_the_updated_indexes() {
+        // Far more calls than the builder samples: the first sortable string is new in nearly
+        // every call (its values are copied per call after the sample), the second one of three.
+        let rows: Vec<(u64, IndexRow)> = (1..=300u64)
+            .map(|id| {
+                let mut call = Call {
+                    id,
+                    version: 1,
+                    position: id,
+                    attributes: Default::default(),
+                    relationships: Default::default(),
+                    data_connections: Vec::new(),
+                };
+                // Every tenth value repeats the one before it.
+                let number = id - u64::from(id % 10 == 0);
+                call.attributes.insert(
+                    TEXT_SORT[0],
+                    AttrValue::Text(format!("+1206555{number:04}")),
+                );
+                call.attributes
+                    .insert(TEXT_SORT[1], AttrValue::Text(format!("kind {}", id % 3)));
+                (id, IndexRow::of(&call))
+            })
+            .collect();
+        let built = Indexes::from_rows(rows.iter().cloned());
+        let mut updated = Indexes::new();
+        for (id, row) in &rows {
+            updated.update(*id, None, Some(row));
+        }
+        let mut differences = Differences::new(10);
+        updated.diff(&built, &mut differences);
+        assert!(differences.lines.is_empty(), "{:?}", differences.lines);
+        assert_eq!(
+            built.sort_texts[0].col.get(20),
+            TextRef::whole("+12065550019")
+        );
+        assert_eq!(built.sort_texts[1].col.get(20), TextRef::whole("kind 2"));
     }
 
     /// `index` built back from its set, as the snapshot reads it.
