@@ -120,12 +120,12 @@ impl<'a> Run<'a> {
     }
 
     /// Walks the matching calls from `start` in order (or reverse order), handing each to
-    /// `visit` (with its stored row when `load`) until `visit` returns false.
+    /// `visit` (with its stored row for the first `loads` of them) until `visit` returns false.
     fn walk(
         &self,
         backward: bool,
         start: Option<Start<'_>>,
-        load: bool,
+        mut loads: usize,
         mut visit: impl FnMut(u64, Option<Call>) -> bool,
     ) -> Result<(), ProjectionError> {
         let indexes = &self.view.indexes;
@@ -142,6 +142,7 @@ impl<'a> Run<'a> {
                     }
                 }
             }
+            let load = loads > 0;
             let mut maybe = false;
             for filter in &self.checked {
                 match filter.check_indexes(indexes, id) {
@@ -165,6 +166,7 @@ impl<'a> Run<'a> {
             } else {
                 None
             };
+            loads = loads.saturating_sub(1);
             if !visit(id, call.filter(|_| load)) {
                 break;
             }
@@ -172,25 +174,33 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Up to `limit` matching calls from `start`.
+    /// Up to `limit` matching calls from `start`, and whether another matches after them
+    /// (found without reading its row).
     fn page(
         &self,
         backward: bool,
         start: Option<Start<'_>>,
         limit: usize,
-    ) -> Result<Vec<Call>, ProjectionError> {
-        let mut calls = Vec::with_capacity(limit.min(MAX_PAGE_SIZE + 1));
-        self.walk(backward, start, true, |_, call| {
-            calls.extend(call);
-            calls.len() < limit
+    ) -> Result<(Vec<Call>, bool), ProjectionError> {
+        let mut calls = Vec::with_capacity(limit.min(MAX_PAGE_SIZE));
+        let mut more = false;
+        self.walk(backward, start, limit, |_, call| match call {
+            Some(call) => {
+                calls.push(call);
+                true
+            }
+            None => {
+                more = true;
+                false
+            }
         })?;
-        Ok(calls)
+        Ok((calls, more))
     }
 
     /// Whether any call matches from `start` on.
     fn any(&self, backward: bool, start: Start<'_>) -> Result<bool, ProjectionError> {
         let mut found = false;
-        self.walk(backward, Some(start), false, |_, _| {
+        self.walk(backward, Some(start), 0, |_, _| {
             found = true;
             false
         })?;
@@ -203,7 +213,7 @@ impl<'a> Run<'a> {
             return Ok(self.view.indexes.live() as u64);
         }
         let mut count = 0u64;
-        self.walk(false, None, false, |_, _| {
+        self.walk(false, None, 0, |_, _| {
             count += 1;
             true
         })?;
@@ -243,9 +253,7 @@ pub(crate) fn list(view: &View, query: &ListQuery) -> Result<ListPage, QueryErro
     };
     let (calls, more_after, more_before) = match &cursor {
         None => {
-            let mut calls = run.page(false, None, page + 1)?;
-            let more_after = calls.len() > page;
-            calls.truncate(page);
+            let (calls, more_after) = run.page(false, None, page)?;
             (calls, more_after, false)
         }
         Some((backward, key)) => {
@@ -257,9 +265,7 @@ pub(crate) fn list(view: &View, query: &ListQuery) -> Result<ListPage, QueryErro
                 key,
                 inclusive: true,
             };
-            let mut calls = run.page(*backward, Some(after), page + 1)?;
-            let more = calls.len() > page;
-            calls.truncate(page);
+            let (mut calls, more) = run.page(*backward, Some(after), page)?;
             // Whatever lies on the other side of the cursor, the cursor's own row included.
             let other_side = run.any(!backward, at)?;
             if *backward {
