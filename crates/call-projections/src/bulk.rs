@@ -282,6 +282,9 @@ impl Built {
                 first.push((*id, call));
             }
         }
+        // In the order of their ids, as the calls of later chunks follow them: a set whose
+        // entries come in id order sorts them without comparing ids (`sort_text_entries`).
+        first.sort_unstable_by_key(|(id, _)| *id);
         self.builder
             .add_all(|| first.iter().map(|(id, call)| (*id, *call)));
         if self.changed_again.len() >= SETTLE_MIN.max(self.builder.len() / 4) {

@@ -1508,9 +1508,14 @@ pub(crate) fn compare_shared(a: &Shared, b: &Shared) -> Ordering {
 
 /// Sorts `(value, id)` entries as their set orders them, before the set is built from them
 /// (a set built from entries in order only checks that they are): a plain sort compares every
-/// pair by its bytes.
+/// pair by its bytes. Entries gathered in id order are sorted by value alone, stably, as
+/// [`sort_text_entries`] does.
 fn sort_shared(entries: &mut [(Shared, u64)]) {
-    entries.sort_unstable_by(|(a, x), (b, y)| compare_shared(a, b).then(x.cmp(y)));
+    if entries.is_sorted_by_key(|(_, id)| *id) {
+        entries.sort_by(|(a, _), (b, _)| compare_shared(a, b));
+    } else {
+        entries.sort_unstable_by(|(a, x), (b, y)| compare_shared(a, b).then(x.cmp(y)));
+    }
 }
 
 /// A hasher for maps keyed by call id: ids are trusted integers, so a multiply-rotate mix (as in
@@ -1728,8 +1733,9 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Dictionary, Differences, IndexRow, Indexed, Indexes, Interner, Shared, SortTextIndex,
-        TextIndex, TextRef, FILTER_RELATIONS, NO_CODE, TEXT_FILTER, TEXT_SORT, TIME_SORT,
+        sort_shared, Dictionary, Differences, IndexRow, Indexed, Indexes, Interner, Shared,
+        SortTextIndex, TextIndex, TextRef, FILTER_RELATIONS, NO_CODE, TEXT_FILTER, TEXT_SORT,
+        TIME_SORT,
     };
     use call_model::{AttrValue, Call, Field, RelValue, ResourceRef, Timestamp};
 
@@ -1920,6 +1926,34 @@ mod tests {
             assert_eq!(Indexed::flag(row), Indexed::flag(call));
             assert_eq!(Indexed::note(row), Indexed::note(call));
             assert!(Indexed::related(row).eq(Indexed::related(call)));
+        }
+    }
+
+    #[test]
+    fn shared_entries_sort_by_value_then_id_in_any_order_they_come() {
+        let values: Vec<Shared> = ["b", "a", "c", "a\0", ""].map(Shared::from).to_vec();
+        let mut numbers = crate::sorted_set::tests::numbers(0x2545_f491_4f6c_dd1d);
+        for round in 0..200u64 {
+            let mut entries: Vec<(Shared, u64)> = (0..30)
+                .map(|_| {
+                    let n = numbers.next().unwrap_or_default();
+                    // Copies of their own too, as a build that stopped interning holds them.
+                    let value = &values[(n % 5) as usize];
+                    let value = if n.is_multiple_of(3) {
+                        Shared::from(&**value)
+                    } else {
+                        value.clone()
+                    };
+                    (value, (n >> 8) % 12)
+                })
+                .collect();
+            if round % 2 == 0 {
+                entries.sort_by_key(|(_, id)| *id);
+            }
+            let mut expected = entries.clone();
+            expected.sort();
+            sort_shared(&mut entries);
+            assert_eq!(entries, expected, "round {round}");
         }
     }
 

@@ -17,11 +17,11 @@ use crate::index::{compare_shared, Shared};
 /// Sorts `entries` as a set of sortable strings orders them.
 pub(crate) fn sort_text_entries(entries: &mut Vec<(Option<Shared>, u64)>) {
     let shared_prefix = shared_prefix(entries);
-    let mut keyed: Vec<(u128, Option<Shared>, u64)> = entries
+    let mut keyed: Vec<Keyed> = entries
         .drain(..)
         .map(|(value, id)| (window(value.as_deref(), shared_prefix), value, id))
         .collect();
-    keyed.sort_unstable_by(|(key_a, a, id_a), (key_b, b, id_b)| {
+    let by_value = |(key_a, a, _): &Keyed, (key_b, b, _): &Keyed| {
         a.is_some()
             .cmp(&b.is_some())
             .then(key_a.cmp(key_b))
@@ -29,10 +29,21 @@ pub(crate) fn sort_text_entries(entries: &mut Vec<(Option<Shared>, u64)>) {
                 (Some(a), Some(b)) if longer_than_key(*key_a) => compare_shared(a, b),
                 _ => Ordering::Equal,
             })
-            .then(id_a.cmp(id_b))
-    });
+    };
+    if keyed.is_sorted_by_key(|(_, _, id)| *id) {
+        // A stable sort by value leaves each value's ids in order. Ids compared as the last key
+        // made every entry distinct, which kept the sort from its shortcut for runs of equal
+        // values: a string of few values (a state, an outcome, a call type) was sorted as if
+        // every call held its own, a third of a bulk build's instructions in its sets' sorts.
+        keyed.sort_by(by_value);
+    } else {
+        keyed.sort_unstable_by(|a, b| by_value(a, b).then(a.2.cmp(&b.2)));
+    }
     entries.extend(keyed.into_iter().map(|(_, value, id)| (value, id)));
 }
+
+/// An entry with its value's key ([`window`]) before it.
+type Keyed = (u128, Option<Shared>, u64);
 
 /// How many leading bytes every value shares.
 fn shared_prefix(entries: &[(Option<Shared>, u64)]) -> usize {
@@ -145,7 +156,7 @@ mod tests {
         let mut next = move || numbers.next().unwrap_or_default();
         for _ in 0..500 {
             let prefix = "p".repeat((next() % 3) as usize);
-            let mut entries: Vec<(Option<Shared>, u64)> = (0..40)
+            let entries: Vec<(Option<Shared>, u64)> = (0..40)
                 .map(|id| {
                     let len = (next() % 20) as usize;
                     let text: String = (0..len)
@@ -155,12 +166,17 @@ mod tests {
                     (value, next() % 5 + id % 2)
                 })
                 .collect();
-            let mut expected = entries.clone();
-            expected.sort_by(|(a, x), (b, y)| {
-                a.is_some().cmp(&b.is_some()).then(a.cmp(b)).then(x.cmp(y))
-            });
-            sort_text_entries(&mut entries);
-            assert_eq!(entries, expected);
+            // As gathered from calls in any order, and in id order (sorted by value alone).
+            let mut in_id_order = entries.clone();
+            in_id_order.sort_by_key(|(_, id)| *id);
+            for mut entries in [entries, in_id_order] {
+                let mut expected = entries.clone();
+                expected.sort_by(|(a, x), (b, y)| {
+                    a.is_some().cmp(&b.is_some()).then(a.cmp(b)).then(x.cmp(y))
+                });
+                sort_text_entries(&mut entries);
+                assert_eq!(entries, expected);
+            }
         }
     }
 }
