@@ -20,7 +20,7 @@ use crate::grouped::Grouped;
 use crate::live_ids::LiveIds;
 use crate::radix::sort_entries;
 use crate::text_cells::{Dictionary, TextRef};
-use crate::text_sort::sort_text_entries;
+use crate::text_sort::{sort_by_value_then_id, sort_text_entries};
 use call_model::{AttrValue, Call, Field, QueryUse, RelValue, Relation, Timestamp};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -1508,14 +1508,13 @@ pub(crate) fn compare_shared(a: &Shared, b: &Shared) -> Ordering {
 
 /// Sorts `(value, id)` entries as their set orders them, before the set is built from them
 /// (a set built from entries in order only checks that they are): a plain sort compares every
-/// pair by its bytes. Entries gathered in id order are sorted by value alone, stably, as
-/// [`sort_text_entries`] does.
+/// pair by its bytes.
 fn sort_shared(entries: &mut [(Shared, u64)]) {
-    if entries.is_sorted_by_key(|(_, id)| *id) {
-        entries.sort_by(|(a, _), (b, _)| compare_shared(a, b));
-    } else {
-        entries.sort_unstable_by(|(a, x), (b, y)| compare_shared(a, b).then(x.cmp(y)));
-    }
+    sort_by_value_then_id(
+        entries,
+        |(_, id)| *id,
+        |(a, _), (b, _)| compare_shared(a, b),
+    );
 }
 
 /// A hasher for maps keyed by call id: ids are trusted integers, so a multiply-rotate mix (as in

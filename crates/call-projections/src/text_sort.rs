@@ -30,16 +30,25 @@ pub(crate) fn sort_text_entries(entries: &mut Vec<(Option<Shared>, u64)>) {
                 _ => Ordering::Equal,
             })
     };
-    if keyed.is_sorted_by_key(|(_, _, id)| *id) {
-        // A stable sort by value leaves each value's ids in order. Ids compared as the last key
-        // made every entry distinct, which kept the sort from its shortcut for runs of equal
-        // values: a string of few values (a state, an outcome, a call type) was sorted as if
-        // every call held its own, a third of a bulk build's instructions in its sets' sorts.
-        keyed.sort_by(by_value);
-    } else {
-        keyed.sort_unstable_by(|a, b| by_value(a, b).then(a.2.cmp(&b.2)));
-    }
+    sort_by_value_then_id(&mut keyed, |(_, _, id)| *id, by_value);
     entries.extend(keyed.into_iter().map(|(_, value, id)| (value, id)));
+}
+
+/// Sorts a string set's entries by value, then id: where they come in id order (a bulk build
+/// adds its calls so), by a stable sort on the value alone, which leaves each value's ids in
+/// order. Ids compared as the last key made every entry distinct, which kept the sort from its
+/// shortcut for runs of equal values: a string of few values (a state, an outcome, a tag) was
+/// sorted as if every call held its own, about a tenth of a rebuild's instructions.
+pub(crate) fn sort_by_value_then_id<T>(
+    entries: &mut [T],
+    id: impl Fn(&T) -> u64,
+    by_value: impl Fn(&T, &T) -> Ordering,
+) {
+    if entries.is_sorted_by_key(&id) {
+        entries.sort_by(by_value);
+    } else {
+        entries.sort_unstable_by(|a, b| by_value(a, b).then_with(|| id(a).cmp(&id(b))));
+    }
 }
 
 /// An entry with its value's key ([`window`]) before it.
