@@ -18,7 +18,7 @@ const MAX_QUEUE_ITEMS: usize = 4;
 
 // call-ledger: 16, not 64. A shard applies its queued accesses, and evicts, only once its
 // queue is full, so each shard could hold this many pages read past the cache's capacity: a
-// scan of a 1.1 GB log with a 1 MiB cache kept 670 MB resident (see README.md).
+// scan of a 1.1 GB log with a 1 MiB cache kept 650 MiB resident (see README.md).
 #[cfg(not(any(test, feature = "lock_free_delays")))]
 const MAX_QUEUE_ITEMS: usize = 16;
 
