@@ -5,7 +5,7 @@
 use crate::column::Column;
 use crate::error::ProjectionError;
 use crate::index::{IdMap, IdSet, IndexRow, Indexes, SplitBuilder};
-use crate::store::{decode_call, fold, par_map, Handed, Meta, Overlay, Views};
+use crate::store::{decode_all, decode_call, fold, par_map, Decoded, Handed, Meta, Overlay, Views};
 use call_model::Call;
 use event_log::{EventLog, LogError, Record};
 use std::sync::Arc;
@@ -199,6 +199,10 @@ impl Drop for EndsAppending<'_> {
     }
 }
 
+/// A chunk of the log's records as the replay's reader sends it, with their events decoded
+/// unless the replay follows appends; or the error that ended the reading.
+type ReadChunk = Result<(Vec<Record>, Option<Decoded>), LogError>;
+
 /// Sends the log's records after `after`, up to `upto` (or the head when it is reached), in
 /// chunks of `chunk` records, until the receiver is gone or a read fails (the error is sent).
 /// With `appending`, the head it stops at is the one the log has once the appends end.
@@ -208,7 +212,7 @@ fn read_ahead(
     upto: Option<u64>,
     chunk: usize,
     appending: Option<&Appending>,
-    chunks: &std::sync::mpsc::SyncSender<Result<Vec<Record>, LogError>>,
+    chunks: &std::sync::mpsc::SyncSender<ReadChunk>,
 ) {
     loop {
         let limit = match upto {
@@ -229,6 +233,12 @@ fn read_ahead(
             },
             Err(_) => None,
         };
+        // Decoded here, on a thread that lives for the whole replay, unless the appends that
+        // a replay follows hand their calls over instead (an import's).
+        let records = records.map(|records| {
+            let decoded = appending.is_none().then(|| decode_all(&records));
+            (records, decoded)
+        });
         if chunks.send(records).is_err() {
             return;
         }
@@ -405,7 +415,7 @@ pub(crate) fn replay(
         };
         // The log is read a chunk ahead, on a thread of its own: reading it (sled pulling
         // the log's pages from disk) was most of the folding thread's time.
-        let (read, chunks) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, LogError>>(1);
+        let (read, chunks) = std::sync::mpsc::sync_channel::<ReadChunk>(1);
         let start = meta.checkpoint;
         let chunk = match appending {
             Some(_) => FOLLOWING_CHUNK.min(rebuild_chunk()),
@@ -420,8 +430,8 @@ pub(crate) fn replay(
         let mut overlay = Arc::new(Overlay::default());
         let mut in_flight = false;
         let replayed = loop {
-            let records = match chunks.recv() {
-                Ok(Ok(records)) => records,
+            let (records, decoded) = match chunks.recv() {
+                Ok(Ok(chunk)) => chunk,
                 Ok(Err(error)) => break Err(error.into()),
                 // The reader is done: it sent every chunk up to `upto` or the head.
                 Err(_) => break Ok(()),
@@ -430,7 +440,15 @@ pub(crate) fn replay(
                 (Some(appending), Some(last)) => appending.take_handed(last.position),
                 _ => Handed::new(),
             };
-            let folded = match fold(tree, Some(&*overlay), &meta, &records, true, &mut handed) {
+            let folded = match fold(
+                tree,
+                Some(&*overlay),
+                &meta,
+                &records,
+                true,
+                &mut handed,
+                decoded,
+            ) {
                 Ok(folded) => folded,
                 Err(error) => break Err(error),
             };

@@ -828,7 +828,15 @@ impl Projection {
             if records.is_empty() {
                 return Ok(meta.checkpoint);
             }
-            let folded = fold(&tree, None, &meta, &records, false, &mut Handed::new())?;
+            let folded = fold(
+                &tree,
+                None,
+                &meta,
+                &records,
+                false,
+                &mut Handed::new(),
+                None,
+            )?;
             let rows: Vec<(u64, Option<IndexRow>, Option<IndexRow>)> = folded
                 .changes
                 .iter()

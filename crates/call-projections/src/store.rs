@@ -572,6 +572,18 @@ pub(crate) type Overlay = IdMap<Option<Call>>;
 /// ([`crate::Appending::hand`]).
 pub(crate) type Handed = BTreeMap<u64, Call>;
 
+/// The events of a chunk of records, one per record in order, decoded ahead of its fold (a
+/// replay's reader decodes them on its own thread, which lives for the whole replay).
+pub(crate) type Decoded = Vec<Result<Event, call_model::EventDecodeError>>;
+
+/// Decodes every record of `records` on this thread.
+pub(crate) fn decode_all(records: &[Record]) -> Decoded {
+    records
+        .iter()
+        .map(|r| Event::decode(r.position, r.stream, r.version, &r.payload))
+        .collect()
+}
+
 /// What a record folds as: its decoded event, or the call its create made, handed.
 enum Folding {
     Event(Event),
@@ -581,8 +593,18 @@ enum Folding {
 /// The events of `records`, each decoded unless `handed` holds the call its record creates
 /// (the record at the call's position, its stream's first version, the call's id its stream),
 /// which is taken instead. Decoding is one of a fold's two expensive steps, and is spread over
-/// the machine's cores for a large chunk.
-fn folding(records: &[Record], handed: &mut Handed) -> Result<Vec<Folding>, ProjectionError> {
+/// the machine's cores for a large chunk, unless `decoded` holds every record's event already.
+fn folding(
+    records: &[Record],
+    handed: &mut Handed,
+    decoded: Option<Decoded>,
+) -> Result<Vec<Folding>, ProjectionError> {
+    if let Some(decoded) = decoded.filter(|decoded| decoded.len() == records.len()) {
+        return decoded
+            .into_iter()
+            .map(|event| Ok(Folding::Event(event?)))
+            .collect();
+    }
     let mut created: Vec<Option<Call>> = records
         .iter()
         .map(|record| {
@@ -619,7 +641,8 @@ fn folding(records: &[Record], handed: &mut Handed) -> Result<Vec<Folding>, Proj
 /// Folds `records` (which must continue the log right after `meta.checkpoint`) into one batch.
 /// With `pack`, the calls the chunk creates (above every packed id) are written as packs.
 /// `handed` are calls the chunk's creates made, by position, folded as they are instead of
-/// decoding their records (an import's); those of the chunk are taken from it.
+/// decoding their records (an import's); those of the chunk are taken from it. `decoded`, when
+/// given, holds the event of each record, decoded ahead (a replay's reader does).
 ///
 /// Each call's state is read once per chunk (from `overlay` when it is there, else from the
 /// tree) and evolved in memory through all of its events, so a call changed many times in a
@@ -632,12 +655,13 @@ pub(crate) fn fold(
     records: &[Record],
     pack: bool,
     handed: &mut Handed,
+    decoded: Option<Decoded>,
 ) -> Result<Folded, ProjectionError> {
     struct Slot {
         original: Option<Call>,
         state: CallState,
     }
-    let events = folding(records, handed)?;
+    let events = folding(records, handed, decoded)?;
     // Sized for a chunk of calls touched once each (an import's, a rebuild's of creates):
     // growing the table as it fills was a seventh of the folding thread's time.
     let mut slots: IdMap<Slot> = IdMap::with_capacity_and_hasher(records.len(), Default::default());
