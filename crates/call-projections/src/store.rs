@@ -576,12 +576,20 @@ pub(crate) type Handed = BTreeMap<u64, Call>;
 /// replay's reader decodes them on its own thread, which lives for the whole replay).
 pub(crate) type Decoded = Vec<Result<Event, call_model::EventDecodeError>>;
 
+/// The event a log record holds: its payload, placed by the record's position, stream and
+/// version.
+fn decode_record(record: &Record) -> Result<Event, call_model::EventDecodeError> {
+    Event::decode(
+        record.position,
+        record.stream,
+        record.version,
+        &record.payload,
+    )
+}
+
 /// Decodes every record of `records` on this thread.
 pub(crate) fn decode_all(records: &[Record]) -> Decoded {
-    records
-        .iter()
-        .map(|r| Event::decode(r.position, r.stream, r.version, &r.payload))
-        .collect()
+    records.iter().map(decode_record).collect()
 }
 
 /// What a record folds as: its decoded event, or the call its create made, handed.
@@ -618,10 +626,7 @@ fn folding(
         .filter(|(_, call)| call.is_none())
         .map(|(record, _)| record)
         .collect();
-    let mut decoded = par_map(&undecoded, |r| {
-        Event::decode(r.position, r.stream, r.version, &r.payload)
-    })
-    .into_iter();
+    let mut decoded = par_map(&undecoded, |record| decode_record(record)).into_iter();
     records
         .iter()
         .zip(created.iter_mut())
@@ -706,12 +711,7 @@ pub(crate) fn fold(
                 slot.state = CallState::Live(call);
                 continue;
             }
-            Folding::Created(_) => Event::decode(
-                record.position,
-                record.stream,
-                record.version,
-                &record.payload,
-            )?,
+            Folding::Created(_) => decode_record(record)?,
             Folding::Event(event) => event,
         };
         let was_live = matches!(slot.state, CallState::Live(_));
