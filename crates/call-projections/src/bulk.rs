@@ -5,7 +5,10 @@
 use crate::column::Column;
 use crate::error::ProjectionError;
 use crate::index::{IdMap, IdSet, IndexRow, Indexes, SplitBuilder};
-use crate::store::{decode_all, decode_call, fold, par_map, Decoded, Handed, Meta, Overlay, Views};
+use crate::store::{
+    decode_all, decode_call, fold, par_map, Decoded, DeletionRow, Handed, Meta, Overlay, Replay,
+    Views,
+};
 use call_model::Call;
 use event_log::{EventLog, LogError, Record};
 use std::sync::Arc;
@@ -428,6 +431,8 @@ pub(crate) fn replay(
             })
             .map_err(ProjectionError::Io)?;
         let mut overlay = Arc::new(Overlay::default());
+        // The last deletion row written: the tree's, or newer while its batch is in flight.
+        let mut deletions: Option<DeletionRow> = None;
         let mut in_flight = false;
         let replayed = loop {
             let (records, decoded) = match chunks.recv() {
@@ -440,15 +445,11 @@ pub(crate) fn replay(
                 (Some(appending), Some(last)) => appending.take_handed(last.position),
                 _ => Handed::new(),
             };
-            let folded = match fold(
-                tree,
-                Some(&*overlay),
-                &meta,
-                &records,
-                true,
-                &mut handed,
-                decoded,
-            ) {
+            let replay = Replay {
+                overlay: &overlay,
+                deletions: deletions.as_ref(),
+            };
+            let mut folded = match fold(tree, Some(replay), &meta, &records, &mut handed, decoded) {
                 Ok(folded) => folded,
                 Err(error) => break Err(error),
             };
@@ -467,6 +468,7 @@ pub(crate) fn replay(
             }
             in_flight = true;
             meta = folded.meta;
+            deletions = folded.deletions.take().or(deletions);
             let (next, originals): (Overlay, Vec<Option<Call>>) = folded
                 .changes
                 .into_iter()

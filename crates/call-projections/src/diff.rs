@@ -1,12 +1,12 @@
 //! What `verify` reports: the differences between the live view and a rebuilt one, call by call
-//! (whether a view is a row or in a pack is how it was written, not what it says) and row by
-//! row for the rest, each said in words (which call, which member, both values).
+//! (whether a view is a row or in a pack is how it was written, not what it says), deletion by
+//! deletion, and row by row for the rest, each said in words (which call, which member, both
+//! values).
 
 use crate::error::ProjectionError;
 use crate::index::Differences;
 use crate::store::{
-    self, decode_call, decode_deletion, describe_key, read_u64, split_key, Views, CALL, DELETION,
-    PACK,
+    self, decode_call, describe_key, read_u64, split_key, Deletions, Views, CALL, DELETION, PACK,
 };
 use call_model::{Call, Field, Relation};
 
@@ -19,63 +19,112 @@ pub(crate) fn compare_trees(
     let as_rows = |views: Views| {
         views.map(|view| view.map(|(id, bytes)| (sled::IVec::from(&store::key(CALL, id)), bytes)))
     };
-    compare_rows(as_rows(Views::new(live)), as_rows(Views::new(rebuilt)), out)?;
+    let rows = Rows {
+        name: describe_key,
+        difference: describe_value_difference,
+    };
+    rows.compare(as_rows(Views::new(live)), as_rows(Views::new(rebuilt)), out)?;
+    // Each deletion as a row of its own, keyed by its position (a stored row holds a range).
+    let deletions = |tree: &sled::Tree| {
+        Deletions::new(tree, 0).map(|deletion| {
+            deletion.map(|deletion| {
+                let mut value = deletion.id.to_be_bytes().to_vec();
+                value.extend_from_slice(&deletion.deleted_at.millis().to_be_bytes());
+                (
+                    sled::IVec::from(&deletion.position.to_be_bytes()),
+                    sled::IVec::from(value),
+                )
+            })
+        })
+    };
+    let deletion_rows = Rows {
+        name: |position: &[u8]| format!("deletion at position {}", show_u64(b"", position)),
+        difference: |position: &[u8], live: &[u8], rebuilt: &[u8]| {
+            let show = |value: &[u8]| {
+                let (id, at) = value.split_at(8);
+                let millis = i64::from_be_bytes(at.try_into().unwrap_or_default());
+                format!(
+                    "call {} deleted at {}",
+                    show_u64(b"", id),
+                    call_model::Timestamp::from_millis(millis)
+                )
+            };
+            format!(
+                "deletion at position {}: {} live, {} rebuilt",
+                show_u64(b"", position),
+                show(live),
+                show(rebuilt)
+            )
+        },
+    };
+    deletion_rows.compare(deletions(live), deletions(rebuilt), out)?;
     let others = |tree: &sled::Tree| {
         tree.iter()
             .filter(|entry| {
-                !matches!(entry, Ok((key, _)) if matches!(key.first(), Some(&CALL) | Some(&PACK)))
+                !matches!(entry, Ok((key, _))
+                    if matches!(key.first(), Some(&CALL) | Some(&PACK) | Some(&DELETION)))
             })
             .map(|entry| entry.map_err(ProjectionError::from))
     };
-    compare_rows(others(live), others(rebuilt), out)
+    rows.compare(others(live), others(rebuilt), out)
 }
 
-/// Compares two sequences of rows in key order.
-fn compare_rows(
-    live: impl Iterator<Item = Result<(sled::IVec, sled::IVec), ProjectionError>>,
-    rebuilt: impl Iterator<Item = Result<(sled::IVec, sled::IVec), ProjectionError>>,
-    out: &mut Differences,
-) -> Result<(), ProjectionError> {
-    let (mut a, mut b) = (live.peekable(), rebuilt.peekable());
-    loop {
-        let ordering = match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(Err(_)), _) | (_, Some(Err(_))) => std::cmp::Ordering::Equal,
-            (Some(Ok((x, _))), Some(Ok((y, _)))) => x.cmp(y),
-        };
-        match ordering {
-            std::cmp::Ordering::Less => {
-                if let Some(entry) = a.next() {
-                    let (key, _) = entry?;
-                    out.push(format!(
-                        "{} is in the live projection but not in the rebuilt one",
-                        describe_key(&key)
-                    ));
+/// How the differences between two sequences of rows are said: a row's name from its key, and
+/// how two values of one key differ.
+struct Rows<N, D> {
+    name: N,
+    difference: D,
+}
+
+impl<N: Fn(&[u8]) -> String, D: Fn(&[u8], &[u8], &[u8]) -> String> Rows<N, D> {
+    /// Compares two sequences of rows in key order.
+    fn compare(
+        &self,
+        live: impl Iterator<Item = Result<(sled::IVec, sled::IVec), ProjectionError>>,
+        rebuilt: impl Iterator<Item = Result<(sled::IVec, sled::IVec), ProjectionError>>,
+        out: &mut Differences,
+    ) -> Result<(), ProjectionError> {
+        let (mut a, mut b) = (live.peekable(), rebuilt.peekable());
+        loop {
+            let ordering = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(Err(_)), _) | (_, Some(Err(_))) => std::cmp::Ordering::Equal,
+                (Some(Ok((x, _))), Some(Ok((y, _)))) => x.cmp(y),
+            };
+            match ordering {
+                std::cmp::Ordering::Less => {
+                    if let Some(entry) = a.next() {
+                        let (key, _) = entry?;
+                        out.push(format!(
+                            "{} is in the live projection but not in the rebuilt one",
+                            (self.name)(&key)
+                        ));
+                    }
                 }
-            }
-            std::cmp::Ordering::Greater => {
-                if let Some(entry) = b.next() {
-                    let (key, _) = entry?;
-                    out.push(format!(
-                        "{} is in the rebuilt projection but not in the live one",
-                        describe_key(&key)
-                    ));
+                std::cmp::Ordering::Greater => {
+                    if let Some(entry) = b.next() {
+                        let (key, _) = entry?;
+                        out.push(format!(
+                            "{} is in the rebuilt projection but not in the live one",
+                            (self.name)(&key)
+                        ));
+                    }
                 }
-            }
-            std::cmp::Ordering::Equal => {
-                let (Some(x), Some(y)) = (a.next(), b.next()) else {
-                    break;
-                };
-                let ((key, live_value), (_, rebuilt_value)) = (x?, y?);
-                if live_value != rebuilt_value {
-                    out.push(describe_value_difference(&key, &live_value, &rebuilt_value));
+                std::cmp::Ordering::Equal => {
+                    let (Some(x), Some(y)) = (a.next(), b.next()) else {
+                        break;
+                    };
+                    let ((key, live_value), (_, rebuilt_value)) = (x?, y?);
+                    if live_value != rebuilt_value {
+                        out.push((self.difference)(&key, &live_value, &rebuilt_value));
+                    }
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Says how two values of one key differ.
@@ -86,16 +135,6 @@ fn describe_value_difference(key: &[u8], live: &[u8], rebuilt: &[u8]) -> String 
             (Ok(live), Ok(rebuilt)) => format!("{name}: {}", call_difference(&live, &rebuilt)),
             (Err(error), _) => format!("{name}: the live row cannot be read ({error})"),
             (_, Err(error)) => format!("{name}: the rebuilt row cannot be read ({error})"),
-        },
-        Some((DELETION, position)) => match (
-            decode_deletion(position, live),
-            decode_deletion(position, rebuilt),
-        ) {
-            (Ok(a), Ok(b)) => format!(
-                "{name}: call {} deleted at {} live, call {} deleted at {} rebuilt",
-                a.id, a.deleted_at, b.id, b.deleted_at
-            ),
-            _ => format!("{name}: the rows differ and one cannot be read"),
         },
         _ if key == store::CHECKPOINT => format!(
             "{name}: {} live, {} rebuilt",

@@ -828,15 +828,7 @@ impl Projection {
             if records.is_empty() {
                 return Ok(meta.checkpoint);
             }
-            let folded = fold(
-                &tree,
-                None,
-                &meta,
-                &records,
-                false,
-                &mut Handed::new(),
-                None,
-            )?;
+            let folded = fold(&tree, None, &meta, &records, &mut Handed::new(), None)?;
             let rows: Vec<(u64, Option<IndexRow>, Option<IndexRow>)> = folded
                 .changes
                 .iter()

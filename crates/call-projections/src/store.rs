@@ -5,7 +5,7 @@
 //! |------------------------|----------------------------------------------------|
 //! | `c` id                 | the live call, in the codec's stored form; empty: not live (a pack's view of it is stale) |
 //! | `p` id >> [`PACK_SHIFT`] | a pack: a table of where each id's view starts, then the views of calls of that range of 32 ids, ascending, written by a replay |
-//! | `d` position           | id, deletedAt millis: the CallDeleted at `position`|
+//! | `d` position >> [`DELETION_SHIFT`] | the deletions of that range of 64 positions, ascending: each the position of its CallDeleted, the call's id, deletedAt millis |
 //! | `k`                    | the checkpoint: the last applied log position      |
 //! | `n`                    | live calls, deleted calls                          |
 //! | `m`                    | the layout version, [`LAYOUT_VERSION`]             |
@@ -28,7 +28,10 @@
 //! holds its call's latest position, so it is an in-memory index built with the others. That
 //! halves the rows a rebuild writes (a sled insert costs as much as decoding an event), and a
 //! feed derived from the views cannot disagree with them. Deleted calls have no view, so their
-//! deletions are stored.
+//! deletions are stored. They are kept per range of positions, not a row each: a row is a sled
+//! leaf entry that stays in the cache, about 200 bytes for a 24-byte deletion, and a service
+//! that deletes calls grew by that much per deletion for as long as it ran (the soak,
+//! docs/operations.md). A deletion rewrites its range's row, at most 64 deletions (1.5 KB).
 
 use crate::error::ProjectionError;
 use crate::index::{IdMap, Indexes};
@@ -44,8 +47,13 @@ pub(crate) const CALL: u8 = b'c';
 pub(crate) const PACK: u8 = b'p';
 /// A call's range of ids, the views a pack can hold, is `id >> PACK_SHIFT`: 32 ids each.
 pub(crate) const PACK_SHIFT: u32 = 5;
-/// Prefix of the deletions, by the position of the CallDeleted event.
+/// Prefix of the deletions, by range of positions (`position >> DELETION_SHIFT`).
 pub(crate) const DELETION: u8 = b'd';
+/// A deletion row holds the deletions of the range of positions `position >> DELETION_SHIFT`:
+/// 64 positions each.
+pub(crate) const DELETION_SHIFT: u32 = 6;
+/// The stored size of a deletion: its position, the call's id, deletedAt millis.
+const DELETION_BYTES: usize = 24;
 /// The checkpoint.
 pub(crate) const CHECKPOINT: &[u8] = b"k";
 /// The live and deleted counters.
@@ -53,7 +61,7 @@ pub(crate) const COUNTERS: &[u8] = b"n";
 /// The layout version.
 pub(crate) const LAYOUT: &[u8] = b"m";
 /// Written under [`LAYOUT`]; a view with another value is rebuilt at open.
-pub(crate) const LAYOUT_VERSION: &[u8] = b"call-projections/5";
+pub(crate) const LAYOUT_VERSION: &[u8] = b"call-projections/6";
 
 /// A prefixed big-endian key.
 pub(crate) fn key(prefix: u8, n: u64) -> [u8; 9] {
@@ -78,7 +86,11 @@ pub(crate) fn describe_key(key: &[u8]) -> String {
             let last = first | ((1 << PACK_SHIFT) - 1);
             format!("pack of the views of calls {first} to {last}")
         }
-        (_, Some((DELETION, position))) => format!("deletion at position {position}"),
+        (_, Some((DELETION, range))) => {
+            let first = range << DELETION_SHIFT;
+            let last = first | ((1 << DELETION_SHIFT) - 1);
+            format!("deletions at positions {first} to {last}")
+        }
         (CHECKPOINT, _) => "checkpoint".to_owned(),
         (COUNTERS, _) => "counters".to_owned(),
         (LAYOUT, _) => "layout version".to_owned(),
@@ -407,28 +419,105 @@ impl Iterator for Views {
     }
 }
 
-/// The stored form of a deletion.
-pub(crate) fn encode_deletion(id: u64, at: Timestamp) -> [u8; 16] {
-    let mut value = [0; 16];
-    value[..8].copy_from_slice(&id.to_be_bytes());
-    value[8..].copy_from_slice(&at.millis().to_be_bytes());
+/// The stored form of a deletion, as a deletion row holds it.
+fn encode_deletion(position: u64, id: u64, at: Timestamp) -> [u8; DELETION_BYTES] {
+    let mut value = [0; DELETION_BYTES];
+    value[..8].copy_from_slice(&position.to_be_bytes());
+    value[8..16].copy_from_slice(&id.to_be_bytes());
+    value[16..].copy_from_slice(&at.millis().to_be_bytes());
     value
 }
 
-/// Reads a stored deletion.
-pub(crate) fn decode_deletion(position: u64, value: &[u8]) -> Result<Deletion, ProjectionError> {
-    let bytes: [u8; 16] = value.try_into().map_err(|_| {
-        corrupt(
-            &key(DELETION, position),
-            format!("expected 16 bytes, found {}", value.len()),
-        )
-    })?;
-    let (id, at) = bytes.split_at(8);
-    Ok(Deletion {
-        id: u64::from_be_bytes(id.try_into().unwrap_or_default()),
-        deleted_at: Timestamp::from_millis(i64::from_be_bytes(at.try_into().unwrap_or_default())),
-        position,
-    })
+/// Reads the deletion row of range `range`: whole deletions, each of the range, positions
+/// ascending. A cut or garbled row is [`ProjectionError::Corrupt`].
+fn decode_deletions(range: u64, row: &[u8]) -> Result<Vec<Deletion>, ProjectionError> {
+    let key = key(DELETION, range);
+    if row.is_empty() || !row.len().is_multiple_of(DELETION_BYTES) {
+        return Err(corrupt(
+            &key,
+            format!(
+                "expected deletions of {DELETION_BYTES} bytes each, found {} bytes",
+                row.len()
+            ),
+        ));
+    }
+    let mut deletions: Vec<Deletion> = Vec::with_capacity(row.len() / DELETION_BYTES);
+    for entry in row.chunks_exact(DELETION_BYTES) {
+        let number = |at: usize| {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(&entry[at..at + 8]);
+            bytes
+        };
+        let deletion = Deletion {
+            position: u64::from_be_bytes(number(0)),
+            id: u64::from_be_bytes(number(8)),
+            deleted_at: Timestamp::from_millis(i64::from_be_bytes(number(16))),
+        };
+        if deletion.position >> DELETION_SHIFT != range {
+            return Err(corrupt(
+                &key,
+                format!("it holds position {}, not of its range", deletion.position),
+            ));
+        }
+        if deletions
+            .last()
+            .is_some_and(|last| last.position >= deletion.position)
+        {
+            return Err(corrupt(
+                &key,
+                format!("position {} is out of order", deletion.position),
+            ));
+        }
+        deletions.push(deletion);
+    }
+    Ok(deletions)
+}
+
+/// The last deletion row a fold wrote: its range and bytes. A replay's next fold starts from it
+/// while the batch that writes it may not be applied yet.
+pub(crate) type DeletionRow = (u64, Vec<u8>);
+
+/// The stored deletions at positions from `first` on, in position order, read row by row.
+pub(crate) struct Deletions {
+    rows: sled::Iter,
+    first: u64,
+    row: std::vec::IntoIter<Deletion>,
+}
+
+impl Deletions {
+    pub(crate) fn new(tree: &sled::Tree, first: u64) -> Deletions {
+        Deletions {
+            rows: tree.range(key(DELETION, first >> DELETION_SHIFT).to_vec()..vec![DELETION + 1]),
+            first,
+            row: Vec::new().into_iter(),
+        }
+    }
+}
+
+impl Iterator for Deletions {
+    type Item = Result<Deletion, ProjectionError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(deletion) = self.row.find(|deletion| deletion.position >= self.first) {
+                return Some(Ok(deletion));
+            }
+            let decoded =
+                self.rows
+                    .next()?
+                    .map_err(ProjectionError::from)
+                    .and_then(|(key, row)| {
+                        let range = split_key(&key)
+                            .map(|(_, range)| range)
+                            .ok_or_else(|| corrupt(&key, "not a deletion row's key"))?;
+                        decode_deletions(range, &row)
+                    });
+            match decoded {
+                Ok(row) => self.row = row.into_iter(),
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
 }
 
 /// The checkpoint and counters of a view.
@@ -562,6 +651,18 @@ pub(crate) struct Folded {
     pub(crate) meta: Meta,
     /// Each call the chunk changed: its id, its view before and after (`None`: not live).
     pub(crate) changes: Vec<(u64, Option<Call>, Option<Call>)>,
+    /// The last deletion row the batch writes, if it writes one.
+    pub(crate) deletions: Option<DeletionRow>,
+}
+
+/// What a replay's fold is told of the batch before it, which another thread may not have
+/// applied yet (a replay applies each batch while it folds the next).
+#[derive(Clone, Copy)]
+pub(crate) struct Replay<'a> {
+    /// The calls that batch changed, as it leaves them.
+    pub(crate) overlay: &'a Overlay,
+    /// The last deletion row it writes.
+    pub(crate) deletions: Option<&'a DeletionRow>,
 }
 
 /// Calls changed by a batch that may not be applied yet: their state after it (`None`: not live).
@@ -644,21 +745,20 @@ fn folding(
 }
 
 /// Folds `records` (which must continue the log right after `meta.checkpoint`) into one batch.
-/// With `pack`, the calls the chunk creates (above every packed id) are written as packs.
+/// In a `replay`, the calls the chunk creates (above every packed id) are written as packs.
 /// `handed` are calls the chunk's creates made, by position, folded as they are instead of
 /// decoding their records (an import's); those of the chunk are taken from it. `decoded`, when
 /// given, holds the event of each record, decoded ahead (a replay's reader does).
 ///
-/// Each call's state is read once per chunk (from `overlay` when it is there, else from the
-/// tree) and evolved in memory through all of its events, so a call changed many times in a
+/// Each call's state is read once per chunk (from the replay's overlay when it is there, else
+/// from the tree) and evolved in memory through all of its events, so a call changed many times in a
 /// chunk is written once. Decoding and encoding are the expensive steps and are spread over the
 /// machine's cores for large chunks.
 pub(crate) fn fold(
     tree: &sled::Tree,
-    overlay: Option<&Overlay>,
+    replay: Option<Replay<'_>>,
     meta: &Meta,
     records: &[Record],
-    pack: bool,
     handed: &mut Handed,
     decoded: Option<Decoded>,
 ) -> Result<Folded, ProjectionError> {
@@ -689,7 +789,7 @@ pub(crate) fn fold(
         let slot = match slots.entry(call_id) {
             Entry::Occupied(slot) => slot.into_mut(),
             Entry::Vacant(slot) => {
-                let original = match overlay.and_then(|o| o.get(&call_id)) {
+                let original = match replay.and_then(|r| r.overlay.get(&call_id)) {
                     Some(state) => state.clone(),
                     // The first event of a call's stream: the log has nothing of it before this
                     // position, so neither has the view (whose checkpoint is behind it); not
@@ -766,7 +866,7 @@ pub(crate) fn fold(
     let mut packable: Vec<(u64, &[u8])> = Vec::new();
     for ((call, created), bytes) in written.iter().zip(&encoded) {
         let ascending = packable.last().is_none_or(|(last, _)| call.id > *last);
-        if pack && *created && call.id >> PACK_SHIFT >= meta.packed_below && ascending {
+        if replay.is_some() && *created && call.id >> PACK_SHIFT >= meta.packed_below && ascending {
             packable.push((call.id, bytes));
         } else {
             batch.insert(&key(CALL, call.id), bytes.as_slice());
@@ -778,8 +878,23 @@ pub(crate) fn fold(
         batch.insert(&key(PACK, range), encode_pack(views.iter().copied()));
         packed_below = range + 1;
     }
-    for (position, id, at) in &deletions {
-        batch.insert(&key(DELETION, *position), &encode_deletion(*id, *at));
+    // Positions ascend, so only the first range can hold deletions already, written by the
+    // batch before (the replay's, which may not be applied yet) or in the tree.
+    let mut last_row = None;
+    for range_deletions in deletions.chunk_by(|a, b| a.0 >> DELETION_SHIFT == b.0 >> DELETION_SHIFT)
+    {
+        let range = range_deletions[0].0 >> DELETION_SHIFT;
+        let mut row = match replay.and_then(|r| r.deletions) {
+            Some((before, row)) if *before == range => row.clone(),
+            _ => tree
+                .get(key(DELETION, range))?
+                .map_or_else(Vec::new, |row| row.to_vec()),
+        };
+        for (position, id, at) in range_deletions {
+            row.extend_from_slice(&encode_deletion(*position, *id, *at));
+        }
+        batch.insert(&key(DELETION, range), row.as_slice());
+        last_row = Some((range, row));
     }
     let meta = Meta {
         checkpoint: expected - 1,
@@ -792,6 +907,7 @@ pub(crate) fn fold(
         batch,
         meta,
         changes,
+        deletions: last_row,
     })
 }
 

@@ -3,7 +3,7 @@
 
 use crate::error::ProjectionError;
 use crate::query::ChangesPage;
-use crate::store::{self, decode_deletion, split_key, View, DELETION};
+use crate::store::{Deletions, View};
 
 /// The changes after `after` in one view, up to `limit` items (at least one); see
 /// [`Projection::changes`](crate::Projection::changes).
@@ -26,14 +26,11 @@ pub(crate) fn changes(
     // Live calls come from the in-memory feed, deletions from their stored rows; both are in
     // position order, and merged.
     let mut changed = view.indexes.changes.since(first).peekable();
-    let mut deleted = view
-        .tree
-        .range(store::key(DELETION, first).to_vec()..vec![DELETION + 1])
-        .peekable();
+    let mut deleted = Deletions::new(&view.tree, first).peekable();
     let mut items = 0;
     loop {
         let next_deletion = match deleted.peek() {
-            Some(Ok((key, _))) => split_key(key).map(|(_, position)| position),
+            Some(Ok(deletion)) => Some(deletion.position),
             // Taken below, where its error is returned.
             Some(Err(_)) => Some(0),
             None => None,
@@ -63,11 +60,12 @@ pub(crate) fn changes(
             page.next_after = position;
             page.calls.push(call);
         } else {
-            let Some(entry) = deleted.next() else { break };
-            let (key, value) = entry?;
-            let position = split_key(&key).map_or(0, |(_, position)| position);
-            page.deleted.push(decode_deletion(position, &value)?);
-            page.next_after = position;
+            let Some(deletion) = deleted.next() else {
+                break;
+            };
+            let deletion = deletion?;
+            page.next_after = deletion.position;
+            page.deleted.push(deletion);
         }
         items += 1;
     }
