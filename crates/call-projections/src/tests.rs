@@ -2054,3 +2054,43 @@ fn deletions_across_ranges_read_in_order_and_replay_alike() {
         "{error}"
     );
 }
+
+/// A view written before deletions were kept per range (layout `call-projections/5`, a row per
+/// deletion keyed by its position) is rebuilt at open, and its feed then holds every deletion.
+#[test]
+fn a_view_with_a_row_per_deletion_is_rebuilt_at_open() {
+    let mut ledger = Ledger::new();
+    let a = ledger.create(json!({"attributes": {}}));
+    let b = ledger.create(json!({"attributes": {}}));
+    ledger.delete(a);
+    let deleted_at = ledger.log.head();
+    let tree = ledger.projection.tree();
+    // What layout 5 held: no range rows, a row per deletion.
+    for entry in tree.scan_prefix([crate::store::DELETION]) {
+        let (key, _) = entry.unwrap();
+        tree.remove(key).unwrap();
+    }
+    let mut old_row = a.to_be_bytes().to_vec();
+    old_row.extend_from_slice(&EPOCH.to_be_bytes());
+    tree.insert(
+        crate::store::key(crate::store::DELETION, deleted_at),
+        old_row,
+    )
+    .unwrap();
+    tree.insert(crate::store::LAYOUT, &b"call-projections/5"[..])
+        .unwrap();
+    tree.flush().unwrap();
+    drop(tree);
+    let Ledger {
+        dir,
+        log,
+        projection,
+        ..
+    } = ledger;
+    drop(projection);
+    let reopened = Projection::open(&projection_dir(dir.path()), log).expect("reopened");
+    let page = reopened.changes(0, 100).unwrap();
+    assert_eq!(ids(&page.calls), vec![b]);
+    let deleted: Vec<(u64, u64)> = page.deleted.iter().map(|d| (d.id, d.position)).collect();
+    assert_eq!(deleted, vec![(a, deleted_at)]);
+}
