@@ -29,7 +29,7 @@
 //! halves the rows a rebuild writes (a sled insert costs as much as decoding an event), and a
 //! feed derived from the views cannot disagree with them. Deleted calls have no view, so their
 //! deletions are stored. They are kept per range of positions, not a row each: a row is a sled
-//! leaf entry that stays in the cache, about 200 bytes for a 24-byte deletion, and a service
+//! leaf entry that stays in the cache, about 200 bytes for a 25-byte row, and a service
 //! that deletes calls grew by that much per deletion for as long as it ran (the soak,
 //! docs/operations.md). A deletion rewrites its range's row, at most 64 deletions (1.5 KB).
 
