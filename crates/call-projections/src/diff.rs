@@ -28,11 +28,11 @@ pub(crate) fn compare_trees(
     let deletions = |tree: &sled::Tree| {
         Deletions::new(tree, 0).map(|deletion| {
             deletion.map(|deletion| {
-                let mut value = deletion.id.to_be_bytes().to_vec();
-                value.extend_from_slice(&deletion.deleted_at.millis().to_be_bytes());
+                let entry =
+                    store::encode_deletion(deletion.position, deletion.id, deletion.deleted_at);
                 (
                     sled::IVec::from(&deletion.position.to_be_bytes()),
-                    sled::IVec::from(value),
+                    sled::IVec::from(&entry),
                 )
             })
         })
@@ -40,14 +40,11 @@ pub(crate) fn compare_trees(
     let deletion_rows = Rows {
         name: |position: &[u8]| format!("deletion at position {}", show_u64(b"", position)),
         difference: |position: &[u8], live: &[u8], rebuilt: &[u8]| {
-            let show = |value: &[u8]| {
-                let (id, at) = value.split_at(8);
-                let millis = i64::from_be_bytes(at.try_into().unwrap_or_default());
-                format!(
-                    "call {} deleted at {}",
-                    show_u64(b"", id),
-                    call_model::Timestamp::from_millis(millis)
-                )
+            let show = |entry: &[u8]| match store::decode_deletion(entry) {
+                Some(deletion) => {
+                    format!("call {} deleted at {}", deletion.id, deletion.deleted_at)
+                }
+                None => format!("{entry:?}"),
             };
             format!(
                 "deletion at position {}: {} live, {} rebuilt",

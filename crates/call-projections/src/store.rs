@@ -420,7 +420,7 @@ impl Iterator for Views {
 }
 
 /// The stored form of a deletion, as a deletion row holds it.
-fn encode_deletion(position: u64, id: u64, at: Timestamp) -> [u8; DELETION_BYTES] {
+pub(crate) fn encode_deletion(position: u64, id: u64, at: Timestamp) -> [u8; DELETION_BYTES] {
     let mut value = [0; DELETION_BYTES];
     value[..8].copy_from_slice(&position.to_be_bytes());
     value[8..16].copy_from_slice(&id.to_be_bytes());
@@ -443,16 +443,8 @@ fn decode_deletions(range: u64, row: &[u8]) -> Result<Vec<Deletion>, ProjectionE
     }
     let mut deletions: Vec<Deletion> = Vec::with_capacity(row.len() / DELETION_BYTES);
     for entry in row.chunks_exact(DELETION_BYTES) {
-        let number = |at: usize| {
-            let mut bytes = [0; 8];
-            bytes.copy_from_slice(&entry[at..at + 8]);
-            bytes
-        };
-        let deletion = Deletion {
-            position: u64::from_be_bytes(number(0)),
-            id: u64::from_be_bytes(number(8)),
-            deleted_at: Timestamp::from_millis(i64::from_be_bytes(number(16))),
-        };
+        let deletion =
+            decode_deletion(entry).ok_or_else(|| corrupt(&key, "a deletion cut short"))?;
         if deletion.position >> DELETION_SHIFT != range {
             return Err(corrupt(
                 &key,
@@ -471,6 +463,17 @@ fn decode_deletions(range: u64, row: &[u8]) -> Result<Vec<Deletion>, ProjectionE
         deletions.push(deletion);
     }
     Ok(deletions)
+}
+
+/// One deletion as [`encode_deletion`] wrote it; `None` unless `entry` is its length.
+pub(crate) fn decode_deletion(entry: &[u8]) -> Option<Deletion> {
+    let number = |at: usize| -> Option<[u8; 8]> { entry.get(at..at + 8)?.try_into().ok() };
+    (entry.len() == DELETION_BYTES).then_some(())?;
+    Some(Deletion {
+        position: u64::from_be_bytes(number(0)?),
+        id: u64::from_be_bytes(number(8)?),
+        deleted_at: Timestamp::from_millis(i64::from_be_bytes(number(16)?)),
+    })
 }
 
 /// The last deletion row a fold wrote: its range and bytes. A replay's next fold starts from it
