@@ -18,7 +18,7 @@ use call_model::{
     check_update, check_write, Action, Call, CallId, CallRef, CallState, Command, JsonIn, Relation,
     Rights, Timestamp, WriteMode,
 };
-use call_projections::{PageCursor, Projection, ProjectionError, QueryError};
+use call_projections::{HeldPacks, PageCursor, Projection, ProjectionError, QueryError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +92,11 @@ impl Api {
     /// [`Projection::index_memory`]).
     pub fn index_memory(&self) -> Result<(u64, Vec<(String, usize)>), ProjectionError> {
         self.inner.projection.index_memory()
+    }
+
+    /// What the projection's cache of packs holds.
+    pub fn held_packs(&self) -> Result<HeldPacks, ProjectionError> {
+        self.inner.projection.held_packs()
     }
 
     /// How long the log's writer has been on its current group, and the projection's catch-up

@@ -140,7 +140,8 @@ pub(crate) async fn start(
 
 /// The `data` of an endpoint in `$SRV.STATS`: for `get`, what its kept documents did
 /// (`renderedGets`: hits, misses, entries, bytes and the budget in bytes); for `list`, the
-/// indexes it reads (`indexes`: the live calls and [`index_memory`]); for `create`, how long
+/// indexes it reads (`indexes`: the live calls and [`index_memory`]) and the packs of views it
+/// holds (`packCache`: packs, bytes and the budget in bytes); for `create`, how long
 /// the storage under every write has been busy (`storage`: `logWriterBusyMs`, the log's writer
 /// on its current group, and `catchUpBusyMs`, the projection's catch-up since its last chunk;
 /// `null` while idle), which grows without bound when storage stops answering; `{}` for the
@@ -155,13 +156,22 @@ fn endpoint_data(endpoint: &str, api: &Api) -> serde_json::Value {
         }});
     }
     if endpoint == "list" {
-        return match api.index_memory() {
-            Ok((live, by_index)) => serde_json::json!({"indexes": {
+        let indexes = match api.index_memory() {
+            Ok((live, by_index)) => serde_json::json!({
                 "liveCalls": live,
                 "memory": index_memory(&by_index),
-            }}),
-            Err(error) => serde_json::json!({"indexes": {"error": error.to_string()}}),
+            }),
+            Err(error) => serde_json::json!({"error": error.to_string()}),
         };
+        let packs = match api.held_packs() {
+            Ok(held) => serde_json::json!({
+                "packs": held.packs,
+                "bytes": held.bytes,
+                "budgetBytes": held.budget,
+            }),
+            Err(error) => serde_json::json!({"error": error.to_string()}),
+        };
+        return serde_json::json!({"indexes": indexes, "packCache": packs});
     }
     if endpoint != "get" {
         return serde_json::json!({});

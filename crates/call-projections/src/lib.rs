@@ -31,6 +31,7 @@ mod error;
 mod grouped;
 mod index;
 mod live_ids;
+mod pack_cache;
 mod projection;
 pub mod query;
 mod radix;
@@ -46,6 +47,7 @@ mod tests;
 pub use bulk::Appending;
 pub use error::{ProjectionError, QueryError};
 pub use index::{IdHasher, IdMap};
+pub use pack_cache::HeldPacks;
 pub use projection::{
     Projection, ProjectionOptions, ProjectionStats, RebuildReport, VerifyReport,
     BULK_PROJECTION_CACHE_BYTES, DEFAULT_PROJECTION_CACHE_BYTES, MIN_PROJECTION_CACHE_BYTES,

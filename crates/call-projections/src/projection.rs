@@ -21,6 +21,7 @@ use crate::diff;
 use crate::engine;
 use crate::error::{ProjectionError, QueryError};
 use crate::index::{Differences, IndexRow, Indexes};
+use crate::pack_cache::{HeldPacks, PackCache};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::snapshot::{self, Stamp, Unused};
 use crate::store::{
@@ -106,6 +107,8 @@ struct Inner {
     exiting: AtomicBool,
     /// Counts while the view catches up with the log, from the last chunk applied.
     stall: StallClock,
+    /// The bytes of packs each view keeps ([`ProjectionOptions::cache_bytes`]).
+    pack_cache_bytes: u64,
 }
 
 /// Closing writes the index snapshot that the next open reads instead of decoding every call,
@@ -224,8 +227,22 @@ pub struct ProjectionOptions {
     /// a list several times slower once the view outgrew it (ten million calls take 3.6 GB
     /// against the default of 1 GiB, sled's own; at a million calls a smaller one makes the row
     /// reads of a page several times slower until it warms). At least
-    /// [`MIN_PROJECTION_CACHE_BYTES`]: less is raised to it.
+    /// [`MIN_PROJECTION_CACHE_BYTES`]: less is raised to it. Half of it is sled's cache, half
+    /// the packs the projection keeps itself (a list's read of a pack it holds does not descend
+    /// sled's tree: pack_cache.rs).
     pub cache_bytes: u64,
+}
+
+impl ProjectionOptions {
+    /// The bytes of packs the projection keeps itself.
+    fn pack_cache_bytes(&self) -> u64 {
+        self.cache_bytes.max(MIN_PROJECTION_CACHE_BYTES) / 2
+    }
+
+    /// sled's cache: the rest.
+    fn sled_cache_bytes(&self) -> u64 {
+        self.cache_bytes.max(MIN_PROJECTION_CACHE_BYTES) - self.pack_cache_bytes()
+    }
 }
 
 /// What an open does with the stored view's indexes.
@@ -376,7 +393,7 @@ impl Projection {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(options.cache_bytes.max(MIN_PROJECTION_CACHE_BYTES))
+            .cache_capacity(options.sled_cache_bytes())
             .open()?;
         let generation = match db.get(ACTIVE)? {
             Some(value) => read_u64(ACTIVE, &value)?,
@@ -398,10 +415,11 @@ impl Projection {
             tree,
             meta: Meta::default(),
             indexes: Indexes::new(),
+            packs: PackCache::new(options.pack_cache_bytes()),
         };
         let (view, snapshot, rebuild_because) = match opening {
             Opening::ToRebuild => (unread(tree), None, None),
-            Opening::AsStored => match open_view(dir, &log, generation, tree.clone()) {
+            Opening::AsStored => match open_view(dir, &log, generation, tree.clone(), options) {
                 Ok((view, snapshot)) => (view, snapshot, None),
                 Err(Reopen::Rebuild(reason)) => (unread(tree), None, Some(reason)),
                 Err(Reopen::Failed(error)) => return Err(error),
@@ -418,6 +436,7 @@ impl Projection {
                 snapshot: Mutex::new(snapshot),
                 exiting: AtomicBool::new(false),
                 stall: StallClock::default(),
+                pack_cache_bytes: options.pack_cache_bytes(),
             }),
         };
         if opening == Opening::ToRebuild {
@@ -695,6 +714,11 @@ impl Projection {
         Ok((view.meta.live, view.indexes.memory()))
     }
 
+    /// What the view's cache of packs holds (pack_cache.rs).
+    pub fn held_packs(&self) -> Result<HeldPacks, ProjectionError> {
+        Ok(self.read_view()?.packs.held())
+    }
+
     /// Live and deleted calls, the checkpoint and the size on disk.
     pub fn stats(&self) -> Result<ProjectionStats, ProjectionError> {
         let (meta, index_memory) = {
@@ -741,6 +765,7 @@ impl Projection {
                     tree,
                     meta,
                     indexes,
+                    packs: PackCache::new(self.inner.pack_cache_bytes),
                 },
             );
             self.inner
@@ -961,7 +986,9 @@ fn open_view(
     log: &EventLog,
     generation: u64,
     tree: sled::Tree,
+    options: ProjectionOptions,
 ) -> Result<(View, Option<Stamp>), Reopen> {
+    let pack_cache_bytes = options.pack_cache_bytes();
     let meta = Meta::read(&tree)?;
     let head = log.head();
     if meta.checkpoint > head {
@@ -978,6 +1005,7 @@ fn open_view(
             tree,
             meta,
             indexes,
+            packs: PackCache::new(pack_cache_bytes),
         };
         return Ok((view, None));
     }
@@ -1013,6 +1041,7 @@ fn open_view(
         tree,
         meta,
         indexes,
+        packs: PackCache::new(pack_cache_bytes),
     };
     Ok((view, snapshot))
 }

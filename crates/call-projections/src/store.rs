@@ -35,6 +35,7 @@
 
 use crate::error::ProjectionError;
 use crate::index::{IdMap, Indexes};
+use crate::pack_cache::PackCache;
 use crate::query::Deletion;
 use call_model::{evolve_owned, Call, CallRef, CallState, Event, EventBody, Timestamp};
 use event_log::Record;
@@ -608,6 +609,8 @@ pub(crate) struct View {
     pub(crate) meta: Meta,
     /// Its secondary indexes.
     pub(crate) indexes: Indexes,
+    /// The packs its reads found.
+    pub(crate) packs: PackCache,
 }
 
 impl View {
@@ -617,11 +620,23 @@ impl View {
     /// position. A call a replay packed and nothing changed since (most of a large rebuilt or
     /// imported ledger) then costs one lookup instead of two, half of a list's row reads at a
     /// million calls; a packed call changed since costs both, its `c` row read second. The feed
-    /// is updated under the same lock as the tree, so the two agree here.
+    /// is updated under the same lock as the tree, so the two agree here. The pack comes from
+    /// [`View::packs`] where a read found it before.
     pub(crate) fn view_bytes(&self, id: u64) -> Result<Option<sled::IVec>, ProjectionError> {
-        if id >> PACK_SHIFT < self.meta.packed_below {
-            let pack_key = key(PACK, id >> PACK_SHIFT);
-            if let Some(pack) = self.tree.get(pack_key)? {
+        let range = id >> PACK_SHIFT;
+        if range < self.meta.packed_below {
+            let pack_key = key(PACK, range);
+            let pack = match self.packs.get(range) {
+                Some(pack) => Some(pack),
+                None => {
+                    let pack = self.tree.get(pack_key)?;
+                    if let Some(pack) = &pack {
+                        self.packs.insert(range, pack);
+                    }
+                    pack
+                }
+            };
+            if let Some(pack) = pack {
                 if let Some(range) = PackEntries::find(&pack_key, &pack, id)? {
                     let entry = pack.subslice(range.start, range.len());
                     let header = crate::codec::header(&entry)

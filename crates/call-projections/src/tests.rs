@@ -1911,6 +1911,50 @@ fn a_rebuild_packs_the_views_and_later_changes_hide_the_packed_ones() {
 }
 
 #[test]
+fn packs_a_read_found_are_kept_by_the_view_and_never_stand_for_a_later_change() {
+    use crate::store::{key, PACK, PACK_SHIFT};
+    let mut ledger = varied_ledger(150);
+    ledger.projection.rebuild(&mut |_, _| {}).unwrap();
+    assert_eq!(ledger.projection.held_packs().unwrap().packs, 0);
+    let before = ledger.all();
+    let ranges: HashSet<u64> = before.iter().map(|call| call.id >> PACK_SHIFT).collect();
+    let held = ledger.projection.held_packs().unwrap();
+    assert_eq!(held.packs, ranges.len(), "every pack the list read");
+    assert!(held.bytes > 0 && held.bytes <= held.budget, "{held:?}");
+
+    // Reads of a pack it holds do not go to the tree: a pack overwritten behind the
+    // projection's back is not seen.
+    let tree = ledger.projection.tree();
+    let first = &before[0];
+    let pack_key = key(PACK, first.id >> PACK_SHIFT);
+    let pack = tree.insert(pack_key, &b"not read"[..]).unwrap();
+    assert_eq!(ledger.call(first.id), *first);
+    tree.insert(pack_key, pack.expect("its pack")).unwrap();
+    drop(tree);
+
+    // A change of a packed call, held or not, is read from its row.
+    let (updated, deleted) = (before[3].id, before[40].id);
+    ledger.update(updated, json!({"attributes": {"note": "after the read"}}));
+    ledger.delete(deleted);
+    assert_eq!(
+        ledger.call(updated).attribute(Field::Note),
+        Some(&AttrValue::Text("after the read".into()))
+    );
+    assert_eq!(ledger.projection.get(deleted).unwrap(), None);
+    assert_eq!(ledger.call(before[4].id), before[4]);
+
+    // A rebuild's view starts with none, and reads what it wrote.
+    ledger.projection.rebuild(&mut |_, _| {}).unwrap();
+    assert_eq!(ledger.projection.held_packs().unwrap().packs, 0);
+    assert_eq!(ledger.call(first.id), *first, "its pack written again");
+    assert_eq!(
+        ledger.call(updated).attribute(Field::Note),
+        Some(&AttrValue::Text("after the read".into()))
+    );
+    assert_verified(&ledger.projection, ledger.dir.path());
+}
+
+#[test]
 fn a_damaged_pack_is_refused_and_never_panics() {
     use crate::store::{encode_pack, key, PackEntries, PACK};
     let views: [(u64, &[u8]); 3] = [(7, b"seven"), (9, b""), (12, b"twelve!")];

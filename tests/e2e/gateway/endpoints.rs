@@ -734,6 +734,10 @@ async fn srv_ping_info_and_stats_describe_the_service() {
         let sum: u64 = by_index.values().filter_map(|bytes| bytes.as_u64()).sum();
         assert!(sum > 0 && memory["totalBytes"] == json!(sum), "{stats}");
         assert!(by_index.contains_key("to"), "{stats}");
+        // And the packs of views it holds: none, since no replay packed the call written live.
+        let packs = &by_name("list")["data"]["packCache"];
+        assert_eq!(packs["packs"], json!(0), "{stats}");
+        assert!(packs["budgetBytes"].as_u64() > Some(0), "{stats}");
         gateway.shutdown().await;
     })
     .await;

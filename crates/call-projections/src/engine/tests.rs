@@ -81,6 +81,7 @@ fn view() -> (View, Vec<Call>) {
         tree,
         meta,
         indexes,
+        packs: crate::pack_cache::PackCache::new(0),
     };
     (view, calls)
 }
