@@ -227,21 +227,25 @@ pub struct ProjectionOptions {
     /// a list several times slower once the view outgrew it (ten million calls take 3.6 GB
     /// against the default of 1 GiB, sled's own; at a million calls a smaller one makes the row
     /// reads of a page several times slower until it warms). At least
-    /// [`MIN_PROJECTION_CACHE_BYTES`]: less is raised to it. Half of it is sled's cache, half
-    /// the packs the projection keeps itself (a list's read of a pack it holds does not descend
-    /// sled's tree: pack_cache.rs).
+    /// [`MIN_PROJECTION_CACHE_BYTES`]: less is raised to it. Beside it the projection keeps up
+    /// to half as much of the packs its reads found (a read of a pack it holds does not descend
+    /// sled's tree: pack_cache.rs), the same bytes as sled's cache while sled holds them.
     pub cache_bytes: u64,
 }
 
 impl ProjectionOptions {
-    /// The bytes of packs the projection keeps itself.
-    fn pack_cache_bytes(&self) -> u64 {
-        self.cache_bytes.max(MIN_PROJECTION_CACHE_BYTES) / 2
+    /// sled's cache.
+    fn sled_cache_bytes(&self) -> u64 {
+        self.cache_bytes.max(MIN_PROJECTION_CACHE_BYTES)
     }
 
-    /// sled's cache: the rest.
-    fn sled_cache_bytes(&self) -> u64 {
-        self.cache_bytes.max(MIN_PROJECTION_CACHE_BYTES) - self.pack_cache_bytes()
+    /// The bytes of packs the projection keeps itself: half as much again as sled's cache. Not
+    /// a share of it: a pack read through sled enters sled's cache too, so with views larger
+    /// than the cache, halving sled's made lists at ten million calls slower (a page 2.1 and
+    /// 2.6 ms against 1.5 and 2.1, the default 1 GiB). Where the views fit, the two hold the
+    /// same bytes.
+    fn pack_cache_bytes(&self) -> u64 {
+        self.sled_cache_bytes() / 2
     }
 }
 

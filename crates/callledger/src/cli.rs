@@ -32,9 +32,10 @@ pub struct DataArgs {
     #[arg(long, global = true, env = "CALLLEDGER_DISK_RESERVE_MB")]
     pub disk_reserve_mb: Option<u64>,
     /// MiB of the projection's stored views kept in memory (1024; 64 for `rebuild`, `import`
-    /// and `restore`, which write the views without reading them back): half sled's cache, half
-    /// the packs of views the projection keeps itself. Lists read their rows from it: give it
-    /// the size of `data/projection/db` when there is memory for it.
+    /// and `restore`, which write the views without reading them back), and beside it up to
+    /// half as much of the packs of views the projection keeps itself, the same bytes while
+    /// both hold them. Lists read their rows from it: give it the size of `data/projection/db`
+    /// when there is memory for it.
     #[arg(long, global = true, env = "CALLLEDGER_PROJECTION_CACHE_MB")]
     pub projection_cache_mb: Option<u64>,
 }
