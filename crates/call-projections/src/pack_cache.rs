@@ -13,7 +13,9 @@
 //!
 //! A pack held here shares its bytes with sled's cache (both hold the same reference-counted
 //! value), so until sled evicts that page it costs only the entry. The bytes held are bounded:
-//! past the bound an arbitrary pack of the same shard makes room.
+//! past the bound an arbitrary pack of the same shard makes room. `serve` warms it after open
+//! ([`crate::Projection::warm_packs`]): a list at ten million calls otherwise reads most of its
+//! packs for the first time for hours.
 
 use sled::IVec;
 use std::collections::HashMap;
@@ -81,10 +83,20 @@ impl PackCache {
         while shard.bytes + pack.len() > self.shard_budget {
             shard.evict_one();
         }
-        let slot = shard.packs.len();
-        shard.slots.insert(range, slot);
-        shard.packs.push((range, pack.clone()));
-        shard.bytes += pack.len();
+        shard.push(range, pack);
+    }
+
+    /// Keeps `pack`, the stored pack of `range`, where that takes no other's room; false when
+    /// its shard is full.
+    pub(crate) fn insert_if_room(&self, range: u64, pack: &IVec) -> bool {
+        let mut shard = self.shard(range);
+        if shard.bytes + pack.len() > self.shard_budget {
+            return false;
+        }
+        if !shard.slots.contains_key(&range) {
+            shard.push(range, pack);
+        }
+        true
     }
 
     /// What it holds.
@@ -102,7 +114,7 @@ impl PackCache {
 }
 
 /// What a view's cache of packs holds (`$SRV.STATS` shows it under `list`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeldPacks {
     /// The packs held.
     pub packs: usize,
@@ -113,6 +125,12 @@ pub struct HeldPacks {
 }
 
 impl Shard {
+    fn push(&mut self, range: u64, pack: &IVec) {
+        self.slots.insert(range, self.packs.len());
+        self.packs.push((range, pack.clone()));
+        self.bytes += pack.len();
+    }
+
     /// Drops a pack picked at random (a shard holds at least one when over its budget, since no
     /// pack larger than the budget is kept).
     fn evict_one(&mut self) {
@@ -162,6 +180,11 @@ mod tests {
         // Larger than a shard's budget: not kept.
         cache.insert(3, &IVec::from(vec![0u8; 101]));
         assert_eq!(cache.get(3), None);
+        // Warming takes only free room.
+        let warm = PackCache::new(SHARDS as u64 * 100);
+        assert!(warm.insert_if_room(1, &pack) && warm.insert_if_room(1 + SHARDS as u64, &pack));
+        assert!(!warm.insert_if_room(1 + 2 * SHARDS as u64, &pack));
+        assert_eq!(warm.held().packs, 2);
         // No budget: nothing kept.
         let none = PackCache::new(0);
         none.insert(1, &pack);

@@ -25,13 +25,14 @@ use crate::pack_cache::{HeldPacks, PackCache};
 use crate::query::{ChangesPage, ListPage, ListQuery};
 use crate::snapshot::{self, Stamp, Unused};
 use crate::store::{
-    decode_call_ref, fold, load_call, par_map, read_u64, view_name, Handed, Meta, View,
+    decode_call_ref, describe_key, fold, key, load_call, par_map, read_u64, split_key, view_name,
+    Handed, Meta, View, PACK,
 };
 use call_model::{replay_stream, Call, CallRef, CallState};
 use event_log::{EventLog, StallClock};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// Records read and applied per batch while catching up: small enough that a batch holds sled's
@@ -419,7 +420,7 @@ impl Projection {
             tree,
             meta: Meta::default(),
             indexes: Indexes::new(),
-            packs: PackCache::new(options.pack_cache_bytes()),
+            packs: Arc::new(PackCache::new(options.pack_cache_bytes())),
         };
         let (view, snapshot, rebuild_because) = match opening {
             Opening::ToRebuild => (unread(tree), None, None),
@@ -718,6 +719,37 @@ impl Projection {
         Ok((view.meta.live, view.indexes.memory()))
     }
 
+    /// Reads the view's packs into its cache of packs (pack_cache.rs), in id order, until it
+    /// holds them all or is full, on a thread of its own. It takes a few hundred packs at a
+    /// time without the view's lock (a pack is never rewritten while its view lives), and ends
+    /// early once the projection is closed or a rebuild replaces the view. The thread's result
+    /// is what the cache held when it ended. `serve` calls it after open: a list at ten million
+    /// calls otherwise reads most of its packs from sled's tree for the first time for hours.
+    pub fn warm_packs(
+        &self,
+    ) -> std::io::Result<std::thread::JoinHandle<Result<HeldPacks, ProjectionError>>> {
+        let projection = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("warm-packs".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let warmed = warm_packs(&projection);
+                match &warmed {
+                    Ok(held) => tracing::info!(
+                        packs = held.packs,
+                        bytes = held.bytes,
+                        budget_bytes = held.budget,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "packs of views read into memory"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the packs of views into memory stopped")
+                    }
+                }
+                warmed
+            })
+    }
+
     /// What the view's cache of packs holds (pack_cache.rs).
     pub fn held_packs(&self) -> Result<HeldPacks, ProjectionError> {
         Ok(self.read_view()?.packs.held())
@@ -769,7 +801,7 @@ impl Projection {
                     tree,
                     meta,
                     indexes,
-                    packs: PackCache::new(self.inner.pack_cache_bytes),
+                    packs: Arc::new(PackCache::new(self.inner.pack_cache_bytes)),
                 },
             );
             self.inner
@@ -977,6 +1009,50 @@ impl From<ProjectionError> for Reopen {
     }
 }
 
+/// Packs [`Projection::warm_packs`] reads per hold of the projection.
+const WARM_CHUNK: usize = 256;
+
+/// [`Projection::warm_packs`]'s work: `projection`'s packs, while it is open and its view the
+/// one it started with.
+fn warm_packs(projection: &Weak<Inner>) -> Result<HeldPacks, ProjectionError> {
+    let mut next = 0;
+    let mut warming: Option<(u64, Arc<PackCache>)> = None;
+    while let Some(inner) = projection.upgrade() {
+        let (tree, packed_below) = {
+            let view = inner.view.read().map_err(|_| ProjectionError::Poisoned)?;
+            match &warming {
+                Some((generation, _)) if *generation != view.generation => break,
+                Some(_) => {}
+                None => warming = Some((view.generation, Arc::clone(&view.packs))),
+            }
+            (view.tree.clone(), view.meta.packed_below)
+        };
+        let Some((_, packs)) = &warming else { break };
+        let mut read = 0;
+        for entry in tree
+            .range(key(PACK, next)..key(PACK, packed_below))
+            .take(WARM_CHUNK)
+        {
+            let (stored, pack) = entry?;
+            let Some((PACK, range)) = split_key(&stored) else {
+                return Err(ProjectionError::Corrupt {
+                    key: describe_key(&stored),
+                    reason: "among the packs".to_owned(),
+                });
+            };
+            if !packs.insert_if_room(range, &pack) {
+                return Ok(packs.held());
+            }
+            next = range + 1;
+            read += 1;
+        }
+        if read < WARM_CHUNK {
+            break;
+        }
+    }
+    Ok(warming.map(|(_, packs)| packs.held()).unwrap_or_default())
+}
+
 /// At most this many unapplied events are always followed a chunk at a time; above it, catching
 /// up may take the rebuild's road ([`bulk_pays`]), which nobody reading yet makes safe.
 /// (Tests use a small threshold so that their logs take this road too.)
@@ -1009,7 +1085,7 @@ fn open_view(
             tree,
             meta,
             indexes,
-            packs: PackCache::new(pack_cache_bytes),
+            packs: Arc::new(PackCache::new(pack_cache_bytes)),
         };
         return Ok((view, None));
     }
@@ -1045,7 +1121,7 @@ fn open_view(
         tree,
         meta,
         indexes,
-        packs: PackCache::new(pack_cache_bytes),
+        packs: Arc::new(PackCache::new(pack_cache_bytes)),
     };
     Ok((view, snapshot))
 }

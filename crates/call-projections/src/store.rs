@@ -609,8 +609,8 @@ pub(crate) struct View {
     pub(crate) meta: Meta,
     /// Its secondary indexes.
     pub(crate) indexes: Indexes,
-    /// The packs its reads found.
-    pub(crate) packs: PackCache,
+    /// The packs its reads found (shared with [`crate::Projection::warm_packs`]'s thread).
+    pub(crate) packs: std::sync::Arc<PackCache>,
 }
 
 impl View {

@@ -1943,9 +1943,19 @@ fn packs_a_read_found_are_kept_by_the_view_and_never_stand_for_a_later_change() 
     assert_eq!(ledger.projection.get(deleted).unwrap(), None);
     assert_eq!(ledger.call(before[4].id), before[4]);
 
-    // A rebuild's view starts with none, and reads what it wrote.
+    // A rebuild's view starts with none, and reads what it wrote; warming reads them all.
     ledger.projection.rebuild(&mut |_, _| {}).unwrap();
     assert_eq!(ledger.projection.held_packs().unwrap().packs, 0);
+    let warmed = ledger
+        .projection
+        .warm_packs()
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let stored = ledger.projection.tree().scan_prefix([PACK]).count();
+    assert_eq!((warmed.packs, stored), (ranges.len(), ranges.len()));
+    assert_eq!(ledger.projection.held_packs().unwrap(), warmed);
     assert_eq!(ledger.call(first.id), *first, "its pack written again");
     assert_eq!(
         ledger.call(updated).attribute(Field::Note),

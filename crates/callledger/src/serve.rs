@@ -136,6 +136,11 @@ pub fn run(
         checkpoint = ledger.projection.checkpoint(),
         "ledger open"
     );
+    // Lists read packed views from memory once warmed; a failure to start only leaves them to
+    // be read from sled's tree, as before the first list that reads each.
+    if let Err(error) = ledger.projection.warm_packs() {
+        tracing::warn!(%error, "cannot start reading the packs of views into memory");
+    }
     let _watchdog = watchdog::spawn(
         stall_limit(args.stall_exit_secs.or(file.stall_exit_secs)),
         watched_storage(&ledger),

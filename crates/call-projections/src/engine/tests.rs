@@ -81,7 +81,7 @@ fn view() -> (View, Vec<Call>) {
         tree,
         meta,
         indexes,
-        packs: crate::pack_cache::PackCache::new(0),
+        packs: std::sync::Arc::new(crate::pack_cache::PackCache::new(0)),
     };
     (view, calls)
 }
