@@ -17,8 +17,8 @@
 //! ([`crate::Projection::warm_packs`]): a list at ten million calls otherwise reads most of its
 //! packs for the first time for hours.
 
+use crate::index::IdMap;
 use sled::IVec;
-use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 /// Shards, each under its own lock: readers on both cores rarely meet on one.
@@ -33,8 +33,9 @@ pub(crate) struct PackCache {
 
 #[derive(Default)]
 struct Shard {
-    /// Where each cached range's pack is in `packs`.
-    slots: HashMap<u64, usize>,
+    /// Where each cached range's pack is in `packs` (ranges are ids shifted: the id hash
+    /// suits them).
+    slots: IdMap<usize>,
     packs: Vec<(u64, IVec)>,
     bytes: usize,
     /// Picks the pack that makes room (xorshift).
