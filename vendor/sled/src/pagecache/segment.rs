@@ -95,7 +95,6 @@ pub(crate) struct SegmentAccountant {
     max_stabilized_lsn: Lsn,
     segment_cleaner: SegmentCleaner,
     ordering: BTreeMap<Lsn, LogOffset>,
-    async_truncations: BTreeMap<LogOffset, OneShot<Result<()>>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -484,7 +483,6 @@ impl SegmentAccountant {
             max_stabilized_lsn: -1,
             segment_cleaner,
             ordering: BTreeMap::default(),
-            async_truncations: BTreeMap::default(),
         };
 
         ret.initialize_from_snapshot(snapshot)?;
@@ -640,12 +638,6 @@ impl SegmentAccountant {
                 &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
                 segment_base,
             )?;
-        }
-
-        // we want to complete all truncations because
-        // they could cause calls to `next` to block.
-        for (_, promise) in self.async_truncations.split_off(&0) {
-            promise.wait().expect("threadpool should not crash")?;
         }
 
         for (idx, segment_lsn) in maybe_clean {
@@ -981,18 +973,6 @@ impl SegmentAccountant {
     fn bump_tip(&mut self) -> Result<LogOffset> {
         let lid = self.tip;
 
-        let truncations = self.async_truncations.split_off(&lid);
-
-        for (_at, truncation) in truncations {
-            match truncation.wait().unwrap() {
-                Ok(()) => {}
-                Err(error) => {
-                    error!("failed to shrink file: {:?}", error);
-                    return Err(error);
-                }
-            }
-        }
-
         self.tip += self.config.segment_size as LogOffset;
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
@@ -1077,8 +1057,16 @@ impl SegmentAccountant {
     }
 
     // truncate the file to the desired length
+    //
+    // call-ledger's copy: done here, by the thread that freed the segment, not as a task on the
+    // I/O thread pool that `bump_tip` then waited for while holding the segment accountant.
+    // The pool's threads can all be waiting for that same accountant in
+    // `IoBufs::write_to_log`, so the task never ran and every write stopped (sled issue
+    // #1412, seen twice in the ledger bench's 64-writer fill). Upstream's answer was a thread
+    // for truncations alone (spacejam/sled#1269, not in the 0.34 line); a file's last segment
+    // is freed rarely, so its `set_len` and `sync_all` are done in line.
     fn truncate(&mut self, at: LogOffset) -> Result<()> {
-        trace!("asynchronously truncating file to length {}", at);
+        trace!("truncating file to length {}", at);
 
         assert_eq!(
             at % self.config.segment_size as LogOffset,
@@ -1090,30 +1078,13 @@ impl SegmentAccountant {
 
         assert!(!self.free.contains(&at), "double-free of a segment occurred");
 
-        let (completer, promise) = OneShot::pair();
-
-        let config = self.config.clone();
-
-        io_fail!(&config, "file truncation");
-        threadpool::spawn(move || {
-            debug!("truncating file to length {}", at);
-            let res = config
-                .file
-                .set_len(at)
-                .and_then(|_| config.file.sync_all())
-                .map_err(|e| e.into());
-            completer.fill(res);
-        })?;
-
-        if self.async_truncations.insert(at, promise).is_some() {
-            panic!(
-                "somehow segment {} was truncated before \
-                 the previous truncation completed",
-                at
-            );
-        }
-
-        Ok(())
+        io_fail!(&self.config, "file truncation");
+        self.config.file.set_len(at).and_then(|_| self.config.file.sync_all()).map_err(
+            |error| {
+                error!("failed to shrink file: {:?}", error);
+                error.into()
+            },
+        )
     }
 
     fn segment_id(&mut self, lid: LogOffset) -> SegmentId {
