@@ -1,7 +1,7 @@
 //! The state of one call as the events leave it: the value `evolve` folds and projections store.
 
 use crate::field_map::FieldMap;
-use crate::fields::{AttrValue, Field, RelValue, Relation};
+use crate::fields::{AttrValue, Field, RelValue, Relation, Text};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ pub type CallId = u64;
 pub struct ResourceRef {
     /// The resource type, e.g. `prospect`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Text,
     /// Its integer id.
     pub id: i64,
 }

@@ -7,7 +7,7 @@
 //! relationships in arrays by position, so a lookup is an index rather than a map search.
 
 use crate::call::{Call, CallId, DataConnection, ResourceRef};
-use crate::fields::{AttrValue, Field, RelValue, Relation};
+use crate::fields::{AttrValue, Field, RelValue, Relation, Text};
 use crate::time::Timestamp;
 use serde::Serialize;
 
@@ -127,18 +127,18 @@ impl<'a> CallRef<'a> {
             .iter()
             .filter_map(|field| {
                 let value = match self.attribute(*field)? {
-                    AttrRef::Text(text) => AttrValue::Text((*text).to_owned()),
+                    AttrRef::Text(text) => AttrValue::Text(Text::from(*text)),
                     AttrRef::Time(at) => AttrValue::Time(*at),
                     AttrRef::Bool(flag) => AttrValue::Bool(*flag),
                     AttrRef::Tags(tags) => {
-                        AttrValue::Tags(tags.iter().map(|tag| (*tag).to_owned()).collect())
+                        AttrValue::Tags(tags.iter().map(|tag| Text::from(*tag)).collect())
                     }
                 };
                 Some((*field, value))
             })
             .collect();
         let owned = |target: &TargetRef<'_>| ResourceRef {
-            kind: target.kind.to_owned(),
+            kind: Text::from(target.kind),
             id: target.id,
         };
         let relationships = Relation::ALL

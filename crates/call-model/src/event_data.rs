@@ -7,7 +7,7 @@
 //! member still reads), `null` clears, a value of the wrong kind is an error naming the member.
 
 use crate::call::DataConnection;
-use crate::fields::{AttrKind, AttrValue, Field, RelValue, Relation};
+use crate::fields::{AttrKind, AttrValue, Field, RelValue, Relation, Text};
 use crate::input::Changes;
 use crate::time::Timestamp;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -50,7 +50,7 @@ impl<'de> Visitor<'de> for DataVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DataIn, A::Error> {
         let mut data = DataIn::default();
-        while let Some(key) = map.next_key::<Text>()? {
+        while let Some(key) = map.next_key::<Borrowed>()? {
             match &*key.0 {
                 "previousState" => data.previous_state = map.next_value::<PreviousStateIn>()?.0,
                 "attributes" => {
@@ -77,10 +77,10 @@ impl<'de> Visitor<'de> for DataVisitor {
 /// A member's name, or a string read only to be parsed: borrowed from the bytes where it can
 /// be (one with an escape cannot), so that reading it allocates nothing. Allocating every name
 /// was a sixth of decoding an event.
-pub(crate) struct Text<'de>(pub(crate) Cow<'de, str>);
+pub(crate) struct Borrowed<'de>(pub(crate) Cow<'de, str>);
 
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Text<'de>, D::Error> {
+impl<'de> Deserialize<'de> for Borrowed<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Borrowed<'de>, D::Error> {
         deserializer.deserialize_str(TextVisitor)
     }
 }
@@ -88,22 +88,22 @@ impl<'de> Deserialize<'de> for Text<'de> {
 struct TextVisitor;
 
 impl<'de> Visitor<'de> for TextVisitor {
-    type Value = Text<'de>;
+    type Value = Borrowed<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string")
     }
 
-    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Borrowed(text)))
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Borrowed<'de>, E> {
+        Ok(Borrowed(Cow::Borrowed(text)))
     }
 
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Owned(text.to_owned())))
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Borrowed<'de>, E> {
+        Ok(Borrowed(Cow::Owned(text.to_owned())))
     }
 
-    fn visit_string<E: de::Error>(self, text: String) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Owned(text)))
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Borrowed<'de>, E> {
+        Ok(Borrowed(Cow::Owned(text)))
     }
 }
 
@@ -186,7 +186,7 @@ impl<'de> Visitor<'de> for AttributesSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Text>()? {
+        while let Some(key) = map.next_key::<Borrowed>()? {
             match Field::from_name(&key.0) {
                 Some(field) => {
                     let value = map.next_value_seed(AttributeSeed(field)).map_err(|_| {
@@ -211,17 +211,17 @@ impl<'de> DeserializeSeed<'de> for AttributeSeed {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<AttrValue>, D::Error> {
         Ok(match self.0.kind() {
-            AttrKind::Time => match Option::<Text>::deserialize(d)? {
+            AttrKind::Time => match Option::<Borrowed>::deserialize(d)? {
                 Some(text) => Some(AttrValue::Time(
                     Timestamp::parse(&text.0).map_err(de::Error::custom)?,
                 )),
                 None => None,
             },
             AttrKind::Text { .. } | AttrKind::Enum(_) => {
-                Option::<String>::deserialize(d)?.map(AttrValue::Text)
+                Option::<Text>::deserialize(d)?.map(AttrValue::Text)
             }
             AttrKind::Bool => Option::<bool>::deserialize(d)?.map(AttrValue::Bool),
-            AttrKind::Tags => Option::<Vec<String>>::deserialize(d)?.map(AttrValue::Tags),
+            AttrKind::Tags => Option::<Vec<Text>>::deserialize(d)?.map(AttrValue::Tags),
         })
     }
 }
@@ -245,7 +245,7 @@ impl<'de> Visitor<'de> for RelationshipsSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Text>()? {
+        while let Some(key) = map.next_key::<Borrowed>()? {
             match Relation::from_name(&key.0) {
                 Some(relation) => {
                     let value = map

@@ -304,14 +304,19 @@ pub enum QueryUse {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AttrValue {
     /// A string (plain, URL or one of an enumeration).
-    Text(String),
+    Text(Text),
     /// A date-time.
     Time(Timestamp),
     /// A boolean.
     Bool(bool),
     /// A list of tags.
-    Tags(Vec<String>),
+    Tags(Vec<Text>),
 }
+
+/// A call's text: up to 24 bytes held in place, longer ones on the heap. Most of a call's texts
+/// are short (enumerations, phone numbers, tags, relationship types), and a `String` each was an
+/// allocation per text for every call decoded, folded and dropped.
+pub type Text = compact_str::CompactString;
 
 /// The JSON form of [`AttrRef`], whose is the one the API, the events and the stored views all
 /// write.
@@ -328,7 +333,7 @@ impl AttrValue {
             AttrValue::Text(text) => AttrRef::Text(text),
             AttrValue::Time(at) => AttrRef::Time(*at),
             AttrValue::Bool(flag) => AttrRef::Bool(*flag),
-            AttrValue::Tags(tags) => AttrRef::Tags(tags.iter().map(String::as_str).collect()),
+            AttrValue::Tags(tags) => AttrRef::Tags(tags.iter().map(Text::as_str).collect()),
         }
     }
 

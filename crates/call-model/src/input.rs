@@ -3,7 +3,7 @@
 
 use crate::call::{Call, CallId, DataConnection, ResourceRef};
 use crate::field_map::FieldMap;
-use crate::fields::{AttrKind, AttrValue, Field, Ownership, RelValue, Relation};
+use crate::fields::{AttrKind, AttrValue, Field, Ownership, RelValue, Relation, Text};
 use crate::json_in::JsonIn;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -348,7 +348,7 @@ impl<'c> Checker<'c> {
                 }
             },
             AttrKind::Enum(allowed) => match value.as_str() {
-                Some(text) if allowed.contains(&text) => Some(AttrValue::Text(text.to_owned())),
+                Some(text) if allowed.contains(&text) => Some(AttrValue::Text(Text::from(text))),
                 _ => {
                     let list = allowed
                         .iter()
@@ -374,7 +374,7 @@ impl<'c> Checker<'c> {
                     self.invalid(pointer, "expected an http or https URL");
                     ok = false;
                 }
-                ok.then(|| AttrValue::Text(text.to_owned()))
+                ok.then(|| AttrValue::Text(Text::from(text)))
             }
             AttrKind::Bool => match value.as_bool() {
                 Some(flag) => Some(AttrValue::Bool(flag)),
@@ -403,7 +403,7 @@ impl<'c> Checker<'c> {
                         Some(tag) if tag.chars().count() > MAX_TAG_CHARS => {
                             self.too_long(item_pointer, MAX_TAG_CHARS, tag.chars().count())
                         }
-                        Some(tag) => tags.push(tag.to_owned()),
+                        Some(tag) => tags.push(Text::from(tag)),
                         None => self.invalid(item_pointer, "expected a string"),
                     }
                 }
@@ -512,14 +512,14 @@ impl<'c> Checker<'c> {
             return None;
         };
         let mut target = ResourceRef {
-            kind: String::new(),
+            kind: Text::default(),
             id: 0,
         };
         let mut ok = true;
         for (key, member) in object.iter() {
             match key {
                 "type" => match member.as_str() {
-                    Some(kind) if types.contains(&kind) => target.kind = kind.to_owned(),
+                    Some(kind) if types.contains(&kind) => target.kind = Text::from(kind),
                     _ => {
                         let list = types.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>();
                         self.invalid(
@@ -549,7 +549,7 @@ impl<'c> Checker<'c> {
         // left implicit where only one fits (docs/api.md); `associatedId` must name it.
         if !object.contains_key("type") {
             match types {
-                [only] => target.kind = (*only).to_owned(),
+                [only] => target.kind = Text::from(*only),
                 _ => {
                     let list = types.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>();
                     self.invalid(

@@ -5,7 +5,7 @@
 //! hash table beside the members) and a `String` per key and per string; parsing a create into
 //! one and dropping it was a third of an import's work per line.
 
-use crate::event_data::Text;
+use crate::event_data::Borrowed;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 use std::borrow::Cow;
@@ -276,7 +276,7 @@ impl<'de> Visitor<'de> for JsonInVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonIn<'de>, A::Error> {
         let mut members = MembersBuilder::default();
-        while let Some(Text(name)) = map.next_key()? {
+        while let Some(Borrowed(name)) = map.next_key()? {
             let value: JsonIn<'de> = map.next_value()?;
             members.push(name, value);
         }

@@ -26,7 +26,7 @@ pub use command::{
 };
 pub use event::{Event, EventBody, EventDecodeError, EventType, StoredEvent, SCHEMA_VERSION};
 pub use field_map::FieldMap;
-pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation};
+pub use fields::{AttrKind, AttrValue, Field, Ownership, QueryUse, RelValue, Relation, Text};
 pub use input::{
     check_update, check_write, parse_update, parse_write, Changes, Rights, Violation,
     ViolationKind, WriteInput, WriteMode, MAX_DATA_CONNECTIONS, MAX_TAGS,

@@ -350,8 +350,10 @@ mod tests {
         for field in Field::ALL {
             let value = match field.kind() {
                 AttrKind::Time => AttrValue::Time(Timestamp::from_millis(1_736_772_451_123)),
-                AttrKind::Text { .. } => AttrValue::Text(format!("{field} \"quoted\" \u{e9}\n")),
-                AttrKind::Enum(values) => AttrValue::Text(values[0].to_owned()),
+                AttrKind::Text { .. } => {
+                    AttrValue::Text(format!("{field} \"quoted\" \u{e9}\n").into())
+                }
+                AttrKind::Enum(values) => AttrValue::Text(values[0].into()),
                 AttrKind::Bool => AttrValue::Bool(false),
                 AttrKind::Tags => AttrValue::Tags(vec!["Interested".into(), "".into()]),
             };
@@ -359,7 +361,7 @@ mod tests {
         }
         for relation in Relation::ALL {
             let target = ResourceRef {
-                kind: relation.target_types()[0].to_owned(),
+                kind: relation.target_types()[0].into(),
                 id: -5,
             };
             let value = if relation.is_to_many() {

@@ -275,7 +275,7 @@ impl Indexed for Call {
 
     fn tags(&self) -> impl Iterator<Item = &str> + Clone + '_ {
         let mut tags: Vec<&str> = match self.attribute(Field::Tags) {
-            Some(AttrValue::Tags(tags)) => tags.iter().map(String::as_str).collect(),
+            Some(AttrValue::Tags(tags)) => tags.iter().map(|tag| tag.as_str()).collect(),
             _ => Vec::new(),
         };
         tags.sort_unstable();
@@ -1877,11 +1877,14 @@ mod tests {
                 } else {
                     format!("v{i}é")
                 };
-                call.attributes.insert(*field, AttrValue::Text(text));
+                call.attributes.insert(*field, AttrValue::Text(text.into()));
             }
         }
         let tags = ["b", "", "a", "b"].map(String::from).to_vec();
-        call.attributes.insert(Field::Tags, AttrValue::Tags(tags));
+        call.attributes.insert(
+            Field::Tags,
+            AttrValue::Tags(tags.into_iter().map(Into::into).collect()),
+        );
         call.attributes.insert(
             TIME_SORT[1],
             AttrValue::Time(Timestamp::from_millis(86_400_000)),
@@ -1974,10 +1977,12 @@ mod tests {
                 let number = id - u64::from(id % 10 == 0);
                 call.attributes.insert(
                     TEXT_SORT[0],
-                    AttrValue::Text(format!("+1206555{number:04}")),
+                    AttrValue::Text(format!("+1206555{number:04}").into()),
                 );
-                call.attributes
-                    .insert(TEXT_SORT[1], AttrValue::Text(format!("kind {}", id % 3)));
+                call.attributes.insert(
+                    TEXT_SORT[1],
+                    AttrValue::Text(format!("kind {}", id % 3).into()),
+                );
                 (id, IndexRow::of(&call))
             })
             .collect();

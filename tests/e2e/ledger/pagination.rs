@@ -38,7 +38,7 @@ fn sort_value(call: &Call, field: SortField) -> SortValue {
         SortField::Attr(field) => match call.attribute(field) {
             None => SortValue::Null,
             Some(AttrValue::Time(at)) => SortValue::Value(AttrValueKey::Time(at.millis())),
-            Some(AttrValue::Text(text)) => SortValue::Value(AttrValueKey::Text(text.clone())),
+            Some(AttrValue::Text(text)) => SortValue::Value(AttrValueKey::Text(text.to_string())),
             Some(other) => panic!("{field} is not sortable: {other:?}"),
         },
     }

@@ -189,7 +189,7 @@ fn occurred(mut command: Command, at: &str) -> Command {
 }
 
 fn text(value: &str) -> Option<AttrValue> {
-    Some(AttrValue::Text(value.to_owned()))
+    Some(AttrValue::Text(value.into()))
 }
 
 const T0: &str = "2025-01-13T12:00:00.000Z";

@@ -397,7 +397,7 @@ fn enumerations_accept_exactly_their_values() {
         for value in *values {
             assert_eq!(
                 accepted_attribute(*field, json!(value)),
-                Some(AttrValue::Text((*value).to_owned()))
+                Some(AttrValue::Text((*value).into()))
             );
         }
         let wrong = [
@@ -456,7 +456,7 @@ fn string_lengths_are_counted_in_unicode_characters() {
             assert!(longest.len() > *max);
             assert_eq!(
                 accepted_attribute(*field, json!(longest)),
-                Some(AttrValue::Text(longest.clone()))
+                Some(AttrValue::Text(longest.as_str().into()))
             );
             check(
                 &with_attributes(json!({ field.name(): of_length(max + 1) })),
@@ -531,7 +531,7 @@ fn urls_must_be_http_or_https() {
         for url in good {
             assert_eq!(
                 accepted_attribute(field, json!(url)),
-                Some(AttrValue::Text(url.to_owned())),
+                Some(AttrValue::Text(url.into())),
                 "{url}"
             );
         }
@@ -658,7 +658,7 @@ fn tags_must_be_an_array_of_at_most_100_strings_of_at_most_255_characters() {
     );
     assert_eq!(
         accepted_attribute(Field::Tags, json!(vec!["é".repeat(255); 100])),
-        Some(AttrValue::Tags(vec!["é".repeat(255); 100]))
+        Some(AttrValue::Tags(vec!["é".repeat(255).into(); 100]))
     );
     check_attributes(
         ORDINARY,
@@ -887,7 +887,7 @@ fn every_to_one_relationship_takes_its_own_type() {
         assert_eq!(
             input.changes.relationships[&relation],
             Some(RelValue::One(ResourceRef {
-                kind: (*kind).to_owned(),
+                kind: (*kind).into(),
                 id: 1
             }))
         );

@@ -30,7 +30,7 @@ fn view() -> (View, Vec<Call>) {
     for id in 1..=CALLS {
         let mut attributes = FieldMap::new();
         let mut text = |field: Field, value: &str| {
-            attributes.insert(field, AttrValue::Text(value.to_owned()));
+            attributes.insert(field, AttrValue::Text(value.into()));
         };
         match next(10) {
             0..=4 => text(Field::State, "completed"),
