@@ -10,7 +10,7 @@
 
 use crate::column::{Cell, Column};
 use crate::grouped::{EntryRange, Grouped};
-use crate::sorted_set::{self, SortedSet};
+use crate::sorted_set::{self, At, Lasts, SortedSet};
 use std::cmp::Ordering;
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
 
@@ -31,7 +31,7 @@ pub(crate) struct ColumnOrder<V: Cell> {
 enum Order<V> {
     /// Their ids, compared by `(column value, id)`: every id fits in four bytes, as every id the
     /// log hands out from 1 does for a ledger's first four billion calls.
-    Ids(SortedSet<u32>),
+    Ids(IdOrder<V>),
     /// `(value, id)` entries, once a call whose id does not fit is added (a restored call can
     /// carry any id): the general form, kept from then on.
     Entries(Grouped<V>),
@@ -45,10 +45,91 @@ fn by_value<V: Ord + Cell>(col: &Column<V>) -> impl Fn(&u32, &u32) -> Ordering +
     }
 }
 
+/// The ids of an [`Order::Ids`], with the column's value of each chunk's last id beside it: a
+/// search over the chunks then compares values in place, where reading each probed id's value
+/// from the column took a cache miss per probe, about half of a search's at a million calls. A
+/// create searches some thirteen orders; its index update at a million calls took about a
+/// quarter less time for it (29 us to 22 us a create, alternating runs of 100,000 creates).
+struct IdOrder<V> {
+    ids: SortedSet<u32>,
+    /// `last_values[i]` is the column's value of `ids.lasts()[i]`.
+    last_values: Vec<V>,
+}
+
+/// Keeps [`IdOrder::last_values`] in step with the set's lasts, reading their values from the
+/// column (which holds an inserted id's new value, and a removed id's old one, by then).
+struct LastValues<'a, V: Cell> {
+    values: &'a mut Vec<V>,
+    col: &'a Column<V>,
+}
+
+impl<V: Cell> Lasts<u32> for LastValues<'_, V> {
+    fn inserted(&mut self, chunk: usize, last: &u32) {
+        let value = V::owned(self.col.get(u64::from(*last)));
+        self.values.insert(chunk, value);
+    }
+
+    fn replaced(&mut self, chunk: usize, last: &u32) {
+        self.values[chunk] = V::owned(self.col.get(u64::from(*last)));
+    }
+
+    fn removed(&mut self, chunk: usize) {
+        self.values.remove(chunk);
+    }
+}
+
+impl<V: Ord + Cell> IdOrder<V> {
+    /// The order of `ids`, whose values `col` holds.
+    fn new(ids: SortedSet<u32>, col: &Column<V>) -> Self {
+        let last_values = ids
+            .lasts()
+            .iter()
+            .map(|id| V::owned(col.get(u64::from(*id))))
+            .collect();
+        IdOrder { ids, last_values }
+    }
+
+    /// Where `(value, id)` is or would go, `value` as read from `col`.
+    fn place<'a>(&'a self, col: &'a Column<V>, value: V::Read<'a>, id: u32) -> At {
+        let lasts = self.ids.lasts();
+        self.ids.locate(
+            |chunk| (self.last_values[chunk].as_read(), lasts[chunk]) < (value, id),
+            |entry| (col.get(u64::from(*entry)), *entry) < (value, id),
+        )
+    }
+
+    /// Adds `id`, whose value `col` holds.
+    fn insert(&mut self, col: &Column<V>, id: u32) {
+        let at = self.place(col, col.get(u64::from(id)), id);
+        let mut lasts = LastValues {
+            values: &mut self.last_values,
+            col,
+        };
+        self.ids.insert_at(at, id, by_value(col), &mut lasts);
+    }
+
+    /// Removes `id`, whose value `col` still holds.
+    fn remove(&mut self, col: &Column<V>, id: u32) {
+        let at = self.place(col, col.get(u64::from(id)), id);
+        let mut lasts = LastValues {
+            values: &mut self.last_values,
+            col,
+        };
+        self.ids.remove_at(at, &id, by_value(col), &mut lasts);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.ids.heap_bytes() + self.last_values.capacity() * std::mem::size_of::<V>()
+    }
+}
+
 impl<V: Ord + Cell + Null> ColumnOrder<V> {
     pub(crate) fn new() -> Self {
         ColumnOrder {
-            order: Order::Ids(SortedSet::new()),
+            order: Order::Ids(IdOrder {
+                ids: SortedSet::new(),
+                last_values: Vec::new(),
+            }),
             col: Column::new(V::null()),
         }
     }
@@ -58,7 +139,7 @@ impl<V: Ord + Cell> ColumnOrder<V> {
     /// How many calls it holds.
     pub(crate) fn len(&self) -> usize {
         match &self.order {
-            Order::Ids(ids) => ids.len(),
+            Order::Ids(ids) => ids.ids.len(),
             Order::Entries(entries) => entries.len(),
         }
     }
@@ -77,12 +158,12 @@ impl<V: Ord + Cell> ColumnOrder<V> {
         match (order, narrow) {
             (Order::Ids(ids), Some(narrow)) => {
                 if was_live {
-                    ids.remove_by(&narrow, by_value(col));
+                    ids.remove(col, narrow);
                 }
                 let live = new.is_some();
                 col.set(id, new.unwrap_or(null));
                 if live {
-                    ids.insert_by(narrow, by_value(col));
+                    ids.insert(col, narrow);
                 }
             }
             (Order::Entries(entries), _) => {
@@ -117,7 +198,10 @@ impl<V: Ord + Cell> ColumnOrder<V> {
             .map(|(_, id)| u32::try_from(*id).ok())
             .collect::<Option<Vec<u32>>>()
         {
-            Some(ids) => Order::Ids(SortedSet::from_ordered(ids.into_iter())),
+            Some(ids) => Order::Ids(IdOrder::new(
+                SortedSet::from_ordered(ids.into_iter()),
+                &self.col,
+            )),
             None => Order::Entries(entries.into_iter().collect()),
         };
     }
@@ -132,6 +216,7 @@ impl<V: Ord + Cell> ColumnOrder<V> {
     ) -> Option<V::Read<'_>> {
         match &self.order {
             Order::Ids(ids) => ids
+                .ids
                 .first_from(|id| before(self.col.get(u64::from(*id))))
                 .map(|id| self.col.get(u64::from(*id)))
                 .filter(|value| wanted(*value)),
@@ -152,7 +237,7 @@ impl<V: Ord + Cell> ColumnOrder<V> {
     ) -> Entries<'_, V> {
         match &self.order {
             Order::Ids(ids) => Entries::Ids {
-                ids: self.ids_within(ids, &lower, &upper),
+                ids: self.ids_within(&ids.ids, &lower, &upper),
                 col: &self.col,
             },
             Order::Entries(entries) => Entries::Entries(entries.range(lower, upper)),
@@ -226,7 +311,7 @@ impl<V: Ord + Cell + Null> FromIterator<(V, u64)> for ColumnOrder<V> {
             }
         }));
         match stopped_at {
-            None => index.order = Order::Ids(packed),
+            None => index.order = Order::Ids(IdOrder::new(packed, &index.col)),
             Some(first) => {
                 let mut all: Vec<(V, u64)> = packed
                     .iter()
@@ -266,7 +351,7 @@ impl<V: Ord + Cell> EntryRange<V> for ColumnOrder<V> {
     ) -> Box<dyn DoubleEndedIterator<Item = u64> + '_> {
         match &self.order {
             Order::Ids(ids) => Box::new(
-                self.ids_within(ids, &lower, &upper)
+                self.ids_within(&ids.ids, &lower, &upper)
                     .map(|id| u64::from(*id)),
             ),
             Order::Entries(entries) => Box::new(entries.range(lower, upper).map(|(_, id)| id)),
@@ -333,6 +418,18 @@ mod tests {
         assert!(index.entries().rev().eq(model.iter().rev().copied()));
         for (millis, id) in model {
             assert_eq!(index.col.get(*id), *millis);
+        }
+        if let Order::Ids(ids) = &index.order {
+            let values: Vec<i64> = ids
+                .ids
+                .lasts()
+                .iter()
+                .map(|id| index.col.get(u64::from(*id)))
+                .collect();
+            assert_eq!(
+                ids.last_values, values,
+                "each chunk's last value, side by side"
+            );
         }
         for (a, b) in numbers(9)
             .map(|n| ((n % 120) as i64, ((n >> 32) % 120) as i64))

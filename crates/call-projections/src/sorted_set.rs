@@ -43,9 +43,27 @@ impl<K> Default for SortedSet<K> {
 /// Where an entry is, or would go: a chunk and a slot in it. `chunk == chunks.len()` is past
 /// the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct At {
+pub(crate) struct At {
     chunk: usize,
     slot: usize,
+}
+
+/// What a set's owner keeps beside each chunk's last entry (its value in a column, say), told
+/// of every change to which entry is a chunk's last.
+pub(crate) trait Lasts<K> {
+    /// Chunk `chunk` is new, and `last` its last entry; the chunks from there on move up one.
+    fn inserted(&mut self, chunk: usize, last: &K);
+    /// Chunk `chunk`'s last entry is now `last`.
+    fn replaced(&mut self, chunk: usize, last: &K);
+    /// Chunk `chunk` is gone; the chunks after it move down one.
+    fn removed(&mut self, chunk: usize);
+}
+
+/// Nothing kept beside the lasts.
+impl<K> Lasts<K> for () {
+    fn inserted(&mut self, _: usize, _: &K) {}
+    fn replaced(&mut self, _: usize, _: &K) {}
+    fn removed(&mut self, _: usize) {}
 }
 
 impl<K> SortedSet<K> {
@@ -67,19 +85,41 @@ impl<K> SortedSet<K> {
     /// The place of the first entry `before` is false of, where it is true of every entry
     /// before it and of none after.
     fn place(&self, before: impl Fn(&K) -> bool) -> At {
+        self.locate(|chunk| before(&self.lasts[chunk]), &before)
+    }
+
+    /// [`SortedSet::place`] where `chunk_before(i)` tells `before` of chunk `i`'s last entry
+    /// from what its owner keeps beside it ([`Lasts`]), without reading the entry's value.
+    pub(crate) fn locate(
+        &self,
+        chunk_before: impl Fn(usize) -> bool,
+        before: impl Fn(&K) -> bool,
+    ) -> At {
+        let chunks = self.chunks.len();
         // Past the last entry first: a new call's creation time, position and id go there, and
-        // one comparison (each a column read) then stands for a search's dozen or more.
-        if self.lasts.last().is_some_and(&before) {
+        // one comparison then stands for a search's dozen or more.
+        if chunks == 0 || chunk_before(chunks - 1) {
             return self.end();
         }
-        let chunk = self.lasts.partition_point(&before);
-        match self.chunks.get(chunk) {
-            Some(entries) => At {
-                chunk,
-                slot: entries.partition_point(before),
-            },
-            None => self.end(),
+        // The first chunk whose last entry `before` is false of; the last chunk's is.
+        let (mut low, mut high) = (0, chunks - 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if chunk_before(middle) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
         }
+        At {
+            chunk: low,
+            slot: self.chunks[low].partition_point(before),
+        }
+    }
+
+    /// Each chunk's last entry, in order.
+    pub(crate) fn lasts(&self) -> &[K] {
+        &self.lasts
     }
 
     /// The entries from the first `before_start` is false of to just before the first
@@ -196,11 +236,24 @@ impl<K: Clone> SortedSet<K> {
     /// already. A set is kept in one order for its whole life.
     pub(crate) fn insert_by(&mut self, key: K, order: impl Fn(&K, &K) -> Ordering) -> bool {
         let at = self.place(|entry| order(entry, &key) == Ordering::Less);
+        self.insert_at(at, key, order, &mut ())
+    }
+
+    /// Adds `key` at `at`, where [`SortedSet::locate`] placed it by `order`, telling `lasts`
+    /// of the chunks' new lasts; false when an entry `order` finds equal is there already.
+    pub(crate) fn insert_at(
+        &mut self,
+        at: At,
+        key: K,
+        order: impl Fn(&K, &K) -> Ordering,
+        lasts: &mut impl Lasts<K>,
+    ) -> bool {
         if at.chunk == self.chunks.len() {
             // Past every entry: onto the last chunk, or a new one once that is full.
             match self.chunks.last_mut() {
                 Some(last) if last.len() < CHUNK => {
                     push_within(last, key.clone());
+                    lasts.replaced(self.lasts.len() - 1, &key);
                     if let Some(copy) = self.lasts.last_mut() {
                         *copy = key;
                     }
@@ -208,6 +261,7 @@ impl<K: Clone> SortedSet<K> {
                 _ => {
                     let mut chunk = Vec::with_capacity(CHUNK);
                     chunk.push(key.clone());
+                    lasts.inserted(self.chunks.len(), &key);
                     self.chunks.push(chunk);
                     self.lasts.push(key);
                 }
@@ -221,6 +275,7 @@ impl<K: Clone> SortedSet<K> {
         if at.slot == 0 && at.chunk > 0 && self.chunks[at.chunk - 1].len() < CHUNK {
             // Between two chunks: onto the end of the one before, where there is room.
             push_within(&mut self.chunks[at.chunk - 1], key.clone());
+            lasts.replaced(at.chunk - 1, &key);
             self.lasts[at.chunk - 1] = key;
             self.len += 1;
             return true;
@@ -241,6 +296,7 @@ impl<K: Clone> SortedSet<K> {
             let lower_last = chunk.last().cloned();
             self.chunks.insert(at.chunk + 1, upper);
             if let Some(last) = lower_last {
+                lasts.inserted(at.chunk, &last);
                 self.lasts.insert(at.chunk, last);
             }
         }
@@ -251,6 +307,19 @@ impl<K: Clone> SortedSet<K> {
     /// Removes the entry `order` finds equal to `key`; false when there is none.
     pub(crate) fn remove_by(&mut self, key: &K, order: impl Fn(&K, &K) -> Ordering) -> bool {
         let at = self.place(|entry| order(entry, key) == Ordering::Less);
+        self.remove_at(at, key, order, &mut ())
+    }
+
+    /// Removes the entry at `at`, where [`SortedSet::locate`] placed `key` by `order`, if
+    /// `order` finds it equal to `key`, telling `lasts` of the chunks' new lasts; false when it
+    /// is not.
+    pub(crate) fn remove_at(
+        &mut self,
+        at: At,
+        key: &K,
+        order: impl Fn(&K, &K) -> Ordering,
+        lasts: &mut impl Lasts<K>,
+    ) -> bool {
         let Some(chunk) = self.chunks.get_mut(at.chunk) else {
             return false;
         };
@@ -266,13 +335,15 @@ impl<K: Clone> SortedSet<K> {
             None => {
                 self.chunks.remove(at.chunk);
                 self.lasts.remove(at.chunk);
+                lasts.removed(at.chunk);
             }
             Some(last) => {
                 if at.slot == chunk.len() {
+                    lasts.replaced(at.chunk, last);
                     self.lasts[at.chunk] = last.clone();
                 }
                 if chunk.len() < CHUNK / 4 {
-                    self.merge_around(at.chunk);
+                    self.merge_around(at.chunk, lasts);
                 }
             }
         }
@@ -282,13 +353,14 @@ impl<K: Clone> SortedSet<K> {
     /// Joins a chunk that deletions have left nearly empty to a neighbour it fits in with (the
     /// one before first), so that deleting many calls does not leave a long run of nearly empty
     /// chunks.
-    fn merge_around(&mut self, chunk: usize) {
+    fn merge_around(&mut self, chunk: usize, lasts: &mut impl Lasts<K>) {
         let len = self.chunks[chunk].len();
         // The joined chunk's last is the later one's: the earlier one's copy goes.
         if chunk > 0 && self.chunks[chunk - 1].len() + len <= CHUNK {
             let emptied = self.chunks.remove(chunk);
             extend_within(&mut self.chunks[chunk - 1], emptied);
             self.lasts.remove(chunk - 1);
+            lasts.removed(chunk - 1);
         } else if self
             .chunks
             .get(chunk + 1)
@@ -297,6 +369,7 @@ impl<K: Clone> SortedSet<K> {
             let next = self.chunks.remove(chunk + 1);
             extend_within(&mut self.chunks[chunk], next);
             self.lasts.remove(chunk);
+            lasts.removed(chunk);
         }
     }
 
