@@ -35,6 +35,17 @@ pub(crate) fn sort_entries<K: RadixKey>(entries: &mut Vec<(K, u64)>) {
         entries.sort_unstable_by_key(|(value, id)| (value.radix_key(), *id));
         return;
     }
+    // Many sets come in order already: a replay adds its calls in the order of their ids, and
+    // the positions, creation times and ids of calls the log created one after another rise
+    // with them. One look at each pair spares those the counting pass and the passes over
+    // every varying byte.
+    let key = |(value, id): &(K, u64)| (value.radix_key(), *id);
+    if entries
+        .windows(2)
+        .all(|pair| key(&pair[0]) <= key(&pair[1]))
+    {
+        return;
+    }
     // Digit d (0..16) is byte d % 8 of the id for d < 8, of the value's key after: the
     // least significant first, so each stable pass keeps the order of the ones before it.
     let digit = |entry: &(K, u64), d: usize| -> usize {
@@ -107,6 +118,14 @@ mod tests {
                 .collect();
             check(times.clone());
             check(times.iter().rev().copied().collect());
+            // In order already, and in order but for its last entry.
+            let mut ordered = times.clone();
+            ordered.sort_unstable();
+            check(ordered.clone());
+            if let Some(first) = ordered.first().copied() {
+                ordered.push((first.0 - 1, first.1));
+                check(ordered);
+            }
             let few: Vec<(i64, u64)> = (0..len)
                 .map(|i| ((draws[3 * i + 1] % 5) as i64 - 2, draws[3 * i + 2] % 7))
                 .collect();
