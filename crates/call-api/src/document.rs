@@ -159,7 +159,6 @@ mod tests {
     use crate::query::{parse_read, Fieldset};
     use call_model::{AttrValue, Call, DataConnection, FieldMap, RelValue, ResourceRef, Timestamp};
     use serde_json::{json, Value};
-    use std::collections::BTreeMap;
 
     const ALL: Permissions = Permissions {
         can_write: true,
@@ -182,7 +181,7 @@ mod tests {
             };
             attributes.insert(*field, value);
         }
-        let mut relationships = BTreeMap::new();
+        let mut relationships = call_model::RelationMap::new();
         for (index, relation) in Relation::ALL.iter().enumerate() {
             let target = ResourceRef {
                 kind: relation.target_types()[0].into(),
@@ -266,7 +265,7 @@ mod tests {
             version: 1,
             position: 1,
             attributes: FieldMap::new(),
-            relationships: BTreeMap::new(),
+            relationships: Default::default(),
             data_connections: vec![],
         }
     }

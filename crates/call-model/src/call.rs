@@ -2,9 +2,9 @@
 
 use crate::field_map::FieldMap;
 use crate::fields::{AttrValue, Field, RelValue, Relation, Text};
+use crate::relation_map::RelationMap;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// A call's id: assigned by the ledger, increasing, never reused.
 pub type CallId = u64;
@@ -50,7 +50,7 @@ pub struct Call {
     /// Every non-null attribute, server-set timestamps included.
     pub attributes: FieldMap<AttrValue>,
     /// Every non-null relationship.
-    pub relationships: BTreeMap<Relation, RelValue>,
+    pub relationships: RelationMap<RelValue>,
     /// The call's data connections.
     pub data_connections: Vec<DataConnection>,
 }

@@ -12,8 +12,7 @@ use crate::call::DataConnection;
 use crate::fields::{AttrValue, RelValue};
 use crate::input::Changes;
 use crate::time::Timestamp;
-use crate::{CallId, EventBody, FieldMap, Relation, StoredEvent, SCHEMA_VERSION};
-use std::collections::BTreeMap;
+use crate::{CallId, EventBody, FieldMap, RelationMap, StoredEvent, SCHEMA_VERSION};
 
 /// Writes `stored` as the event's JSON object; with `place` (position, call id, version), the
 /// members the log assigns too.
@@ -140,7 +139,7 @@ fn separated<T>(
 }
 
 /// Relationships in the order of [`Relation`] (alphabetical); each value in its serde form.
-fn relationships(out: &mut Vec<u8>, relationships: &BTreeMap<Relation, Option<RelValue>>) {
+fn relationships(out: &mut Vec<u8>, relationships: &RelationMap<Option<RelValue>>) {
     separated(out, b"{}", relationships, |out, (relation, value)| {
         name(out, relation.name());
         out.push(b':');

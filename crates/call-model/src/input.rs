@@ -5,10 +5,10 @@ use crate::call::{Call, CallId, DataConnection, ResourceRef};
 use crate::field_map::FieldMap;
 use crate::fields::{AttrKind, AttrValue, Field, Ownership, RelValue, Relation, Text};
 use crate::json_in::JsonIn;
+use crate::relation_map::RelationMap;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 /// The most tags one call may carry.
@@ -63,7 +63,7 @@ pub struct Changes {
     /// Attributes to set (`Some`) or clear (`None`).
     pub attributes: FieldMap<Option<AttrValue>>,
     /// Relationships to set (`Some`) or clear (`None`).
-    pub relationships: BTreeMap<Relation, Option<RelValue>>,
+    pub relationships: RelationMap<Option<RelValue>>,
     /// The complete new list of data connections, when the write names it.
     pub data_connections: Option<Vec<DataConnection>>,
 }

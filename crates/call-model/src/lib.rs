@@ -14,6 +14,7 @@ mod field_map;
 mod fields;
 mod input;
 mod json_in;
+mod relation_map;
 mod time;
 
 #[cfg(test)]
@@ -32,4 +33,5 @@ pub use input::{
     ViolationKind, WriteInput, WriteMode, MAX_DATA_CONNECTIONS, MAX_TAGS,
 };
 pub use json_in::{JsonIn, Members};
+pub use relation_map::RelationMap;
 pub use time::{Timestamp, TimestampError};

@@ -331,7 +331,6 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use call_model::FieldMap;
-    use std::collections::BTreeMap;
 
     fn varied_calls() -> Vec<Call> {
         let mut full = Call {
@@ -339,7 +338,7 @@ mod tests {
             version: 3,
             position: 42,
             attributes: FieldMap::new(),
-            relationships: BTreeMap::new(),
+            relationships: Default::default(),
             data_connections: vec![DataConnection {
                 connection: Some("crm".into()),
                 kind: None,
@@ -376,7 +375,7 @@ mod tests {
             version: 1,
             position: 1,
             attributes: FieldMap::new(),
-            relationships: BTreeMap::new(),
+            relationships: Default::default(),
             data_connections: Vec::new(),
         };
         vec![full, empty]

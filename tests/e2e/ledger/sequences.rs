@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use call_commands::{CommandError, CommandOutcome, CommandRequest, Conflict};
 use call_model::{
-    parse_write, Action, AttrValue, Call, CallId, Field, FieldMap, RelValue, Relation, Rights,
-    Timestamp, WriteMode,
+    parse_write, Action, AttrValue, Call, CallId, Field, FieldMap, RelValue, Relation, RelationMap,
+    Rights, Timestamp, WriteMode,
 };
 use call_projections::Projection;
 use proptest::prelude::*;
@@ -399,7 +399,7 @@ fn changed_attributes(
 
 fn changed_relationships(
     call: &ModelCall,
-    changes: &BTreeMap<Relation, Option<RelValue>>,
+    changes: &RelationMap<Option<RelValue>>,
 ) -> BTreeMap<Relation, Option<RelValue>> {
     changes
         .iter()
@@ -411,7 +411,7 @@ fn changed_relationships(
 fn set<'f, 'v>(
     call: &mut ModelCall,
     attributes: impl IntoIterator<Item = (&'f Field, &'v Option<AttrValue>)>,
-    relationships: &BTreeMap<Relation, Option<RelValue>>,
+    relationships: impl IntoIterator<Item = (&'v Relation, &'v Option<RelValue>)>,
 ) {
     for (field, value) in attributes {
         match value {
@@ -435,10 +435,8 @@ fn assert_matches_model(call: &Call, model: &ModelCall, context: &str) {
     let updated_at = written.remove(&Field::UpdatedAt);
     let state_changed_at = written.remove(&Field::StateChangedAt);
     assert_eq!(written, model.attributes, "{context}: attributes");
-    assert_eq!(
-        call.relationships, model.relationships,
-        "{context}: relationships"
-    );
+    let related: BTreeMap<Relation, RelValue> = call.relationships.clone().into_iter().collect();
+    assert_eq!(related, model.relationships, "{context}: relationships");
     assert_eq!(call.version, model.version, "{context}: version");
     assert_eq!(
         created_at,

@@ -12,7 +12,6 @@ use crate::query::{
 use crate::store::{self, Meta, View};
 use crate::tests::reference;
 use call_model::{AttrValue, Call, Field, FieldMap, RelValue, Relation, ResourceRef, Timestamp};
-use std::collections::BTreeMap;
 
 /// Enough live calls for the larger plans at the production limits.
 const CALLS: u64 = 14_000;
@@ -44,7 +43,7 @@ fn view() -> (View, Vec<Call>) {
         text(Field::From, &format!("+1555{:03}", next(40)));
         let created = Timestamp::from_millis(1_736_769_600_000 + (next(5_000) as i64) * 1000);
         attributes.insert(Field::CreatedAt, AttrValue::Time(created));
-        let mut relationships = BTreeMap::new();
+        let mut relationships = call_model::RelationMap::new();
         let prospect = if next(4) == 0 {
             2 + next(100) as i64
         } else {
