@@ -16,14 +16,17 @@ const FIELDS: usize = Field::ALL.len();
 /// A map from [`Field`] to `V`: see the module's documentation.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct FieldMap<V> {
-    slots: Box<[Option<V>; FIELDS]>,
+    /// [`FIELDS`] slots, a field's at its position in [`Field::ALL`]. A slice rather than an
+    /// array: an array is built on the stack and copied into its box, and moved back out of it
+    /// to be taken apart, two copies of some 800 bytes for every event a replay folds.
+    slots: Box<[Option<V>]>,
 }
 
 impl<V> FieldMap<V> {
     /// An empty map.
     pub fn new() -> FieldMap<V> {
         FieldMap {
-            slots: Box::new(std::array::from_fn(|_| None)),
+            slots: std::iter::repeat_with(|| None).take(FIELDS).collect(),
         }
     }
 
@@ -144,7 +147,7 @@ impl<'a, V> IntoIterator for &'a FieldMap<V> {
 
 /// The entries of a [`FieldMap`], owned, in order.
 pub struct IntoIter<V> {
-    slots: std::iter::Enumerate<std::array::IntoIter<Option<V>, FIELDS>>,
+    slots: std::iter::Enumerate<std::vec::IntoIter<Option<V>>>,
 }
 
 impl<V> Iterator for IntoIter<V> {
@@ -162,7 +165,7 @@ impl<V> IntoIterator for FieldMap<V> {
 
     fn into_iter(self) -> IntoIter<V> {
         IntoIter {
-            slots: (*self.slots).into_iter().enumerate(),
+            slots: self.slots.into_vec().into_iter().enumerate(),
         }
     }
 }
