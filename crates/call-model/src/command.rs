@@ -1,10 +1,12 @@
 //! Commands and the two pure functions of the aggregate: `decide` turns a command into events
 //! (or refuses it), `evolve` applies an event without judging it.
 
-use crate::call::{Call, CallId, CallState};
+use crate::call::{Call, CallId, CallState, DataConnection};
 use crate::event::{Event, EventBody};
+use crate::field_map::FieldMap;
 use crate::fields::{AttrValue, Field, Ownership, RelValue};
 use crate::input::{Changes, Violation, ViolationKind};
+use crate::relation_map::RelationMap;
 use crate::time::Timestamp;
 
 /// How far in the future a writer's `occurredAt` may lie, to allow for clock skew between the
@@ -308,16 +310,40 @@ enum Body<C> {
 /// Changes that can be applied to a call: copied from a borrowed event, moved from an owned one.
 trait ApplyTo {
     fn apply_to(self, call: &mut Call);
+
+    /// A new call's members, made of these changes alone (a create's).
+    fn into_members(self) -> Members;
 }
+
+/// A call's attributes, relationships and data connections.
+type Members = (
+    FieldMap<AttrValue>,
+    RelationMap<RelValue>,
+    Vec<DataConnection>,
+);
 
 impl ApplyTo for &Changes {
     fn apply_to(self, call: &mut Call) {
         // Every value is copied either way: cloning first costs only the maps' own allocations.
         self.clone().apply_to(call);
     }
+
+    fn into_members(self) -> Members {
+        self.clone().into_members()
+    }
 }
 
 impl ApplyTo for Changes {
+    fn into_members(self) -> Members {
+        // The maps become the call's in their own allocations: a create's changes are what
+        // the call holds, with nothing to clear.
+        (
+            self.attributes.into_present(),
+            self.relationships.into_present(),
+            self.data_connections.unwrap_or_default(),
+        )
+    }
+
     fn apply_to(self, call: &mut Call) {
         for (field, value) in self.attributes {
             match value {
@@ -340,15 +366,15 @@ impl ApplyTo for Changes {
 fn evolve_with<C: ApplyTo>(state: CallState, head: Head, body: Body<C>) -> CallState {
     match (body, state) {
         (Body::Created(changes), _) => {
+            let (attributes, relationships, data_connections) = changes.into_members();
             let mut call = Call {
                 id: head.call_id,
                 version: head.version,
                 position: head.position,
-                attributes: Default::default(),
-                relationships: Default::default(),
-                data_connections: Vec::new(),
+                attributes,
+                relationships,
+                data_connections,
             };
-            changes.apply_to(&mut call);
             call.attributes
                 .insert(Field::CreatedAt, AttrValue::Time(head.recorded_at));
             call.attributes

@@ -100,6 +100,20 @@ impl<V> RelationMap<V> {
     }
 }
 
+impl<V> RelationMap<Option<V>> {
+    /// The relations set to a value, with their values: a map of changes (`None` clearing a
+    /// relation) made the map of what they set, in the same allocation.
+    pub fn into_present(self) -> RelationMap<V> {
+        RelationMap {
+            entries: self
+                .entries
+                .into_iter()
+                .filter_map(|(relation, value)| Some((relation, value?)))
+                .collect(),
+        }
+    }
+}
+
 impl<V> Default for RelationMap<V> {
     fn default() -> RelationMap<V> {
         RelationMap::new()
