@@ -81,13 +81,13 @@ pub(crate) struct Borrowed<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Borrowed<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Borrowed<'de>, D::Error> {
-        deserializer.deserialize_str(TextVisitor)
+        deserializer.deserialize_str(BorrowedVisitor)
     }
 }
 
-struct TextVisitor;
+struct BorrowedVisitor;
 
-impl<'de> Visitor<'de> for TextVisitor {
+impl<'de> Visitor<'de> for BorrowedVisitor {
     type Value = Borrowed<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
