@@ -18,7 +18,7 @@ const FIELDS: usize = Field::ALL.len();
 pub struct FieldMap<V> {
     /// [`FIELDS`] slots, a field's at its position in [`Field::ALL`]. A slice rather than an
     /// array: an array is built on the stack and copied into its box, and moved back out of it
-    /// to be taken apart, two copies of some 800 bytes for every event a replay folds.
+    /// to be taken apart, two copies of some 700 bytes for every event a replay folds.
     slots: Box<[Option<V>]>,
 }
 
