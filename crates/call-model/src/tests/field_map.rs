@@ -1,7 +1,7 @@
 //! [`FieldMap`] answers as the `BTreeMap<Field, _>` it replaced: the same entries, in the same
 //! order, through every method, after any sequence of inserts and removals.
 
-use crate::{Field, FieldMap};
+use crate::{AttrValue, Field, FieldMap};
 use std::collections::BTreeMap;
 
 #[test]
@@ -68,4 +68,26 @@ fn it_answers_as_a_btree_map_after_any_inserts_and_removals() {
     map.extend([(Field::To, 1), (Field::From, 2)]);
     model.extend([(Field::To, 1), (Field::From, 2)]);
     assert_eq!(entries((&map).into_iter()), entries(model.iter()));
+}
+
+/// A create's changes become its call's attributes in their own allocation (the slots of
+/// `Option<Option<AttrValue>>` and `Option<AttrValue>` are the same size, so the collect
+/// reuses it), the cleared fields dropped.
+#[test]
+fn changes_become_the_values_they_set_in_place() {
+    let mut changes: FieldMap<Option<AttrValue>> = FieldMap::new();
+    changes.insert(Field::Note, Some(AttrValue::Text("hello".into())));
+    changes.insert(Field::Outcome, None);
+    changes.insert(Field::ShouldRecordCall, Some(AttrValue::Bool(true)));
+    let before = changes.allocation();
+    let present = changes.into_present();
+    assert_eq!(present.allocation(), before, "the same allocation");
+    let entries: Vec<(Field, AttrValue)> = present.into_iter().collect();
+    assert_eq!(
+        entries,
+        vec![
+            (Field::Note, AttrValue::Text("hello".into())),
+            (Field::ShouldRecordCall, AttrValue::Bool(true)),
+        ]
+    );
 }

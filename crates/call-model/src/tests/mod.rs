@@ -6,6 +6,7 @@ mod aggregate;
 mod event_json;
 mod field_map;
 mod golden;
+mod relation_map;
 mod validation;
 
 use crate::{parse_write, Changes, Rights, Timestamp, WriteMode};
